@@ -1,0 +1,177 @@
+//! The typed read model of a customer document: [`Customer`].
+//!
+//! Owns: the profile, the derived customer status, the recall and restriction in
+//! force, and the timeline — all computed from the document, never stored twice.
+//! Does not own: reading Automerge (see [`crate::document`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{CallEvent, EventKind, Stamp};
+use crate::id::{CallId, CustomerId, EventId, TenantId, UserId};
+use crate::lifecycle::{Anomaly, CallView};
+use crate::phone_number::PhoneNumber;
+use crate::result_type::ResultOption;
+use crate::time::Timestamp;
+
+/// A customer status (tenant-defined words; two are built in).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CustomerStatus(String);
+
+impl CustomerStatus {
+    /// 未対応: not yet contacted. Every new customer starts here.
+    pub const NOT_CONTACTED: &'static str = "未対応";
+    /// 対応済み: contacted. Set by itself when a call is recorded.
+    pub const CONTACTED: &'static str = "対応済み";
+
+    /// A status with this label.
+    pub fn new(label: impl Into<String>) -> Self {
+        Self(label.into())
+    }
+
+    /// The label.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for CustomerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One of the customer's phone numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhoneEntry {
+    /// A label such as 代表 (main line) or 携帯 (mobile).
+    pub label: String,
+    /// The number.
+    pub number: PhoneNumber,
+}
+
+/// The editable profile of a new customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewCustomer {
+    /// The tenant that owns the customer.
+    pub tenant: TenantId,
+    /// The customer's id.
+    pub id: CustomerId,
+    /// Company name.
+    pub company: String,
+    /// Contact person's name.
+    pub contact: String,
+    /// The assigned rep.
+    pub owner: UserId,
+    /// Phone numbers, at least one.
+    pub phones: Vec<PhoneEntry>,
+}
+
+/// A customer as every reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Customer {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The customer.
+    pub id: CustomerId,
+    /// Company name.
+    pub company: String,
+    /// Contact person's name.
+    pub contact: String,
+    /// The assigned rep.
+    pub owner: UserId,
+    /// When the customer was created.
+    pub created_at: Timestamp,
+    /// Phone numbers, ordered by normalized digits.
+    pub phones: Vec<PhoneEntry>,
+    /// The derived status.
+    pub status: CustomerStatus,
+    /// The option in force (recall or restriction), if the latest result set one.
+    pub follow_up: Option<ResultOption>,
+    /// Every call, oldest first.
+    pub calls: Vec<CallView>,
+    /// Events kept out of derivation, across all calls.
+    pub anomalies: Vec<Anomaly>,
+    /// Keys of event entries that could not be read at all (not an event, or filed
+    /// under the wrong key); ignored like anomalies.
+    pub unreadable_events: Vec<String>,
+}
+
+impl Customer {
+    /// The call with this id.
+    pub fn call(&self, id: &CallId) -> Option<&CallView> {
+        self.calls.iter().find(|c| &c.call == id)
+    }
+
+    /// The number on file that reaches the same line as `number`.
+    pub fn phone(&self, number: &PhoneNumber) -> Option<&PhoneEntry> {
+        self.phones.iter().find(|p| p.number.same_line(number))
+    }
+
+    /// The end of the call restriction in force at `now`, if one is.
+    pub fn restricted_until(&self, now: Timestamp) -> Option<Timestamp> {
+        match self.follow_up {
+            Some(ResultOption::Restriction { until }) if until > now => Some(until),
+            _ => None,
+        }
+    }
+
+    /// When to call again, if the latest result asked for a recall.
+    pub fn recall_at(&self) -> Option<Timestamp> {
+        match self.follow_up {
+            Some(ResultOption::Recall { at }) => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// Derives the status and the option in force from the calls.
+///
+/// The status is the one picked on the latest saved result (by time, ties by
+/// device id); with none, 未対応 until any call took place, then 対応済み.
+pub(crate) fn derive_follow_up(calls: &[CallView]) -> (CustomerStatus, Option<ResultOption>) {
+    let latest = calls
+        .iter()
+        .filter_map(|c| c.result_in_force())
+        .max_by(|a, b| {
+            (a.stamp.at, &a.stamp.device, &a.event).cmp(&(b.stamp.at, &b.stamp.device, &b.event))
+        });
+    let any_call = calls.iter().any(CallView::took_place);
+    let picked = latest.and_then(|r| r.fields.customer_status.clone());
+    let status = match picked {
+        Some(status) if status.as_str() != CustomerStatus::NOT_CONTACTED || !any_call => status,
+        _ if any_call => CustomerStatus::new(CustomerStatus::CONTACTED),
+        _ => CustomerStatus::new(CustomerStatus::NOT_CONTACTED),
+    };
+    (status, latest.map(|r| r.fields.option))
+}
+
+/// One line of a customer's timeline: an event, in time order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TimelineEntry {
+    /// The call.
+    pub call: CallId,
+    /// The event.
+    pub event: EventId,
+    /// Who recorded it, where and when.
+    pub stamp: Stamp,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The timeline: every event in time order (ties by device, then event id).
+pub(crate) fn timeline(events: &[CallEvent]) -> Vec<TimelineEntry> {
+    let mut entries: Vec<TimelineEntry> = events
+        .iter()
+        .map(|e| TimelineEntry {
+            call: e.call.clone(),
+            event: e.id.clone(),
+            stamp: e.stamp.clone(),
+            kind: e.kind.clone(),
+        })
+        .collect();
+    entries.sort_by(|a, b| {
+        (a.stamp.at, &a.stamp.device, &a.event).cmp(&(b.stamp.at, &b.stamp.device, &b.event))
+    });
+    entries
+}

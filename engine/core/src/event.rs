@@ -1,0 +1,167 @@
+//! Call lifecycle events: what devices record, immutable once written.
+//!
+//! Owns: the event vocabulary of CALL-LIFECYCLE.md and who may record each kind.
+//! Does not own: whether an event is allowed now (see [`crate::rules`]) or what a
+//! set of events means (see [`crate::lifecycle`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::customer::CustomerStatus;
+use crate::id::{CallId, DeviceId, EventId, UserId};
+use crate::phone_number::PhoneNumber;
+use crate::result_type::{ResultOption, ResultTypeId};
+use crate::time::Timestamp;
+
+/// The kind of device that recorded an event. Which kinds may record which events
+/// is fixed here; the sync layer binds each device to its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// The CRM in a browser (or the desk client standing in for it).
+    Desk,
+    /// The rep's phone, which dials and records.
+    Phone,
+    /// The server.
+    Server,
+}
+
+impl DeviceKind {
+    /// The lowercase name used in documents and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Desk => "desk",
+            Self::Phone => "phone",
+            Self::Server => "server",
+        }
+    }
+}
+
+/// Who recorded an event, and when by their own clock.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The device's wall-clock time when it recorded the event.
+    pub at: Timestamp,
+    /// The device that recorded it.
+    pub device: DeviceId,
+    /// What kind of device that is.
+    pub device_kind: DeviceKind,
+    /// The user signed in on that device.
+    pub user: UserId,
+}
+
+/// One recorded event on one call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CallEvent {
+    /// Unique id; a duplicate delivery carries the same id and collapses.
+    pub id: EventId,
+    /// The call the event belongs to.
+    pub call: CallId,
+    /// Who recorded it and when.
+    pub stamp: Stamp,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened, with what each kind carries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum EventKind {
+    /// The desk asked a phone to dial.
+    Requested {
+        /// The customer's number to dial.
+        destination: PhoneNumber,
+        /// The phone that is to dial.
+        origin: DeviceId,
+        /// Whether the call is to be recorded (on by default in the UI).
+        recording: bool,
+    },
+    /// The desk cancelled the request.
+    Cancelled,
+    /// The server saw the start limit pass without a start it knew of.
+    Expired,
+    /// The origin phone started the call.
+    Started,
+    /// The origin phone ended the call.
+    PhoneEnded {
+        /// How long the call lasted, by the phone, in seconds.
+        duration_secs: u32,
+    },
+    /// The desk ended the call (the red button).
+    BrowserEnded,
+    /// A call result was saved.
+    ResultSaved(SavedResultFields),
+    /// The server verified and stored the recording's bytes.
+    RecordingAttached(RecordingRef),
+    /// A manager or above deleted the recording.
+    RecordingDeleted,
+    /// A call made outside the system (e.g. a callback received), logged by the desk.
+    ManualCall {
+        /// The number the call was with.
+        number: PhoneNumber,
+    },
+}
+
+impl EventKind {
+    /// The kebab-case name used in documents, logs and timelines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Requested { .. } => "requested",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+            Self::Started => "started",
+            Self::PhoneEnded { .. } => "phone-ended",
+            Self::BrowserEnded => "browser-ended",
+            Self::ResultSaved(_) => "result-saved",
+            Self::RecordingAttached(_) => "recording-attached",
+            Self::RecordingDeleted => "recording-deleted",
+            Self::ManualCall { .. } => "manual-call",
+        }
+    }
+
+    /// The device kinds allowed to record this kind of event.
+    pub fn recorded_by(&self) -> &'static [DeviceKind] {
+        use DeviceKind::*;
+        match self {
+            Self::Requested { .. }
+            | Self::Cancelled
+            | Self::BrowserEnded
+            | Self::ManualCall { .. } => &[Desk],
+            Self::RecordingDeleted => &[Desk],
+            Self::Expired | Self::RecordingAttached(_) => &[Server],
+            Self::Started | Self::PhoneEnded { .. } => &[Phone],
+            Self::ResultSaved(_) => &[Desk, Phone],
+        }
+    }
+}
+
+/// The fields of a saved call result (the result form).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SavedResultFields {
+    /// One of the tenant's result types.
+    pub result_type: ResultTypeId,
+    /// None, recall at a time, or call restriction until a time.
+    pub option: ResultOption,
+    /// The customer status picked on the form, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_status: Option<CustomerStatus>,
+    /// Free memo.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub memo: String,
+    /// The plugin decision that produced the option, once plugins exist: plugin id
+    /// and version, recorded so every device can tell which rule decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+}
+
+/// A reference to a recording the server holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RecordingRef {
+    /// Lowercase hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Length in milliseconds.
+    pub duration_ms: u64,
+    /// Container and codec, e.g. `wav/pcm16`.
+    pub format: String,
+}
