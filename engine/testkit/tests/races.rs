@@ -1,0 +1,395 @@
+//! Every race of DOMAIN.md, driven on the simulated network and checked on all
+//! three replicas (server, desk, phone).
+
+use automerge::{ROOT, ReadDoc, transaction::Transactable};
+use callsync_core::{
+    AnomalyReason, CallView, CoreError, CustomerStatus, EventKind, Flag, Phase, RecordingRef,
+    ResultOption, Timestamp,
+};
+use callsync_testkit::{MOBILE, NUMBER, PeerId, SimNetwork};
+
+const REP: &str = "rep@a.example";
+
+fn three(seed: u64) -> (SimNetwork, PeerId, PeerId, PeerId) {
+    let mut net = SimNetwork::seeded(seed);
+    let desk = net.desk(REP);
+    let phone = net.phone(REP);
+    (net, 0, desk, phone)
+}
+
+/// The state of `call` on every peer, asserting they agree.
+fn agreed(net: &SimNetwork, call: &callsync_core::CallId) -> CallView {
+    let views: Vec<CallView> = net
+        .peers()
+        .map(|p| net.call_state(p, call).expect("call on every peer"))
+        .collect();
+    for view in &views[1..] {
+        assert_eq!(view, &views[0], "replicas disagree on {call}");
+    }
+    views[0].clone()
+}
+
+fn tomorrow_at_ten() -> Timestamp {
+    callsync_testkit::START.plus_millis(24 * 3600 * 1000)
+}
+
+#[test]
+fn the_whole_call_flow_reaches_completed_on_every_replica() {
+    let (mut net, _server, desk, phone) = three(1);
+    let call = net.desk_requests_call(desk, NUMBER, phone);
+    net.run_until_quiescent();
+    assert_eq!(agreed(&net, &call).phase, Phase::AwaitingStart);
+    net.advance(10_000);
+    net.phone_starts(phone, &call).unwrap();
+    net.run_until_quiescent();
+    assert_eq!(agreed(&net, &call).phase, Phase::InCall);
+    net.advance(120_000);
+    net.phone_ends(phone, &call, 120).unwrap();
+    net.run_until_quiescent();
+    assert_eq!(agreed(&net, &call).phase, Phase::PhoneEnded);
+    net.advance(5_000);
+    net.desk_ends(desk, &call).unwrap();
+    net.run_until_quiescent();
+    let view = agreed(&net, &call);
+    assert_eq!(view.phase, Phase::AwaitingResult);
+    assert_eq!(view.flags, [Flag::RecordingPending]);
+    net.save_result(
+        desk,
+        &call,
+        "no-answer",
+        ResultOption::Recall {
+            at: tomorrow_at_ten(),
+        },
+    )
+    .unwrap();
+    net.run_until_quiescent();
+    let view = agreed(&net, &call);
+    assert_eq!(view.phase, Phase::Completed);
+    assert_eq!(view.phone_ended.map(|(_, d)| d), Some(120));
+    for peer in net.peers() {
+        let customer = net.customer(peer);
+        assert_eq!(customer.status.as_str(), CustomerStatus::CONTACTED);
+        assert_eq!(customer.recall_at(), Some(tomorrow_at_ten()));
+    }
+}
+
+#[test]
+fn cancel_racing_start_is_shown_on_both_devices() {
+    for seed in 0..8 {
+        let (mut net, server, desk, phone) = three(seed);
+        let call = net.desk_requests_call(desk, NUMBER, phone);
+        net.run_until_quiescent();
+        net.partition(desk, server);
+        net.advance(20_000);
+        net.desk_cancels(desk, &call).unwrap();
+        net.phone_starts(phone, &call).unwrap();
+        net.run_until_quiescent();
+        net.heal(desk, server);
+        net.run_until_quiescent();
+        let view = agreed(&net, &call);
+        assert_eq!(view.phase, Phase::InCall, "seed {seed}");
+        assert!(view.has(Flag::StartedAfterCancel), "seed {seed}");
+        // The call really happened: a result is still required after both ends.
+        net.advance(30_000);
+        net.phone_ends(phone, &call, 30).unwrap();
+        net.desk_ends(desk, &call).unwrap();
+        net.run_until_quiescent();
+        let view = agreed(&net, &call);
+        assert_eq!(view.phase, Phase::AwaitingResult);
+        assert!(view.has(Flag::StartedAfterCancel));
+    }
+}
+
+#[test]
+fn a_phone_that_knows_of_the_cancel_cannot_start() {
+    let (mut net, _server, desk, phone) = three(2);
+    let call = net.desk_requests_call(desk, NUMBER, phone);
+    net.desk_cancels(desk, &call).unwrap();
+    net.run_until_quiescent();
+    let err = net.phone_starts(phone, &call).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CoreError::NotAwaitingStart {
+                phase: Phase::Cancelled,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(agreed(&net, &call).phase, Phase::Cancelled);
+}
+
+#[test]
+fn start_after_the_limit_is_shown_as_started_after_expiry() {
+    for seed in 0..8 {
+        let (mut net, server, desk, phone) = three(seed);
+        let call = net.desk_requests_call(desk, NUMBER, phone);
+        net.run_until_quiescent();
+        net.partition(phone, server);
+        // The phone's clock runs 15 s slow: by its own clock it starts in time.
+        net.set_clock_skew(phone, -15_000);
+        net.advance(70_000);
+        net.phone_starts(phone, &call).unwrap();
+        assert_eq!(net.server_expires_due(), [call.clone()]);
+        net.run_until_quiescent();
+        assert_eq!(net.call_state(desk, &call).unwrap().phase, Phase::Expired);
+        net.heal(phone, server);
+        net.run_until_quiescent();
+        let view = agreed(&net, &call);
+        assert_eq!(view.phase, Phase::InCall, "seed {seed}");
+        assert!(view.has(Flag::StartedAfterExpiry), "seed {seed}");
+    }
+}
+
+#[test]
+fn the_phone_refuses_to_start_past_the_limit_by_its_own_clock() {
+    let (mut net, _server, desk, phone) = three(3);
+    let call = net.desk_requests_call(desk, NUMBER, phone);
+    net.run_until_quiescent();
+    net.advance(60_000);
+    let err = net.phone_starts(phone, &call).unwrap_err();
+    assert!(matches!(err, CoreError::StartLimitPassed { .. }), "{err}");
+    assert_eq!(net.server_expires_due(), [call.clone()]);
+    net.run_until_quiescent();
+    assert_eq!(agreed(&net, &call).phase, Phase::Expired);
+}
+
+#[test]
+fn the_server_does_not_expire_a_request_before_the_limit() {
+    let (mut net, _server, desk, phone) = three(4);
+    let call = net.desk_requests_call(desk, NUMBER, phone);
+    net.run_until_quiescent();
+    net.advance(59_999);
+    assert!(net.server_expires_due().is_empty());
+    let err = net.record(0, &call, EventKind::Expired).unwrap_err();
+    assert!(matches!(err, CoreError::NotYetExpired { .. }), "{err}");
+}
+
+#[test]
+fn browser_ended_before_the_phone_is_flagged_on_every_replica() {
+    for seed in 0..8 {
+        let (mut net, server, desk, phone) = three(seed);
+        let call = net.desk_requests_call(desk, NUMBER, phone);
+        net.run_until_quiescent();
+        net.advance(5_000);
+        net.phone_starts(phone, &call).unwrap();
+        net.run_until_quiescent();
+        net.partition(phone, server);
+        net.advance(60_000);
+        net.desk_ends(desk, &call).unwrap();
+        net.run_until_quiescent();
+        let on_desk = net.call_state(desk, &call).unwrap();
+        assert_eq!(on_desk.phase, Phase::BrowserEnded);
+        assert!(on_desk.has(Flag::BrowserEndedFirst));
+        // A result cannot be saved while the phone has not ended? It can: the rule is
+        // the browser's end. But the phone is still in the call, which both sides see.
+        net.advance(30_000);
+        net.phone_ends(phone, &call, 85).unwrap();
+        net.heal(phone, server);
+        net.run_until_quiescent();
+        let view = agreed(&net, &call);
+        assert_eq!(view.phase, Phase::AwaitingResult, "seed {seed}");
+        assert!(view.has(Flag::BrowserEndedFirst), "seed {seed}");
+    }
+}
+
+#[test]
+fn ending_in_the_right_order_raises_no_flag() {
+    let (mut net, _server, desk, phone) = three(5);
+    let call = net.desk_requests_call(desk, NUMBER, phone);
+    net.phone_starts(phone, &call).unwrap_err(); // not yet synced: the phone does not know the call
+    net.run_until_quiescent();
+    net.phone_starts(phone, &call).unwrap();
+    net.advance(1_000);
+    net.phone_ends(phone, &call, 1).unwrap();
+    net.run_until_quiescent();
+    net.advance(1_000);
+    net.desk_ends(desk, &call).unwrap();
+    net.run_until_quiescent();
+    let view = agreed(&net, &call);
+    assert!(!view.has(Flag::BrowserEndedFirst));
+    assert_eq!(view.phase, Phase::AwaitingResult);
+}
+
+fn ended_call(net: &mut SimNetwork, desk: PeerId, phone: PeerId) -> callsync_core::CallId {
+    let call = net.desk_requests_call(desk, NUMBER, phone);
+    net.run_until_quiescent();
+    net.phone_starts(phone, &call).unwrap();
+    net.advance(10_000);
+    net.phone_ends(phone, &call, 10).unwrap();
+    net.run_until_quiescent();
+    net.desk_ends(desk, &call).unwrap();
+    net.run_until_quiescent();
+    call
+}
+
+#[test]
+fn results_saved_on_two_devices_are_both_kept_and_the_latest_wins_everywhere() {
+    for seed in 0..8 {
+        let (mut net, server, desk, phone) = three(seed);
+        let call = ended_call(&mut net, desk, phone);
+        net.partition(desk, server);
+        net.partition(phone, server);
+        net.advance(1_000);
+        net.save_result(phone, &call, "no-answer", ResultOption::None)
+            .unwrap();
+        net.advance(1_000);
+        net.save_result(desk, &call, "appointment", ResultOption::None)
+            .unwrap();
+        net.heal(desk, server);
+        net.heal(phone, server);
+        net.run_until_quiescent();
+        let view = agreed(&net, &call);
+        assert_eq!(view.phase, Phase::Completed);
+        assert!(view.has(Flag::ConcurrentResults));
+        assert_eq!(view.results.len(), 2);
+        assert_eq!(
+            view.result_in_force().unwrap().fields.result_type.as_str(),
+            "appointment",
+            "seed {seed}"
+        );
+        for peer in net.peers() {
+            assert_eq!(net.customer(peer).status.as_str(), "アポ獲得");
+        }
+    }
+}
+
+#[test]
+fn results_saved_at_the_same_instant_are_decided_by_device_id() {
+    let (mut net, server, desk, phone) = three(6);
+    let call = ended_call(&mut net, desk, phone);
+    net.partition(desk, server);
+    net.partition(phone, server);
+    net.save_result(desk, &call, "appointment", ResultOption::None)
+        .unwrap();
+    net.save_result(phone, &call, "no-answer", ResultOption::None)
+        .unwrap();
+    net.heal(desk, server);
+    net.heal(phone, server);
+    net.run_until_quiescent();
+    let view = agreed(&net, &call);
+    // Same time: the larger device id ("phone-2" > "desk-1") is in force.
+    assert_eq!(
+        view.result_in_force().unwrap().stamp.device.as_str(),
+        "phone-2"
+    );
+}
+
+#[test]
+fn a_result_for_a_call_that_never_started_is_refused_and_a_forged_one_is_ignored_everywhere() {
+    let (mut net, _server, desk, phone) = three(7);
+    let call = net.desk_requests_call(desk, NUMBER, phone);
+    net.desk_cancels(desk, &call).unwrap();
+    net.run_until_quiescent();
+    let err = net
+        .save_result(desk, &call, "no-answer", ResultOption::None)
+        .unwrap_err();
+    assert!(matches!(err, CoreError::CallNeverStarted { .. }), "{err}");
+    // A misbehaving replica writes one anyway, bypassing the rules.
+    let forged = serde_json::json!({
+        "id": "forged-1", "call": call.as_str(),
+        "stamp": {"at": 1_795_482_100_000_i64, "device": "desk-1", "device_kind": "desk", "user": REP},
+        "kind": {"type": "result-saved", "result_type": "no-answer", "option": {"kind": "none"}}
+    });
+    let doc = net_doc(&mut net, desk);
+    let events = match doc.get(ROOT, "events").unwrap() {
+        Some((_, id)) => id,
+        None => panic!("no events map"),
+    };
+    doc.put(&events, format!("{call}/forged-1"), forged.to_string())
+        .unwrap();
+    doc.commit();
+    net.run_until_quiescent();
+    let view = agreed(&net, &call);
+    assert_eq!(view.phase, Phase::Cancelled);
+    assert!(view.results.is_empty());
+    assert_eq!(view.anomalies.len(), 1);
+    assert_eq!(view.anomalies[0].reason, AnomalyReason::NeverStarted);
+}
+
+fn net_doc(net: &mut SimNetwork, peer: PeerId) -> &mut automerge::AutoCommit {
+    net.doc_mut(peer).automerge_mut()
+}
+
+#[test]
+fn only_the_origin_phone_may_start_and_a_forged_start_is_ignored() {
+    let mut net = SimNetwork::seeded(8);
+    let desk = net.desk(REP);
+    let phone = net.phone(REP);
+    let other_phone = net.phone("other@a.example");
+    let call = net.desk_requests_call(desk, MOBILE, phone);
+    net.run_until_quiescent();
+    let err = net.phone_starts(other_phone, &call).unwrap_err();
+    assert!(matches!(err, CoreError::NotOriginPhone { .. }), "{err}");
+    let err = net.record(desk, &call, EventKind::Started).unwrap_err();
+    assert!(matches!(err, CoreError::WrongDeviceKind { .. }), "{err}");
+    let forged = serde_json::json!({
+        "id": "forged-2", "call": call.as_str(),
+        "stamp": {"at": 1_795_482_010_000_i64, "device": "phone-3", "device_kind": "phone", "user": "other@a.example"},
+        "kind": {"type": "started"}
+    });
+    let doc = net_doc(&mut net, other_phone);
+    let events = doc.get(ROOT, "events").unwrap().unwrap().1;
+    doc.put(&events, format!("{call}/forged-2"), forged.to_string())
+        .unwrap();
+    doc.commit();
+    net.run_until_quiescent();
+    let view = agreed(&net, &call);
+    assert_eq!(view.phase, Phase::AwaitingStart);
+    assert_eq!(view.anomalies[0].reason, AnomalyReason::NotOriginPhone);
+}
+
+#[test]
+fn a_recording_deleted_before_its_upload_finishes_stays_deleted() {
+    let (mut net, server, desk, phone) = three(9);
+    let call = ended_call(&mut net, desk, phone);
+    assert!(agreed(&net, &call).has(Flag::RecordingPending));
+    net.partition(desk, server);
+    net.record(desk, &call, EventKind::RecordingDeleted)
+        .unwrap();
+    let recording = RecordingRef {
+        sha256: "ab".repeat(32),
+        size: 1_000,
+        duration_ms: 10_000,
+        format: "wav/pcm16".into(),
+    };
+    net.record(server, &call, EventKind::RecordingAttached(recording))
+        .unwrap();
+    net.heal(desk, server);
+    net.run_until_quiescent();
+    let view = agreed(&net, &call);
+    assert!(view.has(Flag::RecordingDeleted));
+    assert!(!view.has(Flag::RecordingStored));
+}
+
+#[test]
+fn a_new_request_is_refused_while_a_result_is_pending_and_during_a_restriction() {
+    let (mut net, _server, desk, phone) = three(10);
+    let call = ended_call(&mut net, desk, phone);
+    let second = callsync_core::CallId::new("call-second").unwrap();
+    let request = |net: &SimNetwork| EventKind::Requested {
+        destination: callsync_core::PhoneNumber::parse(NUMBER).unwrap(),
+        origin: net.device_id(phone).clone(),
+        recording: true,
+    };
+    let err = net.record(desk, &second, request(&net)).unwrap_err();
+    assert!(matches!(err, CoreError::PendingResult { .. }), "{err}");
+    let until = tomorrow_at_ten();
+    net.save_result(
+        desk,
+        &call,
+        "do-not-call",
+        ResultOption::Restriction { until },
+    )
+    .unwrap();
+    net.run_until_quiescent();
+    // The restriction reaches the phone's replica too, so it holds offline.
+    for peer in net.peers() {
+        assert_eq!(net.customer(peer).restricted_until(net.now()), Some(until));
+    }
+    let err = net.record(desk, &second, request(&net)).unwrap_err();
+    assert_eq!(err, CoreError::CustomerRestricted { until });
+    net.advance(24 * 3600 * 1000);
+    net.record(desk, &second, request(&net)).unwrap();
+}
