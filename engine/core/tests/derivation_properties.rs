@@ -1,4 +1,5 @@
 //! Property: a call's derived state depends only on its set of events — not on
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! arrival order, not on duplicates.
 
 use callsync_core::lifecycle::derive_call;

@@ -1,1 +1,655 @@
-//! placeholder
+//! SQLite adapter: customer documents saved incrementally, and the call index.
+//!
+//! Owns: the database file (WAL mode, `synchronous=FULL`), its versioned schema
+//! ([`MIGRATIONS`], tracked in `PRAGMA user_version`), saving each document as a
+//! snapshot plus appended incremental chunks (compacted when the chunks outgrow the
+//! snapshot), loading a document in one read, and the derived `calls` index that
+//! answers "which calls of this user still need a result" across customers.
+//! Does not own: what a document means (the core), or ids and actor ids (hosts).
+//!
+//! Call order for a write: [`Store::write`] opens a `BEGIN IMMEDIATE` transaction
+//! (writers queue here, so load-check-write can never interleave with another
+//! process); [`WriteTx::load`] the document; record events through the core;
+//! [`WriteTx::save`]; [`WriteTx::commit`]. Nothing is acknowledged before commit;
+//! dropping the transaction rolls everything back. A crash at any point leaves the
+//! last committed state, which [`Store::load`] reads whole.
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+use std::path::Path;
+use std::time::Duration;
+
+use automerge::{ActorId, ChangeHash};
+use callsync_core::{
+    CallId, CallView, CoreError, Customer, CustomerDoc, CustomerId, OpenCall, Phase, TenantId,
+    Timestamp, UserId,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
+/// Append only: never edit a migration that has shipped.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: documents, their incremental chunks, the derived call index, settings.
+    r#"
+    CREATE TABLE documents (
+        tenant_id         TEXT NOT NULL,
+        customer_id       TEXT NOT NULL,
+        snapshot          BLOB NOT NULL,
+        snapshot_bytes    INTEGER NOT NULL,
+        incremental_bytes INTEGER NOT NULL DEFAULT 0,
+        next_chunk        INTEGER NOT NULL DEFAULT 0,
+        heads             BLOB NOT NULL,
+        company           TEXT NOT NULL,
+        contact           TEXT NOT NULL,
+        owner             TEXT NOT NULL,
+        status            TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, customer_id)
+    );
+    CREATE TABLE chunks (
+        tenant_id   TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        bytes       BLOB NOT NULL,
+        PRIMARY KEY (tenant_id, customer_id, seq)
+    );
+    CREATE TABLE calls (
+        tenant_id    TEXT NOT NULL,
+        call_id      TEXT NOT NULL,
+        customer_id  TEXT NOT NULL,
+        user_id      TEXT NOT NULL,
+        phase        TEXT NOT NULL,
+        requested_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, call_id)
+    );
+    CREATE INDEX calls_by_user ON calls (tenant_id, user_id, phase);
+    CREATE INDEX calls_by_customer ON calls (tenant_id, customer_id);
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    "#,
+];
+
+/// Why a store operation failed. A failed write changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed (I/O, a full disk, a locked database past the timeout, …).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The core refused the action or could not read a stored document.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// No customer with this id in the tenant.
+    #[error("no customer {customer} in tenant {tenant}")]
+    UnknownCustomer {
+        /// The tenant.
+        tenant: TenantId,
+        /// The customer asked for.
+        customer: CustomerId,
+    },
+    /// A customer with this id exists already.
+    #[error("customer {customer} already exists")]
+    CustomerExists {
+        /// The customer.
+        customer: CustomerId,
+    },
+    /// No call with this id in the tenant.
+    #[error("no call {call} in tenant {tenant}")]
+    UnknownCall {
+        /// The tenant.
+        tenant: TenantId,
+        /// The call asked for.
+        call: CallId,
+    },
+    /// The database was written by a newer version.
+    #[error("the database has schema version {found}; this build knows up to {supported}")]
+    SchemaTooNew {
+        /// The database's version.
+        found: u32,
+        /// The newest this build knows.
+        supported: u32,
+    },
+}
+
+/// What a save wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveOutcome {
+    /// Nothing had changed since the last save.
+    Unchanged,
+    /// New changes were appended as one chunk of this many bytes.
+    Appended(usize),
+    /// The chunks outgrew the snapshot, so a new snapshot of this many bytes
+    /// replaced snapshot and chunks.
+    Compacted(usize),
+}
+
+/// A document loaded from the store, with the heads it was saved at (so the next
+/// save appends exactly what changed since).
+#[derive(Debug)]
+pub struct StoredDoc {
+    /// The document.
+    pub doc: CustomerDoc,
+    saved_heads: Vec<ChangeHash>,
+}
+
+/// One row of the customer list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerRow {
+    /// The customer.
+    pub id: CustomerId,
+    /// Company name.
+    pub company: String,
+    /// Contact person.
+    pub contact: String,
+    /// Assigned rep.
+    pub owner: String,
+    /// Derived status at the last save.
+    pub status: String,
+}
+
+/// One row of the call index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRow {
+    /// The call.
+    pub call: CallId,
+    /// Its customer.
+    pub customer: CustomerId,
+    /// Who requested or logged it.
+    pub user: String,
+    /// Its phase at the last save.
+    pub phase: Phase,
+    /// When it was requested.
+    pub requested_at: Timestamp,
+}
+
+/// How long a writer waits for another writer before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The SQLite database of one data directory.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and applies pending
+    /// migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL: readers never block the writer. FULL: a commit survives power loss,
+        // not only a process crash — what we acknowledge must never be lost.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        migrate(&mut conn)?;
+        Ok(Self { conn })
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// Starts a write. Other writers (threads or processes) wait until it ends.
+    pub fn write(&mut self) -> Result<WriteTx<'_>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok(WriteTx { tx })
+    }
+
+    /// Loads a document, to be edited as `actor`, in one read.
+    pub fn load(
+        &self,
+        tenant: &TenantId,
+        customer: &CustomerId,
+        actor: ActorId,
+    ) -> Result<StoredDoc, StoreError> {
+        load(&self.conn, tenant, customer, actor)
+    }
+
+    /// The tenant's customers, by id.
+    pub fn customers(&self, tenant: &TenantId) -> Result<Vec<CustomerRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT customer_id, company, contact, owner, status FROM documents
+             WHERE tenant_id = ?1 ORDER BY customer_id",
+        )?;
+        let rows = stmt.query_map(params![tenant.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, company, contact, owner, status) = row?;
+            out.push(CustomerRow {
+                id: CustomerId::new(id).map_err(CoreError::from)?,
+                company,
+                contact,
+                owner,
+                status,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Calls in the index, newest first, optionally of one customer or one user.
+    pub fn calls(
+        &self,
+        tenant: &TenantId,
+        customer: Option<&CustomerId>,
+        user: Option<&UserId>,
+    ) -> Result<Vec<CallRow>, StoreError> {
+        call_rows(&self.conn, tenant, customer, user)
+    }
+
+    /// The customer a call belongs to.
+    pub fn customer_of_call(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<CustomerId, StoreError> {
+        customer_of_call(&self.conn, tenant, call)
+    }
+
+    /// A setting, if set.
+    pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Sets a setting (its own small transaction).
+    pub fn set_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Byte counts of a stored document: (snapshot, incremental chunks, chunk rows).
+    pub fn stored_sizes(
+        &self,
+        tenant: &TenantId,
+        customer: &CustomerId,
+    ) -> Result<(u64, u64, u64), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT snapshot_bytes, incremental_bytes,
+                        (SELECT count(*) FROM chunks c WHERE c.tenant_id = d.tenant_id AND c.customer_id = d.customer_id)
+                 FROM documents d WHERE tenant_id = ?1 AND customer_id = ?2",
+                params![tenant.as_str(), customer.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownCustomer { tenant: tenant.clone(), customer: customer.clone() })
+    }
+}
+
+/// A write in progress: a `BEGIN IMMEDIATE` transaction. Dropped without
+/// [`WriteTx::commit`], it rolls back.
+#[derive(Debug)]
+pub struct WriteTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl WriteTx<'_> {
+    /// Loads a document inside this write (so the check sees the latest state).
+    pub fn load(
+        &self,
+        tenant: &TenantId,
+        customer: &CustomerId,
+        actor: ActorId,
+    ) -> Result<StoredDoc, StoreError> {
+        load(&self.tx, tenant, customer, actor)
+    }
+
+    /// Stores a new document (as its first snapshot) and indexes it.
+    pub fn insert(&self, doc: &mut CustomerDoc) -> Result<StoredDoc, StoreError> {
+        let exists: bool = self.tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM documents WHERE tenant_id = ?1 AND customer_id = ?2)",
+            params![doc.tenant().as_str(), doc.id().as_str()],
+            |r| r.get(0),
+        )?;
+        if exists {
+            return Err(StoreError::CustomerExists {
+                customer: doc.id().clone(),
+            });
+        }
+        let customer = doc.customer()?;
+        let heads = doc.automerge_mut().get_heads();
+        let snapshot = doc.automerge_mut().save();
+        self.tx.execute(
+            "INSERT INTO documents (tenant_id, customer_id, snapshot, snapshot_bytes, heads,
+                                    company, contact, owner, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                doc.tenant().as_str(),
+                doc.id().as_str(),
+                snapshot,
+                snapshot.len() as i64,
+                encode_heads(&heads),
+                customer.company,
+                customer.contact,
+                customer.owner.as_str(),
+                customer.status.as_str(),
+            ],
+        )?;
+        self.index(&customer)?;
+        Ok(StoredDoc {
+            doc: doc.clone(),
+            saved_heads: heads,
+        })
+    }
+
+    /// Saves what changed since the document was loaded or last saved: one appended
+    /// chunk, or a compaction when the chunks would outgrow the snapshot. Refreshes
+    /// the list columns and the call index in the same transaction.
+    pub fn save(&self, stored: &mut StoredDoc) -> Result<SaveOutcome, StoreError> {
+        let doc = &mut stored.doc;
+        let heads = doc.automerge_mut().get_heads();
+        if heads == stored.saved_heads {
+            return Ok(SaveOutcome::Unchanged);
+        }
+        let (tenant, id) = (
+            doc.tenant().as_str().to_owned(),
+            doc.id().as_str().to_owned(),
+        );
+        let chunk = doc.automerge_mut().save_after(&stored.saved_heads);
+        let (snapshot_bytes, incremental_bytes, next_chunk): (i64, i64, i64) = self
+            .tx
+            .query_row(
+                "SELECT snapshot_bytes, incremental_bytes, next_chunk FROM documents
+                 WHERE tenant_id = ?1 AND customer_id = ?2",
+                params![tenant, id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::UnknownCustomer {
+                tenant: doc.tenant().clone(),
+                customer: doc.id().clone(),
+            })?;
+        let customer = doc.customer()?;
+        let outcome = if incremental_bytes + chunk.len() as i64 > snapshot_bytes {
+            let snapshot = doc.automerge_mut().save();
+            self.tx.execute(
+                "DELETE FROM chunks WHERE tenant_id = ?1 AND customer_id = ?2",
+                params![tenant, id],
+            )?;
+            self.tx.execute(
+                "UPDATE documents SET snapshot = ?3, snapshot_bytes = ?4, incremental_bytes = 0
+                 WHERE tenant_id = ?1 AND customer_id = ?2",
+                params![tenant, id, snapshot, snapshot.len() as i64],
+            )?;
+            SaveOutcome::Compacted(snapshot.len())
+        } else {
+            self.tx.execute(
+                "INSERT INTO chunks (tenant_id, customer_id, seq, bytes) VALUES (?1, ?2, ?3, ?4)",
+                params![tenant, id, next_chunk, chunk],
+            )?;
+            self.tx.execute(
+                "UPDATE documents SET incremental_bytes = incremental_bytes + ?3, next_chunk = ?4
+                 WHERE tenant_id = ?1 AND customer_id = ?2",
+                params![tenant, id, chunk.len() as i64, next_chunk + 1],
+            )?;
+            SaveOutcome::Appended(chunk.len())
+        };
+        self.tx.execute(
+            "UPDATE documents SET heads = ?3, company = ?4, contact = ?5, owner = ?6, status = ?7
+             WHERE tenant_id = ?1 AND customer_id = ?2",
+            params![
+                tenant,
+                id,
+                encode_heads(&heads),
+                customer.company,
+                customer.contact,
+                customer.owner.as_str(),
+                customer.status.as_str(),
+            ],
+        )?;
+        self.index(&customer)?;
+        // Only now is the in-memory save point moved; if the transaction is rolled
+        // back instead, the caller drops this document with it.
+        stored.saved_heads = heads;
+        Ok(outcome)
+    }
+
+    fn index(&self, customer: &Customer) -> Result<(), StoreError> {
+        let mut upsert = self.tx.prepare_cached(
+            "INSERT INTO calls (tenant_id, call_id, customer_id, user_id, phase, requested_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (tenant_id, call_id) DO UPDATE SET phase = excluded.phase",
+        )?;
+        for call in &customer.calls {
+            upsert.execute(params![
+                customer.tenant.as_str(),
+                call.call.as_str(),
+                customer.id.as_str(),
+                call.owner().as_str(),
+                call.phase.as_str(),
+                call.origin_stamp.at.as_millis(),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The user's calls on customers other than `except` that may block a new
+    /// request (phases before `completed`, not cancelled or expired).
+    pub fn open_calls_of(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        except: &CustomerId,
+    ) -> Result<Vec<OpenCall>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT call_id, phase, requested_at FROM calls
+             WHERE tenant_id = ?1 AND user_id = ?2 AND customer_id <> ?3
+               AND phase IN ('awaiting-result', 'phone-ended', 'browser-ended', 'in-call', 'awaiting-start')",
+        )?;
+        let rows = stmt.query_map(
+            params![tenant.as_str(), user.as_str(), except.as_str()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (call, phase, at) = row?;
+            let Some(phase) = Phase::parse(&phase) else {
+                continue;
+            };
+            out.push(OpenCall {
+                call: CallId::new(call).map_err(CoreError::from)?,
+                phase,
+                requested_at: Timestamp::from_millis(at),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The customer a call belongs to.
+    pub fn customer_of_call(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<CustomerId, StoreError> {
+        customer_of_call(&self.tx, tenant, call)
+    }
+
+    /// Commits: from here on, the write is acknowledged and durable.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit()?;
+        Ok(())
+    }
+}
+
+impl StoredDoc {
+    /// The call's state after the last change, for callers that just recorded one.
+    pub fn call(&self, call: &CallId) -> Option<CallView> {
+        self.doc.call(call)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as u32;
+    if applied > known {
+        return Err(StoreError::SchemaTooNew {
+            found: applied,
+            supported: known,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if now > index as u32 {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as u32 + 1)?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+fn load(
+    conn: &Connection,
+    tenant: &TenantId,
+    customer: &CustomerId,
+    actor: ActorId,
+) -> Result<StoredDoc, StoreError> {
+    // One statement reads the snapshot and every chunk, in order.
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.snapshot, c.bytes FROM documents d
+         LEFT JOIN chunks c ON c.tenant_id = d.tenant_id AND c.customer_id = d.customer_id
+         WHERE d.tenant_id = ?1 AND d.customer_id = ?2
+         ORDER BY c.seq",
+    )?;
+    let mut rows = stmt.query(params![tenant.as_str(), customer.as_str()])?;
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut found = false;
+    while let Some(row) = rows.next()? {
+        if !found {
+            bytes.extend_from_slice(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?);
+            found = true;
+        }
+        if let Some(chunk) = row
+            .get_ref(1)?
+            .as_blob_or_null()
+            .map_err(rusqlite::Error::from)?
+        {
+            bytes.extend_from_slice(chunk);
+        }
+    }
+    if !found {
+        return Err(StoreError::UnknownCustomer {
+            tenant: tenant.clone(),
+            customer: customer.clone(),
+        });
+    }
+    let mut doc = CustomerDoc::load(&bytes, actor)?;
+    if doc.tenant() != tenant || doc.id() != customer {
+        return Err(CoreError::MalformedDocument {
+            path: "customer".into(),
+            reason: format!(
+                "stored as {tenant}/{customer} but the document says {}/{}",
+                doc.tenant(),
+                doc.id()
+            ),
+        }
+        .into());
+    }
+    let saved_heads = doc.automerge_mut().get_heads();
+    Ok(StoredDoc { doc, saved_heads })
+}
+
+fn customer_of_call(
+    conn: &Connection,
+    tenant: &TenantId,
+    call: &CallId,
+) -> Result<CustomerId, StoreError> {
+    let id: Option<String> = conn
+        .query_row(
+            "SELECT customer_id FROM calls WHERE tenant_id = ?1 AND call_id = ?2",
+            params![tenant.as_str(), call.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match id {
+        Some(id) => Ok(CustomerId::new(id).map_err(CoreError::from)?),
+        None => Err(StoreError::UnknownCall {
+            tenant: tenant.clone(),
+            call: call.clone(),
+        }),
+    }
+}
+
+fn call_rows(
+    conn: &Connection,
+    tenant: &TenantId,
+    customer: Option<&CustomerId>,
+    user: Option<&UserId>,
+) -> Result<Vec<CallRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT call_id, customer_id, user_id, phase, requested_at FROM calls
+         WHERE tenant_id = ?1 AND (?2 IS NULL OR customer_id = ?2) AND (?3 IS NULL OR user_id = ?3)
+         ORDER BY requested_at DESC, call_id",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            tenant.as_str(),
+            customer.map(CustomerId::as_str),
+            user.map(UserId::as_str)
+        ],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get::<_, String>(3)?,
+                r.get(4)?,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (call, customer, user, phase, at) = row?;
+        let Some(phase) = Phase::parse(&phase) else {
+            continue;
+        };
+        out.push(CallRow {
+            call: CallId::new(call).map_err(CoreError::from)?,
+            customer: CustomerId::new(customer).map_err(CoreError::from)?,
+            user,
+            phase,
+            requested_at: Timestamp::from_millis(at),
+        });
+    }
+    Ok(out)
+}
+
+fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
+    let mut sorted = heads.to_vec();
+    sorted.sort();
+    sorted.iter().flat_map(|h| h.0).collect()
+}

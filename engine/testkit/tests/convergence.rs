@@ -1,4 +1,5 @@
 //! Property: replicas that edit concurrently, with links cut and healed at random,
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! converge to identical documents and identical derived state once they can talk.
 
 use callsync_core::{CallId, ResultOption};

@@ -1,4 +1,5 @@
 //! Every race of DOMAIN.md, driven on the simulated network and checked on all
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! three replicas (server, desk, phone).
 
 use automerge::{ROOT, ReadDoc, transaction::Transactable};

@@ -1,0 +1,225 @@
+//! The store on a real SQLite file: incremental saves, compaction, one-read loads,
+//! refusals that change nothing, and schema versioning.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use automerge::ActorId;
+use callsync_core::{
+    CallEvent, CallId, CoreError, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId,
+    EventKind, Phase, PhoneNumber, ResultCatalog, RuleContext, Stamp, TenantId, UserId,
+};
+use callsync_store::{MIGRATIONS, SaveOutcome, Store, StoreError};
+use callsync_testkit::{NUMBER, START, sample_customer};
+
+fn actor() -> ActorId {
+    ActorId::from(b"store-test".as_slice())
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("tenant-a").unwrap()
+}
+
+fn customer_id() -> CustomerId {
+    CustomerId::new("cus-0001").unwrap()
+}
+
+fn stamp(at: i64, kind: DeviceKind, device: &str) -> Stamp {
+    Stamp {
+        at: START.plus_millis(at),
+        device: DeviceId::new(device).unwrap(),
+        device_kind: kind,
+        user: UserId::new("rep@a.example").unwrap(),
+    }
+}
+
+fn request(call: &str, at: i64) -> CallEvent {
+    CallEvent {
+        id: EventId::new(format!("{call}-req")).unwrap(),
+        call: CallId::new(call).unwrap(),
+        stamp: stamp(at, DeviceKind::Desk, "desk-1"),
+        kind: EventKind::Requested {
+            destination: PhoneNumber::parse(NUMBER).unwrap(),
+            origin: DeviceId::new("phone-1").unwrap(),
+            recording: true,
+        },
+    }
+}
+
+fn cancel(call: &str, at: i64) -> CallEvent {
+    CallEvent {
+        id: EventId::new(format!("{call}-cancel")).unwrap(),
+        call: CallId::new(call).unwrap(),
+        stamp: stamp(at, DeviceKind::Desk, "desk-1"),
+        kind: EventKind::Cancelled,
+    }
+}
+
+fn new_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("callsync.sqlite")).unwrap();
+    let mut doc = CustomerDoc::create(&sample_customer(), START, actor()).unwrap();
+    let tx = store.write().unwrap();
+    tx.insert(&mut doc).unwrap();
+    tx.commit().unwrap();
+    (dir, store)
+}
+
+fn record(store: &mut Store, event: CallEvent) -> Result<SaveOutcome, StoreError> {
+    let catalog = ResultCatalog::standard();
+    let tx = store.write()?;
+    let mut stored = tx.load(&tenant(), &customer_id(), actor())?;
+    stored.doc.record(event, &RuleContext::new(&catalog))?;
+    let outcome = tx.save(&mut stored)?;
+    tx.commit()?;
+    Ok(outcome)
+}
+
+#[test]
+fn each_save_appends_one_chunk_until_chunks_outgrow_the_snapshot_then_compacts() {
+    let (_dir, mut store) = new_store();
+    let (snapshot, incremental, chunks) = store.stored_sizes(&tenant(), &customer_id()).unwrap();
+    assert!(snapshot > 0);
+    assert_eq!((incremental, chunks), (0, 0));
+    let mut outcomes = Vec::new();
+    for i in 0..40 {
+        let call = format!("call-{i}");
+        outcomes.push(record(&mut store, request(&call, i * 120_000)).unwrap());
+        outcomes.push(record(&mut store, cancel(&call, i * 120_000 + 1_000)).unwrap());
+    }
+    assert!(matches!(outcomes[0], SaveOutcome::Appended(n) if n > 0));
+    let compactions = outcomes
+        .iter()
+        .filter(|o| matches!(o, SaveOutcome::Compacted(_)))
+        .count();
+    assert!(compactions >= 1, "{outcomes:?}");
+    let (snapshot, incremental, _) = store.stored_sizes(&tenant(), &customer_id()).unwrap();
+    assert!(
+        incremental <= snapshot,
+        "chunks {incremental} must stay below the snapshot {snapshot}"
+    );
+    let loaded = store.load(&tenant(), &customer_id(), actor()).unwrap();
+    let customer = loaded.doc.customer().unwrap();
+    assert_eq!(customer.calls.len(), 40);
+    assert!(customer.calls.iter().all(|c| c.phase == Phase::Cancelled));
+    assert_eq!(
+        store
+            .calls(&tenant(), Some(&customer_id()), None)
+            .unwrap()
+            .len(),
+        40
+    );
+}
+
+#[test]
+fn a_refused_event_changes_nothing_on_disk() {
+    let (dir, mut store) = new_store();
+    record(&mut store, request("call-1", 0)).unwrap();
+    let before = store.stored_sizes(&tenant(), &customer_id()).unwrap();
+    let heads_before = store
+        .load(&tenant(), &customer_id(), actor())
+        .unwrap()
+        .doc
+        .automerge_mut()
+        .get_heads();
+    // A second request while the first still waits for Start call.
+    let err = record(&mut store, request("call-2", 1_000)).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Core(CoreError::RequestWaiting { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        store.stored_sizes(&tenant(), &customer_id()).unwrap(),
+        before
+    );
+    let mut reopened = Store::open(&dir.path().join("callsync.sqlite")).unwrap();
+    let mut after = reopened.load(&tenant(), &customer_id(), actor()).unwrap();
+    assert_eq!(after.doc.automerge_mut().get_heads(), heads_before);
+    assert_eq!(reopened.calls(&tenant(), None, None).unwrap().len(), 1);
+}
+
+#[test]
+fn an_unknown_customer_is_a_typed_error() {
+    let (_dir, store) = new_store();
+    let err = store
+        .load(&tenant(), &CustomerId::new("cus-9999").unwrap(), actor())
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnknownCustomer { .. }), "{err}");
+    let err = store
+        .load(&TenantId::new("tenant-b").unwrap(), &customer_id(), actor())
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::UnknownCustomer { .. }),
+        "another tenant's id must not find it: {err}"
+    );
+}
+
+#[test]
+fn inserting_the_same_customer_twice_is_refused() {
+    let (_dir, mut store) = new_store();
+    let mut doc = CustomerDoc::create(&sample_customer(), START, actor()).unwrap();
+    let tx = store.write().unwrap();
+    let err = tx.insert(&mut doc).unwrap_err();
+    assert!(matches!(err, StoreError::CustomerExists { .. }), "{err}");
+}
+
+#[test]
+fn a_database_from_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callsync.sqlite");
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Store::open(&path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_document_filed_under_the_wrong_customer_is_refused_not_served() {
+    let (dir, store) = new_store();
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join("callsync.sqlite")).unwrap();
+    conn.execute("UPDATE documents SET customer_id = 'cus-0002'", [])
+        .unwrap();
+    drop(conn);
+    let store = Store::open(&dir.path().join("callsync.sqlite")).unwrap();
+    let err = store
+        .load(&tenant(), &CustomerId::new("cus-0002").unwrap(), actor())
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Core(CoreError::MalformedDocument { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pending_result_on_another_customer_blocks_a_new_request() {
+    let (_dir, mut store) = new_store();
+    record(&mut store, request("call-1", 0)).unwrap();
+    let tx = store.write().unwrap();
+    let open = tx
+        .open_calls_of(
+            &tenant(),
+            &UserId::new("rep@a.example").unwrap(),
+            &CustomerId::new("cus-0002").unwrap(),
+        )
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].phase, Phase::AwaitingStart);
+    assert_eq!(open[0].requested_at, START);
+    let none = tx
+        .open_calls_of(
+            &tenant(),
+            &UserId::new("rep@a.example").unwrap(),
+            &customer_id(),
+        )
+        .unwrap();
+    assert!(
+        none.is_empty(),
+        "calls on the customer itself come from its document"
+    );
+}
