@@ -1,6 +1,6 @@
 //! Property: a call's derived state depends only on its set of events — not on
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! arrival order, not on duplicates.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use callsync_core::lifecycle::derive_call;
 use callsync_core::{

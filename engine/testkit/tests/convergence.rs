@@ -1,6 +1,6 @@
 //! Property: replicas that edit concurrently, with links cut and healed at random,
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! converge to identical documents and identical derived state once they can talk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use callsync_core::{CallId, ResultOption};
 use callsync_testkit::{MOBILE, NUMBER, SimNetwork};

@@ -1,6 +1,6 @@
 //! Every race of DOMAIN.md, driven on the simulated network and checked on all
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! three replicas (server, desk, phone).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use automerge::{ROOT, ReadDoc, transaction::Transactable};
 use callsync_core::{

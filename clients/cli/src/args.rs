@@ -1,0 +1,223 @@
+//! The command line: every subcommand, flag and default, as clap parses it.
+//!
+//! Owns: argument names, help texts and defaults. Does not own: what a command
+//! does (see `app`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// callsync: customers and calls in a local data directory (the network comes later).
+#[derive(Debug, Parser)]
+#[command(name = "callsync", version, about)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// The data directory (created on first use).
+    #[arg(long, global = true, env = "CALLSYNC_DATA")]
+    pub(crate) data: Option<PathBuf>,
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// The tenant (company) to act in.
+    #[arg(
+        long,
+        global = true,
+        env = "CALLSYNC_TENANT",
+        default_value = "default"
+    )]
+    pub(crate) tenant: String,
+    /// The signed-in user.
+    #[arg(
+        long,
+        global = true,
+        env = "CALLSYNC_USER",
+        default_value = "rep1@sakura-sales.example"
+    )]
+    pub(crate) user: String,
+    /// This desk's (browser's) device id, for desk actions.
+    #[arg(long, global = true, env = "CALLSYNC_DESK", default_value = "desk-1")]
+    pub(crate) desk: String,
+    /// The phone's device id, for phone actions and as the default origin.
+    #[arg(long, global = true, env = "CALLSYNC_PHONE", default_value = "phone-1")]
+    pub(crate) phone: String,
+    /// Time zone for showing and reading times.
+    #[arg(long, global = true, env = "CALLSYNC_TZ", default_value = "Asia/Tokyo")]
+    pub(crate) tz: String,
+    /// Act as if it were this time (RFC 3339 or "YYYY-MM-DD HH:MM" local), instead of
+    /// the system clock. For scripted runs and tests.
+    #[arg(long, global = true, env = "CALLSYNC_NOW")]
+    pub(crate) now: Option<String>,
+    /// How long a phone has to press Start call, in seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "CALLSYNC_START_LIMIT_SECS",
+        default_value_t = 60
+    )]
+    pub(crate) start_limit_secs: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create, list, show and import customers.
+    #[command(subcommand)]
+    Customer(CustomerCommand),
+    /// Request, start, cancel and end calls; save results.
+    #[command(subcommand)]
+    Call(CallCommand),
+    /// The call history, newest first.
+    Calls {
+        /// Only this customer's calls.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Only calls of this user.
+        #[arg(long = "of")]
+        of_user: Option<String>,
+        /// Only calls whose (mandatory) result is still due.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// A customer's timeline: every event, in time order.
+    Timeline {
+        /// The customer.
+        customer: String,
+    },
+    /// Build a data directory from the fixtures and walk one call end to end.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CustomerCommand {
+    /// Create a customer.
+    Create {
+        /// Customer id (e.g. cus-0100).
+        #[arg(long)]
+        id: String,
+        /// Company name.
+        #[arg(long)]
+        company: String,
+        /// Contact person.
+        #[arg(long)]
+        contact: String,
+        /// Assigned rep (defaults to the signed-in user).
+        #[arg(long)]
+        owner: Option<String>,
+        /// A phone number as LABEL:NUMBER (repeatable), e.g. 代表:03-1234-5678.
+        #[arg(long = "phone", required = true)]
+        phones: Vec<String>,
+    },
+    /// List customers.
+    List,
+    /// Show a customer: profile, status, follow-up, calls.
+    Show {
+        /// The customer.
+        id: String,
+    },
+    /// Import customers from a CSV file (id,company,contact,owner,phones). All rows
+    /// are checked first; one bad row imports nothing.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CallCommand {
+    /// Desk: ask the phone to dial one of the customer's numbers.
+    Request {
+        /// The customer.
+        customer: String,
+        /// The number to dial (one of the customer's).
+        #[arg(long)]
+        number: String,
+        /// The phone to dial from (defaults to --phone).
+        #[arg(long)]
+        origin: Option<String>,
+        /// Do not record the call (recording is on by default).
+        #[arg(long)]
+        no_recording: bool,
+    },
+    /// Phone: press Start call.
+    Start {
+        /// The call.
+        call: String,
+    },
+    /// Desk: press Cancel call.
+    Cancel {
+        /// The call.
+        call: String,
+    },
+    /// End the call on one side.
+    End {
+        /// The call.
+        call: String,
+        /// Which side ends it.
+        #[arg(long, value_enum)]
+        side: Side,
+        /// The call's length in seconds, as the phone measured it (phone side).
+        #[arg(long, default_value_t = 0)]
+        duration: u32,
+    },
+    /// Save the call's result (mandatory after every call that took place).
+    Result {
+        /// The call.
+        call: String,
+        #[command(flatten)]
+        result: ResultArgs,
+    },
+    /// Desk: log a call made outside the system, with its result.
+    Manual {
+        /// The customer.
+        customer: String,
+        /// The number the call was with.
+        #[arg(long)]
+        number: String,
+        #[command(flatten)]
+        result: ResultArgs,
+    },
+    /// Show one call: phase, flags, results.
+    Show {
+        /// The call.
+        call: String,
+    },
+    /// Server: record `expired` on every request past its start limit.
+    ExpireDue,
+    /// List the tenant's result types.
+    Types,
+}
+
+/// The fields of the result form.
+#[derive(Debug, Args)]
+pub(crate) struct ResultArgs {
+    /// The result type id (see `callsync call types`).
+    #[arg(long = "type")]
+    pub(crate) result_type: String,
+    /// Recall at this time (5-minute step, in the future).
+    #[arg(long, conflicts_with = "restrict_until")]
+    pub(crate) recall: Option<String>,
+    /// Call restriction until this time (5-minute step, in the future).
+    #[arg(long)]
+    pub(crate) restrict_until: Option<String>,
+    /// The customer status (defaults to the result type's).
+    #[arg(long)]
+    pub(crate) status: Option<String>,
+    /// Free memo.
+    #[arg(long, default_value = "")]
+    pub(crate) memo: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Side {
+    /// The phone ends the call.
+    Phone,
+    /// The browser (desk) ends the call.
+    Browser,
+}
