@@ -1,1 +1,14 @@
-//! placeholder
+//! User journeys across real processes: the `callsync` binary on a real SQLite
+//! data directory. One module per journey.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "journeys/call_flow.rs"]
+mod call_flow;
+#[path = "journeys/crash.rs"]
+mod crash;
+#[path = "journeys/import.rs"]
+mod import;
+#[path = "journeys/refusals.rs"]
+mod refusals;
+#[path = "journeys/support.rs"]
+mod support;

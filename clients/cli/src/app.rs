@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use callsync_core::{
     ActorId, CallEvent, CallId, CallView, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId,
     EventKind, NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, ResultOption, ResultTypeId,
@@ -68,7 +68,7 @@ impl App {
         let tz: Tz = global
             .tz
             .parse()
-            .map_err(|_| anyhow!("unknown time zone {:?}", global.tz))?;
+            .map_err(|_| InputError::UnknownTimeZone(global.tz.clone()))?;
         let now = match &global.now {
             Some(text) => parse_time(text, tz)?,
             None => Timestamp::from_millis(chrono::Utc::now().timestamp_millis()),
@@ -333,15 +333,32 @@ pub(crate) fn parse_time(text: &str, tz: Tz) -> anyhow::Result<Timestamp> {
     }
     for format in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
-            let local = tz.from_local_datetime(&naive).earliest().ok_or_else(|| {
-                anyhow!("{text:?} does not exist in {tz} (a daylight-saving gap)")
-            })?;
+            let local =
+                tz.from_local_datetime(&naive)
+                    .earliest()
+                    .ok_or_else(|| InputError::BadTime {
+                        text: text.to_owned(),
+                        tz: tz.to_string(),
+                    })?;
             return Ok(Timestamp::from_millis(local.timestamp_millis()));
         }
     }
-    Err(anyhow!(
-        "cannot read the time {text:?}: use \"YYYY-MM-DD HH:MM\" ({tz}) or RFC 3339"
-    ))
+    Err(InputError::BadTime {
+        text: text.to_owned(),
+        tz: tz.to_string(),
+    }
+    .into())
+}
+
+/// Command-line input the core never sees.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InputError {
+    /// A time that cannot be read (or does not exist in the zone).
+    #[error("cannot read the time {text:?}: use \"YYYY-MM-DD HH:MM\" ({tz}) or RFC 3339")]
+    BadTime { text: String, tz: String },
+    /// An unknown IANA time zone name.
+    #[error("unknown time zone {0:?}")]
+    UnknownTimeZone(String),
 }
 
 /// A fresh id: prefix and 64 random bits in hex.

@@ -111,7 +111,7 @@ pub(crate) enum CustomerCommand {
         #[arg(long)]
         owner: Option<String>,
         /// A phone number as LABEL:NUMBER (repeatable), e.g. 代表:03-1234-5678.
-        #[arg(long = "phone", required = true)]
+        #[arg(long = "number", required = true)]
         phones: Vec<String>,
     },
     /// List customers.

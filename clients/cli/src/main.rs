@@ -97,12 +97,25 @@ fn classify(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
                 _ => ("bad-import", 1, None),
             };
         }
-        if cause.downcast_ref::<callsync_core::id::IdError>().is_some()
-            || cause
-                .downcast_ref::<callsync_core::phone_number::PhoneNumberError>()
-                .is_some()
-        {
-            return ("bad-input", 1, None);
+        if let Some(e) = cause.downcast_ref::<callsync_core::id::IdError>() {
+            return ("bad-id", 1, Some(format!("IDが不正です: {e}")));
+        }
+        if let Some(e) = cause.downcast_ref::<callsync_core::phone_number::PhoneNumberError>() {
+            return (
+                "bad-phone-number",
+                1,
+                Some(format!("「{}」は日本の電話番号ではありません", e.written)),
+            );
+        }
+        if let Some(e) = cause.downcast_ref::<app::InputError>() {
+            return match e {
+                app::InputError::BadTime { .. } => (
+                    "bad-time",
+                    1,
+                    Some("日時を読み取れません（例: 2026-11-25 10:00）".into()),
+                ),
+                app::InputError::UnknownTimeZone(_) => ("bad-time-zone", 1, None),
+            };
         }
     }
     ("error", 3, None)

@@ -1,0 +1,141 @@
+//! Helpers for the user-journey tests: run the real `callsync` binary on a data
+//! directory, read its JSON, and fingerprint the database to prove a refused
+//! action changed nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `callsync` binary of this build.
+pub(crate) fn callsync_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_callsync"))
+}
+
+/// A data directory and the flags every command gets.
+pub(crate) struct DataDir {
+    /// Kept so the directory lives as long as the test.
+    pub(crate) dir: tempfile::TempDir,
+}
+
+/// What one run of the binary gave.
+#[derive(Debug)]
+pub(crate) struct Run {
+    /// Exit status code.
+    pub(crate) code: i32,
+    /// Standard output.
+    pub(crate) stdout: String,
+    /// Standard error.
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    /// Standard output as JSON.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+
+    /// Asserts success and returns the JSON.
+    pub(crate) fn ok(&self) -> serde_json::Value {
+        assert_eq!(
+            self.code, 0,
+            "command failed: {}{}",
+            self.stdout, self.stderr
+        );
+        self.json()
+    }
+
+    /// Asserts a refusal with this error code: exit 1, one line on stderr, a typed
+    /// JSON error. Returns the English message.
+    pub(crate) fn refused(&self, code: &str) -> String {
+        assert_eq!(
+            self.code, 1,
+            "expected a refusal, got: {}{}",
+            self.stdout, self.stderr
+        );
+        assert_eq!(
+            self.stderr.lines().count(),
+            1,
+            "one-line reason expected: {:?}",
+            self.stderr
+        );
+        assert!(self.stderr.starts_with("error: "), "{}", self.stderr);
+        let json = self.json();
+        assert_eq!(json["error"]["code"], code, "{json}");
+        json["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl DataDir {
+    /// A fresh, empty data directory.
+    pub(crate) fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `callsync --json --data DIR --now NOW ARGS…`.
+    pub(crate) fn run_at(&self, now: &str, args: &[&str]) -> Run {
+        let out: Output = Command::new(callsync_bin())
+            .arg("--json")
+            .arg("--data")
+            .arg(self.path())
+            .args(["--now", now])
+            .args(args)
+            .env_remove("CALLSYNC_USER")
+            .env_remove("CALLSYNC_TENANT")
+            .output()
+            .expect("run callsync");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Every row of every table, in a fixed order: equal fingerprints, equal data.
+    pub(crate) fn fingerprint(&self) -> Vec<String> {
+        let conn =
+            rusqlite::Connection::open(self.path().join("callsync.sqlite")).expect("open db");
+        let mut rows = Vec::new();
+        for (table, order) in [
+            ("documents", "tenant_id, customer_id"),
+            ("chunks", "tenant_id, customer_id, seq"),
+            ("calls", "tenant_id, call_id"),
+            ("settings", "key"),
+        ] {
+            let mut stmt = conn
+                .prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))
+                .expect("query");
+            let n = stmt.column_count();
+            let mut q = stmt.query([]).expect("rows");
+            while let Some(row) = q.next().expect("row") {
+                let mut line = format!("{table}:");
+                for i in 0..n {
+                    let v: rusqlite::types::Value = row.get(i).expect("value");
+                    line.push_str(&format!(" {v:?}"));
+                }
+                rows.push(line);
+            }
+        }
+        rows
+    }
+}
+
+impl Default for DataDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The repository's fixtures directory.
+pub(crate) fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
