@@ -1,1 +1,85 @@
-//! placeholder
+//! Builders shared by the benchmarks: customer documents with many completed calls.
+//!
+//! Owns: deterministic bench fixtures. Does not own: timing (criterion does).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use callsync_core::{
+    ActorId, CallEvent, CallId, CustomerDoc, DeviceId, DeviceKind, EventId, EventKind, PhoneNumber,
+    ResultCatalog, ResultOption, ResultTypeId, RuleContext, SavedResultFields, Stamp, Timestamp,
+    UserId,
+};
+use callsync_testkit::{NUMBER, START, sample_customer};
+
+/// The bench actor.
+pub fn actor() -> ActorId {
+    ActorId::from(b"bench".as_slice())
+}
+
+/// One event of call `n`, the `step`-th of its life, from the right device.
+pub fn event(n: u64, step: u64, kind: EventKind) -> CallEvent {
+    let device_kind = match kind {
+        EventKind::Started | EventKind::PhoneEnded { .. } => DeviceKind::Phone,
+        _ => DeviceKind::Desk,
+    };
+    let device = if device_kind == DeviceKind::Phone {
+        "phone-1"
+    } else {
+        "desk-1"
+    };
+    CallEvent {
+        id: EventId::new(format!("c{n}-e{step}")).unwrap(),
+        call: CallId::new(format!("c{n}")).unwrap(),
+        stamp: Stamp {
+            at: call_time(n).plus_millis(step as i64 * 10_000),
+            device: DeviceId::new(device).unwrap(),
+            device_kind,
+            user: UserId::new("rep@a.example").unwrap(),
+        },
+        kind,
+    }
+}
+
+/// When call `n` is requested: one every 10 minutes from the start.
+pub fn call_time(n: u64) -> Timestamp {
+    START.plus_millis(n as i64 * 600_000)
+}
+
+/// The five events of a completed call.
+pub fn completed_call(n: u64) -> Vec<CallEvent> {
+    let result = SavedResultFields {
+        result_type: ResultTypeId::new("no-answer").unwrap(),
+        option: ResultOption::None,
+        customer_status: None,
+        memo: "不在のため後日".to_owned(),
+        decided_by: None,
+    };
+    vec![
+        event(
+            n,
+            0,
+            EventKind::Requested {
+                destination: PhoneNumber::parse(NUMBER).unwrap(),
+                origin: DeviceId::new("phone-1").unwrap(),
+                recording: true,
+            },
+        ),
+        event(n, 1, EventKind::Started),
+        event(n, 2, EventKind::PhoneEnded { duration_secs: 42 }),
+        event(n, 3, EventKind::BrowserEnded),
+        event(n, 4, EventKind::ResultSaved(result)),
+    ]
+}
+
+/// A customer document with `calls` completed calls, each recorded through the
+/// rules, one change per event (as devices would write them).
+pub fn customer_with_calls(calls: u64) -> CustomerDoc {
+    let mut doc = CustomerDoc::create(&sample_customer(), START, actor()).unwrap();
+    let catalog = ResultCatalog::standard();
+    let ctx = RuleContext::new(&catalog);
+    for n in 0..calls {
+        for event in completed_call(n) {
+            doc.record(event, &ctx).unwrap();
+        }
+    }
+    doc
+}

@@ -11,7 +11,9 @@
 //! [`CustomerDoc::automerge_mut`] (`save_after`, `get_heads`) and merge replicas with
 //! [`CustomerDoc::merge`].
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 
 use automerge::{
     ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
@@ -24,7 +26,7 @@ use crate::customer::{
 use crate::error::CoreError;
 use crate::event::CallEvent;
 use crate::id::{CallId, CustomerId, TenantId, UserId};
-use crate::lifecycle::{CallView, derive_call, orphan_anomalies};
+use crate::lifecycle::{Anomaly, CallView, derive_call, orphan_anomalies};
 use crate::phone_number::PhoneNumber;
 use crate::rules::{RuleContext, check_event};
 use crate::time::Timestamp;
@@ -59,6 +61,7 @@ pub struct CustomerDoc {
     tenant: TenantId,
     id: CustomerId,
     events: ObjId,
+    derived: RefCell<Derived>,
 }
 
 impl CustomerDoc {
@@ -111,6 +114,7 @@ impl CustomerDoc {
             tenant: new.tenant.clone(),
             id: new.id.clone(),
             events,
+            derived: RefCell::default(),
         })
     }
 
@@ -148,6 +152,7 @@ impl CustomerDoc {
             tenant,
             id,
             events,
+            derived: RefCell::default(),
         })
     }
 
@@ -169,38 +174,27 @@ impl CustomerDoc {
     /// The Automerge document, for saving and syncing. Writing to it directly
     /// bypasses the rules: only stores, sync sessions and tests should.
     pub fn automerge_mut(&mut self) -> &mut AutoCommit {
+        // The caller may change anything: re-scan on the next read.
+        self.derived.get_mut().fresh = false;
         &mut self.doc
     }
 
     /// Merges another replica of the same customer into this one.
     pub fn merge(&mut self, other: &mut CustomerDoc) -> Result<(), CoreError> {
+        self.derived.get_mut().fresh = false;
         self.doc.merge(&mut other.doc)?;
         Ok(())
     }
 
     /// Every event that can be read, and the keys of entries that cannot.
     pub fn events(&self) -> (Vec<CallEvent>, Vec<String>) {
-        self.events_in(..)
-    }
-
-    fn events_in<R: std::ops::RangeBounds<String>>(
-        &self,
-        range: R,
-    ) -> (Vec<CallEvent>, Vec<String>) {
-        let mut events = Vec::new();
+        let derived = self.derived();
+        let mut events = Vec::with_capacity(derived.entries.len());
         let mut unreadable = Vec::new();
-        for item in self.doc.map_range(&self.events, range) {
-            let parsed = match &item.value {
-                automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(json)) => {
-                    serde_json::from_str::<CallEvent>(json)
-                        .ok()
-                        .filter(|e| event_key(&e.call, e) == item.key.as_ref())
-                }
-                _ => None,
-            };
-            match parsed {
-                Some(event) => events.push(event),
-                None => unreadable.push(item.key.into_owned()),
+        for (key, (_, event)) in &derived.entries {
+            match event {
+                Some(event) => events.push(event.clone()),
+                None => unreadable.push(key.clone()),
             }
         }
         (events, unreadable)
@@ -208,15 +202,32 @@ impl CustomerDoc {
 
     /// The events of one call (a range read: other calls are not touched).
     pub fn call_events(&self, call: &CallId) -> Vec<CallEvent> {
-        // Keys are "<call>/<event>"; '0' is the character after '/'.
-        let from = format!("{call}/");
-        let to = format!("{call}0");
-        self.events_in(from..to).0
+        self.derived().call_events(call)
     }
 
     /// The derived state of one call, if the call exists.
     pub fn call(&self, call: &CallId) -> Option<CallView> {
-        derive_call(call, &self.call_events(call))
+        match self.derived().views.get(call) {
+            Some(Ok(view)) => Some(view.clone()),
+            _ => None,
+        }
+    }
+
+    /// The parsed events and derived calls, brought up to date with the document.
+    ///
+    /// Parsing and deriving are what reading costs, so both are kept between
+    /// reads: [`CustomerDoc::record`] updates them for exactly the events it
+    /// writes; anything else that may have changed the document (a merge, sync, or
+    /// [`CustomerDoc::automerge_mut`]) marks them stale, and the next read re-scans
+    /// the `events` map, parsing only entries whose text changed and re-deriving
+    /// only their calls. The answer is always what a fresh derivation would give.
+    fn derived(&self) -> std::cell::Ref<'_, Derived> {
+        if !self.derived.borrow().fresh {
+            let mut derived = self.derived.borrow_mut();
+            derived.rescan(&self.doc, &self.events);
+            derived.rederive();
+        }
+        self.derived.borrow()
     }
 
     /// The customer as every replica derives it.
@@ -229,22 +240,25 @@ impl CustomerDoc {
             },
             _ => return Err(malformed(key::CREATED_AT, "missing")),
         };
-        let (events, unreadable) = self.events();
-        let mut by_call: BTreeMap<&CallId, Vec<CallEvent>> = BTreeMap::new();
-        for event in &events {
-            by_call.entry(&event.call).or_default().push(event.clone());
-        }
-        let mut calls = Vec::with_capacity(by_call.len());
+        let derived = self.derived();
+        let mut calls = Vec::with_capacity(derived.views.len());
         let mut anomalies = Vec::new();
-        for (call, events) in &by_call {
-            match derive_call(call, events) {
-                Some(view) => {
+        for view in derived.views.values() {
+            match view {
+                Ok(view) => {
                     anomalies.extend(view.anomalies.iter().cloned());
-                    calls.push(view);
+                    calls.push(view.clone());
                 }
-                None => anomalies.extend(orphan_anomalies(call, events)),
+                Err(orphans) => anomalies.extend(orphans.iter().cloned()),
             }
         }
+        let unreadable_events = derived
+            .entries
+            .iter()
+            .filter(|(_, (_, e))| e.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        drop(derived);
         calls.sort_by(|a, b| (a.origin_stamp.at, &a.call).cmp(&(b.origin_stamp.at, &b.call)));
         let (status, follow_up) = derive_follow_up(&calls);
         Ok(Customer {
@@ -260,7 +274,7 @@ impl CustomerDoc {
             follow_up,
             calls,
             anomalies,
-            unreadable_events: unreadable,
+            unreadable_events,
         })
     }
 
@@ -310,6 +324,7 @@ impl CustomerDoc {
         let call = first.call.clone();
         let mut customer = self.customer()?;
         let mut call_events = self.call_events(&call);
+        let known = call_events.len();
         let mut checked: Vec<(String, String, Timestamp)> = Vec::with_capacity(events.len());
         for event in events {
             if event.call != call {
@@ -327,19 +342,28 @@ impl CustomerDoc {
             checked.push((key, json, event.stamp.at));
             // The next event of the batch is checked against the call with this one.
             call_events.push(event);
-            if let Some(view) = derive_call(&call, &call_events) {
+            if let Some(view) = derive_call(&call, call_events.iter()) {
                 customer.calls.retain(|c| c.call != call);
                 customer.calls.push(view);
             }
         }
         let mut at = Timestamp::from_millis(0);
-        for (key, json, event_at) in checked {
-            at = at.max(event_at);
-            if let Err(e) = self.doc.put(&self.events, key, json) {
+        for (key, json, event_at) in &checked {
+            at = at.max(*event_at);
+            if let Err(e) = self.doc.put(&self.events, key.as_str(), json.as_str()) {
                 self.doc.rollback();
+                self.derived.get_mut().fresh = false;
                 return Err(e.into());
             }
         }
+        // Keep the derived cache exact: these entries are all that changed.
+        let derived = self.derived.get_mut();
+        let new_events = call_events.split_off(known);
+        for ((key, json, _), event) in checked.into_iter().zip(new_events) {
+            derived.entries.insert(key, (text_hash(&json), Some(event)));
+        }
+        derived.dirty.insert(call.clone());
+        derived.rederive();
         self.doc.commit_with(
             automerge::transaction::CommitOptions::default().with_time(at.as_millis() / 1000),
         );
@@ -388,4 +412,103 @@ fn read_map(doc: &AutoCommit, obj: &ObjId, prop: &str) -> Result<ObjId, CoreErro
         Some((Value::Object(ObjType::Map), id)) => Ok(id),
         _ => Err(malformed(prop, "missing or not a map")),
     }
+}
+
+/// Parsed events and derived calls of one document, kept between reads.
+#[derive(Debug, Clone, Default)]
+struct Derived {
+    /// Whether `entries` matches the document. False until the first scan, and
+    /// after anything but `record` may have changed the document.
+    fresh: bool,
+    /// Every entry of the `events` map: a hash of its text, and the event if the
+    /// entry is one (under its own key).
+    entries: BTreeMap<String, (u64, Option<CallEvent>)>,
+    /// Every call's derived view, or the anomalies of a call with no origin.
+    views: BTreeMap<CallId, Result<CallView, Vec<Anomaly>>>,
+    /// Calls whose events changed since they were last derived.
+    dirty: BTreeSet<CallId>,
+}
+
+impl Derived {
+    /// Brings `entries` up to date, parsing only entries whose text changed.
+    fn rescan(&mut self, doc: &AutoCommit, events: &ObjId) {
+        let mut seen = 0usize;
+        for item in doc.map_range(events, ..) {
+            seen += 1;
+            let text = match &item.value {
+                automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(text)) => {
+                    Some(text.as_ref())
+                }
+                _ => None,
+            };
+            let hash = text.map_or(0, text_hash);
+            if matches!(self.entries.get(item.key.as_ref()), Some((known, _)) if *known == hash) {
+                continue;
+            }
+            let event = text
+                .and_then(|t| serde_json::from_str::<CallEvent>(t).ok())
+                .filter(|e| event_key(&e.call, e) == item.key.as_ref());
+            self.mark_dirty(&item.key);
+            self.entries.insert(item.key.into_owned(), (hash, event));
+        }
+        if seen != self.entries.len() {
+            // Entries vanished (only a misbehaving writer deletes): find which.
+            let present: BTreeSet<String> = doc
+                .map_range(events, ..)
+                .map(|i| i.key.into_owned())
+                .collect();
+            let gone: Vec<String> = self
+                .entries
+                .keys()
+                .filter(|k| !present.contains(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                self.mark_dirty(&key);
+                self.entries.remove(&key);
+            }
+        }
+        self.fresh = true;
+    }
+
+    fn mark_dirty(&mut self, key: &str) {
+        let call = key.split_once('/').map_or(key, |(call, _)| call);
+        if let Ok(call) = CallId::new(call) {
+            self.dirty.insert(call);
+        }
+    }
+
+    fn call_events(&self, call: &CallId) -> Vec<CallEvent> {
+        self.call_event_refs(call).into_iter().cloned().collect()
+    }
+
+    fn call_event_refs(&self, call: &CallId) -> Vec<&CallEvent> {
+        // Keys are "<call>/<event>"; '0' is the character after '/'.
+        let (from, to) = (format!("{call}/"), format!("{call}0"));
+        self.entries
+            .range(from..to)
+            .filter_map(|(_, (_, e))| e.as_ref())
+            .collect()
+    }
+
+    /// Re-derives the calls marked dirty.
+    fn rederive(&mut self) {
+        for call in std::mem::take(&mut self.dirty) {
+            let events = self.call_event_refs(&call);
+            if events.is_empty() {
+                self.views.remove(&call);
+                continue;
+            }
+            let view = derive_call(&call, events.iter().copied())
+                .ok_or_else(|| orphan_anomalies(&call, events.iter().copied()));
+            self.views.insert(call, view);
+        }
+    }
+}
+
+/// A stable hash of an entry's text, to tell changed entries from known ones.
+fn text_hash(text: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }

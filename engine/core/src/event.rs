@@ -64,7 +64,7 @@ pub struct CallEvent {
 
 /// What happened, with what each kind carries.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     /// The desk asked a phone to dial.
     Requested {

@@ -269,11 +269,14 @@ impl CallView {
 /// Returns `None` when no event names how the call began (`requested` or
 /// `manual-call`): such a call cannot be shown; its events are reported by
 /// [`orphan_anomalies`].
-pub fn derive_call(call: &CallId, events: &[CallEvent]) -> Option<CallView> {
+pub fn derive_call<'a>(
+    call: &CallId,
+    events: impl IntoIterator<Item = &'a CallEvent>,
+) -> Option<CallView> {
     // Collapse duplicates by event id. Two different bodies under one id would be a
     // forgery; the canonical pick (smallest encoding) keeps replicas in agreement.
     let mut by_id: BTreeMap<&EventId, &CallEvent> = BTreeMap::new();
-    for event in events.iter().filter(|e| &e.call == call) {
+    for event in events.into_iter().filter(|e| &e.call == call) {
         by_id
             .entry(&event.id)
             .and_modify(|kept| {
@@ -528,9 +531,12 @@ pub fn derive_call(call: &CallId, events: &[CallEvent]) -> Option<CallView> {
 }
 
 /// The anomalies of a call that has no origin event: every one of its events.
-pub fn orphan_anomalies(call: &CallId, events: &[CallEvent]) -> Vec<Anomaly> {
+pub fn orphan_anomalies<'a>(
+    call: &CallId,
+    events: impl IntoIterator<Item = &'a CallEvent>,
+) -> Vec<Anomaly> {
     let mut ids: Vec<Anomaly> = events
-        .iter()
+        .into_iter()
         .filter(|e| &e.call == call)
         .map(|e| Anomaly {
             event: e.id.clone(),

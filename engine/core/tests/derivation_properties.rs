@@ -33,7 +33,7 @@ fn event(index: usize, kind: u8, device: u8, at: u8) -> CallEvent {
         0 | 1 => EventKind::Requested {
             destination: PhoneNumber::parse("03-1234-5678").unwrap(),
             origin: DeviceId::new("phone-1").unwrap(),
-            recording: kind % 2 == 0,
+            recording: kind.is_multiple_of(2),
         },
         2 => EventKind::Cancelled,
         3 => EventKind::Expired,

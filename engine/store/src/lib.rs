@@ -428,13 +428,33 @@ impl WriteTx<'_> {
         Ok(outcome)
     }
 
+    /// Brings the call index in line with the customer's derived calls, writing
+    /// only rows whose phase changed (a 1,000-call customer changes one or two).
     fn index(&self, customer: &Customer) -> Result<(), StoreError> {
+        let mut indexed: std::collections::HashMap<String, String> =
+            std::collections::HashMap::new();
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT call_id, phase FROM calls WHERE tenant_id = ?1 AND customer_id = ?2",
+            )?;
+            let rows = stmt.query_map(
+                params![customer.tenant.as_str(), customer.id.as_str()],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )?;
+            for row in rows {
+                let (call, phase) = row?;
+                indexed.insert(call, phase);
+            }
+        }
         let mut upsert = self.tx.prepare_cached(
             "INSERT INTO calls (tenant_id, call_id, customer_id, user_id, phase, requested_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (tenant_id, call_id) DO UPDATE SET phase = excluded.phase",
         )?;
         for call in &customer.calls {
+            if indexed.get(call.call.as_str()).map(String::as_str) == Some(call.phase.as_str()) {
+                continue;
+            }
             upsert.execute(params![
                 customer.tenant.as_str(),
                 call.call.as_str(),

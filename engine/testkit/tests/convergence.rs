@@ -123,5 +123,7 @@ proptest! {
             prop_assert_eq!(&net.heads(peer), &heads);
             prop_assert_eq!(&net.customer(peer), &customer);
         }
+        // What replicas kept between reads equals a derivation from scratch.
+        prop_assert_eq!(&net.fresh_customer(server), &customer);
     }
 }
