@@ -1,7 +1,8 @@
 //! Criterion benchmarks: the baseline later work must not regress.
 //!
-//! - `derive/customer_1000_calls`: read a 1,000-call customer (every call's state,
-//!   status, follow-up) from its Automerge document.
+//! - `derive/customer_1000_calls_{cold,warm}`: read a 1,000-call customer (every
+//!   call's state, status, follow-up) from its Automerge document, first read after
+//!   a load (cold) and again (warm).
 //! - `append/record_and_save_incrementally`: record one event on that customer
 //!   through the rules and save it to SQLite as one appended chunk, committed.
 //! - `load/sqlite_1000_calls`: load the 1,000-call document from SQLite in one read.
@@ -9,16 +10,30 @@
 
 use std::hint::black_box;
 
-use callsync_benches::{actor, call_time, customer_with_calls, event};
-use callsync_core::{EventKind, PhoneNumber, ResultCatalog, RuleContext};
+use callsync_benches::{actor, customer_with_calls, event};
+use callsync_core::{CustomerDoc, EventKind, PhoneNumber, ResultCatalog, RuleContext};
 use callsync_store::Store;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 const CALLS: u64 = 1_000;
 
 fn derive(c: &mut Criterion) {
-    let doc = customer_with_calls(CALLS);
-    c.bench_function("derive/customer_1000_calls", |b| {
+    let mut doc = customer_with_calls(CALLS);
+    let bytes = doc.automerge_mut().save();
+    // Cold: the first read of a freshly loaded document parses every event.
+    c.bench_function("derive/customer_1000_calls_cold", |b| {
+        b.iter_batched(
+            || CustomerDoc::load(&bytes, actor()).unwrap(),
+            |doc| {
+                let customer = black_box(&doc).customer().unwrap();
+                assert_eq!(customer.calls.len(), CALLS as usize);
+                customer
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // Warm: a document already read, as a host keeps it between actions.
+    c.bench_function("derive/customer_1000_calls_warm", |b| {
         b.iter(|| {
             let customer = black_box(&doc).customer().unwrap();
             assert_eq!(customer.calls.len(), CALLS as usize);
@@ -62,7 +77,6 @@ fn append_and_load(c: &mut Criterion) {
             outcome
         })
     });
-    let _ = call_time(0);
     let tenant = stored.doc.tenant().clone();
     let id = stored.doc.id().clone();
     c.bench_function("load/sqlite_1000_calls", |b| {

@@ -1,0 +1,52 @@
+//! Every file in `fixtures/crashers` is a damaged or foreign document: reading it
+//! must give a typed error, never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use callsync_core::{ActorId, CoreError, CustomerDoc};
+
+fn read(bytes: &[u8]) -> Result<(), CoreError> {
+    let doc = CustomerDoc::load(bytes, ActorId::from(b"reader".as_slice()))?;
+    doc.customer()?;
+    Ok(())
+}
+
+#[test]
+fn every_crasher_gives_an_error_never_a_panic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/crashers");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "expected the crasher corpus in {}",
+        dir.display()
+    );
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        let outcome = std::panic::catch_unwind(|| read(&bytes));
+        match outcome {
+            Err(_) => panic!("{} made the core panic", file.display()),
+            Ok(Ok(())) => panic!("{} was read as a valid customer", file.display()),
+            Ok(Err(e)) => assert!(!e.to_string().is_empty()),
+        }
+    }
+}
+
+#[test]
+fn a_document_from_a_newer_version_names_both_versions() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/crashers");
+    let bytes = std::fs::read(dir.join("schema-from-the-future.automerge")).unwrap();
+    let err = read(&bytes).unwrap_err();
+    assert_eq!(
+        err,
+        CoreError::UnsupportedSchema {
+            found: 99,
+            supported: 1
+        }
+    );
+    assert!(err.message_ja().contains("99"));
+}
