@@ -103,6 +103,11 @@ impl Customer {
         self.calls.iter().find(|c| &c.call == id)
     }
 
+    /// Calls that took place and still lack their (mandatory) result.
+    pub fn calls_awaiting_result(&self) -> impl Iterator<Item = &CallView> {
+        self.calls.iter().filter(|c| c.phase.result_due())
+    }
+
     /// The number on file that reaches the same line as `number`.
     pub fn phone(&self, number: &PhoneNumber) -> Option<&PhoneEntry> {
         self.phones.iter().find(|p| p.number.same_line(number))
