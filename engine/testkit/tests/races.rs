@@ -99,8 +99,16 @@ fn cancel_racing_start_is_shown_on_both_devices() {
         assert_eq!(view.phase, Phase::AwaitingResult);
         assert!(view.has(Flag::StartedAfterCancel));
         for peer in net.peers() {
-            let due: Vec<_> = net.customer(peer).calls_awaiting_result().map(|c| c.call.clone()).collect();
-            assert_eq!(due, std::slice::from_ref(&call), "the result is still required on every replica");
+            let due: Vec<_> = net
+                .customer(peer)
+                .calls_awaiting_result()
+                .map(|c| c.call.clone())
+                .collect();
+            assert_eq!(
+                due,
+                std::slice::from_ref(&call),
+                "the result is still required on every replica"
+            );
         }
     }
 }
