@@ -90,6 +90,7 @@ pub(crate) fn run(global: &Global, data: &Path) -> anyhow::Result<()> {
         },
     }
 
+    app.now = app.now.plus_millis(40_000);
     let recall = next_step_after(app.now, 24 * 3600 * 1000);
     step(
         8,

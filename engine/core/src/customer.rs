@@ -164,7 +164,8 @@ pub struct TimelineEntry {
     pub kind: EventKind,
 }
 
-/// The timeline: every event in time order (ties by device, then event id).
+/// The timeline: every event in time order (ties by place in the call's life,
+/// then device, then event id).
 pub(crate) fn timeline(events: &[CallEvent]) -> Vec<TimelineEntry> {
     let mut entries: Vec<TimelineEntry> = events
         .iter()
@@ -176,7 +177,58 @@ pub(crate) fn timeline(events: &[CallEvent]) -> Vec<TimelineEntry> {
         })
         .collect();
     entries.sort_by(|a, b| {
-        (a.stamp.at, &a.stamp.device, &a.event).cmp(&(b.stamp.at, &b.stamp.device, &b.event))
+        (
+            a.stamp.at,
+            a.kind.lifecycle_rank(),
+            &a.stamp.device,
+            &a.event,
+        )
+            .cmp(&(
+                b.stamp.at,
+                b.kind.lifecycle_rank(),
+                &b.stamp.device,
+                &b.event,
+            ))
     });
     entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{DeviceKind, SavedResultFields};
+    use crate::id::DeviceId;
+    use crate::result_type::ResultTypeId;
+
+    fn at_same_instant(id: &str, kind: EventKind) -> CallEvent {
+        CallEvent {
+            id: EventId::new(id).unwrap(),
+            call: CallId::new("call-1").unwrap(),
+            stamp: Stamp {
+                at: Timestamp::from_millis(1_000),
+                device: DeviceId::new("desk-1").unwrap(),
+                device_kind: DeviceKind::Desk,
+                user: UserId::new("rep@a.example").unwrap(),
+            },
+            kind,
+        }
+    }
+
+    #[test]
+    fn events_at_the_same_instant_appear_in_the_order_of_a_calls_life() {
+        let result = EventKind::ResultSaved(SavedResultFields {
+            result_type: ResultTypeId::new("no-answer").unwrap(),
+            option: ResultOption::None,
+            customer_status: None,
+            memo: String::new(),
+            decided_by: None,
+        });
+        // Event ids that sort the other way round.
+        let events = [
+            at_same_instant("a", result),
+            at_same_instant("b", EventKind::BrowserEnded),
+        ];
+        let names: Vec<&str> = timeline(&events).iter().map(|e| e.kind.name()).collect();
+        assert_eq!(names, ["browser-ended", "result-saved"]);
+    }
 }

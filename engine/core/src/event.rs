@@ -118,6 +118,21 @@ impl EventKind {
         }
     }
 
+    /// Where the event sits in a call's life, to order events recorded at the same
+    /// instant (a timeline shows `browser-ended` before the `result-saved` it allowed).
+    pub fn lifecycle_rank(&self) -> u8 {
+        match self {
+            Self::Requested { .. } | Self::ManualCall { .. } => 0,
+            Self::Cancelled | Self::Expired => 1,
+            Self::Started => 2,
+            Self::PhoneEnded { .. } => 3,
+            Self::BrowserEnded => 4,
+            Self::ResultSaved(_) => 5,
+            Self::RecordingAttached(_) => 6,
+            Self::RecordingDeleted => 7,
+        }
+    }
+
     /// The device kinds allowed to record this kind of event.
     pub fn recorded_by(&self) -> &'static [DeviceKind] {
         use DeviceKind::*;
