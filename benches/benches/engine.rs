@@ -19,7 +19,7 @@ const CALLS: u64 = 1_000;
 
 fn derive(c: &mut Criterion) {
     let mut doc = customer_with_calls(CALLS);
-    let bytes = doc.automerge_mut().save();
+    let bytes = doc.save();
     // Cold: the first read of a freshly loaded document parses every event.
     c.bench_function("derive/customer_1000_calls_cold", |b| {
         b.iter_batched(

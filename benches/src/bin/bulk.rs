@@ -20,7 +20,7 @@ fn main() {
     let started = Instant::now();
     let mut doc = customer_with_calls(CALLS);
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
-    let bytes = doc.automerge_mut().save();
+    let bytes = doc.save();
     let events = doc.events().0.len();
 
     let load_ms = median(

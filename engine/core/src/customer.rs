@@ -4,6 +4,8 @@
 //! force, and the timeline — all computed from the document, never stored twice.
 //! Does not own: reading Automerge (see [`crate::document`]).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::event::{CallEvent, EventKind, Stamp};
@@ -88,8 +90,9 @@ pub struct Customer {
     pub status: CustomerStatus,
     /// The option in force (recall or restriction), if the latest result set one.
     pub follow_up: Option<ResultOption>,
-    /// Every call, oldest first.
-    pub calls: Vec<CallView>,
+    /// Every call, oldest first. Shared with the document's kept derivation, so
+    /// reading a customer does not copy every call.
+    pub calls: Vec<Arc<CallView>>,
     /// Events kept out of derivation, across all calls.
     pub anomalies: Vec<Anomaly>,
     /// Keys of event entries that could not be read at all (not an event, or filed
@@ -100,12 +103,15 @@ pub struct Customer {
 impl Customer {
     /// The call with this id.
     pub fn call(&self, id: &CallId) -> Option<&CallView> {
-        self.calls.iter().find(|c| &c.call == id)
+        self.calls.iter().find(|c| &c.call == id).map(Arc::as_ref)
     }
 
     /// Calls that took place and still lack their (mandatory) result.
     pub fn calls_awaiting_result(&self) -> impl Iterator<Item = &CallView> {
-        self.calls.iter().filter(|c| c.phase.result_due())
+        self.calls
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|c| c.phase.result_due())
     }
 
     /// The number on file that reaches the same line as `number`.
@@ -134,14 +140,14 @@ impl Customer {
 ///
 /// The status is the one picked on the latest saved result (by time, ties by
 /// device id); with none, 未対応 until any call took place, then 対応済み.
-pub(crate) fn derive_follow_up(calls: &[CallView]) -> (CustomerStatus, Option<ResultOption>) {
+pub(crate) fn derive_follow_up(calls: &[Arc<CallView>]) -> (CustomerStatus, Option<ResultOption>) {
     let latest = calls
         .iter()
         .filter_map(|c| c.result_in_force())
         .max_by(|a, b| {
             (a.stamp.at, &a.stamp.device, &a.event).cmp(&(b.stamp.at, &b.stamp.device, &b.event))
         });
-    let any_call = calls.iter().any(CallView::took_place);
+    let any_call = calls.iter().any(|c| c.took_place());
     let picked = latest.and_then(|r| r.fields.customer_status.clone());
     let status = match picked {
         Some(status) if status.as_str() != CustomerStatus::NOT_CONTACTED || !any_call => status,

@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use automerge::{
     ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
@@ -179,6 +180,21 @@ impl CustomerDoc {
         &mut self.doc
     }
 
+    /// The document's current heads. Reading them does not change the document.
+    pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// The whole document, compacted, for a snapshot.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// The changes made since `heads`, as one incremental chunk.
+    pub fn save_after(&mut self, heads: &[automerge::ChangeHash]) -> Vec<u8> {
+        self.doc.save_after(heads)
+    }
+
     /// Merges another replica of the same customer into this one.
     pub fn merge(&mut self, other: &mut CustomerDoc) -> Result<(), CoreError> {
         self.derived.get_mut().fresh = false;
@@ -208,7 +224,7 @@ impl CustomerDoc {
     /// The derived state of one call, if the call exists.
     pub fn call(&self, call: &CallId) -> Option<CallView> {
         match self.derived().views.get(call) {
-            Some(Ok(view)) => Some(view.clone()),
+            Some(Ok(view)) => Some(CallView::clone(view)),
             _ => None,
         }
     }
@@ -247,7 +263,7 @@ impl CustomerDoc {
             match view {
                 Ok(view) => {
                     anomalies.extend(view.anomalies.iter().cloned());
-                    calls.push(view.clone());
+                    calls.push(Arc::clone(view));
                 }
                 Err(orphans) => anomalies.extend(orphans.iter().cloned()),
             }
@@ -331,9 +347,9 @@ impl CustomerDoc {
                 return Err(CoreError::UnknownCall { call: event.call });
             }
             let key = event_key(&call, &event);
-            if self.doc.get(&self.events, key.as_str())?.is_some()
-                || checked.iter().any(|(k, ..)| k == &key)
-            {
+            // The kept derivation is fresh here (`customer()` above made it so).
+            let recorded = self.derived.borrow().entries.contains_key(&key);
+            if recorded || checked.iter().any(|(k, ..)| k == &key) {
                 return Err(CoreError::DuplicateEvent { event: event.id });
             }
             check_event(&customer, &event, ctx)?;
@@ -344,7 +360,7 @@ impl CustomerDoc {
             call_events.push(event);
             if let Some(view) = derive_call(&call, call_events.iter()) {
                 customer.calls.retain(|c| c.call != call);
-                customer.calls.push(view);
+                customer.calls.push(Arc::new(view));
             }
         }
         let mut at = Timestamp::from_millis(0);
@@ -424,7 +440,7 @@ struct Derived {
     /// entry is one (under its own key).
     entries: BTreeMap<String, (u64, Option<CallEvent>)>,
     /// Every call's derived view, or the anomalies of a call with no origin.
-    views: BTreeMap<CallId, Result<CallView, Vec<Anomaly>>>,
+    views: BTreeMap<CallId, Result<Arc<CallView>, Vec<Anomaly>>>,
     /// Calls whose events changed since they were last derived.
     dirty: BTreeSet<CallId>,
 }
@@ -500,6 +516,7 @@ impl Derived {
                 continue;
             }
             let view = derive_call(&call, events.iter().copied())
+                .map(Arc::new)
                 .ok_or_else(|| orphan_anomalies(&call, events.iter().copied()));
             self.views.insert(call, view);
         }

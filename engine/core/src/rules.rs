@@ -300,6 +300,6 @@ pub fn open_calls_of(customer: &Customer, user: &UserId) -> Vec<OpenCall> {
         .calls
         .iter()
         .filter(|c| c.owner() == user)
-        .map(OpenCall::of)
+        .map(|c| OpenCall::of(c))
         .collect()
 }

@@ -331,8 +331,8 @@ impl WriteTx<'_> {
             });
         }
         let customer = doc.customer()?;
-        let heads = doc.automerge_mut().get_heads();
-        let snapshot = doc.automerge_mut().save();
+        let heads = doc.heads();
+        let snapshot = doc.save();
         self.tx.execute(
             "INSERT INTO documents (tenant_id, customer_id, snapshot, snapshot_bytes, heads,
                                     company, contact, owner, status)
@@ -361,7 +361,7 @@ impl WriteTx<'_> {
     /// the list columns and the call index in the same transaction.
     pub fn save(&self, stored: &mut StoredDoc) -> Result<SaveOutcome, StoreError> {
         let doc = &mut stored.doc;
-        let heads = doc.automerge_mut().get_heads();
+        let heads = doc.heads();
         if heads == stored.saved_heads {
             return Ok(SaveOutcome::Unchanged);
         }
@@ -369,7 +369,7 @@ impl WriteTx<'_> {
             doc.tenant().as_str().to_owned(),
             doc.id().as_str().to_owned(),
         );
-        let chunk = doc.automerge_mut().save_after(&stored.saved_heads);
+        let chunk = doc.save_after(&stored.saved_heads);
         let (snapshot_bytes, incremental_bytes, next_chunk): (i64, i64, i64) = self
             .tx
             .query_row(
@@ -385,7 +385,7 @@ impl WriteTx<'_> {
             })?;
         let customer = doc.customer()?;
         let outcome = if incremental_bytes + chunk.len() as i64 > snapshot_bytes {
-            let snapshot = doc.automerge_mut().save();
+            let snapshot = doc.save();
             self.tx.execute(
                 "DELETE FROM chunks WHERE tenant_id = ?1 AND customer_id = ?2",
                 params![tenant, id],
@@ -599,7 +599,7 @@ fn load(
         }
         .into());
     }
-    let saved_heads = doc.automerge_mut().get_heads();
+    let saved_heads = doc.heads();
     Ok(StoredDoc { doc, saved_heads })
 }
 

@@ -448,7 +448,7 @@ impl SimNetwork {
     /// The customer on `peer` derived from scratch (a fresh load of its saved
     /// bytes), to check the replica's kept derivation against.
     pub fn fresh_customer(&mut self, peer: PeerId) -> Customer {
-        let bytes = self.peers[peer].doc.automerge_mut().save();
+        let bytes = self.peers[peer].doc.save();
         let doc = CustomerDoc::load(&bytes, ActorId::from(b"fresh".as_slice()))
             .unwrap_or_else(|e| panic!("load: {e}"));
         doc.customer().unwrap_or_else(|e| panic!("customer: {e}"))
@@ -456,7 +456,7 @@ impl SimNetwork {
 
     /// The heads of `peer`'s replica (equal heads: identical documents).
     pub fn heads(&mut self, peer: PeerId) -> Vec<automerge::ChangeHash> {
-        let mut heads = self.peers[peer].doc.automerge_mut().get_heads();
+        let mut heads = self.peers[peer].doc.heads();
         heads.sort();
         heads
     }
