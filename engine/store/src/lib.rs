@@ -16,6 +16,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -124,12 +125,16 @@ pub enum SaveOutcome {
 }
 
 /// A document loaded from the store, with the heads it was saved at (so the next
-/// save appends exactly what changed since).
-#[derive(Debug)]
+/// save appends exactly what changed since) and, once saved, the phases the call
+/// index holds for it (so the next save writes only the calls that changed).
+///
+/// A `StoredDoc` describes the database as of its last save. If the transaction of
+/// that save is not committed, drop the document and load it again.
 pub struct StoredDoc {
     /// The document.
     pub doc: CustomerDoc,
     saved_heads: Vec<ChangeHash>,
+    indexed: Option<HashMap<CallId, Phase>>,
 }
 
 /// One row of the customer list.
@@ -349,10 +354,11 @@ impl WriteTx<'_> {
                 customer.status.as_str(),
             ],
         )?;
-        self.index(&customer)?;
+        let indexed = self.index(&customer, HashMap::new())?;
         Ok(StoredDoc {
             doc: doc.clone(),
             saved_heads: heads,
+            indexed: Some(indexed),
         })
     }
 
@@ -421,38 +427,52 @@ impl WriteTx<'_> {
                 customer.status.as_str(),
             ],
         )?;
-        self.index(&customer)?;
+        let indexed = match stored.indexed.take() {
+            Some(indexed) => indexed,
+            None => self.indexed_phases(&customer)?,
+        };
+        let indexed = self.index(&customer, indexed)?;
         // Only now is the in-memory save point moved; if the transaction is rolled
         // back instead, the caller drops this document with it.
         stored.saved_heads = heads;
+        stored.indexed = Some(indexed);
         Ok(outcome)
     }
 
-    /// Brings the call index in line with the customer's derived calls, writing
-    /// only rows whose phase changed (a 1,000-call customer changes one or two).
-    fn index(&self, customer: &Customer) -> Result<(), StoreError> {
-        let mut indexed: std::collections::HashMap<String, String> =
-            std::collections::HashMap::new();
-        {
-            let mut stmt = self.tx.prepare_cached(
-                "SELECT call_id, phase FROM calls WHERE tenant_id = ?1 AND customer_id = ?2",
-            )?;
-            let rows = stmt.query_map(
-                params![customer.tenant.as_str(), customer.id.as_str()],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-            )?;
-            for row in rows {
-                let (call, phase) = row?;
+    /// The phases the call index holds for a customer's calls.
+    fn indexed_phases(&self, customer: &Customer) -> Result<HashMap<CallId, Phase>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT call_id, phase FROM calls WHERE tenant_id = ?1 AND customer_id = ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![customer.tenant.as_str(), customer.id.as_str()],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        let mut indexed = HashMap::new();
+        for row in rows {
+            let (call, phase) = row?;
+            if let (Ok(call), Some(phase)) = (CallId::new(call), Phase::parse(&phase)) {
                 indexed.insert(call, phase);
             }
         }
+        Ok(indexed)
+    }
+
+    /// Brings the call index in line with the customer's derived calls, writing
+    /// only rows whose phase differs from `indexed` (a 1,000-call customer changes
+    /// one or two per save). Returns the phases the index now holds.
+    fn index(
+        &self,
+        customer: &Customer,
+        mut indexed: HashMap<CallId, Phase>,
+    ) -> Result<HashMap<CallId, Phase>, StoreError> {
         let mut upsert = self.tx.prepare_cached(
             "INSERT INTO calls (tenant_id, call_id, customer_id, user_id, phase, requested_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (tenant_id, call_id) DO UPDATE SET phase = excluded.phase",
         )?;
         for call in &customer.calls {
-            if indexed.get(call.call.as_str()).map(String::as_str) == Some(call.phase.as_str()) {
+            if indexed.get(&call.call) == Some(&call.phase) {
                 continue;
             }
             upsert.execute(params![
@@ -463,8 +483,9 @@ impl WriteTx<'_> {
                 call.phase.as_str(),
                 call.origin_stamp.at.as_millis(),
             ])?;
+            indexed.insert(call.call.clone(), call.phase);
         }
-        Ok(())
+        Ok(indexed)
     }
 
     /// The user's calls on customers other than `except` that may block a new
@@ -600,7 +621,11 @@ fn load(
         .into());
     }
     let saved_heads = doc.heads();
-    Ok(StoredDoc { doc, saved_heads })
+    Ok(StoredDoc {
+        doc,
+        saved_heads,
+        indexed: None,
+    })
 }
 
 fn customer_of_call(
