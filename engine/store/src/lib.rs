@@ -130,6 +130,7 @@ pub enum SaveOutcome {
 ///
 /// A `StoredDoc` describes the database as of its last save. If the transaction of
 /// that save is not committed, drop the document and load it again.
+#[derive(Debug)]
 pub struct StoredDoc {
     /// The document.
     pub doc: CustomerDoc,
