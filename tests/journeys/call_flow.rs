@@ -84,8 +84,8 @@ fn a_call_goes_from_request_to_saved_result_and_the_customer_shows_it() {
         .ok();
     assert_eq!(customer["status"], "アポ獲得");
     // 2026-11-25 14:00 JST = 05:00 UTC.
-    assert_eq!(customer["follow_up"]["kind"], "recall");
-    assert_eq!(customer["follow_up"]["at"], 1_795_582_800_000_i64);
+    assert_eq!(customer["recall_at"], 1_795_582_800_000_i64);
+    assert_eq!(customer["restriction_until"], serde_json::Value::Null);
     let timeline = data.run_at(&at(202), &["timeline", "cus-0001"]).ok();
     let kinds: Vec<String> = timeline
         .as_array()

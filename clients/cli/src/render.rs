@@ -30,14 +30,11 @@ pub(crate) fn customer(app: &App, c: &Customer) -> String {
     for p in &c.phones {
         let _ = writeln!(out, "  phone: {} {}", p.label, p.number);
     }
-    match c.follow_up {
-        Some(ResultOption::Recall { at }) => {
-            let _ = writeln!(out, "  recall at: {}", app.fmt_time(at));
-        }
-        Some(ResultOption::Restriction { until }) if until > app.now => {
-            let _ = writeln!(out, "  call restriction until: {}", app.fmt_time(until));
-        }
-        _ => {}
+    if let Some(at) = c.recall_at {
+        let _ = writeln!(out, "  recall at: {}", app.fmt_time(at));
+    }
+    if let Some(until) = c.restricted_until(app.now) {
+        let _ = writeln!(out, "  call restriction until: {}", app.fmt_time(until));
     }
     let _ = write!(out, "  calls: {}", c.calls.len());
     for call in &c.calls {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{CallEvent, EventKind, Stamp};
 use crate::id::{CallId, CustomerId, EventId, TenantId, UserId};
-use crate::lifecycle::{Anomaly, CallView};
+use crate::lifecycle::{Anomaly, CallView, SavedResult};
 use crate::phone_number::PhoneNumber;
 use crate::result_type::ResultOption;
 use crate::time::Timestamp;
@@ -88,8 +88,12 @@ pub struct Customer {
     pub phones: Vec<PhoneEntry>,
     /// The derived status.
     pub status: CustomerStatus,
-    /// The option in force (recall or restriction), if the latest result set one.
-    pub follow_up: Option<ResultOption>,
+    /// When to call again: set when the latest saved result asked for a recall.
+    pub recall_at: Option<Timestamp>,
+    /// When the call restriction set by the latest restricting result ends (it is in
+    /// force while this lies in the future; a later result of another kind does not
+    /// lift it).
+    pub restriction_until: Option<Timestamp>,
     /// Every call, oldest first. Shared with the document's kept derivation, so
     /// reading a customer does not copy every call.
     pub calls: Vec<Arc<CallView>>,
@@ -121,32 +125,33 @@ impl Customer {
 
     /// The end of the call restriction in force at `now`, if one is.
     pub fn restricted_until(&self, now: Timestamp) -> Option<Timestamp> {
-        match self.follow_up {
-            Some(ResultOption::Restriction { until }) if until > now => Some(until),
-            _ => None,
-        }
-    }
-
-    /// When to call again, if the latest result asked for a recall.
-    pub fn recall_at(&self) -> Option<Timestamp> {
-        match self.follow_up {
-            Some(ResultOption::Recall { at }) => Some(at),
-            _ => None,
-        }
+        self.restriction_until.filter(|until| *until > now)
     }
 }
 
-/// Derives the status and the option in force from the calls.
+/// What the saved results say about the customer as a whole.
+pub(crate) struct FollowUp {
+    pub(crate) status: CustomerStatus,
+    pub(crate) recall_at: Option<Timestamp>,
+    pub(crate) restriction_until: Option<Timestamp>,
+}
+
+/// Derives the status, the recall and the call restriction from the calls.
 ///
-/// The status is the one picked on the latest saved result (by time, ties by
-/// device id); with none, 未対応 until any call took place, then 対応済み.
-pub(crate) fn derive_follow_up(calls: &[Arc<CallView>]) -> (CustomerStatus, Option<ResultOption>) {
-    let latest = calls
-        .iter()
-        .filter_map(|c| c.result_in_force())
-        .max_by(|a, b| {
-            (a.stamp.at, &a.stamp.device, &a.event).cmp(&(b.stamp.at, &b.stamp.device, &b.event))
-        });
+/// "Latest" is by time, ties broken by device id then event id, as everywhere.
+/// - The status is the one picked on the latest saved result; with none, 未対応
+///   until any call took place, then 対応済み.
+/// - The recall is the latest result's, if that result asked for one: any later
+///   call supersedes it.
+/// - The restriction is the latest restricting result's: a later result of another
+///   kind (a manual call logged during the restriction, say) does not lift it.
+pub(crate) fn derive_follow_up(calls: &[Arc<CallView>]) -> FollowUp {
+    let precedence = |r: &&SavedResult| (r.stamp.at, r.stamp.device.clone(), r.event.clone());
+    let in_force = || calls.iter().filter_map(|c| c.result_in_force());
+    let latest = in_force().max_by_key(precedence);
+    let latest_restriction = in_force()
+        .filter(|r| matches!(r.fields.option, ResultOption::Restriction { .. }))
+        .max_by_key(precedence);
     let any_call = calls.iter().any(|c| c.took_place());
     let picked = latest.and_then(|r| r.fields.customer_status.clone());
     let status = match picked {
@@ -154,7 +159,14 @@ pub(crate) fn derive_follow_up(calls: &[Arc<CallView>]) -> (CustomerStatus, Opti
         _ if any_call => CustomerStatus::new(CustomerStatus::CONTACTED),
         _ => CustomerStatus::new(CustomerStatus::NOT_CONTACTED),
     };
-    (status, latest.map(|r| r.fields.option))
+    FollowUp {
+        status,
+        recall_at: latest.and_then(|r| match r.fields.option {
+            ResultOption::Recall { at } => Some(at),
+            _ => None,
+        }),
+        restriction_until: latest_restriction.and_then(|r| r.fields.option.time()),
+    }
 }
 
 /// One line of a customer's timeline: an event, in time order.

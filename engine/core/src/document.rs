@@ -13,7 +13,6 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use automerge::{
@@ -129,25 +128,7 @@ impl CustomerDoc {
     /// Wraps an Automerge document after checking it is a customer document this
     /// build can read.
     pub fn from_automerge(doc: AutoCommit) -> Result<Self, CoreError> {
-        let schema = match doc.get(ROOT, key::SCHEMA)? {
-            Some((Value::Scalar(v), _)) => match v.as_ref() {
-                ScalarValue::Uint(n) => *n,
-                ScalarValue::Int(n) if *n >= 0 => *n as u64,
-                _ => return Err(malformed(key::SCHEMA, "not a number")),
-            },
-            _ => return Err(malformed(key::SCHEMA, "missing")),
-        };
-        if schema > SCHEMA_VERSION {
-            return Err(CoreError::UnsupportedSchema {
-                found: schema,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        let tenant = TenantId::new(read_str(&doc, &ROOT, key::TENANT)?)
-            .map_err(|e| malformed(key::TENANT, &e.to_string()))?;
-        let id = CustomerId::new(read_str(&doc, &ROOT, key::CUSTOMER)?)
-            .map_err(|e| malformed(key::CUSTOMER, &e.to_string()))?;
-        let events = read_map(&doc, &ROOT, key::EVENTS)?;
+        let (tenant, id, events) = read_identity(&doc)?;
         Ok(Self {
             doc,
             tenant,
@@ -196,7 +177,17 @@ impl CustomerDoc {
     }
 
     /// Merges another replica of the same customer into this one.
+    ///
+    /// Refuses a document of another customer, or one created independently under
+    /// the same id (its `events` map is another object, and merging would hide one
+    /// of the two maps).
     pub fn merge(&mut self, other: &mut CustomerDoc) -> Result<(), CoreError> {
+        if other.tenant != self.tenant || other.id != self.id || other.events != self.events {
+            return Err(CoreError::DifferentDocument {
+                ours: format!("{}/{}", self.tenant, self.id),
+                theirs: format!("{}/{}", other.tenant, other.id),
+            });
+        }
         self.derived.get_mut().fresh = false;
         self.doc.merge(&mut other.doc)?;
         Ok(())
@@ -240,8 +231,29 @@ impl CustomerDoc {
     fn derived(&self) -> std::cell::Ref<'_, Derived> {
         if !self.derived.borrow().fresh {
             let mut derived = self.derived.borrow_mut();
-            derived.rescan(&self.doc, &self.events);
-            derived.rederive();
+            // Whatever changed the document may have changed its root too.
+            derived.identity_error = match read_identity(&self.doc) {
+                Ok((tenant, id, events))
+                    if tenant == self.tenant && id == self.id && events == self.events =>
+                {
+                    None
+                }
+                Ok((tenant, id, _)) => Some(CoreError::DifferentDocument {
+                    ours: format!("{}/{}", self.tenant, self.id),
+                    theirs: format!("{tenant}/{id} (created independently)"),
+                }),
+                Err(e) => Some(e),
+            };
+            if derived.identity_error.is_some() {
+                *derived = Derived {
+                    identity_error: derived.identity_error.take(),
+                    fresh: true,
+                    ..Derived::default()
+                };
+            } else {
+                derived.rescan(&self.doc, &self.events);
+                derived.rederive();
+            }
         }
         self.derived.borrow()
     }
@@ -257,6 +269,9 @@ impl CustomerDoc {
             _ => return Err(malformed(key::CREATED_AT, "missing")),
         };
         let derived = self.derived();
+        if let Some(e) = &derived.identity_error {
+            return Err(e.clone());
+        }
         let mut calls = Vec::with_capacity(derived.views.len());
         let mut anomalies = Vec::new();
         for view in derived.views.values() {
@@ -276,7 +291,7 @@ impl CustomerDoc {
             .collect();
         drop(derived);
         calls.sort_by(|a, b| (a.origin_stamp.at, &a.call).cmp(&(b.origin_stamp.at, &b.call)));
-        let (status, follow_up) = derive_follow_up(&calls);
+        let follow_up = derive_follow_up(&calls);
         Ok(Customer {
             tenant: self.tenant.clone(),
             id: self.id.clone(),
@@ -286,8 +301,9 @@ impl CustomerDoc {
                 .map_err(|e| malformed(key::OWNER, &e.to_string()))?,
             created_at,
             phones: self.phones()?,
-            status,
-            follow_up,
+            status: follow_up.status,
+            recall_at: follow_up.recall_at,
+            restriction_until: follow_up.restriction_until,
             calls,
             anomalies,
             unreadable_events,
@@ -375,8 +391,16 @@ impl CustomerDoc {
         // Keep the derived cache exact: these entries are all that changed.
         let derived = self.derived.get_mut();
         let new_events = call_events.split_off(known);
-        for ((key, json, _), event) in checked.into_iter().zip(new_events) {
-            derived.entries.insert(key, (text_hash(&json), Some(event)));
+        for ((key, _, _), event) in checked.into_iter().zip(new_events) {
+            let op = match self.doc.get(&self.events, key.as_str()) {
+                Ok(Some((_, op))) => op,
+                // Cannot happen after a successful put; re-scan rather than guess.
+                _ => {
+                    derived.fresh = false;
+                    continue;
+                }
+            };
+            derived.entries.insert(key, (op, Some(event)));
         }
         derived.dirty.insert(call.clone());
         derived.rederive();
@@ -385,6 +409,30 @@ impl CustomerDoc {
         );
         self.call(&call).ok_or(CoreError::UnknownCall { call })
     }
+}
+
+/// The schema version, tenant, customer and `events` map of a document, checked.
+fn read_identity(doc: &AutoCommit) -> Result<(TenantId, CustomerId, ObjId), CoreError> {
+    let schema = match doc.get(ROOT, key::SCHEMA)? {
+        Some((Value::Scalar(v), _)) => match v.as_ref() {
+            ScalarValue::Uint(n) => *n,
+            ScalarValue::Int(n) if *n >= 0 => *n as u64,
+            _ => return Err(malformed(key::SCHEMA, "not a number")),
+        },
+        _ => return Err(malformed(key::SCHEMA, "missing")),
+    };
+    if schema > SCHEMA_VERSION {
+        return Err(CoreError::UnsupportedSchema {
+            found: schema,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let tenant = TenantId::new(read_str(doc, &ROOT, key::TENANT)?)
+        .map_err(|e| malformed(key::TENANT, &e.to_string()))?;
+    let id = CustomerId::new(read_str(doc, &ROOT, key::CUSTOMER)?)
+        .map_err(|e| malformed(key::CUSTOMER, &e.to_string()))?;
+    let events = read_map(doc, &ROOT, key::EVENTS)?;
+    Ok((tenant, id, events))
 }
 
 /// The key of an event in the `events` map: `<call>/<event>`.
@@ -436,13 +484,16 @@ struct Derived {
     /// Whether `entries` matches the document. False until the first scan, and
     /// after anything but `record` may have changed the document.
     fresh: bool,
-    /// Every entry of the `events` map: a hash of its text, and the event if the
-    /// entry is one (under its own key).
-    entries: BTreeMap<String, (u64, Option<CallEvent>)>,
+    /// Every entry of the `events` map: the Automerge op that wrote its value (a
+    /// new write is a new op, so this tells changed entries exactly), and the event
+    /// if the entry is one (under its own key).
+    entries: BTreeMap<String, (ObjId, Option<CallEvent>)>,
     /// Every call's derived view, or the anomalies of a call with no origin.
     views: BTreeMap<CallId, Result<Arc<CallView>, Vec<Anomaly>>>,
     /// Calls whose events changed since they were last derived.
     dirty: BTreeSet<CallId>,
+    /// Set when the document no longer is this customer's (see `derived`).
+    identity_error: Option<CoreError>,
 }
 
 impl Derived {
@@ -457,15 +508,15 @@ impl Derived {
                 }
                 _ => None,
             };
-            let hash = text.map_or(0, text_hash);
-            if matches!(self.entries.get(item.key.as_ref()), Some((known, _)) if *known == hash) {
+            let op = item.id();
+            if matches!(self.entries.get(item.key.as_ref()), Some((known, _)) if *known == op) {
                 continue;
             }
             let event = text
                 .and_then(|t| serde_json::from_str::<CallEvent>(t).ok())
                 .filter(|e| event_key(&e.call, e) == item.key.as_ref());
             self.mark_dirty(&item.key);
-            self.entries.insert(item.key.into_owned(), (hash, event));
+            self.entries.insert(item.key.into_owned(), (op, event));
         }
         if seen != self.entries.len() {
             // Entries vanished (only a misbehaving writer deletes): find which.
@@ -521,11 +572,4 @@ impl Derived {
             self.views.insert(call, view);
         }
     }
-}
-
-/// A stable hash of an entry's text, to tell changed entries from known ones.
-fn text_hash(text: &str) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
 }

@@ -205,6 +205,14 @@ pub enum CoreError {
         /// The newest this build reads.
         supported: u64,
     },
+    /// Two documents that are not replicas of one customer document.
+    #[error("{theirs} is not a replica of the customer document {ours}")]
+    DifferentDocument {
+        /// This document's tenant/customer.
+        ours: String,
+        /// The other's.
+        theirs: String,
+    },
     /// Automerge refused the bytes or the operation.
     #[error("the customer document could not be read or changed: {0}")]
     Automerge(String),
@@ -250,6 +258,7 @@ impl CoreError {
             Self::NoRecording { .. } => "no-recording",
             Self::MalformedDocument { .. } => "malformed-document",
             Self::UnsupportedSchema { .. } => "unsupported-schema",
+            Self::DifferentDocument { .. } => "different-document",
             Self::Automerge(_) => "document-error",
         }
     }
@@ -340,6 +349,9 @@ impl CoreError {
             Self::UnsupportedSchema { found, supported } => format!(
                 "顧客データのバージョン {found} はこのバージョン（{supported} まで）では読めません。アップデートしてください"
             ),
+            Self::DifferentDocument { ours, theirs } => {
+                format!("{theirs} は顧客データ {ours} の複製ではありません")
+            }
             Self::Automerge(e) => format!("顧客データを読み書きできません: {e}"),
         }
     }

@@ -160,6 +160,8 @@ pub enum AnomalyReason {
     NeverStarted,
     /// A result on a dialed call the browser had not ended.
     ResultBeforeBrowserEnded,
+    /// A recording attached to a call requested with recording off.
+    NotRecorded,
 }
 
 /// How the call came to be.
@@ -387,6 +389,13 @@ pub fn derive_call<'a>(
     let cancelled = earliest(&|k| matches!(k, EventKind::Cancelled));
     let expired = earliest(&|k| matches!(k, EventKind::Expired));
 
+    let recording_on = matches!(
+        origin,
+        CallOrigin::Dialed {
+            recording: true,
+            ..
+        }
+    );
     // Everything after the start needs a start.
     let mut phone_ended = None;
     let mut browser_ended = None;
@@ -417,6 +426,12 @@ pub fn derive_call<'a>(
                 browser_ended = earlier(browser_ended, (event, ()));
             }
             EventKind::ResultSaved(fields) => results.push((event, fields)),
+            EventKind::RecordingAttached(_) if !recording_on => {
+                anomalies.push(Anomaly {
+                    event: event.id.clone(),
+                    reason: AnomalyReason::NotRecorded,
+                });
+            }
             // The latest attachment by (time, id) describes the stored bytes.
             EventKind::RecordingAttached(_)
                 if attached.is_none_or(|a| (&a.stamp.at, &a.id) < (&event.stamp.at, &event.id)) =>

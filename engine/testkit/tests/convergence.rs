@@ -33,6 +33,11 @@ enum Step {
         peer: usize,
         call: usize,
         appointment: bool,
+        option: u8,
+    },
+    Skew {
+        device: usize,
+        secs: i8,
     },
     Expire,
     Cut {
@@ -58,11 +63,17 @@ fn step() -> impl Strategy<Value = Step> {
         (0..2usize, 0..4usize).prop_map(|(phone, call)| Step::Start { phone, call }),
         (0..2usize, 0..4usize).prop_map(|(phone, call)| Step::PhoneEnd { phone, call }),
         (0..2usize, 0..4usize).prop_map(|(desk, call)| Step::DeskEnd { desk, call }),
-        (0..4usize, 0..4usize, any::<bool>()).prop_map(|(peer, call, appointment)| Step::Result {
-            peer,
-            call,
-            appointment
-        }),
+        (0..4usize, 0..4usize, any::<bool>(), 0..3u8).prop_map(
+            |(peer, call, appointment, option)| {
+                Step::Result {
+                    peer,
+                    call,
+                    appointment,
+                    option,
+                }
+            }
+        ),
+        (0..4usize, any::<i8>()).prop_map(|(device, secs)| Step::Skew { device, secs }),
         Just(Step::Expire),
         (0..4usize).prop_map(|device| Step::Cut { device }),
         (0..4usize).prop_map(|device| Step::Heal { device }),
@@ -104,10 +115,16 @@ proptest! {
                 Step::Start { phone, call } => if let Some(c) = pick(&calls, call) { let _ = net.phone_starts(phones[phone], &c); },
                 Step::PhoneEnd { phone, call } => if let Some(c) = pick(&calls, call) { let _ = net.phone_ends(phones[phone], &c, 42); },
                 Step::DeskEnd { desk, call } => if let Some(c) = pick(&calls, call) { let _ = net.desk_ends(desks[desk], &c); },
-                Step::Result { peer, call, appointment } => if let Some(c) = pick(&calls, call) {
-                    let t = if appointment { "appointment" } else { "no-answer" };
-                    let _ = net.save_result(devices[peer], &c, t, ResultOption::None);
+                Step::Result { peer, call, appointment, option } => if let Some(c) = pick(&calls, call) {
+                    let later = net.now().plus_millis(86_400_000).ceil_to_option_step();
+                    let (t, option) = match option {
+                        0 => (if appointment { "appointment" } else { "no-answer" }, ResultOption::None),
+                        1 => (if appointment { "appointment" } else { "no-answer" }, ResultOption::Recall { at: later }),
+                        _ => ("do-not-call", ResultOption::Restriction { until: later }),
+                    };
+                    let _ = net.save_result(devices[peer], &c, t, option);
                 },
+                Step::Skew { device, secs } => net.set_clock_skew(devices[device], i64::from(secs) * 1000),
                 Step::Expire => { net.server_expires_due(); }
                 Step::Cut { device } => net.partition(devices[device], server),
                 Step::Heal { device } => net.heal(devices[device], server),
@@ -123,7 +140,9 @@ proptest! {
             prop_assert_eq!(&net.heads(peer), &heads);
             prop_assert_eq!(&net.customer(peer), &customer);
         }
-        // What replicas kept between reads equals a derivation from scratch.
-        prop_assert_eq!(&net.fresh_customer(server), &customer);
+        // What every replica kept between reads equals a derivation from scratch.
+        for peer in net.peers() {
+            prop_assert_eq!(&net.fresh_customer(peer), &customer);
+        }
     }
 }

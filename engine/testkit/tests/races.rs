@@ -70,7 +70,7 @@ fn the_whole_call_flow_reaches_completed_on_every_replica() {
     for peer in net.peers() {
         let customer = net.customer(peer);
         assert_eq!(customer.status.as_str(), CustomerStatus::CONTACTED);
-        assert_eq!(customer.recall_at(), Some(tomorrow_at_ten()));
+        assert_eq!(customer.recall_at, Some(tomorrow_at_ten()));
     }
 }
 
@@ -405,4 +405,41 @@ fn a_new_request_is_refused_while_a_result_is_pending_and_during_a_restriction()
     assert_eq!(err, CoreError::CustomerRestricted { until });
     net.advance(24 * 3600 * 1000);
     net.record(desk, &second, request(&net)).unwrap();
+}
+
+#[test]
+fn a_later_result_of_another_kind_does_not_lift_a_call_restriction() {
+    let (mut net, _server, desk, phone) = three(11);
+    let call = ended_call(&mut net, desk, phone);
+    let until = tomorrow_at_ten();
+    net.save_result(
+        desk,
+        &call,
+        "do-not-call",
+        ResultOption::Restriction { until },
+    )
+    .unwrap();
+    // The customer calls back; the rep logs it by hand with a plain result.
+    net.advance(60_000);
+    let manual = callsync_core::CallId::new("manual-1").unwrap();
+    let number = callsync_core::PhoneNumber::parse(NUMBER).unwrap();
+    net.record(desk, &manual, EventKind::ManualCall { number })
+        .unwrap();
+    net.save_result(
+        desk,
+        &manual,
+        "no-answer",
+        ResultOption::Recall { at: until },
+    )
+    .unwrap();
+    net.run_until_quiescent();
+    for peer in net.peers() {
+        let customer = net.customer(peer);
+        assert_eq!(
+            customer.restricted_until(net.now()),
+            Some(until),
+            "peer {peer}"
+        );
+        assert_eq!(customer.recall_at, Some(until));
+    }
 }
