@@ -46,7 +46,7 @@ fn append_and_load(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("bench.sqlite")).unwrap();
     let mut doc = customer_with_calls(CALLS);
-    let tx = store.write().unwrap();
+    let mut tx = store.write().unwrap();
     let mut stored = tx.insert(&mut doc).unwrap();
     tx.commit().unwrap();
     // Loading first, while the document holds exactly 1,000 calls.
@@ -73,7 +73,7 @@ fn append_and_load(c: &mut Criterion) {
             } else {
                 EventKind::Cancelled
             };
-            let tx = store.write().unwrap();
+            let mut tx = store.write().unwrap();
             stored.doc.record(event(n, step, kind), &ctx).unwrap();
             let outcome = tx.save(&mut stored).unwrap();
             tx.commit().unwrap();

@@ -32,7 +32,7 @@ fn store_writer_process() {
     let actor = ActorId::from(prefix.as_bytes());
     let customer = sample_customer();
     {
-        let tx = store.write().unwrap();
+        let mut tx = store.write().unwrap();
         let mut doc = CustomerDoc::create(&customer, START, actor.clone()).unwrap();
         match tx.insert(&mut doc) {
             Ok(_) => tx.commit().unwrap(),
@@ -78,7 +78,7 @@ fn store_writer_process() {
                 },
                 kind,
             };
-            let tx = store.write().unwrap();
+            let mut tx = store.write().unwrap();
             let mut stored = tx
                 .load(&customer.tenant, &customer.id, actor.clone())
                 .unwrap();

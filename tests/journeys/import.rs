@@ -77,3 +77,16 @@ fn a_file_with_the_wrong_header_or_missing_is_refused() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_file_saved_by_a_spreadsheet_with_a_byte_order_mark_imports() {
+    let data = DataDir::new();
+    let path = data.path().join("excel.csv");
+    let body = std::fs::read_to_string(fixtures().join("customers.csv")).unwrap();
+    std::fs::write(&path, format!("\u{feff}{body}")).unwrap();
+    assert_eq!(
+        data.run_at(NOW, &["customer", "import", path.to_str().unwrap()])
+            .ok()["imported"],
+        50
+    );
+}

@@ -325,3 +325,28 @@ fn creating_a_customer_twice_or_without_a_valid_phone_is_refused() {
         .ok();
     assert_eq!(created["status"], "未対応");
 }
+
+#[test]
+fn a_refused_flag_creates_nothing_on_disk() {
+    let data = DataDir::new();
+    let fresh = data.path().join("never-created");
+    let out = std::process::Command::new(crate::support::callsync_bin())
+        .args([
+            "--json",
+            "--tz",
+            "Mars/Olympus_Mons",
+            "--data",
+            fresh.to_str().unwrap(),
+            "customer",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["error"]["code"], "bad-time-zone");
+    assert!(
+        !fresh.exists(),
+        "a refused command must not create the data directory"
+    );
+}

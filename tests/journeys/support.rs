@@ -107,6 +107,7 @@ impl DataDir {
         let mut rows = Vec::new();
         for (table, order) in [
             ("documents", "tenant_id, customer_id"),
+            ("snapshots", "tenant_id, customer_id"),
             ("chunks", "tenant_id, customer_id, seq"),
             ("calls", "tenant_id, call_id"),
             ("settings", "key"),

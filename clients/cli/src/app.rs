@@ -51,6 +51,20 @@ pub(crate) fn default_data_dir() -> PathBuf {
 impl App {
     /// Opens (creating if needed) the data directory and this process's identity.
     pub(crate) fn open(global: &Global, data: &Path) -> anyhow::Result<Self> {
+        // Every flag is checked before the disk is touched: a refused command
+        // creates nothing, not even the data directory.
+        let tenant = TenantId::new(&global.tenant)?;
+        let user = UserId::new(&global.user)?;
+        let desk = DeviceId::new(&global.desk)?;
+        let phone = DeviceId::new(&global.phone)?;
+        let tz: Tz = global
+            .tz
+            .parse()
+            .map_err(|_| InputError::UnknownTimeZone(global.tz.clone()))?;
+        let now = match &global.now {
+            Some(text) => parse_time(text, tz)?,
+            None => Timestamp::from_millis(chrono::Utc::now().timestamp_millis()),
+        };
         std::fs::create_dir_all(data)
             .with_context(|| format!("cannot create data directory {}", data.display()))?;
         let mut store = Store::open(&data.join(DB_FILE))
@@ -65,20 +79,12 @@ impl App {
                 ActorId::from(bytes)
             }
         };
-        let tz: Tz = global
-            .tz
-            .parse()
-            .map_err(|_| InputError::UnknownTimeZone(global.tz.clone()))?;
-        let now = match &global.now {
-            Some(text) => parse_time(text, tz)?,
-            None => Timestamp::from_millis(chrono::Utc::now().timestamp_millis()),
-        };
         Ok(Self {
             store,
-            tenant: TenantId::new(&global.tenant)?,
-            user: UserId::new(&global.user)?,
-            desk: DeviceId::new(&global.desk)?,
-            phone: DeviceId::new(&global.phone)?,
+            tenant,
+            user,
+            desk,
+            phone,
             tz,
             now,
             catalog: ResultCatalog::standard(),
@@ -117,7 +123,7 @@ impl App {
         customer: &CustomerId,
         events: Vec<CallEvent>,
     ) -> anyhow::Result<CallView> {
-        let tx = self.store.write()?;
+        let mut tx = self.store.write()?;
         let others = tx.open_calls_of(&self.tenant, &self.user, customer)?;
         let mut stored = tx.load(&self.tenant, customer, self.actor.clone())?;
         let ctx = RuleContext {
@@ -242,9 +248,12 @@ impl App {
         let mut expired = Vec::new();
         for row in due {
             let event = self.event(&row.call, DeviceKind::Server, EventKind::Expired)?;
-            // A request started or cancelled meanwhile is refused by the rules: skip it.
-            if let Ok(view) = self.act(&row.customer, vec![event]) {
-                expired.push(view);
+            // A request started or cancelled meanwhile is refused by the rules: skip
+            // it. Anything else (the database, a damaged document) is an error.
+            match self.act(&row.customer, vec![event]) {
+                Ok(view) => expired.push(view),
+                Err(e) if core_error(&e).is_some() => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(expired)
@@ -252,7 +261,7 @@ impl App {
 
     /// Creates customers in one write: all or nothing.
     pub(crate) fn create_customers(&mut self, customers: &[NewCustomer]) -> anyhow::Result<()> {
-        let tx = self.store.write()?;
+        let mut tx = self.store.write()?;
         for new in customers {
             let mut doc = CustomerDoc::create(new, self.now, self.actor.clone())?;
             tx.insert(&mut doc)?;

@@ -11,6 +11,14 @@ use crate::args::{Global, ResultArgs};
 use crate::import::read_customers;
 use crate::render;
 
+/// Prints a line; a reader that went away (`… | head`) ends nothing.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// The fixture customers, built into the binary so the demo runs from anywhere.
 const FIXTURE_CSV: &str = include_str!("../../../fixtures/customers.csv");
 
@@ -22,14 +30,14 @@ pub(crate) fn run(global: &Global, data: &Path) -> anyhow::Result<()> {
         );
     }
     let mut app = App::open(global, data)?;
-    let step = |n: u32, text: &str| println!("\n== {n}. {text}");
+    let step = |n: u32, text: &str| say!("\n== {n}. {text}");
 
     step(1, "Import the fixture customers");
     let csv_path = data.join("customers.csv");
     std::fs::write(&csv_path, FIXTURE_CSV)?;
     let customers = read_customers(&csv_path, &app.tenant, app.now)?;
     app.create_customers(&customers)?;
-    println!(
+    say!(
         "imported {} customers into {}",
         customers.len(),
         data.display()
@@ -43,14 +51,14 @@ pub(crate) fn run(global: &Global, data: &Path) -> anyhow::Result<()> {
         .map(|p| p.number.to_string())
         .unwrap_or_default();
     step(2, "Open the customer (a new customer is 未対応)");
-    println!("{}", render::customer(&app, &customer));
+    say!("{}", render::customer(&app, &customer));
 
     step(
         3,
         &format!("Desk: call {number} from {} with recording on", app.phone),
     );
     let call = app.request(customer_id.as_str(), &number, None, true)?;
-    println!(
+    say!(
         "{}\nthe browser shows: press Start call in the mobile app",
         render::call_line(&app, &call)
     );
@@ -62,7 +70,7 @@ pub(crate) fn run(global: &Global, data: &Path) -> anyhow::Result<()> {
         "Phone: Start call (8 s later, within the 1-minute limit)",
     );
     let view = app.act_on_call(&call_id, DeviceKind::Phone, EventKind::Started)?;
-    println!("{}", render::call_line(&app, &view));
+    say!("{}", render::call_line(&app, &view));
 
     app.now = app.now.plus_millis(95_000);
     step(5, "Phone: end the call after 95 s");
@@ -71,12 +79,12 @@ pub(crate) fn run(global: &Global, data: &Path) -> anyhow::Result<()> {
         DeviceKind::Phone,
         EventKind::PhoneEnded { duration_secs: 95 },
     )?;
-    println!("{}", render::call_line(&app, &view));
+    say!("{}", render::call_line(&app, &view));
 
     app.now = app.now.plus_millis(4_000);
     step(6, "Desk: press the red end button");
     let view = app.act_on_call(&call_id, DeviceKind::Desk, EventKind::BrowserEnded)?;
-    println!("{}", render::call_line(&app, &view));
+    say!("{}", render::call_line(&app, &view));
 
     step(
         7,
@@ -85,7 +93,7 @@ pub(crate) fn run(global: &Global, data: &Path) -> anyhow::Result<()> {
     match app.request("cus-0002", "022-212-4471", None, true) {
         Ok(_) => bail!("the core accepted a request while a result was pending"),
         Err(e) => match crate::app::core_error(&e) {
-            Some(core) => println!("refused: {core}\n         {}", core.message_ja()),
+            Some(core) => say!("refused: {core}\n         {}", core.message_ja()),
             None => return Err(e),
         },
     }
@@ -104,20 +112,20 @@ pub(crate) fn run(global: &Global, data: &Path) -> anyhow::Result<()> {
         memo: "受付で担当者不在、明日同時刻に再コール".into(),
     };
     let view = app.save_result(&call_id, &args)?;
-    println!("{}", render::call(&app, &view));
+    say!("{}", render::call(&app, &view));
 
     step(9, "The customer now (対応済み, with the recall in force)");
-    println!(
+    say!(
         "{}",
         render::customer(&app, &app.load(&customer_id)?.customer()?)
     );
 
     step(10, "The customer's timeline");
-    println!(
+    say!(
         "{}",
         render::timeline(&app, &app.load(&customer_id)?.timeline())
     );
-    println!(
+    say!(
         "\ndata directory: {}  (try: callsync --data {} customer list)",
         data.display(),
         data.display()

@@ -11,6 +11,7 @@ mod demo;
 mod import;
 mod render;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::anyhow;
@@ -39,11 +40,13 @@ fn main() -> ExitCode {
         .init();
     match run(&cli) {
         Ok(Some(report)) => {
-            if cli.global.json {
-                println!("{}", report.json);
+            let text = if cli.global.json {
+                report.json.to_string()
             } else {
-                println!("{}", report.text);
-            }
+                report.text
+            };
+            // A reader that went away (`callsync calls | head -1`) is not an error.
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
@@ -51,12 +54,10 @@ fn main() -> ExitCode {
             let (code, exit, message_ja) = classify(&e);
             let message = one_line(&e);
             if cli.global.json {
-                println!(
-                    "{}",
-                    json!({ "error": { "code": code, "message": message, "message_ja": message_ja } })
-                );
+                let error = json!({ "error": { "code": code, "message": message, "message_ja": message_ja } });
+                let _ = writeln!(std::io::stdout().lock(), "{error}");
             }
-            eprintln!("error: {message}");
+            let _ = writeln!(std::io::stderr().lock(), "error: {message}");
             ExitCode::from(exit)
         }
     }
@@ -87,6 +88,7 @@ fn classify(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
                     1,
                     Some(format!("顧客 {customer} はすでに存在します")),
                 ),
+                StoreError::CallOnAnotherCustomer { .. } => ("call-on-another-customer", 1, None),
                 StoreError::SchemaTooNew { .. } => ("database-too-new", 3, None),
                 StoreError::Sqlite(_) => ("database-error", 3, None),
             };

@@ -174,6 +174,10 @@ pub(crate) fn timeline(app: &App, entries: &[TimelineEntry]) -> String {
             EventKind::ManualCall { number } => number.to_string(),
             _ => String::new(),
         };
+        let detail = match e.ignored {
+            Some(reason) => format!("{detail} [ignored: {}]", reason.as_str()),
+            None => detail,
+        };
         let _ = writeln!(
             out,
             "{}  {}  {:<18} {} ({})  {}",

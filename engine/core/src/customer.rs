@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{CallEvent, EventKind, Stamp};
 use crate::id::{CallId, CustomerId, EventId, TenantId, UserId};
-use crate::lifecycle::{Anomaly, CallView, SavedResult};
+use crate::lifecycle::{Anomaly, AnomalyReason, CallView, SavedResult};
 use crate::phone_number::PhoneNumber;
 use crate::result_type::ResultOption;
 use crate::time::Timestamp;
@@ -180,11 +180,17 @@ pub struct TimelineEntry {
     pub stamp: Stamp,
     /// What happened.
     pub kind: EventKind,
+    /// Set when derivation ignores this event (see [`crate::lifecycle::Anomaly`]):
+    /// shown, so nobody mistakes it for something that counted.
+    pub ignored: Option<AnomalyReason>,
 }
 
 /// The timeline: every event in time order (ties by place in the call's life,
 /// then device, then event id).
-pub(crate) fn timeline(events: &[CallEvent]) -> Vec<TimelineEntry> {
+pub(crate) fn timeline(
+    events: &[CallEvent],
+    ignored: &std::collections::BTreeMap<EventId, AnomalyReason>,
+) -> Vec<TimelineEntry> {
     let mut entries: Vec<TimelineEntry> = events
         .iter()
         .map(|e| TimelineEntry {
@@ -192,6 +198,7 @@ pub(crate) fn timeline(events: &[CallEvent]) -> Vec<TimelineEntry> {
             event: e.id.clone(),
             stamp: e.stamp.clone(),
             kind: e.kind.clone(),
+            ignored: ignored.get(&e.id).copied(),
         })
         .collect();
     entries.sort_by(|a, b| {
@@ -246,7 +253,10 @@ mod tests {
             at_same_instant("a", result),
             at_same_instant("b", EventKind::BrowserEnded),
         ];
-        let names: Vec<&str> = timeline(&events).iter().map(|e| e.kind.name()).collect();
+        let names: Vec<&str> = timeline(&events, &Default::default())
+            .iter()
+            .map(|e| e.kind.name())
+            .collect();
         assert_eq!(names, ["browser-ended", "result-saved"]);
     }
 }

@@ -25,8 +25,8 @@ use crate::customer::{
 };
 use crate::error::CoreError;
 use crate::event::CallEvent;
-use crate::id::{CallId, CustomerId, TenantId, UserId};
-use crate::lifecycle::{Anomaly, CallView, derive_call, orphan_anomalies};
+use crate::id::{CallId, CustomerId, EventId, TenantId, UserId};
+use crate::lifecycle::{Anomaly, AnomalyReason, CallView, derive_call, orphan_anomalies};
 use crate::phone_number::PhoneNumber;
 use crate::rules::{RuleContext, check_event};
 use crate::time::Timestamp;
@@ -328,9 +328,22 @@ impl CustomerDoc {
         Ok(out)
     }
 
-    /// The customer's timeline: every readable event in time order.
+    /// The customer's timeline: every readable event in time order, each marked
+    /// if derivation ignores it.
     pub fn timeline(&self) -> Vec<TimelineEntry> {
-        timeline(&self.events().0)
+        let ignored: BTreeMap<EventId, AnomalyReason> = {
+            let derived = self.derived();
+            derived
+                .views
+                .values()
+                .flat_map(|view| match view {
+                    Ok(view) => view.anomalies.clone(),
+                    Err(orphans) => orphans.clone(),
+                })
+                .map(|a| (a.event, a.reason))
+                .collect()
+        };
+        timeline(&self.events().0, &ignored)
     }
 
     /// Checks `event` against the rules and, if it passes, records it in one change.

@@ -164,6 +164,22 @@ pub enum AnomalyReason {
     NotRecorded,
 }
 
+impl AnomalyReason {
+    /// The kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoOrigin => "no-origin",
+            Self::SecondOrigin => "second-origin",
+            Self::WrongDeviceKind => "wrong-device-kind",
+            Self::NotOriginPhone => "not-origin-phone",
+            Self::PhoneEventOnManualCall => "phone-event-on-manual-call",
+            Self::NeverStarted => "never-started",
+            Self::ResultBeforeBrowserEnded => "result-before-browser-ended",
+            Self::NotRecorded => "not-recorded",
+        }
+    }
+}
+
 /// How the call came to be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]

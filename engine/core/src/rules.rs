@@ -1,10 +1,18 @@
 //! The rules the core enforces before recording an event.
 //!
 //! Owns: [`check_event`] — given what this replica knows (a [`Customer`]) and the
-//! event a device wants to record, refuse it with a typed [`CoreError`] or let it
-//! through. Pure: the event's own stamp is "now" (a device records events at its
-//! own wall-clock time, and a server re-checking an event that arrives late checks
-//! it against the time it was made).
+//! event this device wants to record, refuse it with a typed [`CoreError`] or let
+//! it through. Pure: the event's own stamp is "now".
+//!
+//! These are the rules for recording *locally*, against this replica's state: a
+//! phone that already knows of a cancel does not start, a device that already
+//! knows a result does not save another. They are deliberately stricter than what
+//! a replica must accept from elsewhere: a `started` that raced a cancel, or a
+//! second result saved concurrently, is valid history and must be kept (derivation
+//! names it). A server re-checking incoming changes must therefore not call
+//! [`check_event`] against its own current state; it checks authorship and the
+//! rules that hold whatever the interleaving, against the document as of the
+//! change's dependencies (the sync step builds that on this module).
 //! Does not own: authentication or which user may see which customer (the sync
 //! layer), or recording the event (see [`crate::document`]).
 

@@ -35,7 +35,6 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE documents (
         tenant_id         TEXT NOT NULL,
         customer_id       TEXT NOT NULL,
-        snapshot          BLOB NOT NULL,
         snapshot_bytes    INTEGER NOT NULL,
         incremental_bytes INTEGER NOT NULL DEFAULT 0,
         next_chunk        INTEGER NOT NULL DEFAULT 0,
@@ -44,6 +43,14 @@ pub const MIGRATIONS: &[&str] = &[
         contact           TEXT NOT NULL,
         owner             TEXT NOT NULL,
         status            TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, customer_id)
+    );
+    -- Kept apart from `documents` so that updating a document's small columns on
+    -- every save does not rewrite its snapshot.
+    CREATE TABLE snapshots (
+        tenant_id   TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        bytes       BLOB NOT NULL,
         PRIMARY KEY (tenant_id, customer_id)
     );
     CREATE TABLE chunks (
@@ -101,6 +108,14 @@ pub enum StoreError {
         tenant: TenantId,
         /// The call asked for.
         call: CallId,
+    },
+    /// A call id is already indexed under another customer.
+    #[error("call {call} of customer {customer} already belongs to another customer")]
+    CallOnAnotherCustomer {
+        /// The call.
+        call: CallId,
+        /// The customer being saved.
+        customer: CustomerId,
     },
     /// The database was written by a newer version.
     #[error("the database has schema version {found}; this build knows up to {supported}")]
@@ -325,7 +340,7 @@ impl WriteTx<'_> {
     }
 
     /// Stores a new document (as its first snapshot) and indexes it.
-    pub fn insert(&self, doc: &mut CustomerDoc) -> Result<StoredDoc, StoreError> {
+    pub fn insert(&mut self, doc: &mut CustomerDoc) -> Result<StoredDoc, StoreError> {
         let exists: bool = self.tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM documents WHERE tenant_id = ?1 AND customer_id = ?2)",
             params![doc.tenant().as_str(), doc.id().as_str()],
@@ -339,14 +354,13 @@ impl WriteTx<'_> {
         let customer = doc.customer()?;
         let heads = doc.heads();
         let snapshot = doc.save();
-        self.tx.execute(
-            "INSERT INTO documents (tenant_id, customer_id, snapshot, snapshot_bytes, heads,
-                                    company, contact, owner, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        let sp = self.tx.savepoint()?;
+        sp.execute(
+            "INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 doc.tenant().as_str(),
                 doc.id().as_str(),
-                snapshot,
                 snapshot.len() as i64,
                 encode_heads(&heads),
                 customer.company,
@@ -355,7 +369,12 @@ impl WriteTx<'_> {
                 customer.status.as_str(),
             ],
         )?;
-        let indexed = self.index(&customer, HashMap::new())?;
+        sp.execute(
+            "INSERT INTO snapshots (tenant_id, customer_id, bytes) VALUES (?1, ?2, ?3)",
+            params![doc.tenant().as_str(), doc.id().as_str(), snapshot],
+        )?;
+        let indexed = index(&sp, &customer, HashMap::new())?;
+        sp.commit()?;
         Ok(StoredDoc {
             doc: doc.clone(),
             saved_heads: heads,
@@ -365,8 +384,9 @@ impl WriteTx<'_> {
 
     /// Saves what changed since the document was loaded or last saved: one appended
     /// chunk, or a compaction when the chunks would outgrow the snapshot. Refreshes
-    /// the list columns and the call index in the same transaction.
-    pub fn save(&self, stored: &mut StoredDoc) -> Result<SaveOutcome, StoreError> {
+    /// the list columns and the call index in the same transaction. All or nothing:
+    /// a failed save leaves the transaction as it was before the call.
+    pub fn save(&mut self, stored: &mut StoredDoc) -> Result<SaveOutcome, StoreError> {
         let doc = &mut stored.doc;
         let heads = doc.heads();
         if heads == stored.saved_heads {
@@ -377,8 +397,9 @@ impl WriteTx<'_> {
             doc.id().as_str().to_owned(),
         );
         let chunk = doc.save_after(&stored.saved_heads);
-        let (snapshot_bytes, incremental_bytes, next_chunk): (i64, i64, i64) = self
-            .tx
+        let customer = doc.customer()?;
+        let sp = self.tx.savepoint()?;
+        let (snapshot_bytes, incremental_bytes, next_chunk): (i64, i64, i64) = sp
             .query_row(
                 "SELECT snapshot_bytes, incremental_bytes, next_chunk FROM documents
                  WHERE tenant_id = ?1 AND customer_id = ?2",
@@ -390,32 +411,35 @@ impl WriteTx<'_> {
                 tenant: doc.tenant().clone(),
                 customer: doc.id().clone(),
             })?;
-        let customer = doc.customer()?;
         let outcome = if incremental_bytes + chunk.len() as i64 > snapshot_bytes {
             let snapshot = doc.save();
-            self.tx.execute(
+            sp.execute(
+                "UPDATE snapshots SET bytes = ?3 WHERE tenant_id = ?1 AND customer_id = ?2",
+                params![tenant, id, snapshot],
+            )?;
+            sp.execute(
                 "DELETE FROM chunks WHERE tenant_id = ?1 AND customer_id = ?2",
                 params![tenant, id],
             )?;
-            self.tx.execute(
-                "UPDATE documents SET snapshot = ?3, snapshot_bytes = ?4, incremental_bytes = 0
+            sp.execute(
+                "UPDATE documents SET snapshot_bytes = ?3, incremental_bytes = 0
                  WHERE tenant_id = ?1 AND customer_id = ?2",
-                params![tenant, id, snapshot, snapshot.len() as i64],
+                params![tenant, id, snapshot.len() as i64],
             )?;
             SaveOutcome::Compacted(snapshot.len())
         } else {
-            self.tx.execute(
+            sp.execute(
                 "INSERT INTO chunks (tenant_id, customer_id, seq, bytes) VALUES (?1, ?2, ?3, ?4)",
                 params![tenant, id, next_chunk, chunk],
             )?;
-            self.tx.execute(
+            sp.execute(
                 "UPDATE documents SET incremental_bytes = incremental_bytes + ?3, next_chunk = ?4
                  WHERE tenant_id = ?1 AND customer_id = ?2",
                 params![tenant, id, chunk.len() as i64, next_chunk + 1],
             )?;
             SaveOutcome::Appended(chunk.len())
         };
-        self.tx.execute(
+        sp.execute(
             "UPDATE documents SET heads = ?3, company = ?4, contact = ?5, owner = ?6, status = ?7
              WHERE tenant_id = ?1 AND customer_id = ?2",
             params![
@@ -430,63 +454,15 @@ impl WriteTx<'_> {
         )?;
         let indexed = match stored.indexed.take() {
             Some(indexed) => indexed,
-            None => self.indexed_phases(&customer)?,
+            None => indexed_phases(&sp, &customer)?,
         };
-        let indexed = self.index(&customer, indexed)?;
-        // Only now is the in-memory save point moved; if the transaction is rolled
-        // back instead, the caller drops this document with it.
+        let indexed = index(&sp, &customer, indexed)?;
+        sp.commit()?;
+        // Only now is the in-memory save point moved. If the enclosing transaction
+        // is then not committed, the caller drops this document with it.
         stored.saved_heads = heads;
         stored.indexed = Some(indexed);
         Ok(outcome)
-    }
-
-    /// The phases the call index holds for a customer's calls.
-    fn indexed_phases(&self, customer: &Customer) -> Result<HashMap<CallId, Phase>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
-            "SELECT call_id, phase FROM calls WHERE tenant_id = ?1 AND customer_id = ?2",
-        )?;
-        let rows = stmt.query_map(
-            params![customer.tenant.as_str(), customer.id.as_str()],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-        )?;
-        let mut indexed = HashMap::new();
-        for row in rows {
-            let (call, phase) = row?;
-            if let (Ok(call), Some(phase)) = (CallId::new(call), Phase::parse(&phase)) {
-                indexed.insert(call, phase);
-            }
-        }
-        Ok(indexed)
-    }
-
-    /// Brings the call index in line with the customer's derived calls, writing
-    /// only rows whose phase differs from `indexed` (a 1,000-call customer changes
-    /// one or two per save). Returns the phases the index now holds.
-    fn index(
-        &self,
-        customer: &Customer,
-        mut indexed: HashMap<CallId, Phase>,
-    ) -> Result<HashMap<CallId, Phase>, StoreError> {
-        let mut upsert = self.tx.prepare_cached(
-            "INSERT INTO calls (tenant_id, call_id, customer_id, user_id, phase, requested_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (tenant_id, call_id) DO UPDATE SET phase = excluded.phase",
-        )?;
-        for call in &customer.calls {
-            if indexed.get(&call.call) == Some(&call.phase) {
-                continue;
-            }
-            upsert.execute(params![
-                customer.tenant.as_str(),
-                call.call.as_str(),
-                customer.id.as_str(),
-                call.owner().as_str(),
-                call.phase.as_str(),
-                call.origin_stamp.at.as_millis(),
-            ])?;
-            indexed.insert(call.call.clone(), call.phase);
-        }
-        Ok(indexed)
     }
 
     /// The user's calls on customers other than `except` that may block a new
@@ -550,6 +526,67 @@ impl StoredDoc {
     }
 }
 
+/// The phases the call index holds for a customer's calls.
+fn indexed_phases(
+    conn: &Connection,
+    customer: &Customer,
+) -> Result<HashMap<CallId, Phase>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT call_id, phase FROM calls WHERE tenant_id = ?1 AND customer_id = ?2",
+    )?;
+    let rows = stmt.query_map(
+        params![customer.tenant.as_str(), customer.id.as_str()],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+    )?;
+    let mut indexed = HashMap::new();
+    for row in rows {
+        let (call, phase) = row?;
+        if let (Ok(call), Some(phase)) = (CallId::new(call), Phase::parse(&phase)) {
+            indexed.insert(call, phase);
+        }
+    }
+    Ok(indexed)
+}
+
+/// Brings the call index in line with the customer's derived calls, writing only
+/// rows whose phase differs from `indexed` (a 1,000-call customer changes one or
+/// two per save). Returns the phases the index now holds. A call id already
+/// indexed under another customer is refused, never re-pointed.
+fn index(
+    conn: &Connection,
+    customer: &Customer,
+    mut indexed: HashMap<CallId, Phase>,
+) -> Result<HashMap<CallId, Phase>, StoreError> {
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO calls (tenant_id, call_id, customer_id, user_id, phase, requested_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (tenant_id, call_id) DO UPDATE
+           SET phase = excluded.phase, user_id = excluded.user_id, requested_at = excluded.requested_at
+           WHERE calls.customer_id = excluded.customer_id",
+    )?;
+    for call in &customer.calls {
+        if indexed.get(&call.call) == Some(&call.phase) {
+            continue;
+        }
+        let changed = upsert.execute(params![
+            customer.tenant.as_str(),
+            call.call.as_str(),
+            customer.id.as_str(),
+            call.owner().as_str(),
+            call.phase.as_str(),
+            call.origin_stamp.at.as_millis(),
+        ])?;
+        if changed == 0 {
+            return Err(StoreError::CallOnAnotherCustomer {
+                call: call.call.clone(),
+                customer: customer.id.clone(),
+            });
+        }
+        indexed.insert(call.call.clone(), call.phase);
+    }
+    Ok(indexed)
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let applied: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.len() as u32;
@@ -582,9 +619,9 @@ fn load(
 ) -> Result<StoredDoc, StoreError> {
     // One statement reads the snapshot and every chunk, in order.
     let mut stmt = conn.prepare_cached(
-        "SELECT d.snapshot, c.bytes FROM documents d
-         LEFT JOIN chunks c ON c.tenant_id = d.tenant_id AND c.customer_id = d.customer_id
-         WHERE d.tenant_id = ?1 AND d.customer_id = ?2
+        "SELECT s.bytes, c.bytes FROM snapshots s
+         LEFT JOIN chunks c ON c.tenant_id = s.tenant_id AND c.customer_id = s.customer_id
+         WHERE s.tenant_id = ?1 AND s.customer_id = ?2
          ORDER BY c.seq",
     )?;
     let mut rows = stmt.query(params![tenant.as_str(), customer.as_str()])?;

@@ -57,7 +57,7 @@ fn new_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("callsync.sqlite")).unwrap();
     let mut doc = CustomerDoc::create(&sample_customer(), START, actor()).unwrap();
-    let tx = store.write().unwrap();
+    let mut tx = store.write().unwrap();
     tx.insert(&mut doc).unwrap();
     tx.commit().unwrap();
     (dir, store)
@@ -65,7 +65,7 @@ fn new_store() -> (tempfile::TempDir, Store) {
 
 fn record(store: &mut Store, event: CallEvent) -> Result<SaveOutcome, StoreError> {
     let catalog = ResultCatalog::standard();
-    let tx = store.write()?;
+    let mut tx = store.write()?;
     let mut stored = tx.load(&tenant(), &customer_id(), actor())?;
     stored.doc.record(event, &RuleContext::new(&catalog))?;
     let outcome = tx.save(&mut stored)?;
@@ -156,7 +156,7 @@ fn an_unknown_customer_is_a_typed_error() {
 fn inserting_the_same_customer_twice_is_refused() {
     let (_dir, mut store) = new_store();
     let mut doc = CustomerDoc::create(&sample_customer(), START, actor()).unwrap();
-    let tx = store.write().unwrap();
+    let mut tx = store.write().unwrap();
     let err = tx.insert(&mut doc).unwrap_err();
     assert!(matches!(err, StoreError::CustomerExists { .. }), "{err}");
 }
@@ -185,6 +185,8 @@ fn a_document_filed_under_the_wrong_customer_is_refused_not_served() {
     let conn = rusqlite::Connection::open(dir.path().join("callsync.sqlite")).unwrap();
     conn.execute("UPDATE documents SET customer_id = 'cus-0002'", [])
         .unwrap();
+    conn.execute("UPDATE snapshots SET customer_id = 'cus-0002'", [])
+        .unwrap();
     drop(conn);
     let store = Store::open(&dir.path().join("callsync.sqlite")).unwrap();
     let err = store
@@ -197,7 +199,7 @@ fn a_document_filed_under_the_wrong_customer_is_refused_not_served() {
 }
 
 #[test]
-fn a_pending_result_on_another_customer_blocks_a_new_request() {
+fn the_call_index_lists_a_users_open_calls_on_other_customers() {
     let (_dir, mut store) = new_store();
     record(&mut store, request("call-1", 0)).unwrap();
     let tx = store.write().unwrap();
@@ -222,4 +224,89 @@ fn a_pending_result_on_another_customer_blocks_a_new_request() {
         none.is_empty(),
         "calls on the customer itself come from its document"
     );
+}
+
+/// Every row of the document tables, to compare before and after.
+fn rows(dir: &tempfile::TempDir) -> Vec<String> {
+    let conn = rusqlite::Connection::open(dir.path().join("callsync.sqlite")).unwrap();
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT customer_id, snapshot_bytes, incremental_bytes, next_chunk, hex(heads), status FROM documents",
+        "SELECT customer_id, hex(bytes) FROM snapshots",
+        "SELECT customer_id, seq, hex(bytes) FROM chunks ORDER BY seq",
+        "SELECT call_id, customer_id, phase FROM calls ORDER BY call_id",
+    ] {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        let mut q = stmt.query([]).unwrap();
+        while let Some(row) = q.next().unwrap() {
+            let cols: Vec<String> = (0..n)
+                .map(|i| format!("{:?}", row.get::<_, rusqlite::types::Value>(i).unwrap()))
+                .collect();
+            out.push(cols.join("|"));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_save_that_fails_midway_leaves_the_transaction_as_it_was() {
+    let (dir, mut store) = new_store();
+    record(&mut store, request("call-1", 0)).unwrap();
+    let before = rows(&dir);
+    // Fail the save at its last document update, after the chunk went in.
+    let conn = rusqlite::Connection::open(dir.path().join("callsync.sqlite")).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER fail_save BEFORE UPDATE OF heads ON documents BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .unwrap();
+    let catalog = ResultCatalog::standard();
+    let mut tx = store.write().unwrap();
+    let mut stored = tx.load(&tenant(), &customer_id(), actor()).unwrap();
+    stored
+        .doc
+        .record(cancel("call-1", 1_000), &RuleContext::new(&catalog))
+        .unwrap();
+    let err = tx.save(&mut stored).unwrap_err();
+    assert!(matches!(err, StoreError::Sqlite(_)), "{err}");
+    // Even a caller that commits after the failure writes nothing of it.
+    tx.commit().unwrap();
+    assert_eq!(rows(&dir), before);
+    conn.execute_batch("DROP TRIGGER fail_save;").unwrap();
+    let loaded = store.load(&tenant(), &customer_id(), actor()).unwrap();
+    assert_eq!(
+        loaded
+            .doc
+            .call(&CallId::new("call-1").unwrap())
+            .unwrap()
+            .phase,
+        Phase::AwaitingStart
+    );
+}
+
+#[test]
+fn a_call_id_already_indexed_under_another_customer_is_refused() {
+    let (dir, mut store) = new_store();
+    let mut other = sample_customer();
+    other.id = CustomerId::new("cus-0002").unwrap();
+    let mut doc = CustomerDoc::create(&other, START, actor()).unwrap();
+    let mut tx = store.write().unwrap();
+    tx.insert(&mut doc).unwrap();
+    tx.commit().unwrap();
+    record(&mut store, request("call-1", 0)).unwrap();
+    let before = rows(&dir);
+    let catalog = ResultCatalog::standard();
+    let mut tx = store.write().unwrap();
+    let mut stored = tx.load(&tenant(), &other.id, actor()).unwrap();
+    stored
+        .doc
+        .record(request("call-1", 7_200_000), &RuleContext::new(&catalog))
+        .unwrap();
+    let err = tx.save(&mut stored).unwrap_err();
+    assert!(
+        matches!(err, StoreError::CallOnAnotherCustomer { .. }),
+        "{err}"
+    );
+    drop(tx);
+    assert_eq!(rows(&dir), before);
 }

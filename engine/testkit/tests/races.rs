@@ -351,6 +351,21 @@ fn only_the_origin_phone_may_start_and_a_forged_start_is_ignored() {
     let view = agreed(&net, &call);
     assert_eq!(view.phase, Phase::AwaitingStart);
     assert_eq!(view.anomalies[0].reason, AnomalyReason::NotOriginPhone);
+    // The timeline still shows it, marked as ignored, on every replica.
+    for peer in net.peers() {
+        let timeline = net.doc_mut(peer).timeline();
+        let forged = timeline
+            .iter()
+            .find(|e| e.event.as_str() == "forged-2")
+            .unwrap();
+        assert_eq!(forged.ignored, Some(AnomalyReason::NotOriginPhone));
+        assert!(
+            timeline
+                .iter()
+                .filter(|e| e.event.as_str() != "forged-2")
+                .all(|e| e.ignored.is_none())
+        );
+    }
 }
 
 #[test]
