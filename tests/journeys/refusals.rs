@@ -43,6 +43,14 @@ fn ended_call(data: &DataDir) -> String {
     id
 }
 
+/// A call on cus-0001 ended on both sides: its result is due.
+fn awaiting_result(data: &DataDir) -> String {
+    let id = ended_call(data);
+    data.run_at(&at(31), &["call", "end", &id, "--side", "browser"])
+        .ok();
+    id
+}
+
 #[test]
 fn an_unknown_customer_or_call_is_refused() {
     let data = imported();
@@ -100,9 +108,7 @@ fn a_result_before_the_browser_ends_the_call_is_refused() {
 #[test]
 fn option_times_off_the_five_minute_step_or_in_the_past_are_refused() {
     let data = imported();
-    let id = ended_call(&data);
-    data.run_at(&at(31), &["call", "end", &id, "--side", "browser"])
-        .ok();
+    let id = awaiting_result(&data);
     let result = |time: &str| {
         vec![
             "call",
@@ -165,9 +171,7 @@ fn option_times_off_the_five_minute_step_or_in_the_past_are_refused() {
 #[test]
 fn a_new_request_with_a_result_pending_is_refused_on_any_customer() {
     let data = imported();
-    let id = ended_call(&data);
-    data.run_at(&at(31), &["call", "end", &id, "--side", "browser"])
-        .ok();
+    let id = awaiting_result(&data);
     let msg = refused_without_change(
         &data,
         &at(40),
@@ -208,9 +212,7 @@ fn a_new_request_with_a_result_pending_is_refused_on_any_customer() {
 #[test]
 fn a_request_during_a_call_restriction_is_refused_until_it_ends() {
     let data = imported();
-    let id = ended_call(&data);
-    data.run_at(&at(31), &["call", "end", &id, "--side", "browser"])
-        .ok();
+    let id = awaiting_result(&data);
     data.run_at(
         &at(32),
         &[

@@ -305,14 +305,7 @@ fn a_result_for_a_call_that_never_started_is_refused_and_a_forged_one_is_ignored
         "stamp": {"at": 1_795_482_100_000_i64, "device": "desk-1", "device_kind": "desk", "user": REP},
         "kind": {"result-saved": {"result_type": "no-answer", "option": {"kind": "none"}}}
     });
-    let doc = net_doc(&mut net, desk);
-    let events = match doc.get(ROOT, "events").unwrap() {
-        Some((_, id)) => id,
-        None => panic!("no events map"),
-    };
-    doc.put(&events, format!("{call}/forged-1"), forged.to_string())
-        .unwrap();
-    doc.commit();
+    forge(&mut net, desk, &format!("{call}/forged-1"), &forged);
     net.run_until_quiescent();
     let view = agreed(&net, &call);
     assert_eq!(view.phase, Phase::Cancelled);
@@ -321,8 +314,13 @@ fn a_result_for_a_call_that_never_started_is_refused_and_a_forged_one_is_ignored
     assert_eq!(view.anomalies[0].reason, AnomalyReason::NeverStarted);
 }
 
-fn net_doc(net: &mut SimNetwork, peer: PeerId) -> &mut automerge::AutoCommit {
-    net.doc_mut(peer).automerge_mut()
+/// Plays a misbehaving replica: writes `event` under `key` straight into the
+/// Automerge document, bypassing the rules.
+fn forge(net: &mut SimNetwork, peer: PeerId, key: &str, event: &serde_json::Value) {
+    let doc = net.doc_mut(peer).automerge_mut();
+    let events = doc.get(ROOT, "events").unwrap().unwrap().1;
+    doc.put(&events, key, event.to_string()).unwrap();
+    doc.commit();
 }
 
 #[test]
@@ -342,11 +340,7 @@ fn only_the_origin_phone_may_start_and_a_forged_start_is_ignored() {
         "stamp": {"at": 1_795_482_010_000_i64, "device": "phone-3", "device_kind": "phone", "user": "other@a.example"},
         "kind": "started"
     });
-    let doc = net_doc(&mut net, other_phone);
-    let events = doc.get(ROOT, "events").unwrap().unwrap().1;
-    doc.put(&events, format!("{call}/forged-2"), forged.to_string())
-        .unwrap();
-    doc.commit();
+    forge(&mut net, other_phone, &format!("{call}/forged-2"), &forged);
     net.run_until_quiescent();
     let view = agreed(&net, &call);
     assert_eq!(view.phase, Phase::AwaitingStart);
