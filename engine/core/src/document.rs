@@ -405,15 +405,7 @@ impl CustomerDoc {
         let derived = self.derived.get_mut();
         let new_events = call_events.split_off(known);
         for ((key, _, _), event) in checked.into_iter().zip(new_events) {
-            let op = match self.doc.get(&self.events, key.as_str()) {
-                Ok(Some((_, op))) => op,
-                // Cannot happen after a successful put; re-scan rather than guess.
-                _ => {
-                    derived.fresh = false;
-                    continue;
-                }
-            };
-            derived.entries.insert(key, (op, Some(event)));
+            derived.entries.insert(key, (None, Some(event)));
         }
         derived.dirty.insert(call.clone());
         derived.rederive();
@@ -500,7 +492,9 @@ struct Derived {
     /// Every entry of the `events` map: the Automerge op that wrote its value (a
     /// new write is a new op, so this tells changed entries exactly), and the event
     /// if the entry is one (under its own key).
-    entries: BTreeMap<String, (ObjId, Option<CallEvent>)>,
+    /// (`None` for entries this replica just wrote: the next scan learns their op
+    /// and parses them once more, which is cheaper than asking Automerge now.)
+    entries: BTreeMap<String, (Option<ObjId>, Option<CallEvent>)>,
     /// Every call's derived view, or the anomalies of a call with no origin.
     views: BTreeMap<CallId, Result<Arc<CallView>, Vec<Anomaly>>>,
     /// Calls whose events changed since they were last derived.
@@ -522,14 +516,16 @@ impl Derived {
                 _ => None,
             };
             let op = item.id();
-            if matches!(self.entries.get(item.key.as_ref()), Some((known, _)) if *known == op) {
+            if matches!(self.entries.get(item.key.as_ref()), Some((Some(known), _)) if *known == op)
+            {
                 continue;
             }
             let event = text
                 .and_then(|t| serde_json::from_str::<CallEvent>(t).ok())
                 .filter(|e| event_key(&e.call, e) == item.key.as_ref());
             self.mark_dirty(&item.key);
-            self.entries.insert(item.key.into_owned(), (op, event));
+            self.entries
+                .insert(item.key.into_owned(), (Some(op), event));
         }
         if seen != self.entries.len() {
             // Entries vanished (only a misbehaving writer deletes): find which.
