@@ -4,7 +4,8 @@
 //!   call's state, status, follow-up) from its Automerge document, first read after
 //!   a load (cold) and again (warm).
 //! - `append/record_and_save_incrementally`: record one event on that customer
-//!   through the rules and save it to SQLite as one appended chunk, committed.
+//!   through the rules and save it to SQLite as one appended chunk, committed. The
+//!   document grows by one event per iteration; `bulk` measures from a fixed start.
 //! - `load/sqlite_1000_calls`: load the 1,000-call document from SQLite in one read.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
