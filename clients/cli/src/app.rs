@@ -30,6 +30,7 @@ pub(crate) struct App {
     pub(crate) user: UserId,
     pub(crate) desk: DeviceId,
     pub(crate) phone: DeviceId,
+    server: DeviceId,
     pub(crate) tz: Tz,
     pub(crate) now: Timestamp,
     pub(crate) catalog: ResultCatalog,
@@ -57,6 +58,8 @@ impl App {
         let user = UserId::new(&global.user)?;
         let desk = DeviceId::new(&global.desk)?;
         let phone = DeviceId::new(&global.phone)?;
+        // Acting as the server (expire-due) in local mode.
+        let server = DeviceId::new("server")?;
         let tz: Tz = global
             .tz
             .parse()
@@ -85,6 +88,7 @@ impl App {
             user,
             desk,
             phone,
+            server,
             tz,
             now,
             catalog: ResultCatalog::standard(),
@@ -97,7 +101,7 @@ impl App {
         let device = match kind {
             DeviceKind::Phone => self.phone.clone(),
             DeviceKind::Desk => self.desk.clone(),
-            DeviceKind::Server => DeviceId::new("server").unwrap_or_else(|_| self.desk.clone()),
+            DeviceKind::Server => self.server.clone(),
         };
         Stamp {
             at: self.now,
