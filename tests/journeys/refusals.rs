@@ -25,15 +25,7 @@ fn refused_without_change(data: &DataDir, now: &str, args: &[&str], code: &str) 
 
 /// A call on cus-0001 taken to `awaiting-result`.
 fn ended_call(data: &DataDir) -> String {
-    let id = data
-        .run_at(
-            &at(1),
-            &["call", "request", "cus-0001", "--number", "03-6587-6723"],
-        )
-        .ok()["call"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = requested(data);
     data.run_at(&at(2), &["call", "start", &id]).ok();
     data.run_at(
         &at(30),
@@ -41,6 +33,17 @@ fn ended_call(data: &DataDir) -> String {
     )
     .ok();
     id
+}
+
+/// A call on cus-0001 requested at second 1 (waiting for Start call).
+fn requested(data: &DataDir) -> String {
+    let call = data
+        .run_at(
+            &at(1),
+            &["call", "request", "cus-0001", "--number", "03-6587-6723"],
+        )
+        .ok();
+    call["call"].as_str().unwrap().to_owned()
 }
 
 /// A call on cus-0001 ended on both sides: its result is due.
@@ -243,15 +246,7 @@ fn a_request_during_a_call_restriction_is_refused_until_it_ends() {
 #[test]
 fn a_result_for_a_call_that_never_started_is_refused() {
     let data = imported();
-    let id = data
-        .run_at(
-            &at(1),
-            &["call", "request", "cus-0001", "--number", "03-6587-6723"],
-        )
-        .ok()["call"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = requested(&data);
     data.run_at(&at(2), &["call", "cancel", &id]).ok();
     refused_without_change(
         &data,
@@ -270,15 +265,7 @@ fn a_result_for_a_call_that_never_started_is_refused() {
 #[test]
 fn only_the_origin_phone_may_start_the_call() {
     let data = imported();
-    let id = data
-        .run_at(
-            &at(1),
-            &["call", "request", "cus-0001", "--number", "03-6587-6723"],
-        )
-        .ok()["call"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = requested(&data);
     refused_without_change(
         &data,
         &at(2),
