@@ -148,6 +148,11 @@ impl CustomerDoc {
         &self.id
     }
 
+    /// The `events` map's object id (admission checks that changes touch only it).
+    pub(crate) fn events_object(&self) -> &ObjId {
+        &self.events
+    }
+
     /// The Automerge document, for reading heads and sync state.
     pub fn automerge(&self) -> &AutoCommit {
         &self.doc

@@ -53,6 +53,9 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod account;
+pub mod admission;
+pub mod catchup;
 pub mod customer;
 pub mod document;
 pub mod error;
@@ -63,7 +66,9 @@ pub mod phone_number;
 pub mod result_type;
 pub mod rules;
 pub mod time;
+pub mod wire;
 
+pub use account::Role;
 pub use automerge::ActorId;
 pub use customer::{Customer, CustomerStatus, NewCustomer, PhoneEntry, TimelineEntry};
 pub use document::{CustomerDoc, SCHEMA_VERSION};

@@ -1,0 +1,371 @@
+//! Admission: what the server accepts from a device's changes.
+//!
+//! Owns: [`admit`], run by the server after a device's sync message has been
+//! applied to its copy of a document and before anything is saved or forwarded.
+//! It checks the new changes (those not in `before`) against the session that sent
+//! them: every change is made under an Automerge actor bound to the sending device
+//! (**actor binding**), the only edits are new entries in the `events` map, and
+//! every new event is stamped with the sending device, its kind and its user, and
+//! refers to a call that device or user may act on. On refusal the server drops its
+//! copy (the caller reloads from the store), so a refused change is never stored
+//! and never forwarded.
+//!
+//! What this deliberately does *not* check: the rules that depend on what the
+//! sender knew (a `started` racing a cancel, a second result saved concurrently).
+//! Those are valid history; derivation names them on every replica (see
+//! [`crate::rules`] for why the local rules are stricter).
+//! Does not own: authentication, sessions, which devices exist (the caller passes
+//! a [`Directory`]), or visibility of the document itself (checked before any sync).
+
+use automerge::{ActorId, ChangeHash, ReadDoc, ScalarValue, Value};
+use automerge::{PatchAction, ROOT};
+
+use crate::account::Role;
+use crate::document::CustomerDoc;
+use crate::error::CoreError;
+use crate::event::{CallEvent, DeviceKind, EventKind};
+use crate::id::{CallId, DeviceId, TenantId, UserId};
+use crate::result_type::ResultCatalog;
+use crate::rules::{MAX_MEMO_CHARS, check_option_time};
+
+/// The session a change arrived on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    /// The session's tenant.
+    pub tenant: TenantId,
+    /// The signed-in user.
+    pub user: UserId,
+    /// The user's role.
+    pub role: Role,
+    /// The device.
+    pub device: DeviceId,
+    /// Desk or phone.
+    pub kind: DeviceKind,
+}
+
+/// What admission needs to know about devices and actors.
+pub trait Directory {
+    /// Whether `actor` is bound to `device`.
+    fn actor_is_bound_to(&self, actor: &ActorId, device: &DeviceId) -> bool;
+    /// Whether `device` is a phone of `user` in the session's tenant.
+    fn is_phone_of(&self, device: &DeviceId, user: &UserId) -> bool;
+}
+
+/// Why the server refused a device's changes. Nothing of them was kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionError {
+    /// A change was made under an actor that is not bound to the sending device.
+    #[error("a change was made under actor {actor}, which does not belong to this device")]
+    ForeignActor {
+        /// The actor, in hex.
+        actor: String,
+    },
+    /// A change edited something other than new entries of the `events` map.
+    #[error("devices may only add call events; this change edited {what}")]
+    ForbiddenEdit {
+        /// What was edited.
+        what: String,
+    },
+    /// An entry is not a readable event, or sits under the wrong key.
+    #[error("entry {key} is not a well-formed call event")]
+    MalformedEvent {
+        /// The entry's key.
+        key: String,
+    },
+    /// An event's stamp names another device, device kind or user than the session.
+    #[error("event {key} claims to be recorded by another {field} than this session's")]
+    ForgedStamp {
+        /// The entry's key.
+        key: String,
+        /// Which part of the stamp: `device`, `device kind` or `user`.
+        field: &'static str,
+    },
+    /// The call was requested or logged by another user.
+    #[error("call {call} belongs to another user")]
+    NotYourCall {
+        /// The call.
+        call: CallId,
+    },
+    /// A request named an origin device that is not one of the user's phones.
+    #[error("{device} is not one of your phones")]
+    NotYourPhone {
+        /// The device named.
+        device: DeviceId,
+    },
+    /// The event needs a higher role.
+    #[error("recording '{event}' needs the {needed} role or above")]
+    RoleRequired {
+        /// The event.
+        event: &'static str,
+        /// The least role allowed.
+        needed: &'static str,
+    },
+    /// The event breaks a rule that holds whatever the interleaving.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+impl AdmissionError {
+    /// A stable kebab-case code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ForeignActor { .. } => "foreign-actor",
+            Self::ForbiddenEdit { .. } => "forbidden-edit",
+            Self::MalformedEvent { .. } => "malformed-event",
+            Self::ForgedStamp { .. } => "forged-stamp",
+            Self::NotYourCall { .. } => "not-your-call",
+            Self::NotYourPhone { .. } => "not-your-phone",
+            Self::RoleRequired { .. } => "role-required",
+            Self::Core(e) => e.code(),
+        }
+    }
+
+    /// The message in Japanese.
+    pub fn message_ja(&self) -> String {
+        match self {
+            Self::ForeignActor { .. } => {
+                "この端末のものではない書き込みが含まれています".to_owned()
+            }
+            Self::ForbiddenEdit { what } => {
+                format!("端末から変更できるのはコールの記録だけです（{what}）")
+            }
+            Self::MalformedEvent { key } => format!("記録 {key} の形式が正しくありません"),
+            Self::ForgedStamp { key, .. } => {
+                format!("記録 {key} はこの端末・ユーザーのものではありません")
+            }
+            Self::NotYourCall { call } => format!("コール {call} は他のユーザーのコールです"),
+            Self::NotYourPhone { device } => format!("{device} はあなたの携帯端末ではありません"),
+            Self::RoleRequired { event, needed } => {
+                format!("「{event}」には{needed}以上の権限が必要です")
+            }
+            Self::Core(e) => e.message_ja(),
+        }
+    }
+}
+
+/// Checks the changes `doc` gained since `before` (the server's heads before it
+/// applied the sender's sync message). Returns the events they add, in key order.
+pub fn admit(
+    doc: &mut CustomerDoc,
+    before: &[ChangeHash],
+    sender: &Sender,
+    directory: &impl Directory,
+    catalog: &ResultCatalog,
+) -> Result<Vec<CallEvent>, AdmissionError> {
+    let new_changes = doc.automerge_mut().get_changes(before);
+    if new_changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    for change in &new_changes {
+        if !directory.actor_is_bound_to(change.actor_id(), &sender.device) {
+            return Err(AdmissionError::ForeignActor {
+                actor: change.actor_id().to_hex_string(),
+            });
+        }
+    }
+    let entries = new_entries(doc, before)?;
+    let mut events = Vec::with_capacity(entries.len());
+    for (key, json) in entries {
+        let event: CallEvent = serde_json::from_str(&json)
+            .map_err(|_| AdmissionError::MalformedEvent { key: key.clone() })?;
+        if key != format!("{}/{}", event.call, event.id) {
+            return Err(AdmissionError::MalformedEvent { key });
+        }
+        check_stamp(&key, &event, sender)?;
+        events.push(event);
+    }
+    for event in &events {
+        check_reference(doc, event, sender, directory, catalog)?;
+    }
+    Ok(events)
+}
+
+/// The `(key, json)` of every entry the changes added, refusing any other edit.
+fn new_entries(
+    doc: &mut CustomerDoc,
+    before: &[ChangeHash],
+) -> Result<Vec<(String, String)>, AdmissionError> {
+    let events_obj = doc.events_object().clone();
+    let after = doc.automerge_mut().get_heads();
+    let patches = doc.automerge_mut().diff(before, &after);
+    let am = doc.automerge();
+    let mut entries = Vec::with_capacity(patches.len());
+    for patch in patches {
+        let PatchAction::PutMap {
+            key,
+            value: (value, _),
+            conflict,
+        } = patch.action
+        else {
+            return Err(forbidden(&patch.obj, &events_obj, "a non-event value"));
+        };
+        if patch.obj != events_obj {
+            return Err(forbidden(&patch.obj, &events_obj, &key));
+        }
+        let existed = am
+            .get_at(&events_obj, key.as_str(), before)
+            .map_err(CoreError::from)?
+            .is_some();
+        let versions = am
+            .get_all(&events_obj, key.as_str())
+            .map_err(CoreError::from)?
+            .len();
+        if existed || conflict || versions != 1 {
+            return Err(AdmissionError::ForbiddenEdit {
+                what: format!("the existing event {key}"),
+            });
+        }
+        let Value::Scalar(scalar) = value else {
+            return Err(AdmissionError::MalformedEvent { key });
+        };
+        let ScalarValue::Str(json) = scalar.as_ref() else {
+            return Err(AdmissionError::MalformedEvent { key });
+        };
+        entries.push((key, json.to_string()));
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+fn forbidden(obj: &automerge::ObjId, events: &automerge::ObjId, key: &str) -> AdmissionError {
+    let place = if *obj == ROOT {
+        "the document root"
+    } else if obj == events {
+        "the events map"
+    } else {
+        "the customer profile or numbers"
+    };
+    AdmissionError::ForbiddenEdit {
+        what: format!("{key} in {place}"),
+    }
+}
+
+fn check_stamp(key: &str, event: &CallEvent, sender: &Sender) -> Result<(), AdmissionError> {
+    let forged = |field| AdmissionError::ForgedStamp {
+        key: key.to_owned(),
+        field,
+    };
+    if event.stamp.device != sender.device {
+        return Err(forged("device"));
+    }
+    if event.stamp.device_kind != sender.kind {
+        return Err(forged("device kind"));
+    }
+    if event.stamp.user != sender.user {
+        return Err(forged("user"));
+    }
+    if !event.kind.recorded_by().contains(&sender.kind) {
+        return Err(CoreError::WrongDeviceKind {
+            event: event.kind.name(),
+            device_kind: sender.kind.as_str(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The checks that hold whatever the interleaving: who may act on the call, and
+/// the event's own fields.
+fn check_reference(
+    doc: &CustomerDoc,
+    event: &CallEvent,
+    sender: &Sender,
+    directory: &impl Directory,
+    catalog: &ResultCatalog,
+) -> Result<(), AdmissionError> {
+    match &event.kind {
+        EventKind::Requested {
+            destination,
+            origin,
+            ..
+        } => {
+            if !directory.is_phone_of(origin, &sender.user) {
+                return Err(AdmissionError::NotYourPhone {
+                    device: origin.clone(),
+                });
+            }
+            let customer = doc.customer()?;
+            if customer.phone(destination).is_none() {
+                return Err(CoreError::NumberNotOnCustomer {
+                    number: destination.clone(),
+                }
+                .into());
+            }
+            Ok(())
+        }
+        EventKind::ManualCall { .. } => Ok(()),
+        kind => {
+            let origin = doc
+                .call_events(&event.call)
+                .into_iter()
+                .find(|e| {
+                    matches!(
+                        e.kind,
+                        EventKind::Requested { .. } | EventKind::ManualCall { .. }
+                    )
+                })
+                .ok_or_else(|| CoreError::UnknownCall {
+                    call: event.call.clone(),
+                })?;
+            match kind {
+                EventKind::Started | EventKind::PhoneEnded { .. } => match &origin.kind {
+                    EventKind::Requested { origin, .. } if origin == &sender.device => Ok(()),
+                    _ => Err(CoreError::NotOriginPhone {
+                        call: event.call.clone(),
+                        origin: match &origin.kind {
+                            EventKind::Requested { origin, .. } => origin.to_string(),
+                            _ => "(manual call)".to_owned(),
+                        },
+                    }
+                    .into()),
+                },
+                EventKind::RecordingDeleted => {
+                    if sender.role.is_manager() {
+                        Ok(())
+                    } else {
+                        Err(AdmissionError::RoleRequired {
+                            event: kind.name(),
+                            needed: Role::Manager.as_str(),
+                        })
+                    }
+                }
+                EventKind::ResultSaved(fields) => {
+                    mine(&origin, event, sender)?;
+                    let spec = catalog.get(&fields.result_type).ok_or_else(|| {
+                        CoreError::UnknownResultType {
+                            result_type: fields.result_type.clone(),
+                        }
+                    })?;
+                    if !spec.options.contains(&fields.option.kind()) {
+                        return Err(CoreError::OptionNotAllowed {
+                            result_type: fields.result_type.clone(),
+                            option: fields.option.kind(),
+                        }
+                        .into());
+                    }
+                    check_option_time(&fields.option, event.stamp.at)?;
+                    if fields.memo.chars().count() > MAX_MEMO_CHARS {
+                        return Err(CoreError::FieldTooLong {
+                            field: "memo",
+                            max: MAX_MEMO_CHARS,
+                        }
+                        .into());
+                    }
+                    Ok(())
+                }
+                _ => mine(&origin, event, sender),
+            }
+        }
+    }
+}
+
+/// A desk acts only on its own user's calls.
+fn mine(origin: &CallEvent, event: &CallEvent, sender: &Sender) -> Result<(), AdmissionError> {
+    if origin.stamp.user == sender.user {
+        Ok(())
+    } else {
+        Err(AdmissionError::NotYourCall {
+            call: event.call.clone(),
+        })
+    }
+}

@@ -1,0 +1,605 @@
+//! The sync protocol's messages and their framing.
+//!
+//! Owns: every message a device and the server exchange, its CBOR encoding, the
+//! frame around it (a 4-byte big-endian length, then the body) and the limits a
+//! reader enforces before it allocates. Decoding never panics: bytes that are not a
+//! message are a [`WireError`].
+//! Does not own: sockets (the net adapter reads and writes frames), or what a
+//! message does (the server hub and the client replica).
+//!
+//! # Vocabulary
+//!
+//! Messages are CBOR maps with a `type` key and camelCase fields, after the
+//! automerge-repo protocol: `join`, `peer`, `error`, `leave`, `request`, `sync` and
+//! `doc-unavailable` mean what they mean there, and a `sync` carries one raw
+//! Automerge sync message for one document. Where automerge-repo has nothing to say,
+//! callsync adds its own types:
+//!
+//! - `login` / `logged-in`: email and password for a session token, bound to one
+//!   device and its Automerge actor.
+//! - `join` carries the session token and the device's catch-up [`Cursor`], and
+//!   `peer` answers with the server's cursor and the documents that changed since:
+//!   only those run the Automerge sync, so reconnecting costs what changed, not what
+//!   exists (automerge-repo syncs every shared document).
+//! - `rejected`: the server refused the changes a `sync` carried (not stored, not
+//!   forwarded), with a typed reason. The connection stays up.
+//! - `presence`: a device of the same user came online or went away.
+//! - `rpc` / `reply`: account administration, customer creation, subscriptions.
+//!
+//! The connection is authenticated once, by `login` or `join`; every later message
+//! is authorized against that session (tenant, role, device) by the server.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::Role;
+use crate::customer::NewCustomer;
+use crate::event::DeviceKind;
+use crate::id::{CustomerId, DeviceId, TenantId, UserId};
+use crate::time::Timestamp;
+
+/// The QUIC ALPN token of this protocol.
+pub const ALPN: &[u8] = b"callsync/1";
+/// The protocol version this build speaks, as offered in `join`.
+pub const PROTOCOL_VERSION: &str = "1";
+/// The largest frame body accepted, in bytes. A larger length prefix is refused
+/// before anything is allocated.
+pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes in the length prefix.
+pub const FRAME_HEADER_BYTES: usize = 4;
+/// Longest password accepted (Argon2 hashes any length; this bounds the work).
+pub const MAX_PASSWORD_BYTES: usize = 256;
+/// Most documents named in one message.
+pub const MAX_DOCUMENTS_PER_MESSAGE: usize = 100_000;
+
+/// Why bytes are not a valid frame or message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The length prefix announced more than [`MAX_FRAME_BYTES`].
+    #[error("frame of {len} bytes is larger than the limit of {max}")]
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is not a message of this protocol.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The message could not be encoded (a bug, or a value CBOR cannot hold).
+    #[error("message could not be encoded: {0}")]
+    Encode(String),
+}
+
+impl WireError {
+    /// A stable code for logs and error replies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::FrameTooLarge { .. } => "frame-too-large",
+            Self::Malformed(_) => "malformed-message",
+            Self::Encode(_) => "encode-failed",
+        }
+    }
+}
+
+/// Where a device stands in the server's change log: the server's log `epoch` (a
+/// fresh one if its database was replaced) and the last sequence number whose
+/// changes the device holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cursor {
+    /// Identifies one server database; a cursor from another epoch means nothing.
+    pub epoch: String,
+    /// The device holds every change of its documents up to this sequence number.
+    pub seq: u64,
+}
+
+/// The device a session is for, declared at login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRegistration {
+    /// The device's id, chosen once by the device.
+    pub id: DeviceId,
+    /// Desk or phone (a server never logs in).
+    pub kind: DeviceKind,
+    /// The Automerge actor id (hex) this device writes under. The server binds it
+    /// to the device and refuses changes made under it by anyone else.
+    pub actor: String,
+}
+
+/// What a refusal says, in a form every client can show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// A stable kebab-case code.
+    pub code: String,
+    /// English text.
+    pub message: String,
+    /// Japanese text.
+    pub message_ja: String,
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Message {
+    /// Client → server, first message of a login connection.
+    #[serde(rename_all = "camelCase")]
+    Login {
+        /// Protocol versions the client speaks.
+        supported_protocol_versions: Vec<String>,
+        /// The user's email.
+        email: String,
+        /// The user's password (sent inside TLS; never stored or logged).
+        password: String,
+        /// The device the session is for.
+        device: DeviceRegistration,
+    },
+    /// Server → client: the login succeeded.
+    #[serde(rename_all = "camelCase")]
+    LoggedIn {
+        /// The session token; the server keeps only its hash.
+        token: String,
+        /// When the token stops working.
+        expires_at: Timestamp,
+        /// The tenant.
+        tenant: TenantId,
+        /// The user.
+        user: UserId,
+        /// The user's role.
+        role: Role,
+    },
+    /// Client → server, first message of a sync connection.
+    #[serde(rename_all = "camelCase")]
+    Join {
+        /// The device's id (automerge-repo's peer id).
+        sender_id: DeviceId,
+        /// Protocol versions the client speaks.
+        supported_protocol_versions: Vec<String>,
+        /// The session token from `logged-in`.
+        token: String,
+        /// Where the device stood when it last caught up; none on a first sync.
+        cursor: Option<Cursor>,
+    },
+    /// Server → client: the session is open.
+    #[serde(rename_all = "camelCase")]
+    Peer {
+        /// The server's id.
+        sender_id: String,
+        /// The version chosen.
+        selected_protocol_version: String,
+        /// The tenant of the session.
+        tenant: TenantId,
+        /// The user of the session.
+        user: UserId,
+        /// The user's role.
+        role: Role,
+        /// The cursor the device reaches once every listed document has synced.
+        cursor: Cursor,
+        /// The documents that changed since the device's cursor. The server starts
+        /// a sync for each; no other document needs one.
+        changed: Vec<CustomerId>,
+    },
+    /// Either side: a fatal error; the connection closes after it.
+    Error(ErrorBody),
+    /// Either side: closing on purpose.
+    #[serde(rename_all = "camelCase")]
+    Leave {
+        /// Who is leaving.
+        sender_id: String,
+    },
+    /// Client → server: the first sync message for a document the device lacks.
+    #[serde(rename_all = "camelCase")]
+    Request {
+        /// The document.
+        document_id: CustomerId,
+        /// A raw Automerge sync message.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Either side: one Automerge sync message for one document.
+    #[serde(rename_all = "camelCase")]
+    Sync {
+        /// The document.
+        document_id: CustomerId,
+        /// A raw Automerge sync message.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Server → client: no such document, or not one this session may see (the two
+    /// are not told apart).
+    #[serde(rename_all = "camelCase")]
+    DocUnavailable {
+        /// The document.
+        document_id: CustomerId,
+    },
+    /// Server → client: the changes of the last `sync` for this document were
+    /// refused and dropped; the device should drop its sync state for it.
+    #[serde(rename_all = "camelCase")]
+    Rejected {
+        /// The document.
+        document_id: CustomerId,
+        /// Why.
+        error: ErrorBody,
+    },
+    /// Server → client: a device of the same user connected or went away.
+    #[serde(rename_all = "camelCase")]
+    Presence {
+        /// The device.
+        device: DeviceId,
+        /// Its kind.
+        kind: DeviceKind,
+        /// Whether it is connected now.
+        online: bool,
+    },
+    /// Client → server: a request outside document sync.
+    Rpc {
+        /// Chosen by the client; the reply carries it back.
+        id: u64,
+        /// What is asked.
+        call: RpcCall,
+    },
+    /// Server → client: the answer to an `rpc`.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        result: RpcResult,
+    },
+}
+
+impl Message {
+    /// The message's `type`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Login { .. } => "login",
+            Self::LoggedIn { .. } => "logged-in",
+            Self::Join { .. } => "join",
+            Self::Peer { .. } => "peer",
+            Self::Error(_) => "error",
+            Self::Leave { .. } => "leave",
+            Self::Request { .. } => "request",
+            Self::Sync { .. } => "sync",
+            Self::DocUnavailable { .. } => "doc-unavailable",
+            Self::Rejected { .. } => "rejected",
+            Self::Presence { .. } => "presence",
+            Self::Rpc { .. } => "rpc",
+            Self::Reply { .. } => "reply",
+        }
+    }
+}
+
+/// A request outside document sync. Each names the least role it needs in its
+/// docs; the server checks it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum RpcCall {
+    /// Admin or above: add a member.
+    #[serde(rename_all = "camelCase")]
+    UserAdd {
+        /// The new member's email.
+        email: UserId,
+        /// Their role (only an owner may add an owner).
+        role: Role,
+        /// Their first password.
+        password: String,
+        /// Whether they hold the calling contract from the start.
+        contract: bool,
+    },
+    /// Admin or above: grant or revoke the calling contract. Revoking ends the
+    /// member's sessions.
+    #[serde(rename_all = "camelCase")]
+    UserSetContract {
+        /// The member.
+        email: UserId,
+        /// Whether they hold the contract now.
+        contract: bool,
+    },
+    /// Admin or above: set a new password. Ends the member's sessions.
+    #[serde(rename_all = "camelCase")]
+    UserResetPassword {
+        /// The member.
+        email: UserId,
+        /// The new password.
+        password: String,
+    },
+    /// Admin or above: list the tenant's members.
+    UserList,
+    /// Admin or above: turn the assignee visibility restriction (担当者閲覧制限) on
+    /// or off.
+    #[serde(rename_all = "camelCase")]
+    SetAssigneeVisibility {
+        /// Whether user-role members see only customers assigned to them.
+        restricted: bool,
+    },
+    /// Any member: create a customer. The server creates the document, so a
+    /// customer never exists twice under one id.
+    #[serde(rename_all = "camelCase")]
+    CustomerCreate {
+        /// The profile; its tenant must be the session's.
+        customer: NewCustomer,
+    },
+    /// Any member: the customers this session may see.
+    CustomerList,
+    /// Any member: replicate these documents to this device from now on. Each is
+    /// answered, then synced like a changed document.
+    #[serde(rename_all = "camelCase")]
+    Subscribe {
+        /// The documents.
+        documents: Vec<CustomerId>,
+    },
+    /// Any member: the user's own devices and whether each is connected now.
+    Devices,
+}
+
+impl RpcCall {
+    /// The method name, for logs.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::UserAdd { .. } => "user-add",
+            Self::UserSetContract { .. } => "user-set-contract",
+            Self::UserResetPassword { .. } => "user-reset-password",
+            Self::UserList => "user-list",
+            Self::SetAssigneeVisibility { .. } => "set-assignee-visibility",
+            Self::CustomerCreate { .. } => "customer-create",
+            Self::CustomerList => "customer-list",
+            Self::Subscribe { .. } => "subscribe",
+            Self::Devices => "devices",
+        }
+    }
+}
+
+/// The answer to an [`RpcCall`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RpcResult {
+    /// Done; nothing to return.
+    Done,
+    /// The tenant's members.
+    Users(Vec<MemberSummary>),
+    /// Customers the session may see.
+    Customers(Vec<CustomerSummary>),
+    /// The documents now subscribed (those the session may see).
+    Subscribed(Vec<CustomerId>),
+    /// The user's devices.
+    Devices(Vec<DeviceSummary>),
+    /// Refused; nothing changed.
+    Refused(ErrorBody),
+}
+
+/// One member, as an admin sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberSummary {
+    /// Email.
+    pub email: UserId,
+    /// Role.
+    pub role: Role,
+    /// Whether they hold the calling contract.
+    pub contract: bool,
+}
+
+/// One customer in a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerSummary {
+    /// The customer.
+    pub id: CustomerId,
+    /// Company name.
+    pub company: String,
+    /// Contact person.
+    pub contact: String,
+    /// Assigned rep.
+    pub owner: String,
+    /// Status at the server's last save.
+    pub status: String,
+}
+
+/// One of the user's devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSummary {
+    /// The device.
+    pub id: DeviceId,
+    /// Its kind.
+    pub kind: DeviceKind,
+    /// Whether it is connected now.
+    pub online: bool,
+}
+
+/// Encodes `message` as one frame: length prefix and CBOR body.
+pub fn encode_frame(message: &Message) -> Result<Vec<u8>, WireError> {
+    let mut frame = vec![0; FRAME_HEADER_BYTES];
+    ciborium::into_writer(message, &mut frame).map_err(|e| WireError::Encode(e.to_string()))?;
+    let body = frame.len() - FRAME_HEADER_BYTES;
+    if body > MAX_FRAME_BYTES {
+        return Err(WireError::FrameTooLarge {
+            len: body,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    let len = u32::try_from(body).map_err(|_| WireError::FrameTooLarge {
+        len: body,
+        max: MAX_FRAME_BYTES,
+    })?;
+    frame[..FRAME_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+    Ok(frame)
+}
+
+/// Reads a frame's length prefix, refusing lengths over [`MAX_FRAME_BYTES`] (and
+/// empty frames) before the reader allocates the body.
+pub fn frame_body_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(WireError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    if len == 0 {
+        return Err(WireError::Malformed("empty frame".to_owned()));
+    }
+    Ok(len)
+}
+
+/// Decodes one frame body (without its length prefix).
+pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
+    let message: Message =
+        ciborium::from_reader(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    check_limits(&message)?;
+    Ok(message)
+}
+
+fn check_limits(message: &Message) -> Result<(), WireError> {
+    let too_many = |n: usize| {
+        if n > MAX_DOCUMENTS_PER_MESSAGE {
+            Err(WireError::Malformed(format!(
+                "{n} documents in one message; the limit is {MAX_DOCUMENTS_PER_MESSAGE}"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match message {
+        Message::Login { password, .. }
+        | Message::Rpc {
+            call: RpcCall::UserAdd { password, .. } | RpcCall::UserResetPassword { password, .. },
+            ..
+        } if password.len() > MAX_PASSWORD_BYTES => Err(WireError::Malformed(format!(
+            "password longer than {MAX_PASSWORD_BYTES} bytes"
+        ))),
+        Message::Peer { changed, .. } => too_many(changed.len()),
+        Message::Rpc {
+            call: RpcCall::Subscribe { documents },
+            ..
+        } => too_many(documents.len()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(message: Message) {
+        let frame = encode_frame(&message).unwrap();
+        let mut header = [0; FRAME_HEADER_BYTES];
+        header.copy_from_slice(&frame[..FRAME_HEADER_BYTES]);
+        let len = frame_body_len(header).unwrap();
+        assert_eq!(len, frame.len() - FRAME_HEADER_BYTES);
+        assert_eq!(decode_body(&frame[FRAME_HEADER_BYTES..]).unwrap(), message);
+    }
+
+    #[test]
+    fn every_message_shape_survives_a_roundtrip() {
+        let doc = CustomerId::new("c-1").unwrap();
+        roundtrip(Message::Sync {
+            document_id: doc.clone(),
+            data: vec![0x42, 0, 255],
+        });
+        roundtrip(Message::Join {
+            sender_id: DeviceId::new("phone-1").unwrap(),
+            supported_protocol_versions: vec![PROTOCOL_VERSION.to_owned()],
+            token: "t".to_owned(),
+            cursor: Some(Cursor {
+                epoch: "e".to_owned(),
+                seq: 7,
+            }),
+        });
+        roundtrip(Message::Rpc {
+            id: 3,
+            call: RpcCall::Subscribe {
+                documents: vec![doc.clone()],
+            },
+        });
+        roundtrip(Message::Reply {
+            id: 3,
+            result: RpcResult::Refused(ErrorBody {
+                code: "x".to_owned(),
+                message: "no".to_owned(),
+                message_ja: "いいえ".to_owned(),
+            }),
+        });
+        roundtrip(Message::DocUnavailable { document_id: doc });
+    }
+
+    #[test]
+    fn sync_messages_use_the_automerge_repo_field_names() {
+        let frame = encode_frame(&Message::Sync {
+            document_id: CustomerId::new("c-1").unwrap(),
+            data: vec![1],
+        })
+        .unwrap();
+        let value: ciborium::Value = ciborium::from_reader(&frame[FRAME_HEADER_BYTES..]).unwrap();
+        let map = value.as_map().unwrap();
+        let keys: Vec<&str> = map.iter().filter_map(|(k, _)| k.as_text()).collect();
+        assert_eq!(keys, ["type", "documentId", "data"]);
+        assert!(map.iter().any(|(_, v)| v.as_bytes() == Some(&vec![1])));
+    }
+
+    #[test]
+    fn an_oversized_length_prefix_is_refused_before_allocating() {
+        let header = u32::try_from(MAX_FRAME_BYTES + 1).unwrap().to_be_bytes();
+        assert!(matches!(
+            frame_body_len(header),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+        assert!(matches!(
+            frame_body_len([0; 4]),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_and_unknown_types_are_malformed_not_a_panic() {
+        for body in [
+            &b"\xff\xff\xff"[..],
+            &b"hello"[..],
+            &[0xa1, 0x64, b't', b'y', b'p', b'e', 0x63, b'z', b'z', b'z'][..],
+            &[][..],
+        ] {
+            assert!(matches!(decode_body(body), Err(WireError::Malformed(_))));
+        }
+    }
+
+    #[test]
+    fn a_bad_id_inside_a_message_is_malformed() {
+        let mut frame = encode_frame(&Message::DocUnavailable {
+            document_id: CustomerId::new("c-1").unwrap(),
+        })
+        .unwrap();
+        // Replace the id's text with one holding '/', which ids may not contain.
+        let pos = frame.windows(3).position(|w| w == b"c-1").unwrap();
+        frame[pos + 1] = b'/';
+        assert!(matches!(
+            decode_body(&frame[FRAME_HEADER_BYTES..]),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn an_overlong_password_is_refused() {
+        let frame = encode_frame(&Message::Login {
+            supported_protocol_versions: vec![],
+            email: "a@b".to_owned(),
+            password: "x".repeat(MAX_PASSWORD_BYTES + 1),
+            device: DeviceRegistration {
+                id: DeviceId::new("d").unwrap(),
+                kind: DeviceKind::Phone,
+                actor: "00".to_owned(),
+            },
+        })
+        .unwrap();
+        assert!(matches!(
+            decode_body(&frame[FRAME_HEADER_BYTES..]),
+            Err(WireError::Malformed(_))
+        ));
+    }
+}

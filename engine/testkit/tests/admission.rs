@@ -1,0 +1,343 @@
+//! Server admission of device changes: actor binding, stamps, and who may act on
+//! which call. Each refusal is typed, and an honest change passes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+
+use automerge::transaction::Transactable;
+use callsync_core::admission::{AdmissionError, Directory, Sender, admit};
+use callsync_core::{
+    ActorId, CallEvent, CallId, CustomerDoc, DeviceId, DeviceKind, EventId, EventKind, PhoneNumber,
+    ResultCatalog, Role, RuleContext, Stamp, TenantId, UserId,
+};
+use callsync_testkit::{NUMBER, START, sample_customer};
+
+const REP: &str = "rep@a.example";
+const OTHER: &str = "other@a.example";
+
+struct Devices {
+    actors: HashMap<ActorId, DeviceId>,
+    phones: HashSet<(DeviceId, UserId)>,
+}
+
+impl Directory for Devices {
+    fn actor_is_bound_to(&self, actor: &ActorId, device: &DeviceId) -> bool {
+        self.actors.get(actor) == Some(device)
+    }
+    fn is_phone_of(&self, device: &DeviceId, user: &UserId) -> bool {
+        self.phones.contains(&(device.clone(), user.clone()))
+    }
+}
+
+struct World {
+    server: CustomerDoc,
+    devices: Devices,
+    catalog: ResultCatalog,
+    next: u64,
+}
+
+fn actor(device: &str) -> ActorId {
+    ActorId::from(device.as_bytes())
+}
+
+fn dev(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+
+fn sender(device: &str, kind: DeviceKind, user: &str, role: Role) -> Sender {
+    Sender {
+        tenant: TenantId::new("tenant-a").unwrap(),
+        user: UserId::new(user).unwrap(),
+        role,
+        device: dev(device),
+        kind,
+    }
+}
+
+fn desk() -> Sender {
+    sender("desk-1", DeviceKind::Desk, REP, Role::User)
+}
+
+fn phone() -> Sender {
+    sender("phone-1", DeviceKind::Phone, REP, Role::User)
+}
+
+impl World {
+    fn new() -> Self {
+        let server = CustomerDoc::create(&sample_customer(), START, actor("server")).unwrap();
+        let mut actors = HashMap::new();
+        for d in ["desk-1", "phone-1", "phone-2", "desk-2"] {
+            actors.insert(actor(d), dev(d));
+        }
+        let mut phones = HashSet::new();
+        phones.insert((dev("phone-1"), UserId::new(REP).unwrap()));
+        phones.insert((dev("phone-2"), UserId::new(OTHER).unwrap()));
+        Self {
+            server,
+            devices: Devices { actors, phones },
+            catalog: ResultCatalog::standard(),
+            next: 0,
+        }
+    }
+
+    /// A replica of the server's document written under `device`'s actor.
+    fn replica(&mut self, device: &str) -> CustomerDoc {
+        let mut doc = self.server.clone();
+        doc.automerge_mut().set_actor(actor(device));
+        doc
+    }
+
+    fn event(&mut self, who: &Sender, call: &str, kind: EventKind) -> CallEvent {
+        self.next += 1;
+        CallEvent {
+            id: EventId::new(format!("ev-{}", self.next)).unwrap(),
+            call: CallId::new(call).unwrap(),
+            stamp: Stamp {
+                at: START.plus_millis(1_000 * self.next as i64),
+                device: who.device.clone(),
+                device_kind: who.kind,
+                user: who.user.clone(),
+            },
+            kind,
+        }
+    }
+
+    /// Merges `replica` into a copy of the server's document and admits it.
+    fn offer(
+        &mut self,
+        replica: &mut CustomerDoc,
+        from: &Sender,
+    ) -> Result<Vec<CallEvent>, AdmissionError> {
+        let mut copy = self.server.clone();
+        let before = copy.heads();
+        copy.merge(replica).unwrap();
+        let admitted = admit(&mut copy, &before, from, &self.devices, &self.catalog);
+        if admitted.is_ok() {
+            self.server = copy;
+        }
+        admitted
+    }
+
+    fn record(&mut self, replica: &mut CustomerDoc, event: CallEvent) {
+        replica
+            .record(event, &RuleContext::new(&self.catalog))
+            .unwrap();
+    }
+
+    /// An admitted request by the rep's desk for phone-1.
+    fn requested(&mut self, call: &str) {
+        let mut d = self.replica("desk-1");
+        let e = self.event(&desk(), call, request("phone-1"));
+        self.record(&mut d, e);
+        self.offer(&mut d, &desk()).unwrap();
+    }
+}
+
+fn request(origin: &str) -> EventKind {
+    EventKind::Requested {
+        destination: PhoneNumber::parse(NUMBER).unwrap(),
+        origin: dev(origin),
+        recording: true,
+    }
+}
+
+/// Writes an entry straight into the document, bypassing the rules, as a
+/// modified client could.
+fn put_raw(doc: &mut CustomerDoc, key: &str, value: &str) {
+    let am = doc.automerge_mut();
+    let events = match automerge::ReadDoc::get(am, automerge::ROOT, "events").unwrap() {
+        Some((_, id)) => id,
+        None => panic!("no events map"),
+    };
+    am.put(&events, key, value).unwrap();
+    am.commit();
+}
+
+fn put_event(doc: &mut CustomerDoc, event: &CallEvent) {
+    let key = format!("{}/{}", event.call, event.id);
+    put_raw(doc, &key, &serde_json::to_string(event).unwrap());
+}
+
+#[test]
+fn an_honest_request_start_and_end_are_admitted() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let mut p = w.replica("phone-1");
+    let started = w.event(&phone(), "call-1", EventKind::Started);
+    w.record(&mut p, started.clone());
+    assert_eq!(w.offer(&mut p, &phone()).unwrap(), vec![started]);
+    let again = w.offer(&mut p, &phone()).unwrap();
+    assert!(again.is_empty(), "changes the server holds are not new");
+}
+
+#[test]
+fn a_desk_forging_the_phones_start_is_refused() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let mut d = w.replica("desk-1");
+    // Stamped as the phone, written from the desk's actor.
+    let forged = w.event(&phone(), "call-1", EventKind::Started);
+    put_event(&mut d, &forged);
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AdmissionError::ForgedStamp {
+                field: "device",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_desk_recording_a_start_under_its_own_name_is_refused() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let mut d = w.replica("desk-1");
+    let start = w.event(&desk(), "call-1", EventKind::Started);
+    put_event(&mut d, &start);
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert_eq!(err.code(), "wrong-device-kind");
+}
+
+#[test]
+fn changes_under_another_devices_actor_are_refused() {
+    let mut w = World::new();
+    w.requested("call-1");
+    // The desk writes under the phone's actor, stamping honestly as the phone.
+    let mut d = w.replica("phone-1");
+    let start = w.event(&phone(), "call-1", EventKind::Started);
+    w.record(&mut d, start);
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert!(matches!(err, AdmissionError::ForeignActor { .. }), "{err}");
+    assert!(!err.message_ja().is_empty());
+}
+
+#[test]
+fn editing_the_profile_or_root_is_refused() {
+    let mut w = World::new();
+    let mut d = w.replica("desk-1");
+    let am = d.automerge_mut();
+    let profile = match automerge::ReadDoc::get(am, automerge::ROOT, "profile").unwrap() {
+        Some((_, id)) => id,
+        None => panic!("no profile"),
+    };
+    am.put(&profile, "company", "乗っ取り株式会社").unwrap();
+    am.commit();
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert_eq!(err.code(), "forbidden-edit");
+
+    let mut d = w.replica("desk-1");
+    d.automerge_mut()
+        .put(automerge::ROOT, "tenant", "tenant-b")
+        .unwrap();
+    d.automerge_mut().commit();
+    assert_eq!(
+        w.offer(&mut d, &desk()).unwrap_err().code(),
+        "forbidden-edit"
+    );
+}
+
+#[test]
+fn overwriting_an_existing_event_is_refused() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let (events, _) = w.server.events();
+    let mut original = events[0].clone();
+    original.kind = request("phone-1");
+    original.stamp.at = original.stamp.at.plus_millis(5);
+    let mut d = w.replica("desk-1");
+    put_event(&mut d, &original);
+    assert_eq!(
+        w.offer(&mut d, &desk()).unwrap_err().code(),
+        "forbidden-edit"
+    );
+}
+
+#[test]
+fn a_request_for_someone_elses_phone_is_refused() {
+    let mut w = World::new();
+    let mut d = w.replica("desk-1");
+    let e = w.event(&desk(), "call-1", request("phone-2"));
+    w.record(&mut d, e);
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert!(matches!(err, AdmissionError::NotYourPhone { .. }), "{err}");
+}
+
+#[test]
+fn a_phone_that_is_not_the_origin_cannot_start_the_call() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let other_phone = sender("phone-2", DeviceKind::Phone, OTHER, Role::User);
+    let mut p = w.replica("phone-2");
+    let start = w.event(&other_phone, "call-1", EventKind::Started);
+    put_event(&mut p, &start);
+    let err = w.offer(&mut p, &other_phone).unwrap_err();
+    assert_eq!(err.code(), "not-origin-phone");
+}
+
+#[test]
+fn another_users_desk_cannot_cancel_the_call() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let other_desk = sender("desk-2", DeviceKind::Desk, OTHER, Role::User);
+    let mut d = w.replica("desk-2");
+    let cancel = w.event(&other_desk, "call-1", EventKind::Cancelled);
+    w.record(&mut d, cancel);
+    let err = w.offer(&mut d, &other_desk).unwrap_err();
+    assert!(matches!(err, AdmissionError::NotYourCall { .. }), "{err}");
+}
+
+#[test]
+fn deleting_a_recording_needs_a_manager() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let mut p = w.replica("phone-1");
+    let start = w.event(&phone(), "call-1", EventKind::Started);
+    w.record(&mut p, start);
+    w.offer(&mut p, &phone()).unwrap();
+    let mut d = w.replica("desk-1");
+    let delete = w.event(&desk(), "call-1", EventKind::RecordingDeleted);
+    w.record(&mut d, delete);
+    let mut as_manager = w.replica("desk-1");
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert!(matches!(err, AdmissionError::RoleRequired { .. }), "{err}");
+    let manager = sender("desk-1", DeviceKind::Desk, REP, Role::Manager);
+    assert_eq!(w.offer(&mut as_manager, &manager).unwrap().len(), 0);
+    assert_eq!(w.offer(&mut d, &manager).unwrap().len(), 1);
+}
+
+#[test]
+fn an_unreadable_entry_or_one_under_the_wrong_key_is_refused() {
+    let mut w = World::new();
+    let mut d = w.replica("desk-1");
+    put_raw(&mut d, "call-1/ev-9", "{not json");
+    assert_eq!(
+        w.offer(&mut d, &desk()).unwrap_err().code(),
+        "malformed-event"
+    );
+
+    let mut d = w.replica("desk-1");
+    let e = w.event(&desk(), "call-1", request("phone-1"));
+    put_raw(&mut d, "call-7/ev-1", &serde_json::to_string(&e).unwrap());
+    assert_eq!(
+        w.offer(&mut d, &desk()).unwrap_err().code(),
+        "malformed-event"
+    );
+}
+
+#[test]
+fn a_desk_writing_another_users_name_on_its_event_is_refused() {
+    let mut w = World::new();
+    let mut d = w.replica("desk-1");
+    let as_other = sender("desk-1", DeviceKind::Desk, OTHER, Role::User);
+    let e = w.event(&as_other, "call-1", request("phone-2"));
+    put_event(&mut d, &e);
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert!(
+        matches!(err, AdmissionError::ForgedStamp { field: "user", .. }),
+        "{err}"
+    );
+}
