@@ -16,14 +16,20 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod accounts;
+mod replication;
+
+pub use accounts::{AccountQueries, DeviceRecord, MemberRecord, SessionRecord};
+pub use replication::ReplicationQueries;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use automerge::{ActorId, ChangeHash};
 use callsync_core::{
-    CallId, CallView, CoreError, Customer, CustomerDoc, CustomerId, OpenCall, Phase, TenantId,
-    Timestamp, UserId,
+    CallId, CallView, CoreError, Customer, CustomerDoc, CustomerId, DeviceId, OpenCall, Phase,
+    TenantId, Timestamp, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -76,6 +82,68 @@ pub const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL
     );
     "#,
+    // 2: the server's accounts and sessions, and what replication keeps: a change
+    // sequence per document, subscriptions, sync states per peer, the device outbox.
+    r#"
+    ALTER TABLE documents ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX documents_by_change ON documents (change_seq);
+    CREATE INDEX calls_by_phase ON calls (phase, requested_at);
+    CREATE TABLE tenants (
+        tenant_id           TEXT PRIMARY KEY,
+        assignee_visibility INTEGER NOT NULL DEFAULT 0,
+        created_at          INTEGER NOT NULL
+    );
+    -- An email signs in to exactly one tenant.
+    CREATE TABLE members (
+        email         TEXT PRIMARY KEY,
+        tenant_id     TEXT NOT NULL REFERENCES tenants (tenant_id),
+        password_hash TEXT NOT NULL,
+        role          TEXT NOT NULL,
+        contract      INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL
+    );
+    CREATE TABLE devices (
+        device_id     TEXT PRIMARY KEY,
+        tenant_id     TEXT NOT NULL,
+        email         TEXT NOT NULL REFERENCES members (email),
+        kind          TEXT NOT NULL,
+        registered_at INTEGER NOT NULL
+    );
+    CREATE INDEX devices_by_member ON devices (email);
+    -- Actor binding: every Automerge actor a device writes under.
+    CREATE TABLE actors (
+        actor     TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL REFERENCES devices (device_id)
+    );
+    -- Only a hash of each token is kept.
+    CREATE TABLE sessions (
+        token_hash BLOB PRIMARY KEY,
+        device_id  TEXT NOT NULL REFERENCES devices (device_id),
+        email      TEXT NOT NULL REFERENCES members (email),
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_by_member ON sessions (email);
+    CREATE TABLE subscriptions (
+        device_id   TEXT NOT NULL,
+        tenant_id   TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        PRIMARY KEY (device_id, tenant_id, customer_id)
+    );
+    CREATE INDEX subscribers ON subscriptions (tenant_id, customer_id);
+    CREATE TABLE sync_states (
+        peer        TEXT NOT NULL,
+        tenant_id   TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        state       BLOB NOT NULL,
+        PRIMARY KEY (peer, tenant_id, customer_id)
+    );
+    -- On a device: documents with local changes the server has not confirmed.
+    CREATE TABLE outbox (
+        tenant_id   TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, customer_id)
+    );
+    "#,
 ];
 
 /// Why a store operation failed. A failed write changes nothing.
@@ -116,6 +184,46 @@ pub enum StoreError {
         call: CallId,
         /// The customer being saved.
         customer: CustomerId,
+    },
+    /// A stored row does not hold what its column promises (edited by hand, or a
+    /// bug): refused rather than guessed.
+    #[error("the database holds an unreadable {0}")]
+    Corrupt(String),
+    /// The tenant exists already.
+    #[error("tenant {tenant} already exists")]
+    TenantExists {
+        /// The tenant.
+        tenant: TenantId,
+    },
+    /// No such tenant.
+    #[error("no tenant {tenant}")]
+    UnknownTenant {
+        /// The tenant.
+        tenant: TenantId,
+    },
+    /// The email is taken (in this or another tenant).
+    #[error("{email} is already a member")]
+    MemberExists {
+        /// The email.
+        email: UserId,
+    },
+    /// No member with this email in the tenant.
+    #[error("no member {email} in this tenant")]
+    UnknownMember {
+        /// The email.
+        email: UserId,
+    },
+    /// The device id is registered to another member or as another kind.
+    #[error("device {device} is registered to someone else")]
+    DeviceTaken {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The Automerge actor is bound to another device.
+    #[error("actor {actor} is bound to another device")]
+    ActorTaken {
+        /// The actor, in hex.
+        actor: String,
     },
     /// The database was written by a newer version.
     #[error("the database has schema version {found}; this build knows up to {supported}")]
@@ -234,31 +342,7 @@ impl Store {
 
     /// The tenant's customers, by id.
     pub fn customers(&self, tenant: &TenantId) -> Result<Vec<CustomerRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT customer_id, company, contact, owner, status FROM documents
-             WHERE tenant_id = ?1 ORDER BY customer_id",
-        )?;
-        let rows = stmt.query_map(params![tenant.as_str()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, company, contact, owner, status) = row?;
-            out.push(CustomerRow {
-                id: CustomerId::new(id).map_err(CoreError::from)?,
-                company,
-                contact,
-                owner,
-                status,
-            });
-        }
-        Ok(out)
+        customers_in(self, tenant)
     }
 
     /// Calls in the index, newest first, optionally of one customer or one user.
@@ -321,6 +405,58 @@ impl Store {
     }
 }
 
+/// Read access shared by [`Store`] and [`WriteTx`], so query traits
+/// ([`AccountQueries`], [`ReplicationQueries`]) work on both: a read inside a write
+/// sees the write's own changes.
+pub trait Read {
+    /// The connection (or transaction) to read through.
+    fn db(&self) -> &Connection;
+}
+
+impl Read for Store {
+    fn db(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Read for WriteTx<'_> {
+    fn db(&self) -> &Connection {
+        &self.tx
+    }
+}
+
+/// The tenant's customers, by id, read through the store or inside a write.
+pub fn customers_in<R: Read + ?Sized>(
+    reader: &R,
+    tenant: &TenantId,
+) -> Result<Vec<CustomerRow>, StoreError> {
+    let mut stmt = reader.db().prepare_cached(
+        "SELECT customer_id, company, contact, owner, status FROM documents
+         WHERE tenant_id = ?1 ORDER BY customer_id",
+    )?;
+    let rows = stmt.query_map(params![tenant.as_str()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, company, contact, owner, status) = row?;
+        out.push(CustomerRow {
+            id: CustomerId::new(id).map_err(CoreError::from)?,
+            company,
+            contact,
+            owner,
+            status,
+        });
+    }
+    Ok(out)
+}
+
 /// A write in progress: a `BEGIN IMMEDIATE` transaction. Dropped without
 /// [`WriteTx::commit`], it rolls back.
 #[derive(Debug)]
@@ -374,6 +510,7 @@ impl WriteTx<'_> {
             params![doc.tenant().as_str(), doc.id().as_str(), snapshot],
         )?;
         let indexed = index(&sp, &customer, HashMap::new())?;
+        bump_change_seq(&sp, doc.tenant(), doc.id())?;
         sp.commit()?;
         Ok(StoredDoc {
             doc: doc.clone(),
@@ -457,6 +594,7 @@ impl WriteTx<'_> {
             None => indexed_phases(&sp, &customer)?,
         };
         let indexed = index(&sp, &customer, indexed)?;
+        bump_change_seq(&sp, doc.tenant(), doc.id())?;
         sp.commit()?;
         // Only now is the in-memory save point moved. If the enclosing transaction
         // is then not committed, the caller drops this document with it.
@@ -585,6 +723,21 @@ fn index(
         indexed.insert(call.call.clone(), call.phase);
     }
     Ok(indexed)
+}
+
+/// Gives the document the next change sequence number: devices catching up ask
+/// for the documents changed after the number they last saw.
+fn bump_change_seq(
+    conn: &Connection,
+    tenant: &TenantId,
+    customer: &CustomerId,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE documents SET change_seq = (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM documents)
+         WHERE tenant_id = ?1 AND customer_id = ?2",
+        params![tenant.as_str(), customer.as_str()],
+    )?;
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

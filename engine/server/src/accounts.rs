@@ -1,0 +1,383 @@
+//! Logging in, sessions, and the admin's account requests.
+//!
+//! Owns: Argon2id password hashes (never a password in the database or a log),
+//! session tokens (32 random bytes; only their SHA-256 is stored), the contract
+//! check at login, and the rules on who may add members, grant or revoke the
+//! calling contract and reset passwords. Runs on the connection's task (off the
+//! hub, since Argon2 is deliberately slow), with its own database connection.
+//! Does not own: documents (the hub).
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use callsync_core::wire::{DeviceRegistration, ErrorBody, MemberSummary, RpcCall, RpcResult};
+use callsync_core::{DeviceKind, Role, TenantId, Timestamp, UserId};
+use callsync_store::{MemberRecord, Store, StoreError};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// The calling-contract refusal, word for word from the product.
+pub const CONTRACT_REQUIRED_JA: &str = "このデータへのアクセスには認証が必要です";
+/// The same refusal in English.
+pub const CONTRACT_REQUIRED_EN: &str = "Authentication is required to access this data.";
+/// Shortest password accepted for a new member or a reset.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// The session a connection runs under, as checked at `join`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The user.
+    pub user: UserId,
+    /// Their role.
+    pub role: Role,
+    /// The device.
+    pub device: callsync_core::DeviceId,
+    /// Desk or phone.
+    pub kind: DeviceKind,
+    /// When the token stops working.
+    pub expires_at: Timestamp,
+}
+
+/// Why a login, a join or an account request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown email or wrong password (the two are not told apart).
+    #[error("wrong email or password")]
+    InvalidCredentials,
+    /// The user does not hold the calling contract.
+    #[error("{}", CONTRACT_REQUIRED_EN)]
+    ContractRequired,
+    /// The token is unknown, was revoked, or names another device.
+    #[error("the session is not valid; log in again")]
+    InvalidSession,
+    /// The token has expired.
+    #[error("the session expired; log in again")]
+    SessionExpired,
+    /// The request needs a higher role.
+    #[error("this needs the {needed} role or above")]
+    RoleRequired {
+        /// The least role allowed.
+        needed: Role,
+    },
+    /// The request was malformed (a short password, a bad actor id, …).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The store refused (an existing email, an unknown member, a taken device).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Hashing failed (out of memory).
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+impl AuthError {
+    /// The reply body, with a stable code and Japanese text.
+    pub fn body(&self) -> ErrorBody {
+        let (code, ja): (&str, String) = match self {
+            Self::InvalidCredentials => (
+                "invalid-credentials",
+                "メールアドレスまたはパスワードが違います".to_owned(),
+            ),
+            Self::ContractRequired => ("contract-required", CONTRACT_REQUIRED_JA.to_owned()),
+            Self::InvalidSession => (
+                "invalid-session",
+                "セッションが無効です。ログインし直してください".to_owned(),
+            ),
+            Self::SessionExpired => (
+                "session-expired",
+                "セッションの有効期限が切れました。ログインし直してください".to_owned(),
+            ),
+            Self::RoleRequired { needed } => (
+                "role-required",
+                format!("この操作には{}以上の権限が必要です", needed.label_ja()),
+            ),
+            Self::BadRequest(m) => ("bad-request", format!("リクエストが不正です: {m}")),
+            Self::Store(StoreError::MemberExists { email }) => {
+                ("member-exists", format!("{email} はすでに登録されています"))
+            }
+            Self::Store(StoreError::UnknownMember { email }) => (
+                "unknown-member",
+                format!("{email} はこのテナントにいません"),
+            ),
+            Self::Store(StoreError::DeviceTaken { device }) => (
+                "device-taken",
+                format!("端末 {device} は別のユーザーに登録されています"),
+            ),
+            Self::Store(StoreError::ActorTaken { .. }) => (
+                "actor-taken",
+                "この端末の識別子は別の端末に登録されています".to_owned(),
+            ),
+            Self::Store(_) | Self::Hash(_) => (
+                "internal",
+                "サーバーで問題が発生しました。しばらくしてから再度お試しください".to_owned(),
+            ),
+        };
+        let message = match self {
+            // Internal details stay in the server's log.
+            Self::Store(StoreError::Sqlite(_)) | Self::Hash(_) => {
+                "the server could not complete the request".to_owned()
+            }
+            other => other.to_string(),
+        };
+        ErrorBody {
+            code: code.to_owned(),
+            message,
+            message_ja: ja,
+        }
+    }
+}
+
+/// Hashes a password with Argon2id (the crate's defaults: 19 MiB, 2 passes, one
+/// lane — OWASP's recommendation) and a random salt, in PHC string form.
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    let mut salt = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| AuthError::Hash("no randomness".to_owned()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// The hash stored for a token.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+fn new_token() -> Result<String, AuthError> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| AuthError::Hash("no randomness".to_owned()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn check_new_password(password: &str) -> Result<(), AuthError> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(AuthError::BadRequest(format!(
+            "a password needs at least {MIN_PASSWORD_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A hash of a password nobody has, so that a login for an unknown email costs
+/// the same as one with a wrong password (no account probing by timing).
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password("decoy password, never a member's").unwrap_or_default())
+}
+
+/// What a successful login returns.
+#[derive(Debug, Clone)]
+pub struct LoggedIn {
+    /// The token (shown to the device once; only its hash is kept).
+    pub token: String,
+    /// The member.
+    pub member: MemberRecord,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
+/// Checks email and password, the calling contract, and registers the device.
+pub fn login(
+    store: &mut Store,
+    email: &str,
+    password: &str,
+    device: &DeviceRegistration,
+    now: Timestamp,
+    ttl_ms: i64,
+) -> Result<LoggedIn, AuthError> {
+    let member = match UserId::new(email.trim().to_lowercase()) {
+        Ok(email) => store.member(&email)?,
+        Err(_) => None,
+    };
+    let hash = member
+        .as_ref()
+        .map_or(decoy_hash(), |m| m.password_hash.as_str());
+    let ok = verify_password(hash, password);
+    let member = match member {
+        Some(m) if ok => m,
+        _ => return Err(AuthError::InvalidCredentials),
+    };
+    if !member.contract {
+        return Err(AuthError::ContractRequired);
+    }
+    if device.kind == DeviceKind::Server {
+        return Err(AuthError::BadRequest(
+            "a device cannot log in as a server".to_owned(),
+        ));
+    }
+    let actor = device.actor.to_ascii_lowercase();
+    if actor.is_empty() || actor.len() > 64 || !actor.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(AuthError::BadRequest(
+            "the actor id must be 1–32 bytes of hex".to_owned(),
+        ));
+    }
+    let token = new_token()?;
+    let expires_at = now.plus_millis(ttl_ms);
+    store.open_session(
+        &member,
+        &device.id,
+        device.kind,
+        &actor,
+        &token_hash(&token),
+        expires_at,
+        now,
+    )?;
+    Ok(LoggedIn {
+        token,
+        member,
+        expires_at,
+    })
+}
+
+/// Checks a `join`'s token for `device` at `now`.
+pub fn authenticate(
+    store: &Store,
+    token: &str,
+    device: &callsync_core::DeviceId,
+    now: Timestamp,
+) -> Result<Session, AuthError> {
+    let Some(found) = store.session(&token_hash(token))? else {
+        return Err(AuthError::InvalidSession);
+    };
+    if &found.device.id != device {
+        return Err(AuthError::InvalidSession);
+    }
+    if found.expires_at <= now {
+        return Err(AuthError::SessionExpired);
+    }
+    if !found.member.contract {
+        return Err(AuthError::ContractRequired);
+    }
+    Ok(Session {
+        tenant: found.member.tenant,
+        user: found.member.email,
+        role: found.member.role,
+        device: found.device.id,
+        kind: found.device.kind,
+        expires_at: found.expires_at,
+    })
+}
+
+/// Whether `call` is an account request (answered here, not by the hub).
+pub fn is_account_call(call: &RpcCall) -> bool {
+    matches!(
+        call,
+        RpcCall::UserAdd { .. }
+            | RpcCall::UserSetContract { .. }
+            | RpcCall::UserResetPassword { .. }
+            | RpcCall::UserList
+            | RpcCall::SetAssigneeVisibility { .. }
+    )
+}
+
+fn require_admin(session: &Session) -> Result<(), AuthError> {
+    if session.role.is_admin() {
+        Ok(())
+    } else {
+        Err(AuthError::RoleRequired {
+            needed: Role::Admin,
+        })
+    }
+}
+
+/// Answers an account request for `session` (admin or above only).
+pub fn account_call(
+    store: &mut Store,
+    session: &Session,
+    call: &RpcCall,
+    now: Timestamp,
+) -> Result<RpcResult, AuthError> {
+    require_admin(session)?;
+    match call {
+        RpcCall::UserAdd {
+            email,
+            role,
+            password,
+            contract,
+        } => {
+            if !session.role.may_grant(*role) {
+                return Err(AuthError::RoleRequired {
+                    needed: Role::Owner,
+                });
+            }
+            check_new_password(password)?;
+            let email = UserId::new(email.as_str().to_lowercase())
+                .map_err(|e| AuthError::BadRequest(e.to_string()))?;
+            let record = MemberRecord {
+                tenant: session.tenant.clone(),
+                email,
+                password_hash: hash_password(password)?,
+                role: *role,
+                contract: *contract,
+            };
+            store.add_member(&record, now)?;
+            Ok(RpcResult::Done)
+        }
+        RpcCall::UserSetContract { email, contract } => {
+            guard_target(store, session, email)?;
+            store.set_contract(&session.tenant, email, *contract)?;
+            Ok(RpcResult::Done)
+        }
+        RpcCall::UserResetPassword { email, password } => {
+            guard_target(store, session, email)?;
+            check_new_password(password)?;
+            store.set_password_hash(&session.tenant, email, &hash_password(password)?)?;
+            Ok(RpcResult::Done)
+        }
+        RpcCall::UserList => Ok(RpcResult::Users(
+            store
+                .members(&session.tenant)?
+                .into_iter()
+                .map(|m| MemberSummary {
+                    email: m.email,
+                    role: m.role,
+                    contract: m.contract,
+                })
+                .collect(),
+        )),
+        RpcCall::SetAssigneeVisibility { restricted } => {
+            store.set_assignee_visibility(&session.tenant, *restricted)?;
+            Ok(RpcResult::Done)
+        }
+        _ => Err(AuthError::BadRequest(format!(
+            "{} is not an account request",
+            call.method()
+        ))),
+    }
+}
+
+/// An admin may not act on an owner (only another owner may).
+fn guard_target(store: &Store, session: &Session, email: &UserId) -> Result<(), AuthError> {
+    match store.member(email)? {
+        Some(m) if m.tenant == session.tenant => {
+            if m.role == Role::Owner && session.role != Role::Owner {
+                Err(AuthError::RoleRequired {
+                    needed: Role::Owner,
+                })
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(StoreError::UnknownMember {
+            email: email.clone(),
+        }
+        .into()),
+    }
+}

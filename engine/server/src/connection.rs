@@ -1,0 +1,379 @@
+//! One QUIC connection: handshake, authentication, then relaying messages.
+//!
+//! Owns: the per-connection limits (time to open the stream and send the first
+//! message, message rate, frame size via the framing layer), `login`, checking a
+//! `join`'s token, answering account requests, and carrying the hub's frames out.
+//! A peer that misbehaves gets one `error` message and is disconnected; nothing
+//! it sent is stored. Nothing here panics on input.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use callsync_core::wire::{self, ErrorBody, Message, PROTOCOL_VERSION};
+use callsync_net::NetError;
+use callsync_net::framing::{read_message, write_frame, write_message};
+use callsync_store::Store;
+use tokio::sync::{Mutex, Semaphore, mpsc};
+
+use crate::accounts::{self, AuthError, Session};
+use crate::clock;
+use crate::hub::{ConnId, HubInput, Outgoing};
+
+/// How long a new connection has to open its stream and send its first message.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages a connection may send in a burst …
+pub const RATE_BURST: f64 = 2_000.0;
+/// … and per second after it.
+pub const RATE_PER_SEC: f64 = 1_000.0;
+/// Frames queued for a connection before it counts as too slow.
+const OUT_QUEUE: usize = 4_096;
+/// How often a long connection re-checks its session (revoked contract, reset
+/// password).
+const RECHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) hub: std::sync::mpsc::Sender<HubInput>,
+    pub(crate) accounts: Mutex<Store>,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) session_ttl_ms: i64,
+    /// Argon2 is slow by design; at most this many hash at once, so a login
+    /// storm cannot starve sync.
+    pub(crate) hashing: Semaphore,
+}
+
+fn body(code: &str, message: impl Into<String>, message_ja: impl Into<String>) -> ErrorBody {
+    ErrorBody {
+        code: code.to_owned(),
+        message: message.into(),
+        message_ja: message_ja.into(),
+    }
+}
+
+fn net_error_body(e: &NetError) -> ErrorBody {
+    match e {
+        NetError::Wire(w) => body(
+            w.code(),
+            w.to_string(),
+            "メッセージの形式が正しくありません",
+        ),
+        other => body("transport", other.to_string(), "通信エラーが発生しました"),
+    }
+}
+
+/// Sends `error`, lets the peer read it, and closes.
+async fn refuse(connection: &quinn::Connection, send: &mut quinn::SendStream, error: ErrorBody) {
+    tracing::info!(code = %error.code, remote = %connection.remote_address(), "refusing connection");
+    let _ = write_message(send, &Message::Error(error)).await;
+    finish_and_close(connection, send).await;
+}
+
+async fn finish_and_close(connection: &quinn::Connection, send: &mut quinn::SendStream) {
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    connection.close(0u32.into(), b"bye");
+}
+
+/// Serves one incoming connection to its end.
+pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let connection = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    let (mut send, mut recv) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi()).await {
+            Ok(Ok(streams)) => streams,
+            _ => {
+                connection.close(1u32.into(), b"no stream opened in time");
+                return;
+            }
+        };
+    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut recv)).await {
+        Ok(Ok(Some(message))) => message,
+        Ok(Ok(None)) => {
+            connection.close(0u32.into(), b"bye");
+            return;
+        }
+        Ok(Err(e)) => return refuse(&connection, &mut send, net_error_body(&e)).await,
+        Err(_) => {
+            return refuse(
+                &connection,
+                &mut send,
+                body(
+                    "timeout",
+                    "no message within the handshake time",
+                    "接続がタイムアウトしました",
+                ),
+            )
+            .await;
+        }
+    };
+    let versions_ok = |v: &[String]| v.iter().any(|v| v == PROTOCOL_VERSION);
+    match first {
+        Message::Login {
+            supported_protocol_versions,
+            email,
+            password,
+            device,
+        } => {
+            if !versions_ok(&supported_protocol_versions) {
+                return refuse(&connection, &mut send, unsupported()).await;
+            }
+            let reply = login(&shared, email, password, device).await;
+            let _ = write_message(&mut send, &reply).await;
+            finish_and_close(&connection, &mut send).await;
+        }
+        Message::Join {
+            sender_id,
+            supported_protocol_versions,
+            token,
+            cursor,
+        } => {
+            if !versions_ok(&supported_protocol_versions) {
+                return refuse(&connection, &mut send, unsupported()).await;
+            }
+            let session = match authenticate(&shared, token.clone(), sender_id).await {
+                Ok(session) => session,
+                Err(e) => return refuse(&connection, &mut send, e.body()).await,
+            };
+            run_session(connection, send, recv, shared, session, token, cursor).await;
+        }
+        other => {
+            refuse(
+                &connection,
+                &mut send,
+                body(
+                    "join-required",
+                    format!(
+                        "the first message must be 'login' or 'join', not '{}'",
+                        other.kind()
+                    ),
+                    "最初のメッセージは login か join でなければなりません",
+                ),
+            )
+            .await;
+        }
+    }
+}
+
+fn unsupported() -> ErrorBody {
+    body(
+        "unsupported-protocol",
+        format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+        "対応していないプロトコルのバージョンです",
+    )
+}
+
+async fn login(
+    shared: &Shared,
+    email: String,
+    password: String,
+    device: wire::DeviceRegistration,
+) -> Message {
+    let Ok(_permit) = shared.hashing.acquire().await else {
+        return Message::Error(AuthError::Hash("shutting down".to_owned()).body());
+    };
+    let mut store = shared.accounts.lock().await;
+    let result = tokio::task::block_in_place(|| {
+        accounts::login(
+            &mut store,
+            &email,
+            &password,
+            &device,
+            clock::now(),
+            shared.session_ttl_ms,
+        )
+    });
+    match result {
+        Ok(done) => {
+            tracing::info!(user = %done.member.email, device = %device.id, "logged in");
+            Message::LoggedIn {
+                token: done.token,
+                expires_at: done.expires_at,
+                tenant: done.member.tenant,
+                user: done.member.email,
+                role: done.member.role,
+            }
+        }
+        Err(e) => {
+            tracing::info!(code = %e.body().code, device = %device.id, "login refused");
+            Message::Error(e.body())
+        }
+    }
+}
+
+async fn authenticate(
+    shared: &Shared,
+    token: String,
+    device: callsync_core::DeviceId,
+) -> Result<Session, AuthError> {
+    let store = shared.accounts.lock().await;
+    tokio::task::block_in_place(|| accounts::authenticate(&store, &token, &device, clock::now()))
+}
+
+/// A token bucket over the messages a connection sends.
+struct RateLimit {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        Self {
+            tokens: RATE_BURST,
+            at: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * RATE_PER_SEC;
+        self.tokens = (self.tokens + refill).min(RATE_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn run_session(
+    connection: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+    mut session: Session,
+    token: String,
+    cursor: Option<wire::Cursor>,
+) {
+    let conn: ConnId = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (out, mut outgoing) = mpsc::channel::<Outgoing>(OUT_QUEUE);
+    if shared
+        .hub
+        .send(HubInput::Open {
+            conn,
+            session: session.clone(),
+            cursor,
+            out: out.clone(),
+        })
+        .is_err()
+    {
+        return refuse(&connection, &mut send, shutting_down()).await;
+    }
+    let writer_connection = connection.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(item) = outgoing.recv().await {
+            match item {
+                Outgoing::Frame(frame) => {
+                    if write_frame(&mut send, &frame).await.is_err() {
+                        break;
+                    }
+                }
+                Outgoing::Close(error) => {
+                    refuse(&writer_connection, &mut send, error).await;
+                    break;
+                }
+            }
+        }
+    });
+    let mut rate = RateLimit::new();
+    let mut checked = Instant::now();
+    loop {
+        let message = match read_message(&mut recv).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(NetError::Wire(e)) => {
+                let _ = out
+                    .send(Outgoing::Close(net_error_body(&NetError::Wire(e))))
+                    .await;
+                break;
+            }
+            Err(_) => break,
+        };
+        if !rate.allow() {
+            let _ = out
+                .send(Outgoing::Close(body(
+                    "rate-limited",
+                    format!("more than {RATE_PER_SEC} messages per second"),
+                    "メッセージが多すぎます",
+                )))
+                .await;
+            break;
+        }
+        if checked.elapsed() >= RECHECK_EVERY || session.expires_at <= clock::now() {
+            checked = Instant::now();
+            match authenticate(&shared, token.clone(), session.device.clone()).await {
+                Ok(fresh) => session = fresh,
+                Err(e) => {
+                    let _ = out.send(Outgoing::Close(e.body())).await;
+                    break;
+                }
+            }
+        }
+        match message {
+            Message::Rpc { id, call } if accounts::is_account_call(&call) => {
+                let result = {
+                    let mut store = shared.accounts.lock().await;
+                    let _permit = shared.hashing.acquire().await;
+                    tokio::task::block_in_place(|| {
+                        accounts::account_call(&mut store, &session, &call, clock::now())
+                    })
+                };
+                let result = match result {
+                    Ok(result) => {
+                        tracing::info!(admin = %session.user, method = call.method(), "account change");
+                        result
+                    }
+                    Err(e) => wire::RpcResult::Refused(e.body()),
+                };
+                match wire::encode_frame(&Message::Reply { id, result }) {
+                    Ok(frame) => {
+                        if out.send(Outgoing::Frame(Arc::new(frame))).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "could not encode a reply"),
+                }
+            }
+            Message::Leave { .. } => break,
+            message @ (Message::Sync { .. } | Message::Request { .. } | Message::Rpc { .. }) => {
+                if shared
+                    .hub
+                    .send(HubInput::Received { conn, message })
+                    .is_err()
+                {
+                    let _ = out.send(Outgoing::Close(shutting_down())).await;
+                    break;
+                }
+            }
+            other => {
+                let _ = out
+                    .send(Outgoing::Close(body(
+                        "unexpected-message",
+                        format!("'{}' is not expected after join", other.kind()),
+                        "想定外のメッセージです",
+                    )))
+                    .await;
+                break;
+            }
+        }
+    }
+    let _ = shared.hub.send(HubInput::Closed { conn });
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
+    connection.close(0u32.into(), b"bye");
+}
+
+fn shutting_down() -> ErrorBody {
+    body(
+        "shutting-down",
+        "the server is shutting down",
+        "サーバーを停止しています",
+    )
+}

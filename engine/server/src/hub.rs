@@ -1,0 +1,859 @@
+//! The hub: the one place where the server reads and writes documents.
+//!
+//! Owns: the server's copies of documents (an LRU cache over the store), every
+//! open session's per-document Automerge sync state, admission of incoming
+//! changes, fan-out to subscribed devices that are online, subscriptions, the
+//! start-limit expiry, and presence.
+//! Does not own: sockets (connection tasks pass messages in and carry frames
+//! out), or accounts (answered on the connection's task).
+//!
+//! It runs on its own thread and takes its inputs in batches: everything a batch
+//! changes is written in one SQLite transaction, and no message that reflects a
+//! change leaves before that transaction commits — so a device never hears of a
+//! change (its own included) that a crash could take back. If the commit fails,
+//! the batch's messages are dropped, the cache is emptied and the senders are
+//! disconnected, to sync again from what is on disk.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use automerge::ActorId;
+use automerge::sync::{self, SyncDoc};
+use callsync_core::admission::{Directory, Sender, admit};
+use callsync_core::wire::{
+    self, Cursor, CustomerSummary, DeviceSummary, ErrorBody, Message, RpcCall, RpcResult,
+};
+use callsync_core::{
+    CallEvent, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId, EventKind, Phase,
+    ResultCatalog, RuleContext, Stamp, TenantId, Timestamp, UserId,
+};
+use callsync_store::{
+    AccountQueries, Read, ReplicationQueries, Store, StoreError, StoredDoc, WriteTx,
+};
+use tokio::sync::mpsc;
+
+use crate::accounts::Session;
+use crate::clock;
+
+/// A connection's number, unique for the server's lifetime.
+pub(crate) type ConnId = u64;
+
+/// What the hub sends a connection's writer.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// An encoded frame.
+    Frame(Arc<Vec<u8>>),
+    /// Send this error, then close.
+    Close(ErrorBody),
+}
+
+/// What the hub is told.
+#[derive(Debug)]
+pub(crate) enum HubInput {
+    /// A session was authenticated on a connection.
+    Open {
+        conn: ConnId,
+        session: Session,
+        cursor: Option<Cursor>,
+        out: mpsc::Sender<Outgoing>,
+    },
+    /// A message arrived on an open connection.
+    Received { conn: ConnId, message: Message },
+    /// The connection is gone.
+    Closed { conn: ConnId },
+    /// Finish the current batch and stop.
+    Shutdown,
+}
+
+/// Fixed settings of a hub.
+#[derive(Debug, Clone)]
+pub(crate) struct HubConfig {
+    pub(crate) start_limit_ms: i64,
+    pub(crate) cache_docs: usize,
+    pub(crate) server_device: DeviceId,
+    pub(crate) server_user: UserId,
+    pub(crate) server_actor: ActorId,
+    pub(crate) epoch: String,
+}
+
+/// Most inputs handled in one transaction.
+const MAX_BATCH: usize = 512;
+/// The longest the hub sleeps with nothing to do (it also wakes for expiries).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+type DocKey = (TenantId, CustomerId);
+
+struct Cached {
+    stored: StoredDoc,
+    used: u64,
+}
+
+struct Conn {
+    session: Session,
+    out: mpsc::Sender<Outgoing>,
+    states: HashMap<CustomerId, sync::State>,
+    /// States changed since they were last saved.
+    dirty: HashSet<CustomerId>,
+}
+
+#[derive(Default)]
+struct Batch {
+    sends: Vec<(ConnId, Message)>,
+    closes: Vec<(ConnId, ErrorBody)>,
+    senders: HashSet<ConnId>,
+}
+
+impl Batch {
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.sends.push((conn, message));
+    }
+}
+
+pub(crate) struct Hub {
+    store: Store,
+    state: HubState,
+}
+
+struct HubState {
+    config: HubConfig,
+    catalog: ResultCatalog,
+    docs: HashMap<DocKey, Cached>,
+    tick: u64,
+    conns: HashMap<ConnId, Conn>,
+}
+
+struct TxDirectory<'a, R: Read>(&'a R);
+
+impl<R: Read> Directory for TxDirectory<'_, R> {
+    fn actor_is_bound_to(&self, actor: &ActorId, device: &DeviceId) -> bool {
+        matches!(self.0.device_of_actor(&actor.to_hex_string()), Ok(Some(d)) if &d == device)
+    }
+
+    fn is_phone_of(&self, device: &DeviceId, user: &UserId) -> bool {
+        matches!(self.0.device(device), Ok(Some(d)) if d.kind == DeviceKind::Phone && &d.email == user)
+    }
+}
+
+fn refusal(code: &str, message: impl Into<String>, message_ja: impl Into<String>) -> ErrorBody {
+    ErrorBody {
+        code: code.to_owned(),
+        message: message.into(),
+        message_ja: message_ja.into(),
+    }
+}
+
+impl Hub {
+    pub(crate) fn new(store: Store, config: HubConfig) -> Self {
+        Self {
+            store,
+            state: HubState {
+                config,
+                catalog: ResultCatalog::standard(),
+                docs: HashMap::new(),
+                tick: 0,
+                conns: HashMap::new(),
+            },
+        }
+    }
+
+    /// Runs until [`HubInput::Shutdown`] or every sender is gone.
+    pub(crate) fn run(mut self, inputs: Receiver<HubInput>) {
+        loop {
+            let wait = self.next_wake();
+            let mut batch = Vec::new();
+            match inputs.recv_timeout(wait) {
+                Ok(input) => batch.push(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < MAX_BATCH {
+                match inputs.try_recv() {
+                    Ok(input) => batch.push(input),
+                    Err(_) => break,
+                }
+            }
+            let stop = batch.iter().any(|i| matches!(i, HubInput::Shutdown));
+            self.process(batch);
+            if stop {
+                break;
+            }
+        }
+        tracing::info!("hub stopped");
+    }
+
+    fn next_wake(&self) -> Duration {
+        let due = match self.store.oldest_awaiting_start() {
+            Ok(Some(at)) => at.plus_millis(self.state.config.start_limit_ms),
+            _ => return IDLE_WAKE,
+        };
+        let left = due.as_millis() - clock::now().as_millis();
+        Duration::from_millis(left.clamp(1, IDLE_WAKE.as_millis() as i64) as u64)
+    }
+
+    fn process(&mut self, inputs: Vec<HubInput>) {
+        let mut batch = Batch::default();
+        let state = &mut self.state;
+        let result = (|| -> Result<(), StoreError> {
+            let mut tx = self.store.write()?;
+            for input in inputs {
+                state.handle(&mut tx, &mut batch, input)?;
+            }
+            state.expire_due(&mut tx, &mut batch, clock::now())?;
+            state.save_sync_states(&mut tx)?;
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => self.state.flush(batch),
+            Err(e) => {
+                tracing::error!(error = %e, "hub batch failed; nothing of it was acknowledged");
+                self.state.docs.clear();
+                let body = refusal(
+                    "internal",
+                    "the server could not save; connect again",
+                    "サーバーで保存に失敗しました。再接続してください",
+                );
+                for conn in batch.senders {
+                    if let Some(c) = self.state.conns.remove(&conn) {
+                        let _ = c.out.try_send(Outgoing::Close(body.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl HubState {
+    fn handle(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+        input: HubInput,
+    ) -> Result<(), StoreError> {
+        match input {
+            HubInput::Open {
+                conn,
+                session,
+                cursor,
+                out,
+            } => self.open(tx, batch, conn, session, cursor, out),
+            HubInput::Received { conn, message } => {
+                if !self.conns.contains_key(&conn) {
+                    return Ok(());
+                }
+                batch.senders.insert(conn);
+                match message {
+                    Message::Sync { document_id, data }
+                    | Message::Request { document_id, data } => {
+                        self.sync(tx, batch, conn, document_id, &data)
+                    }
+                    Message::Rpc { id, call } => {
+                        let result = self.rpc(tx, batch, conn, call)?;
+                        batch.send(conn, Message::Reply { id, result });
+                        Ok(())
+                    }
+                    other => {
+                        batch.closes.push((
+                            conn,
+                            refusal(
+                                "unexpected-message",
+                                format!("'{}' is not expected here", other.kind()),
+                                "想定外のメッセージです",
+                            ),
+                        ));
+                        Ok(())
+                    }
+                }
+            }
+            HubInput::Closed { conn } => {
+                self.save_conn_states(tx, conn)?;
+                if let Some(c) = self.conns.remove(&conn) {
+                    let still_online = self
+                        .conns
+                        .values()
+                        .any(|o| o.session.device == c.session.device);
+                    if !still_online {
+                        self.presence(batch, &c.session, false);
+                    }
+                }
+                Ok(())
+            }
+            HubInput::Shutdown => Ok(()),
+        }
+    }
+
+    fn open(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+        conn: ConnId,
+        session: Session,
+        cursor: Option<Cursor>,
+        out: mpsc::Sender<Outgoing>,
+    ) -> Result<(), StoreError> {
+        let since = cursor
+            .filter(|c| c.epoch == self.config.epoch)
+            .map(|c| c.seq);
+        let changed = tx.changed_for(&session.device, &session.tenant, since)?;
+        let target = Cursor {
+            epoch: self.config.epoch.clone(),
+            seq: tx.last_change_seq()?,
+        };
+        let was_online = self
+            .conns
+            .values()
+            .any(|c| c.session.device == session.device);
+        // Tell the newcomer which of the user's other devices are online.
+        let mut others: Vec<(DeviceId, DeviceKind)> = self
+            .conns
+            .values()
+            .filter(|c| c.session.tenant == session.tenant && c.session.user == session.user)
+            .filter(|c| c.session.device != session.device)
+            .map(|c| (c.session.device.clone(), c.session.kind))
+            .collect();
+        others.sort();
+        others.dedup();
+        self.conns.insert(
+            conn,
+            Conn {
+                session: session.clone(),
+                out,
+                states: HashMap::new(),
+                dirty: HashSet::new(),
+            },
+        );
+        batch.send(
+            conn,
+            Message::Peer {
+                sender_id: self.config.server_device.to_string(),
+                selected_protocol_version: wire::PROTOCOL_VERSION.to_owned(),
+                tenant: session.tenant.clone(),
+                user: session.user.clone(),
+                role: session.role,
+                cursor: target,
+                changed: changed.clone(),
+            },
+        );
+        for (device, kind) in others {
+            batch.send(
+                conn,
+                Message::Presence {
+                    device,
+                    kind,
+                    online: true,
+                },
+            );
+        }
+        for doc in changed {
+            if self.may_see(tx, &session, &doc)? {
+                self.start_sync(tx, batch, conn, &doc)?;
+            } else {
+                batch.send(conn, Message::DocUnavailable { document_id: doc });
+            }
+        }
+        if !was_online {
+            self.presence(batch, &session, true);
+        }
+        tracing::info!(device = %session.device, user = %session.user, "device joined");
+        Ok(())
+    }
+
+    /// Tells the user's other connections that `session`'s device came or went.
+    fn presence(&mut self, batch: &mut Batch, session: &Session, online: bool) {
+        let targets: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.tenant == session.tenant && c.session.user == session.user)
+            .filter(|(_, c)| c.session.device != session.device)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in targets {
+            batch.send(
+                conn,
+                Message::Presence {
+                    device: session.device.clone(),
+                    kind: session.kind,
+                    online,
+                },
+            );
+        }
+    }
+
+    /// Whether the session may see the document (it exists in the session's
+    /// tenant, and the assignee restriction, where on, allows it).
+    fn may_see(
+        &self,
+        tx: &WriteTx<'_>,
+        session: &Session,
+        doc: &CustomerId,
+    ) -> Result<bool, StoreError> {
+        let Some(owner) = tx.owner_of(&session.tenant, doc)? else {
+            return Ok(false);
+        };
+        if session.role.is_limited_by_assignee_visibility()
+            && tx.assignee_visibility(&session.tenant)?
+        {
+            return Ok(owner == session.user.as_str());
+        }
+        Ok(true)
+    }
+
+    fn load(&mut self, tx: &WriteTx<'_>, key: &DocKey) -> Result<(), StoreError> {
+        self.tick += 1;
+        if let Some(cached) = self.docs.get_mut(key) {
+            cached.used = self.tick;
+            return Ok(());
+        }
+        let stored = tx.load(&key.0, &key.1, self.config.server_actor.clone())?;
+        if self.docs.len() >= self.config.cache_docs {
+            // Evict the least recently used (the cache is small; a scan is fine).
+            if let Some(oldest) = self
+                .docs
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(k, _)| k.clone())
+            {
+                self.docs.remove(&oldest);
+            }
+        }
+        self.docs.insert(
+            key.clone(),
+            Cached {
+                stored,
+                used: self.tick,
+            },
+        );
+        Ok(())
+    }
+
+    /// Makes sure the connection has a sync state for the document, from memory
+    /// or as saved for its device.
+    fn ensure_state(
+        &mut self,
+        tx: &WriteTx<'_>,
+        conn: ConnId,
+        doc: &CustomerId,
+    ) -> Result<(), StoreError> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        if !c.states.contains_key(doc) {
+            let saved = tx.sync_state(c.session.device.as_str(), &c.session.tenant, doc)?;
+            let state = saved
+                .and_then(|bytes| sync::State::decode(&bytes).ok())
+                .unwrap_or_default();
+            c.states.insert(doc.clone(), state);
+        }
+        Ok(())
+    }
+
+    /// Sends the connection the server's next sync message for a document, if
+    /// there is anything to say.
+    fn send_sync(&mut self, batch: &mut Batch, conn: ConnId, key: &DocKey, must: bool) {
+        let (Some(c), Some(cached)) = (self.conns.get_mut(&conn), self.docs.get_mut(key)) else {
+            return;
+        };
+        let Some(state) = c.states.get_mut(&key.1) else {
+            return;
+        };
+        let am = cached.stored.doc.automerge_mut();
+        let mut message = am.sync().generate_sync_message(state);
+        if message.is_none() && must {
+            // The state believes the device is up to date; start over so the
+            // device hears our heads and can finish catching up.
+            *state = sync::State::new();
+            message = am.sync().generate_sync_message(state);
+        }
+        if let Some(message) = message {
+            c.dirty.insert(key.1.clone());
+            batch.send(
+                conn,
+                Message::Sync {
+                    document_id: key.1.clone(),
+                    data: message.encode(),
+                },
+            );
+        }
+    }
+
+    fn start_sync(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+        conn: ConnId,
+        doc: &CustomerId,
+    ) -> Result<(), StoreError> {
+        let Some(tenant) = self.conns.get(&conn).map(|c| c.session.tenant.clone()) else {
+            return Ok(());
+        };
+        let key = (tenant, doc.clone());
+        self.load(tx, &key)?;
+        self.ensure_state(tx, conn, doc)?;
+        self.send_sync(batch, conn, &key, true);
+        Ok(())
+    }
+
+    fn sync(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+        conn: ConnId,
+        doc: CustomerId,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let Some(session) = self.conns.get(&conn).map(|c| c.session.clone()) else {
+            return Ok(());
+        };
+        if !self.may_see(tx, &session, &doc)? {
+            batch.send(conn, Message::DocUnavailable { document_id: doc });
+            return Ok(());
+        }
+        let message = match sync::Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                let error = refusal(
+                    "malformed-sync",
+                    format!("not an Automerge sync message: {e}"),
+                    "同期メッセージの形式が正しくありません",
+                );
+                batch.send(
+                    conn,
+                    Message::Rejected {
+                        document_id: doc,
+                        error,
+                    },
+                );
+                return Ok(());
+            }
+        };
+        let key = (session.tenant.clone(), doc.clone());
+        self.load(tx, &key)?;
+        self.ensure_state(tx, conn, &doc)?;
+        let (Some(c), Some(cached)) = (self.conns.get_mut(&conn), self.docs.get_mut(&key)) else {
+            return Ok(());
+        };
+        let Some(state) = c.states.get_mut(&doc) else {
+            return Ok(());
+        };
+        c.dirty.insert(doc.clone());
+        let stored = &mut cached.stored;
+        let before = stored.doc.heads();
+        let received = stored
+            .doc
+            .automerge_mut()
+            .sync()
+            .receive_sync_message(state, message);
+        let after = stored.doc.heads();
+        let admitted = match received {
+            Err(e) => Err(refusal(
+                "malformed-sync",
+                format!("the sync message could not be applied: {e}"),
+                "同期メッセージを適用できませんでした",
+            )),
+            Ok(()) if after == before => Ok(Vec::new()),
+            Ok(()) => {
+                let sender = Sender {
+                    tenant: session.tenant.clone(),
+                    user: session.user.clone(),
+                    role: session.role,
+                    device: session.device.clone(),
+                    kind: session.kind,
+                };
+                match admit(
+                    &mut stored.doc,
+                    &before,
+                    &sender,
+                    &TxDirectory(&*tx),
+                    &self.catalog,
+                ) {
+                    Ok(events) => match tx.save(stored) {
+                        Ok(_) => Ok(events),
+                        Err(StoreError::Sqlite(e)) => return Err(StoreError::Sqlite(e)),
+                        Err(e) => Err(refusal(e_code(&e), e.to_string(), e.to_string())),
+                    },
+                    Err(e) => Err(refusal(e.code(), e.to_string(), e.message_ja())),
+                }
+            }
+        };
+        match admitted {
+            Err(error) => {
+                tracing::warn!(device = %session.device, doc = %doc, code = %error.code, "rejected changes");
+                // Forget the refused changes: reload from what is saved, and start
+                // this device's sync for the document over.
+                self.docs.remove(&key);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.states.insert(doc.clone(), sync::State::new());
+                }
+                batch.send(
+                    conn,
+                    Message::Rejected {
+                        document_id: doc,
+                        error,
+                    },
+                );
+            }
+            Ok(events) => {
+                if !events.is_empty() {
+                    tx.subscribe(&session.device, &session.tenant, &doc)?;
+                    for event in &events {
+                        if let EventKind::Requested { origin, .. } = &event.kind {
+                            tx.subscribe(origin, &session.tenant, &doc)?;
+                        }
+                    }
+                    self.fan_out(tx, batch, &key, Some(conn))?;
+                }
+                self.send_sync(batch, conn, &key, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every other online subscriber of the document what it lacks.
+    fn fan_out(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+        key: &DocKey,
+        except: Option<ConnId>,
+    ) -> Result<(), StoreError> {
+        let devices: HashSet<DeviceId> = tx.subscribers(&key.0, &key.1)?.into_iter().collect();
+        let targets: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(id, c)| Some(**id) != except && c.session.tenant == key.0)
+            .filter(|(_, c)| devices.contains(&c.session.device))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in targets {
+            self.ensure_state(tx, conn, &key.1)?;
+            self.send_sync(batch, conn, key, false);
+        }
+        Ok(())
+    }
+
+    fn rpc(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+        conn: ConnId,
+        call: RpcCall,
+    ) -> Result<RpcResult, StoreError> {
+        let Some(session) = self.conns.get(&conn).map(|c| c.session.clone()) else {
+            return Ok(RpcResult::Done);
+        };
+        match call {
+            RpcCall::CustomerCreate { customer } => {
+                if customer.tenant != session.tenant {
+                    return Ok(RpcResult::Refused(refusal(
+                        "wrong-tenant",
+                        "a customer can only be created in your own tenant",
+                        "自分のテナント以外に顧客は作成できません",
+                    )));
+                }
+                let now = clock::now();
+                let mut doc =
+                    match CustomerDoc::create(&customer, now, self.config.server_actor.clone()) {
+                        Ok(doc) => doc,
+                        Err(e) => {
+                            return Ok(RpcResult::Refused(refusal(
+                                e.code(),
+                                e.to_string(),
+                                e.message_ja(),
+                            )));
+                        }
+                    };
+                match tx.insert(&mut doc) {
+                    Ok(_) => {}
+                    Err(StoreError::Sqlite(e)) => return Err(StoreError::Sqlite(e)),
+                    Err(e) => {
+                        return Ok(RpcResult::Refused(refusal(
+                            e_code(&e),
+                            e.to_string(),
+                            e.to_string(),
+                        )));
+                    }
+                }
+                tx.subscribe(&session.device, &session.tenant, &customer.id)?;
+                self.start_sync(tx, batch, conn, &customer.id)?;
+                Ok(RpcResult::Subscribed(vec![customer.id]))
+            }
+            RpcCall::CustomerList => {
+                let restricted = session.role.is_limited_by_assignee_visibility()
+                    && tx.assignee_visibility(&session.tenant)?;
+                let rows = callsync_store::customers_in(&*tx, &session.tenant)?;
+                Ok(RpcResult::Customers(
+                    rows.into_iter()
+                        .filter(|r| !restricted || r.owner == session.user.as_str())
+                        .map(|r| CustomerSummary {
+                            id: r.id,
+                            company: r.company,
+                            contact: r.contact,
+                            owner: r.owner,
+                            status: r.status,
+                        })
+                        .collect(),
+                ))
+            }
+            RpcCall::Subscribe { documents } => {
+                let mut subscribed = Vec::new();
+                for doc in documents {
+                    if self.may_see(tx, &session, &doc)? {
+                        tx.subscribe(&session.device, &session.tenant, &doc)?;
+                        self.start_sync(tx, batch, conn, &doc)?;
+                        subscribed.push(doc);
+                    } else {
+                        batch.send(conn, Message::DocUnavailable { document_id: doc });
+                    }
+                }
+                Ok(RpcResult::Subscribed(subscribed))
+            }
+            RpcCall::Devices => {
+                let online: HashSet<&DeviceId> =
+                    self.conns.values().map(|c| &c.session.device).collect();
+                Ok(RpcResult::Devices(
+                    tx.devices_of(&session.user)?
+                        .into_iter()
+                        .map(|d| DeviceSummary {
+                            online: online.contains(&d.id),
+                            id: d.id,
+                            kind: d.kind,
+                        })
+                        .collect(),
+                ))
+            }
+            account => Ok(RpcResult::Refused(refusal(
+                "bad-request",
+                format!("{} is answered before the hub", account.method()),
+                "リクエストが不正です",
+            ))),
+        }
+    }
+
+    /// Records `expired` on every call whose start limit has passed without a
+    /// start the server knows of, and pushes it.
+    fn expire_due(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let cutoff = now.plus_millis(-self.config.start_limit_ms);
+        for (tenant, customer, call) in tx.awaiting_start_before(cutoff)? {
+            let key = (tenant, customer);
+            self.load(tx, &key)?;
+            let Some(cached) = self.docs.get_mut(&key) else {
+                continue;
+            };
+            if cached.stored.doc.call(&call).map(|v| v.phase) != Some(Phase::AwaitingStart) {
+                continue;
+            }
+            let event = CallEvent {
+                id: match EventId::new(format!("expired-{call}")) {
+                    Ok(id) => id,
+                    Err(_) => continue,
+                },
+                call: call.clone(),
+                stamp: Stamp {
+                    at: now,
+                    device: self.config.server_device.clone(),
+                    device_kind: DeviceKind::Server,
+                    user: self.config.server_user.clone(),
+                },
+                kind: EventKind::Expired,
+            };
+            let ctx = RuleContext {
+                catalog: &self.catalog,
+                start_limit_ms: self.config.start_limit_ms,
+                other_open_calls: &[],
+            };
+            if let Err(e) = cached.stored.doc.record(event, &ctx) {
+                tracing::warn!(call = %call, error = %e, "could not record expiry");
+                self.docs.remove(&key);
+                continue;
+            }
+            match tx.save(&mut cached.stored) {
+                Ok(_) => {}
+                Err(StoreError::Sqlite(e)) => return Err(StoreError::Sqlite(e)),
+                Err(e) => {
+                    tracing::warn!(call = %call, error = %e, "could not save expiry");
+                    self.docs.remove(&key);
+                    continue;
+                }
+            }
+            tracing::info!(call = %call, "call expired: start limit passed");
+            self.fan_out(tx, batch, &key, None)?;
+        }
+        Ok(())
+    }
+
+    fn save_conn_states(&mut self, tx: &mut WriteTx<'_>, conn: ConnId) -> Result<(), StoreError> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        for doc in c.dirty.drain() {
+            if let Some(state) = c.states.get(&doc) {
+                tx.set_sync_state(
+                    c.session.device.as_str(),
+                    &c.session.tenant,
+                    &doc,
+                    &state.encode(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn save_sync_states(&mut self, tx: &mut WriteTx<'_>) -> Result<(), StoreError> {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.save_conn_states(tx, conn)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch's messages to the connection writers (after the commit).
+    fn flush(&mut self, batch: Batch) {
+        let mut slow = Vec::new();
+        for (conn, message) in batch.sends {
+            let Some(c) = self.conns.get(&conn) else {
+                continue;
+            };
+            let frame = match wire::encode_frame(&message) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    tracing::error!(error = %e, kind = message.kind(), "could not encode a message");
+                    continue;
+                }
+            };
+            if c.out.try_send(Outgoing::Frame(Arc::new(frame))).is_err() {
+                slow.push(conn);
+            }
+        }
+        for (conn, body) in batch.closes {
+            if let Some(c) = self.conns.get(&conn) {
+                let _ = c.out.try_send(Outgoing::Close(body));
+            }
+        }
+        for conn in slow {
+            // A device that cannot keep up is dropped; it catches up on reconnect.
+            if let Some(c) = self.conns.remove(&conn) {
+                tracing::warn!(device = %c.session.device, "dropping a connection that does not keep up");
+                let _ = c.out.try_send(Outgoing::Close(refusal(
+                    "too-slow",
+                    "the connection fell behind",
+                    "接続が遅れています",
+                )));
+            }
+        }
+    }
+}
+
+fn e_code(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Core(core) => core.code(),
+        StoreError::CallOnAnotherCustomer { .. } => "call-on-another-customer",
+        StoreError::CustomerExists { .. } => "customer-exists",
+        _ => "store-refused",
+    }
+}

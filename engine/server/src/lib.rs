@@ -1,0 +1,250 @@
+//! The callsync server: the main job.
+//!
+//! Owns: starting and stopping the server (data directory, certificate, QUIC
+//! endpoint, the hub thread, connection tasks), bootstrapping the first owner,
+//! and the server's identity as a writer (its Automerge actor and device id).
+//! Does not own: the protocol (the core's `wire`), the transport (`callsync-net`)
+//! or storage (`callsync-store`).
+//!
+//! Call order: [`init_owner`] once on an empty data directory; then
+//! [`Server::start`], and [`Server::shutdown`] to stop after flushing (the hub
+//! finishes its batch and commits; every acknowledged change is on disk).
+#![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod accounts;
+mod clock;
+mod connection;
+
+mod hub;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use automerge::ActorId;
+use callsync_core::time::DEFAULT_START_LIMIT_MS;
+use callsync_core::{DeviceId, Role, TenantId, UserId};
+use callsync_net::tls::{self, Identity};
+use callsync_net::{NetError, endpoint};
+use callsync_store::{MemberRecord, Store, StoreError};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::{Mutex, Semaphore};
+
+pub use accounts::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA};
+pub use connection::{HANDSHAKE_TIMEOUT, RATE_BURST, RATE_PER_SEC};
+
+/// The database file in a data directory (the same file the local CLI uses).
+pub const DB_FILE: &str = "callsync.sqlite";
+/// How long a session token lasts by default: 30 days.
+pub const DEFAULT_SESSION_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Documents the hub keeps in memory.
+pub const DEFAULT_CACHE_DOCS: usize = 4_096;
+
+/// Why the server could not start or a bootstrap step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory or database could not be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The endpoint or certificate failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A file could not be read or written.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// `--init-owner` on a data directory that already has a tenant.
+    #[error("the data directory already has a tenant; --init-owner only bootstraps an empty one")]
+    AlreadyInitialized,
+    /// A bootstrap input was refused.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data directory (database and generated certificate).
+    pub data_dir: PathBuf,
+    /// The UDP address to listen on.
+    pub listen: SocketAddr,
+    /// A certificate chain and key (PEM) to use instead of the generated one.
+    pub certificate: Option<(PathBuf, PathBuf)>,
+    /// The start limit: how long a phone has to press *Start call*.
+    pub start_limit_ms: i64,
+    /// How long session tokens last.
+    pub session_ttl_ms: i64,
+    /// Documents kept in memory.
+    pub cache_docs: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for `data_dir`, listening on `listen`.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            data_dir,
+            listen,
+            certificate: None,
+            start_limit_ms: DEFAULT_START_LIMIT_MS,
+            session_ttl_ms: DEFAULT_SESSION_TTL_MS,
+            cache_docs: DEFAULT_CACHE_DOCS,
+        }
+    }
+}
+
+fn open_store(data_dir: &Path) -> Result<Store, ServerError> {
+    std::fs::create_dir_all(data_dir)?;
+    Ok(Store::open(&data_dir.join(DB_FILE))?)
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], ServerError> {
+    let mut bytes = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| ServerError::Invalid("the system has no randomness".to_owned()))?;
+    Ok(bytes)
+}
+
+/// A setting, created once from random bytes.
+fn persistent_random(store: &mut Store, key: &str) -> Result<Vec<u8>, ServerError> {
+    if let Some(bytes) = store.setting(key)? {
+        return Ok(bytes);
+    }
+    let bytes = random_bytes::<16>()?.to_vec();
+    store.set_setting(key, &bytes)?;
+    Ok(bytes)
+}
+
+/// Creates the first tenant and its owner (holding the calling contract) on a
+/// data directory with no tenant yet.
+pub fn init_owner(
+    data_dir: &Path,
+    tenant: &str,
+    email: &str,
+    password: &str,
+) -> Result<(), ServerError> {
+    let mut store = open_store(data_dir)?;
+    if store.has_tenants()? {
+        return Err(ServerError::AlreadyInitialized);
+    }
+    let tenant = TenantId::new(tenant).map_err(|e| ServerError::Invalid(e.to_string()))?;
+    let email = UserId::new(email.trim().to_lowercase())
+        .map_err(|e| ServerError::Invalid(e.to_string()))?;
+    if password.chars().count() < accounts::MIN_PASSWORD_CHARS {
+        return Err(ServerError::Invalid(format!(
+            "the password needs at least {} characters",
+            accounts::MIN_PASSWORD_CHARS
+        )));
+    }
+    let owner = MemberRecord {
+        tenant,
+        email,
+        password_hash: accounts::hash_password(password)
+            .map_err(|e| ServerError::Invalid(e.to_string()))?,
+        role: Role::Owner,
+        contract: true,
+    };
+    store.create_tenant(&owner, clock::now())?;
+    Ok(())
+}
+
+/// A running server.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    hub: std::sync::mpsc::Sender<hub::HubInput>,
+    hub_thread: Option<std::thread::JoinHandle<()>>,
+    accept: tokio::task::JoinHandle<()>,
+    fingerprint: String,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Opens the data directory and starts listening. Must run inside a
+    /// multi-threaded tokio runtime.
+    pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        let mut store = open_store(&config.data_dir)?;
+        let accounts_store = Store::open(&config.data_dir.join(DB_FILE))?;
+        let actor = ActorId::from(persistent_random(&mut store, "actor")?);
+        let epoch: String = persistent_random(&mut store, "epoch")?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let identity = match &config.certificate {
+            Some((cert, key)) => Identity::from_pem_files(cert, key)?,
+            None => {
+                let (identity, created) = Identity::load_or_create(&config.data_dir)?;
+                if created {
+                    tracing::info!("generated a self-signed certificate");
+                }
+                identity
+            }
+        };
+        let fingerprint = identity.fingerprint();
+        let endpoint = endpoint::bind_server(config.listen, tls::server_config(&identity)?)?;
+        let local_addr = endpoint.local_addr()?;
+        let (hub_tx, hub_rx) = std::sync::mpsc::channel();
+        let hub = hub::Hub::new(
+            store,
+            hub::HubConfig {
+                start_limit_ms: config.start_limit_ms,
+                cache_docs: config.cache_docs.max(1),
+                server_device: DeviceId::new("server")
+                    .map_err(|e| ServerError::Invalid(e.to_string()))?,
+                server_user: UserId::new("system")
+                    .map_err(|e| ServerError::Invalid(e.to_string()))?,
+                server_actor: actor,
+                epoch,
+            },
+        );
+        let hub_thread = std::thread::Builder::new()
+            .name("callsync-hub".to_owned())
+            .spawn(move || hub.run(hub_rx))?;
+        let shared = Arc::new(connection::Shared {
+            hub: hub_tx.clone(),
+            accounts: Mutex::new(accounts_store),
+            next_conn: AtomicU64::new(1),
+            session_ttl_ms: config.session_ttl_ms,
+            hashing: Semaphore::new(2),
+        });
+        let accept_endpoint = endpoint.clone();
+        let accept = tokio::spawn(async move {
+            while let Some(incoming) = accept_endpoint.accept().await {
+                tokio::spawn(connection::serve(incoming, shared.clone()));
+            }
+        });
+        tracing::info!(addr = %local_addr, fingerprint = %fingerprint, "listening");
+        Ok(Self {
+            endpoint,
+            hub: hub_tx,
+            hub_thread: Some(hub_thread),
+            accept,
+            fingerprint,
+            local_addr,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The SHA-256 fingerprint of the server's certificate, for clients to pin.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Stops accepting, closes connections, lets the hub commit its last batch,
+    /// and waits for it.
+    pub async fn shutdown(mut self) {
+        self.endpoint.close(0u32.into(), b"server shutting down");
+        self.accept.abort();
+        let _ = self.hub.send(hub::HubInput::Shutdown);
+        if let Some(thread) = self.hub_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::info!("server stopped");
+    }
+}
