@@ -12,9 +12,9 @@ use anyhow::Context as _;
 use callsync_core::{
     ActorId, CallEvent, CallId, CallView, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId,
     EventKind, NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, ResultOption, ResultTypeId,
-    RuleContext, SavedResultFields, Stamp, TenantId, Timestamp, UserId,
+    SavedResultFields, Stamp, TenantId, Timestamp, UserId,
 };
-use callsync_store::Store;
+use callsync_store::{RuleSettings, Store};
 use chrono::{NaiveDateTime, TimeZone};
 use chrono_tz::Tz;
 
@@ -127,18 +127,14 @@ impl App {
         customer: &CustomerId,
         events: Vec<CallEvent>,
     ) -> anyhow::Result<CallView> {
-        let mut tx = self.store.write()?;
-        let others = tx.open_calls_of(&self.tenant, &self.user, customer)?;
-        let mut stored = tx.load(&self.tenant, customer, self.actor.clone())?;
-        let ctx = RuleContext {
+        let rules = RuleSettings {
+            tenant: &self.tenant,
             catalog: &self.catalog,
             start_limit_ms: self.start_limit_ms,
-            other_open_calls: &others,
         };
-        let view = stored.doc.record_all(events, &ctx)?;
-        tx.save(&mut stored)?;
-        tx.commit()?;
-        Ok(view)
+        Ok(self
+            .store
+            .record(&self.user, customer, self.actor.clone(), events, rules)?)
     }
 
     /// Records one event on an existing call, found through the call index.

@@ -90,6 +90,13 @@ fn classify(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
                 ),
                 StoreError::CallOnAnotherCustomer { .. } => ("call-on-another-customer", 1, None),
                 StoreError::SchemaTooNew { .. } => ("database-too-new", 3, None),
+                StoreError::Corrupt(_) => ("database-corrupt", 3, None),
+                StoreError::TenantExists { .. } => ("tenant-exists", 1, None),
+                StoreError::UnknownTenant { .. } => ("unknown-tenant", 1, None),
+                StoreError::MemberExists { .. } => ("member-exists", 1, None),
+                StoreError::UnknownMember { .. } => ("unknown-member", 1, None),
+                StoreError::DeviceTaken { .. } => ("device-taken", 1, None),
+                StoreError::ActorTaken { .. } => ("actor-taken", 1, None),
                 StoreError::Sqlite(_) => ("database-error", 3, None),
             };
         }

@@ -35,6 +35,11 @@ impl CatchUp {
         }
     }
 
+    /// Adds a document to wait for (one subscribed during the connection).
+    pub fn add(&mut self, document: CustomerId) {
+        self.pending.insert(document);
+    }
+
     /// Whether `document` still has to sync before the cursor moves.
     pub fn is_pending(&self, document: &CustomerId) -> bool {
         self.pending.contains(document)

@@ -11,6 +11,14 @@ use crate::NetError;
 /// Reads the next message; `None` when the peer finished the stream cleanly
 /// between frames.
 pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, NetError> {
+    Ok(read_message_sized(recv).await?.map(|(message, _)| message))
+}
+
+/// Like [`read_message`], also returning the frame's size on the wire (header
+/// included), for accounting.
+pub async fn read_message_sized(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<(Message, usize)>, NetError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -22,7 +30,7 @@ pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message
     recv.read_exact(&mut body)
         .await
         .map_err(|e| NetError::Read(e.to_string()))?;
-    Ok(Some(wire::decode_body(&body)?))
+    Ok(Some((wire::decode_body(&body)?, FRAME_HEADER_BYTES + len)))
 }
 
 /// Writes one message as a frame.

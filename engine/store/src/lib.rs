@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use automerge::{ActorId, ChangeHash};
 use callsync_core::{
-    CallId, CallView, CoreError, Customer, CustomerDoc, CustomerId, DeviceId, OpenCall, Phase,
-    TenantId, Timestamp, UserId,
+    CallEvent, CallId, CallView, CoreError, Customer, CustomerDoc, CustomerId, DeviceId, OpenCall,
+    Phase, ResultCatalog, RuleContext, TenantId, Timestamp, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -291,6 +291,17 @@ pub struct CallRow {
     pub requested_at: Timestamp,
 }
 
+/// What [`Store::record`] checks events against.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleSettings<'a> {
+    /// The tenant.
+    pub tenant: &'a TenantId,
+    /// The tenant's result types.
+    pub catalog: &'a ResultCatalog,
+    /// The start limit.
+    pub start_limit_ms: i64,
+}
+
 /// How long a writer waits for another writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -315,6 +326,14 @@ impl Store {
         Ok(Self { conn })
     }
 
+    /// A number that changes whenever another connection (another process)
+    /// commits to the database: a cheap "did anything change?" poll.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
         Ok(self
@@ -328,6 +347,34 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         Ok(WriteTx { tx })
+    }
+
+    /// Records events on one customer's call as `user`, in one write: the user's
+    /// open calls on other customers (which may block a request), the document,
+    /// the rules, the save, the outbox (so a device's sync client sends the
+    /// change), and the commit. A refusal changes nothing.
+    pub fn record(
+        &mut self,
+        user: &UserId,
+        customer: &CustomerId,
+        actor: ActorId,
+        events: Vec<CallEvent>,
+        rules: RuleSettings<'_>,
+    ) -> Result<CallView, StoreError> {
+        let tenant = rules.tenant;
+        let mut tx = self.write()?;
+        let others = tx.open_calls_of(tenant, user, customer)?;
+        let mut stored = tx.load(tenant, customer, actor)?;
+        let ctx = RuleContext {
+            catalog: rules.catalog,
+            start_limit_ms: rules.start_limit_ms,
+            other_open_calls: &others,
+        };
+        let view = stored.doc.record_all(events, &ctx)?;
+        tx.save(&mut stored)?;
+        tx.mark_outbox(tenant, customer)?;
+        tx.commit()?;
+        Ok(view)
     }
 
     /// Loads a document, to be edited as `actor`, in one read.
