@@ -14,6 +14,7 @@ use callsync_core::{
     EventKind, NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, ResultOption, ResultTypeId,
     SavedResultFields, Stamp, TenantId, Timestamp, UserId,
 };
+use callsync_replica::SavedSession;
 use callsync_store::{RuleSettings, Store};
 use chrono::{NaiveDateTime, TimeZone};
 use chrono_tz::Tz;
@@ -36,6 +37,8 @@ pub(crate) struct App {
     pub(crate) catalog: ResultCatalog,
     pub(crate) start_limit_ms: i64,
     actor: ActorId,
+    /// The device's session, when this data directory has logged in to a server.
+    pub(crate) session: Option<SavedSession>,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/callsync`, else `~/.local/share/callsync`.
@@ -74,15 +77,20 @@ impl App {
             .with_context(|| format!("cannot open the database in {}", data.display()))?;
         // One Automerge actor per data directory: writes are serialized by the
         // store's write lock, so sequence numbers never collide across processes.
-        let actor = match store.setting("actor")? {
-            Some(bytes) => ActorId::from(bytes),
-            None => {
-                let bytes = uuid::Uuid::new_v4().into_bytes().to_vec();
-                store.set_setting("actor", &bytes)?;
-                ActorId::from(bytes)
+        let actor = callsync_replica::session::device_actor(&mut store)?;
+        // A logged-in device acts as its session says, whatever the flags say.
+        let (mut tenant, mut user, mut desk, mut phone) = (tenant, user, desk, phone);
+        let session = SavedSession::load(&store)?;
+        if let Some(s) = &session {
+            tenant = s.tenant.clone();
+            user = s.user.clone();
+            match s.kind {
+                DeviceKind::Phone => phone = s.device.clone(),
+                _ => desk = s.device.clone(),
             }
-        };
+        }
         Ok(Self {
+            session,
             store,
             tenant,
             user,
@@ -261,6 +269,9 @@ impl App {
 
     /// Creates customers in one write: all or nothing.
     pub(crate) fn create_customers(&mut self, customers: &[NewCustomer]) -> anyhow::Result<()> {
+        if self.session.is_some() {
+            return Err(InputError::ServerOwnsCustomers.into());
+        }
         let mut tx = self.store.write()?;
         for new in customers {
             let mut doc = CustomerDoc::create(new, self.now, self.actor.clone())?;
@@ -368,6 +379,11 @@ pub(crate) enum InputError {
     /// An unknown IANA time zone name.
     #[error("unknown time zone {0:?}")]
     UnknownTimeZone(String),
+    /// Customers of a synced device are created on the server.
+    #[error(
+        "this data directory syncs with a server: create customers with `callsync desk create`"
+    )]
+    ServerOwnsCustomers,
 }
 
 /// A fresh id: prefix and 64 random bits in hex.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// callsync: customers and calls in a local data directory (the network comes later).
+/// callsync: customers and calls, a server, and the phone and desk that sync with it.
 #[derive(Debug, Parser)]
 #[command(name = "callsync", version, about)]
 pub(crate) struct Cli {
@@ -92,6 +92,227 @@ pub(crate) enum Command {
     },
     /// Build a data directory from the fixtures and walk one call end to end.
     Demo,
+    /// Run the server (QUIC) on this data directory.
+    Serve(ServeArgs),
+    /// The phone: log in, stay in sync, and act on the local replica (offline too).
+    #[command(subcommand)]
+    Phone(PhoneCommand),
+    /// The desk (the browser's actions from the command line), against the server.
+    #[command(subcommand)]
+    Desk(DeskCommand),
+    /// Admin or above: members, the calling contract, passwords, visibility.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `callsync serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The UDP address to listen on.
+    #[arg(long, env = "CALLSYNC_LISTEN", default_value = "127.0.0.1:4433")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// A PEM certificate chain to use instead of the generated self-signed one.
+    #[arg(long, requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
+    /// On an empty data directory, create the tenant (--tenant) and this owner
+    /// first. The password comes from CALLSYNC_PASSWORD or a line on stdin.
+    #[arg(long, value_name = "EMAIL")]
+    pub(crate) init_owner: Option<String>,
+    /// How long session tokens last, in hours.
+    #[arg(long, default_value_t = 24 * 30)]
+    pub(crate) session_hours: u32,
+}
+
+/// How a device reaches and trusts the server.
+#[derive(Debug, Args)]
+pub(crate) struct LoginArgs {
+    /// The server's address (host:port).
+    #[arg(long, env = "CALLSYNC_SERVER")]
+    pub(crate) server: std::net::SocketAddr,
+    /// The SHA-256 fingerprint `callsync serve` printed (pins its certificate).
+    #[arg(long, env = "CALLSYNC_FINGERPRINT", required_unless_present = "ca")]
+    pub(crate) fingerprint: Option<String>,
+    /// Trust certificates from this CA (PEM) instead of a fingerprint.
+    #[arg(long, conflicts_with = "fingerprint")]
+    pub(crate) ca: Option<PathBuf>,
+    /// The name the server's certificate is issued for.
+    #[arg(long, default_value = "localhost")]
+    pub(crate) server_name: String,
+    /// Your email. The password comes from CALLSYNC_PASSWORD or a line on stdin.
+    #[arg(long)]
+    pub(crate) email: String,
+    /// This device's id, the first time (a random one otherwise).
+    #[arg(long = "device-id")]
+    pub(crate) device_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PhoneCommand {
+    /// Log this phone in (once per data directory).
+    Login(LoginArgs),
+    /// Stay connected and in sync; print one JSON line per event until Ctrl-C.
+    Run,
+    /// Calls waiting for Start call on this phone (local, works offline).
+    Requests,
+    /// Press Start call (local, works offline).
+    Start {
+        /// The call.
+        call: String,
+    },
+    /// End the call on the phone (local, works offline).
+    End {
+        /// The call.
+        call: String,
+        /// The call's length in seconds.
+        #[arg(long, default_value_t = 0)]
+        duration: u32,
+    },
+    /// Show one call as this phone knows it.
+    Show {
+        /// The call.
+        call: String,
+    },
+    /// This phone's calls, newest first (local).
+    Calls,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeskCommand {
+    /// Log this desk in (once per data directory).
+    Login(LoginArgs),
+    /// The customers you may see (asks the server).
+    Customers,
+    /// Create a customer on the server.
+    Create {
+        /// Customer id (e.g. cus-0100).
+        #[arg(long)]
+        id: String,
+        /// Company name.
+        #[arg(long)]
+        company: String,
+        /// Contact person.
+        #[arg(long)]
+        contact: String,
+        /// Assigned rep (defaults to you).
+        #[arg(long)]
+        owner: Option<String>,
+        /// A phone number as LABEL:NUMBER (repeatable).
+        #[arg(long = "number", required = true)]
+        phones: Vec<String>,
+    },
+    /// Open customers: replicate them to this desk and show them.
+    Open {
+        /// The customers.
+        #[arg(required = true)]
+        customers: Vec<String>,
+    },
+    /// Your devices, and whether each is connected now.
+    Phones,
+    /// Click Call customer: ask your phone to dial.
+    Request {
+        /// The customer.
+        customer: String,
+        /// The number to dial.
+        #[arg(long)]
+        number: String,
+        /// The phone to dial from (defaults to your only phone).
+        #[arg(long)]
+        origin: Option<String>,
+        /// Do not record the call.
+        #[arg(long)]
+        no_recording: bool,
+    },
+    /// Click Cancel call.
+    Cancel {
+        /// The call.
+        call: String,
+    },
+    /// Click the red end button.
+    End {
+        /// The call.
+        call: String,
+    },
+    /// Save the call's result.
+    Result {
+        /// The call.
+        call: String,
+        #[command(flatten)]
+        result: ResultArgs,
+    },
+    /// Sync, then show one call.
+    Show {
+        /// The call.
+        call: String,
+    },
+    /// Sync, then list the calls this desk holds.
+    Calls {
+        /// Only calls whose result is still due.
+        #[arg(long)]
+        pending: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Add a member. Their password comes from CALLSYNC_NEW_PASSWORD or stdin.
+    AddUser {
+        /// Their email.
+        email: String,
+        /// Their role.
+        #[arg(long, value_enum, default_value = "user")]
+        role: RoleArg,
+        /// Grant the calling contract now.
+        #[arg(long)]
+        contract: bool,
+    },
+    /// Grant the calling contract.
+    Grant {
+        /// The member.
+        email: String,
+    },
+    /// Revoke the calling contract (their devices are signed out).
+    Revoke {
+        /// The member.
+        email: String,
+    },
+    /// Set a new password (from CALLSYNC_NEW_PASSWORD or stdin); signs them out.
+    ResetPassword {
+        /// The member.
+        email: String,
+    },
+    /// List members.
+    Users,
+    /// Turn the assignee visibility restriction (担当者閲覧制限) on or off.
+    Visibility {
+        /// on or off.
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+}
+
+/// A role on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RoleArg {
+    /// ユーザー
+    User,
+    /// マネージャー
+    Manager,
+    /// アドミン
+    Admin,
+    /// オーナー
+    Owner,
+}
+
+/// on / off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 #[derive(Debug, Subcommand)]

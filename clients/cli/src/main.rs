@@ -9,6 +9,7 @@ mod app;
 mod args;
 mod demo;
 mod import;
+mod online;
 mod render;
 
 use std::io::Write as _;
@@ -31,10 +32,15 @@ struct Report {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server logs what it does; one-shot commands only what went wrong.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -65,7 +71,43 @@ fn main() -> ExitCode {
 
 /// The error's stable code, exit status (1: refused, 3: could not run) and
 /// Japanese text where the core has one.
-fn classify(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
+fn classify(e: &anyhow::Error) -> (String, u8, Option<String>) {
+    use callsync_replica::ClientError;
+    for cause in e.chain() {
+        if let Some(client) = cause.downcast_ref::<ClientError>() {
+            let (code, exit, ja): (String, u8, Option<String>) = match client {
+                ClientError::Refused(body) => (body.code.clone(), 1, Some(body.message_ja.clone())),
+                ClientError::NotLoggedIn => (
+                    "not-logged-in".into(),
+                    1,
+                    Some("先にログインしてください".into()),
+                ),
+                ClientError::Net(_) => (
+                    "unreachable".into(),
+                    2,
+                    Some("サーバーに接続できません".into()),
+                ),
+                ClientError::Protocol(_) => ("protocol-error".into(), 3, None),
+                ClientError::Core(core) => (core.code().into(), 1, Some(core.message_ja())),
+                ClientError::Store(_) => ("database-error".into(), 3, None),
+            };
+            return (code, exit, ja);
+        }
+        if let Some(server) = cause.downcast_ref::<callsync_server::ServerError>() {
+            return match server {
+                callsync_server::ServerError::AlreadyInitialized => {
+                    ("already-initialized".into(), 1, None)
+                }
+                callsync_server::ServerError::Invalid(_) => ("bad-request".into(), 1, None),
+                _ => ("server-error".into(), 3, None),
+            };
+        }
+    }
+    let (code, exit, ja) = classify_local(e);
+    (code.to_owned(), exit, ja)
+}
+
+fn classify_local(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
     if let Some(core) = app::core_error(e) {
         return (core.code(), 1, Some(core.message_ja()));
     }
@@ -124,6 +166,7 @@ fn classify(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
                     Some("日時を読み取れません（例: 2026-11-25 10:00）".into()),
                 ),
                 app::InputError::UnknownTimeZone(_) => ("bad-time-zone", 1, None),
+                app::InputError::ServerOwnsCustomers => ("server-owns-customers", 1, None),
             };
         }
     }
@@ -146,8 +189,18 @@ fn run(cli: &Cli) -> anyhow::Result<Option<Report>> {
         demo::run(g, &data)?;
         return Ok(None);
     }
+    match &cli.command {
+        Command::Serve(args) => return online::serve(g, &data, args).map(|()| None),
+        Command::Phone(cmd) if online::phone_is_online(cmd) => {
+            return online::phone(g, &data, cmd).map(Some);
+        }
+        Command::Desk(cmd) => return online::desk(g, &data, cmd).map(Some),
+        Command::Admin(cmd) => return online::admin(&data, cmd).map(Some),
+        _ => {}
+    }
     let mut app = App::open(g, &data)?;
     let report = match &cli.command {
+        Command::Phone(cmd) => online::phone_local(&mut app, cmd)?,
         Command::Customer(cmd) => customer(&mut app, cmd)?,
         Command::Call(cmd) => call(&mut app, cmd)?,
         Command::Calls {
@@ -183,7 +236,9 @@ fn run(cli: &Cli) -> anyhow::Result<Option<Report>> {
                 json: serde_json::to_value(&entries)?,
             }
         }
-        Command::Demo => return Err(anyhow!("unreachable: handled above")),
+        Command::Demo | Command::Serve(_) | Command::Desk(_) | Command::Admin(_) => {
+            return Err(anyhow!("unreachable: handled above"));
+        }
     };
     Ok(Some(report))
 }

@@ -1,0 +1,552 @@
+//! The commands that talk to a server: `serve`, `phone`, `desk` and `admin`.
+//!
+//! Owns: turning those commands into server starts, logins, sync sessions and
+//! requests, and what they print. A desk command is online: it joins, catches up,
+//! acts on the local replica through the same rules as the local commands, then
+//! waits until the server has committed the change. A phone's `start`, `end`,
+//! `requests`, `show` and `calls` work on its local replica with no connection;
+//! `phone run` carries them to the server whenever it can.
+//! Does not own: the rules (the core), the protocol or the transport.
+
+use std::io::{BufRead as _, Write as _};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use callsync_core::wire::{RpcCall, RpcResult};
+use callsync_core::{CustomerId, DeviceKind, Phase, Role, UserId};
+use callsync_replica::run::{RunOptions, run};
+use callsync_replica::session::{LoginRequest, SavedTrust};
+use callsync_replica::{ClientError, SavedSession, SyncClient, login};
+use callsync_server::{Server, ServerConfig, init_owner};
+use serde_json::json;
+
+use crate::app::App;
+use crate::args::{
+    AdminCommand, CallCommand, DeskCommand, Global, LoginArgs, OnOff, PhoneCommand, ResultArgs,
+    RoleArg, ServeArgs, Side,
+};
+use crate::{Report, render};
+
+/// How long an online desk command waits for the server.
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// A password from `var`, or else one line of stdin.
+fn password(var: &str) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var(var) {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `callsync serve`.
+pub(crate) fn serve(g: &Global, data: &Path, args: &ServeArgs) -> anyhow::Result<()> {
+    if let Some(email) = &args.init_owner {
+        let password = password("CALLSYNC_PASSWORD")?;
+        init_owner(data, &g.tenant, email, &password)?;
+    }
+    let mut config = ServerConfig::new(data.to_path_buf(), args.listen);
+    config.certificate = args.cert.clone().zip(args.key.clone());
+    config.start_limit_ms = i64::from(g.start_limit_secs) * 1000;
+    config.session_ttl_ms = i64::from(args.session_hours) * 3600 * 1000;
+    runtime()?.block_on(async {
+        let server = Server::start(config).await?;
+        let line = if g.json {
+            json!({ "listening": server.local_addr(), "fingerprint": server.fingerprint() })
+                .to_string()
+        } else {
+            format!(
+                "callsync server listening on {} (QUIC)\ncertificate fingerprint (SHA-256): {}",
+                server.local_addr(),
+                server.fingerprint()
+            )
+        };
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        stop_signal().await;
+        server.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+fn login_request(args: &LoginArgs, kind: DeviceKind) -> anyhow::Result<LoginRequest> {
+    let trust = match (&args.fingerprint, &args.ca) {
+        (Some(fp), _) => SavedTrust::Fingerprint(fp.trim().to_ascii_lowercase()),
+        (None, Some(ca)) => SavedTrust::CaFile(
+            std::fs::canonicalize(ca)
+                .with_context(|| format!("cannot read {}", ca.display()))?
+                .display()
+                .to_string(),
+        ),
+        (None, None) => return Err(anyhow!("give --fingerprint or --ca")),
+    };
+    Ok(LoginRequest {
+        server: args.server,
+        server_name: args.server_name.clone(),
+        trust,
+        email: args.email.clone(),
+        password: password("CALLSYNC_PASSWORD")?,
+        kind,
+        device: args.device_id.clone(),
+    })
+}
+
+fn logged_in(session: &SavedSession) -> Report {
+    Report {
+        text: format!(
+            "logged in as {} ({}) in {}; this {} is {}",
+            session.user,
+            session.role,
+            session.tenant,
+            session.kind.as_str(),
+            session.device
+        ),
+        json: json!({
+            "user": session.user, "role": session.role, "tenant": session.tenant,
+            "device": session.device, "kind": session.kind, "expires_at": session.expires_at,
+        }),
+    }
+}
+
+/// Whether a phone command needs the network (the others are local).
+pub(crate) fn phone_is_online(cmd: &PhoneCommand) -> bool {
+    matches!(cmd, PhoneCommand::Login(_) | PhoneCommand::Run)
+}
+
+/// `callsync phone login|run`.
+pub(crate) fn phone(_g: &Global, data: &Path, cmd: &PhoneCommand) -> anyhow::Result<Report> {
+    match cmd {
+        PhoneCommand::Login(args) => {
+            let request = login_request(args, DeviceKind::Phone)?;
+            let session = runtime()?.block_on(login(data, &request))?;
+            Ok(logged_in(&session))
+        }
+        PhoneCommand::Run => {
+            runtime()?.block_on(run(
+                data,
+                &RunOptions::default(),
+                |event| {
+                    if let Ok(line) = serde_json::to_string(event) {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{line}");
+                        let _ = out.flush();
+                    }
+                },
+                stop_signal(),
+            ))?;
+            Ok(Report {
+                text: "stopped".to_owned(),
+                json: json!({ "event": "stopped" }),
+            })
+        }
+        _ => Err(anyhow!("unreachable: a local phone command")),
+    }
+}
+
+/// The phone's local commands: they work on the replica, online or not.
+pub(crate) fn phone_local(app: &mut App, cmd: &PhoneCommand) -> anyhow::Result<Report> {
+    if app.session.as_ref().map(|s| s.kind) != Some(DeviceKind::Phone) {
+        return Err(ClientError::NotLoggedIn.into());
+    }
+    match cmd {
+        PhoneCommand::Start { call: id } => {
+            crate::call(app, &CallCommand::Start { call: id.clone() })
+        }
+        PhoneCommand::End { call: id, duration } => crate::call(
+            app,
+            &CallCommand::End {
+                call: id.clone(),
+                side: Side::Phone,
+                duration: *duration,
+            },
+        ),
+        PhoneCommand::Show { call: id } => {
+            crate::call(app, &CallCommand::Show { call: id.clone() })
+        }
+        PhoneCommand::Requests | PhoneCommand::Calls => {
+            let waiting_only = matches!(cmd, PhoneCommand::Requests);
+            let rows = app.store.calls(&app.tenant, None, None)?;
+            let mut views = Vec::new();
+            for row in rows {
+                if waiting_only && row.phase != Phase::AwaitingStart {
+                    continue;
+                }
+                let doc = app.load(&row.customer)?;
+                if let Some(view) = doc.call(&row.call) {
+                    let mine = matches!(&view.origin, callsync_core::CallOrigin::Dialed { origin, .. } if origin == &app.phone);
+                    let live =
+                        !waiting_only || !view.is_past_start_limit(app.now, app.start_limit_ms);
+                    if mine && live {
+                        views.push(view);
+                    }
+                }
+            }
+            let text = if views.is_empty() {
+                "no calls".to_owned()
+            } else {
+                views
+                    .iter()
+                    .map(|v| render::call_line(app, v))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            Ok(Report {
+                text,
+                json: serde_json::to_value(&views)?,
+            })
+        }
+        PhoneCommand::Login(_) | PhoneCommand::Run => {
+            Err(anyhow!("unreachable: an online phone command"))
+        }
+    }
+}
+
+/// Connects, catches up, runs `body`, waits until the server holds every local
+/// change, and leaves.
+async fn online<T>(
+    data: &Path,
+    body: impl AsyncFnOnce(&mut SyncClient) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let (mut client, _) = SyncClient::connect(data).await?;
+    let outcome = async {
+        client.settle(SETTLE).await?;
+        let value = body(&mut client).await?;
+        client.push_local().await?;
+        client.settle(SETTLE).await?;
+        anyhow::Ok(value)
+    }
+    .await;
+    client.leave().await;
+    outcome
+}
+
+fn refused(result: RpcResult) -> anyhow::Result<RpcResult> {
+    match result {
+        RpcResult::Refused(body) => Err(ClientError::Refused(body).into()),
+        other => Ok(other),
+    }
+}
+
+async fn rpc(client: &mut SyncClient, call: RpcCall) -> anyhow::Result<RpcResult> {
+    let (result, _) = client.rpc(call).await?;
+    refused(result)
+}
+
+/// The only phone of the user, for a request without `--origin`.
+async fn only_phone(client: &mut SyncClient) -> anyhow::Result<String> {
+    let RpcResult::Devices(devices) = rpc(client, RpcCall::Devices).await? else {
+        return Err(anyhow!("the server answered 'devices' with something else"));
+    };
+    let phones: Vec<_> = devices
+        .iter()
+        .filter(|d| d.kind == DeviceKind::Phone)
+        .collect();
+    match phones.as_slice() {
+        [one] => Ok(one.id.to_string()),
+        [] => Err(anyhow!(
+            "you have no phone logged in yet: run `callsync phone login`"
+        )),
+        _ => Err(anyhow!("you have several phones: pick one with --origin")),
+    }
+}
+
+/// Makes sure the desk holds the customer's document.
+async fn hold(client: &mut SyncClient, app: &App, customer: &str) -> anyhow::Result<()> {
+    let id = CustomerId::new(customer)?;
+    if app.load(&id).is_err() {
+        rpc(
+            client,
+            RpcCall::Subscribe {
+                documents: vec![id],
+            },
+        )
+        .await?;
+        client.settle(SETTLE).await?;
+    }
+    Ok(())
+}
+
+/// `callsync desk …`.
+pub(crate) fn desk(g: &Global, data: &Path, cmd: &DeskCommand) -> anyhow::Result<Report> {
+    if let DeskCommand::Login(args) = cmd {
+        let request = login_request(args, DeviceKind::Desk)?;
+        let session = runtime()?.block_on(login(data, &request))?;
+        return Ok(logged_in(&session));
+    }
+    if !data.exists() {
+        return Err(ClientError::NotLoggedIn.into());
+    }
+    let mut app = App::open(g, data)?;
+    if app.session.as_ref().map(|s| s.kind) != Some(DeviceKind::Desk) {
+        return Err(ClientError::NotLoggedIn.into());
+    }
+    let rt = runtime()?;
+    rt.block_on(online(data, async |client: &mut SyncClient| {
+        Ok(match cmd {
+            DeskCommand::Login(_) => return Err(anyhow!("unreachable: handled above")),
+            DeskCommand::Customers => {
+                let RpcResult::Customers(rows) = rpc(client, RpcCall::CustomerList).await? else {
+                    return Err(anyhow!("unexpected answer"));
+                };
+                Report {
+                    text: rows
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{}  {}  {}  {}  [{}]",
+                                r.id, r.company, r.contact, r.owner, r.status
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    json: serde_json::to_value(&rows)?,
+                }
+            }
+            DeskCommand::Create {
+                id,
+                company,
+                contact,
+                owner,
+                phones,
+            } => {
+                let new = app.new_customer(id, company, contact, owner.as_deref(), phones)?;
+                rpc(
+                    client,
+                    RpcCall::CustomerCreate {
+                        customer: new.clone(),
+                    },
+                )
+                .await?;
+                client.settle(SETTLE).await?;
+                let c = app.load(&new.id)?.customer()?;
+                Report {
+                    text: format!("created {}", render::customer(&app, &c)),
+                    json: serde_json::to_value(&c)?,
+                }
+            }
+            DeskCommand::Open { customers } => {
+                let ids = customers
+                    .iter()
+                    .map(CustomerId::new)
+                    .collect::<Result<Vec<_>, _>>()?;
+                rpc(
+                    client,
+                    RpcCall::Subscribe {
+                        documents: ids.clone(),
+                    },
+                )
+                .await?;
+                client.settle(SETTLE).await?;
+                let mut shown = Vec::new();
+                let mut text = Vec::new();
+                for id in &ids {
+                    match app.load(id) {
+                        Ok(doc) => {
+                            let c = doc.customer()?;
+                            text.push(render::customer(&app, &c));
+                            shown.push(serde_json::to_value(&c)?);
+                        }
+                        Err(_) => text.push(format!("{id}: not available")),
+                    }
+                }
+                Report {
+                    text: text.join("\n\n"),
+                    json: json!(shown),
+                }
+            }
+            DeskCommand::Phones => {
+                let RpcResult::Devices(devices) = rpc(client, RpcCall::Devices).await? else {
+                    return Err(anyhow!("unexpected answer"));
+                };
+                Report {
+                    text: devices
+                        .iter()
+                        .map(|d| {
+                            format!(
+                                "{}  {}  {}",
+                                d.id,
+                                d.kind.as_str(),
+                                if d.online { "online" } else { "offline" }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    json: serde_json::to_value(&devices)?,
+                }
+            }
+            DeskCommand::Request {
+                customer,
+                number,
+                origin,
+                no_recording,
+            } => {
+                hold(client, &app, customer).await?;
+                let origin = match origin {
+                    Some(o) => o.clone(),
+                    None => only_phone(client).await?,
+                };
+                crate::call(
+                    &mut app,
+                    &CallCommand::Request {
+                        customer: customer.clone(),
+                        number: number.clone(),
+                        origin: Some(origin),
+                        no_recording: *no_recording,
+                    },
+                )?
+            }
+            DeskCommand::Cancel { call } => {
+                crate::call(&mut app, &CallCommand::Cancel { call: call.clone() })?
+            }
+            DeskCommand::End { call } => crate::call(
+                &mut app,
+                &CallCommand::End {
+                    call: call.clone(),
+                    side: Side::Browser,
+                    duration: 0,
+                },
+            )?,
+            DeskCommand::Result { call, result } => crate::call(
+                &mut app,
+                &CallCommand::Result {
+                    call: call.clone(),
+                    result: ResultArgs {
+                        result_type: result.result_type.clone(),
+                        recall: result.recall.clone(),
+                        restrict_until: result.restrict_until.clone(),
+                        status: result.status.clone(),
+                        memo: result.memo.clone(),
+                    },
+                },
+            )?,
+            DeskCommand::Show { call } => {
+                crate::call(&mut app, &CallCommand::Show { call: call.clone() })?
+            }
+            DeskCommand::Calls { pending } => {
+                let mut rows = app.store.calls(&app.tenant, None, None)?;
+                if *pending {
+                    rows.retain(|r| r.phase.result_due());
+                }
+                Report {
+                    text: render::call_rows(&app, &rows),
+                    json: json!(
+                        rows.iter()
+                            .map(|r| json!({
+                                "call": r.call, "customer": r.customer, "user": r.user,
+                                "phase": r.phase, "requested_at": r.requested_at,
+                            }))
+                            .collect::<Vec<_>>()
+                    ),
+                }
+            }
+        })
+    }))
+}
+
+/// `callsync admin …`, through this data directory's desk session.
+pub(crate) fn admin(data: &Path, cmd: &AdminCommand) -> anyhow::Result<Report> {
+    if !data.exists() {
+        return Err(ClientError::NotLoggedIn.into());
+    }
+    let call = match cmd {
+        AdminCommand::AddUser {
+            email,
+            role,
+            contract,
+        } => RpcCall::UserAdd {
+            email: UserId::new(email.trim().to_lowercase())?,
+            role: match role {
+                RoleArg::User => Role::User,
+                RoleArg::Manager => Role::Manager,
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Owner => Role::Owner,
+            },
+            password: password("CALLSYNC_NEW_PASSWORD")?,
+            contract: *contract,
+        },
+        AdminCommand::Grant { email } | AdminCommand::Revoke { email } => {
+            RpcCall::UserSetContract {
+                email: UserId::new(email.trim().to_lowercase())?,
+                contract: matches!(cmd, AdminCommand::Grant { .. }),
+            }
+        }
+        AdminCommand::ResetPassword { email } => RpcCall::UserResetPassword {
+            email: UserId::new(email.trim().to_lowercase())?,
+            password: password("CALLSYNC_NEW_PASSWORD")?,
+        },
+        AdminCommand::Users => RpcCall::UserList,
+        AdminCommand::Visibility { state } => RpcCall::SetAssigneeVisibility {
+            restricted: *state == OnOff::On,
+        },
+    };
+    let method = call.method();
+    let result = runtime()?.block_on(async {
+        let (mut client, _) = SyncClient::connect(data).await?;
+        let result = rpc(&mut client, call).await;
+        client.leave().await;
+        result
+    })?;
+    Ok(match result {
+        RpcResult::Users(users) => Report {
+            text: users
+                .iter()
+                .map(|u| {
+                    format!(
+                        "{}  {}  {}",
+                        u.email,
+                        u.role,
+                        if u.contract {
+                            "contract"
+                        } else {
+                            "no contract"
+                        }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            json: serde_json::to_value(&users)?,
+        },
+        _ => Report {
+            text: format!("{method}: done"),
+            json: json!({ "done": method }),
+        },
+    })
+}
