@@ -8,7 +8,11 @@ mod call_flow;
 mod crash;
 #[path = "journeys/import.rs"]
 mod import;
+#[path = "journeys/network.rs"]
+mod network;
 #[path = "journeys/refusals.rs"]
 mod refusals;
 #[path = "journeys/support.rs"]
 mod support;
+#[path = "journeys/sync.rs"]
+mod sync;

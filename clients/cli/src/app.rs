@@ -119,7 +119,12 @@ impl App {
         }
     }
 
-    fn event(&self, call: &CallId, kind: DeviceKind, what: EventKind) -> anyhow::Result<CallEvent> {
+    pub(crate) fn event(
+        &self,
+        call: &CallId,
+        kind: DeviceKind,
+        what: EventKind,
+    ) -> anyhow::Result<CallEvent> {
         Ok(CallEvent {
             id: EventId::new(new_id("ev"))?,
             call: call.clone(),

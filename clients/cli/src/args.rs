@@ -103,6 +103,13 @@ pub(crate) enum Command {
     /// Admin or above: members, the calling contract, passwords, visibility.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Operator: add a tenant (--tenant) and its owner to the server's data
+    /// directory. The password comes from CALLSYNC_PASSWORD or stdin.
+    AddTenant {
+        /// The owner's email.
+        #[arg(long)]
+        owner: String,
+    },
 }
 
 /// `callsync serve`.
@@ -161,6 +168,13 @@ pub(crate) enum PhoneCommand {
     Start {
         /// The call.
         call: String,
+    },
+    /// Save the call's result on the phone (local, works offline).
+    Result {
+        /// The call.
+        call: String,
+        #[command(flatten)]
+        result: ResultArgs,
     },
     /// End the call on the phone (local, works offline).
     End {

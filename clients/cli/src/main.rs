@@ -43,6 +43,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(&cli) {
         Ok(Some(report)) => {
@@ -196,6 +197,7 @@ fn run(cli: &Cli) -> anyhow::Result<Option<Report>> {
         }
         Command::Desk(cmd) => return online::desk(g, &data, cmd).map(Some),
         Command::Admin(cmd) => return online::admin(&data, cmd).map(Some),
+        Command::AddTenant { owner } => return online::add_tenant_cmd(g, &data, owner).map(Some),
         _ => {}
     }
     let mut app = App::open(g, &data)?;
@@ -236,7 +238,11 @@ fn run(cli: &Cli) -> anyhow::Result<Option<Report>> {
                 json: serde_json::to_value(&entries)?,
             }
         }
-        Command::Demo | Command::Serve(_) | Command::Desk(_) | Command::Admin(_) => {
+        Command::Demo
+        | Command::Serve(_)
+        | Command::Desk(_)
+        | Command::Admin(_)
+        | Command::AddTenant { .. } => {
             return Err(anyhow!("unreachable: handled above"));
         }
     };

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use callsync_core::wire::{RpcCall, RpcResult};
-use callsync_core::{CustomerId, DeviceKind, Phase, Role, UserId};
+use callsync_core::{CallId, CustomerId, DeviceKind, EventKind, Phase, Role, UserId};
 use callsync_replica::run::{RunOptions, run};
 use callsync_replica::session::{LoginRequest, SavedTrust};
 use callsync_replica::{ClientError, SavedSession, SyncClient, login};
-use callsync_server::{Server, ServerConfig, init_owner};
+use callsync_server::{Server, ServerConfig, add_tenant, init_owner};
 use serde_json::json;
 
 use crate::app::App;
@@ -72,6 +72,16 @@ async fn stop_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `callsync add-tenant`.
+pub(crate) fn add_tenant_cmd(g: &Global, data: &Path, owner: &str) -> anyhow::Result<Report> {
+    let password = password("CALLSYNC_PASSWORD")?;
+    add_tenant(data, &g.tenant, owner, &password)?;
+    Ok(Report {
+        text: format!("added tenant {} with owner {owner}", g.tenant),
+        json: json!({ "tenant": g.tenant, "owner": owner }),
+    })
 }
 
 /// `callsync serve`.
@@ -198,6 +208,17 @@ pub(crate) fn phone_local(app: &mut App, cmd: &PhoneCommand) -> anyhow::Result<R
                 duration: *duration,
             },
         ),
+        PhoneCommand::Result { call: id, result } => {
+            let fields = app.result_fields(result)?;
+            let call = CallId::new(id)?;
+            let customer = app.store.customer_of_call(&app.tenant, &call)?;
+            let event = app.event(&call, DeviceKind::Phone, EventKind::ResultSaved(fields))?;
+            let view = app.act(&customer, vec![event])?;
+            Ok(Report {
+                text: render::call(app, &view),
+                json: serde_json::to_value(&view)?,
+            })
+        }
         PhoneCommand::Show { call: id } => {
             crate::call(app, &CallCommand::Show { call: id.clone() })
         }

@@ -125,10 +125,22 @@ pub fn init_owner(
     email: &str,
     password: &str,
 ) -> Result<(), ServerError> {
-    let mut store = open_store(data_dir)?;
-    if store.has_tenants()? {
+    if open_store(data_dir)?.has_tenants()? {
         return Err(ServerError::AlreadyInitialized);
     }
+    add_tenant(data_dir, tenant, email, password)
+}
+
+/// Adds a tenant and its owner (holding the calling contract): an operator's
+/// command, run on the server's data directory. Refuses an existing tenant or an
+/// email that is already a member anywhere.
+pub fn add_tenant(
+    data_dir: &Path,
+    tenant: &str,
+    email: &str,
+    password: &str,
+) -> Result<(), ServerError> {
+    let mut store = open_store(data_dir)?;
     let tenant = TenantId::new(tenant).map_err(|e| ServerError::Invalid(e.to_string()))?;
     let email = UserId::new(email.trim().to_lowercase())
         .map_err(|e| ServerError::Invalid(e.to_string()))?;
