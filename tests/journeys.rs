@@ -6,6 +6,8 @@
 mod call_flow;
 #[path = "journeys/crash.rs"]
 mod crash;
+#[path = "journeys/durability.rs"]
+mod durability;
 #[path = "journeys/import.rs"]
 mod import;
 #[path = "journeys/network.rs"]

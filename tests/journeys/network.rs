@@ -32,13 +32,18 @@ fn output(out: std::process::Output) -> Run {
 /// Runs `callsync --json --data DIR ARGS…` with the test password in the
 /// environment.
 pub(crate) fn callsync(data: &Path, args: &[&str]) -> Run {
+    callsync_with(data, args, PASSWORD)
+}
+
+/// Runs `callsync --json --data DIR ARGS…` with `password` in the environment.
+pub(crate) fn callsync_with(data: &Path, args: &[&str], password: &str) -> Run {
     output(
         Command::new(callsync_bin())
             .arg("--json")
             .arg("--data")
             .arg(data)
             .args(args)
-            .env("CALLSYNC_PASSWORD", PASSWORD)
+            .env("CALLSYNC_PASSWORD", password)
             .env("CALLSYNC_NEW_PASSWORD", PASSWORD)
             .env_remove("CALLSYNC_USER")
             .env_remove("CALLSYNC_TENANT")
@@ -89,6 +94,21 @@ impl ServerProcess {
             data: data.to_path_buf(),
             extra: global.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to end (after a kill from elsewhere).
+    pub(crate) fn reap(&mut self) {
+        let _ = self.child.wait();
+    }
+
+    /// The server's database file.
+    pub(crate) fn db(&self) -> PathBuf {
+        self.data.join("callsync.sqlite")
     }
 
     /// Kills the server with SIGKILL (no chance to flush anything).

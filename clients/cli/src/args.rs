@@ -63,6 +63,14 @@ pub(crate) struct Global {
         default_value_t = 60
     )]
     pub(crate) start_limit_secs: u32,
+    /// How long a desk or admin command waits for the server before giving up.
+    #[arg(
+        long,
+        global = true,
+        env = "CALLSYNC_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub(crate) timeout_secs: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +139,9 @@ pub(crate) struct ServeArgs {
     /// How long session tokens last, in hours.
     #[arg(long, default_value_t = 24 * 30)]
     pub(crate) session_hours: u32,
+    /// How long a new connection has to say who it is, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) handshake_timeout_ms: u64,
 }
 
 /// How a device reaches and trusts the server.

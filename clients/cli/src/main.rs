@@ -196,7 +196,7 @@ fn run(cli: &Cli) -> anyhow::Result<Option<Report>> {
             return online::phone(g, &data, cmd).map(Some);
         }
         Command::Desk(cmd) => return online::desk(g, &data, cmd).map(Some),
-        Command::Admin(cmd) => return online::admin(&data, cmd).map(Some),
+        Command::Admin(cmd) => return online::admin(g, &data, cmd).map(Some),
         Command::AddTenant { owner } => return online::add_tenant_cmd(g, &data, owner).map(Some),
         _ => {}
     }

@@ -28,8 +28,21 @@ use crate::args::{
 };
 use crate::{Report, render};
 
-/// How long an online desk command waits for the server.
+/// How long an online desk command waits for one step (the whole command is
+/// bounded by `--timeout-secs`).
 const SETTLE: Duration = Duration::from_secs(30);
+
+/// Runs `work` within the command's time limit; running out is "unreachable".
+async fn within<T>(
+    g: &Global,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let limit = Duration::from_secs(u64::from(g.timeout_secs));
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::Net(callsync_net::NetError::Timeout(limit)).into()),
+    }
+}
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -94,6 +107,7 @@ pub(crate) fn serve(g: &Global, data: &Path, args: &ServeArgs) -> anyhow::Result
     config.certificate = args.cert.clone().zip(args.key.clone());
     config.start_limit_ms = i64::from(g.start_limit_secs) * 1000;
     config.session_ttl_ms = i64::from(args.session_hours) * 3600 * 1000;
+    config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
     runtime()?.block_on(async {
         let server = Server::start(config).await?;
         let line = if g.json {
@@ -340,170 +354,174 @@ pub(crate) fn desk(g: &Global, data: &Path, cmd: &DeskCommand) -> anyhow::Result
         return Err(ClientError::NotLoggedIn.into());
     }
     let rt = runtime()?;
-    rt.block_on(online(data, async |client: &mut SyncClient| {
-        Ok(match cmd {
-            DeskCommand::Login(_) => return Err(anyhow!("unreachable: handled above")),
-            DeskCommand::Customers => {
-                let RpcResult::Customers(rows) = rpc(client, RpcCall::CustomerList).await? else {
-                    return Err(anyhow!("unexpected answer"));
-                };
-                Report {
-                    text: rows
-                        .iter()
-                        .map(|r| {
-                            format!(
-                                "{}  {}  {}  {}  [{}]",
-                                r.id, r.company, r.contact, r.owner, r.status
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    json: serde_json::to_value(&rows)?,
-                }
-            }
-            DeskCommand::Create {
-                id,
-                company,
-                contact,
-                owner,
-                phones,
-            } => {
-                let new = app.new_customer(id, company, contact, owner.as_deref(), phones)?;
-                rpc(
-                    client,
-                    RpcCall::CustomerCreate {
-                        customer: new.clone(),
-                    },
-                )
-                .await?;
-                client.settle(SETTLE).await?;
-                let c = app.load(&new.id)?.customer()?;
-                Report {
-                    text: format!("created {}", render::customer(&app, &c)),
-                    json: serde_json::to_value(&c)?,
-                }
-            }
-            DeskCommand::Open { customers } => {
-                let ids = customers
-                    .iter()
-                    .map(CustomerId::new)
-                    .collect::<Result<Vec<_>, _>>()?;
-                rpc(
-                    client,
-                    RpcCall::Subscribe {
-                        documents: ids.clone(),
-                    },
-                )
-                .await?;
-                client.settle(SETTLE).await?;
-                let mut shown = Vec::new();
-                let mut text = Vec::new();
-                for id in &ids {
-                    match app.load(id) {
-                        Ok(doc) => {
-                            let c = doc.customer()?;
-                            text.push(render::customer(&app, &c));
-                            shown.push(serde_json::to_value(&c)?);
-                        }
-                        Err(_) => text.push(format!("{id}: not available")),
+    rt.block_on(within(
+        g,
+        online(data, async |client: &mut SyncClient| {
+            Ok(match cmd {
+                DeskCommand::Login(_) => return Err(anyhow!("unreachable: handled above")),
+                DeskCommand::Customers => {
+                    let RpcResult::Customers(rows) = rpc(client, RpcCall::CustomerList).await?
+                    else {
+                        return Err(anyhow!("unexpected answer"));
+                    };
+                    Report {
+                        text: rows
+                            .iter()
+                            .map(|r| {
+                                format!(
+                                    "{}  {}  {}  {}  [{}]",
+                                    r.id, r.company, r.contact, r.owner, r.status
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                        json: serde_json::to_value(&rows)?,
                     }
                 }
-                Report {
-                    text: text.join("\n\n"),
-                    json: json!(shown),
+                DeskCommand::Create {
+                    id,
+                    company,
+                    contact,
+                    owner,
+                    phones,
+                } => {
+                    let new = app.new_customer(id, company, contact, owner.as_deref(), phones)?;
+                    rpc(
+                        client,
+                        RpcCall::CustomerCreate {
+                            customer: new.clone(),
+                        },
+                    )
+                    .await?;
+                    client.settle(SETTLE).await?;
+                    let c = app.load(&new.id)?.customer()?;
+                    Report {
+                        text: format!("created {}", render::customer(&app, &c)),
+                        json: serde_json::to_value(&c)?,
+                    }
                 }
-            }
-            DeskCommand::Phones => {
-                let RpcResult::Devices(devices) = rpc(client, RpcCall::Devices).await? else {
-                    return Err(anyhow!("unexpected answer"));
-                };
-                Report {
-                    text: devices
+                DeskCommand::Open { customers } => {
+                    let ids = customers
                         .iter()
-                        .map(|d| {
-                            format!(
-                                "{}  {}  {}",
-                                d.id,
-                                d.kind.as_str(),
-                                if d.online { "online" } else { "offline" }
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    json: serde_json::to_value(&devices)?,
+                        .map(CustomerId::new)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    rpc(
+                        client,
+                        RpcCall::Subscribe {
+                            documents: ids.clone(),
+                        },
+                    )
+                    .await?;
+                    client.settle(SETTLE).await?;
+                    let mut shown = Vec::new();
+                    let mut text = Vec::new();
+                    for id in &ids {
+                        match app.load(id) {
+                            Ok(doc) => {
+                                let c = doc.customer()?;
+                                text.push(render::customer(&app, &c));
+                                shown.push(serde_json::to_value(&c)?);
+                            }
+                            Err(_) => text.push(format!("{id}: not available")),
+                        }
+                    }
+                    Report {
+                        text: text.join("\n\n"),
+                        json: json!(shown),
+                    }
                 }
-            }
-            DeskCommand::Request {
-                customer,
-                number,
-                origin,
-                no_recording,
-            } => {
-                hold(client, &app, customer).await?;
-                let origin = match origin {
-                    Some(o) => o.clone(),
-                    None => only_phone(client).await?,
-                };
-                crate::call(
-                    &mut app,
-                    &CallCommand::Request {
-                        customer: customer.clone(),
-                        number: number.clone(),
-                        origin: Some(origin),
-                        no_recording: *no_recording,
-                    },
-                )?
-            }
-            DeskCommand::Cancel { call } => {
-                crate::call(&mut app, &CallCommand::Cancel { call: call.clone() })?
-            }
-            DeskCommand::End { call } => crate::call(
-                &mut app,
-                &CallCommand::End {
-                    call: call.clone(),
-                    side: Side::Browser,
-                    duration: 0,
-                },
-            )?,
-            DeskCommand::Result { call, result } => crate::call(
-                &mut app,
-                &CallCommand::Result {
-                    call: call.clone(),
-                    result: ResultArgs {
-                        result_type: result.result_type.clone(),
-                        recall: result.recall.clone(),
-                        restrict_until: result.restrict_until.clone(),
-                        status: result.status.clone(),
-                        memo: result.memo.clone(),
-                    },
-                },
-            )?,
-            DeskCommand::Show { call } => {
-                crate::call(&mut app, &CallCommand::Show { call: call.clone() })?
-            }
-            DeskCommand::Calls { pending } => {
-                let mut rows = app.store.calls(&app.tenant, None, None)?;
-                if *pending {
-                    rows.retain(|r| r.phase.result_due());
-                }
-                Report {
-                    text: render::call_rows(&app, &rows),
-                    json: json!(
-                        rows.iter()
-                            .map(|r| json!({
-                                "call": r.call, "customer": r.customer, "user": r.user,
-                                "phase": r.phase, "requested_at": r.requested_at,
-                            }))
+                DeskCommand::Phones => {
+                    let RpcResult::Devices(devices) = rpc(client, RpcCall::Devices).await? else {
+                        return Err(anyhow!("unexpected answer"));
+                    };
+                    Report {
+                        text: devices
+                            .iter()
+                            .map(|d| {
+                                format!(
+                                    "{}  {}  {}",
+                                    d.id,
+                                    d.kind.as_str(),
+                                    if d.online { "online" } else { "offline" }
+                                )
+                            })
                             .collect::<Vec<_>>()
-                    ),
+                            .join("\n"),
+                        json: serde_json::to_value(&devices)?,
+                    }
                 }
-            }
-        })
-    }))
+                DeskCommand::Request {
+                    customer,
+                    number,
+                    origin,
+                    no_recording,
+                } => {
+                    hold(client, &app, customer).await?;
+                    let origin = match origin {
+                        Some(o) => o.clone(),
+                        None => only_phone(client).await?,
+                    };
+                    crate::call(
+                        &mut app,
+                        &CallCommand::Request {
+                            customer: customer.clone(),
+                            number: number.clone(),
+                            origin: Some(origin),
+                            no_recording: *no_recording,
+                        },
+                    )?
+                }
+                DeskCommand::Cancel { call } => {
+                    crate::call(&mut app, &CallCommand::Cancel { call: call.clone() })?
+                }
+                DeskCommand::End { call } => crate::call(
+                    &mut app,
+                    &CallCommand::End {
+                        call: call.clone(),
+                        side: Side::Browser,
+                        duration: 0,
+                    },
+                )?,
+                DeskCommand::Result { call, result } => crate::call(
+                    &mut app,
+                    &CallCommand::Result {
+                        call: call.clone(),
+                        result: ResultArgs {
+                            result_type: result.result_type.clone(),
+                            recall: result.recall.clone(),
+                            restrict_until: result.restrict_until.clone(),
+                            status: result.status.clone(),
+                            memo: result.memo.clone(),
+                        },
+                    },
+                )?,
+                DeskCommand::Show { call } => {
+                    crate::call(&mut app, &CallCommand::Show { call: call.clone() })?
+                }
+                DeskCommand::Calls { pending } => {
+                    let mut rows = app.store.calls(&app.tenant, None, None)?;
+                    if *pending {
+                        rows.retain(|r| r.phase.result_due());
+                    }
+                    Report {
+                        text: render::call_rows(&app, &rows),
+                        json: json!(
+                            rows.iter()
+                                .map(|r| json!({
+                                    "call": r.call, "customer": r.customer, "user": r.user,
+                                    "phase": r.phase, "requested_at": r.requested_at,
+                                }))
+                                .collect::<Vec<_>>()
+                        ),
+                    }
+                }
+            })
+        }),
+    ))
 }
 
 /// `callsync admin …`, through this data directory's desk session.
-pub(crate) fn admin(data: &Path, cmd: &AdminCommand) -> anyhow::Result<Report> {
+pub(crate) fn admin(g: &Global, data: &Path, cmd: &AdminCommand) -> anyhow::Result<Report> {
     if !data.exists() {
         return Err(ClientError::NotLoggedIn.into());
     }
@@ -539,12 +557,12 @@ pub(crate) fn admin(data: &Path, cmd: &AdminCommand) -> anyhow::Result<Report> {
         },
     };
     let method = call.method();
-    let result = runtime()?.block_on(async {
+    let result = runtime()?.block_on(within(g, async {
         let (mut client, _) = SyncClient::connect(data).await?;
         let result = rpc(&mut client, call).await;
         client.leave().await;
         result
-    })?;
+    }))?;
     Ok(match result {
         RpcResult::Users(users) => Report {
             text: users

@@ -553,9 +553,11 @@ impl SyncClient {
         };
         let _ = self.send(&leave).await;
         let _ = self.send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.send.stopped()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.send.stopped()).await;
         self.connection.close(0u32.into(), b"leave");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        // Long enough for the close to leave (so the server sees the device go at
+        // once), not for the whole draining period.
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.endpoint.wait_idle()).await;
     }
 
     /// Drops the connection without a goodbye (as a crash or a cut link would).

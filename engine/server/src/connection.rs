@@ -20,7 +20,8 @@ use crate::accounts::{self, AuthError, Session};
 use crate::clock;
 use crate::hub::{ConnId, HubInput, Outgoing};
 
-/// How long a new connection has to open its stream and send its first message.
+/// How long a new connection has, by default, to open its stream and send its
+/// first message.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages a connection may send in a burst …
 pub const RATE_BURST: f64 = 2_000.0;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     /// Argon2 is slow by design; at most this many hash at once, so a login
     /// storm cannot starve sync.
     pub(crate) hashing: Semaphore,
+    /// How long a new connection has to open its stream and say `login`/`join`.
+    pub(crate) handshake_timeout: Duration,
 }
 
 fn body(code: &str, message: impl Into<String>, message_ja: impl Into<String>) -> ErrorBody {
@@ -85,14 +88,15 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
     };
     let (mut send, mut recv) =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi()).await {
+        match tokio::time::timeout(shared.handshake_timeout, connection.accept_bi()).await {
             Ok(Ok(streams)) => streams,
             _ => {
                 connection.close(1u32.into(), b"no stream opened in time");
                 return;
             }
         };
-    let first = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut recv)).await {
+    let first = match tokio::time::timeout(shared.handshake_timeout, read_message(&mut recv)).await
+    {
         Ok(Ok(Some(message))) => message,
         Ok(Ok(None)) => {
             connection.close(0u32.into(), b"bye");
@@ -328,6 +332,13 @@ async fn run_session(
                 let result = match result {
                     Ok(result) => {
                         tracing::info!(admin = %session.user, method = call.method(), "account change");
+                        if let Some((user, reason)) = ended_sessions(&call) {
+                            let _ = shared.hub.send(HubInput::EndSessions {
+                                tenant: session.tenant.clone(),
+                                user,
+                                reason,
+                            });
+                        }
                         result
                     }
                     Err(e) => wire::RpcResult::Refused(e.body()),
@@ -368,6 +379,20 @@ async fn run_session(
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
     connection.close(0u32.into(), b"bye");
+}
+
+/// The member whose live connections an account change ends, and why.
+fn ended_sessions(call: &wire::RpcCall) -> Option<(callsync_core::UserId, ErrorBody)> {
+    match call {
+        wire::RpcCall::UserSetContract {
+            email,
+            contract: false,
+        } => Some((email.clone(), AuthError::ContractRequired.body())),
+        wire::RpcCall::UserResetPassword { email, .. } => {
+            Some((email.clone(), AuthError::InvalidSession.body()))
+        }
+        _ => None,
+    }
 }
 
 fn shutting_down() -> ErrorBody {

@@ -63,6 +63,13 @@ pub(crate) enum HubInput {
     Received { conn: ConnId, message: Message },
     /// The connection is gone.
     Closed { conn: ConnId },
+    /// A member's sessions were ended (contract revoked, password reset): close
+    /// their connections now, with this reason.
+    EndSessions {
+        tenant: TenantId,
+        user: UserId,
+        reason: ErrorBody,
+    },
     /// Finish the current batch and stop.
     Shutdown,
 }
@@ -275,6 +282,18 @@ impl HubState {
                         .any(|o| o.session.device == c.session.device);
                     if !still_online {
                         self.presence(batch, &c.session, false);
+                    }
+                }
+                Ok(())
+            }
+            HubInput::EndSessions {
+                tenant,
+                user,
+                reason,
+            } => {
+                for (id, c) in &self.conns {
+                    if c.session.tenant == tenant && c.session.user == user {
+                        batch.closes.push((*id, reason.clone()));
                     }
                 }
                 Ok(())

@@ -78,6 +78,8 @@ pub struct ServerConfig {
     pub session_ttl_ms: i64,
     /// Documents kept in memory.
     pub cache_docs: usize,
+    /// How long a new connection has to open its stream and say who it is.
+    pub handshake_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -90,6 +92,7 @@ impl ServerConfig {
             start_limit_ms: DEFAULT_START_LIMIT_MS,
             session_ttl_ms: DEFAULT_SESSION_TTL_MS,
             cache_docs: DEFAULT_CACHE_DOCS,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -219,6 +222,7 @@ impl Server {
             next_conn: AtomicU64::new(1),
             session_ttl_ms: config.session_ttl_ms,
             hashing: Semaphore::new(2),
+            handshake_timeout: config.handshake_timeout,
         });
         let accept_endpoint = endpoint.clone();
         let accept = tokio::spawn(async move {

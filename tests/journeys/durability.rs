@@ -1,0 +1,177 @@
+//! Offline work and crashes: what a phone does without a connection arrives once,
+//! and a server killed mid-sync keeps everything it acknowledged.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::network::{NUMBER, PhoneRun, World, call_id, callsync};
+
+/// How many of each event kind a replica's timeline holds for `call`.
+fn kinds(timeline: &Value, call: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for entry in timeline.as_array().expect("timeline") {
+        if entry["call"] == call {
+            // Unit kinds are strings; kinds with fields are `{name: {…}}`.
+            let kind = match &entry["kind"] {
+                Value::String(name) => name.clone(),
+                Value::Object(map) => map.keys().next().cloned().unwrap_or_default(),
+                other => other.to_string(),
+            };
+            *out.entry(kind).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn work_done_on_both_sides_while_the_phone_is_cut_off_converges_once() {
+    let world = World::start(&[]);
+    let (desk, phone) = world.rep_devices();
+    let mut run = PhoneRun::start(&phone);
+    let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    run.wait_for(|v| v["event"] == "call-requested");
+    callsync(&phone, &["phone", "start", &call]).ok();
+    run.wait_for(|v| v["event"] == "acknowledged");
+    run.stop();
+
+    // Cut off: the phone ends the call; the desk ends it too.
+    callsync(&phone, &["phone", "end", &call, "--duration", "61"]).ok();
+    callsync(&desk, &["desk", "end", &call]).ok();
+
+    let mut run = PhoneRun::start(&phone);
+    run.wait_for(|v| v["event"] == "acknowledged");
+    run.wait_for(|v| v["event"] == "caught-up");
+    let on_phone = callsync(&phone, &["phone", "show", &call]).ok();
+    let on_desk = callsync(&desk, &["desk", "show", &call]).ok();
+    assert_eq!(on_phone["phase"], "awaiting-result");
+    assert_eq!(on_phone, on_desk);
+    let phone_timeline = callsync(&phone, &["timeline", "cus-1"]).ok();
+    let desk_timeline = callsync(&desk, &["timeline", "cus-1"]).ok();
+    assert_eq!(phone_timeline, desk_timeline);
+    let counts = kinds(&phone_timeline, &call);
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "no duplicates: {counts:?}"
+    );
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    run.stop();
+}
+
+#[test]
+fn a_phone_keeps_working_while_the_server_is_down_and_syncs_when_it_returns() {
+    let mut world = World::start(&[]);
+    let (desk, phone) = world.rep_devices();
+    let mut run = PhoneRun::start(&phone);
+    let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    run.wait_for(|v| v["event"] == "call-requested");
+
+    world.server.stop();
+    run.wait_for(|v| v["event"] == "disconnected");
+    // Offline: the phone starts and ends the call on its own replica.
+    callsync(&phone, &["phone", "start", &call]).ok();
+    callsync(&phone, &["phone", "end", &call, "--duration", "5"]).ok();
+    // The desk cannot reach the server and says so.
+    let down = callsync(&desk, &["desk", "show", &call]);
+    assert_eq!(down.code, 2, "{down:?}");
+    assert_eq!(down.json()["error"]["code"], "unreachable");
+
+    world.server.restart();
+    // `phone run` reconnects by itself (backoff) and pushes what it did.
+    run.wait_for(|v| v["event"] == "acknowledged");
+    let on_desk = callsync(&desk, &["desk", "show", &call]).ok();
+    assert_eq!(on_desk["phase"], "phone-ended");
+    run.stop();
+}
+
+#[test]
+fn a_server_killed_mid_sync_keeps_every_change_it_acknowledged() {
+    let mut world = World::start(&[]);
+    let (desk, phone) = world.rep_devices();
+    let mut run = PhoneRun::start(&phone);
+    run.wait_for(|v| v["event"] == "caught-up");
+    let mut acknowledged = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for round in 0..6 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(150 + seed % 600);
+        let pid = world.server.pid();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        });
+        // Requests, each cancelled at once, until the server dies under us.
+        loop {
+            let request = callsync(
+                &desk,
+                &[
+                    "--timeout-secs",
+                    "3",
+                    "desk",
+                    "request",
+                    "cus-1",
+                    "--number",
+                    NUMBER,
+                ],
+            );
+            if request.code != 0 {
+                break;
+            }
+            let call = call_id(&request.json());
+            acknowledged.push(call.clone());
+            if callsync(&desk, &["--timeout-secs", "3", "desk", "cancel", &call]).code != 0 {
+                break;
+            }
+        }
+        killer.join().unwrap();
+        world.server.reap();
+        world.server.restart();
+        // A request the desk saw acknowledged but could not cancel still blocks
+        // new ones: cancel it now, the server being back.
+        if let Some(last) = acknowledged.last() {
+            let shown = callsync(&desk, &["desk", "show", last]);
+            if shown.code == 0 && shown.json()["phase"] == "awaiting-start" {
+                callsync(&desk, &["desk", "cancel", last]).ok();
+            }
+        }
+        // Everything acknowledged so far is in the server's database.
+        let conn = rusqlite::Connection::open(world.server.db()).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        for call in &acknowledged {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM calls WHERE call_id = ?1",
+                    [call],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "round {round}: acknowledged call {call} was lost");
+        }
+    }
+    assert!(acknowledged.len() >= 6, "too few writes: {acknowledged:?}");
+    // A desk that logs in fresh sees every acknowledged call.
+    let fresh = world.dir("fresh-desk");
+    world.login(&fresh, "desk", crate::network::REP).ok();
+    callsync(&fresh, &["desk", "open", "cus-1"]).ok();
+    let calls = callsync(&fresh, &["desk", "calls"]).ok();
+    for call in &acknowledged {
+        assert!(
+            calls
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["call"] == call.as_str()),
+            "{call} missing on a fresh desk"
+        );
+    }
+    run.stop();
+}
