@@ -14,6 +14,8 @@ mod import;
 mod network;
 #[path = "journeys/refusals.rs"]
 mod refusals;
+#[path = "journeys/security.rs"]
+mod security;
 #[path = "journeys/support.rs"]
 mod support;
 #[path = "journeys/sync.rs"]

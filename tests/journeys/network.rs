@@ -111,12 +111,6 @@ impl ServerProcess {
         self.data.join("callsync.sqlite")
     }
 
-    /// Kills the server with SIGKILL (no chance to flush anything).
-    pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
     /// Stops it with SIGTERM and waits for a clean exit.
     pub(crate) fn stop(&mut self) {
         let _ = Command::new("kill")
@@ -169,10 +163,10 @@ impl PhoneRun {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
                 }
             }
         });

@@ -384,6 +384,12 @@ pub(crate) enum InputError {
     /// An unknown IANA time zone name.
     #[error("unknown time zone {0:?}")]
     UnknownTimeZone(String),
+    /// A request with no --origin, and the user has no phone.
+    #[error("you have no phone logged in yet: run `callsync phone login`")]
+    NoPhone,
+    /// A request with no --origin, and the user has several phones.
+    #[error("you have several phones: pick one with --origin")]
+    SeveralPhones,
     /// Customers of a synced device are created on the server.
     #[error(
         "this data directory syncs with a server: create customers with `callsync desk create`"

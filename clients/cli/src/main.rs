@@ -168,6 +168,16 @@ fn classify_local(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
                 ),
                 app::InputError::UnknownTimeZone(_) => ("bad-time-zone", 1, None),
                 app::InputError::ServerOwnsCustomers => ("server-owns-customers", 1, None),
+                app::InputError::NoPhone => (
+                    "no-phone",
+                    1,
+                    Some("携帯端末がまだログインしていません".into()),
+                ),
+                app::InputError::SeveralPhones => (
+                    "several-phones",
+                    1,
+                    Some("携帯端末が複数あります。--origin で選んでください".into()),
+                ),
             };
         }
     }

@@ -21,7 +21,7 @@ use callsync_replica::{ClientError, SavedSession, SyncClient, login};
 use callsync_server::{Server, ServerConfig, add_tenant, init_owner};
 use serde_json::json;
 
-use crate::app::App;
+use crate::app::{App, InputError};
 use crate::args::{
     AdminCommand, CallCommand, DeskCommand, Global, LoginArgs, OnOff, PhoneCommand, ResultArgs,
     RoleArg, ServeArgs, Side,
@@ -316,10 +316,8 @@ async fn only_phone(client: &mut SyncClient) -> anyhow::Result<String> {
         .collect();
     match phones.as_slice() {
         [one] => Ok(one.id.to_string()),
-        [] => Err(anyhow!(
-            "you have no phone logged in yet: run `callsync phone login`"
-        )),
-        _ => Err(anyhow!("you have several phones: pick one with --origin")),
+        [] => Err(InputError::NoPhone.into()),
+        _ => Err(InputError::SeveralPhones.into()),
     }
 }
 
@@ -330,11 +328,18 @@ async fn hold(client: &mut SyncClient, app: &App, customer: &str) -> anyhow::Res
         rpc(
             client,
             RpcCall::Subscribe {
-                documents: vec![id],
+                documents: vec![id.clone()],
             },
         )
         .await?;
         client.settle(SETTLE).await?;
+        if app.load(&id).is_err() {
+            return Err(callsync_store::StoreError::UnknownCustomer {
+                tenant: app.tenant.clone(),
+                customer: id,
+            }
+            .into());
+        }
     }
     Ok(())
 }

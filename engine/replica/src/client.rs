@@ -142,7 +142,7 @@ impl SyncClient {
             token: session.token.clone(),
             cursor,
         };
-        let mut bytes_out = wire::encode_frame(&join).map_err(NetError::from)?.len() as u64;
+        let bytes_out = wire::encode_frame(&join).map_err(NetError::from)?.len() as u64;
         write_message(&mut send, &join).await?;
         let bytes_in = Arc::new(AtomicU64::new(0));
         let (tx, incoming) = mpsc::channel(1024);
@@ -198,16 +198,13 @@ impl SyncClient {
             next_rpc: 1,
             data_version,
             bytes_in,
-            bytes_out: 0,
+            bytes_out,
         };
-        client.bytes_out = bytes_out;
         if let Some(cursor) = client.catch_up.reached() {
             client.save_cursor(&cursor)?;
             events.push(ClientEvent::CaughtUp { seq: cursor.seq });
         }
         client.push_local().await?;
-        bytes_out = client.bytes_out;
-        client.bytes_out = bytes_out;
         Ok((client, events))
     }
 
@@ -519,11 +516,12 @@ impl SyncClient {
                 customer: doc_id.clone(),
             });
         }
-        if caught_up && self.catch_up.is_pending(doc_id) {
-            if let Some(cursor) = self.catch_up.document_done(doc_id) {
-                self.save_cursor(&cursor)?;
-                events.push(ClientEvent::CaughtUp { seq: cursor.seq });
-            }
+        if caught_up
+            && self.catch_up.is_pending(doc_id)
+            && let Some(cursor) = self.catch_up.document_done(doc_id)
+        {
+            self.save_cursor(&cursor)?;
+            events.push(ClientEvent::CaughtUp { seq: cursor.seq });
         }
         Ok(())
     }
@@ -591,15 +589,14 @@ fn report_changes(
             origin,
             recording,
         } = &event.kind
+            && origin == me
         {
-            if origin == me {
-                events.push(ClientEvent::CallRequested {
-                    customer: customer.clone(),
-                    call: event.call.clone(),
-                    number: destination.as_written().to_owned(),
-                    recording: *recording,
-                });
-            }
+            events.push(ClientEvent::CallRequested {
+                customer: customer.clone(),
+                call: event.call.clone(),
+                number: destination.as_written().to_owned(),
+                recording: *recording,
+            });
         }
         touched.insert(event.call.clone());
     }

@@ -40,7 +40,7 @@ pub enum ClientError {
     #[error(transparent)]
     Net(#[from] NetError),
     /// The server refused, with its reason.
-    #[error("{0}")]
+    #[error("{}", .0.message)]
     Refused(ErrorBody),
     /// This data directory has not logged in.
     #[error("not logged in: run `login` first")]

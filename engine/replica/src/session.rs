@@ -154,14 +154,14 @@ pub async fn login(data_dir: &Path, request: &LoginRequest) -> Result<SavedSessi
     let mut store = Store::open(&data_dir.join(DB_FILE))?;
     let actor = device_actor(&mut store)?;
     let device = device_id(&mut store, request.kind, request.device.as_deref())?;
-    if let Some(existing) = SavedSession::load(&store)? {
-        if existing.kind != request.kind {
-            return Err(ClientError::Protocol(format!(
-                "this data directory belongs to a {}; use another for a {}",
-                existing.kind.as_str(),
-                request.kind.as_str()
-            )));
-        }
+    if let Some(existing) = SavedSession::load(&store)?
+        && existing.kind != request.kind
+    {
+        return Err(ClientError::Protocol(format!(
+            "this data directory belongs to a {}; use another for a {}",
+            existing.kind.as_str(),
+            request.kind.as_str()
+        )));
     }
     let config = tls::client_config(&request.trust.trust()?)?;
     let endpoint = endpoint::client_endpoint(request.server, config)?;

@@ -11,7 +11,7 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use callsync_core::wire::{DeviceRegistration, ErrorBody, MemberSummary, RpcCall, RpcResult};
 use callsync_core::{DeviceKind, Role, TenantId, Timestamp, UserId};
-use callsync_store::{MemberRecord, Store, StoreError};
+use callsync_store::{MemberRecord, NewSession, Store, StoreError};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// The calling-contract refusal, word for word from the product.
@@ -230,15 +230,15 @@ pub fn login(
     }
     let token = new_token()?;
     let expires_at = now.plus_millis(ttl_ms);
-    store.open_session(
-        &member,
-        &device.id,
-        device.kind,
-        &actor,
-        &token_hash(&token),
+    let hash = token_hash(&token);
+    let new = NewSession {
+        device: &device.id,
+        kind: device.kind,
+        actor: &actor,
+        token_hash: &hash,
         expires_at,
-        now,
-    )?;
+    };
+    store.open_session(&member, &new, now)?;
     Ok(LoggedIn {
         token,
         member,

@@ -41,6 +41,21 @@ pub struct DeviceRecord {
     pub kind: DeviceKind,
 }
 
+/// What [`Store::open_session`] registers.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSession<'a> {
+    /// The device.
+    pub device: &'a DeviceId,
+    /// Desk or phone.
+    pub kind: DeviceKind,
+    /// The Automerge actor (hex) the device writes under.
+    pub actor: &'a str,
+    /// SHA-256 of the token.
+    pub token_hash: &'a [u8],
+    /// When the token stops working.
+    pub expires_at: Timestamp,
+}
+
 /// A live session, found by its token's hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -241,13 +256,16 @@ impl Store {
     pub fn open_session(
         &mut self,
         member: &MemberRecord,
-        device: &DeviceId,
-        kind: DeviceKind,
-        actor: &str,
-        token_hash: &[u8],
-        expires_at: Timestamp,
+        new: &NewSession<'_>,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        let NewSession {
+            device,
+            kind,
+            actor,
+            token_hash,
+            expires_at,
+        } = *new;
         let tx = self.write()?;
         match device_row(&tx.tx, device)? {
             Some(known) if known.email != member.email || known.kind != kind => {

@@ -19,7 +19,7 @@
 mod accounts;
 mod replication;
 
-pub use accounts::{AccountQueries, DeviceRecord, MemberRecord, SessionRecord};
+pub use accounts::{AccountQueries, DeviceRecord, MemberRecord, NewSession, SessionRecord};
 pub use replication::ReplicationQueries;
 
 use std::collections::HashMap;
