@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 
 use automerge::AutoCommit;
-use automerge::sync::State;
+use automerge::sync::{BloomFilter, Have, State};
 
 use crate::id::CustomerId;
 use crate::wire::Cursor;
@@ -67,6 +67,27 @@ impl CatchUp {
         } else {
             None
         }
+    }
+}
+
+/// Prepares a sync state restored from storage for a new session.
+///
+/// A saved state keeps only the heads both sides shared when the last session
+/// ended, not what the peer said it has; Automerge would spend a round trip
+/// asking before sending anything. Assuming the peer holds exactly those shared
+/// heads lets the first message carry the changes made since, so a reconnect
+/// costs one message per changed document each way. If the assumption is wrong
+/// (the peer lost data, or we did), Automerge notices (a missing hash resets the
+/// exchange; a missing dependency is asked for) and the sync still completes.
+pub fn resume(state: &mut State) {
+    // A decoded state has heard nothing from the peer yet: no heads, no need.
+    if state.their_heads.is_none() && !state.shared_heads.is_empty() {
+        state.their_heads = Some(state.shared_heads.clone());
+        state.their_need = Some(Vec::new());
+        state.their_have = Some(vec![Have {
+            last_sync: state.shared_heads.clone(),
+            bloom: BloomFilter::default(),
+        }]);
     }
 }
 

@@ -251,9 +251,10 @@ impl SyncClient {
             let saved = self
                 .store
                 .sync_state(SERVER_PEER, &self.session.tenant, doc)?;
-            let state = saved
+            let mut state = saved
                 .and_then(|bytes| sync::State::decode(&bytes).ok())
                 .unwrap_or_default();
+            callsync_core::catchup::resume(&mut state);
             self.states.insert(doc.clone(), state);
         }
         self.states

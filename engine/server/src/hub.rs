@@ -459,9 +459,10 @@ impl HubState {
         };
         if !c.states.contains_key(doc) {
             let saved = tx.sync_state(c.session.device.as_str(), &c.session.tenant, doc)?;
-            let state = saved
+            let mut state = saved
                 .and_then(|bytes| sync::State::decode(&bytes).ok())
                 .unwrap_or_default();
+            callsync_core::catchup::resume(&mut state);
             c.states.insert(doc.clone(), state);
         }
         Ok(())
