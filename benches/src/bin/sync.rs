@@ -303,10 +303,14 @@ async fn main() {
     let (mut p, _) = SyncClient::connect(&phone_dir).await.unwrap();
     p.settle(Duration::from_secs(30)).await.unwrap();
     let mut desk_store = Store::open(&desk_dir.join(DB_FILE)).unwrap();
-    let doc_id = CustomerId::new(format!("cus-{:05}", DOCS - 1)).unwrap();
+    // Each push goes to another customer (a customer has a handful of calls, not
+    // hundreds): the desk opens the customers first.
+    let push_docs: Vec<CustomerId> = (0..PUSHES)
+        .map(|k| CustomerId::new(format!("cus-{:05}", DOCS - 1 - k)).unwrap())
+        .collect();
     let (_, _) = d
         .rpc(callsync_core::wire::RpcCall::Subscribe {
-            documents: vec![doc_id.clone()],
+            documents: push_docs.clone(),
         })
         .await
         .unwrap();
@@ -314,7 +318,8 @@ async fn main() {
     let mut latencies = Vec::with_capacity(PUSHES);
     let mut record_ms = Vec::with_capacity(PUSHES);
     let mut wire_ms = Vec::with_capacity(PUSHES);
-    for k in 0..PUSHES {
+    for (k, doc_id) in push_docs.iter().enumerate() {
+        let doc_id = doc_id.clone();
         let call = format!("push-{k}");
         let kind = EventKind::Requested {
             destination: PhoneNumber::parse("03-1234-5678").unwrap(),
@@ -332,13 +337,21 @@ async fn main() {
         record_ms.push((sent - t).as_secs_f64() * 1e3);
         d.local_changes().unwrap();
         d.push_local().await.unwrap();
+        // Both devices keep answering the server meanwhile (a bloom-filter false
+        // positive makes the server ask the desk for the change once in a while).
         loop {
-            let m = p.recv().await.unwrap();
-            let events = p.handle(m).await.unwrap();
-            if events.iter().any(
-                |e| matches!(e, ClientEvent::CallRequested { call: c, .. } if c.as_str() == call),
-            ) {
-                break;
+            tokio::select! {
+                m = p.recv() => {
+                    let events = p.handle(m.unwrap()).await.unwrap();
+                    if events.iter().any(
+                        |e| matches!(e, ClientEvent::CallRequested { call: c, .. } if c.as_str() == call),
+                    ) {
+                        break;
+                    }
+                }
+                m = d.recv() => {
+                    d.handle(m.unwrap()).await.unwrap();
+                }
             }
         }
         latencies.push(t.elapsed().as_secs_f64() * 1e3);

@@ -21,7 +21,7 @@ use callsync_core::wire::{self, Cursor, Message, RpcCall, RpcResult};
 use callsync_core::{CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventKind};
 use callsync_net::framing::{read_message_sized, write_message};
 use callsync_net::{NetError, endpoint};
-use callsync_store::{ReplicationQueries, Store, StoreError};
+use callsync_store::{ReplicationQueries, Store, StoreError, StoredDoc, is_current};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -29,6 +29,8 @@ use crate::session::{SavedSession, device_actor};
 use crate::{ClientError, DB_FILE};
 
 const CURSOR_KEY: &str = "cursor";
+/// Documents a client keeps parsed between messages.
+const MAX_KEPT_DOCS: usize = 1_024;
 /// The sync-state key of the one peer a device syncs with.
 const SERVER_PEER: &str = "server";
 
@@ -117,6 +119,9 @@ pub struct SyncClient {
     catch_up: CatchUp,
     states: HashMap<CustomerId, sync::State>,
     fresh: HashMap<CustomerId, AutoCommit>,
+    /// Documents kept between messages; checked against the database before use,
+    /// since local commands in other processes write to it too.
+    docs: HashMap<CustomerId, StoredDoc>,
     replies: HashMap<u64, RpcResult>,
     next_rpc: u64,
     data_version: i64,
@@ -194,6 +199,7 @@ impl SyncClient {
             catch_up: CatchUp::new(target, changed),
             states: HashMap::new(),
             fresh: HashMap::new(),
+            docs: HashMap::new(),
             replies: HashMap::new(),
             next_rpc: 1,
             data_version,
@@ -262,6 +268,32 @@ impl SyncClient {
             .ok_or_else(|| ClientError::Protocol("sync state vanished".to_owned()))
     }
 
+    /// The document as saved, from the kept copy if it is still current.
+    fn doc(&mut self, doc: &CustomerId) -> Result<Option<StoredDoc>, ClientError> {
+        if let Some(kept) = self.docs.remove(doc)
+            && is_current(&self.store, &kept)?
+        {
+            return Ok(Some(kept));
+        }
+        match self
+            .store
+            .load(&self.session.tenant, doc, self.actor.clone())
+        {
+            Ok(stored) => Ok(Some(stored)),
+            Err(StoreError::UnknownCustomer { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn keep(&mut self, doc: CustomerId, stored: StoredDoc) {
+        if self.docs.len() >= MAX_KEPT_DOCS
+            && let Some(any) = self.docs.keys().next().cloned()
+        {
+            self.docs.remove(&any);
+        }
+        self.docs.insert(doc, stored);
+    }
+
     /// Whether another process (a local command) wrote since the last look.
     pub fn local_changes(&mut self) -> Result<bool, ClientError> {
         let version = self.store.data_version()?;
@@ -274,10 +306,8 @@ impl SyncClient {
     pub async fn push_local(&mut self) -> Result<(), ClientError> {
         let tenant = self.session.tenant.clone();
         for doc in self.store.outbox(&tenant)? {
-            let mut stored = match self.store.load(&tenant, &doc, self.actor.clone()) {
-                Ok(stored) => stored,
-                Err(StoreError::UnknownCustomer { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            let Some(mut stored) = self.doc(&doc)? else {
+                continue;
             };
             let state = self.state(&doc)?;
             let message = stored
@@ -285,6 +315,7 @@ impl SyncClient {
                 .automerge_mut()
                 .sync()
                 .generate_sync_message(state);
+            self.keep(doc.clone(), stored);
             if let Some(message) = message {
                 self.send(&Message::Sync {
                     document_id: doc,
@@ -303,16 +334,16 @@ impl SyncClient {
 
     /// Whether the local document holds everything the server last said it had.
     fn holds_server_heads(&mut self, doc: &CustomerId) -> Result<bool, ClientError> {
-        let Some(state) = self.states.get(doc) else {
+        let Some(state) = self.states.get(doc).cloned() else {
             return Ok(false);
         };
-        match self
-            .store
-            .load(&self.session.tenant, doc, self.actor.clone())
-        {
-            Ok(mut stored) => Ok(holds_peer_heads(stored.doc.automerge_mut(), state)),
-            Err(StoreError::UnknownCustomer { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
+        match self.doc(doc)? {
+            Some(mut stored) => {
+                let holds = holds_peer_heads(stored.doc.automerge_mut(), &state);
+                self.keep(doc.clone(), stored);
+                Ok(holds)
+            }
+            None => Ok(false),
         }
     }
 
@@ -459,7 +490,11 @@ impl SyncClient {
             .states
             .get_mut(doc_id)
             .ok_or_else(|| ClientError::Protocol("sync state vanished".to_owned()))?;
-        let (before, mut after_doc) = match tx.load(&tenant, doc_id, actor.clone()) {
+        let kept = match self.docs.remove(doc_id) {
+            Some(kept) if is_current(&tx, &kept)? => Ok(kept),
+            _ => tx.load(&tenant, doc_id, actor.clone()),
+        };
+        let (before, mut after_doc) = match kept {
             Ok(mut stored) => {
                 let before = event_keys(&stored.doc);
                 stored
@@ -469,7 +504,7 @@ impl SyncClient {
                     .receive_sync_message(state, message)
                     .map_err(|e| ClientError::Protocol(format!("sync message refused: {e}")))?;
                 tx.save(&mut stored)?;
-                (before, Some(stored.doc))
+                (before, Some(stored))
             }
             Err(StoreError::UnknownCustomer { .. }) => {
                 let am = self
@@ -481,9 +516,9 @@ impl SyncClient {
                     .map_err(|e| ClientError::Protocol(format!("sync message refused: {e}")))?;
                 match CustomerDoc::from_automerge(am.clone()) {
                     Ok(mut doc) if doc.tenant() == &tenant && doc.id() == doc_id => {
-                        tx.insert(&mut doc)?;
+                        let stored = tx.insert(&mut doc)?;
                         self.fresh.remove(doc_id);
-                        (BTreeSet::new(), Some(doc))
+                        (BTreeSet::new(), Some(stored))
                     }
                     // Not enough yet to be a document: wait for more.
                     _ => (BTreeSet::new(), None),
@@ -493,12 +528,12 @@ impl SyncClient {
         };
         tx.set_sync_state(SERVER_PEER, &tenant, doc_id, &state.encode())?;
         let caught_up = match after_doc.as_mut() {
-            Some(doc) => holds_peer_heads(doc.automerge_mut(), state),
+            Some(stored) => holds_peer_heads(stored.doc.automerge_mut(), state),
             None => false,
         };
         let acknowledged = match after_doc.as_mut() {
-            Some(doc) => {
-                let mut ours = doc.heads();
+            Some(stored) => {
+                let mut ours = stored.doc.heads();
                 ours.sort();
                 let mut theirs = state.their_heads.clone().unwrap_or_default();
                 theirs.sort();
@@ -508,8 +543,9 @@ impl SyncClient {
         };
         tx.commit()?;
         self.data_version = self.store.data_version()?;
-        if let Some(doc) = after_doc.as_ref() {
-            report_changes(doc, doc_id, &before, &my_device, events);
+        if let Some(stored) = after_doc {
+            report_changes(&stored.doc, doc_id, &before, &my_device, events);
+            self.keep(doc_id.clone(), stored);
         }
         if acknowledged && self.store.outbox(&tenant)?.contains(doc_id) {
             self.store.clear_outbox(&tenant, doc_id)?;
@@ -528,21 +564,31 @@ impl SyncClient {
     }
 
     fn reply_for(&mut self, doc_id: &CustomerId) -> Result<Option<sync::Message>, ClientError> {
-        let tenant = self.session.tenant.clone();
-        let actor = self.actor.clone();
-        let state = match self.states.get_mut(doc_id) {
-            Some(state) => state,
-            None => return Ok(None),
+        let Some(mut state) = self.states.remove(doc_id) else {
+            return Ok(None);
         };
-        if let Some(am) = self.fresh.get_mut(doc_id) {
-            return Ok(am.sync().generate_sync_message(state));
-        }
-        let mut stored = self.store.load(&tenant, doc_id, actor)?;
-        Ok(stored
-            .doc
-            .automerge_mut()
-            .sync()
-            .generate_sync_message(state))
+        let message = if let Some(am) = self.fresh.get_mut(doc_id) {
+            am.sync().generate_sync_message(&mut state)
+        } else {
+            match self.doc(doc_id) {
+                Ok(Some(mut stored)) => {
+                    let message = stored
+                        .doc
+                        .automerge_mut()
+                        .sync()
+                        .generate_sync_message(&mut state);
+                    self.keep(doc_id.clone(), stored);
+                    message
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    self.states.insert(doc_id.clone(), state);
+                    return Err(e);
+                }
+            }
+        };
+        self.states.insert(doc_id.clone(), state);
+        Ok(message)
     }
 
     /// Says goodbye and closes the connection.

@@ -472,6 +472,21 @@ impl Read for WriteTx<'_> {
     }
 }
 
+/// Whether `stored` still describes the database: no other connection (another
+/// process) has saved the document since. A kept document that is not current
+/// must be loaded again. Inside a write, the answer holds until the commit.
+pub fn is_current<R: Read + ?Sized>(reader: &R, stored: &StoredDoc) -> Result<bool, StoreError> {
+    let heads: Option<Vec<u8>> = reader
+        .db()
+        .query_row(
+            "SELECT heads FROM documents WHERE tenant_id = ?1 AND customer_id = ?2",
+            params![stored.doc.tenant().as_str(), stored.doc.id().as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(heads.is_some_and(|h| h == encode_heads(&stored.saved_heads)))
+}
+
 /// The tenant's customers, by id, read through the store or inside a write.
 pub fn customers_in<R: Read + ?Sized>(
     reader: &R,
