@@ -13,6 +13,7 @@
 //! - `push`: a desk requests a call, the phone is notified (both connected);
 //!   measured from the desk's click (local write included) to the phone having
 //!   applied and saved it.
+//!
 //! `changed_bytes` is the size of the changes themselves (Automerge incremental
 //! save of exactly what changed); `wire_bytes` counts every frame both ways.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
