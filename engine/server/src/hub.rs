@@ -129,6 +129,8 @@ struct HubState {
     docs: HashMap<DocKey, Cached>,
     tick: u64,
     conns: HashMap<ConnId, Conn>,
+    /// Connections with sync states changed since the last batch.
+    dirty_conns: HashSet<ConnId>,
 }
 
 struct TxDirectory<'a, R: Read>(&'a R);
@@ -161,6 +163,7 @@ impl Hub {
                 docs: HashMap::new(),
                 tick: 0,
                 conns: HashMap::new(),
+                dirty_conns: HashSet::new(),
             },
         }
     }
@@ -487,6 +490,7 @@ impl HubState {
         }
         if let Some(message) = message {
             c.dirty.insert(key.1.clone());
+            self.dirty_conns.insert(conn);
             batch.send(
                 conn,
                 Message::Sync {
@@ -557,6 +561,7 @@ impl HubState {
             return Ok(());
         };
         c.dirty.insert(doc.clone());
+        self.dirty_conns.insert(conn);
         let stored = &mut cached.stored;
         let before = stored.doc.heads();
         let received = stored
@@ -825,7 +830,7 @@ impl HubState {
     }
 
     fn save_sync_states(&mut self, tx: &mut WriteTx<'_>) -> Result<(), StoreError> {
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        let conns: Vec<ConnId> = self.dirty_conns.drain().collect();
         for conn in conns {
             self.save_conn_states(tx, conn)?;
         }

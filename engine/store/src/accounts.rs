@@ -150,20 +150,18 @@ impl Store {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let tx = self.write()?;
-        let exists: bool = tx.tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = ?1)",
-            params![owner.tenant.as_str()],
-            |r| r.get(0),
-        )?;
+        let exists: bool = tx
+            .tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = ?1)")?
+            .query_row(params![owner.tenant.as_str()], |r| r.get(0))?;
         if exists {
             return Err(StoreError::TenantExists {
                 tenant: owner.tenant.clone(),
             });
         }
-        tx.tx.execute(
-            "INSERT INTO tenants (tenant_id, created_at) VALUES (?1, ?2)",
-            params![owner.tenant.as_str(), now.as_millis()],
-        )?;
+        tx.tx
+            .prepare_cached("INSERT INTO tenants (tenant_id, created_at) VALUES (?1, ?2)")?
+            .execute(params![owner.tenant.as_str(), now.as_millis()])?;
         insert_member(&tx.tx, owner, now)?;
         tx.commit()
     }
@@ -181,10 +179,10 @@ impl Store {
         tenant: &TenantId,
         restricted: bool,
     ) -> Result<(), StoreError> {
-        let n = self.conn.execute(
-            "UPDATE tenants SET assignee_visibility = ?2 WHERE tenant_id = ?1",
-            params![tenant.as_str(), restricted],
-        )?;
+        let n = self
+            .conn
+            .prepare_cached("UPDATE tenants SET assignee_visibility = ?2 WHERE tenant_id = ?1")?
+            .execute(params![tenant.as_str(), restricted])?;
         if n == 0 {
             return Err(StoreError::UnknownTenant {
                 tenant: tenant.clone(),
@@ -275,17 +273,18 @@ impl Store {
             }
             Some(_) => {}
             None => {
-                tx.tx.execute(
-                    "INSERT INTO devices (device_id, tenant_id, email, kind, registered_at)
+                tx.tx
+                    .prepare_cached(
+                        "INSERT INTO devices (device_id, tenant_id, email, kind, registered_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
+                    )?
+                    .execute(params![
                         device.as_str(),
                         member.tenant.as_str(),
                         member.email.as_str(),
                         kind.as_str(),
                         now.as_millis()
-                    ],
-                )?;
+                    ])?;
             }
         }
         let bound: Option<String> = tx
@@ -304,16 +303,12 @@ impl Store {
             }
             Some(_) => {}
             None => {
-                tx.tx.execute(
-                    "INSERT INTO actors (actor, device_id) VALUES (?1, ?2)",
-                    params![actor, device.as_str()],
-                )?;
+                tx.tx
+                    .prepare_cached("INSERT INTO actors (actor, device_id) VALUES (?1, ?2)")?
+                    .execute(params![actor, device.as_str()])?;
             }
         }
-        tx.tx.execute(
-            "INSERT INTO sessions (token_hash, device_id, email, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![token_hash, device.as_str(), member.email.as_str(), expires_at.as_millis()],
-        )?;
+        tx.tx.prepare_cached("INSERT INTO sessions (token_hash, device_id, email, expires_at) VALUES (?1, ?2, ?3, ?4)")?.execute(params![token_hash, device.as_str(), member.email.as_str(), expires_at.as_millis()])?;
         tx.commit()
     }
 
@@ -348,10 +343,10 @@ impl Store {
 
     /// Deletes expired sessions; returns how many.
     pub fn purge_sessions(&mut self, now: Timestamp) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
-            "DELETE FROM sessions WHERE expires_at <= ?1",
-            params![now.as_millis()],
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+            .execute(params![now.as_millis()])?)
     }
 }
 
@@ -412,28 +407,26 @@ pub trait AccountQueries: Read {
 impl<T: Read + ?Sized> AccountQueries for T {}
 
 fn insert_member(conn: &Connection, m: &MemberRecord, now: Timestamp) -> Result<(), StoreError> {
-    let exists: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM members WHERE email = ?1)",
-        params![m.email.as_str()],
-        |r| r.get(0),
-    )?;
+    let exists: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM members WHERE email = ?1)")?
+        .query_row(params![m.email.as_str()], |r| r.get(0))?;
     if exists {
         return Err(StoreError::MemberExists {
             email: m.email.clone(),
         });
     }
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO members (email, tenant_id, password_hash, role, contract, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            m.email.as_str(),
-            m.tenant.as_str(),
-            m.password_hash,
-            m.role.as_str(),
-            m.contract,
-            now.as_millis()
-        ],
-    )?;
+    )?
+    .execute(params![
+        m.email.as_str(),
+        m.tenant.as_str(),
+        m.password_hash,
+        m.role.as_str(),
+        m.contract,
+        now.as_millis()
+    ])?;
     Ok(())
 }
 
@@ -456,9 +449,7 @@ fn update_member(
 }
 
 fn end_sessions(conn: &Connection, email: &UserId) -> Result<(), StoreError> {
-    conn.execute(
-        "DELETE FROM sessions WHERE email = ?1",
-        params![email.as_str()],
-    )?;
+    conn.prepare_cached("DELETE FROM sessions WHERE email = ?1")?
+        .execute(params![email.as_str()])?;
     Ok(())
 }

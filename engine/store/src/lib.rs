@@ -317,6 +317,8 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Every hot statement is prepared once per connection.
+        conn.set_prepared_statement_cache_capacity(64);
         // WAL: readers never block the writer. FULL: a commit survives power loss,
         // not only a process crash — what we acknowledge must never be lost.
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -425,11 +427,12 @@ impl Store {
 
     /// Sets a setting (its own small transaction).
     pub fn set_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
+            )?
+            .execute(params![key, value])?;
         Ok(())
     }
 
@@ -539,11 +542,14 @@ impl WriteTx<'_> {
 
     /// Stores a new document (as its first snapshot) and indexes it.
     pub fn insert(&mut self, doc: &mut CustomerDoc) -> Result<StoredDoc, StoreError> {
-        let exists: bool = self.tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM documents WHERE tenant_id = ?1 AND customer_id = ?2)",
-            params![doc.tenant().as_str(), doc.id().as_str()],
-            |r| r.get(0),
-        )?;
+        let exists: bool = self
+            .tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM documents WHERE tenant_id = ?1 AND customer_id = ?2)",
+            )?
+            .query_row(params![doc.tenant().as_str(), doc.id().as_str()], |r| {
+                r.get(0)
+            })?;
         if exists {
             return Err(StoreError::CustomerExists {
                 customer: doc.id().clone(),
@@ -553,10 +559,8 @@ impl WriteTx<'_> {
         let heads = doc.heads();
         let snapshot = doc.save();
         let sp = self.tx.savepoint()?;
-        sp.execute(
-            "INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
+        sp.prepare_cached("INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?.execute(params![
                 doc.tenant().as_str(),
                 doc.id().as_str(),
                 snapshot.len() as i64,
@@ -565,12 +569,11 @@ impl WriteTx<'_> {
                 customer.contact,
                 customer.owner.as_str(),
                 customer.status.as_str(),
-            ],
-        )?;
-        sp.execute(
+            ])?;
+        sp.prepare_cached(
             "INSERT INTO snapshots (tenant_id, customer_id, bytes) VALUES (?1, ?2, ?3)",
-            params![doc.tenant().as_str(), doc.id().as_str(), snapshot],
-        )?;
+        )?
+        .execute(params![doc.tenant().as_str(), doc.id().as_str(), snapshot])?;
         let indexed = index(&sp, &customer, HashMap::new())?;
         bump_change_seq(&sp, doc.tenant(), doc.id())?;
         sp.commit()?;
@@ -612,45 +615,43 @@ impl WriteTx<'_> {
             })?;
         let outcome = if incremental_bytes + chunk.len() as i64 > snapshot_bytes {
             let snapshot = doc.save();
-            sp.execute(
+            sp.prepare_cached(
                 "UPDATE snapshots SET bytes = ?3 WHERE tenant_id = ?1 AND customer_id = ?2",
-                params![tenant, id, snapshot],
-            )?;
-            sp.execute(
-                "DELETE FROM chunks WHERE tenant_id = ?1 AND customer_id = ?2",
-                params![tenant, id],
-            )?;
-            sp.execute(
+            )?
+            .execute(params![tenant, id, snapshot])?;
+            sp.prepare_cached("DELETE FROM chunks WHERE tenant_id = ?1 AND customer_id = ?2")?
+                .execute(params![tenant, id])?;
+            sp.prepare_cached(
                 "UPDATE documents SET snapshot_bytes = ?3, incremental_bytes = 0
                  WHERE tenant_id = ?1 AND customer_id = ?2",
-                params![tenant, id, snapshot.len() as i64],
-            )?;
+            )?
+            .execute(params![tenant, id, snapshot.len() as i64])?;
             SaveOutcome::Compacted(snapshot.len())
         } else {
-            sp.execute(
+            sp.prepare_cached(
                 "INSERT INTO chunks (tenant_id, customer_id, seq, bytes) VALUES (?1, ?2, ?3, ?4)",
-                params![tenant, id, next_chunk, chunk],
-            )?;
-            sp.execute(
+            )?
+            .execute(params![tenant, id, next_chunk, chunk])?;
+            sp.prepare_cached(
                 "UPDATE documents SET incremental_bytes = incremental_bytes + ?3, next_chunk = ?4
                  WHERE tenant_id = ?1 AND customer_id = ?2",
-                params![tenant, id, chunk.len() as i64, next_chunk + 1],
-            )?;
+            )?
+            .execute(params![tenant, id, chunk.len() as i64, next_chunk + 1])?;
             SaveOutcome::Appended(chunk.len())
         };
-        sp.execute(
+        sp.prepare_cached(
             "UPDATE documents SET heads = ?3, company = ?4, contact = ?5, owner = ?6, status = ?7
              WHERE tenant_id = ?1 AND customer_id = ?2",
-            params![
-                tenant,
-                id,
-                encode_heads(&heads),
-                customer.company,
-                customer.contact,
-                customer.owner.as_str(),
-                customer.status.as_str(),
-            ],
-        )?;
+        )?
+        .execute(params![
+            tenant,
+            id,
+            encode_heads(&heads),
+            customer.company,
+            customer.contact,
+            customer.owner.as_str(),
+            customer.status.as_str(),
+        ])?;
         let indexed = match stored.indexed.take() {
             Some(indexed) => indexed,
             None => indexed_phases(&sp, &customer)?,
@@ -794,11 +795,11 @@ fn bump_change_seq(
     tenant: &TenantId,
     customer: &CustomerId,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE documents SET change_seq = (SELECT COALESCE(MAX(change_seq), 0) + 1 FROM documents)
          WHERE tenant_id = ?1 AND customer_id = ?2",
-        params![tenant.as_str(), customer.as_str()],
-    )?;
+    )?
+    .execute(params![tenant.as_str(), customer.as_str()])?;
     Ok(())
 }
 

@@ -32,10 +32,7 @@ fn subscribe(
     tenant: &TenantId,
     customer: &CustomerId,
 ) -> Result<bool, StoreError> {
-    Ok(conn.execute(
-        "INSERT OR IGNORE INTO subscriptions (device_id, tenant_id, customer_id) VALUES (?1, ?2, ?3)",
-        params![device.as_str(), tenant.as_str(), customer.as_str()],
-    )? > 0)
+    Ok(conn.prepare_cached("INSERT OR IGNORE INTO subscriptions (device_id, tenant_id, customer_id) VALUES (?1, ?2, ?3)")?.execute(params![device.as_str(), tenant.as_str(), customer.as_str()])? > 0)
 }
 
 fn set_sync_state(
@@ -45,11 +42,11 @@ fn set_sync_state(
     customer: &CustomerId,
     state: &[u8],
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO sync_states (peer, tenant_id, customer_id, state) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (peer, tenant_id, customer_id) DO UPDATE SET state = excluded.state",
-        params![peer, tenant.as_str(), customer.as_str(), state],
-    )?;
+    )?
+    .execute(params![peer, tenant.as_str(), customer.as_str(), state])?;
     Ok(())
 }
 
@@ -57,11 +54,10 @@ fn set_sync_state(
 pub trait ReplicationQueries: Read {
     /// The highest change sequence number given so far (0 on an empty store).
     fn last_change_seq(&self) -> Result<u64, StoreError> {
-        let seq: i64 = self.db().query_row(
-            "SELECT COALESCE(MAX(change_seq), 0) FROM documents",
-            [],
-            |r| r.get(0),
-        )?;
+        let seq: i64 = self
+            .db()
+            .prepare_cached("SELECT COALESCE(MAX(change_seq), 0) FROM documents")?
+            .query_row([], |r| r.get(0))?;
         Ok(seq as u64)
     }
 
@@ -95,12 +91,16 @@ pub trait ReplicationQueries: Read {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<bool, StoreError> {
-        Ok(self.db().query_row(
-            "SELECT EXISTS (SELECT 1 FROM subscriptions
+        Ok(self
+            .db()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM subscriptions
              WHERE device_id = ?1 AND tenant_id = ?2 AND customer_id = ?3)",
-            params![device.as_str(), tenant.as_str(), customer.as_str()],
-            |r| r.get(0),
-        )?)
+            )?
+            .query_row(
+                params![device.as_str(), tenant.as_str(), customer.as_str()],
+                |r| r.get(0),
+            )?)
     }
 
     /// The devices subscribed to a document.
@@ -198,11 +198,10 @@ pub trait ReplicationQueries: Read {
 
     /// When the oldest call still awaiting *Start call* was requested.
     fn oldest_awaiting_start(&self) -> Result<Option<Timestamp>, StoreError> {
-        let at: Option<i64> = self.db().query_row(
-            "SELECT MIN(requested_at) FROM calls WHERE phase = 'awaiting-start'",
-            [],
-            |r| r.get(0),
-        )?;
+        let at: Option<i64> = self
+            .db()
+            .prepare_cached("SELECT MIN(requested_at) FROM calls WHERE phase = 'awaiting-start'")?
+            .query_row([], |r| r.get(0))?;
         Ok(at.map(Timestamp::from_millis))
     }
 }
@@ -237,10 +236,9 @@ impl Store {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM outbox WHERE tenant_id = ?1 AND customer_id = ?2",
-            params![tenant.as_str(), customer.as_str()],
-        )?;
+        self.conn
+            .prepare_cached("DELETE FROM outbox WHERE tenant_id = ?1 AND customer_id = ?2")?
+            .execute(params![tenant.as_str(), customer.as_str()])?;
         Ok(())
     }
 }
@@ -273,10 +271,11 @@ impl WriteTx<'_> {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<(), StoreError> {
-        self.tx.execute(
-            "INSERT OR IGNORE INTO outbox (tenant_id, customer_id) VALUES (?1, ?2)",
-            params![tenant.as_str(), customer.as_str()],
-        )?;
+        self.tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO outbox (tenant_id, customer_id) VALUES (?1, ?2)",
+            )?
+            .execute(params![tenant.as_str(), customer.as_str()])?;
         Ok(())
     }
 }

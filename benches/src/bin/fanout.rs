@@ -1,0 +1,361 @@
+//! `fanout`: many phones on one server (`cargo run --release -p
+//! callsync-benches --bin fanout [PHONES] [SECONDS]`, default 1,000 phones for 20 s),
+//! printing one JSON object.
+//!
+//! Each phone is a light in-memory client (the real protocol over real QUIC on
+//! loopback, no SQLite) that starts one of its requested calls every second. Its
+//! customer is also replicated to the next phone, so every change fans out to one
+//! other connection. Measured: the server's CPU (its runtime threads and the hub
+//! thread, from `/proc`) and the fan-out latency from a phone sending its change to
+//! the neighbour having applied it. Clients and server share this machine's cores,
+//! so latency here includes waiting for the clients' own CPU.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{AutoCommit, ReadDoc};
+use callsync_core::wire::{self, Message};
+use callsync_core::{
+    ActorId, CallEvent, CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId, EventKind,
+    NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, RuleContext, Stamp, TenantId, Timestamp,
+    UserId,
+};
+use callsync_net::endpoint;
+use callsync_net::framing::{read_message, write_message};
+use callsync_net::tls::{Trust, client_config};
+use callsync_server::{DB_FILE, Server, ServerConfig, init_owner};
+use callsync_store::{MemberRecord, NewSession, Store};
+use serde_json::json;
+
+const OWNER: &str = "owner@fanout.example";
+const CALLS_PER_PHONE: usize = 64;
+
+fn now() -> Timestamp {
+    Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    )
+}
+
+fn phone_id(i: usize) -> DeviceId {
+    DeviceId::new(format!("phone-{i:04}")).unwrap()
+}
+
+fn doc_id(i: usize) -> CustomerId {
+    CustomerId::new(format!("cus-{i:04}")).unwrap()
+}
+
+/// CPU seconds used so far by this process's threads whose name starts with one
+/// of `prefixes`.
+fn thread_cpu(prefixes: &[&str]) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !prefixes.iter().any(|p| comm.trim().starts_with(p)) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3; utime 14, stime 15.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        total += (utime + stime) / ticks;
+    }
+    total
+}
+
+/// Where each phone's started events were sent, to time the neighbour's receipt.
+type Sent = Arc<Mutex<HashMap<String, Instant>>>;
+
+struct Replica {
+    am: AutoCommit,
+    state: sync::State,
+}
+
+/// What every simulated phone shares.
+#[derive(Clone)]
+struct Shared {
+    n: usize,
+    addr: std::net::SocketAddr,
+    seconds: u64,
+    sent: Sent,
+    latencies: Arc<Mutex<Vec<f64>>>,
+}
+
+async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Shared) {
+    let Shared {
+        n,
+        addr,
+        seconds,
+        sent,
+        latencies,
+    } = shared;
+    let (_conn, mut send, mut recv) = endpoint::connect(&endpoint, addr, "localhost")
+        .await
+        .unwrap();
+    let me = phone_id(i);
+    let actor = ActorId::from(me.as_str().as_bytes());
+    write_message(
+        &mut send,
+        &Message::Join {
+            sender_id: me.clone(),
+            supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
+            token,
+            cursor: None,
+        },
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = read_message(&mut recv).await {
+            if tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mine = doc_id(i);
+    let watched = doc_id((i + n - 1) % n);
+    let mut docs: HashMap<CustomerId, Replica> = HashMap::new();
+    let mut next_watch = 0usize;
+    let catalog = ResultCatalog::standard();
+    let start = Instant::now() + Duration::from_millis((i as u64 * 997) % 1000);
+    let mut tick = tokio::time::interval_at(start.into(), Duration::from_secs(1));
+    let mut k = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(seconds + 3);
+    loop {
+        tokio::select! {
+            m = rx.recv() => {
+                let Some(m) = m else { break };
+                let Message::Sync { document_id, data } = m else { continue };
+                let replica = docs.entry(document_id.clone()).or_insert_with(|| Replica {
+                    am: AutoCommit::new().with_actor(actor.clone()),
+                    state: sync::State::new(),
+                });
+                let msg = sync::Message::decode(&data).unwrap();
+                replica.am.sync().receive_sync_message(&mut replica.state, msg).unwrap();
+                if document_id == watched {
+                    // Time every neighbour start that has arrived.
+                    if let Ok(Some((_, events))) = replica.am.get(automerge::ROOT, "events") {
+                        loop {
+                            let key = format!("call-{:04}-{next_watch}/st-{next_watch}", (i + n - 1) % n);
+                            match replica.am.get(&events, key.as_str()) {
+                                Ok(Some(_)) => {
+                                    if let Some(t) = sent.lock().unwrap().remove(&key) {
+                                        latencies.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
+                                    }
+                                    next_watch += 1;
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+                if let Some(reply) = replica.am.sync().generate_sync_message(&mut replica.state) {
+                    write_message(&mut send, &Message::Sync { document_id, data: reply.encode() }).await.unwrap();
+                }
+            }
+            _ = tick.tick() => {
+                if Instant::now() > deadline.checked_sub(Duration::from_secs(3)).unwrap() || k >= CALLS_PER_PHONE {
+                    if Instant::now() > deadline { break; }
+                    continue;
+                }
+                let Some(replica) = docs.get_mut(&mine) else { continue };
+                let Ok(mut doc) = CustomerDoc::from_automerge(replica.am.clone()) else { continue };
+                let event = CallEvent {
+                    id: EventId::new(format!("st-{k}")).unwrap(),
+                    call: CallId::new(format!("call-{i:04}-{k}")).unwrap(),
+                    stamp: Stamp { at: now(), device: me.clone(), device_kind: DeviceKind::Phone, user: UserId::new(OWNER).unwrap() },
+                    kind: EventKind::Started,
+                };
+                let ctx = RuleContext { catalog: &catalog, start_limit_ms: i64::MAX / 4, other_open_calls: &[] };
+                if doc.record(event, &ctx).is_err() { continue; }
+                replica.am = doc.automerge().clone();
+                let key = format!("call-{i:04}-{k}/st-{k}");
+                sent.lock().unwrap().insert(key, Instant::now());
+                k += 1;
+                if let Some(m) = replica.am.sync().generate_sync_message(&mut replica.state) {
+                    write_message(&mut send, &Message::Sync { document_id: mine.clone(), data: m.encode() }).await.unwrap();
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000);
+    let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let root = tempfile::tempdir().unwrap();
+    let server_dir = root.path().join("server");
+    init_owner(&server_dir, "fanout", OWNER, "fanout password").unwrap();
+
+    // Sessions, customers and requested calls, written straight to the server's
+    // database (logging a thousand phones in through Argon2 is not what is measured).
+    let setup = Instant::now();
+    let mut tokens = Vec::with_capacity(n);
+    {
+        let mut store = Store::open(&server_dir.join(DB_FILE)).unwrap();
+        let owner: MemberRecord = store.member(&UserId::new(OWNER).unwrap()).unwrap().unwrap();
+        let tenant = TenantId::new("fanout").unwrap();
+        let desk = DeviceId::new("desk-setup").unwrap();
+        let catalog = ResultCatalog::standard();
+        for i in 0..n {
+            let token = format!("token-{i:04}-fanout");
+            let hash = callsync_server::accounts::token_hash(&token);
+            let device = phone_id(i);
+            let actor = ActorId::from(device.as_str().as_bytes()).to_hex_string();
+            store
+                .open_session(
+                    &owner,
+                    &NewSession {
+                        device: &device,
+                        kind: DeviceKind::Phone,
+                        actor: &actor,
+                        token_hash: &hash,
+                        expires_at: now().plus_millis(86_400_000),
+                    },
+                    now(),
+                )
+                .unwrap();
+            tokens.push(token);
+        }
+        let server_actor = ActorId::from(b"fanout-setup".as_slice());
+        let mut tx = store.write().unwrap();
+        for i in 0..n {
+            let new = NewCustomer {
+                tenant: tenant.clone(),
+                id: doc_id(i),
+                company: format!("株式会社ファンアウト{i}"),
+                contact: "鈴木 一郎".to_owned(),
+                owner: UserId::new(OWNER).unwrap(),
+                phones: vec![PhoneEntry {
+                    label: "代表".to_owned(),
+                    number: PhoneNumber::parse("03-1234-5678").unwrap(),
+                }],
+            };
+            let mut doc = CustomerDoc::create(&new, now(), server_actor.clone()).unwrap();
+            for k in 0..CALLS_PER_PHONE {
+                let event = CallEvent {
+                    id: EventId::new(format!("rq-{k}")).unwrap(),
+                    call: CallId::new(format!("call-{i:04}-{k}")).unwrap(),
+                    stamp: Stamp {
+                        at: now(),
+                        device: desk.clone(),
+                        device_kind: DeviceKind::Desk,
+                        user: UserId::new(OWNER).unwrap(),
+                    },
+                    kind: EventKind::Requested {
+                        destination: PhoneNumber::parse("03-1234-5678").unwrap(),
+                        origin: phone_id(i),
+                        recording: false,
+                    },
+                };
+                let ctx = RuleContext {
+                    catalog: &catalog,
+                    start_limit_ms: 0,
+                    other_open_calls: &[],
+                };
+                doc.record(event, &ctx).unwrap();
+            }
+            tx.insert(&mut doc).unwrap();
+            tx.subscribe(&phone_id(i), &tenant, &doc_id(i)).unwrap();
+            tx.subscribe(&phone_id((i + 1) % n), &tenant, &doc_id(i))
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let setup_s = setup.elapsed().as_secs_f64();
+
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("srv-rt")
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = server_rt
+        .block_on(Server::start(ServerConfig::new(
+            server_dir.clone(),
+            "127.0.0.1:0".parse().unwrap(),
+        )))
+        .unwrap();
+    let addr = server.local_addr();
+    let trust = Trust::Fingerprint(server.fingerprint().to_owned());
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client-rt")
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let connect_started = Instant::now();
+    let cpu_before = thread_cpu(&["srv-rt", "callsync-hub"]);
+    let hub_before = thread_cpu(&["callsync-hub"]);
+    let all_before = thread_cpu(&[""]);
+    client_rt.block_on(async {
+        let config = client_config(&trust).unwrap();
+        let endpoints: Vec<quinn::Endpoint> = (0..8)
+            .map(|_| endpoint::client_endpoint(addr, config.clone()).unwrap())
+            .collect();
+        let mut tasks = Vec::with_capacity(n);
+        for (i, token) in tokens.into_iter().enumerate() {
+            let shared = Shared {
+                n,
+                addr,
+                seconds,
+                sent: sent.clone(),
+                latencies: latencies.clone(),
+            };
+            let endpoint = endpoints[i % endpoints.len()].clone();
+            tasks.push(tokio::spawn(phone(i, endpoint, token, shared)));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let wall = connect_started.elapsed().as_secs_f64();
+    let cpu = thread_cpu(&["srv-rt", "callsync-hub"]) - cpu_before;
+    let hub_cpu = thread_cpu(&["callsync-hub"]) - hub_before;
+    let all_cpu = thread_cpu(&[""]) - all_before;
+    server_rt.block_on(server.shutdown());
+
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        if l.is_empty() {
+            f64::NAN
+        } else {
+            l[((l.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    let figures = json!({
+        "phones": n,
+        "seconds": seconds,
+        "setup_s": setup_s,
+        "changes_delivered": l.len(),
+        "wall_s": wall,
+        "server_cpu_s": cpu,
+        "server_cores_busy": cpu / wall,
+        "hub_thread_cpu_s": hub_cpu,
+        "process_cpu_s": all_cpu,
+        "fanout_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
+    });
+    println!("{figures}");
+}
