@@ -131,6 +131,9 @@ struct HubState {
     conns: HashMap<ConnId, Conn>,
     /// Connections with sync states changed since the last batch.
     dirty_conns: HashSet<ConnId>,
+    /// The open connections of each device (fan-out looks devices up here rather
+    /// than scanning every connection).
+    by_device: HashMap<DeviceId, Vec<ConnId>>,
 }
 
 struct TxDirectory<'a, R: Read>(&'a R);
@@ -164,6 +167,7 @@ impl Hub {
                 tick: 0,
                 conns: HashMap::new(),
                 dirty_conns: HashSet::new(),
+                by_device: HashMap::new(),
             },
         }
     }
@@ -225,7 +229,7 @@ impl Hub {
                     "サーバーで保存に失敗しました。再接続してください",
                 );
                 for conn in batch.senders {
-                    if let Some(c) = self.state.conns.remove(&conn) {
+                    if let Some(c) = self.state.remove_conn(conn) {
                         let _ = c.out.try_send(Outgoing::Close(body.clone()));
                     }
                 }
@@ -235,6 +239,17 @@ impl Hub {
 }
 
 impl HubState {
+    fn remove_conn(&mut self, conn: ConnId) -> Option<Conn> {
+        let c = self.conns.remove(&conn)?;
+        if let Some(list) = self.by_device.get_mut(&c.session.device) {
+            list.retain(|id| *id != conn);
+            if list.is_empty() {
+                self.by_device.remove(&c.session.device);
+            }
+        }
+        Some(c)
+    }
+
     fn handle(
         &mut self,
         tx: &mut WriteTx<'_>,
@@ -278,7 +293,7 @@ impl HubState {
             }
             HubInput::Closed { conn } => {
                 self.save_conn_states(tx, conn)?;
-                if let Some(c) = self.conns.remove(&conn) {
+                if let Some(c) = self.remove_conn(conn) {
                     let still_online = self
                         .conns
                         .values()
@@ -336,6 +351,10 @@ impl HubState {
             .collect();
         others.sort();
         others.dedup();
+        self.by_device
+            .entry(session.device.clone())
+            .or_default()
+            .push(conn);
         self.conns.insert(
             conn,
             Conn {
@@ -642,14 +661,18 @@ impl HubState {
         key: &DocKey,
         except: Option<ConnId>,
     ) -> Result<(), StoreError> {
-        let devices: HashSet<DeviceId> = tx.subscribers(&key.0, &key.1)?.into_iter().collect();
-        let targets: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(id, c)| Some(**id) != except && c.session.tenant == key.0)
-            .filter(|(_, c)| devices.contains(&c.session.device))
-            .map(|(id, _)| *id)
-            .collect();
+        let mut targets: Vec<ConnId> = Vec::new();
+        for device in tx.subscribers(&key.0, &key.1)? {
+            for id in self.by_device.get(&device).into_iter().flatten() {
+                let same_tenant = self
+                    .conns
+                    .get(id)
+                    .is_some_and(|c| c.session.tenant == key.0);
+                if Some(*id) != except && same_tenant {
+                    targets.push(*id);
+                }
+            }
+        }
         for conn in targets {
             self.ensure_state(tx, conn, &key.1)?;
             self.send_sync(batch, conn, key, false);
@@ -862,7 +885,7 @@ impl HubState {
         }
         for conn in slow {
             // A device that cannot keep up is dropped; it catches up on reconnect.
-            if let Some(c) = self.conns.remove(&conn) {
+            if let Some(c) = self.remove_conn(conn) {
                 tracing::warn!(device = %c.session.device, "dropping a connection that does not keep up");
                 let _ = c.out.try_send(Outgoing::Close(refusal(
                     "too-slow",
