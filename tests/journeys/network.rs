@@ -61,6 +61,7 @@ pub(crate) struct ServerProcess {
     pub(crate) fingerprint: String,
     data: PathBuf,
     extra: Vec<String>,
+    serve: Vec<String>,
 }
 
 impl ServerProcess {
@@ -93,6 +94,7 @@ impl ServerProcess {
             fingerprint: v["fingerprint"].as_str().expect("fingerprint").to_owned(),
             data: data.to_path_buf(),
             extra: global.iter().map(|s| s.to_string()).collect(),
+            serve: serve.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -120,10 +122,12 @@ impl ServerProcess {
         assert!(status.success(), "server exited with {status}");
     }
 
-    /// Starts it again on the same address and data directory.
+    /// Starts it again on the same address, data directory and flags (the same
+    /// `--init-owner` included: bootstrapping is done, so it is ignored).
     pub(crate) fn restart(&mut self) {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let again = Self::start(&self.data, &self.addr, &extra, &[]);
+        let serve: Vec<&str> = self.serve.iter().map(String::as_str).collect();
+        let again = Self::start(&self.data, &self.addr, &extra, &serve);
         assert_eq!(
             again.fingerprint, self.fingerprint,
             "the certificate is kept"

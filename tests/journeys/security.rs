@@ -505,3 +505,123 @@ fn chrono_now() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+#[test]
+fn desk_refusals_are_typed_and_change_nothing_on_the_server() {
+    let world = World::start(&[]);
+    let desk = world.dir("rep-desk");
+    world.login(&desk, "desk", REP).ok();
+    // No phone logged in yet: a request without --origin has nowhere to go.
+    callsync(
+        &desk,
+        &[
+            "desk",
+            "create",
+            "--id",
+            "cus-1",
+            "--company",
+            "A社",
+            "--contact",
+            "A",
+            "--number",
+            &format!("代表:{NUMBER}"),
+        ],
+    )
+    .ok();
+    let before = documents(&world.server);
+    callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).refused("no-phone");
+    // The same customer id twice.
+    callsync(
+        &desk,
+        &[
+            "desk",
+            "create",
+            "--id",
+            "cus-1",
+            "--company",
+            "B社",
+            "--contact",
+            "B",
+            "--number",
+            &format!("代表:{NUMBER}"),
+        ],
+    )
+    .refused("customer-exists");
+    // Customers of a synced desk are made on the server, not locally.
+    callsync(
+        &desk,
+        &[
+            "customer",
+            "create",
+            "--id",
+            "cus-2",
+            "--company",
+            "C社",
+            "--contact",
+            "C",
+            "--number",
+            &format!("代表:{NUMBER}"),
+        ],
+    )
+    .refused("server-owns-customers");
+    assert_eq!(documents(&world.server), before);
+    // A device id registered to another member cannot be taken over.
+    let other = world.dir("other-phone");
+    world
+        .login_as(&world.dir("rep-phone"), "phone", REP, Some("phone-x"))
+        .ok();
+    world
+        .login_as(&other, "phone", OWNER, Some("phone-x"))
+        .refused("device-taken");
+}
+
+#[test]
+fn an_unsupported_version_and_a_second_login_on_a_session_are_refused() {
+    let world = World::start(&[]);
+    let (desk, _phone) = world.rep_devices();
+    let store = Store::open(&desk.join("callsync.sqlite")).unwrap();
+    let session = SavedSession::load(&store).unwrap().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let (_ep, _c, mut send, mut recv) = raw_connect(&world.server).await;
+        let join = Message::Join {
+            sender_id: session.device.clone(),
+            supported_protocol_versions: vec!["0".to_owned()],
+            token: session.token.clone(),
+            cursor: None,
+        };
+        write_message(&mut send, &join).await.unwrap();
+        assert_eq!(error_code(&mut recv).await, "unsupported-protocol");
+
+        let (_ep, _c, mut send, mut recv) = raw_connect(&world.server).await;
+        let join = Message::Join {
+            sender_id: session.device.clone(),
+            supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
+            token: session.token.clone(),
+            cursor: None,
+        };
+        write_message(&mut send, &join).await.unwrap();
+        let login = Message::Login {
+            supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
+            email: REP.to_owned(),
+            password: PASSWORD.to_owned(),
+            device: wire::DeviceRegistration {
+                id: session.device.clone(),
+                kind: DeviceKind::Desk,
+                actor: "00".to_owned(),
+            },
+        };
+        write_message(&mut send, &login).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv)).await {
+                Ok(Ok(Some(Message::Error(body)))) => {
+                    assert_eq!(body.code, "unexpected-message");
+                    break;
+                }
+                Ok(Ok(Some(_))) => continue,
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+    });
+    still_serving(&desk);
+}

@@ -133,7 +133,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, requires = "cert")]
     pub(crate) key: Option<PathBuf>,
     /// On an empty data directory, create the tenant (--tenant) and this owner
-    /// first. The password comes from CALLSYNC_PASSWORD or a line on stdin.
+    /// first (ignored once the directory has a tenant). The password comes from
+    /// CALLSYNC_PASSWORD or a line on stdin.
     #[arg(long, value_name = "EMAIL")]
     pub(crate) init_owner: Option<String>,
     /// How long session tokens last, in hours.

@@ -101,7 +101,17 @@ pub(crate) fn add_tenant_cmd(g: &Global, data: &Path, owner: &str) -> anyhow::Re
 pub(crate) fn serve(g: &Global, data: &Path, args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(email) = &args.init_owner {
         let password = password("CALLSYNC_PASSWORD")?;
-        init_owner(data, &g.tenant, email, &password)?;
+        match init_owner(data, &g.tenant, email, &password) {
+            Ok(()) => {
+                tracing::info!(owner = %email, tenant = %g.tenant, "created the first tenant")
+            }
+            // The same command starts the server again later: bootstrapping is
+            // done, so the flag has nothing left to do.
+            Err(callsync_server::ServerError::AlreadyInitialized) => {
+                tracing::info!("the data directory already has a tenant; --init-owner ignored");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let mut config = ServerConfig::new(data.to_path_buf(), args.listen);
     config.certificate = args.cert.clone().zip(args.key.clone());
