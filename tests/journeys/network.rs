@@ -329,24 +329,28 @@ impl World {
         let phone = self.dir("rep-phone");
         self.login(&desk, "desk", REP).ok();
         self.login_as(&phone, "phone", REP, Some("phone-rep")).ok();
-        callsync(
-            &desk,
-            &[
-                "desk",
-                "create",
-                "--id",
-                "cus-1",
-                "--company",
-                "株式会社さくら物産",
-                "--contact",
-                "佐藤 健一",
-                "--number",
-                &format!("代表:{NUMBER}"),
-            ],
-        )
-        .ok();
+        create_customer(&desk, "cus-1", "株式会社さくら物産").ok();
         (desk, phone)
     }
+}
+
+/// `desk create` of customer `id` named `company`, with the journeys' number.
+pub(crate) fn create_customer(desk: &Path, id: &str, company: &str) -> Run {
+    callsync(
+        desk,
+        &[
+            "desk",
+            "create",
+            "--id",
+            id,
+            "--company",
+            company,
+            "--contact",
+            "佐藤 健一",
+            "--number",
+            &format!("代表:{NUMBER}"),
+        ],
+    )
 }
 
 /// The `call` field of a request's JSON.

@@ -18,6 +18,7 @@ use callsync_store::Store;
 
 use crate::network::{
     NUMBER, OWNER, PASSWORD, PhoneRun, REP, ServerProcess, World, call_id, callsync, callsync_with,
+    create_customer,
 };
 
 /// Rows in a server table.
@@ -265,6 +266,16 @@ fn an_expired_session_is_refused() {
     callsync(&desk, &["desk", "customers"]).refused("session-expired");
 }
 
+/// A `join` for a saved session, offering one protocol version.
+fn join_message(session: &SavedSession, version: &str) -> Message {
+    Message::Join {
+        sender_id: session.device.clone(),
+        supported_protocol_versions: vec![version.to_owned()],
+        token: session.token.clone(),
+        cursor: None,
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -320,22 +331,7 @@ fn garbage_oversized_frames_forged_tokens_and_silent_peers_are_cut_off() {
         ],
     )
     .ok();
-    callsync(
-        &desk,
-        &[
-            "desk",
-            "create",
-            "--id",
-            "cus-1",
-            "--company",
-            "A社",
-            "--contact",
-            "A",
-            "--number",
-            &format!("代表:{NUMBER}"),
-        ],
-    )
-    .ok();
+    create_customer(&desk, "cus-1", "A社").ok();
     let sessions = count(&server, "sessions");
     let rt = runtime();
     rt.block_on(async {
@@ -438,12 +434,7 @@ fn a_desk_writing_under_the_phones_actor_is_rejected_and_nothing_is_stored() {
     let rt = runtime();
     let rejected = rt.block_on(async {
         let (_ep, _c, mut send, mut recv) = raw_connect(&world.server).await;
-        let join = Message::Join {
-            sender_id: session.device.clone(),
-            supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
-            token: session.token.clone(),
-            cursor: None,
-        };
+        let join = join_message(&session, wire::PROTOCOL_VERSION);
         write_message(&mut send, &join).await.unwrap();
         let mut state = sync::State::new();
         let doc_id = callsync_core::CustomerId::new("cus-1").unwrap();
@@ -512,41 +503,11 @@ fn desk_refusals_are_typed_and_change_nothing_on_the_server() {
     let desk = world.dir("rep-desk");
     world.login(&desk, "desk", REP).ok();
     // No phone logged in yet: a request without --origin has nowhere to go.
-    callsync(
-        &desk,
-        &[
-            "desk",
-            "create",
-            "--id",
-            "cus-1",
-            "--company",
-            "A社",
-            "--contact",
-            "A",
-            "--number",
-            &format!("代表:{NUMBER}"),
-        ],
-    )
-    .ok();
+    create_customer(&desk, "cus-1", "A社").ok();
     let before = documents(&world.server);
     callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).refused("no-phone");
     // The same customer id twice.
-    callsync(
-        &desk,
-        &[
-            "desk",
-            "create",
-            "--id",
-            "cus-1",
-            "--company",
-            "B社",
-            "--contact",
-            "B",
-            "--number",
-            &format!("代表:{NUMBER}"),
-        ],
-    )
-    .refused("customer-exists");
+    create_customer(&desk, "cus-1", "B社").refused("customer-exists");
     // Customers of a synced desk are made on the server, not locally.
     callsync(
         &desk,
@@ -584,22 +545,12 @@ fn an_unsupported_version_and_a_second_login_on_a_session_are_refused() {
     let rt = runtime();
     rt.block_on(async {
         let (_ep, _c, mut send, mut recv) = raw_connect(&world.server).await;
-        let join = Message::Join {
-            sender_id: session.device.clone(),
-            supported_protocol_versions: vec!["0".to_owned()],
-            token: session.token.clone(),
-            cursor: None,
-        };
+        let join = join_message(&session, "0");
         write_message(&mut send, &join).await.unwrap();
         assert_eq!(error_code(&mut recv).await, "unsupported-protocol");
 
         let (_ep, _c, mut send, mut recv) = raw_connect(&world.server).await;
-        let join = Message::Join {
-            sender_id: session.device.clone(),
-            supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
-            token: session.token.clone(),
-            cursor: None,
-        };
+        let join = join_message(&session, wire::PROTOCOL_VERSION);
         write_message(&mut send, &join).await.unwrap();
         let login = Message::Login {
             supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
