@@ -14,6 +14,10 @@
 //!   measured from the desk's click (local write included) to the phone having
 //!   applied and saved it.
 //!
+//! - `samod`: the same three reconnect scenarios through `samod`, the Rust
+//!   automerge-repo, in the same run (see `samod_side`), at 1,000 and 2,000
+//!   documents (`--samod-docs 1000,4000` picks others; `--no-samod` skips).
+//!
 //! `changed_bytes` is the size of the changes themselves (Automerge incremental
 //! save of exactly what changed); `wire_bytes` counts every frame both ways.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -33,9 +37,16 @@ use callsync_server::{DB_FILE, Server, ServerConfig, init_owner};
 use callsync_store::{RuleSettings, Store};
 use serde_json::json;
 
+mod samod_side;
+
 const DOCS: usize = 10_000;
 const CHANGED: usize = 10;
 const RUNS: usize = 5;
+/// samod's cost per reconnect grows faster than linearly with the number of
+/// documents (its hub walks every document on each event): 4,000 documents take
+/// about 33 s per reconnect here and 10,000 did not finish in 15 minutes, so the
+/// default run shows the start of the curve.
+const SAMOD_DOCS: [usize; 2] = [1_000, 2_000];
 const PUSHES: usize = 200;
 const OWNER: &str = "owner@bench.example";
 const PASSWORD: &str = "bench password";
@@ -149,6 +160,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let samod_docs: Vec<usize> = match args.iter().position(|a| a == "--samod-docs") {
+        Some(i) => args[i + 1]
+            .split(',')
+            .map(|n| {
+                n.parse()
+                    .expect("--samod-docs takes numbers, comma-separated")
+            })
+            .collect(),
+        None => SAMOD_DOCS.to_vec(),
+    };
+    let with_samod = !args.iter().any(|a| a == "--no-samod");
     let root = tempfile::tempdir().unwrap();
     let server_dir = root.path().join("server");
     let (phone_dir, desk_dir) = (root.path().join("phone"), root.path().join("desk"));
@@ -381,6 +404,12 @@ async fn main() {
     let wire_p50 = percentile(&mut wire_ms, 0.5);
     let wire_p99 = percentile(&mut wire_ms, 0.99);
 
+    let mut samod = Vec::new();
+    if with_samod {
+        for docs in samod_docs {
+            samod.push(samod_side::run(docs, CHANGED, RUNS).await);
+        }
+    }
     let figures = json!({
         "docs": DOCS,
         "setup_s": build_s,
@@ -398,6 +427,7 @@ async fn main() {
             "local_write_p50_ms": record_p50,
             "after_write_p50_ms": wire_p50, "after_write_p99_ms": wire_p99,
         },
+        "samod": samod,
     });
     println!("{figures}");
 }
