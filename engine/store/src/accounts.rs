@@ -98,19 +98,18 @@ fn member_from(
 
 fn member(conn: &Connection, email: &UserId) -> Result<Option<MemberRecord>, StoreError> {
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT tenant_id, email, password_hash, role, contract FROM members WHERE email = ?1",
-            params![email.as_str()],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, bool>(4)?,
-                ))
-            },
-        )
+        )?
+        .query_row(params![email.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, bool>(4)?,
+            ))
+        })
         .optional()?;
     row.map(|(t, e, h, r, c)| member_from(t, e, h, r, c))
         .transpose()
@@ -118,17 +117,14 @@ fn member(conn: &Connection, email: &UserId) -> Result<Option<MemberRecord>, Sto
 
 fn device_row(conn: &Connection, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
     let row = conn
-        .query_row(
-            "SELECT tenant_id, email, kind FROM devices WHERE device_id = ?1",
-            params![id.as_str()],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            },
-        )
+        .prepare_cached("SELECT tenant_id, email, kind FROM devices WHERE device_id = ?1")?
+        .query_row(params![id.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
         .optional()?;
     row.map(|(t, e, k)| {
         Ok(DeviceRecord {
@@ -170,7 +166,8 @@ impl Store {
     pub fn has_tenants(&self) -> Result<bool, StoreError> {
         Ok(self
             .db()
-            .query_row("SELECT EXISTS (SELECT 1 FROM tenants)", [], |r| r.get(0))?)
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM tenants)")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// Turns the assignee visibility restriction on or off.
@@ -289,11 +286,8 @@ impl Store {
         }
         let bound: Option<String> = tx
             .tx
-            .query_row(
-                "SELECT device_id FROM actors WHERE actor = ?1",
-                params![actor],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT device_id FROM actors WHERE actor = ?1")?
+            .query_row(params![actor], |r| r.get(0))
             .optional()?;
         match bound {
             Some(other) if other != device.as_str() => {
@@ -317,11 +311,12 @@ impl Store {
     pub fn session(&self, token_hash: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
         let row: Option<(String, String, i64)> = self
             .db()
-            .query_row(
+            .prepare_cached(
                 "SELECT device_id, email, expires_at FROM sessions WHERE token_hash = ?1",
-                params![token_hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            )?
+            .query_row(params![token_hash], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         let Some((device_id, email, expires_at)) = row else {
             return Ok(None);
@@ -355,11 +350,8 @@ pub trait AccountQueries: Read {
     /// Whether the tenant restricts user-role members to their assigned customers.
     fn assignee_visibility(&self, tenant: &TenantId) -> Result<bool, StoreError> {
         self.db()
-            .query_row(
-                "SELECT assignee_visibility FROM tenants WHERE tenant_id = ?1",
-                params![tenant.as_str()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT assignee_visibility FROM tenants WHERE tenant_id = ?1")?
+            .query_row(params![tenant.as_str()], |r| r.get(0))
             .optional()?
             .ok_or_else(|| StoreError::UnknownTenant {
                 tenant: tenant.clone(),
@@ -393,11 +385,8 @@ pub trait AccountQueries: Read {
     fn device_of_actor(&self, actor: &str) -> Result<Option<DeviceId>, StoreError> {
         let id: Option<String> = self
             .db()
-            .query_row(
-                "SELECT device_id FROM actors WHERE actor = ?1",
-                params![actor],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT device_id FROM actors WHERE actor = ?1")?
+            .query_row(params![actor], |r| r.get(0))
             .optional()?;
         id.map(|id| DeviceId::new(id).map_err(|_| bad_row("device id")))
             .transpose()

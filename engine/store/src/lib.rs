@@ -417,11 +417,8 @@ impl Store {
     pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT value FROM settings WHERE key = ?1",
-                params![key],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+            .query_row(params![key], |r| r.get(0))
             .optional()?)
     }
 
@@ -443,10 +440,10 @@ impl Store {
         customer: &CustomerId,
     ) -> Result<(u64, u64, u64), StoreError> {
         self.conn
-            .query_row(
-                "SELECT snapshot_bytes, incremental_bytes,
+            .prepare_cached("SELECT snapshot_bytes, incremental_bytes,
                         (SELECT count(*) FROM chunks c WHERE c.tenant_id = d.tenant_id AND c.customer_id = d.customer_id)
-                 FROM documents d WHERE tenant_id = ?1 AND customer_id = ?2",
+                 FROM documents d WHERE tenant_id = ?1 AND customer_id = ?2")?
+            .query_row(
                 params![tenant.as_str(), customer.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -481,8 +478,8 @@ impl Read for WriteTx<'_> {
 pub fn is_current<R: Read + ?Sized>(reader: &R, stored: &StoredDoc) -> Result<bool, StoreError> {
     let heads: Option<Vec<u8>> = reader
         .db()
+        .prepare_cached("SELECT heads FROM documents WHERE tenant_id = ?1 AND customer_id = ?2")?
         .query_row(
-            "SELECT heads FROM documents WHERE tenant_id = ?1 AND customer_id = ?2",
             params![stored.doc.tenant().as_str(), stored.doc.id().as_str()],
             |r| r.get(0),
         )
@@ -558,7 +555,7 @@ impl WriteTx<'_> {
         let customer = doc.customer()?;
         let heads = doc.heads();
         let snapshot = doc.save();
-        let sp = self.tx.savepoint()?;
+        let sp = DocSavepoint::begin(&self.tx)?;
         sp.prepare_cached("INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?.execute(params![
                 doc.tenant().as_str(),
@@ -600,14 +597,15 @@ impl WriteTx<'_> {
         );
         let chunk = doc.save_after(&stored.saved_heads);
         let customer = doc.customer()?;
-        let sp = self.tx.savepoint()?;
+        let sp = DocSavepoint::begin(&self.tx)?;
         let (snapshot_bytes, incremental_bytes, next_chunk): (i64, i64, i64) = sp
-            .query_row(
+            .prepare_cached(
                 "SELECT snapshot_bytes, incremental_bytes, next_chunk FROM documents
                  WHERE tenant_id = ?1 AND customer_id = ?2",
-                params![tenant, id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            )?
+            .query_row(params![tenant, id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?
             .ok_or_else(|| StoreError::UnknownCustomer {
                 tenant: doc.tenant().clone(),
@@ -724,6 +722,52 @@ impl StoredDoc {
     /// The call's state after the last change, for callers that just recorded one.
     pub fn call(&self, call: &CallId) -> Option<CallView> {
         self.doc.call(call)
+    }
+}
+
+/// A savepoint around one document's save, so a failure half-way leaves the
+/// enclosing transaction as it was. Unlike `rusqlite::Savepoint`, which parses
+/// its SQL on every use, the statements are cached: the server saves a document
+/// on every change it admits, and parsing showed up in its profile.
+struct DocSavepoint<'c> {
+    conn: &'c Connection,
+    released: bool,
+}
+
+impl<'c> DocSavepoint<'c> {
+    fn begin(conn: &'c Connection) -> Result<Self, StoreError> {
+        conn.prepare_cached("SAVEPOINT doc_save")?.execute([])?;
+        Ok(Self {
+            conn,
+            released: false,
+        })
+    }
+
+    fn commit(mut self) -> Result<(), StoreError> {
+        self.conn.prepare_cached("RELEASE doc_save")?.execute([])?;
+        self.released = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for DocSavepoint<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for DocSavepoint<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            // Undo this document's writes and leave the savepoint; if even that
+            // fails the connection is broken and the enclosing transaction's
+            // commit will fail too, so nothing half-written is kept.
+            let _ = self
+                .conn
+                .execute_batch("ROLLBACK TO doc_save; RELEASE doc_save");
+        }
     }
 }
 
@@ -888,11 +932,8 @@ fn customer_of_call(
     call: &CallId,
 ) -> Result<CustomerId, StoreError> {
     let id: Option<String> = conn
-        .query_row(
-            "SELECT customer_id FROM calls WHERE tenant_id = ?1 AND call_id = ?2",
-            params![tenant.as_str(), call.as_str()],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT customer_id FROM calls WHERE tenant_id = ?1 AND call_id = ?2")?
+        .query_row(params![tenant.as_str(), call.as_str()], |r| r.get(0))
         .optional()?;
     match id {
         Some(id) => Ok(CustomerId::new(id).map_err(CoreError::from)?),

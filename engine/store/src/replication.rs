@@ -122,7 +122,6 @@ pub trait ReplicationQueries: Read {
             .collect()
     }
 
-    /// Subscribes `device` to a document (its own small transaction). Returns
     /// Whether the document exists, and its assigned rep.
     fn owner_of(
         &self,
@@ -131,11 +130,10 @@ pub trait ReplicationQueries: Read {
     ) -> Result<Option<String>, StoreError> {
         Ok(self
             .db()
-            .query_row(
+            .prepare_cached(
                 "SELECT owner FROM documents WHERE tenant_id = ?1 AND customer_id = ?2",
-                params![tenant.as_str(), customer.as_str()],
-                |r| r.get(0),
-            )
+            )?
+            .query_row(params![tenant.as_str(), customer.as_str()], |r| r.get(0))
             .optional()?)
     }
 
@@ -148,8 +146,8 @@ pub trait ReplicationQueries: Read {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .db()
+            .prepare_cached("SELECT state FROM sync_states WHERE peer = ?1 AND tenant_id = ?2 AND customer_id = ?3")?
             .query_row(
-                "SELECT state FROM sync_states WHERE peer = ?1 AND tenant_id = ?2 AND customer_id = ?3",
                 params![peer, tenant.as_str(), customer.as_str()],
                 |r| r.get(0),
             )
