@@ -22,12 +22,14 @@ use std::time::{Duration, Instant};
 use automerge::{ActorId, Automerge};
 use callsync_core::{
     CallEvent, CallId, CustomerDoc, DeviceId, DeviceKind, EventId, EventKind, NewCustomer,
-    PhoneNumber, ResultCatalog, RuleContext, Stamp, Timestamp, UserId,
+    PhoneNumber, ResultCatalog, RuleContext, Stamp, UserId,
 };
 use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
 use samod::{BackoffConfig, DialError, Dialer, DocHandle, Repo, Transport};
 use serde_json::{Value, json};
+
+use super::now;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -112,15 +114,6 @@ impl Dialer for CountingDialer {
         }
         .boxed()
     }
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
 }
 
 /// Records one call event on a samod document the way our engine would, and
