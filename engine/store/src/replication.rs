@@ -207,6 +207,7 @@ pub trait ReplicationQueries: Read {
 impl<T: Read + ?Sized> ReplicationQueries for T {}
 
 impl Store {
+    /// Subscribes `device` to a document (its own small transaction). Returns
     /// whether it was new.
     pub fn subscribe(
         &mut self,

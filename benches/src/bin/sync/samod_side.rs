@@ -146,9 +146,21 @@ fn event(device: &DeviceId, kind: DeviceKind, call: &str, kind_of: EventKind) ->
     }
 }
 
-/// Dials the server and waits until every document has converged on the new
-/// connection; returns (ms, bytes both ways, ms until the changed documents
-/// arrived) and the dialer to close.
+/// Asserts that the phone and the server hold the same heads for each changed
+/// document (so the timings above are for a real convergence).
+fn assert_converged(phone: &[DocHandle], server: &[DocHandle], changed: &[usize]) {
+    for &i in changed {
+        let (phone_heads, server_heads) = (
+            phone[i].with_document(|d| d.get_heads()),
+            server[i].with_document(|d| d.get_heads()),
+        );
+        assert_eq!(phone_heads, server_heads, "document {i} did not converge");
+    }
+}
+
+/// Dials the server, waits until every document has converged on the new
+/// connection, then disconnects; returns (ms, bytes both ways, ms until the
+/// changed documents had converged).
 async fn reconnect(
     phone: &Repo,
     server: SocketAddr,
@@ -274,13 +286,7 @@ pub(crate) async fn run(docs: usize, changed: usize, runs: usize) -> Value {
     }
     let (server10_ms, server10_bytes, server10_changed_ms) =
         reconnect(&phone, addr, &handles, &which).await;
-    for &i in &which {
-        let (phone_heads, server_heads) = (
-            handles[i].with_document(|d| d.get_heads()),
-            server_handles[i].with_document(|d| d.get_heads()),
-        );
-        assert_eq!(phone_heads, server_heads, "document {i} did not converge");
-    }
+    assert_converged(&handles, &server_handles, &which);
 
     // The phone, offline, starts those ten calls.
     let phone_actor = ActorId::random();
@@ -296,13 +302,7 @@ pub(crate) async fn run(docs: usize, changed: usize, runs: usize) -> Value {
     }
     let (phone10_ms, phone10_bytes, phone10_changed_ms) =
         reconnect(&phone, addr, &handles, &which).await;
-    for &i in &which {
-        let (phone_heads, server_heads) = (
-            handles[i].with_document(|d| d.get_heads()),
-            server_handles[i].with_document(|d| d.get_heads()),
-        );
-        assert_eq!(phone_heads, server_heads, "document {i} did not converge");
-    }
+    assert_converged(&handles, &server_handles, &which);
     phone.stop().await;
     server.stop().await;
 
