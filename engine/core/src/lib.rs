@@ -63,6 +63,7 @@ pub mod event;
 pub mod id;
 pub mod lifecycle;
 pub mod phone_number;
+pub mod plugin;
 pub mod result_type;
 pub mod rules;
 pub mod time;
@@ -79,6 +80,6 @@ pub use lifecycle::{
     Anomaly, AnomalyReason, CallOrigin, CallView, Flag, Phase, RecordingState, SavedResult,
 };
 pub use phone_number::PhoneNumber;
-pub use result_type::{OptionKind, ResultCatalog, ResultOption, ResultTypeSpec};
+pub use result_type::{OptionKind, ResultCatalog, ResultOption, ResultTypeSpec, TimeEntry};
 pub use rules::{OpenCall, RuleContext};
 pub use time::Timestamp;

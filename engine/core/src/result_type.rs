@@ -2,8 +2,8 @@
 //!
 //! Owns: [`ResultCatalog`], the table the result form and the rules read, and the
 //! standard catalog a new tenant starts with.
-//! Does not own: computing recall times (result-rule plugins will), or storing the
-//! catalog (a later issue publishes it in the tenant's configuration document).
+//! Does not own: computing recall times (result-rule plugins do, see
+//! [`crate::plugin`]), or storing the catalog (the tenant's configuration document).
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,19 @@ impl OptionKind {
     }
 }
 
+/// Whether the result form asks the user for the option's time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeEntry {
+    /// The rule computes the time; the form does not ask.
+    Computed,
+    /// The user may pick a time; without one the rule computes it.
+    #[default]
+    Optional,
+    /// The user must pick a time.
+    Required,
+}
+
 /// One result type of the tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultTypeSpec {
@@ -83,6 +96,9 @@ pub struct ResultTypeSpec {
     pub label_en: String,
     /// The options the form offers for this type.
     pub options: Vec<OptionKind>,
+    /// Whether the form asks for the option's time.
+    #[serde(default)]
+    pub time_entry: TimeEntry,
     /// The customer status the form proposes, if any.
     pub default_status: Option<CustomerStatus>,
     /// Whether this result counts as 本人通話 (reached the person).
@@ -110,6 +126,12 @@ impl ResultCatalog {
                     options: &[OptionKind],
                     status: Option<&str>,
                     reached: bool| ResultTypeSpec {
+            // A restriction needs an end the user picks; recalls have a default.
+            time_entry: if options.contains(&Restriction) {
+                TimeEntry::Required
+            } else {
+                TimeEntry::Optional
+            },
             // The ids below are literals checked by the unit test of this module.
             id: ResultTypeId::new(id).unwrap_or_else(|_| unreachable!("standard ids are valid")),
             label_ja: ja.to_owned(),

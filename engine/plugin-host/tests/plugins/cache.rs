@@ -1,0 +1,70 @@
+//! The compiled-plugin cache: a second host loads from disk without compiling, and
+//! a damaged cache file is recompiled, never trusted.
+
+use callsync_core::result_type::OptionKind;
+use callsync_plugin_host::{Limits, PluginHost};
+use callsync_shipped_plugins::STANDARD;
+
+use crate::support::*;
+
+#[test]
+fn a_second_host_loads_from_disk_and_a_damaged_file_is_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = PluginHost::new(Limits::default(), Some(dir.path())).unwrap();
+    let inspected = first
+        .inspect(
+            STANDARD,
+            &[],
+            |at| inputs(chrono_tz::Asia::Tokyo, at, at, &[]),
+            tokyo("2026-11-24 09:00"),
+        )
+        .unwrap();
+    let cached = dir.path().join(format!("{}.cwasm", inspected.hash));
+    assert!(cached.exists());
+
+    let ended = tokyo("2026-11-24 10:00");
+    let inputs = inputs(
+        chrono_tz::Asia::Tokyo,
+        ended,
+        ended.plus_millis(60_000),
+        &[],
+    );
+    let pick = pick("no-answer", OptionKind::Recall, None);
+    let spec = spec(&inspected.info, "no-answer");
+
+    let second = PluginHost::new(Limits::default(), Some(dir.path())).unwrap();
+    let plugin = second.load(inspected.hash, &inspected.component).unwrap();
+    let expected = plugin.evaluate(&pick, &inputs, spec).unwrap();
+
+    // Flip one byte in the middle of the compiled code.
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&cached, &bytes).unwrap();
+    let third = PluginHost::new(Limits::default(), Some(dir.path())).unwrap();
+    let plugin = third.load(inspected.hash, &inspected.component).unwrap();
+    assert_eq!(plugin.evaluate(&pick, &inputs, spec).unwrap(), expected);
+    assert_ne!(
+        std::fs::read(&cached).unwrap(),
+        bytes,
+        "the damaged file was replaced"
+    );
+}
+
+#[test]
+fn a_component_that_does_not_match_its_hash_is_refused() {
+    let host = PluginHost::new(Limits::default(), None).unwrap();
+    let inspected = host
+        .inspect(
+            STANDARD,
+            &[],
+            |at| inputs(chrono_tz::Asia::Tokyo, at, at, &[]),
+            tokyo("2026-11-24 09:00"),
+        )
+        .unwrap();
+    let other = PluginHost::new(Limits::default(), None).unwrap();
+    let mut component = inspected.component.clone();
+    component.push(0);
+    let err = other.load(inspected.hash, &component).unwrap_err();
+    assert_eq!(err.code(), "plugin-invalid", "{err}");
+}
