@@ -23,7 +23,7 @@ fn main() {
     let plugins = manifest_dir.join("../../plugins");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
     let target_dir = out_dir.join("plugins-target");
-    for path in ["Cargo.toml", "Cargo.lock", "wit", "sdk"]
+    for path in ["Cargo.toml", "Cargo.lock", ".cargo", "wit", "sdk"]
         .iter()
         .copied()
         .chain(PLUGINS.iter().copied())
@@ -33,7 +33,10 @@ fn main() {
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
+    // From inside plugins/, so its `.cargo/config.toml` (the guest stack size)
+    // applies as it does for an author building there.
     command
+        .current_dir(&plugins)
         .arg("build")
         .arg("--release")
         .arg("--locked")

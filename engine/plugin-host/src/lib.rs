@@ -36,7 +36,7 @@ use callsync_core::plugin::{
 };
 use callsync_core::result_type::{OptionKind, ResultTypeSpec, TimeEntry};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 pub use error::{Failure, PluginError};
 pub use package::{content_hash, to_component};
@@ -50,6 +50,9 @@ mod bindings {
 }
 
 use bindings::exports::callsync::rules::result_rules as wit;
+
+/// Memory kept mapped between instances (see `PluginHost::new`).
+const KEEP_RESIDENT_BYTES: usize = 256 << 10;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -67,6 +70,9 @@ pub struct Limits {
     pub stack_bytes: usize,
     /// Largest plugin file accepted, in bytes.
     pub max_file_bytes: usize,
+    /// Instances that may run at once (the pooling allocator's slots): calls past
+    /// this fail with [`Failure::Instantiate`] rather than wait.
+    pub concurrent_calls: u32,
 }
 
 impl Default for Limits {
@@ -79,6 +85,7 @@ impl Default for Limits {
             memory_bytes: 16 << 20,
             stack_bytes: 256 << 10,
             max_file_bytes: 4 << 20,
+            concurrent_calls: 32,
         }
     }
 }
@@ -130,8 +137,21 @@ pub enum HostError {
 impl PluginHost {
     /// A host with these limits, caching compiled plugins in `cache_dir` if given.
     pub fn new(limits: Limits, cache_dir: Option<&Path>) -> Result<Self, HostError> {
+        // A fresh instance per call costs a memory set-up each time; the pooling
+        // allocator keeps memory slots mapped and resets them instead.
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(limits.concurrent_calls)
+            .total_core_instances(limits.concurrent_calls * 2)
+            .total_memories(limits.concurrent_calls)
+            .total_tables(limits.concurrent_calls * 2)
+            .max_memory_size(limits.memory_bytes)
+            // Reset the first pages a plugin touches with a memset rather than
+            // returning them to the kernel, which costs page faults on every call.
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_BYTES);
         let mut config = Config::new();
         config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .consume_fuel(true)
             .epoch_interruption(true)
             .max_wasm_stack(limits.stack_bytes)
