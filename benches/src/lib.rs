@@ -51,7 +51,7 @@ pub fn completed_call(n: u64) -> Vec<CallEvent> {
         option: ResultOption::None,
         customer_status: None,
         memo: "不在のため後日".to_owned(),
-        decided_by: None,
+        decision: None,
     };
     vec![
         event(

@@ -210,7 +210,7 @@ impl App {
             option,
             customer_status,
             memo: args.memo.clone(),
-            decided_by: None,
+            decision: None,
         })
     }
 

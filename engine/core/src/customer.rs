@@ -246,7 +246,7 @@ mod tests {
             option: ResultOption::None,
             customer_status: None,
             memo: String::new(),
-            decided_by: None,
+            decision: None,
         });
         // Event ids that sort the other way round.
         let events = [

@@ -162,10 +162,11 @@ pub struct SavedResultFields {
     /// Free memo.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub memo: String,
-    /// The plugin decision that produced the option, once plugins exist: plugin id
-    /// and version, recorded so every device can tell which rule decided.
+    /// The rules that decided `option` and `customer_status` from the user's pick
+    /// (see [`crate::plugin::DecisionRecord`]); absent on results saved without a
+    /// rule set. Boxed: most events are not results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decided_by: Option<String>,
+    pub decision: Option<Box<crate::plugin::DecisionRecord>>,
 }
 
 /// A reference to a recording the server holds.

@@ -186,6 +186,90 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// Which rules decided a saved result, on what, and how it went: stored in the
+/// `result-saved` event beside the decided option and status, so every device can
+/// tell which plugin version decided, and the server can run the same rule set on
+/// the same inputs and compare.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// The rule set (see [`crate::tenant_config::Ruleset`]).
+    pub ruleset: ContentHash,
+    /// Its plugin build.
+    pub plugin: PluginRef,
+    /// The option the user picked.
+    pub picked_option: OptionKind,
+    /// The time the user picked, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picked_at: Option<Timestamp>,
+    /// The status the user picked, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picked_status: Option<CustomerStatus>,
+    /// When the call ended, as the saving device knew it.
+    pub call_ended_at: Timestamp,
+    /// Which attempt the call was.
+    pub attempt: u32,
+    /// The plugin's reason, or why the pick was kept without a decision.
+    pub reason: String,
+    /// Set when the plugin failed and the pick was kept as made: an admin should
+    /// look (the code and message of the failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_review: Option<String>,
+}
+
+impl DecisionRecord {
+    /// The pick this record says the user made, for a result of `result_type`.
+    pub fn pick(&self, result_type: &ResultTypeId) -> Pick {
+        Pick {
+            result_type: result_type.clone(),
+            option: self.picked_option,
+            at: self.picked_at,
+            customer_status: self.picked_status.clone(),
+        }
+    }
+}
+
+/// When a call ended and which attempt it was, as the rules see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallFacts {
+    /// The later of the phone's and the browser's end (a manual call: its time).
+    pub ended_at: Timestamp,
+    /// 1 for the customer's first call that took place, counting by start.
+    pub attempt: u32,
+}
+
+/// The facts of `call` on `customer`, if it took place.
+pub fn call_facts(
+    customer: &crate::customer::Customer,
+    call: &crate::id::CallId,
+) -> Option<CallFacts> {
+    let view = customer.call(call)?;
+    if !view.took_place() {
+        return None;
+    }
+    let ended_at = [
+        view.phone_ended.map(|(at, _)| at),
+        view.browser_ended_at,
+        view.started_at,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(view.origin_stamp.at);
+    let order = |c: &crate::lifecycle::CallView| {
+        (c.started_at.unwrap_or(c.origin_stamp.at), c.call.clone())
+    };
+    let this = order(view);
+    let earlier = customer
+        .calls
+        .iter()
+        .filter(|c| c.took_place() && order(c) < this)
+        .count();
+    Some(CallFacts {
+        ended_at,
+        attempt: u32::try_from(earlier + 1).unwrap_or(u32::MAX),
+    })
+}
+
 /// Why a plugin refused a pick, in both languages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {

@@ -26,7 +26,7 @@ fn event(index: usize, kind: u8, device: u8, at: u8) -> CallEvent {
             option: ResultOption::None,
             customer_status: None,
             memo: String::new(),
-            decided_by: None,
+            decision: None,
         })
     };
     let kind = match kind % 12 {

@@ -19,8 +19,10 @@
 
 mod cache;
 mod convert;
+pub mod decide;
 mod error;
 pub mod holidays;
+pub mod install;
 mod package;
 pub mod zone;
 

@@ -6,6 +6,8 @@
 mod business_hours;
 #[path = "plugins/cache.rs"]
 mod cache;
+#[path = "plugins/decide.rs"]
+mod decide;
 #[path = "plugins/hostile.rs"]
 mod hostile;
 #[path = "plugins/standard.rs"]

@@ -427,7 +427,7 @@ impl SimNetwork {
             option,
             customer_status,
             memo: String::new(),
-            decided_by: None,
+            decision: None,
         };
         self.record(peer, call, EventKind::ResultSaved(fields))
     }

@@ -139,7 +139,7 @@ fn a_memo_over_the_limit_is_refused() {
         option: ResultOption::None,
         customer_status: None,
         memo: "あ".repeat(callsync_core::rules::MAX_MEMO_CHARS + 1),
-        decided_by: None,
+        decision: None,
     };
     refused_unchanged(
         &mut net,

@@ -1,0 +1,209 @@
+//! From a pick to a saved decision under the tenant's installed rule set, and the
+//! server's check of decisions made elsewhere: same inputs, same decision; a
+//! tampered decision is caught; a failing plugin keeps the pick for review.
+
+use callsync_core::event::SavedResultFields;
+use callsync_core::id::{TenantId, UserId};
+use callsync_core::plugin::CallFacts;
+use callsync_core::result_type::{OptionKind, ResultOption};
+use callsync_core::tenant_config::{Install, TenantConfigDoc};
+use callsync_core::{ActorId, Timestamp};
+use callsync_plugin_host::decide::{DecideError, VerifyError, decide, verify};
+use callsync_plugin_host::holidays;
+use callsync_plugin_host::install::{InstallError, InstallRequest, prepare};
+use callsync_shipped_plugins::{BUSINESS_HOURS, hostile};
+
+use crate::support::*;
+
+fn config_with(file: &[u8]) -> TenantConfigDoc {
+    let host = shared_host();
+    let now = tokyo("2026-11-24 09:00");
+    let mut doc =
+        TenantConfigDoc::create(&TenantId::new("acme").unwrap(), now, ActorId::random()).unwrap();
+    let prepared = prepare(
+        host,
+        InstallRequest {
+            file,
+            settings: Vec::new(),
+            holidays: holidays::japan(),
+            time_zone: "Asia/Tokyo".to_owned(),
+        },
+        now,
+    )
+    .unwrap();
+    let install = Install {
+        ruleset: prepared.id,
+        at: now,
+        by: UserId::new("admin@acme.example").unwrap(),
+    };
+    doc.install(
+        prepared.id,
+        &prepared.ruleset,
+        &prepared.component,
+        &install,
+    )
+    .unwrap();
+    doc
+}
+
+fn fields(
+    pick: &callsync_core::plugin::Pick,
+    decided: &callsync_plugin_host::decide::Decided,
+) -> SavedResultFields {
+    SavedResultFields {
+        result_type: pick.result_type.clone(),
+        option: decided.option,
+        customer_status: decided.customer_status.clone(),
+        memo: String::new(),
+        decision: Some(Box::new(decided.record.clone())),
+    }
+}
+
+#[test]
+fn a_decision_verifies_and_a_tampered_one_does_not() {
+    let host = shared_host();
+    let doc = config_with(BUSINESS_HOURS);
+    let config = doc.config().unwrap();
+    // Friday 16:30 in Tokyo: the recall lands on Monday 10:00.
+    let facts = CallFacts {
+        ended_at: tokyo("2026-11-27 16:30"),
+        attempt: 2,
+    };
+    let saved = tokyo("2026-11-27 16:32");
+    let pick = pick("no-answer", OptionKind::Recall, None);
+    let decided = decide(host, &doc, &pick, facts, saved).unwrap();
+    assert_eq!(
+        decided.option,
+        ResultOption::Recall {
+            at: tokyo("2026-11-30 10:00")
+        }
+    );
+    assert_eq!(decided.record.plugin.id, "business-hours");
+    assert_eq!(decided.record.plugin.version, "1.0.0");
+    assert_eq!(decided.record.ruleset, config.active.unwrap());
+    assert_eq!(decided.record.needs_review, None);
+    let honest = fields(&pick, &decided);
+    verify(host, &config, &doc, &honest, saved).unwrap();
+
+    let mut moved = honest.clone();
+    moved.option = ResultOption::Recall {
+        at: tokyo("2026-11-28 10:00"),
+    };
+    assert_eq!(
+        verify(host, &config, &doc, &moved, saved)
+            .unwrap_err()
+            .code(),
+        "decision-mismatch"
+    );
+    let mut unknown = honest.clone();
+    if let Some(record) = unknown.decision.as_mut() {
+        record.ruleset = callsync_core::plugin::ContentHash::from_bytes([7; 32]);
+    }
+    assert!(matches!(
+        verify(host, &config, &doc, &unknown, saved),
+        Err(VerifyError::UnknownRuleset(_))
+    ));
+    let mut impossible = honest.clone();
+    if let Some(record) = impossible.decision.as_mut() {
+        record.call_ended_at = saved.plus_millis(1);
+    }
+    assert_eq!(
+        verify(host, &config, &doc, &impossible, saved),
+        Err(VerifyError::ImpossibleInputs)
+    );
+}
+
+#[test]
+fn a_refused_pick_is_an_error_and_no_rules_is_one_too() {
+    let host = shared_host();
+    let doc = config_with(BUSINESS_HOURS);
+    let facts = CallFacts {
+        ended_at: tokyo("2026-11-24 10:00"),
+        attempt: 1,
+    };
+    let err = decide(
+        host,
+        &doc,
+        &pick("do-not-call", OptionKind::Restriction, None),
+        facts,
+        tokyo("2026-11-24 10:01"),
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "time-required");
+    assert!(!err.message_ja().is_empty());
+    let empty = TenantConfigDoc::create(
+        &TenantId::new("acme").unwrap(),
+        Timestamp::from_millis(0),
+        ActorId::random(),
+    )
+    .unwrap();
+    assert_eq!(
+        decide(
+            host,
+            &empty,
+            &pick("no-answer", OptionKind::None, None),
+            facts,
+            tokyo("2026-11-24 10:01")
+        ),
+        Err(DecideError::NoRules)
+    );
+}
+
+#[test]
+fn a_failing_plugin_keeps_the_pick_for_review_and_that_verifies() {
+    let host = shared_host();
+    let doc = config_with(hostile::MISBEHAVES);
+    let config = doc.config().unwrap();
+    let facts = CallFacts {
+        ended_at: tokyo("2026-11-24 10:00"),
+        attempt: 1,
+    };
+    let saved = tokyo("2026-11-24 10:01");
+    let at = tokyo("2026-11-25 10:00");
+    let pick = with_status(pick("no-answer", OptionKind::Recall, Some(at)), "loop");
+    let decided = decide(host, &doc, &pick, facts, saved).unwrap();
+    assert_eq!(decided.option, ResultOption::Recall { at });
+    let review = decided.record.needs_review.clone().unwrap();
+    assert!(review.starts_with("plugin-out-of-fuel"), "{review}");
+    let kept = fields(&pick, &decided);
+    verify(host, &config, &doc, &kept, saved).unwrap();
+    // Claiming "kept for review" while saving something else is caught.
+    let mut forged = kept;
+    forged.option = ResultOption::None;
+    assert_eq!(
+        verify(host, &config, &doc, &forged, saved)
+            .unwrap_err()
+            .code(),
+        "decision-mismatch"
+    );
+    // A decision claiming the plugin succeeded where it fails on every device.
+    let mut claimed = fields(&pick, &decided);
+    if let Some(record) = claimed.decision.as_mut() {
+        record.needs_review = None;
+    }
+    assert_eq!(
+        verify(host, &config, &doc, &claimed, saved)
+            .unwrap_err()
+            .code(),
+        "decision-unverifiable"
+    );
+}
+
+#[test]
+fn an_unknown_time_zone_is_refused_at_install() {
+    let err = prepare(
+        shared_host(),
+        InstallRequest {
+            file: BUSINESS_HOURS,
+            settings: Vec::new(),
+            holidays: Vec::new(),
+            time_zone: "Mars/Olympus".to_owned(),
+        },
+        tokyo("2026-11-24 09:00"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        InstallError::UnknownTimeZone("Mars/Olympus".to_owned())
+    );
+}
