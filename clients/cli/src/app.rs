@@ -39,6 +39,8 @@ pub(crate) struct App {
     actor: ActorId,
     /// The device's session, when this data directory has logged in to a server.
     pub(crate) session: Option<SavedSession>,
+    /// The data directory.
+    pub(crate) data: PathBuf,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/callsync`, else `~/.local/share/callsync`.
@@ -89,7 +91,7 @@ impl App {
                 _ => desk = s.device.clone(),
             }
         }
-        Ok(Self {
+        let mut app = Self {
             session,
             store,
             tenant,
@@ -102,7 +104,10 @@ impl App {
             catalog: ResultCatalog::standard(),
             start_limit_ms: i64::from(global.start_limit_secs) * 1000,
             actor,
-        })
+            data: data.to_owned(),
+        };
+        app.catalog = crate::rules::catalog(&app);
+        Ok(app)
     }
 
     fn stamp(&self, kind: DeviceKind) -> Stamp {
@@ -186,7 +191,8 @@ impl App {
         self.act(&customer, vec![event])
     }
 
-    /// The result form's fields, with the type's default status.
+    /// The result form's fields as picked, with the type's default status (when
+    /// no rule set is available to decide).
     pub(crate) fn result_fields(&self, args: &ResultArgs) -> anyhow::Result<SavedResultFields> {
         let result_type = ResultTypeId::new(&args.result_type)?;
         let option = match (&args.recall, &args.restrict_until) {
@@ -214,13 +220,14 @@ impl App {
         })
     }
 
-    /// Saves a result from the desk.
+    /// Saves a result from the desk, decided by the tenant's rules.
     pub(crate) fn save_result(
         &mut self,
         call: &str,
         args: &ResultArgs,
     ) -> anyhow::Result<CallView> {
-        let fields = self.result_fields(args)?;
+        let call_id = CallId::new(call)?;
+        let fields = crate::rules::result_fields(self, &call_id, None, args)?;
         self.act_on_call(call, DeviceKind::Desk, EventKind::ResultSaved(fields))
     }
 
@@ -233,7 +240,18 @@ impl App {
     ) -> anyhow::Result<CallView> {
         let customer = CustomerId::new(customer)?;
         let call = CallId::new(new_id("call"))?;
-        let fields = self.result_fields(args)?;
+        let attempt = self
+            .load(&customer)?
+            .customer()?
+            .calls
+            .iter()
+            .filter(|c| c.took_place())
+            .count();
+        let facts = callsync_core::plugin::CallFacts {
+            ended_at: self.now,
+            attempt: u32::try_from(attempt + 1).unwrap_or(u32::MAX),
+        };
+        let fields = crate::rules::result_fields(self, &call, Some(facts), args)?;
         let events = vec![
             self.event(
                 &call,
@@ -384,6 +402,9 @@ pub(crate) enum InputError {
     /// An unknown IANA time zone name.
     #[error("unknown time zone {0:?}")]
     UnknownTimeZone(String),
+    /// A result for a call that never started.
+    #[error("the call never took place, so it has no result to decide")]
+    CallNeverTookPlace,
     /// A request with no --origin, and the user has no phone.
     #[error("you have no phone logged in yet: run `callsync phone login`")]
     NoPhone,

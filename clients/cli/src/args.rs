@@ -203,6 +203,8 @@ pub(crate) enum PhoneCommand {
     },
     /// This phone's calls, newest first (local).
     Calls,
+    /// The tenant's result types (local, works offline).
+    Types,
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,6 +281,10 @@ pub(crate) enum DeskCommand {
         #[arg(long)]
         pending: bool,
     },
+    /// Who to call again, and when (asks the server), soonest first.
+    Recalls,
+    /// The tenant's result types, as the result form offers them.
+    Types,
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,6 +323,31 @@ pub(crate) enum AdminCommand {
         #[arg(value_enum)]
         state: OnOff,
     },
+    /// Result-rule plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PluginCommand {
+    /// Install a plugin and make it the tenant's rules (an upgrade or a rollback
+    /// is the same command with another file). Checked before anything changes.
+    Install {
+        /// The plugin: a WebAssembly component, or a module built with the SDK
+        /// (`cargo build --target wasm32-unknown-unknown`).
+        file: PathBuf,
+        /// A plugin setting as KEY=VALUE (repeatable).
+        #[arg(long = "setting")]
+        settings: Vec<String>,
+        /// Days off as a `date,name` table (default: Japanese public holidays).
+        #[arg(long)]
+        holidays: Option<PathBuf>,
+        /// The tenant's time zone.
+        #[arg(long, default_value = "Asia/Tokyo")]
+        time_zone: String,
+    },
+    /// The installed rule sets, the active one first, and the install history.
+    List,
 }
 
 /// A role on the command line.
@@ -447,7 +478,8 @@ pub(crate) struct ResultArgs {
     /// The result type id (see `callsync call types`).
     #[arg(long = "type")]
     pub(crate) result_type: String,
-    /// Recall at this time (5-minute step, in the future).
+    /// Recall at this time (5-minute step, in the future), or `auto` for the time
+    /// the tenant's rules pick.
     #[arg(long, conflicts_with = "restrict_until")]
     pub(crate) recall: Option<String>,
     /// Call restriction until this time (5-minute step, in the future).

@@ -11,7 +11,9 @@ mod demo;
 mod import;
 mod online;
 mod render;
+mod rules;
 
+use callsync_plugin_host::decide::DecideError;
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -93,6 +95,10 @@ fn classify(e: &anyhow::Error) -> (String, u8, Option<String>) {
                 ClientError::Store(_) => ("database-error".into(), 3, None),
             };
             return (code, exit, ja);
+        }
+        if let Some(DecideError::Refused(refusal)) = cause.downcast_ref::<DecideError>() {
+            // The plugin's own code: the result form shows its words.
+            return (refusal.code.clone(), 1, Some(refusal.message_ja.clone()));
         }
         if let Some(server) = cause.downcast_ref::<callsync_server::ServerError>() {
             return match server {
@@ -178,7 +184,27 @@ fn classify_local(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
                     1,
                     Some("携帯端末が複数あります。--origin で選んでください".into()),
                 ),
+                app::InputError::CallNeverTookPlace => ("call-never-started", 1, None),
             };
+        }
+        if let Some(e) = cause.downcast_ref::<DecideError>() {
+            let code = match e {
+                DecideError::Refused(_) => "pick-refused",
+                DecideError::NoRules => "no-rules",
+                DecideError::UnknownResultType(_) => "unknown-result-type",
+                DecideError::Config(core) => core.code(),
+            };
+            return (code, 1, Some(e.message_ja()));
+        }
+        if let Some(e) = cause.downcast_ref::<callsync_plugin_host::install::InstallError>() {
+            return (e.code(), 1, None);
+        }
+        if let Some(e) = cause.downcast_ref::<callsync_plugin_host::holidays::HolidayError>() {
+            return (
+                "bad-holidays",
+                1,
+                Some(format!("休日の表を読み取れません: {e}")),
+            );
         }
     }
     ("error", 3, None)

@@ -23,8 +23,8 @@ use serde_json::json;
 
 use crate::app::{App, InputError};
 use crate::args::{
-    AdminCommand, CallCommand, DeskCommand, Global, LoginArgs, OnOff, PhoneCommand, ResultArgs,
-    RoleArg, ServeArgs, Side,
+    AdminCommand, CallCommand, DeskCommand, Global, LoginArgs, OnOff, PhoneCommand, PluginCommand,
+    ResultArgs, RoleArg, ServeArgs, Side,
 };
 use crate::{Report, render};
 
@@ -233,8 +233,8 @@ pub(crate) fn phone_local(app: &mut App, cmd: &PhoneCommand) -> anyhow::Result<R
             },
         ),
         PhoneCommand::Result { call: id, result } => {
-            let fields = app.result_fields(result)?;
             let call = CallId::new(id)?;
+            let fields = crate::rules::result_fields(app, &call, None, result)?;
             let customer = app.store.customer_of_call(&app.tenant, &call)?;
             let event = app.event(&call, DeviceKind::Phone, EventKind::ResultSaved(fields))?;
             let view = app.act(&customer, vec![event])?;
@@ -246,6 +246,7 @@ pub(crate) fn phone_local(app: &mut App, cmd: &PhoneCommand) -> anyhow::Result<R
         PhoneCommand::Show { call: id } => {
             crate::call(app, &CallCommand::Show { call: id.clone() })
         }
+        PhoneCommand::Types => crate::call(app, &CallCommand::Types),
         PhoneCommand::Requests | PhoneCommand::Calls => {
             let waiting_only = matches!(cmd, PhoneCommand::Requests);
             let rows = app.store.calls(&app.tenant, None, None)?;
@@ -372,8 +373,35 @@ pub(crate) fn desk(g: &Global, data: &Path, cmd: &DeskCommand) -> anyhow::Result
     rt.block_on(within(
         g,
         online(data, async |client: &mut SyncClient| {
+            // The configuration may have arrived with this sync.
+            app.catalog = crate::rules::catalog(&app);
             Ok(match cmd {
                 DeskCommand::Login(_) => return Err(anyhow!("unreachable: handled above")),
+                DeskCommand::Types => crate::call(&mut app, &CallCommand::Types)?,
+                DeskCommand::Recalls => {
+                    let RpcResult::Recalls(rows) = rpc(client, RpcCall::RecallList).await? else {
+                        return Err(anyhow!("unexpected answer"));
+                    };
+                    Report {
+                        text: if rows.is_empty() {
+                            "no recalls".to_owned()
+                        } else {
+                            rows.iter()
+                                .map(|r| {
+                                    format!(
+                                        "{}  {}  {}  {}",
+                                        app.fmt_time(r.recall_at),
+                                        r.id,
+                                        r.company,
+                                        r.owner
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        },
+                        json: serde_json::to_value(&rows)?,
+                    }
+                }
                 DeskCommand::Customers => {
                     let RpcResult::Customers(rows) = rpc(client, RpcCall::CustomerList).await?
                     else {
@@ -535,12 +563,107 @@ pub(crate) fn desk(g: &Global, data: &Path, cmd: &DeskCommand) -> anyhow::Result
     ))
 }
 
+/// `callsync admin plugin list`: sync, then read the configuration this desk holds.
+fn plugin_list(g: &Global, data: &Path) -> anyhow::Result<Report> {
+    runtime()?.block_on(within(
+        g,
+        online(data, async |_client: &mut SyncClient| Ok(())),
+    ))?;
+    let app = App::open(g, data)?;
+    let Some(doc) = crate::rules::stored_config(&app)? else {
+        return Ok(Report {
+            text: "no plugins installed".to_owned(),
+            json: json!({ "active": null, "rulesets": [], "installs": [] }),
+        });
+    };
+    let config = doc.config()?;
+    let mut lines = Vec::new();
+    if let Some((id, ruleset)) = config.active_ruleset() {
+        lines.push(format!(
+            "active  {}  rule set {}  zone {}  {} holidays  types: {}",
+            ruleset.plugin,
+            id.short(),
+            ruleset.time_zone,
+            ruleset.holidays.len(),
+            ruleset
+                .result_types
+                .iter()
+                .map(|t| t.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for install in &config.installs {
+        let plugin = config
+            .rulesets
+            .get(&install.ruleset)
+            .map_or_else(|| "?".to_owned(), |r| r.plugin.to_string());
+        lines.push(format!(
+            "installed  {}  {}  by {}  (rule set {})",
+            app.fmt_time(install.at),
+            plugin,
+            install.by,
+            install.ruleset.short()
+        ));
+    }
+    let rulesets: Vec<serde_json::Value> = config
+        .rulesets
+        .iter()
+        .map(|(id, r)| json!({ "id": id, "plugin": r.plugin, "settings": r.settings, "timeZone": r.time_zone, "holidays": r.holidays.len(), "resultTypes": r.result_types }))
+        .collect();
+    Ok(Report {
+        text: lines.join("\n"),
+        json: json!({ "active": config.active, "rulesets": rulesets, "installs": config.installs }),
+    })
+}
+
+/// The `plugin-install` request for `callsync admin plugin install`.
+fn plugin_install_call(
+    file: &Path,
+    settings: &[String],
+    holidays: Option<&Path>,
+    time_zone: &str,
+) -> anyhow::Result<RpcCall> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let settings = settings
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) => Ok(callsync_core::plugin::Setting {
+                key: key.trim().to_owned(),
+                value: value.trim().to_owned(),
+            }),
+            None => Err(anyhow!("--setting {pair:?}: expected KEY=VALUE")),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let holidays = match holidays {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            callsync_plugin_host::holidays::parse(&text)?
+        }
+        None => callsync_plugin_host::holidays::japan(),
+    };
+    Ok(RpcCall::PluginInstall {
+        file: bytes,
+        settings,
+        holidays,
+        time_zone: time_zone.to_owned(),
+    })
+}
+
 /// `callsync admin …`, through this data directory's desk session.
 pub(crate) fn admin(g: &Global, data: &Path, cmd: &AdminCommand) -> anyhow::Result<Report> {
     if !data.exists() {
         return Err(ClientError::NotLoggedIn.into());
     }
     let call = match cmd {
+        AdminCommand::Plugin(PluginCommand::List) => return plugin_list(g, data),
+        AdminCommand::Plugin(PluginCommand::Install {
+            file,
+            settings,
+            holidays,
+            time_zone,
+        }) => plugin_install_call(file, settings, holidays.as_deref(), time_zone)?,
         AdminCommand::AddUser {
             email,
             role,
@@ -579,6 +702,15 @@ pub(crate) fn admin(g: &Global, data: &Path, cmd: &AdminCommand) -> anyhow::Resu
         result
     }))?;
     Ok(match result {
+        RpcResult::PluginInstalled(installed) => Report {
+            text: format!(
+                "installed {}: rule set {} is active; result types: {}",
+                installed.plugin,
+                installed.ruleset.short(),
+                installed.result_types.join(", ")
+            ),
+            json: serde_json::to_value(&installed)?,
+        },
         RpcResult::Users(users) => Report {
             text: users
                 .iter()

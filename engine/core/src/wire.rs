@@ -37,7 +37,9 @@ use crate::account::Role;
 use crate::customer::NewCustomer;
 use crate::event::DeviceKind;
 use crate::id::{CustomerId, DeviceId, TenantId, UserId};
+use crate::plugin::{ContentHash, PluginRef, Setting};
 use crate::time::Timestamp;
+use chrono::NaiveDate;
 
 /// The QUIC ALPN token of this protocol.
 pub const ALPN: &[u8] = b"callsync/1";
@@ -186,6 +188,11 @@ pub enum Message {
         /// The documents that changed since the device's cursor. The server starts
         /// a sync for each; no other document needs one.
         changed: Vec<CustomerId>,
+        /// The heads (hex) of the tenant's configuration document on the server. A
+        /// device holding other heads starts a `config-sync`; one holding these
+        /// skips it.
+        #[serde(default)]
+        config_heads: Vec<String>,
     },
     /// Either side: a fatal error; the connection closes after it.
     Error(ErrorBody),
@@ -209,6 +216,13 @@ pub enum Message {
     Sync {
         /// The document.
         document_id: CustomerId,
+        /// A raw Automerge sync message.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Either side: one raw Automerge sync message for the tenant's configuration
+    /// document (rule sets, plugins), which only the server writes.
+    ConfigSync {
         /// A raw Automerge sync message.
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
@@ -267,6 +281,7 @@ impl Message {
             Self::Leave { .. } => "leave",
             Self::Request { .. } => "request",
             Self::Sync { .. } => "sync",
+            Self::ConfigSync { .. } => "config-sync",
             Self::DocUnavailable { .. } => "doc-unavailable",
             Self::Rejected { .. } => "rejected",
             Self::Presence { .. } => "presence",
@@ -337,6 +352,23 @@ pub enum RpcCall {
     },
     /// Any member: the user's own devices and whether each is connected now.
     Devices,
+    /// Admin or above: install a result-rule plugin (or upgrade, or roll back: the
+    /// same call with another file) and make it the tenant's active rule set.
+    #[serde(rename_all = "camelCase")]
+    PluginInstall {
+        /// The plugin: a component, or a module built with `wit-bindgen`.
+        #[serde(with = "serde_bytes")]
+        file: Vec<u8>,
+        /// The plugin's settings.
+        settings: Vec<Setting>,
+        /// Days off (e.g. Japanese public holidays).
+        holidays: Vec<NaiveDate>,
+        /// The tenant's IANA time zone.
+        time_zone: String,
+    },
+    /// Any member: customers due for a recall (those the session may see), soonest
+    /// first.
+    RecallList,
 }
 
 impl RpcCall {
@@ -352,6 +384,8 @@ impl RpcCall {
             Self::CustomerList => "customer-list",
             Self::Subscribe { .. } => "subscribe",
             Self::Devices => "devices",
+            Self::PluginInstall { .. } => "plugin-install",
+            Self::RecallList => "recall-list",
         }
     }
 }
@@ -370,6 +404,10 @@ pub enum RpcResult {
     Subscribed(Vec<CustomerId>),
     /// The user's devices.
     Devices(Vec<DeviceSummary>),
+    /// The rule set now active.
+    PluginInstalled(InstalledSummary),
+    /// Customers due for a recall.
+    Recalls(Vec<RecallSummary>),
     /// Refused; nothing changed.
     Refused(ErrorBody),
 }
@@ -384,6 +422,32 @@ pub struct MemberSummary {
     pub role: Role,
     /// Whether they hold the calling contract.
     pub contract: bool,
+}
+
+/// A rule set an install made active.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstalledSummary {
+    /// The rule set's id.
+    pub ruleset: ContentHash,
+    /// Its plugin build.
+    pub plugin: PluginRef,
+    /// The result types it declares, in form order.
+    pub result_types: Vec<String>,
+}
+
+/// A customer due for a call again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecallSummary {
+    /// The customer.
+    pub id: CustomerId,
+    /// Company name.
+    pub company: String,
+    /// Assigned rep.
+    pub owner: String,
+    /// When to call.
+    pub recall_at: Timestamp,
 }
 
 /// One customer in a list.

@@ -19,6 +19,8 @@ use automerge::{ActorId, AutoCommit};
 use callsync_core::catchup::{CatchUp, holds_peer_heads};
 use callsync_core::wire::{self, Cursor, Message, RpcCall, RpcResult};
 use callsync_core::{CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventKind};
+
+mod config;
 use callsync_net::framing::{read_message_sized, write_message};
 use callsync_net::{NetError, endpoint};
 use callsync_store::{ReplicationQueries, Store, StoreError, StoredDoc, is_current};
@@ -100,6 +102,14 @@ pub enum ClientEvent {
         /// The customer.
         customer: CustomerId,
     },
+    /// The tenant's configuration changed here (an admin installed a plugin, or
+    /// this device caught up).
+    ConfigChanged {
+        /// The active rule set's id.
+        ruleset: String,
+        /// Its plugin, `id@version (hash)`.
+        plugin: String,
+    },
     /// The connection dropped; the client will reconnect.
     Disconnected {
         /// Why.
@@ -127,6 +137,8 @@ pub struct SyncClient {
     data_version: i64,
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
+    /// The tenant's configuration, once joined.
+    config: Option<config::LocalConfig>,
 }
 
 impl SyncClient {
@@ -170,10 +182,13 @@ impl SyncClient {
             }
         });
         let mut incoming = incoming;
-        let (target, changed) = match incoming.recv().await {
+        let (target, changed, config_heads) = match incoming.recv().await {
             Some(Ok(Message::Peer {
-                cursor, changed, ..
-            })) => (cursor, changed),
+                cursor,
+                changed,
+                config_heads,
+                ..
+            })) => (cursor, changed, config_heads),
             Some(Ok(Message::Error(body))) => return Err(ClientError::Refused(body)),
             Some(Ok(other)) => {
                 return Err(ClientError::Protocol(format!(
@@ -205,7 +220,9 @@ impl SyncClient {
             data_version,
             bytes_in,
             bytes_out,
+            config: None,
         };
+        client.start_config_sync(&config_heads).await?;
         if let Some(cursor) = client.catch_up.reached() {
             client.save_cursor(&cursor)?;
             events.push(ClientEvent::CaughtUp { seq: cursor.seq });
@@ -235,8 +252,10 @@ impl SyncClient {
     }
 
     /// Whether the catch-up is done and the server holds every local change.
-    pub fn is_settled(&self) -> Result<bool, ClientError> {
-        Ok(self.catch_up.pending() == 0 && self.store.outbox(&self.session.tenant)?.is_empty())
+    pub fn is_settled(&mut self) -> Result<bool, ClientError> {
+        Ok(self.catch_up.pending() == 0
+            && self.config_settled()
+            && self.store.outbox(&self.session.tenant)?.is_empty())
     }
 
     async fn send(&mut self, message: &Message) -> Result<(), ClientError> {
@@ -419,6 +438,7 @@ impl SyncClient {
                     .await?;
                 }
             }
+            Message::ConfigSync { data } => self.on_config_sync(&data, &mut events).await?,
             Message::DocUnavailable { document_id } => {
                 if let Some(cursor) = self.catch_up.document_done(&document_id) {
                     self.save_cursor(&cursor)?;

@@ -353,7 +353,10 @@ async fn run_session(
                 }
             }
             Message::Leave { .. } => break,
-            message @ (Message::Sync { .. } | Message::Request { .. } | Message::Rpc { .. }) => {
+            message @ (Message::Sync { .. }
+            | Message::Request { .. }
+            | Message::ConfigSync { .. }
+            | Message::Rpc { .. }) => {
                 if shared
                     .hub
                     .send(HubInput::Received { conn, message })

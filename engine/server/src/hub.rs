@@ -37,6 +37,8 @@ use tokio::sync::mpsc;
 use crate::accounts::Session;
 use crate::clock;
 
+mod config;
+
 /// A connection's number, unique for the server's lifetime.
 pub(crate) type ConnId = u64;
 
@@ -83,6 +85,8 @@ pub(crate) struct HubConfig {
     pub(crate) server_user: UserId,
     pub(crate) server_actor: ActorId,
     pub(crate) epoch: String,
+    /// Runs result-rule plugins (installs and re-evaluation).
+    pub(crate) plugins: Arc<callsync_plugin_host::PluginHost>,
 }
 
 /// Most inputs handled in one transaction.
@@ -103,6 +107,9 @@ struct Conn {
     states: HashMap<CustomerId, sync::State>,
     /// States changed since they were last saved.
     dirty: HashSet<CustomerId>,
+    /// Sync state of the tenant's configuration document (kept for the
+    /// connection only: the document is small and changes rarely).
+    config_state: sync::State,
 }
 
 #[derive(Default)]
@@ -125,8 +132,11 @@ pub(crate) struct Hub {
 
 struct HubState {
     config: HubConfig,
-    catalog: ResultCatalog,
     docs: HashMap<DocKey, Cached>,
+    /// Each tenant's configuration document, loaded when first needed.
+    configs: HashMap<TenantId, callsync_core::tenant_config::TenantConfigDoc>,
+    /// Each tenant's result types for admission (see `config::catalog`).
+    catalogs: HashMap<TenantId, Arc<ResultCatalog>>,
     tick: u64,
     conns: HashMap<ConnId, Conn>,
     /// Connections with sync states changed since the last batch.
@@ -162,8 +172,9 @@ impl Hub {
             store,
             state: HubState {
                 config,
-                catalog: ResultCatalog::standard(),
                 docs: HashMap::new(),
+                configs: HashMap::new(),
+                catalogs: HashMap::new(),
                 tick: 0,
                 conns: HashMap::new(),
                 dirty_conns: HashSet::new(),
@@ -223,6 +234,8 @@ impl Hub {
             Err(e) => {
                 tracing::error!(error = %e, "hub batch failed; nothing of it was acknowledged");
                 self.state.docs.clear();
+                self.state.configs.clear();
+                self.state.catalogs.clear();
                 let body = refusal(
                     "internal",
                     "the server could not save; connect again",
@@ -273,6 +286,7 @@ impl HubState {
                     | Message::Request { document_id, data } => {
                         self.sync(tx, batch, conn, document_id, &data)
                     }
+                    Message::ConfigSync { data } => self.config_sync(tx, batch, conn, &data),
                     Message::Rpc { id, call } => {
                         let result = self.rpc(tx, batch, conn, call)?;
                         batch.send(conn, Message::Reply { id, result });
@@ -362,8 +376,10 @@ impl HubState {
                 out,
                 states: HashMap::new(),
                 dirty: HashSet::new(),
+                config_state: sync::State::new(),
             },
         );
+        let config_heads = self.config_heads(tx, &session.tenant)?;
         batch.send(
             conn,
             Message::Peer {
@@ -374,6 +390,7 @@ impl HubState {
                 role: session.role,
                 cursor: target,
                 changed: changed.clone(),
+                config_heads,
             },
         );
         for (device, kind) in others {
@@ -571,6 +588,7 @@ impl HubState {
             }
         };
         let key = (session.tenant.clone(), doc.clone());
+        let catalog = self.catalog(tx, &session.tenant)?;
         self.load(tx, &key)?;
         self.ensure_state(tx, conn, &doc)?;
         let (Some(c), Some(cached)) = (self.conns.get_mut(&conn), self.docs.get_mut(&key)) else {
@@ -595,7 +613,7 @@ impl HubState {
                 format!("the sync message could not be applied: {e}"),
                 "同期メッセージを適用できませんでした",
             )),
-            Ok(()) if after == before => Ok(Vec::new()),
+            Ok(()) if after == before => Ok(None),
             Ok(()) => {
                 let sender = Sender {
                     tenant: session.tenant.clone(),
@@ -604,21 +622,30 @@ impl HubState {
                     device: session.device.clone(),
                     kind: session.kind,
                 };
-                match admit(
+                admit(
                     &mut stored.doc,
                     &before,
                     &sender,
                     &TxDirectory(&*tx),
-                    &self.catalog,
-                ) {
-                    Ok(events) => match tx.save(stored) {
-                        Ok(_) => Ok(events),
-                        Err(StoreError::Sqlite(e)) => return Err(StoreError::Sqlite(e)),
-                        Err(e) => Err(refusal(e_code(&e), e.to_string(), e.to_string())),
-                    },
-                    Err(e) => Err(refusal(e.code(), e.to_string(), e.message_ja())),
-                }
+                    &catalog,
+                )
+                .map(Some)
+                .map_err(|e| refusal(e.code(), e.to_string(), e.message_ja()))
             }
+        };
+        // Admitted changes: every result's decision is re-run with the rule set it
+        // names, then the document is saved.
+        let admitted = match admitted {
+            Ok(Some(events)) => match self.verify_results(tx, &session.tenant, &events)? {
+                Err(error) => Err(error),
+                Ok(()) => match self.docs.get_mut(&key).map(|c| tx.save(&mut c.stored)) {
+                    None | Some(Ok(_)) => Ok(events),
+                    Some(Err(StoreError::Sqlite(e))) => return Err(StoreError::Sqlite(e)),
+                    Some(Err(e)) => Err(refusal(e_code(&e), e.to_string(), e.to_string())),
+                },
+            },
+            Ok(None) => Ok(Vec::new()),
+            Err(error) => Err(error),
         };
         match admitted {
             Err(error) => {
@@ -691,6 +718,13 @@ impl HubState {
             return Ok(RpcResult::Done);
         };
         match call {
+            RpcCall::PluginInstall {
+                file,
+                settings,
+                holidays,
+                time_zone,
+            } => self.install_plugin(tx, batch, &session, &file, settings, holidays, time_zone),
+            RpcCall::RecallList => self.recalls(tx, &session),
             RpcCall::CustomerCreate { customer } => {
                 if customer.tenant != session.tenant {
                     return Ok(RpcResult::Refused(refusal(
@@ -810,8 +844,10 @@ impl HubState {
                 },
                 kind: EventKind::Expired,
             };
+            let catalog = ResultCatalog::new(Vec::new());
             let ctx = RuleContext {
-                catalog: &self.catalog,
+                // Expiry reads no result types.
+                catalog: &catalog,
                 start_limit_ms: self.config.start_limit_ms,
                 other_open_calls: &[],
             };

@@ -36,6 +36,9 @@ use tokio::sync::{Mutex, Semaphore};
 pub use accounts::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA};
 pub use connection::{HANDSHAKE_TIMEOUT, RATE_BURST, RATE_PER_SEC};
 
+/// Compiled plugins, cached in the data directory (safe to delete).
+pub const PLUGIN_CACHE_DIR: &str = "plugin-cache";
+
 /// The database file in a data directory (the same file the local CLI uses).
 pub const DB_FILE: &str = "callsync.sqlite";
 /// How long a session token lasts by default: 30 days.
@@ -199,6 +202,11 @@ impl Server {
         let fingerprint = identity.fingerprint();
         let endpoint = endpoint::bind_server(config.listen, tls::server_config(&identity)?)?;
         let local_addr = endpoint.local_addr()?;
+        let plugins = callsync_plugin_host::PluginHost::new(
+            callsync_plugin_host::Limits::default(),
+            Some(&config.data_dir.join(PLUGIN_CACHE_DIR)),
+        )
+        .map_err(|e| ServerError::Invalid(e.to_string()))?;
         let (hub_tx, hub_rx) = std::sync::mpsc::channel();
         let hub = hub::Hub::new(
             store,
@@ -211,6 +219,7 @@ impl Server {
                     .map_err(|e| ServerError::Invalid(e.to_string()))?,
                 server_actor: actor,
                 epoch,
+                plugins: Arc::new(plugins),
             },
         );
         let hub_thread = std::thread::Builder::new()

@@ -17,9 +17,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod accounts;
+mod config;
 mod replication;
 
 pub use accounts::{AccountQueries, DeviceRecord, MemberRecord, NewSession, SessionRecord};
+pub use config::{ConfigQueries, RecallRow};
 pub use replication::ReplicationQueries;
 
 use std::collections::HashMap;
@@ -143,6 +145,19 @@ pub const MIGRATIONS: &[&str] = &[
         customer_id TEXT NOT NULL,
         PRIMARY KEY (tenant_id, customer_id)
     );
+    "#,
+    // 3: each tenant's configuration document (rule sets and their plugins), and
+    // the recall and restriction in force on each customer, for the recall list.
+    // Existing rows are filled in by `backfill_follow_up` in the same transaction.
+    r#"
+    CREATE TABLE tenant_configs (
+        tenant_id TEXT PRIMARY KEY,
+        bytes     BLOB NOT NULL
+    );
+    ALTER TABLE documents ADD COLUMN recall_at INTEGER;
+    ALTER TABLE documents ADD COLUMN restriction_until INTEGER;
+    CREATE INDEX documents_by_recall ON documents (tenant_id, recall_at)
+        WHERE recall_at IS NOT NULL;
     "#,
 ];
 
@@ -556,8 +571,8 @@ impl WriteTx<'_> {
         let heads = doc.heads();
         let snapshot = doc.save();
         let sp = DocSavepoint::begin(&self.tx)?;
-        sp.prepare_cached("INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?.execute(params![
+        sp.prepare_cached("INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status, recall_at, restriction_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")?.execute(params![
                 doc.tenant().as_str(),
                 doc.id().as_str(),
                 snapshot.len() as i64,
@@ -566,6 +581,8 @@ impl WriteTx<'_> {
                 customer.contact,
                 customer.owner.as_str(),
                 customer.status.as_str(),
+                customer.recall_at.map(Timestamp::as_millis),
+                customer.restriction_until.map(Timestamp::as_millis),
             ])?;
         sp.prepare_cached(
             "INSERT INTO snapshots (tenant_id, customer_id, bytes) VALUES (?1, ?2, ?3)",
@@ -638,7 +655,8 @@ impl WriteTx<'_> {
             SaveOutcome::Appended(chunk.len())
         };
         sp.prepare_cached(
-            "UPDATE documents SET heads = ?3, company = ?4, contact = ?5, owner = ?6, status = ?7
+            "UPDATE documents SET heads = ?3, company = ?4, contact = ?5, owner = ?6, status = ?7,
+                 recall_at = ?8, restriction_until = ?9
              WHERE tenant_id = ?1 AND customer_id = ?2",
         )?
         .execute(params![
@@ -649,6 +667,8 @@ impl WriteTx<'_> {
             customer.contact,
             customer.owner.as_str(),
             customer.status.as_str(),
+            customer.recall_at.map(Timestamp::as_millis),
+            customer.restriction_until.map(Timestamp::as_millis),
         ])?;
         let indexed = match stored.indexed.take() {
             Some(indexed) => indexed,
@@ -864,9 +884,39 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             continue;
         }
         tx.execute_batch(sql)?;
+        if index == 2 {
+            backfill_follow_up(&tx)?;
+        }
         tx.pragma_update(None, "user_version", index as u32 + 1)?;
         tx.commit()?;
         tracing::info!(version = index + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+/// Fills the recall and restriction columns of documents stored before migration 3.
+fn backfill_follow_up(conn: &Connection) -> Result<(), StoreError> {
+    let keys: Vec<(String, String)> = conn
+        .prepare("SELECT tenant_id, customer_id FROM documents")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (tenant, customer) in keys {
+        let (Ok(tenant_id), Ok(customer_id)) = (TenantId::new(&tenant), CustomerId::new(&customer))
+        else {
+            continue;
+        };
+        let stored = load(conn, &tenant_id, &customer_id, ActorId::random())?;
+        let derived = stored.doc.customer()?;
+        conn.execute(
+            "UPDATE documents SET recall_at = ?3, restriction_until = ?4
+             WHERE tenant_id = ?1 AND customer_id = ?2",
+            params![
+                tenant,
+                customer,
+                derived.recall_at.map(Timestamp::as_millis),
+                derived.restriction_until.map(Timestamp::as_millis),
+            ],
+        )?;
     }
     Ok(())
 }

@@ -1,0 +1,333 @@
+//! The hub's side of the tenant configuration: the configuration document (created
+//! with the standard plugin the first time a tenant needs it), its sync to every
+//! device of the tenant (read-only for them), plugin installs, the tenant's result
+//! catalog for admission, and re-evaluating every received result decision.
+
+use automerge::sync::{self, SyncDoc};
+use callsync_core::event::{CallEvent, EventKind};
+use callsync_core::plugin::Setting;
+use callsync_core::tenant_config::{Install, TenantConfigDoc};
+use callsync_core::wire::{ErrorBody, InstalledSummary, Message, RecallSummary, RpcResult};
+use callsync_core::{ResultCatalog, ResultTypeSpec, TenantId};
+use callsync_plugin_host::decide::verify;
+use callsync_plugin_host::holidays;
+use callsync_plugin_host::install::{InstallRequest, prepare};
+use callsync_store::{ConfigQueries, StoreError, WriteTx};
+use chrono::NaiveDate;
+
+use super::{Batch, ConnId, HubState, refusal};
+use crate::accounts::Session;
+use crate::clock;
+
+/// The zone a tenant starts in.
+const DEFAULT_TIME_ZONE: &str = "Asia/Tokyo";
+
+impl HubState {
+    /// The tenant's configuration document: cached, else stored, else created with
+    /// the standard plugin (Japanese holidays, Asia/Tokyo), so a new tenant works
+    /// at once.
+    pub(super) fn config(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        tenant: &TenantId,
+    ) -> Result<&mut TenantConfigDoc, StoreError> {
+        if !self.configs.contains_key(tenant) {
+            let doc = match tx.tenant_config(tenant)? {
+                Some(bytes) => TenantConfigDoc::load(&bytes, self.config.server_actor.clone())?,
+                None => self.create_config(tx, tenant)?,
+            };
+            self.configs.insert(tenant.clone(), doc);
+        }
+        self.configs.get_mut(tenant).ok_or_else(|| {
+            StoreError::Core(callsync_core::CoreError::Automerge(
+                "configuration cache".into(),
+            ))
+        })
+    }
+
+    fn create_config(
+        &self,
+        tx: &mut WriteTx<'_>,
+        tenant: &TenantId,
+    ) -> Result<TenantConfigDoc, StoreError> {
+        let now = clock::now();
+        let mut doc = TenantConfigDoc::create(tenant, now, self.config.server_actor.clone())?;
+        let request = InstallRequest {
+            file: callsync_shipped_plugins::STANDARD,
+            settings: Vec::new(),
+            holidays: holidays::japan(),
+            time_zone: DEFAULT_TIME_ZONE.to_owned(),
+        };
+        match prepare(&self.config.plugins, request, now) {
+            Ok(prepared) => {
+                let install = Install {
+                    ruleset: prepared.id,
+                    at: now,
+                    by: self.config.server_user.clone(),
+                };
+                doc.install(
+                    prepared.id,
+                    &prepared.ruleset,
+                    &prepared.component,
+                    &install,
+                )?;
+                tracing::info!(tenant = %tenant, plugin = %prepared.ruleset.plugin, "installed the standard plugin");
+            }
+            // The shipped plugin is tested; if it ever failed here the tenant would
+            // have no rules until an admin installs some, and results say so.
+            Err(err) => {
+                tracing::error!(tenant = %tenant, error = %err, "could not install the standard plugin")
+            }
+        }
+        tx.put_tenant_config(tenant, &doc.save())?;
+        Ok(doc)
+    }
+
+    /// The heads of the tenant's configuration, as `peer` announces them.
+    pub(super) fn config_heads(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        tenant: &TenantId,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .config(tx, tenant)?
+            .heads()
+            .iter()
+            .map(|h| h.to_string())
+            .collect())
+    }
+
+    /// A `config-sync` from a device: answer it; a device that tries to change the
+    /// configuration is disconnected (only the server writes it).
+    pub(super) fn config_sync(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+        conn: ConnId,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let Some(tenant) = self.conns.get(&conn).map(|c| c.session.tenant.clone()) else {
+            return Ok(());
+        };
+        let message = match sync::Message::decode(data) {
+            Ok(message) => message,
+            Err(e) => {
+                batch.closes.push((
+                    conn,
+                    refusal(
+                        "malformed-sync",
+                        format!("not an Automerge sync message: {e}"),
+                        "同期メッセージの形式が正しくありません",
+                    ),
+                ));
+                return Ok(());
+            }
+        };
+        self.config(tx, &tenant)?;
+        let (Some(c), Some(doc)) = (self.conns.get_mut(&conn), self.configs.get_mut(&tenant))
+        else {
+            return Ok(());
+        };
+        let before = doc.heads();
+        let received = doc
+            .automerge_mut()
+            .sync()
+            .receive_sync_message(&mut c.config_state, message);
+        if received.is_err() || doc.heads() != before {
+            // Forget whatever was applied: reload from what is stored.
+            self.configs.remove(&tenant);
+            self.catalogs.remove(&tenant);
+            batch.closes.push((
+                conn,
+                refusal(
+                    "config-read-only",
+                    "the tenant configuration is changed only by installing plugins",
+                    "テナント設定はプラグインのインストールでのみ変更できます",
+                ),
+            ));
+            return Ok(());
+        }
+        if let Some(reply) = doc
+            .automerge_mut()
+            .sync()
+            .generate_sync_message(&mut c.config_state)
+        {
+            batch.send(
+                conn,
+                Message::ConfigSync {
+                    data: reply.encode(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends every connection of the tenant what it lacks of the configuration.
+    fn push_config(&mut self, batch: &mut Batch, tenant: &TenantId) {
+        let Some(doc) = self.configs.get_mut(tenant) else {
+            return;
+        };
+        for (id, c) in self
+            .conns
+            .iter_mut()
+            .filter(|(_, c)| &c.session.tenant == tenant)
+        {
+            if let Some(message) = doc
+                .automerge_mut()
+                .sync()
+                .generate_sync_message(&mut c.config_state)
+            {
+                batch.send(
+                    *id,
+                    Message::ConfigSync {
+                        data: message.encode(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// `plugin-install`: admin or above; the plugin passes every install check
+    /// before anything is published.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn install_plugin(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+        session: &Session,
+        file: &[u8],
+        settings: Vec<Setting>,
+        holidays: Vec<NaiveDate>,
+        time_zone: String,
+    ) -> Result<RpcResult, StoreError> {
+        if !session.role.is_admin() {
+            return Ok(RpcResult::Refused(refusal(
+                "role-required",
+                "installing plugins needs the admin role",
+                "この操作には管理者以上の権限が必要です",
+            )));
+        }
+        let now = clock::now();
+        let request = InstallRequest {
+            file,
+            settings,
+            holidays,
+            time_zone,
+        };
+        let prepared = match prepare(&self.config.plugins, request, now) {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                tracing::warn!(user = %session.user, code = err.code(), error = %err, "plugin install refused");
+                return Ok(RpcResult::Refused(refusal(
+                    err.code(),
+                    err.to_string(),
+                    format!("プラグインをインストールできません: {err}"),
+                )));
+            }
+        };
+        let install = Install {
+            ruleset: prepared.id,
+            at: now,
+            by: session.user.clone(),
+        };
+        let doc = self.config(tx, &session.tenant)?;
+        doc.install(
+            prepared.id,
+            &prepared.ruleset,
+            &prepared.component,
+            &install,
+        )?;
+        let bytes = doc.save();
+        tx.put_tenant_config(&session.tenant, &bytes)?;
+        self.catalogs.remove(&session.tenant);
+        tracing::info!(tenant = %session.tenant, user = %session.user, plugin = %prepared.ruleset.plugin, "plugin installed");
+        self.push_config(batch, &session.tenant);
+        Ok(RpcResult::PluginInstalled(InstalledSummary {
+            ruleset: prepared.id,
+            plugin: prepared.ruleset.plugin.clone(),
+            result_types: prepared
+                .ruleset
+                .result_types
+                .iter()
+                .map(|t| t.id.as_str().to_owned())
+                .collect(),
+        }))
+    }
+
+    /// Every result type any of the tenant's rule sets declares (the active set's
+    /// first), so a result decided offline under an earlier rule set still passes;
+    /// its decision is checked against its own rule set by [`Self::verify_results`].
+    pub(super) fn catalog(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        tenant: &TenantId,
+    ) -> Result<std::sync::Arc<ResultCatalog>, StoreError> {
+        if let Some(catalog) = self.catalogs.get(tenant) {
+            return Ok(catalog.clone());
+        }
+        let config = self.config(tx, tenant)?.config()?;
+        let mut types: Vec<ResultTypeSpec> = config.catalog().types().to_vec();
+        for ruleset in config.rulesets.values() {
+            for spec in &ruleset.result_types {
+                if !types.iter().any(|t| t.id == spec.id) {
+                    types.push(spec.clone());
+                }
+            }
+        }
+        let catalog = std::sync::Arc::new(ResultCatalog::new(types));
+        self.catalogs.insert(tenant.clone(), catalog.clone());
+        Ok(catalog)
+    }
+
+    /// Re-runs the decision of every result among `events` with the rule set it
+    /// names, on the inputs it records: the same plugin version must decide the same.
+    pub(super) fn verify_results(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        tenant: &TenantId,
+        events: &[CallEvent],
+    ) -> Result<Result<(), ErrorBody>, StoreError> {
+        let plugins = self.config.plugins.clone();
+        let doc = self.config(tx, tenant)?;
+        let config = doc.config()?;
+        for event in events {
+            let EventKind::ResultSaved(fields) = &event.kind else {
+                continue;
+            };
+            if let Err(err) = verify(&plugins, &config, doc, fields, event.stamp.at) {
+                return Ok(Err(refusal(
+                    err.code(),
+                    format!("result of call {}: {err}", event.call),
+                    format!(
+                        "コール {} の結果の判定がルールと一致しません: {err}",
+                        event.call
+                    ),
+                )));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// `recall-list`: the tenant's recalls the session may see.
+    pub(super) fn recalls(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        session: &Session,
+    ) -> Result<RpcResult, StoreError> {
+        use callsync_store::AccountQueries;
+        let restricted = session.role.is_limited_by_assignee_visibility()
+            && tx.assignee_visibility(&session.tenant)?;
+        Ok(RpcResult::Recalls(
+            tx.recalls(&session.tenant)?
+                .into_iter()
+                .filter(|r| !restricted || r.owner == session.user.as_str())
+                .map(|r| RecallSummary {
+                    id: r.id,
+                    company: r.company,
+                    owner: r.owner,
+                    recall_at: r.recall_at,
+                })
+                .collect(),
+        ))
+    }
+}

@@ -1,0 +1,79 @@
+//! The tenant's configuration document and the recall list, in SQLite.
+//!
+//! Owns: storing a tenant's configuration document (one row per tenant, the whole
+//! document: it is small and changes rarely) and reading the recall list from the
+//! columns every customer save keeps current.
+
+use callsync_core::{CustomerId, TenantId, Timestamp};
+use rusqlite::{OptionalExtension, params};
+
+use crate::{Read, StoreError, WriteTx};
+
+/// A customer due for a call again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecallRow {
+    /// The customer.
+    pub id: CustomerId,
+    /// Company name.
+    pub company: String,
+    /// Assigned rep.
+    pub owner: String,
+    /// When to call.
+    pub recall_at: Timestamp,
+}
+
+/// Reads of the configuration and the recall list, through the store or inside a
+/// write.
+pub trait ConfigQueries: Read {
+    /// The tenant's configuration document, if stored.
+    fn tenant_config(&self, tenant: &TenantId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db()
+            .prepare_cached("SELECT bytes FROM tenant_configs WHERE tenant_id = ?1")?
+            .query_row(params![tenant.as_str()], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The tenant's customers with a recall, soonest first.
+    fn recalls(&self, tenant: &TenantId) -> Result<Vec<RecallRow>, StoreError> {
+        let mut stmt = self.db().prepare_cached(
+            "SELECT customer_id, company, owner, recall_at FROM documents
+             WHERE tenant_id = ?1 AND recall_at IS NOT NULL
+             ORDER BY recall_at, customer_id",
+        )?;
+        let rows = stmt.query_map(params![tenant.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, company, owner, at) = row?;
+            out.push(RecallRow {
+                id: CustomerId::new(id).map_err(callsync_core::CoreError::from)?,
+                company,
+                owner,
+                recall_at: Timestamp::from_millis(at),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl<R: Read + ?Sized> ConfigQueries for R {}
+
+impl WriteTx<'_> {
+    /// Stores the tenant's configuration document, replacing what was stored.
+    pub fn put_tenant_config(&mut self, tenant: &TenantId, bytes: &[u8]) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO tenant_configs (tenant_id, bytes) VALUES (?1, ?2)
+                 ON CONFLICT (tenant_id) DO UPDATE SET bytes = excluded.bytes",
+            )?
+            .execute(params![tenant.as_str(), bytes])?;
+        Ok(())
+    }
+}
