@@ -12,6 +12,8 @@ mod durability;
 mod import;
 #[path = "journeys/network.rs"]
 mod network;
+#[path = "journeys/plugins.rs"]
+mod plugins;
 #[path = "journeys/refusals.rs"]
 mod refusals;
 #[path = "journeys/security.rs"]
