@@ -16,6 +16,7 @@ const PLUGINS: &[&str] = &[
     "hostile-wasi",
     "hostile-import",
     "api-v2",
+    "example",
 ];
 
 fn main() {

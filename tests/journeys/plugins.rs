@@ -305,3 +305,29 @@ fn a_decision_made_with_tampered_rules_is_rejected_by_the_server() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn a_device_that_changes_the_configuration_is_cut_off_and_nothing_changes() {
+    let world = World::start(&[]);
+    let (_desk, phone) = world.rep_devices();
+    let mut run = PhoneRun::start(&phone);
+    run.wait_for(|v| v["event"] == "config-changed");
+    run.stop();
+    let before = callsync(&world.admin_desk, &["admin", "plugin", "list"]).ok();
+    tamper_with_settings(
+        &phone,
+        serde_json::json!([{ "key": "recall-after-minutes", "value": "5" }]),
+    );
+    let mut run = PhoneRun::start(&phone);
+    let cut = run.wait_for(|v| v["event"] == "disconnected");
+    assert!(
+        cut["reason"]
+            .as_str()
+            .unwrap()
+            .contains("changed only by installing plugins"),
+        "{cut}"
+    );
+    run.stop();
+    let after = callsync(&world.admin_desk, &["admin", "plugin", "list"]).ok();
+    assert_eq!(before, after, "the server's configuration is unchanged");
+}

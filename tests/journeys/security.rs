@@ -576,3 +576,41 @@ fn an_unsupported_version_and_a_second_login_on_a_session_are_refused() {
     });
     still_serving(&desk);
 }
+
+#[test]
+fn a_malformed_configuration_sync_is_cut_off_and_the_server_serves_on() {
+    let world = World::start(&[]);
+    let (desk, _phone) = world.rep_devices();
+    let store = Store::open(&desk.join("callsync.sqlite")).unwrap();
+    let session = SavedSession::load(&store).unwrap().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let (_ep, _c, mut send, mut recv) = raw_connect(&world.server).await;
+        let join = join_message(&session, wire::PROTOCOL_VERSION);
+        write_message(&mut send, &join).await.unwrap();
+        write_message(
+            &mut send,
+            &Message::ConfigSync {
+                data: vec![0x42, 0, 1],
+            },
+        )
+        .await
+        .unwrap();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv))
+                .await
+                .expect("an answer")
+                .unwrap()
+                .expect("a message");
+            match message {
+                Message::Error(body) => {
+                    assert_eq!(body.code, "malformed-sync");
+                    break;
+                }
+                Message::Peer { .. } | Message::Sync { .. } | Message::Presence { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    still_serving(&desk);
+}

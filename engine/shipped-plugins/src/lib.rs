@@ -15,6 +15,10 @@ pub const STANDARD: &[u8] = include_bytes!(env!("CALLSYNC_PLUGIN_STANDARD"));
 /// hours (weekdays 10:00–12:00, 13:00–17:00 in the tenant's zone, holidays skipped).
 pub const BUSINESS_HOURS: &[u8] = include_bytes!(env!("CALLSYNC_PLUGIN_BUSINESS_HOURS"));
 
+/// The plugin author's guide's example (README): recall two days after the call.
+/// Not shipped to tenants; built and installed by the tests so the guide stays true.
+pub const EXAMPLE: &[u8] = include_bytes!(env!("CALLSYNC_PLUGIN_EXAMPLE"));
+
 /// Plugins that misbehave on purpose, for containment tests and nothing else.
 pub mod hostile {
     /// Standard until a pick's customer status names a misbehaviour (`loop`,

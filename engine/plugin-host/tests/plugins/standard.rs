@@ -3,7 +3,7 @@
 //! the pick checks every plugin gets from the SDK.
 
 use callsync_core::result_type::{OptionKind, ResultOption, TimeEntry};
-use callsync_shipped_plugins::STANDARD;
+use callsync_shipped_plugins::{EXAMPLE, STANDARD};
 
 use crate::support::*;
 
@@ -268,5 +268,30 @@ fn same_inputs_same_decision_in_fresh_hosts() {
     assert_eq!(
         first.evaluate_fuel(&pick, &inputs).unwrap(),
         second.evaluate_fuel(&pick, &inputs).unwrap()
+    );
+}
+
+#[test]
+fn the_guides_example_installs_and_recalls_two_days_later() {
+    let (_host, plugin, info) = installed(EXAMPLE, &[]);
+    assert_eq!(plugin.name(), "two-days-later@1.0.0");
+    let inputs = inputs(
+        chrono_tz::Asia::Tokyo,
+        tokyo("2026-11-24 10:02"),
+        tokyo("2026-11-24 10:03"),
+        &[],
+    );
+    let decision = plugin
+        .evaluate(
+            &pick("no-answer", OptionKind::Recall, None),
+            &inputs,
+            spec(&info, "no-answer"),
+        )
+        .unwrap();
+    assert_eq!(
+        decision.option,
+        ResultOption::Recall {
+            at: tokyo("2026-11-26 10:05")
+        }
     );
 }
