@@ -57,6 +57,23 @@ fn call_to_awaiting_result(desk: &Path, phone: &Path, run: &mut PhoneRun) -> Str
     call
 }
 
+/// Saves a `no-answer` result on the phone with the recall time left to the rules.
+fn recall_auto(phone: &Path, call: &str) -> Value {
+    callsync(
+        phone,
+        &[
+            "phone",
+            "result",
+            call,
+            "--type",
+            "no-answer",
+            "--recall",
+            "auto",
+        ],
+    )
+    .ok()
+}
+
 /// Whether `ms` is inside the business-hours plugin's default hours in Tokyo:
 /// a weekday that is not a holiday, 10:00–12:00 or 13:00–17:00, on a 5-minute step.
 fn in_business_hours(ms: i64) -> bool {
@@ -103,19 +120,7 @@ fn a_phone_decides_offline_with_the_installed_plugin_and_the_server_agrees_after
     // Offline: the phone shows the result form's types and decides with the plugin.
     let types = callsync(&phone, &["phone", "types"]).ok();
     assert_eq!(types.as_array().unwrap().len(), 5);
-    let saved = callsync(
-        &phone,
-        &[
-            "phone",
-            "result",
-            &call,
-            "--type",
-            "no-answer",
-            "--recall",
-            "auto",
-        ],
-    )
-    .ok();
+    let saved = recall_auto(&phone, &call);
     let result = &saved["results"][0];
     assert_eq!(result["decision"]["plugin"]["id"], "business-hours");
     assert_eq!(result["decision"]["plugin"]["version"], "1.0.0");
@@ -273,19 +278,7 @@ fn a_decision_made_with_tampered_rules_is_rejected_by_the_server() {
         &phone,
         serde_json::json!([{ "key": "recall-after-minutes", "value": "240" }]),
     );
-    let saved = callsync(
-        &phone,
-        &[
-            "phone",
-            "result",
-            &call,
-            "--type",
-            "no-answer",
-            "--recall",
-            "auto",
-        ],
-    )
-    .ok();
+    let saved = recall_auto(&phone, &call);
     assert_eq!(saved["results"][0]["option"]["kind"], "recall");
     let db = rusqlite::Connection::open(phone.join("callsync.sqlite")).unwrap();
     db.execute("UPDATE tenant_configs SET bytes = ?1", [original])

@@ -9,7 +9,7 @@ use std::path::Path;
 use callsync_core::plugin::{CallFacts, Pick, call_facts};
 use callsync_core::result_type::{OptionKind, ResultOption};
 use callsync_core::rules::check_option_time;
-use callsync_core::tenant_config::{Install, TenantConfigDoc};
+use callsync_core::tenant_config::TenantConfigDoc;
 use callsync_core::{
     ActorId, CallId, CustomerStatus, ResultCatalog, ResultTypeId, SavedResultFields,
 };
@@ -75,17 +75,7 @@ fn config_for_results(app: &mut App, host: &PluginHost) -> anyhow::Result<Option
         },
         app.now,
     )?;
-    let install = Install {
-        ruleset: prepared.id,
-        at: app.now,
-        by: app.user.clone(),
-    };
-    doc.install(
-        prepared.id,
-        &prepared.ruleset,
-        &prepared.component,
-        &install,
-    )?;
+    prepared.publish(&mut doc, &app.user, app.now)?;
     let mut tx = app.store.write()?;
     tx.put_tenant_config(&app.tenant, &doc.save())?;
     tx.commit()?;

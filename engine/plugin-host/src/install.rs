@@ -6,8 +6,9 @@
 //! is installed.
 
 use callsync_core::Timestamp;
+use callsync_core::UserId;
 use callsync_core::plugin::{ContentHash, PluginRef, RuleInputs, Setting};
-use callsync_core::tenant_config::Ruleset;
+use callsync_core::tenant_config::{Install, Ruleset, TenantConfigDoc};
 use chrono::NaiveDate;
 
 use crate::holidays::MAX_HOLIDAYS;
@@ -65,6 +66,24 @@ pub struct Prepared {
     pub ruleset: Ruleset,
     /// The plugin component.
     pub component: Vec<u8>,
+}
+
+impl Prepared {
+    /// Publishes the rule set in `doc` and makes it active, as installed by `by`
+    /// at `at`.
+    pub fn publish(
+        &self,
+        doc: &mut TenantConfigDoc,
+        by: &UserId,
+        at: Timestamp,
+    ) -> Result<(), callsync_core::CoreError> {
+        let install = Install {
+            ruleset: self.id,
+            at,
+            by: by.clone(),
+        };
+        doc.install(self.id, &self.ruleset, &self.component, &install)
+    }
 }
 
 /// Checks `request` at `now` (see [`PluginHost::inspect`]) and builds its rule set.

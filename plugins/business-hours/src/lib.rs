@@ -82,24 +82,9 @@ fn settings(settings: &[Setting]) -> Result<Settings, Refusal> {
             "ascending windows such as 10:00-12:00,13:00-17:00",
         )
     })?;
-    let recall_after_minutes = match setting(settings, "recall-after-minutes") {
-        None => 60,
-        Some(v) => match v.parse::<i64>() {
-            Ok(m) if (5..=60 * 24 * 90).contains(&m) => m,
-            _ => {
-                return Err(bad_setting(
-                    "recall-after-minutes",
-                    v,
-                    "5 to 129600 minutes",
-                ));
-            }
-        },
-    };
-    for s in settings {
-        if !matches!(s.key.as_str(), "days" | "hours" | "recall-after-minutes") {
-            return Err(bad_setting(&s.key, &s.value, "no such setting"));
-        }
-    }
+    let recall_after_minutes =
+        minutes_setting(settings, "recall-after-minutes", 60, 5..=60 * 24 * 90)?;
+    only_known_settings(settings, &["days", "hours", "recall-after-minutes"])?;
     Ok(Settings {
         days,
         windows,

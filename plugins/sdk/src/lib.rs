@@ -261,6 +261,35 @@ pub fn setting<'a>(settings: &'a [Setting], key: &str) -> Option<&'a str> {
         .map(|s| s.value.as_str())
 }
 
+/// A setting in minutes within `range`, or `default` when not set.
+pub fn minutes_setting(
+    settings: &[Setting],
+    key: &str,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64, Refusal> {
+    match setting(settings, key) {
+        None => Ok(default),
+        Some(value) => match value.parse::<i64>() {
+            Ok(minutes) if range.contains(&minutes) => Ok(minutes),
+            _ => Err(bad_setting(
+                key,
+                value,
+                &format!("{} to {} minutes", range.start(), range.end()),
+            )),
+        },
+    }
+}
+
+/// Refuses any setting whose key is not in `known` (a typo should not pass as the
+/// default).
+pub fn only_known_settings(settings: &[Setting], known: &[&str]) -> Result<(), Refusal> {
+    match settings.iter().find(|s| !known.contains(&s.key.as_str())) {
+        Some(unknown) => Err(bad_setting(&unknown.key, &unknown.value, "no such setting")),
+        None => Ok(()),
+    }
+}
+
 /// A refusal for a setting the plugin cannot read.
 pub fn bad_setting(key: &str, value: &str, expected: &str) -> Refusal {
     Refusal::new(

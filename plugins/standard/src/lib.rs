@@ -21,19 +21,12 @@ struct Settings {
 }
 
 fn settings(settings: &[Setting]) -> Result<Settings, Refusal> {
-    let recall_after_minutes = match setting(settings, "recall-after-minutes") {
-        None => DEFAULT_RECALL_AFTER_MINUTES,
-        Some(v) => match v.parse::<i64>() {
-            Ok(m) if (5..=60 * 24 * 90).contains(&m) => m,
-            _ => {
-                return Err(bad_setting(
-                    "recall-after-minutes",
-                    v,
-                    "5 to 129600 minutes",
-                ));
-            }
-        },
-    };
+    let recall_after_minutes = minutes_setting(
+        settings,
+        "recall-after-minutes",
+        DEFAULT_RECALL_AFTER_MINUTES,
+        5..=60 * 24 * 90,
+    )?;
     let give_up_after = match setting(settings, "give-up-after") {
         None => None,
         Some(v) => match v.parse::<u32>() {
@@ -47,11 +40,7 @@ fn settings(settings: &[Setting]) -> Result<Settings, Refusal> {
             }
         },
     };
-    for s in settings {
-        if !matches!(s.key.as_str(), "recall-after-minutes" | "give-up-after") {
-            return Err(bad_setting(&s.key, &s.value, "no such setting"));
-        }
-    }
+    only_known_settings(settings, &["recall-after-minutes", "give-up-after"])?;
     Ok(Settings {
         recall_after_minutes,
         give_up_after,

@@ -203,14 +203,7 @@ fn bad_settings_are_refused_at_install_with_the_plugins_words() {
         ("colour", "red"),
     ] {
         let settings = settings(&[(key, value)]);
-        let err = host
-            .inspect(
-                BUSINESS_HOURS,
-                &settings,
-                |at| inputs(chrono_tz::Asia::Tokyo, at, at, &[]),
-                tokyo("2026-11-24 09:00"),
-            )
-            .unwrap_err();
+        let err = inspect_in_tokyo(&host, BUSINESS_HOURS, &settings).unwrap_err();
         assert_eq!(
             err.code(),
             "plugin-settings-refused",

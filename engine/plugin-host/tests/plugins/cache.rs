@@ -11,14 +11,7 @@ use crate::support::*;
 fn a_second_host_loads_from_disk_and_a_damaged_file_is_recompiled() {
     let dir = tempfile::tempdir().unwrap();
     let first = PluginHost::new(Limits::default(), Some(dir.path())).unwrap();
-    let inspected = first
-        .inspect(
-            STANDARD,
-            &[],
-            |at| inputs(chrono_tz::Asia::Tokyo, at, at, &[]),
-            tokyo("2026-11-24 09:00"),
-        )
-        .unwrap();
+    let inspected = inspect_in_tokyo(&first, STANDARD, &[]).unwrap();
     let cached = dir.path().join(format!("{}.cwasm", inspected.hash));
     assert!(cached.exists());
 
@@ -54,14 +47,7 @@ fn a_second_host_loads_from_disk_and_a_damaged_file_is_recompiled() {
 #[test]
 fn a_component_that_does_not_match_its_hash_is_refused() {
     let host = PluginHost::new(Limits::default(), None).unwrap();
-    let inspected = host
-        .inspect(
-            STANDARD,
-            &[],
-            |at| inputs(chrono_tz::Asia::Tokyo, at, at, &[]),
-            tokyo("2026-11-24 09:00"),
-        )
-        .unwrap();
+    let inspected = inspect_in_tokyo(&host, STANDARD, &[]).unwrap();
     let other = PluginHost::new(Limits::default(), None).unwrap();
     let mut component = inspected.component.clone();
     component.push(0);

@@ -6,7 +6,7 @@ use callsync_core::event::SavedResultFields;
 use callsync_core::id::{TenantId, UserId};
 use callsync_core::plugin::CallFacts;
 use callsync_core::result_type::{OptionKind, ResultOption};
-use callsync_core::tenant_config::{Install, TenantConfigDoc};
+use callsync_core::tenant_config::TenantConfigDoc;
 use callsync_core::{ActorId, Timestamp};
 use callsync_plugin_host::decide::{DecideError, VerifyError, decide, verify};
 use callsync_plugin_host::holidays;
@@ -31,18 +31,9 @@ fn config_with(file: &[u8]) -> TenantConfigDoc {
         now,
     )
     .unwrap();
-    let install = Install {
-        ruleset: prepared.id,
-        at: now,
-        by: UserId::new("admin@acme.example").unwrap(),
-    };
-    doc.install(
-        prepared.id,
-        &prepared.ruleset,
-        &prepared.component,
-        &install,
-    )
-    .unwrap();
+    prepared
+        .publish(&mut doc, &UserId::new("admin@acme.example").unwrap(), now)
+        .unwrap();
     doc
 }
 

@@ -16,13 +16,7 @@ fn inspect(
     file: &[u8],
     settings_in: &[(&str, &str)],
 ) -> Result<(), PluginError> {
-    host.inspect(
-        file,
-        &settings(settings_in),
-        |at| inputs(chrono_tz::Asia::Tokyo, at, at, &[]),
-        tokyo("2026-11-24 09:00"),
-    )
-    .map(|_| ())
+    inspect_in_tokyo(host, file, &settings(settings_in)).map(|_| ())
 }
 
 fn failure(err: PluginError) -> (String, &'static str, Failure) {
@@ -112,14 +106,7 @@ fn the_wall_clock_deadline_stops_what_fuel_would_not() {
         ..Limits::default()
     };
     let host = PluginHost::new(limits, None).unwrap();
-    let inspected = host
-        .inspect(
-            hostile::MISBEHAVES,
-            &[],
-            |at| inputs(chrono_tz::Asia::Tokyo, at, at, &[]),
-            tokyo("2026-11-24 09:00"),
-        )
-        .unwrap();
+    let inspected = inspect_in_tokyo(&host, hostile::MISBEHAVES, &[]).unwrap();
     let plugin = host.load(inspected.hash, &inspected.component).unwrap();
     let ended = tokyo("2026-11-24 10:00");
     let inputs = inputs(

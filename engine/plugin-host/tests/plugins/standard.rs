@@ -243,14 +243,7 @@ fn give_up_after_stops_recalling_no_answers_from_that_attempt() {
 fn same_inputs_same_decision_in_fresh_hosts() {
     let (_shared, first, info) = installed(STANDARD, &[]);
     let fresh = host();
-    let inspected = fresh
-        .inspect(
-            STANDARD,
-            &[],
-            |at| inputs(chrono_tz::Asia::Tokyo, at, at, &[]),
-            tokyo("2026-11-24 09:00"),
-        )
-        .unwrap();
+    let inspected = inspect_in_tokyo(&fresh, STANDARD, &[]).unwrap();
     let second = fresh.load(inspected.hash, &inspected.component).unwrap();
     assert!(!std::ptr::eq(&*first, &*second));
     let inputs = inputs(

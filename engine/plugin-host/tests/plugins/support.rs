@@ -8,7 +8,9 @@ use callsync_core::customer::CustomerStatus;
 use callsync_core::id::ResultTypeId;
 use callsync_core::plugin::{Pick, PluginInfo, RuleInputs, Setting};
 use callsync_core::result_type::{OptionKind, ResultTypeSpec};
-use callsync_plugin_host::{Limits, LoadedPlugin, PluginHost, holidays, zone};
+use callsync_plugin_host::{
+    Inspected, Limits, LoadedPlugin, PluginError, PluginHost, holidays, zone,
+};
 use chrono::TimeZone;
 use chrono_tz::Tz;
 
@@ -42,22 +44,28 @@ pub(crate) fn inputs(
     }
 }
 
+/// `host.inspect` of `file` with `settings` for a tenant in Tokyo, on 2026-11-24.
+pub(crate) fn inspect_in_tokyo(
+    host: &PluginHost,
+    file: &[u8],
+    settings: &[Setting],
+) -> Result<Inspected, PluginError> {
+    let for_inputs = settings.to_vec();
+    host.inspect(
+        file,
+        settings,
+        |at| inputs(chrono_tz::Asia::Tokyo, at, at, &for_inputs),
+        tokyo("2026-11-24 09:00"),
+    )
+}
+
 /// A plugin installed from `file` with `settings`, its description, and the host.
 pub(crate) fn installed(
     file: &[u8],
     settings: &[Setting],
 ) -> (&'static PluginHost, Arc<LoadedPlugin>, PluginInfo) {
     let host = shared_host();
-    let now = tokyo("2026-11-24 09:00");
-    let settings_for_inputs = settings.to_vec();
-    let inspected = host
-        .inspect(
-            file,
-            settings,
-            |at| inputs(chrono_tz::Asia::Tokyo, at, at, &settings_for_inputs),
-            now,
-        )
-        .unwrap();
+    let inspected = inspect_in_tokyo(host, file, settings).unwrap();
     let plugin = host.load(inspected.hash, &inspected.component).unwrap();
     (host, plugin, inspected.info)
 }

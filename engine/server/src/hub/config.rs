@@ -6,7 +6,7 @@
 use automerge::sync::{self, SyncDoc};
 use callsync_core::event::{CallEvent, EventKind};
 use callsync_core::plugin::Setting;
-use callsync_core::tenant_config::{Install, TenantConfigDoc};
+use callsync_core::tenant_config::TenantConfigDoc;
 use callsync_core::wire::{ErrorBody, InstalledSummary, Message, RecallSummary, RpcResult};
 use callsync_core::{ResultCatalog, ResultTypeSpec, TenantId};
 use callsync_plugin_host::decide::verify;
@@ -60,17 +60,7 @@ impl HubState {
         };
         match prepare(&self.config.plugins, request, now) {
             Ok(prepared) => {
-                let install = Install {
-                    ruleset: prepared.id,
-                    at: now,
-                    by: self.config.server_user.clone(),
-                };
-                doc.install(
-                    prepared.id,
-                    &prepared.ruleset,
-                    &prepared.component,
-                    &install,
-                )?;
+                prepared.publish(&mut doc, &self.config.server_user, now)?;
                 tracing::info!(tenant = %tenant, plugin = %prepared.ruleset.plugin, "installed the standard plugin");
             }
             // The shipped plugin is tested; if it ever failed here the tenant would
@@ -225,18 +215,8 @@ impl HubState {
                 )));
             }
         };
-        let install = Install {
-            ruleset: prepared.id,
-            at: now,
-            by: session.user.clone(),
-        };
         let doc = self.config(tx, &session.tenant)?;
-        doc.install(
-            prepared.id,
-            &prepared.ruleset,
-            &prepared.component,
-            &install,
-        )?;
+        prepared.publish(doc, &session.user, now)?;
         let bytes = doc.save();
         tx.put_tenant_config(&session.tenant, &bytes)?;
         self.catalogs.remove(&session.tenant);
