@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) hashing: Semaphore,
     /// How long a new connection has to open its stream and say `login`/`join`.
     pub(crate) handshake_timeout: Duration,
+    /// Checks and compiles plugins on install (here, not on the hub's thread).
+    pub(crate) plugins: Arc<callsync_plugin_host::PluginHost>,
 }
 
 fn body(code: &str, message: impl Into<String>, message_ja: impl Into<String>) -> ErrorBody {
@@ -350,6 +352,73 @@ async fn run_session(
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "could not encode a reply"),
+                }
+            }
+            Message::Rpc {
+                id,
+                call:
+                    wire::RpcCall::PluginInstall {
+                        file,
+                        settings,
+                        holidays,
+                        time_zone,
+                    },
+            } => {
+                // Checked and compiled here, off the hub's thread; only a plugin
+                // that passed goes to the hub to be published.
+                let refused = if session.role.is_admin() {
+                    let _permit = shared.hashing.acquire().await;
+                    let request = callsync_plugin_host::install::InstallRequest {
+                        file: &file,
+                        settings,
+                        holidays,
+                        time_zone,
+                    };
+                    let prepared = tokio::task::block_in_place(|| {
+                        callsync_plugin_host::install::prepare(
+                            &shared.plugins,
+                            request,
+                            clock::now(),
+                        )
+                    });
+                    match prepared {
+                        Ok(prepared) => {
+                            let publish = HubInput::Publish {
+                                conn,
+                                id,
+                                prepared: Box::new(prepared),
+                            };
+                            if shared.hub.send(publish).is_err() {
+                                let _ = out.send(Outgoing::Close(shutting_down())).await;
+                                break;
+                            }
+                            None
+                        }
+                        Err(err) => {
+                            tracing::warn!(user = %session.user, code = err.code(), error = %err, "plugin install refused");
+                            Some(body(
+                                err.code(),
+                                err.to_string(),
+                                format!("プラグインをインストールできません: {err}"),
+                            ))
+                        }
+                    }
+                } else {
+                    Some(crate::hub::install_needs_admin())
+                };
+                if let Some(error) = refused {
+                    let reply = Message::Reply {
+                        id,
+                        result: wire::RpcResult::Refused(error),
+                    };
+                    match wire::encode_frame(&reply) {
+                        Ok(frame) => {
+                            if out.send(Outgoing::Frame(Arc::new(frame))).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "could not encode a reply"),
+                    }
                 }
             }
             Message::Leave { .. } => break,

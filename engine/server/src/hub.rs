@@ -39,6 +39,8 @@ use crate::clock;
 
 mod config;
 
+pub(crate) use config::install_needs_admin;
+
 /// A connection's number, unique for the server's lifetime.
 pub(crate) type ConnId = u64;
 
@@ -71,6 +73,13 @@ pub(crate) enum HubInput {
         tenant: TenantId,
         user: UserId,
         reason: ErrorBody,
+    },
+    /// A plugin install that passed every check on the connection's task (off this
+    /// thread: compiling takes tens of milliseconds): publish it and answer `rpc` `id`.
+    Publish {
+        conn: ConnId,
+        id: u64,
+        prepared: Box<callsync_plugin_host::install::Prepared>,
     },
     /// Finish the current batch and stop.
     Shutdown,
@@ -327,6 +336,14 @@ impl HubState {
                     if c.session.tenant == tenant && c.session.user == user {
                         batch.closes.push((*id, reason.clone()));
                     }
+                }
+                Ok(())
+            }
+            HubInput::Publish { conn, id, prepared } => {
+                if self.conns.contains_key(&conn) {
+                    batch.senders.insert(conn);
+                    let result = self.publish_plugin(tx, batch, conn, &prepared)?;
+                    batch.send(conn, Message::Reply { id, result });
                 }
                 Ok(())
             }
@@ -718,12 +735,6 @@ impl HubState {
             return Ok(RpcResult::Done);
         };
         match call {
-            RpcCall::PluginInstall {
-                file,
-                settings,
-                holidays,
-                time_zone,
-            } => self.install_plugin(tx, batch, &session, &file, settings, holidays, time_zone),
             RpcCall::RecallList => self.recalls(tx, &session),
             RpcCall::CustomerCreate { customer } => {
                 if customer.tenant != session.tenant {

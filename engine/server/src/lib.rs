@@ -202,11 +202,13 @@ impl Server {
         let fingerprint = identity.fingerprint();
         let endpoint = endpoint::bind_server(config.listen, tls::server_config(&identity)?)?;
         let local_addr = endpoint.local_addr()?;
-        let plugins = callsync_plugin_host::PluginHost::new(
-            callsync_plugin_host::Limits::default(),
-            Some(&config.data_dir.join(PLUGIN_CACHE_DIR)),
-        )
-        .map_err(|e| ServerError::Invalid(e.to_string()))?;
+        let plugins = Arc::new(
+            callsync_plugin_host::PluginHost::new(
+                callsync_plugin_host::Limits::default(),
+                Some(&config.data_dir.join(PLUGIN_CACHE_DIR)),
+            )
+            .map_err(|e| ServerError::Invalid(e.to_string()))?,
+        );
         let (hub_tx, hub_rx) = std::sync::mpsc::channel();
         let hub = hub::Hub::new(
             store,
@@ -219,7 +221,7 @@ impl Server {
                     .map_err(|e| ServerError::Invalid(e.to_string()))?,
                 server_actor: actor,
                 epoch,
-                plugins: Arc::new(plugins),
+                plugins: plugins.clone(),
             },
         );
         let hub_thread = std::thread::Builder::new()
@@ -232,6 +234,7 @@ impl Server {
             session_ttl_ms: config.session_ttl_ms,
             hashing: Semaphore::new(2),
             handshake_timeout: config.handshake_timeout,
+            plugins,
         });
         let accept_endpoint = endpoint.clone();
         let accept = tokio::spawn(async move {

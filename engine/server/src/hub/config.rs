@@ -1,23 +1,31 @@
 //! The hub's side of the tenant configuration: the configuration document (created
 //! with the standard plugin the first time a tenant needs it), its sync to every
-//! device of the tenant (read-only for them), plugin installs, the tenant's result
+//! device of the tenant (read-only for them), publishing plugin installs (checked
+//! and compiled on the connection task before they get here), the tenant's result
 //! catalog for admission, and re-evaluating every received result decision.
 
 use automerge::sync::{self, SyncDoc};
 use callsync_core::event::{CallEvent, EventKind};
-use callsync_core::plugin::Setting;
 use callsync_core::tenant_config::TenantConfigDoc;
 use callsync_core::wire::{ErrorBody, InstalledSummary, Message, RecallSummary, RpcResult};
 use callsync_core::{ResultCatalog, ResultTypeSpec, TenantId};
 use callsync_plugin_host::decide::verify;
 use callsync_plugin_host::holidays;
-use callsync_plugin_host::install::{InstallRequest, prepare};
+use callsync_plugin_host::install::{InstallRequest, Prepared, prepare};
 use callsync_store::{ConfigQueries, StoreError, WriteTx};
-use chrono::NaiveDate;
 
 use super::{Batch, ConnId, HubState, refusal};
 use crate::accounts::Session;
 use crate::clock;
+
+/// The refusal of an install by a member below admin.
+pub(crate) fn install_needs_admin() -> ErrorBody {
+    refusal(
+        "role-required",
+        "installing plugins needs the admin role",
+        "この操作には管理者以上の権限が必要です",
+    )
+}
 
 /// The zone a tenant starts in.
 const DEFAULT_TIME_ZONE: &str = "Asia/Tokyo";
@@ -177,44 +185,22 @@ impl HubState {
         }
     }
 
-    /// `plugin-install`: admin or above; the plugin passes every install check
-    /// before anything is published.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn install_plugin(
+    /// Publishes a checked install (see `connection`): the rule set becomes the
+    /// tenant's active one and every connected device of the tenant hears of it.
+    pub(super) fn publish_plugin(
         &mut self,
         tx: &mut WriteTx<'_>,
         batch: &mut Batch,
-        session: &Session,
-        file: &[u8],
-        settings: Vec<Setting>,
-        holidays: Vec<NaiveDate>,
-        time_zone: String,
+        conn: ConnId,
+        prepared: &Prepared,
     ) -> Result<RpcResult, StoreError> {
+        let Some(session) = self.conns.get(&conn).map(|c| c.session.clone()) else {
+            return Ok(RpcResult::Done);
+        };
         if !session.role.is_admin() {
-            return Ok(RpcResult::Refused(refusal(
-                "role-required",
-                "installing plugins needs the admin role",
-                "この操作には管理者以上の権限が必要です",
-            )));
+            return Ok(RpcResult::Refused(install_needs_admin()));
         }
         let now = clock::now();
-        let request = InstallRequest {
-            file,
-            settings,
-            holidays,
-            time_zone,
-        };
-        let prepared = match prepare(&self.config.plugins, request, now) {
-            Ok(prepared) => prepared,
-            Err(err) => {
-                tracing::warn!(user = %session.user, code = err.code(), error = %err, "plugin install refused");
-                return Ok(RpcResult::Refused(refusal(
-                    err.code(),
-                    err.to_string(),
-                    format!("プラグインをインストールできません: {err}"),
-                )));
-            }
-        };
         let doc = self.config(tx, &session.tenant)?;
         prepared.publish(doc, &session.user, now)?;
         let bytes = doc.save();
