@@ -207,15 +207,24 @@ impl PluginHost {
     ) -> Result<Inspected, PluginError> {
         let component = to_component(file, self.limits.max_file_bytes)?;
         let hash = content_hash(&component);
-        // Installing a build this process already runs (new settings, a rollback)
-        // needs no compile; the checks on its answers run again.
+        // Installing a build this process already runs, or compiled before (new
+        // settings, a rollback) needs no compile; the checks on its answers run again.
         let (plugin, compiled) = match self.loaded(&hash) {
             Some(plugin) => (plugin, None),
             None => {
-                let compiled = Component::new(&self.engine, &component)
-                    .map_err(|err| PluginError::Invalid(format!("{err:#}")))?;
+                let cached = self
+                    .cache
+                    .as_ref()
+                    .and_then(|cache| cache.load(&self.engine, &hash));
+                let fresh = cached.is_none();
+                let compiled = match cached {
+                    Some(compiled) => compiled,
+                    None => Component::new(&self.engine, &component)
+                        .map_err(|err| PluginError::Invalid(format!("{err:#}")))?,
+                };
                 check_shape(&self.engine, &compiled)?;
-                (self.prepare(hash, compiled.clone())?, Some(compiled))
+                let plugin = self.prepare(hash, compiled.clone())?;
+                (plugin, fresh.then_some(compiled))
             }
         };
         let info = plugin
