@@ -300,7 +300,7 @@ fn a_decision_made_with_tampered_rules_is_rejected_by_the_server() {
 }
 
 #[test]
-fn a_device_that_changes_the_configuration_is_cut_off_and_nothing_changes() {
+fn a_device_that_changes_the_configuration_is_cut_off_then_resyncs_and_nothing_changes() {
     let world = World::start(&[]);
     let (_desk, phone) = world.rep_devices();
     let mut run = PhoneRun::start(&phone);
@@ -320,7 +320,25 @@ fn a_device_that_changes_the_configuration_is_cut_off_and_nothing_changes() {
             .contains("changed only by installing plugins"),
         "{cut}"
     );
+    // The phone forgets its diverged copy and, reconnecting, gets the server's.
+    run.wait_for(|v| v["event"] == "config-changed");
     run.stop();
     let after = callsync(&world.admin_desk, &["admin", "plugin", "list"]).ok();
     assert_eq!(before, after, "the server's configuration is unchanged");
+    let db = rusqlite::Connection::open(phone.join("callsync.sqlite")).unwrap();
+    let held: Vec<u8> = db
+        .query_row("SELECT bytes FROM tenant_configs", [], |r| r.get(0))
+        .unwrap();
+    let held = callsync_core::tenant_config::TenantConfigDoc::load(
+        &held,
+        callsync_core::ActorId::random(),
+    )
+    .unwrap()
+    .config()
+    .unwrap();
+    assert!(!held.rulesets.is_empty());
+    assert!(
+        held.rulesets.values().all(|r| r.settings.is_empty()),
+        "the tampered settings are gone"
+    );
 }

@@ -19,7 +19,7 @@ use callsync_core::result_type::{OptionKind, ResultOption, ResultTypeSpec};
 use callsync_core::tenant_config::{Ruleset, TenantConfig, TenantConfigDoc};
 use callsync_core::{CoreError, ResultTypeId, Timestamp};
 
-use crate::{Failure, LoadedPlugin, PluginError, PluginHost, zone};
+use crate::{LoadedPlugin, PluginError, PluginHost, zone};
 
 /// Why a pick could not be decided; nothing was saved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,7 +83,7 @@ pub fn inputs_for(ruleset: &Ruleset, facts: CallFacts, saved_at: Timestamp) -> R
     RuleInputs {
         call_ended_at: facts.ended_at,
         saved_at,
-        zone: zone::utc_offsets(tz, facts.ended_at.min(saved_at)),
+        zone: zone::utc_offsets(tz, facts.ended_at),
         holidays: ruleset.holidays.clone(),
         settings: ruleset.settings.clone(),
         attempt: facts.attempt,
@@ -126,6 +126,12 @@ pub fn decide(
         .iter()
         .find(|t| t.id == pick.result_type)
         .ok_or_else(|| DecideError::UnknownResultType(pick.result_type.clone()))?;
+    // Devices' clocks differ: an end stamped by a phone whose clock runs ahead can
+    // lie after this save. The rules see (and the record keeps) the earlier of the two.
+    let facts = CallFacts {
+        ended_at: facts.ended_at.min(saved_at),
+        attempt: facts.attempt,
+    };
     let inputs = inputs_for(ruleset, facts, saved_at);
     let record = |reason: String, needs_review: Option<String>| DecisionRecord {
         ruleset: id,
@@ -226,13 +232,21 @@ impl VerifyError {
 /// Whether a failure would happen on every device (fuel, traps, invalid answers)
 /// rather than depend on this machine's speed or load.
 fn deterministic(err: &PluginError) -> bool {
-    match err {
-        PluginError::Failed { failure, .. } => {
-            !matches!(failure, Failure::Deadline(_) | Failure::Instantiate(_))
-        }
-        _ => true,
-    }
+    deterministic_code(err.code())
 }
+
+/// Whether a failure with this code happens on every device alike. Not the
+/// deadline (wall clock), instantiation (this host's slots) or the stack limit
+/// (it counts native stack, which differs between CPU architectures).
+fn deterministic_code(code: &str) -> bool {
+    !matches!(
+        code,
+        "plugin-deadline" | "plugin-instantiate" | "plugin-stack-overflow"
+    )
+}
+
+/// Most time a result may be saved after its call ended, for the server's check.
+pub const MAX_SAVE_DELAY_MS: i64 = 400 * 86_400_000;
 
 /// Checks the decision in `fields`, saved at `saved_at`, against the tenant's rules:
 /// the named rule set and plugin exist, and the plugin decides the same on the
@@ -260,37 +274,66 @@ pub fn verify(
         .iter()
         .find(|t| t.id == fields.result_type)
         .ok_or_else(|| VerifyError::UnknownResultType(fields.result_type.clone()))?;
-    if record.call_ended_at > saved_at || record.attempt == 0 {
+    let earliest_end = saved_at.as_millis().saturating_sub(MAX_SAVE_DELAY_MS);
+    if record.call_ended_at > saved_at
+        || record.call_ended_at.as_millis() < earliest_end
+        || record.attempt == 0
+    {
         return Err(VerifyError::ImpossibleInputs);
     }
-    let pick = record.pick(&fields.result_type);
-    let found = (fields.option, fields.customer_status.clone());
     let show = |(option, status): &(ResultOption, Option<CustomerStatus>)| {
         format!(
             "{option:?} / {}",
             status.as_ref().map_or("-", |s| s.as_str())
         )
     };
-    if record.needs_review.is_some() {
-        let kept = kept_pick(&pick, spec);
-        return if kept == found {
-            Ok(())
-        } else {
-            Err(VerifyError::Mismatch {
-                expected: show(&kept),
-                found: show(&found),
-            })
-        };
+    let option = fields.option.kind();
+    if option != OptionKind::None && !spec.options.contains(&option) {
+        return Err(VerifyError::Mismatch {
+            expected: format!("an option {} offers", spec.id),
+            found: format!("{option:?}"),
+        });
     }
+    let pick = record.pick(&fields.result_type);
+    let found = (fields.option, fields.customer_status.clone());
     let facts = CallFacts {
         ended_at: record.call_ended_at,
         attempt: record.attempt,
     };
     let inputs = inputs_for(ruleset, facts, saved_at);
-    let decision = match plugin_of(host, doc, ruleset)
-        .and_then(|p| p.evaluate(&pick, &inputs, spec))
-    {
-        Ok(decision) => decision,
+    // The device's path again: validate, then evaluate.
+    let evaluated =
+        plugin_of(host, doc, ruleset).and_then(|plugin| match plugin.validate(&pick, &inputs)? {
+            Err(refusal) => Ok(Err(refusal)),
+            Ok(()) => plugin.evaluate(&pick, &inputs, spec).map(Ok),
+        });
+    if let Some(claimed) = &record.needs_review {
+        // Kept for review: the pick as made; and a failure every device would
+        // see must be seen here too.
+        let kept = kept_pick(&pick, spec);
+        if kept != found {
+            return Err(VerifyError::Mismatch {
+                expected: show(&kept),
+                found: show(&found),
+            });
+        }
+        let claimed_code = claimed.split(':').next().unwrap_or_default();
+        return match evaluated {
+            Ok(Ok(_)) if deterministic_code(claimed_code) => Err(VerifyError::Mismatch {
+                expected: "a decision: the rules do not fail on these inputs".to_owned(),
+                found: format!("kept for review ({claimed_code})"),
+            }),
+            _ => Ok(()),
+        };
+    }
+    let decision = match evaluated {
+        Ok(Ok(decision)) => decision,
+        Ok(Err(refusal)) => {
+            return Err(VerifyError::Mismatch {
+                expected: format!("the pick refused ({})", refusal.code),
+                found: show(&found),
+            });
+        }
         Err(err) if deterministic(&err) => return Err(VerifyError::Failed(err)),
         Err(err) => {
             tracing::warn!(error = %err, "could not re-evaluate a decision here; accepted as sent");

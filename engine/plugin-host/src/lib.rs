@@ -53,6 +53,9 @@ mod bindings {
 
 use bindings::exports::callsync::rules::result_rules as wit;
 
+/// Most compiled plugins a host keeps loaded.
+const MAX_LOADED: usize = 64;
+
 /// Memory kept mapped between instances (see `PluginHost::new`).
 const KEEP_RESIDENT_BYTES: usize = 256 << 10;
 
@@ -86,7 +89,7 @@ impl Default for Limits {
             deadline: Duration::from_millis(250),
             memory_bytes: 16 << 20,
             stack_bytes: 256 << 10,
-            max_file_bytes: 4 << 20,
+            max_file_bytes: 2 << 20,
             concurrent_calls: 32,
         }
     }
@@ -209,6 +212,7 @@ impl PluginHost {
         let hash = content_hash(&component);
         // Installing a build this process already runs, or compiled before (new
         // settings, a rollback) needs no compile; the checks on its answers run again.
+        let was_loaded = self.loaded(&hash).is_some();
         let (plugin, compiled) = match self.loaded(&hash) {
             Some(plugin) => (plugin, None),
             None => {
@@ -227,13 +231,28 @@ impl PluginHost {
                 (plugin, fresh.then_some(compiled))
             }
         };
-        let info = plugin
-            .describe(settings)?
-            .map_err(|refusal| PluginError::SettingsRefused {
-                plugin: plugin.name(),
-                refusal,
-            })?;
-        smoke_test(&plugin, &info, settings, inputs_at, now)?;
+        let checked = plugin
+            .describe(settings)
+            .and_then(|answer| {
+                answer.map_err(|refusal| PluginError::SettingsRefused {
+                    plugin: plugin.name(),
+                    refusal,
+                })
+            })
+            .and_then(|info| {
+                smoke_test(&plugin, &info, settings, inputs_at, now)?;
+                Ok(info)
+            });
+        let info = match checked {
+            Ok(info) => info,
+            Err(err) => {
+                // A refused build is not kept loaded (unless it was before).
+                if !was_loaded {
+                    self.unload(&hash);
+                }
+                return Err(err);
+            }
+        };
         if let (Some(cache), Some(compiled)) = (&self.cache, compiled) {
             cache.store(&hash, &compiled);
         }
@@ -290,6 +309,13 @@ impl PluginHost {
             .cloned()
     }
 
+    fn unload(&self, hash: &ContentHash) {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(hash);
+    }
+
     /// Forgets every loaded plugin (the disk cache stays): for measuring loads.
     pub fn unload_all(&self) {
         self.loaded
@@ -318,10 +344,18 @@ impl PluginHost {
             name: OnceLock::new(),
             pre,
         });
-        self.loaded
+        let mut loaded = self
+            .loaded
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(hash, plugin.clone());
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if loaded.len() >= MAX_LOADED {
+            // Bounded: a host serving many tenants forgets some build; its next use
+            // loads it again from the disk cache (well under a millisecond).
+            if let Some(evicted) = loaded.keys().next().copied() {
+                loaded.remove(&evicted);
+            }
+        }
+        loaded.insert(hash, plugin.clone());
         Ok(plugin)
     }
 }

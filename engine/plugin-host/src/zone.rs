@@ -29,19 +29,25 @@ fn offset_seconds(tz: Tz, at_ms: i64) -> i32 {
 /// [`WINDOW_DAYS`] days later: the first entry starts the window, each next one is
 /// an instant the offset changes.
 pub fn utc_offsets(tz: Tz, around: Timestamp) -> Vec<UtcOffset> {
-    let start = (around.as_millis().div_euclid(DAY_MS) - 1) * DAY_MS;
+    // Times far outside any calendar (a hostile input) saturate instead of
+    // overflowing; chrono answers offset 0 there.
+    let start = around
+        .as_millis()
+        .div_euclid(DAY_MS)
+        .saturating_sub(1)
+        .saturating_mul(DAY_MS);
     let mut offsets = vec![UtcOffset {
         since: Timestamp::from_millis(start),
         offset_seconds: offset_seconds(tz, start),
     }];
     let mut previous = (start, offsets[0].offset_seconds);
     for day in 1..=WINDOW_DAYS + 1 {
-        let at = start + day * DAY_MS;
+        let at = start.saturating_add(day * DAY_MS);
         let offset = offset_seconds(tz, at);
         if offset != previous.1 {
             // The change lies in (previous.0, at]: bisect to the millisecond.
             let (mut before, mut after) = (previous.0, at);
-            while after - before > 1 {
+            while after.saturating_sub(before) > 1 {
                 let middle = before + (after - before) / 2;
                 if offset_seconds(tz, middle) == previous.1 {
                     before = middle;

@@ -482,7 +482,12 @@ impl SyncClient {
                 }
                 self.replies.insert(id, result);
             }
-            Message::Error(body) => return Err(ClientError::Refused(body)),
+            Message::Error(body) => {
+                if body.code == "config-read-only" {
+                    self.forget_config()?;
+                }
+                return Err(ClientError::Refused(body));
+            }
             other => {
                 return Err(ClientError::Protocol(format!(
                     "unexpected '{}' from the server",

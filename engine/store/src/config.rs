@@ -76,4 +76,13 @@ impl WriteTx<'_> {
             .execute(params![tenant.as_str(), bytes])?;
         Ok(())
     }
+
+    /// Forgets the tenant's configuration document (a device whose copy diverged
+    /// from the server's syncs it again from nothing).
+    pub fn delete_tenant_config(&mut self, tenant: &TenantId) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM tenant_configs WHERE tenant_id = ?1")?
+            .execute(params![tenant.as_str()])?;
+        Ok(())
+    }
 }

@@ -905,8 +905,17 @@ fn backfill_follow_up(conn: &Connection) -> Result<(), StoreError> {
         else {
             continue;
         };
-        let stored = load(conn, &tenant_id, &customer_id, ActorId::random())?;
-        let derived = stored.doc.customer()?;
+        // A document that cannot be read keeps empty columns (its next save fills
+        // them); it must not stop the database from opening.
+        let derived = match load(conn, &tenant_id, &customer_id, ActorId::random())
+            .and_then(|stored| Ok(stored.doc.customer()?))
+        {
+            Ok(derived) => derived,
+            Err(err) => {
+                tracing::warn!(tenant = %tenant, customer = %customer, error = %err, "could not derive a stored document's recall");
+                continue;
+            }
+        };
         conn.execute(
             "UPDATE documents SET recall_at = ?3, restriction_until = ?4
              WHERE tenant_id = ?1 AND customer_id = ?2",

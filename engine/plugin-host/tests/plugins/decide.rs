@@ -198,3 +198,72 @@ fn an_unknown_time_zone_is_refused_at_install() {
         InstallError::UnknownTimeZone("Mars/Olympus".to_owned())
     );
 }
+
+#[test]
+fn a_call_end_stamped_after_the_save_by_a_fast_clock_still_verifies() {
+    let host = shared_host();
+    let doc = config_with(BUSINESS_HOURS);
+    let config = doc.config().unwrap();
+    let saved = tokyo("2026-11-24 10:00");
+    // The phone's clock runs 30 s ahead of the desk that saves.
+    let facts = CallFacts {
+        ended_at: saved.plus_millis(30_000),
+        attempt: 1,
+    };
+    let pick = pick("no-answer", OptionKind::Recall, None);
+    let decided = decide(host, &doc, &pick, facts, saved).unwrap();
+    assert_eq!(decided.record.call_ended_at, saved);
+    verify(host, &config, &doc, &fields(&pick, &decided), saved).unwrap();
+}
+
+#[test]
+fn review_claims_and_refused_picks_are_checked_again_on_the_server() {
+    let host = shared_host();
+    let doc = config_with(BUSINESS_HOURS);
+    let config = doc.config().unwrap();
+    let facts = CallFacts {
+        ended_at: tokyo("2026-11-24 10:00"),
+        attempt: 1,
+    };
+    let saved = tokyo("2026-11-24 10:01");
+    // "The plugin ran out of fuel, so here is my own time": it does not fail here.
+    let at = tokyo("2026-11-28 03:00");
+    let recall = pick("no-answer", OptionKind::Recall, Some(at));
+    let mut decided = decide(host, &doc, &recall, facts, saved).unwrap();
+    decided.option = ResultOption::Recall { at };
+    decided.record.needs_review = Some("plugin-out-of-fuel: made up".to_owned());
+    decided.record.reason = "the rule failed: the pick was kept as made".to_owned();
+    assert_eq!(
+        verify(host, &config, &doc, &fields(&recall, &decided), saved)
+            .unwrap_err()
+            .code(),
+        "decision-mismatch"
+    );
+    // A deadline is this machine's business: the claim stands.
+    decided.record.needs_review = Some("plugin-deadline: slow phone".to_owned());
+    verify(host, &config, &doc, &fields(&recall, &decided), saved).unwrap();
+    // A pick the plugin refuses (a restriction with no time) cannot carry a decision.
+    let refused = pick("do-not-call", OptionKind::Restriction, None);
+    let mut forged = fields(&refused, &decided);
+    forged.option = ResultOption::None;
+    if let Some(record) = forged.decision.as_mut() {
+        record.needs_review = None;
+        record.picked_option = OptionKind::Restriction;
+        record.picked_at = None;
+    }
+    assert_eq!(
+        verify(host, &config, &doc, &forged, saved)
+            .unwrap_err()
+            .code(),
+        "decision-mismatch"
+    );
+    // A time nowhere near the save is refused before any plugin runs.
+    let mut ancient = fields(&recall, &decided);
+    if let Some(record) = ancient.decision.as_mut() {
+        record.call_ended_at = Timestamp::from_millis(i64::MIN);
+    }
+    assert_eq!(
+        verify(host, &config, &doc, &ancient, saved),
+        Err(VerifyError::ImpossibleInputs)
+    );
+}

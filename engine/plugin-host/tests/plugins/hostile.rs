@@ -96,6 +96,15 @@ fn misbehaving_at_install_is_refused() {
     }
     // Still serving: a good plugin installs on the same host.
     inspect(host, STANDARD, &[]).unwrap();
+    // A refused build is not kept loaded.
+    let fresh = crate::support::host();
+    inspect(&fresh, hostile::MISBEHAVES, &[("describe", "panic")]).unwrap_err();
+    let component = callsync_plugin_host::to_component(hostile::MISBEHAVES, 1 << 22).unwrap();
+    assert!(
+        fresh
+            .loaded(&callsync_plugin_host::content_hash(&component))
+            .is_none()
+    );
 }
 
 #[test]

@@ -108,6 +108,19 @@ impl SyncClient {
         Ok(())
     }
 
+    /// The server refused this device's copy of the configuration (it holds changes
+    /// the server does not, e.g. after the server was restored from a backup): forget
+    /// it, so the next connection syncs it again from nothing.
+    pub(super) fn forget_config(&mut self) -> Result<(), ClientError> {
+        let tenant = self.session.tenant.clone();
+        let mut tx = self.store.write()?;
+        tx.delete_tenant_config(&tenant)?;
+        tx.commit()?;
+        self.config = None;
+        tracing::warn!("the server refused this device's configuration; it will sync again");
+        Ok(())
+    }
+
     /// Whether this device holds every configuration change the server announced.
     pub(super) fn config_settled(&mut self) -> bool {
         self.config.as_mut().is_none_or(|c| {

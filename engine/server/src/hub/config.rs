@@ -18,6 +18,15 @@ use super::{Batch, ConnId, HubState, refusal};
 use crate::accounts::Session;
 use crate::clock;
 
+/// The refusal of a device that tries to change the configuration.
+fn config_read_only() -> ErrorBody {
+    refusal(
+        "config-read-only",
+        "the tenant configuration is changed only by installing plugins",
+        "テナント設定はプラグインのインストールでのみ変更できます",
+    )
+}
+
 /// The refusal of an install by a member below admin.
 pub(crate) fn install_needs_admin() -> ErrorBody {
     refusal(
@@ -26,6 +35,11 @@ pub(crate) fn install_needs_admin() -> ErrorBody {
         "この操作には管理者以上の権限が必要です",
     )
 }
+
+/// Largest configuration document (with every component ever installed) the
+/// server publishes: a device's first sync of it travels in one frame of at most
+/// `wire::MAX_FRAME_BYTES` (8 MiB).
+const MAX_CONFIG_BYTES: usize = 6 << 20;
 
 /// The zone a tenant starts in.
 const DEFAULT_TIME_ZONE: &str = "Asia/Tokyo";
@@ -121,6 +135,13 @@ impl HubState {
                 return Ok(());
             }
         };
+        if !message.changes.is_empty() {
+            // Devices never write the configuration: refuse any change before it
+            // touches the document (a change with missing dependencies would not
+            // move the heads, but would wait in the document's queue).
+            batch.closes.push((conn, config_read_only()));
+            return Ok(());
+        }
         self.config(tx, &tenant)?;
         let (Some(c), Some(doc)) = (self.conns.get_mut(&conn), self.configs.get_mut(&tenant))
         else {
@@ -135,14 +156,7 @@ impl HubState {
             // Forget whatever was applied: reload from what is stored.
             self.configs.remove(&tenant);
             self.catalogs.remove(&tenant);
-            batch.closes.push((
-                conn,
-                refusal(
-                    "config-read-only",
-                    "the tenant configuration is changed only by installing plugins",
-                    "テナント設定はプラグインのインストールでのみ変更できます",
-                ),
-            ));
+            batch.closes.push((conn, config_read_only()));
             return Ok(());
         }
         if let Some(reply) = doc
@@ -202,6 +216,22 @@ impl HubState {
         }
         let now = clock::now();
         let doc = self.config(tx, &session.tenant)?;
+        let already_held = doc.component(&prepared.ruleset.plugin.hash)?.is_some();
+        let grows_by = if already_held {
+            0
+        } else {
+            prepared.component.len()
+        };
+        if doc.save().len() + grows_by > MAX_CONFIG_BYTES {
+            // A device's first sync of the configuration must fit in one frame.
+            return Ok(RpcResult::Refused(refusal(
+                "config-too-large",
+                format!(
+                    "the tenant configuration would exceed {MAX_CONFIG_BYTES} bytes with this plugin"
+                ),
+                "テナント設定の容量の上限を超えるため、このプラグインはインストールできません",
+            )));
+        }
         prepared.publish(doc, &session.user, now)?;
         let bytes = doc.save();
         tx.put_tenant_config(&session.tenant, &bytes)?;
@@ -221,8 +251,9 @@ impl HubState {
     }
 
     /// Every result type any of the tenant's rule sets declares (the active set's
-    /// first), so a result decided offline under an earlier rule set still passes;
-    /// its decision is checked against its own rule set by [`Self::verify_results`].
+    /// first) with every option any of them offers, so a result decided offline under
+    /// an earlier rule set still passes admission; its decision is then checked
+    /// against its own rule set by [`Self::verify_results`].
     pub(super) fn catalog(
         &mut self,
         tx: &mut WriteTx<'_>,
@@ -235,8 +266,18 @@ impl HubState {
         let mut types: Vec<ResultTypeSpec> = config.catalog().types().to_vec();
         for ruleset in config.rulesets.values() {
             for spec in &ruleset.result_types {
-                if !types.iter().any(|t| t.id == spec.id) {
-                    types.push(spec.clone());
+                match types.iter_mut().find(|t| t.id == spec.id) {
+                    // A type another rule set declared too: any option either
+                    // offers passes here; the decision's own rule set is checked
+                    // by `verify_results`.
+                    Some(known) => {
+                        for option in &spec.options {
+                            if !known.options.contains(option) {
+                                known.options.push(*option);
+                            }
+                        }
+                    }
+                    None => types.push(spec.clone()),
                 }
             }
         }
