@@ -342,3 +342,64 @@ fn a_device_that_changes_the_configuration_is_cut_off_then_resyncs_and_nothing_c
         "the tampered settings are gone"
     );
 }
+
+/// The standard plugin with a custom section of `size` incompressible bytes:
+/// another build (another hash), as large as needed.
+fn padded_standard(seed: u64, size: usize) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"padding";
+    let mut payload = Vec::with_capacity(size);
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    while payload.len() < size {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        payload.extend_from_slice(&state.to_le_bytes());
+    }
+    let mut section = Vec::new();
+    leb128(name.len(), &mut section);
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut module = callsync_shipped_plugins::STANDARD.to_vec();
+    module.push(0);
+    leb128(section.len(), &mut module);
+    module.extend_from_slice(&section);
+    module
+}
+
+#[test]
+fn a_configuration_that_would_outgrow_one_frame_is_refused() {
+    let world = World::start(&[]);
+    let big = 1_900_000;
+    let mut refused = None;
+    for seed in 1..=4 {
+        let file = plugin_file(
+            &world,
+            &format!("padded-{seed}.wasm"),
+            &padded_standard(seed, big),
+        );
+        let run = install(&world.admin_desk, &file, &[]);
+        if run.code != 0 {
+            refused = Some((seed, run.refused("config-too-large")));
+            break;
+        }
+    }
+    let (seed, _) = refused.expect("an install past 6 MiB is refused");
+    assert_eq!(seed, 4, "three 1.9 MB builds fit, the fourth does not");
+    let list = callsync(&world.admin_desk, &["admin", "plugin", "list"]).ok();
+    assert_eq!(
+        list["installs"].as_array().unwrap().len(),
+        4,
+        "standard + three"
+    );
+}
