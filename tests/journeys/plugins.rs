@@ -196,6 +196,17 @@ fn members_cannot_install_and_files_that_are_not_plugins_are_refused_over_the_wi
     .refused("plugin-settings-refused");
     install(&world.admin_desk, &hours, &["--time-zone", "Mars/Olympus"])
         .refused("unknown-time-zone");
+    let bad_table = plugin_file(
+        &world,
+        "holidays.csv",
+        "date,name\n2026-13-40,nope\n".as_bytes(),
+    );
+    install(
+        &world.admin_desk,
+        &hours,
+        &["--holidays", bad_table.to_str().unwrap()],
+    )
+    .refused("bad-holidays");
     assert_eq!(
         active_plugin(&world.admin_desk),
         "standard@1.0.0",

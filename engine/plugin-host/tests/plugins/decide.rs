@@ -267,3 +267,33 @@ fn review_claims_and_refused_picks_are_checked_again_on_the_server() {
         Err(VerifyError::ImpossibleInputs)
     );
 }
+
+#[test]
+fn a_decision_naming_another_build_or_an_unknown_type_is_refused() {
+    let host = shared_host();
+    let doc = config_with(BUSINESS_HOURS);
+    let config = doc.config().unwrap();
+    let facts = CallFacts {
+        ended_at: tokyo("2026-11-24 10:00"),
+        attempt: 1,
+    };
+    let saved = tokyo("2026-11-24 10:01");
+    let recall = pick("no-answer", OptionKind::Recall, None);
+    let decided = decide(host, &doc, &recall, facts, saved).unwrap();
+    let mut other_build = fields(&recall, &decided);
+    if let Some(record) = other_build.decision.as_mut() {
+        record.plugin.version = "9.9.9".to_owned();
+    }
+    assert_eq!(
+        verify(host, &config, &doc, &other_build, saved),
+        Err(VerifyError::PluginMismatch)
+    );
+    let mut unknown_type = fields(&recall, &decided);
+    unknown_type.result_type = callsync_core::ResultTypeId::new("voicemail").unwrap();
+    assert_eq!(
+        verify(host, &config, &doc, &unknown_type, saved)
+            .unwrap_err()
+            .code(),
+        "unknown-result-type"
+    );
+}
