@@ -17,8 +17,7 @@
 //! Does not own: authentication, sessions, which devices exist (the caller passes
 //! a [`Directory`]), or visibility of the document itself (checked before any sync).
 
-use automerge::{ActorId, ChangeHash, ReadDoc, ScalarValue, Value};
-use automerge::{PatchAction, ROOT};
+use automerge::{ActorId, ChangeHash, ReadDoc};
 
 use crate::account::Role;
 use crate::document::CustomerDoc;
@@ -100,6 +99,22 @@ pub enum AdmissionError {
         /// The least role allowed.
         needed: &'static str,
     },
+    /// An event carries a field this build does not know.
+    #[error("event {key} has a field this server does not know: {field}")]
+    UnknownField {
+        /// The entry's key.
+        key: String,
+        /// The field's path in the event.
+        field: String,
+    },
+    /// A message, a change or an event is over its limit.
+    #[error("too many {what} (at most {limit})")]
+    TooLarge {
+        /// What was counted.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// The event breaks a rule that holds whatever the interleaving.
     #[error(transparent)]
     Core(#[from] CoreError),
@@ -116,6 +131,8 @@ impl AdmissionError {
             Self::NotYourCall { .. } => "not-your-call",
             Self::NotYourPhone { .. } => "not-your-phone",
             Self::RoleRequired { .. } => "role-required",
+            Self::UnknownField { .. } => "unknown-field",
+            Self::TooLarge { .. } => "too-large",
             Self::Core(e) => e.code(),
         }
     }
@@ -138,13 +155,36 @@ impl AdmissionError {
             Self::RoleRequired { event, needed } => {
                 format!("「{event}」には{needed}以上の権限が必要です")
             }
+            Self::UnknownField { key, field } => {
+                format!("記録 {key} に不明な項目があります（{field}）")
+            }
+            Self::TooLarge { limit, .. } => {
+                format!("送信された変更が大きすぎます（上限 {limit}）")
+            }
             Self::Core(e) => e.message_ja(),
         }
     }
 }
 
+/// Most new changes one sync message may carry. An honest device sends a few per
+/// action; a device that was offline for a day sends a few hundred.
+pub const MAX_NEW_CHANGES: usize = 1_024;
+/// Most operations in one change: one per event, and an action records at most
+/// a handful of events at once.
+pub const MAX_OPS_PER_CHANGE: usize = 32;
+/// Largest change, in bytes (an event with a full memo is about 17 KiB).
+pub const MAX_CHANGE_BYTES: usize = 64 << 10;
+/// Largest event, as stored JSON.
+pub const MAX_EVENT_BYTES: usize = 32 << 10;
+
 /// Checks the changes `doc` gained since `before` (the server's heads before it
 /// applied the sender's sync message). Returns the events they add, in key order.
+///
+/// Judged from each change's own operations and metadata, not from the visible
+/// result: operations that cancel out (a put then a delete), an empty change or
+/// one carrying a commit message, and event JSON with fields this build does not
+/// know are all refused, although none of them would show in the document. The
+/// cost is proportional to the new changes, not to the document.
 pub fn admit(
     doc: &mut CustomerDoc,
     before: &[ChangeHash],
@@ -156,6 +196,12 @@ pub fn admit(
     if new_changes.is_empty() {
         return Ok(Vec::new());
     }
+    if new_changes.len() > MAX_NEW_CHANGES {
+        return Err(AdmissionError::TooLarge {
+            what: "changes in one message",
+            limit: MAX_NEW_CHANGES,
+        });
+    }
     for change in &new_changes {
         if !directory.actor_is_bound_to(change.actor_id(), &sender.device) {
             return Err(AdmissionError::ForeignActor {
@@ -163,11 +209,10 @@ pub fn admit(
             });
         }
     }
-    let entries = new_entries(doc, before)?;
+    let entries = new_entries(doc, &new_changes, before)?;
     let mut events = Vec::with_capacity(entries.len());
     for (key, json) in entries {
-        let event: CallEvent = serde_json::from_str(&json)
-            .map_err(|_| AdmissionError::MalformedEvent { key: key.clone() })?;
+        let event = parse_event(&key, &json)?;
         if key != format!("{}/{}", event.call, event.id) {
             return Err(AdmissionError::MalformedEvent { key });
         }
@@ -180,28 +225,143 @@ pub fn admit(
     Ok(events)
 }
 
-/// The `(key, json)` of every entry the changes added, refusing any other edit.
+/// Parses an event's JSON, refusing any field this build does not know (it would
+/// be stored and forwarded while nothing reads it).
+fn parse_event(key: &str, json: &str) -> Result<CallEvent, AdmissionError> {
+    let malformed = || AdmissionError::MalformedEvent {
+        key: key.to_owned(),
+    };
+    if json.len() > MAX_EVENT_BYTES {
+        return Err(AdmissionError::TooLarge {
+            what: "event bytes",
+            limit: MAX_EVENT_BYTES,
+        });
+    }
+    let raw: serde_json::Value = serde_json::from_str(json).map_err(|_| malformed())?;
+    let event: CallEvent = serde_json::from_value(raw.clone()).map_err(|_| malformed())?;
+    let known = serde_json::to_value(&event).map_err(|_| malformed())?;
+    if let Some(field) = unknown_field(&raw, &known, "") {
+        return Err(AdmissionError::UnknownField {
+            key: key.to_owned(),
+            field,
+        });
+    }
+    Ok(event)
+}
+
+/// The first field of `raw` (by path) that the typed event, written back, does
+/// not have. A field written back without a `null` it was given is not unknown.
+fn unknown_field(raw: &serde_json::Value, known: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    match (raw, known) {
+        (Value::Object(raw), Value::Object(known)) => raw.iter().find_map(|(name, value)| {
+            let here = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            match known.get(name) {
+                Some(k) => unknown_field(value, k, &here),
+                None if value.is_null() => None,
+                None => Some(here),
+            }
+        }),
+        (Value::Array(raw), Value::Array(known)) => raw
+            .iter()
+            .zip(known)
+            .enumerate()
+            .find_map(|(i, (r, k))| unknown_field(r, k, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// The `(key, json)` of every entry the new changes add, read from the changes'
+/// own operations: each must be a put of a string into the `events` map under a
+/// key nobody wrote before, with no predecessor; anything else is refused.
 fn new_entries(
     doc: &mut CustomerDoc,
+    new_changes: &[automerge::Change],
     before: &[ChangeHash],
 ) -> Result<Vec<(String, String)>, AdmissionError> {
+    use automerge::legacy::{Key, ObjectId, OpType};
     let events_obj = doc.events_object().clone();
-    let after = doc.automerge_mut().get_heads();
-    let patches = doc.automerge_mut().diff(before, &after);
-    let am = doc.automerge();
-    let mut entries = Vec::with_capacity(patches.len());
-    for patch in patches {
-        let PatchAction::PutMap {
-            key,
-            value: (value, _),
-            conflict,
-        } = patch.action
-        else {
-            return Err(forbidden(&patch.obj, &events_obj, "a non-event value"));
-        };
-        if patch.obj != events_obj {
-            return Err(forbidden(&patch.obj, &events_obj, &key));
+    let events_id = match &events_obj {
+        automerge::ObjId::Id(counter, actor, _) => (*counter, actor.clone()),
+        automerge::ObjId::Root => {
+            return Err(AdmissionError::ForbiddenEdit {
+                what: "the document root".to_owned(),
+            });
         }
+    };
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for change in new_changes {
+        if change.message().is_some_and(|m| !m.is_empty()) {
+            return Err(AdmissionError::ForbiddenEdit {
+                what: "a commit message".to_owned(),
+            });
+        }
+        if !change.extra_bytes().is_empty() {
+            return Err(AdmissionError::ForbiddenEdit {
+                what: "extra bytes in a change".to_owned(),
+            });
+        }
+        if change.is_empty() {
+            return Err(AdmissionError::ForbiddenEdit {
+                what: "an empty change".to_owned(),
+            });
+        }
+        if change.len() > MAX_OPS_PER_CHANGE {
+            return Err(AdmissionError::TooLarge {
+                what: "operations in one change",
+                limit: MAX_OPS_PER_CHANGE,
+            });
+        }
+        if change.raw_bytes().len() > MAX_CHANGE_BYTES {
+            return Err(AdmissionError::TooLarge {
+                what: "bytes in one change",
+                limit: MAX_CHANGE_BYTES,
+            });
+        }
+        for op in change.decode().operations {
+            let in_events = matches!(&op.obj, ObjectId::Id(id) if id.counter() == events_id.0 && id.actor() == &events_id.1);
+            let place = match &op.obj {
+                ObjectId::Root => "the document root",
+                _ if in_events => "the events map",
+                _ => "the customer profile or numbers",
+            };
+            let key = match &op.key {
+                Key::Map(key) => key.to_string(),
+                Key::Seq(_) => "a list position".to_owned(),
+            };
+            let json = match (&op.action, in_events, op.insert, op.pred.is_empty()) {
+                (OpType::Put(automerge::ScalarValue::Str(json)), true, false, true) => json,
+                (OpType::Put(_), true, false, true) => {
+                    return Err(AdmissionError::MalformedEvent { key });
+                }
+                (OpType::Delete, ..) | (_, true, false, false) => {
+                    return Err(AdmissionError::ForbiddenEdit {
+                        what: format!("the existing entry {key} in {place}"),
+                    });
+                }
+                _ => {
+                    return Err(AdmissionError::ForbiddenEdit {
+                        what: format!("{key} in {place}"),
+                    });
+                }
+            };
+            entries.push((key, json.to_string()));
+        }
+    }
+    entries.sort();
+    for pair in entries.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            return Err(AdmissionError::ForbiddenEdit {
+                what: format!("the entry {} twice", pair[0].0),
+            });
+        }
+    }
+    let am = doc.automerge();
+    for (key, _) in &entries {
         let existed = am
             .get_at(&events_obj, key.as_str(), before)
             .map_err(CoreError::from)?
@@ -210,34 +370,13 @@ fn new_entries(
             .get_all(&events_obj, key.as_str())
             .map_err(CoreError::from)?
             .len();
-        if existed || conflict || versions != 1 {
+        if existed || versions != 1 {
             return Err(AdmissionError::ForbiddenEdit {
                 what: format!("the existing event {key}"),
             });
         }
-        let Value::Scalar(scalar) = value else {
-            return Err(AdmissionError::MalformedEvent { key });
-        };
-        let ScalarValue::Str(json) = scalar.as_ref() else {
-            return Err(AdmissionError::MalformedEvent { key });
-        };
-        entries.push((key, json.to_string()));
     }
-    entries.sort();
     Ok(entries)
-}
-
-fn forbidden(obj: &automerge::ObjId, events: &automerge::ObjId, key: &str) -> AdmissionError {
-    let place = if *obj == ROOT {
-        "the document root"
-    } else if obj == events {
-        "the events map"
-    } else {
-        "the customer profile or numbers"
-    };
-    AdmissionError::ForbiddenEdit {
-        what: format!("{key} in {place}"),
-    }
 }
 
 fn check_stamp(key: &str, event: &CallEvent, sender: &Sender) -> Result<(), AdmissionError> {

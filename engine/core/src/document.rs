@@ -166,6 +166,11 @@ impl CustomerDoc {
         &mut self.doc
     }
 
+    /// Whether changes wait in the document for a dependency it does not have.
+    pub fn has_queued_changes(&mut self) -> bool {
+        !self.doc.get_missing_deps(&[]).is_empty()
+    }
+
     /// The document's current heads. Reading them does not change the document.
     pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
         self.doc.get_heads()
@@ -173,7 +178,13 @@ impl CustomerDoc {
 
     /// The whole document, compacted, for a snapshot.
     pub fn save(&mut self) -> Vec<u8> {
-        self.doc.save()
+        // Never the changes waiting for a missing dependency: Automerge keeps them
+        // by default, and a queued change under an actor and sequence number that
+        // later get a real change would make the saved bytes unloadable.
+        self.doc.save_with_options(automerge::SaveOptions {
+            deflate: true,
+            retain_orphans: false,
+        })
     }
 
     /// The changes made since `heads`, as one incremental chunk.

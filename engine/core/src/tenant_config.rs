@@ -212,7 +212,13 @@ impl TenantConfigDoc {
 
     /// The whole document, compacted.
     pub fn save(&mut self) -> Vec<u8> {
-        self.doc.save()
+        // Never the changes waiting for a missing dependency: Automerge keeps them
+        // by default, and a queued change under an actor and sequence number that
+        // later get a real change would make the saved bytes unloadable.
+        self.doc.save_with_options(automerge::SaveOptions {
+            deflate: true,
+            retain_orphans: false,
+        })
     }
 
     /// Installs `ruleset` (id `id`) with its plugin's `component` and makes it the

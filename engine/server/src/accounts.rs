@@ -193,25 +193,44 @@ pub struct LoggedIn {
     pub expires_at: Timestamp,
 }
 
-/// Checks email and password, the calling contract, and registers the device.
-pub fn login(
-    store: &mut Store,
-    email: &str,
+/// The member an email names, if any (read before hashing, under the accounts
+/// lock but without hashing there).
+pub fn find_member(store: &Store, email: &str) -> Result<Option<MemberRecord>, AuthError> {
+    match UserId::new(email.trim().to_lowercase()) {
+        Ok(email) => Ok(store.member(&email)?),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Checks `password` against `member`'s hash, or against a decoy hash when there
+/// is no such member, so both cost the same (no account probing by timing).
+/// Slow by design: call it with no lock held.
+pub fn check_password(
+    member: Option<MemberRecord>,
     password: &str,
-    device: &DeviceRegistration,
-    now: Timestamp,
-    ttl_ms: i64,
-) -> Result<LoggedIn, AuthError> {
-    let member = match UserId::new(email.trim().to_lowercase()) {
-        Ok(email) => store.member(&email)?,
-        Err(_) => None,
-    };
+) -> Result<MemberRecord, AuthError> {
     let hash = member
         .as_ref()
         .map_or(decoy_hash(), |m| m.password_hash.as_str());
     let ok = verify_password(hash, password);
-    let member = match member {
-        Some(m) if ok => m,
+    match member {
+        Some(m) if ok => Ok(m),
+        _ => Err(AuthError::InvalidCredentials),
+    }
+}
+
+/// After the password matched: the calling contract, the device, and a new
+/// session token. Re-reads the member, so a password reset or a revoked contract
+/// that landed while the password was being hashed wins.
+pub fn open_session(
+    store: &mut Store,
+    checked: &MemberRecord,
+    device: &DeviceRegistration,
+    now: Timestamp,
+    ttl_ms: i64,
+) -> Result<LoggedIn, AuthError> {
+    let member = match store.member(&checked.email)? {
+        Some(m) if m.password_hash == checked.password_hash && m.tenant == checked.tenant => m,
         _ => return Err(AuthError::InvalidCredentials),
     };
     if !member.contract {
@@ -244,6 +263,22 @@ pub fn login(
         member,
         expires_at,
     })
+}
+
+/// Checks email and password, the calling contract, and registers the device, in
+/// one go (for callers that hold the store alone, such as tests and tools; the
+/// server runs the three steps apart so that no lock is held while hashing).
+pub fn login(
+    store: &mut Store,
+    email: &str,
+    password: &str,
+    device: &DeviceRegistration,
+    now: Timestamp,
+    ttl_ms: i64,
+) -> Result<LoggedIn, AuthError> {
+    let member = find_member(store, email)?;
+    let member = check_password(member, password)?;
+    open_session(store, &member, device, now, ttl_ms)
 }
 
 /// Checks a `join`'s token for `device` at `now`.
@@ -297,14 +332,36 @@ fn require_admin(session: &Session) -> Result<(), AuthError> {
     }
 }
 
-/// Answers an account request for `session` (admin or above only).
+/// The slow part of an account request, done before the accounts lock is taken:
+/// the Argon2 hash of the new password a `user-add` or `user-reset-password`
+/// carries (checked for length first). `None` for every other request.
+pub fn hash_for(session: &Session, call: &RpcCall) -> Result<Option<String>, AuthError> {
+    require_admin(session)?;
+    match call {
+        RpcCall::UserAdd { password, .. } | RpcCall::UserResetPassword { password, .. } => {
+            check_new_password(password)?;
+            hash_password(password).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Answers an account request for `session` (admin or above only). `hashed` is
+/// what [`hash_for`] returned for the same request: no hashing happens here, so
+/// the caller may hold the accounts lock.
 pub fn account_call(
     store: &mut Store,
     session: &Session,
     call: &RpcCall,
+    hashed: Option<String>,
     now: Timestamp,
 ) -> Result<RpcResult, AuthError> {
     require_admin(session)?;
+    let hashed = || {
+        hashed
+            .clone()
+            .ok_or_else(|| AuthError::Hash("the new password was not hashed".to_owned()))
+    };
     match call {
         RpcCall::UserAdd {
             email,
@@ -323,7 +380,7 @@ pub fn account_call(
             let record = MemberRecord {
                 tenant: session.tenant.clone(),
                 email,
-                password_hash: hash_password(password)?,
+                password_hash: hashed()?,
                 role: *role,
                 contract: *contract,
             };
@@ -338,7 +395,7 @@ pub fn account_call(
         RpcCall::UserResetPassword { email, password } => {
             guard_target(store, session, email)?;
             check_new_password(password)?;
-            store.set_password_hash(&session.tenant, email, &hash_password(password)?)?;
+            store.set_password_hash(&session.tenant, email, &hashed()?)?;
             Ok(RpcResult::Done)
         }
         RpcCall::UserList => Ok(RpcResult::Users(

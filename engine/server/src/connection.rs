@@ -19,6 +19,7 @@ use tokio::sync::{Mutex, Semaphore, mpsc};
 use crate::accounts::{self, AuthError, Session};
 use crate::clock;
 use crate::hub::{ConnId, HubInput, Outgoing};
+use crate::throttle::{LoginThrottle, Throttled};
 
 /// How long a new connection has, by default, to open its stream and send its
 /// first message.
@@ -40,8 +41,15 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     pub(crate) session_ttl_ms: i64,
     /// Argon2 is slow by design; at most this many hash at once, so a login
-    /// storm cannot starve sync.
+    /// storm cannot starve sync. Never held together with `accounts`: hashing
+    /// happens with no lock held, and the lock is taken only after the permit is
+    /// released (one order, so no cycle).
     pub(crate) hashing: Semaphore,
+    /// Plugin checks and compiles, one at a time, apart from `hashing` so that
+    /// installs never hold up a login.
+    pub(crate) compiling: Semaphore,
+    /// Login attempts per address and per account (checked before hashing).
+    pub(crate) throttle: std::sync::Mutex<LoginThrottle>,
     /// How long a new connection has to open its stream and say `login`/`join`.
     pub(crate) handshake_timeout: Duration,
     /// Checks and compiles plugins on install (here, not on the hub's thread).
@@ -129,7 +137,8 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
             if !versions_ok(&supported_protocol_versions) {
                 return refuse(&connection, &mut send, unsupported()).await;
             }
-            let reply = login(&shared, email, password, device).await;
+            let address = connection.remote_address().ip();
+            let reply = login(&shared, address, email, password, device).await;
             let _ = write_message(&mut send, &reply).await;
             finish_and_close(&connection, &mut send).await;
         }
@@ -174,26 +183,72 @@ fn unsupported() -> ErrorBody {
     )
 }
 
+/// The refusal of a login attempt that came too soon.
+fn throttled(t: Throttled) -> Message {
+    let seconds = t.retry_after.as_secs().max(1);
+    Message::Error(body(
+        "login-throttled",
+        format!("too many login attempts; try again in {seconds} s"),
+        format!("ログインの試行が多すぎます。{seconds} 秒後にもう一度お試しください"),
+    ))
+}
+
+fn throttle(shared: &Shared) -> std::sync::MutexGuard<'_, LoginThrottle> {
+    // The throttle's state stays consistent at every step, so a poisoned lock
+    // (a panic elsewhere while held) is still safe to use.
+    shared
+        .throttle
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Logs in, in three steps that never hold a lock while hashing: read the member
+/// (accounts lock), check the password (a hashing permit, no lock), open the
+/// session (accounts lock). The throttle is asked first, so a refused attempt
+/// costs no hashing.
 async fn login(
     shared: &Shared,
+    address: std::net::IpAddr,
     email: String,
     password: String,
     device: wire::DeviceRegistration,
 ) -> Message {
-    let Ok(_permit) = shared.hashing.acquire().await else {
-        return Message::Error(AuthError::Hash("shutting down".to_owned()).body());
+    let account = email.trim().to_lowercase();
+    if let Err(t) = throttle(shared).begin(&account, address, Instant::now()) {
+        tracing::info!(%address, "login throttled");
+        return throttled(t);
+    }
+    let member = {
+        let store = shared.accounts.lock().await;
+        tokio::task::block_in_place(|| accounts::find_member(&store, &email))
     };
-    let mut store = shared.accounts.lock().await;
-    let result = tokio::task::block_in_place(|| {
-        accounts::login(
-            &mut store,
-            &email,
-            &password,
-            &device,
-            clock::now(),
-            shared.session_ttl_ms,
-        )
-    });
+    let checked = match member {
+        Ok(member) => {
+            let Ok(_permit) = shared.hashing.acquire().await else {
+                return Message::Error(AuthError::Hash("shutting down".to_owned()).body());
+            };
+            tokio::task::spawn_blocking(move || accounts::check_password(member, &password))
+                .await
+                .unwrap_or_else(|e| Err(AuthError::Hash(e.to_string())))
+        }
+        Err(e) => Err(e),
+    };
+    let result = match checked {
+        Ok(member) => {
+            throttle(shared).succeeded(&account, address);
+            let mut store = shared.accounts.lock().await;
+            tokio::task::block_in_place(|| {
+                accounts::open_session(
+                    &mut store,
+                    &member,
+                    &device,
+                    clock::now(),
+                    shared.session_ttl_ms,
+                )
+            })
+        }
+        Err(e) => Err(e),
+    };
     match result {
         Ok(done) => {
             tracing::info!(user = %done.member.email, device = %device.id, "logged in");
@@ -210,6 +265,29 @@ async fn login(
             Message::Error(e.body())
         }
     }
+}
+
+/// An account request: the new password (if any) is hashed under a hashing
+/// permit with no lock held; the permit is released before the accounts lock is
+/// taken for the short database work.
+async fn account_request(
+    shared: &Shared,
+    session: &Session,
+    call: &wire::RpcCall,
+) -> Result<wire::RpcResult, AuthError> {
+    let hashed = {
+        let Ok(_permit) = shared.hashing.acquire().await else {
+            return Err(AuthError::Hash("shutting down".to_owned()));
+        };
+        let (session, call) = (session.clone(), call.clone());
+        tokio::task::spawn_blocking(move || accounts::hash_for(&session, &call))
+            .await
+            .unwrap_or_else(|e| Err(AuthError::Hash(e.to_string())))?
+    };
+    let mut store = shared.accounts.lock().await;
+    tokio::task::block_in_place(|| {
+        accounts::account_call(&mut store, session, call, hashed, clock::now())
+    })
 }
 
 async fn authenticate(
@@ -324,14 +402,7 @@ async fn run_session(
         }
         match message {
             Message::Rpc { id, call } if accounts::is_account_call(&call) => {
-                let result = {
-                    let mut store = shared.accounts.lock().await;
-                    let _permit = shared.hashing.acquire().await;
-                    tokio::task::block_in_place(|| {
-                        accounts::account_call(&mut store, &session, &call, clock::now())
-                    })
-                };
-                let result = match result {
+                let result = match account_request(&shared, &session, &call).await {
                     Ok(result) => {
                         tracing::info!(admin = %session.user, method = call.method(), "account change");
                         if let Some((user, reason)) = ended_sessions(&call) {
@@ -367,7 +438,7 @@ async fn run_session(
                 // Checked and compiled here, off the hub's thread; only a plugin
                 // that passed goes to the hub to be published.
                 let refused = if session.role.is_admin() {
-                    let _permit = shared.hashing.acquire().await;
+                    let _permit = shared.compiling.acquire().await;
                     let request = callsync_plugin_host::install::InstallRequest {
                         file: &file,
                         settings,

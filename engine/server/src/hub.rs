@@ -396,7 +396,10 @@ impl HubState {
                 config_state: sync::State::new(),
             },
         );
-        let config_heads = self.config_heads(tx, &session.tenant)?;
+        let config_heads = contained(self.config_heads(tx, &session.tenant))?.unwrap_or_else(|e| {
+            tracing::error!(tenant = %session.tenant, error = %e, "the tenant configuration cannot be read");
+            Vec::new()
+        });
         batch.send(
             conn,
             Message::Peer {
@@ -474,13 +477,24 @@ impl HubState {
         Ok(true)
     }
 
-    fn load(&mut self, tx: &WriteTx<'_>, key: &DocKey) -> Result<(), StoreError> {
+    /// Brings a document into the cache. `Ok(false)` when it cannot be read (it is
+    /// gone, or its stored bytes no longer load): that is this document's problem
+    /// alone, logged and answered per message, never a failed batch for everyone.
+    /// Only a database error is returned as an error.
+    fn load(&mut self, tx: &WriteTx<'_>, key: &DocKey) -> Result<bool, StoreError> {
         self.tick += 1;
         if let Some(cached) = self.docs.get_mut(key) {
             cached.used = self.tick;
-            return Ok(());
+            return Ok(true);
         }
-        let stored = tx.load(&key.0, &key.1, self.config.server_actor.clone())?;
+        let stored = match tx.load(&key.0, &key.1, self.config.server_actor.clone()) {
+            Ok(stored) => stored,
+            Err(StoreError::Sqlite(e)) => return Err(StoreError::Sqlite(e)),
+            Err(e) => {
+                tracing::error!(tenant = %key.0, doc = %key.1, error = %e, "a stored document cannot be read; skipping it");
+                return Ok(false);
+            }
+        };
         if self.docs.len() >= self.config.cache_docs {
             // Evict the least recently used (the cache is small; a scan is fine).
             if let Some(oldest) = self
@@ -499,7 +513,7 @@ impl HubState {
                 used: self.tick,
             },
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Makes sure the connection has a sync state for the document, from memory
@@ -565,7 +579,15 @@ impl HubState {
             return Ok(());
         };
         let key = (tenant, doc.clone());
-        self.load(tx, &key)?;
+        if !self.load(tx, &key)? {
+            batch.send(
+                conn,
+                Message::DocUnavailable {
+                    document_id: doc.clone(),
+                },
+            );
+            return Ok(());
+        }
         self.ensure_state(tx, conn, doc)?;
         self.send_sync(batch, conn, &key, true);
         Ok(())
@@ -605,8 +627,18 @@ impl HubState {
             }
         };
         let key = (session.tenant.clone(), doc.clone());
-        let catalog = self.catalog(tx, &session.tenant)?;
-        self.load(tx, &key)?;
+        let catalog = match contained(self.catalog(tx, &session.tenant))? {
+            Ok(catalog) => catalog,
+            Err(e) => {
+                tracing::error!(tenant = %session.tenant, error = %e, "the tenant configuration cannot be read");
+                batch.send(conn, Message::DocUnavailable { document_id: doc });
+                return Ok(());
+            }
+        };
+        if !self.load(tx, &key)? {
+            batch.send(conn, Message::DocUnavailable { document_id: doc });
+            return Ok(());
+        }
         self.ensure_state(tx, conn, &doc)?;
         let (Some(c), Some(cached)) = (self.conns.get_mut(&conn), self.docs.get_mut(&key)) else {
             return Ok(());
@@ -623,6 +655,12 @@ impl HubState {
             .automerge_mut()
             .sync()
             .receive_sync_message(state, message);
+        if received.is_ok() && stored.doc.has_queued_changes() {
+            // Changes whose dependencies the server lacks would wait in the cached
+            // document, unadmitted, and collide with the next honest change under
+            // the same actor and sequence number. Nothing of this message is kept.
+            return self.drop_queued(tx, batch, conn, &key, &session);
+        }
         let after = stored.doc.heads();
         let admitted = match received {
             Err(e) => Err(refusal(
@@ -653,7 +691,9 @@ impl HubState {
         // Admitted changes: every result's decision is re-run with the rule set it
         // names, then the document is saved.
         let admitted = match admitted {
-            Ok(Some(events)) => match self.verify_results(tx, &session.tenant, &events)? {
+            Ok(Some(events)) => match contained(self.verify_results(tx, &session.tenant, &events))?
+                .unwrap_or_else(|e| Err(unreadable_config(&e)))
+            {
                 Err(error) => Err(error),
                 Ok(()) => match self.docs.get_mut(&key).map(|c| tx.save(&mut c.stored)) {
                     None | Some(Ok(_)) => Ok(events),
@@ -693,6 +733,63 @@ impl HubState {
                 }
                 self.send_sync(batch, conn, &key, false);
             }
+        }
+        Ok(())
+    }
+
+    /// Forgets a sync message that left changes queued: the document is reloaded
+    /// from the store, and the device gets a fresh sync message with the reset
+    /// flag, so an honest device (whose message only raced a lost commit) resends
+    /// everything the server lacks, dependencies first, while a forged orphan has
+    /// nothing to attach to. Not a `rejected`: that would make an honest device
+    /// drop its outbox.
+    fn drop_queued(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+        conn: ConnId,
+        key: &DocKey,
+        session: &Session,
+    ) -> Result<(), StoreError> {
+        tracing::warn!(device = %session.device, doc = %key.1, "a sync message left changes waiting for missing dependencies; dropped it");
+        self.docs.remove(key);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.states.insert(key.1.clone(), sync::State::new());
+            c.dirty.insert(key.1.clone());
+        }
+        if !self.load(tx, key)? {
+            batch.send(
+                conn,
+                Message::DocUnavailable {
+                    document_id: key.1.clone(),
+                },
+            );
+            return Ok(());
+        }
+        let (Some(c), Some(cached)) = (self.conns.get_mut(&conn), self.docs.get_mut(key)) else {
+            return Ok(());
+        };
+        let Some(state) = c.states.get_mut(&key.1) else {
+            return Ok(());
+        };
+        if let Some(mut message) = cached
+            .stored
+            .doc
+            .automerge_mut()
+            .sync()
+            .generate_sync_message(state)
+        {
+            message
+                .flags
+                .get_or_insert_with(sync::MessageFlags::new)
+                .set(sync::MessageFlags::SYNC_RESET);
+            batch.send(
+                conn,
+                Message::Sync {
+                    document_id: key.1.clone(),
+                    data: message.encode(),
+                },
+            );
         }
         Ok(())
     }
@@ -834,7 +931,9 @@ impl HubState {
         let cutoff = now.plus_millis(-self.config.start_limit_ms);
         for (tenant, customer, call) in tx.awaiting_start_before(cutoff)? {
             let key = (tenant, customer);
-            self.load(tx, &key)?;
+            if !self.load(tx, &key)? {
+                continue;
+            }
             let Some(cached) = self.docs.get_mut(&key) else {
                 continue;
             };
@@ -942,6 +1041,26 @@ impl HubState {
             }
         }
     }
+}
+
+/// Splits a database error (the batch fails: returned as the outer error) from
+/// any other (one document's or one tenant's problem: the inner error, answered
+/// to the one device that asked).
+fn contained<T>(result: Result<T, StoreError>) -> Result<Result<T, StoreError>, StoreError> {
+    match result {
+        Err(StoreError::Sqlite(e)) => Err(StoreError::Sqlite(e)),
+        other => Ok(other),
+    }
+}
+
+/// The refusal when a tenant's configuration cannot be read.
+fn unreadable_config(e: &StoreError) -> ErrorBody {
+    tracing::error!(error = %e, "the tenant configuration cannot be read");
+    refusal(
+        "internal",
+        "the server cannot read this tenant's configuration",
+        "サーバーでテナント設定を読み込めません",
+    )
 }
 
 fn e_code(e: &StoreError) -> &'static str {

@@ -17,6 +17,7 @@ mod clock;
 mod connection;
 
 mod hub;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -233,6 +234,8 @@ impl Server {
             next_conn: AtomicU64::new(1),
             session_ttl_ms: config.session_ttl_ms,
             hashing: Semaphore::new(2),
+            compiling: Semaphore::new(1),
+            throttle: std::sync::Mutex::new(throttle::LoginThrottle::default()),
             handshake_timeout: config.handshake_timeout,
             plugins,
         });

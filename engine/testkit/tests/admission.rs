@@ -341,3 +341,124 @@ fn a_desk_writing_another_users_name_on_its_event_is_refused() {
         "{err}"
     );
 }
+
+/// The server's copy after an admitted request, and its size.
+fn saved_len(w: &mut World) -> usize {
+    w.server.save().len()
+}
+
+#[test]
+fn operations_that_cancel_out_are_refused_although_nothing_would_show() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let mut d = w.replica("desk-1");
+    let am = d.automerge_mut();
+    let events = match automerge::ReadDoc::get(am, automerge::ROOT, "events").unwrap() {
+        Some((_, id)) => id,
+        None => panic!("no events map"),
+    };
+    am.put(&events, "call-1/padding", "x".repeat(60_000))
+        .unwrap();
+    am.delete(&events, "call-1/padding").unwrap();
+    am.commit();
+    let before = saved_len(&mut w);
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert_eq!(err.code(), "forbidden-edit", "{err}");
+    assert_eq!(saved_len(&mut w), before, "nothing kept");
+
+    // The same across two changes: a put, then its deletion.
+    let mut d = w.replica("desk-1");
+    put_raw(&mut d, "call-1/padding", "{}");
+    let am = d.automerge_mut();
+    let (_, events) = automerge::ReadDoc::get(am, automerge::ROOT, "events")
+        .unwrap()
+        .unwrap();
+    am.delete(&events, "call-1/padding").unwrap();
+    am.commit();
+    assert_eq!(
+        w.offer(&mut d, &desk()).unwrap_err().code(),
+        "forbidden-edit"
+    );
+}
+
+#[test]
+fn an_empty_change_carrying_a_large_message_is_refused() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let mut d = w.replica("desk-1");
+    d.automerge_mut().empty_change(
+        automerge::transaction::CommitOptions::default().with_message("x".repeat(1 << 20)),
+    );
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert_eq!(err.code(), "forbidden-edit", "{err}");
+    assert!(err.to_string().contains("commit message"), "{err}");
+
+    let mut d = w.replica("desk-1");
+    d.automerge_mut()
+        .empty_change(automerge::transaction::CommitOptions::default());
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert!(err.to_string().contains("empty change"), "{err}");
+
+    // An honest event with a commit message is refused too.
+    let mut d = w.replica("phone-1");
+    let started = w.event(&phone(), "call-1", EventKind::Started);
+    let key = format!("{}/{}", started.call, started.id);
+    let am = d.automerge_mut();
+    let (_, events) = automerge::ReadDoc::get(am, automerge::ROOT, "events")
+        .unwrap()
+        .unwrap();
+    am.put(&events, key, serde_json::to_string(&started).unwrap())
+        .unwrap();
+    am.commit_with(automerge::transaction::CommitOptions::default().with_message("hello"));
+    assert_eq!(
+        w.offer(&mut d, &phone()).unwrap_err().code(),
+        "forbidden-edit"
+    );
+}
+
+#[test]
+fn an_event_with_a_field_this_server_does_not_know_is_refused() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let started = w.event(&phone(), "call-1", EventKind::Started);
+    let mut json = serde_json::to_value(&started).unwrap();
+    json["stamp"]["padding"] = serde_json::Value::String("x".repeat(1_000));
+    let mut p = w.replica("phone-1");
+    put_raw(
+        &mut p,
+        &format!("{}/{}", started.call, started.id),
+        &json.to_string(),
+    );
+    let err = w.offer(&mut p, &phone()).unwrap_err();
+    assert_eq!(err.code(), "unknown-field", "{err}");
+    assert!(err.to_string().contains("stamp.padding"), "{err}");
+
+    // The same event without the extra field passes.
+    let mut p = w.replica("phone-1");
+    put_event(&mut p, &started);
+    assert_eq!(w.offer(&mut p, &phone()).unwrap(), vec![started]);
+}
+
+#[test]
+fn a_change_over_the_size_and_operation_limits_is_refused() {
+    use callsync_core::admission::{MAX_CHANGE_BYTES, MAX_OPS_PER_CHANGE};
+    let mut w = World::new();
+    w.requested("call-1");
+    // Too many operations in one change (each a well-formed new entry).
+    let mut p = w.replica("phone-1");
+    let am = p.automerge_mut();
+    let (_, events) = automerge::ReadDoc::get(am, automerge::ROOT, "events")
+        .unwrap()
+        .unwrap();
+    for i in 0..=MAX_OPS_PER_CHANGE {
+        am.put(&events, format!("call-1/e{i}"), "{}").unwrap();
+    }
+    am.commit();
+    let err = w.offer(&mut p, &phone()).unwrap_err();
+    assert_eq!(err.code(), "too-large", "{err}");
+
+    // One entry larger than a change may be.
+    let mut p = w.replica("phone-1");
+    put_raw(&mut p, "call-1/big", &"x".repeat(MAX_CHANGE_BYTES + 1));
+    assert_eq!(w.offer(&mut p, &phone()).unwrap_err().code(), "too-large");
+}

@@ -1,0 +1,254 @@
+//! Login throttling: slows password guessing without locking the real user out.
+//!
+//! Owns: two limits checked before any password is hashed, so a throttled attempt
+//! costs no Argon2 time:
+//! - **per source address**: a token bucket over failed login attempts (any
+//!   account; a success gives its token back), so one address cannot spray
+//!   guesses across accounts or keep the hashing permits busy;
+//! - **per account and address**: after [`FREE_FAILURES`] attempts for one account
+//!   from one address without a success, each further attempt from that address
+//!   waits twice as long as the last ([`FIRST_DELAY`] doubling up to [`MAX_DELAY`]). A success
+//!   clears it. Keyed by address too, so a flood against an account from one place
+//!   does not stop its owner logging in from another.
+//!
+//! Does not own: the clock (every call takes `now`) or what a refusal looks like on
+//! the wire (the connection task). State is bounded: at most [`MAX_TRACKED`] keys
+//! per table; when full, the entries idle longest are dropped first.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Wrong passwords for one account from one address before delays start.
+pub const FREE_FAILURES: u32 = 5;
+/// The first delay after the free failures.
+pub const FIRST_DELAY: Duration = Duration::from_secs(1);
+/// The longest delay between two attempts for one account from one address.
+pub const MAX_DELAY: Duration = Duration::from_secs(300);
+/// Failed login attempts an address may make in a burst …
+pub const ADDRESS_BURST: f64 = 30.0;
+/// … and per minute after it.
+pub const ADDRESS_PER_MINUTE: f64 = 30.0;
+/// Keys each table remembers at most.
+pub const MAX_TRACKED: usize = 65_536;
+
+/// Why an attempt may not go ahead now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    /// How long until an attempt may go ahead.
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    /// No attempt goes ahead before this.
+    not_before: Instant,
+    at: Instant,
+}
+
+/// The login throttle's state.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    addresses: HashMap<IpAddr, Bucket>,
+    accounts: HashMap<(String, IpAddr), Failures>,
+}
+
+impl LoginThrottle {
+    /// Takes one attempt for `account` from `address` at `now`, or says how long to
+    /// wait. Call before hashing. The attempt counts as a failure from now on
+    /// (so attempts racing in parallel cannot all slip through the free ones);
+    /// [`Self::succeeded`] forgets it if the password was right.
+    pub fn begin(&mut self, account: &str, address: IpAddr, now: Instant) -> Result<(), Throttled> {
+        let key = (account.to_owned(), address);
+        if let Some(f) = self.accounts.get(&key)
+            && f.not_before > now
+        {
+            return Err(Throttled {
+                retry_after: f.not_before - now,
+            });
+        }
+        if self.addresses.len() >= MAX_TRACKED && !self.addresses.contains_key(&address) {
+            evict_idle(&mut self.addresses, |b| b.at);
+        }
+        let per_sec = ADDRESS_PER_MINUTE / 60.0;
+        let bucket = self.addresses.entry(address).or_insert(Bucket {
+            tokens: ADDRESS_BURST,
+            at: now,
+        });
+        let refill = now.saturating_duration_since(bucket.at).as_secs_f64() * per_sec;
+        bucket.tokens = (bucket.tokens + refill).min(ADDRESS_BURST);
+        bucket.at = now;
+        if bucket.tokens < 1.0 {
+            return Err(Throttled {
+                retry_after: Duration::from_secs_f64((1.0 - bucket.tokens) / per_sec),
+            });
+        }
+        bucket.tokens -= 1.0;
+        if self.accounts.len() >= MAX_TRACKED && !self.accounts.contains_key(&key) {
+            evict_idle(&mut self.accounts, |f| f.at);
+        }
+        let f = self.accounts.entry(key).or_insert(Failures {
+            count: 0,
+            not_before: now,
+            at: now,
+        });
+        f.count = f.count.saturating_add(1);
+        f.at = now;
+        if f.count > FREE_FAILURES {
+            let doublings = (f.count - FREE_FAILURES - 1).min(16);
+            let delay = FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY);
+            f.not_before = now + delay;
+        }
+        Ok(())
+    }
+
+    /// The right password: the account's failures from `address` are forgotten.
+    /// Its attempt is given back to the address too, so an office of reps behind
+    /// one address logging in at nine is never slowed: only failures use it up.
+    pub fn succeeded(&mut self, account: &str, address: IpAddr) {
+        self.accounts.remove(&(account.to_owned(), address));
+        if let Some(bucket) = self.addresses.get_mut(&address) {
+            bucket.tokens = (bucket.tokens + 1.0).min(ADDRESS_BURST);
+        }
+    }
+}
+
+/// Drops the eighth of entries idle longest (amortized: one scan per many inserts).
+fn evict_idle<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    at: impl Fn(&V) -> Instant,
+) {
+    let mut ages: Vec<(Instant, K)> = map.iter().map(|(k, v)| (at(v), k.clone())).collect();
+    ages.sort_by_key(|(at, _)| *at);
+    for (_, key) in ages.into_iter().take((map.len() / 8).max(1)) {
+        map.remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    #[test]
+    fn failures_past_the_free_ones_wait_twice_as_long_each_time() {
+        let mut t = LoginThrottle::default();
+        let now = Instant::now();
+        for _ in 0..=FREE_FAILURES {
+            assert_eq!(t.begin("rep@a", A, now), Ok(()));
+        }
+        assert_eq!(
+            t.begin("rep@a", A, now),
+            Err(Throttled {
+                retry_after: FIRST_DELAY
+            })
+        );
+        let later = now + FIRST_DELAY;
+        assert_eq!(t.begin("rep@a", A, later), Ok(()));
+        assert_eq!(
+            t.begin("rep@a", A, later),
+            Err(Throttled {
+                retry_after: FIRST_DELAY * 2
+            })
+        );
+    }
+
+    #[test]
+    fn attempts_in_flight_count_before_their_passwords_are_checked() {
+        let mut t = LoginThrottle::default();
+        let now = Instant::now();
+        let allowed = (0..20).filter(|_| t.begin("rep@a", A, now).is_ok()).count();
+        assert_eq!(allowed, FREE_FAILURES as usize + 1);
+    }
+
+    #[test]
+    fn a_flood_from_one_address_does_not_stop_the_owner_logging_in_from_another() {
+        let mut t = LoginThrottle::default();
+        let now = Instant::now();
+        for _ in 0..50 {
+            let _ = t.begin("rep@a", A, now);
+        }
+        assert!(t.begin("rep@a", A, now).is_err());
+        assert_eq!(t.begin("rep@a", B, now), Ok(()));
+        t.succeeded("rep@a", B);
+    }
+
+    #[test]
+    fn one_address_gets_its_burst_then_its_rate() {
+        let mut t = LoginThrottle::default();
+        let now = Instant::now();
+        for i in 0..ADDRESS_BURST as usize {
+            assert_eq!(t.begin(&format!("user{i}@a"), A, now), Ok(()), "{i}");
+        }
+        let refused = t.begin("another@a", A, now).unwrap_err();
+        assert!(refused.retry_after <= Duration::from_secs(2), "{refused:?}");
+        assert_eq!(
+            t.begin("another@a", A, now + Duration::from_secs(2)),
+            Ok(())
+        );
+        assert_eq!(t.begin("another@a", B, now), Ok(()));
+    }
+
+    #[test]
+    fn successes_do_not_use_up_the_address() {
+        let mut t = LoginThrottle::default();
+        let now = Instant::now();
+        for i in 0..(3 * ADDRESS_BURST as usize) {
+            let account = format!("rep{i}@a");
+            assert_eq!(t.begin(&account, A, now), Ok(()), "{i}");
+            t.succeeded(&account, A);
+        }
+    }
+
+    #[test]
+    fn a_success_forgets_the_failures() {
+        let mut t = LoginThrottle::default();
+        let now = Instant::now();
+        for _ in 0..=FREE_FAILURES {
+            let _ = t.begin("rep@a", A, now);
+        }
+        assert!(t.begin("rep@a", A, now).is_err());
+        t.succeeded("rep@a", A);
+        assert_eq!(t.begin("rep@a", A, now), Ok(()));
+    }
+
+    #[test]
+    fn the_delay_is_capped() {
+        let mut t = LoginThrottle::default();
+        let mut now = Instant::now();
+        for _ in 0..40 {
+            if let Err(wait) = t.begin("rep@a", A, now) {
+                now += wait.retry_after;
+            }
+        }
+        now += MAX_DELAY;
+        assert_eq!(t.begin("rep@a", A, now), Ok(()));
+        assert_eq!(
+            t.begin("rep@a", A, now),
+            Err(Throttled {
+                retry_after: MAX_DELAY
+            })
+        );
+    }
+
+    #[test]
+    fn the_tables_stay_bounded() {
+        let mut t = LoginThrottle::default();
+        let now = Instant::now();
+        for i in 0..(MAX_TRACKED + 10) {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::from(i as u128));
+            let _ = t.begin("rep@a", ip, now);
+        }
+        assert!(t.accounts.len() <= MAX_TRACKED);
+        assert!(t.addresses.len() <= MAX_TRACKED);
+    }
+}

@@ -1,0 +1,379 @@
+//! The security review's findings, each reproduced from outside against a real
+//! `callsync serve` (raw QUIC clients where an honest binary would not misbehave):
+//! a login flood beside account requests, changes with missing dependencies,
+//! decompression and run-length bombs, changes that cancel out, old subscriptions
+//! under the assignee restriction, floods of work for the hub. Each test failed on
+//! the server before its fix.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, ROOT, ReadDoc};
+use callsync_core::wire::{self, DeviceRegistration, Message, RpcCall, RpcResult};
+use callsync_core::{CustomerId, DeviceId, DeviceKind};
+use callsync_net::framing::{read_message, write_message};
+use callsync_net::tls::{Trust, client_config};
+use callsync_replica::SavedSession;
+use callsync_store::Store;
+
+use crate::network::{
+    NUMBER, OWNER, PASSWORD, ServerProcess, World, call_id, callsync, create_customer,
+};
+
+/// A second rep of the first tenant.
+const OTHER_REP: &str = "rep2@acme.example";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A raw connection from a chosen local address (all of 127.0.0.0/8 is this
+/// machine), with the protocol's stream open.
+async fn connect_from(
+    server: &ServerProcess,
+    local: &str,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let mut ep = quinn::Endpoint::client(format!("{local}:0").parse().unwrap()).unwrap();
+    ep.set_default_client_config(
+        client_config(&Trust::Fingerprint(server.fingerprint.clone())).unwrap(),
+    );
+    let (conn, send, recv) = callsync_net::endpoint::connect(&ep, addr, "localhost")
+        .await
+        .unwrap();
+    (ep, conn, send, recv)
+}
+
+/// One login attempt from `local`; the reply's error code, or `logged-in`.
+async fn login_from(server: &ServerProcess, local: &str, email: &str, password: &str) -> String {
+    let (_ep, _conn, mut send, mut recv) = connect_from(server, local).await;
+    let login = Message::Login {
+        supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
+        email: email.to_owned(),
+        password: password.to_owned(),
+        device: DeviceRegistration {
+            id: DeviceId::new(format!("desk-{}", uuid::Uuid::new_v4())).unwrap(),
+            kind: DeviceKind::Desk,
+            actor: "ab".repeat(16),
+        },
+    };
+    write_message(&mut send, &login).await.unwrap();
+    match read_message(&mut recv).await {
+        Ok(Some(Message::LoggedIn { .. })) => "logged-in".to_owned(),
+        Ok(Some(Message::Error(body))) => body.code,
+        other => format!("{other:?}"),
+    }
+}
+
+/// A joined raw connection for a saved session.
+async fn join(
+    server: &ServerProcess,
+    session: &SavedSession,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let (ep, conn, mut send, recv) = connect_from(server, "127.0.0.1").await;
+    let join = Message::Join {
+        sender_id: session.device.clone(),
+        supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
+        token: session.token.clone(),
+        cursor: None,
+    };
+    write_message(&mut send, &join).await.unwrap();
+    (ep, conn, send, recv)
+}
+
+/// Reads until the reply to rpc `id` (other messages are skipped).
+async fn reply(recv: &mut quinn::RecvStream, id: u64) -> RpcResult {
+    loop {
+        match read_message(recv).await.unwrap().expect("a message") {
+            Message::Reply { id: got, result } if got == id => return result,
+            Message::Error(body) => panic!("cut off: {body:?}"),
+            _ => {}
+        }
+    }
+}
+
+fn saved_session(dir: &Path) -> SavedSession {
+    let store = Store::open(&dir.join("callsync.sqlite")).unwrap();
+    SavedSession::load(&store).unwrap().unwrap()
+}
+
+#[test]
+fn a_login_flood_beside_account_requests_neither_deadlocks_the_server_nor_locks_out_the_owner() {
+    let world = World::start(&[]);
+    let admin = saved_session(&world.admin_desk);
+    let rt = runtime();
+    let (codes, admin_answers) = rt.block_on(async {
+        let until = Instant::now() + Duration::from_secs(8);
+        // An outsider: six parallel streams of wrong passwords from 127.0.0.2.
+        let mut floods = Vec::new();
+        for _ in 0..6 {
+            let server = &world.server;
+            floods.push(async move {
+                let mut codes = Vec::new();
+                while Instant::now() < until {
+                    codes.push(login_from(server, "127.0.0.2", OWNER, "not the password").await);
+                }
+                codes
+            });
+        }
+        // Meanwhile the owner lists the members now and then.
+        let admin_requests = async {
+            let (_ep, _c, mut send, mut recv) = join(&world.server, &admin).await;
+            let mut answered = 0;
+            let mut id = 0;
+            while Instant::now() < until {
+                id += 1;
+                let rpc = Message::Rpc {
+                    id,
+                    call: RpcCall::UserList,
+                };
+                write_message(&mut send, &rpc).await.unwrap();
+                let answer = tokio::time::timeout(Duration::from_secs(10), reply(&mut recv, id))
+                    .await
+                    .expect("the account request is answered (no deadlock)");
+                assert!(matches!(answer, RpcResult::Users(_)), "{answer:?}");
+                answered += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answered
+        };
+        let (codes, answered) = tokio::join!(futures::future::join_all(floods), admin_requests);
+        (codes.concat(), answered)
+    });
+    assert!(admin_answers > 5, "{admin_answers}");
+    let wrong = codes.iter().filter(|c| *c == "invalid-credentials").count();
+    let throttled = codes.iter().filter(|c| *c == "login-throttled").count();
+    assert_eq!(wrong + throttled, codes.len(), "{codes:?}");
+    // The guesses that were checked at all: the free ones and a few after the
+    // first delays, not hundreds.
+    assert!(wrong <= 10, "{wrong} passwords were checked: {codes:?}");
+    assert!(throttled > 0);
+    // After the flood, the owner logs in from their own address at once, and a
+    // join is answered.
+    rt.block_on(async {
+        let code = tokio::time::timeout(
+            Duration::from_secs(10),
+            login_from(&world.server, "127.0.0.1", OWNER, PASSWORD),
+        )
+        .await
+        .expect("a login is answered");
+        assert_eq!(code, "logged-in");
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            let (_ep, _c, mut send, mut recv) = join(&world.server, &admin).await;
+            let rpc = Message::Rpc {
+                id: 1,
+                call: RpcCall::UserList,
+            };
+            write_message(&mut send, &rpc).await.unwrap();
+            reply(&mut recv, 1).await
+        })
+        .await
+        .expect("a join is answered");
+        assert!(matches!(answer, RpcResult::Users(_)));
+        // The attacker's address is still slowed down.
+        assert_eq!(
+            login_from(&world.server, "127.0.0.2", OWNER, "another guess").await,
+            "login-throttled"
+        );
+    });
+    callsync(&world.admin_desk, &["admin", "users"]).ok();
+}
+
+/// Sends one sync message for `doc` carrying `changes` (raw change chunks) and the
+/// heads of `from`, on a joined connection; returns what the server answers
+/// first about the document within a second (if anything).
+async fn send_changes(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    doc: &CustomerId,
+    from: &mut automerge::AutoCommit,
+    changes: Vec<Vec<u8>>,
+) -> Vec<Message> {
+    let mut state = sync::State::new();
+    let mut message = from
+        .sync()
+        .generate_sync_message(&mut state)
+        .expect("a message");
+    message.changes = changes.into();
+    write_message(
+        send,
+        &Message::Sync {
+            document_id: doc.clone(),
+            data: message.encode(),
+        },
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(m))) =
+        tokio::time::timeout(Duration::from_millis(1500), read_message(recv)).await
+    {
+        seen.push(m);
+    }
+    seen
+}
+
+/// A device's copy of `cus-1`, as Automerge, writing under `actor`.
+fn fork(device: &Path, actor: ActorId) -> automerge::AutoCommit {
+    let store = Store::open(&device.join("callsync.sqlite")).unwrap();
+    let session = SavedSession::load(&store).unwrap().unwrap();
+    let stored = store
+        .load(&session.tenant, &CustomerId::new("cus-1").unwrap(), actor)
+        .unwrap();
+    stored.doc.automerge().clone()
+}
+
+/// Puts an entry in the events map under the document's current actor and
+/// returns the change's raw bytes.
+fn put_entry(doc: &mut automerge::AutoCommit, key: &str) -> Vec<u8> {
+    let (_, events) = doc.get(ROOT, "events").unwrap().unwrap();
+    doc.put(&events, key, "{}").unwrap();
+    doc.commit();
+    doc.get_last_local_change().unwrap().raw_bytes().to_vec()
+}
+
+#[test]
+fn a_change_with_a_missing_dependency_under_the_desks_actor_is_dropped_and_the_desk_writes_on() {
+    let world = World::start(&[]);
+    let (desk, phone) = world.rep_devices();
+    let desk_actor = {
+        let mut store = Store::open(&desk.join("callsync.sqlite")).unwrap();
+        callsync_replica::session::device_actor(&mut store).unwrap()
+    };
+    let doc_id = CustomerId::new("cus-1").unwrap();
+    // The phone forks the document: a change under a throwaway actor (never sent),
+    // then one under the desk's actor with the desk's next sequence number on top.
+    let mut forked = fork(&desk, ActorId::random());
+    put_entry(&mut forked, "x/throwaway");
+    forked.set_actor(desk_actor);
+    let orphan = put_entry(&mut forked, "x/orphan");
+    let phone_session = saved_session(&phone);
+    let rt = runtime();
+    let answers = rt.block_on(async {
+        let (_ep, _c, mut send, mut recv) = join(&world.server, &phone_session).await;
+        send_changes(&mut send, &mut recv, &doc_id, &mut forked, vec![orphan]).await
+    });
+    assert!(
+        !answers
+            .iter()
+            .any(|m| matches!(m, Message::Rejected { .. } | Message::Error(_))),
+        "an honest device in the same position would lose its outbox: {answers:?}"
+    );
+    // The desk's next honest change is accepted, and the server still loads the
+    // document after a restart.
+    let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    let mut server = world.server;
+    server.stop();
+    server.restart();
+    let shown = callsync(&desk, &["desk", "show", &call]).ok();
+    assert_eq!(shown["phase"], "awaiting-start", "{shown}");
+}
+
+#[test]
+fn a_queued_change_under_the_servers_actor_cannot_break_the_document_for_the_servers_own_writes() {
+    let world = World::start(&["--start-limit-secs", "2"]);
+    let (desk, phone) = world.rep_devices();
+    let server_actor = {
+        let store = Store::open(&world.server.db()).unwrap();
+        ActorId::from(store.setting("actor").unwrap().unwrap())
+    };
+    let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    // An orphan under the server's actor and its next sequence number: the one
+    // the server's own expiry of the call will use.
+    let mut forked = fork(&desk, ActorId::random());
+    put_entry(&mut forked, "x/throwaway");
+    forked.set_actor(server_actor);
+    let orphan = put_entry(&mut forked, "x/orphan");
+    let phone_session = saved_session(&phone);
+    let doc_id = CustomerId::new("cus-1").unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let (_ep, _c, mut send, mut recv) = join(&world.server, &phone_session).await;
+        send_changes(&mut send, &mut recv, &doc_id, &mut forked, vec![orphan]).await
+    });
+    // The start limit passes: the server records the expiry, and the document
+    // still loads, before and after a restart.
+    std::thread::sleep(Duration::from_secs(3));
+    let shown = callsync(&desk, &["desk", "show", &call]).ok();
+    assert_eq!(shown["phase"], "expired", "{shown}");
+    let mut server = world.server;
+    server.stop();
+    server.restart();
+    create_customer(&desk, "cus-2", "B社").ok();
+    let shown = callsync(&desk, &["desk", "show", &call]).ok();
+    assert_eq!(shown["phase"], "expired", "{shown}");
+}
+
+#[test]
+fn one_unreadable_document_does_not_stop_the_server_for_anyone_else() {
+    let world = World::start(&["--start-limit-secs", "1"]);
+    let (desk, _phone) = world.rep_devices();
+    // cus-1 has a call waiting for its start, so every expiry pass reads it.
+    callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok();
+    // Another rep, with a desk and a phone, and a customer of their own.
+    callsync(
+        &world.admin_desk,
+        &[
+            "admin",
+            "add-user",
+            OTHER_REP,
+            "--role",
+            "user",
+            "--contract",
+        ],
+    )
+    .ok();
+    let other_desk = world.dir("other-desk");
+    world.login(&other_desk, "desk", OTHER_REP).ok();
+    world
+        .login_as(
+            &world.dir("other-phone"),
+            "phone",
+            OTHER_REP,
+            Some("phone-other"),
+        )
+        .ok();
+    create_customer(&other_desk, "cus-9", "C社").ok();
+    let mut server = world.server;
+    server.stop();
+    {
+        let conn = rusqlite::Connection::open(server.db()).unwrap();
+        conn.execute(
+            "UPDATE snapshots SET bytes = x'856f4a83deadbeef' WHERE customer_id = 'cus-1'",
+            [],
+        )
+        .unwrap();
+        conn.execute("DELETE FROM chunks WHERE customer_id = 'cus-1'", [])
+            .unwrap();
+    }
+    server.restart();
+    std::thread::sleep(Duration::from_secs(2));
+    // Everyone else is served: a new customer, a call on another one.
+    create_customer(&world.admin_desk, "cus-10", "D社").ok();
+    let call = call_id(
+        &callsync(
+            &other_desk,
+            &["desk", "request", "cus-9", "--number", NUMBER],
+        )
+        .ok(),
+    );
+    let shown = callsync(&other_desk, &["desk", "show", &call]).ok();
+    assert_eq!(shown["phase"], "awaiting-start", "{shown}");
+}
