@@ -377,3 +377,196 @@ fn one_unreadable_document_does_not_stop_the_server_for_anyone_else() {
     let shown = callsync(&other_desk, &["desk", "show", &call]).ok();
     assert_eq!(shown["phase"], "awaiting-start", "{shown}");
 }
+
+/// Everything a joined connection hears within `wait`.
+async fn drain(recv: &mut quinn::RecvStream, wait: Duration) -> Vec<Message> {
+    let mut seen = Vec::new();
+    let until = Instant::now() + wait;
+    while let Ok(Ok(Some(m))) = tokio::time::timeout_at(until.into(), read_message(recv)).await {
+        seen.push(m);
+    }
+    seen
+}
+
+fn syncs_of<'a>(messages: &'a [Message], doc: &str) -> Vec<&'a Message> {
+    messages
+        .iter()
+        .filter(|m| matches!(m, Message::Sync { document_id, .. } if document_id.as_str() == doc))
+        .collect()
+}
+
+#[test]
+fn the_assignee_restriction_also_stops_pushes_to_subscriptions_made_before_it() {
+    let world = World::start(&[]);
+    let rep_desk = world.dir("rep-desk");
+    world.login(&rep_desk, "desk", crate::network::REP).ok();
+    world
+        .login_as(
+            &world.dir("owner-phone"),
+            "phone",
+            OWNER,
+            Some("phone-owner"),
+        )
+        .ok();
+    // The owner's customer, opened by the rep while everyone could see it.
+    create_customer(&world.admin_desk, "cus-z", "Z社").ok();
+    callsync(&rep_desk, &["desk", "open", "cus-z"]).ok();
+    // A customer the rep creates for the owner (the rep's desk is subscribed).
+    callsync(
+        &rep_desk,
+        &[
+            "desk",
+            "create",
+            "--id",
+            "cus-x",
+            "--company",
+            "X社",
+            "--contact",
+            "田中",
+            "--owner",
+            OWNER,
+            "--number",
+            &format!("代表:{NUMBER}"),
+        ],
+    )
+    .ok();
+    callsync(&world.admin_desk, &["admin", "visibility", "on"]).ok();
+    let session = saved_session(&rep_desk);
+    let rt = runtime();
+    let heard = rt.block_on(async {
+        let (_ep, _c, _send, mut recv) = join(&world.server, &session).await;
+        drain(&mut recv, Duration::from_millis(1500)).await;
+        // The owner calls both customers; the rep's desk is online and subscribed.
+        for customer in ["cus-z", "cus-x"] {
+            let call = call_id(
+                &callsync(
+                    &world.admin_desk,
+                    &["desk", "request", customer, "--number", NUMBER],
+                )
+                .ok(),
+            );
+            callsync(&world.admin_desk, &["desk", "cancel", &call]).ok();
+        }
+        drain(&mut recv, Duration::from_secs(2)).await
+    });
+    for doc in ["cus-z", "cus-x"] {
+        assert!(
+            syncs_of(&heard, doc).is_empty(),
+            "{doc} was pushed to a rep who may not see it: {heard:?}"
+        );
+    }
+    // The rep's own customers still reach the rep's desk.
+    create_customer(&rep_desk, "cus-r", "R社").ok();
+    let listed = callsync(&rep_desk, &["desk", "customers"]).ok();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["cus-r"], "{listed}");
+}
+
+/// An Automerge chunk header around `data`: magic bytes, a checksum, the type and
+/// the length.
+fn chunk(kind: u8, data: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, kind];
+    let mut n = data.len() as u64;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            bytes.push(byte);
+            break;
+        }
+        bytes.push(byte | 0x80);
+    }
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+#[test]
+fn a_decompression_bomb_and_a_poisoned_bloom_filter_are_refused_before_automerge_sees_them() {
+    use std::io::Write as _;
+    let world = World::start(&[]);
+    let (desk, _phone) = world.rep_devices();
+    let session = saved_session(&desk);
+    let doc_id = CustomerId::new("cus-1").unwrap();
+    let before = {
+        let conn = rusqlite::Connection::open(world.server.db()).unwrap();
+        conn.query_row(
+            "SELECT heads FROM documents WHERE customer_id = 'cus-1'",
+            [],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .unwrap()
+    };
+    // 16 MiB of zeros, deflated to a hundredth, in a compressed change chunk.
+    let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    deflate.write_all(&vec![0u8; 16 << 20]).unwrap();
+    let bomb = chunk(2, &deflate.finish().unwrap());
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let mut forked = fork(&desk, ActorId::random());
+    let rt = runtime();
+    let answers = rt.block_on(async {
+        let (_ep, _c, mut send, mut recv) = join(&world.server, &session).await;
+        drain(&mut recv, Duration::from_millis(500)).await;
+        send_changes(&mut send, &mut recv, &doc_id, &mut forked, vec![bomb]).await
+    });
+    let refused = answers
+        .iter()
+        .find_map(|m| match m {
+            Message::Rejected { error, .. } => Some(error.code.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no rejection: {answers:?}"));
+    assert_eq!(refused, "compressed-change-refused");
+
+    // A bloom filter that claims entries but has no bits: Automerge divides by its
+    // size while answering.
+    let poisoned = {
+        let mut bytes = vec![5, 0, 7];
+        bytes.extend([0u8; 8]);
+        automerge::sync::BloomFilter::try_from(bytes.as_slice()).unwrap()
+    };
+    let answers = rt.block_on(async {
+        let (_ep, _c, mut send, mut recv) = join(&world.server, &session).await;
+        drain(&mut recv, Duration::from_millis(500)).await;
+        let mut state = sync::State::new();
+        let mut message = forked.sync().generate_sync_message(&mut state).unwrap();
+        message.have = vec![automerge::sync::Have {
+            last_sync: Vec::new(),
+            bloom: poisoned,
+        }];
+        write_message(
+            &mut send,
+            &Message::Sync {
+                document_id: doc_id.clone(),
+                data: message.encode(),
+            },
+        )
+        .await
+        .unwrap();
+        drain(&mut recv, Duration::from_millis(1500)).await
+    });
+    assert!(
+        answers.iter().any(|m| matches!(m, Message::Rejected { error, .. } if error.code == "malformed-sync-summary")),
+        "{answers:?}"
+    );
+    let after = {
+        let conn = rusqlite::Connection::open(world.server.db()).unwrap();
+        conn.query_row(
+            "SELECT heads FROM documents WHERE customer_id = 'cus-1'",
+            [],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(after, before, "nothing stored");
+    // The server serves on.
+    let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    assert_eq!(
+        callsync(&desk, &["desk", "show", &call]).ok()["phase"],
+        "awaiting-start"
+    );
+}

@@ -66,6 +66,7 @@ pub mod phone_number;
 pub mod plugin;
 pub mod result_type;
 pub mod rules;
+pub mod screen;
 pub mod tenant_config;
 pub mod time;
 pub mod wire;

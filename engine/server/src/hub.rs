@@ -22,6 +22,7 @@ use std::time::Duration;
 use automerge::ActorId;
 use automerge::sync::{self, SyncDoc};
 use callsync_core::admission::{Directory, Sender, admit};
+use callsync_core::screen::{ScreenLimits, screen_message};
 use callsync_core::wire::{
     self, Cursor, CustomerSummary, DeviceSummary, ErrorBody, Message, RpcCall, RpcResult,
 };
@@ -626,6 +627,19 @@ impl HubState {
                 return Ok(());
             }
         };
+        // Before Automerge sees it: everything the message would make the server
+        // inflate or walk is bounded, and its summary is one an honest peer sends.
+        if let Err(e) = screen_message(&message, &ScreenLimits::default()) {
+            tracing::warn!(device = %session.device, doc = %doc, code = e.code(), error = %e, "refused a sync message before applying it");
+            batch.send(
+                conn,
+                Message::Rejected {
+                    document_id: doc,
+                    error: refusal(e.code(), e.to_string(), e.message_ja()),
+                },
+            );
+            return Ok(());
+        }
         let key = (session.tenant.clone(), doc.clone());
         let catalog = match contained(self.catalog(tx, &session.tenant))? {
             Ok(catalog) => catalog,
@@ -802,19 +816,24 @@ impl HubState {
         key: &DocKey,
         except: Option<ConnId>,
     ) -> Result<(), StoreError> {
-        let mut targets: Vec<ConnId> = Vec::new();
+        let mut targets: Vec<(ConnId, Session)> = Vec::new();
         for device in tx.subscribers(&key.0, &key.1)? {
             for id in self.by_device.get(&device).into_iter().flatten() {
-                let same_tenant = self
-                    .conns
-                    .get(id)
-                    .is_some_and(|c| c.session.tenant == key.0);
-                if Some(*id) != except && same_tenant {
-                    targets.push(*id);
+                if let Some(c) = self.conns.get(id)
+                    && Some(*id) != except
+                    && c.session.tenant == key.0
+                {
+                    targets.push((*id, c.session.clone()));
                 }
             }
         }
-        for conn in targets {
+        for (conn, session) in targets {
+            // A subscription outlives the assignee restriction being turned on (or
+            // the customer being given to someone else): visibility is checked on
+            // every push, not only when subscribing.
+            if !self.may_see(tx, &session, &key.1)? {
+                continue;
+            }
             self.ensure_state(tx, conn, &key.1)?;
             self.send_sync(batch, conn, key, false);
         }

@@ -135,6 +135,15 @@ impl HubState {
                 return Ok(());
             }
         };
+        if let Err(e) = callsync_core::screen::screen_message(
+            &message,
+            &callsync_core::screen::ScreenLimits::default(),
+        ) {
+            batch
+                .closes
+                .push((conn, refusal(e.code(), e.to_string(), e.message_ja())));
+            return Ok(());
+        }
         if !message.changes.is_empty() {
             // Devices never write the configuration: refuse any change before it
             // touches the document (a change with missing dependencies would not
