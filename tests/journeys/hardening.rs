@@ -66,7 +66,7 @@ async fn login_from(server: &ServerProcess, local: &str, email: &str, password: 
         device: DeviceRegistration {
             id: DeviceId::new(format!("desk-{}", uuid::Uuid::new_v4())).unwrap(),
             kind: DeviceKind::Desk,
-            actor: "ab".repeat(16),
+            actor: uuid::Uuid::new_v4().simple().to_string(),
         },
     };
     write_message(&mut send, &login).await.unwrap();
@@ -120,7 +120,7 @@ fn a_login_flood_beside_account_requests_neither_deadlocks_the_server_nor_locks_
     let admin = saved_session(&world.admin_desk);
     let rt = runtime();
     let (codes, admin_answers) = rt.block_on(async {
-        let until = Instant::now() + Duration::from_secs(8);
+        let until = Instant::now() + Duration::from_secs(5);
         // An outsider: six parallel streams of wrong passwords from 127.0.0.2.
         let mut floods = Vec::new();
         for _ in 0..6 {
@@ -568,5 +568,223 @@ fn a_decompression_bomb_and_a_poisoned_bloom_filter_are_refused_before_automerge
     assert_eq!(
         callsync(&desk, &["desk", "show", &call]).ok()["phase"],
         "awaiting-start"
+    );
+}
+
+/// Sends one rpc.
+async fn ask(send: &mut quinn::SendStream, id: u64, call: RpcCall) {
+    write_message(send, &Message::Rpc { id, call })
+        .await
+        .unwrap();
+}
+
+/// The permission bits of a path.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn subscriptions_customer_lists_and_customer_creation_are_bounded() {
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        &root.path().join("server"),
+        "127.0.0.1:0",
+        &[],
+        &["--init-owner", OWNER, "--max-customers-per-tenant", "3"],
+    );
+    let desk = root.path().join("desk");
+    callsync(
+        &desk,
+        &[
+            "desk",
+            "login",
+            "--server",
+            &server.addr,
+            "--fingerprint",
+            &server.fingerprint,
+            "--email",
+            OWNER,
+        ],
+    )
+    .ok();
+    for id in ["cus-1", "cus-2", "cus-3"] {
+        create_customer(&desk, id, "A社").ok();
+    }
+    let refused = create_customer(&desk, "cus-4", "A社").refused("customer-limit");
+    assert!(refused.contains('3'), "{refused}");
+    let listed = callsync(&desk, &["desk", "customers"]).ok();
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    let session = saved_session(&desk);
+    let rt = runtime();
+    rt.block_on(async {
+        let (_ep, _c, mut send, mut recv) = join(&server, &session).await;
+        let ids = |result: RpcResult| match result {
+            RpcResult::Customers(rows) => rows
+                .into_iter()
+                .map(|r| r.id.as_str().to_owned())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        // Pages of two, in id order.
+        ask(
+            &mut send,
+            1,
+            RpcCall::CustomerList {
+                after: None,
+                limit: Some(2),
+            },
+        )
+        .await;
+        assert_eq!(ids(reply(&mut recv, 1).await), ["cus-1", "cus-2"]);
+        ask(
+            &mut send,
+            2,
+            RpcCall::CustomerList {
+                after: Some(CustomerId::new("cus-2").unwrap()),
+                limit: Some(2),
+            },
+        )
+        .await;
+        assert_eq!(ids(reply(&mut recv, 2).await), ["cus-3"]);
+        // An older client's list without a limit: everything that fits a frame.
+        ask(
+            &mut send,
+            3,
+            RpcCall::CustomerList {
+                after: None,
+                limit: None,
+            },
+        )
+        .await;
+        assert_eq!(ids(reply(&mut recv, 3).await).len(), 3);
+        // One subscribe for more documents than allowed.
+        let documents = (0..=wire::MAX_SUBSCRIBE)
+            .map(|i| CustomerId::new(format!("cus-{i}")).unwrap())
+            .collect();
+        ask(&mut send, 4, RpcCall::Subscribe { documents }).await;
+        match reply(&mut recv, 4).await {
+            RpcResult::Refused(body) => assert_eq!(body.code, "too-many-documents"),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn the_servers_identity_other_tenants_emails_data_files_and_sessions_are_guarded() {
+    let world = World::start(&[]);
+    let server_data = world.root.path().join("server");
+    // The server's device id and actor cannot be bound by a device.
+    let server_actor = {
+        let store = Store::open(&world.server.db()).unwrap();
+        ActorId::from(store.setting("actor").unwrap().unwrap()).to_hex_string()
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        for (device, actor) in [
+            ("server", "ab".repeat(16)),
+            ("desk-x", server_actor.clone()),
+        ] {
+            let (_ep, _c, mut send, mut recv) = connect_from(&world.server, "127.0.0.1").await;
+            let login = Message::Login {
+                supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
+                email: OWNER.to_owned(),
+                password: PASSWORD.to_owned(),
+                device: DeviceRegistration {
+                    id: DeviceId::new(device).unwrap(),
+                    kind: DeviceKind::Desk,
+                    actor,
+                },
+            };
+            write_message(&mut send, &login).await.unwrap();
+            match read_message(&mut recv).await.unwrap() {
+                Some(Message::Error(body)) => {
+                    assert_eq!(body.code, "bad-request", "{device}");
+                    assert!(body.message.contains("reserved"), "{body:?}");
+                }
+                other => panic!("{device}: {other:?}"),
+            }
+        }
+    });
+    // An email of another tenant: refused without saying where it is used.
+    callsync(
+        &server_data,
+        &[
+            "--tenant",
+            "beta",
+            "add-tenant",
+            "--owner",
+            "owner@beta.example",
+        ],
+    )
+    .ok();
+    let refused = callsync(
+        &world.admin_desk,
+        &["admin", "add-user", "owner@beta.example", "--role", "user"],
+    );
+    let message = refused.refused("email-unavailable");
+    assert!(!message.contains("beta"), "{message}");
+    assert!(!refused.stdout.contains("beta"), "{}", refused.stdout);
+    // Private files: the data directory, the database, the key, the plugin cache.
+    assert_eq!(mode(&server_data), 0o700);
+    assert_eq!(mode(&world.server.db()), 0o600);
+    assert_eq!(mode(&server_data.join("server-key.der")), 0o600);
+    assert_eq!(mode(&server_data.join("plugin-cache")), 0o700);
+    assert_eq!(mode(&world.admin_desk), 0o700);
+    assert_eq!(mode(&world.admin_desk.join("callsync.sqlite")), 0o600);
+    // A key file loosened by hand is tightened at the next start.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        server_data.join("server-key.der"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let mut server = world.server;
+    server.stop();
+    server.restart();
+    assert_eq!(mode(&server_data.join("server-key.der")), 0o600);
+    // Sessions: an expired one is purged at the next login, and a member holds at
+    // most MAX_SESSIONS_PER_MEMBER.
+    let db = rusqlite::Connection::open(server.db()).unwrap();
+    db.execute(
+        "UPDATE sessions SET expires_at = 0 WHERE email = ?1",
+        [OWNER],
+    )
+    .unwrap();
+    let sessions = |email: &str| -> i64 {
+        db.query_row(
+            "SELECT count(*) FROM sessions WHERE email = ?1",
+            [email],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let expired_before: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sessions WHERE expires_at = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(expired_before > 0);
+    rt.block_on(async {
+        for _ in 0..callsync_store::MAX_SESSIONS_PER_MEMBER + 4 {
+            assert_eq!(
+                login_from(&server, "127.0.0.1", OWNER, PASSWORD).await,
+                "logged-in"
+            );
+        }
+    });
+    let expired_after: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sessions WHERE expires_at = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(expired_after, 0);
+    assert_eq!(
+        sessions(OWNER),
+        callsync_store::MAX_SESSIONS_PER_MEMBER as i64
     );
 }

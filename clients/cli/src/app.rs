@@ -73,7 +73,7 @@ impl App {
             Some(text) => parse_time(text, tz)?,
             None => Timestamp::from_millis(chrono::Utc::now().timestamp_millis()),
         };
-        std::fs::create_dir_all(data)
+        callsync_store::create_private_dir(data)
             .with_context(|| format!("cannot create data directory {}", data.display()))?;
         let mut store = Store::open(&data.join(DB_FILE))
             .with_context(|| format!("cannot open the database in {}", data.display()))?;

@@ -143,6 +143,9 @@ pub(crate) struct ServeArgs {
     /// How long a new connection has to say who it is, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) handshake_timeout_ms: u64,
+    /// Most customers one tenant may hold.
+    #[arg(long, default_value_t = callsync_server::DEFAULT_MAX_CUSTOMERS_PER_TENANT)]
+    pub(crate) max_customers_per_tenant: u64,
 }
 
 /// How a device reaches and trusts the server.

@@ -146,6 +146,7 @@ fn classify_local(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
                 StoreError::UnknownMember { .. } => ("unknown-member", 1, None),
                 StoreError::DeviceTaken { .. } => ("device-taken", 1, None),
                 StoreError::ActorTaken { .. } => ("actor-taken", 1, None),
+                StoreError::DocumentTooLarge { .. } => ("document-too-large", 1, None),
                 StoreError::Sqlite(_) => ("database-error", 3, None),
             };
         }

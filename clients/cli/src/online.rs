@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use callsync_core::wire::{RpcCall, RpcResult};
+use callsync_core::wire::{self, RpcCall, RpcResult};
 use callsync_core::{CallId, CustomerId, DeviceKind, EventKind, Phase, Role, UserId};
 use callsync_replica::run::{RunOptions, run};
 use callsync_replica::session::{LoginRequest, SavedTrust};
@@ -118,6 +118,7 @@ pub(crate) fn serve(g: &Global, data: &Path, args: &ServeArgs) -> anyhow::Result
     config.start_limit_ms = i64::from(g.start_limit_secs) * 1000;
     config.session_ttl_ms = i64::from(args.session_hours) * 3600 * 1000;
     config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
+    config.max_customers_per_tenant = args.max_customers_per_tenant;
     runtime()?.block_on(async {
         let server = Server::start(config).await?;
         let line = if g.json {
@@ -403,10 +404,21 @@ pub(crate) fn desk(g: &Global, data: &Path, cmd: &DeskCommand) -> anyhow::Result
                     }
                 }
                 DeskCommand::Customers => {
-                    let RpcResult::Customers(rows) = rpc(client, RpcCall::CustomerList).await?
-                    else {
-                        return Err(anyhow!("unexpected answer"));
-                    };
+                    let mut rows = Vec::new();
+                    loop {
+                        let page = RpcCall::CustomerList {
+                            after: rows.last().map(|r: &wire::CustomerSummary| r.id.clone()),
+                            limit: Some(wire::MAX_CUSTOMER_PAGE),
+                        };
+                        let RpcResult::Customers(page) = rpc(client, page).await? else {
+                            return Err(anyhow!("unexpected answer"));
+                        };
+                        let last = page.len() < wire::MAX_CUSTOMER_PAGE as usize;
+                        rows.extend(page);
+                        if last {
+                            break;
+                        }
+                    }
                     Report {
                         text: rows
                             .iter()

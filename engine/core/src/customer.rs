@@ -145,12 +145,24 @@ pub(crate) struct FollowUp {
 ///   call supersedes it.
 /// - The restriction is the latest restricting result's: a later result of another
 ///   kind (a manual call logged during the restriction, say) does not lift it.
+/// - A result whose rules failed and that was kept for review (`needs_review` in
+///   its decision record) restricts nothing: its pick was never checked by the
+///   rules (a device can claim a failure that depends on the machine, such as a
+///   deadline, which the server cannot hold against it), and a restriction stops
+///   everyone in the tenant calling the customer. Its recall and status stand:
+///   they are what the rep picked on the form, as without rules.
 pub(crate) fn derive_follow_up(calls: &[Arc<CallView>]) -> FollowUp {
     let precedence = |r: &&SavedResult| (r.stamp.at, r.stamp.device.clone(), r.event.clone());
     let in_force = || calls.iter().filter_map(|c| c.result_in_force());
     let latest = in_force().max_by_key(precedence);
     let latest_restriction = in_force()
         .filter(|r| matches!(r.fields.option, ResultOption::Restriction { .. }))
+        .filter(|r| {
+            r.fields
+                .decision
+                .as_ref()
+                .is_none_or(|d| d.needs_review.is_none())
+        })
         .max_by_key(precedence);
     let any_call = calls.iter().any(|c| c.took_place());
     let picked = latest.and_then(|r| r.fields.customer_status.clone());

@@ -341,10 +341,23 @@ pub enum RpcCall {
         /// The profile; its tenant must be the session's.
         customer: NewCustomer,
     },
-    /// Any member: the customers this session may see.
-    CustomerList,
-    /// Any member: replicate these documents to this device from now on. Each is
-    /// answered, then synced like a changed document.
+    /// Any member: the customers this session may see, in id order. With `limit`,
+    /// one page of at most that many (at most [`MAX_CUSTOMER_PAGE`]) after the id
+    /// `after`; a page shorter than the limit is the last. Without (an older
+    /// client), every customer, refused with `reply-too-large` if they do not fit
+    /// one frame.
+    #[serde(rename_all = "camelCase")]
+    CustomerList {
+        /// The last id of the previous page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<CustomerId>,
+        /// Most customers in the page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Any member: replicate these documents to this device from now on (at most
+    /// [`MAX_SUBSCRIBE`] in one call). Each is answered, then synced like a changed
+    /// document.
     #[serde(rename_all = "camelCase")]
     Subscribe {
         /// The documents.
@@ -381,7 +394,7 @@ impl RpcCall {
             Self::UserList => "user-list",
             Self::SetAssigneeVisibility { .. } => "set-assignee-visibility",
             Self::CustomerCreate { .. } => "customer-create",
-            Self::CustomerList => "customer-list",
+            Self::CustomerList { .. } => "customer-list",
             Self::Subscribe { .. } => "subscribe",
             Self::Devices => "devices",
             Self::PluginInstall { .. } => "plugin-install",
@@ -389,6 +402,12 @@ impl RpcCall {
         }
     }
 }
+
+/// Most customers in one page of `customer-list` (about 1.5 MiB at the longest
+/// names a customer may have).
+pub const MAX_CUSTOMER_PAGE: u32 = 1_000;
+/// Most documents one `subscribe` may name.
+pub const MAX_SUBSCRIBE: usize = 256;
 
 /// The answer to an [`RpcCall`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

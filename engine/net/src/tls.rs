@@ -74,6 +74,13 @@ impl Identity {
     pub fn load_or_create(dir: &Path) -> Result<(Self, bool), NetError> {
         let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
         if cert_path.exists() && key_path.exists() {
+            // A key file made by an older release, or copied in, may be readable
+            // by others: tighten it on every start, not only on creation.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))?;
+            }
             let cert = CertificateDer::from(fs::read(&cert_path)?);
             let key = PrivateKeyDer::try_from(fs::read(&key_path)?).map_err(tls)?;
             return Ok((

@@ -18,6 +18,8 @@
 //! that failed once cannot leave state that changes the next answer.
 
 mod cache;
+
+pub use cache::MAX_CACHED_FILES;
 mod convert;
 pub mod decide;
 mod error;

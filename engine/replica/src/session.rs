@@ -150,7 +150,7 @@ pub struct LoginRequest {
 /// password, no calling contract, …) come back as [`ClientError::Refused`] with
 /// the server's exact text.
 pub async fn login(data_dir: &Path, request: &LoginRequest) -> Result<SavedSession, ClientError> {
-    std::fs::create_dir_all(data_dir).map_err(NetError::Io)?;
+    callsync_store::create_private_dir(data_dir).map_err(NetError::Io)?;
     let mut store = Store::open(&data_dir.join(DB_FILE))?;
     let actor = device_actor(&mut store)?;
     let device = device_id(&mut store, request.kind, request.device.as_deref())?;

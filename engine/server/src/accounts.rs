@@ -18,6 +18,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub const CONTRACT_REQUIRED_JA: &str = "このデータへのアクセスには認証が必要です";
 /// The same refusal in English.
 pub const CONTRACT_REQUIRED_EN: &str = "Authentication is required to access this data.";
+/// The server's device id, under which it records expiries; no device may use it.
+pub const SERVER_DEVICE: &str = "server";
 /// Shortest password accepted for a new member or a reset.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 
@@ -65,6 +67,10 @@ pub enum AuthError {
     /// The store refused (an existing email, an unknown member, a taken device).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The email cannot be used for a new member (it belongs to someone outside
+    /// this tenant; which tenant is not said).
+    #[error("this email address cannot be used")]
+    EmailUnavailable,
     /// Hashing failed (out of memory).
     #[error("password hashing failed: {0}")]
     Hash(String),
@@ -106,6 +112,10 @@ impl AuthError {
             Self::Store(StoreError::ActorTaken { .. }) => (
                 "actor-taken",
                 "この端末の識別子は別の端末に登録されています".to_owned(),
+            ),
+            Self::EmailUnavailable => (
+                "email-unavailable",
+                "このメールアドレスは使用できません".to_owned(),
             ),
             Self::Store(_) | Self::Hash(_) => (
                 "internal",
@@ -226,6 +236,7 @@ pub fn open_session(
     store: &mut Store,
     checked: &MemberRecord,
     device: &DeviceRegistration,
+    reserved_actor: &str,
     now: Timestamp,
     ttl_ms: i64,
 ) -> Result<LoggedIn, AuthError> {
@@ -245,6 +256,13 @@ pub fn open_session(
     if actor.is_empty() || actor.len() > 64 || !actor.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(AuthError::BadRequest(
             "the actor id must be 1–32 bytes of hex".to_owned(),
+        ));
+    }
+    // The server writes under its own actor and device id: no device may bind
+    // either (a change under them would pass for the server's).
+    if device.id.as_str() == SERVER_DEVICE || actor == reserved_actor.to_ascii_lowercase() {
+        return Err(AuthError::BadRequest(
+            "this device id or actor id is reserved".to_owned(),
         ));
     }
     let token = new_token()?;
@@ -273,12 +291,13 @@ pub fn login(
     email: &str,
     password: &str,
     device: &DeviceRegistration,
+    reserved_actor: &str,
     now: Timestamp,
     ttl_ms: i64,
 ) -> Result<LoggedIn, AuthError> {
     let member = find_member(store, email)?;
     let member = check_password(member, password)?;
-    open_session(store, &member, device, now, ttl_ms)
+    open_session(store, &member, device, reserved_actor, now, ttl_ms)
 }
 
 /// Checks a `join`'s token for `device` at `now`.
@@ -377,6 +396,13 @@ pub fn account_call(
             check_new_password(password)?;
             let email = UserId::new(email.as_str().to_lowercase())
                 .map_err(|e| AuthError::BadRequest(e.to_string()))?;
+            if let Some(existing) = store.member(&email)?
+                && existing.tenant != session.tenant
+            {
+                // Emails are global (a login names no tenant), so this address
+                // cannot be added; the answer does not say where it is used.
+                return Err(AuthError::EmailUnavailable);
+            }
             let record = MemberRecord {
                 tenant: session.tenant.clone(),
                 email,

@@ -36,7 +36,10 @@ const RECHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// What every connection task shares.
 pub(crate) struct Shared {
-    pub(crate) hub: std::sync::mpsc::Sender<HubInput>,
+    /// The hub's bounded queue: a connection waits for room (and stops reading
+    /// its stream meanwhile, so QUIC flow control slows the device) rather than
+    /// growing the queue without bound.
+    pub(crate) hub: mpsc::Sender<HubInput>,
     pub(crate) accounts: Mutex<Store>,
     pub(crate) next_conn: AtomicU64,
     pub(crate) session_ttl_ms: i64,
@@ -48,6 +51,8 @@ pub(crate) struct Shared {
     /// Plugin checks and compiles, one at a time, apart from `hashing` so that
     /// installs never hold up a login.
     pub(crate) compiling: Semaphore,
+    /// The server's Automerge actor (hex), which no device may bind.
+    pub(crate) server_actor: String,
     /// Login attempts per address and per account (checked before hashing).
     pub(crate) throttle: std::sync::Mutex<LoginThrottle>,
     /// How long a new connection has to open its stream and say `login`/`join`.
@@ -242,6 +247,7 @@ async fn login(
                     &mut store,
                     &member,
                     &device,
+                    &shared.server_actor,
                     clock::now(),
                     shared.session_ttl_ms,
                 )
@@ -346,6 +352,7 @@ async fn run_session(
             cursor,
             out: out.clone(),
         })
+        .await
         .is_err()
     {
         return refuse(&connection, &mut send, shutting_down()).await;
@@ -406,11 +413,14 @@ async fn run_session(
                     Ok(result) => {
                         tracing::info!(admin = %session.user, method = call.method(), "account change");
                         if let Some((user, reason)) = ended_sessions(&call) {
-                            let _ = shared.hub.send(HubInput::EndSessions {
-                                tenant: session.tenant.clone(),
-                                user,
-                                reason,
-                            });
+                            let _ = shared
+                                .hub
+                                .send(HubInput::EndSessions {
+                                    tenant: session.tenant.clone(),
+                                    user,
+                                    reason,
+                                })
+                                .await;
                         }
                         result
                     }
@@ -459,7 +469,7 @@ async fn run_session(
                                 id,
                                 prepared: Box::new(prepared),
                             };
-                            if shared.hub.send(publish).is_err() {
+                            if shared.hub.send(publish).await.is_err() {
                                 let _ = out.send(Outgoing::Close(shutting_down())).await;
                                 break;
                             }
@@ -500,6 +510,7 @@ async fn run_session(
                 if shared
                     .hub
                     .send(HubInput::Received { conn, message })
+                    .await
                     .is_err()
                 {
                     let _ = out.send(Outgoing::Close(shutting_down())).await;
@@ -518,7 +529,7 @@ async fn run_session(
             }
         }
     }
-    let _ = shared.hub.send(HubInput::Closed { conn });
+    let _ = shared.hub.send(HubInput::Closed { conn }).await;
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
     connection.close(0u32.into(), b"bye");

@@ -14,9 +14,8 @@
 //! the batch's messages are dropped, the cache is emptied and the senders are
 //! disconnected, to sync again from what is on disk.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use automerge::ActorId;
@@ -90,6 +89,7 @@ pub(crate) enum HubInput {
 #[derive(Debug, Clone)]
 pub(crate) struct HubConfig {
     pub(crate) start_limit_ms: i64,
+    pub(crate) max_customers_per_tenant: u64,
     pub(crate) cache_docs: usize,
     pub(crate) server_device: DeviceId,
     pub(crate) server_user: UserId,
@@ -98,6 +98,33 @@ pub(crate) struct HubConfig {
     /// Runs result-rule plugins (installs and re-evaluation).
     pub(crate) plugins: Arc<callsync_plugin_host::PluginHost>,
 }
+
+/// Largest stored size (snapshot plus incremental chunks) a device's changes may
+/// take a customer document to: half a frame, so the whole document (compressed,
+/// smaller still) always reaches a new device in one `sync` message.
+pub(crate) const MAX_DOCUMENT_BYTES: u64 = (wire::MAX_FRAME_BYTES / 2) as u64;
+
+/// Whether an answer encodes into one frame.
+fn fits_one_frame(result: &RpcResult) -> bool {
+    wire::encode_frame(&Message::Reply {
+        id: 0,
+        result: result.clone(),
+    })
+    .is_ok()
+}
+
+/// Inputs waiting for the hub at most; past this, connection tasks wait (and stop
+/// reading their streams) until the hub catches up.
+pub(crate) const INPUT_QUEUE: usize = 4_096;
+
+/// Documents a batch starts syncing for joining devices, over all of them.
+const CATCH_UP_PER_BATCH: usize = 256;
+/// Plugin time (re-running result decisions) a tenant may use on the hub thread
+/// per second, on average …
+const PLUGIN_MS_PER_SEC: f64 = 250.0;
+/// … and in a burst. Past it, a device sending results is asked to come back
+/// later (`busy`), so one tenant's slow plugin cannot stall every tenant.
+const PLUGIN_BURST_MS: f64 = 2_000.0;
 
 /// Most inputs handled in one transaction.
 const MAX_BATCH: usize = 512;
@@ -120,6 +147,10 @@ struct Conn {
     /// Sync state of the tenant's configuration document (kept for the
     /// connection only: the document is small and changes rarely).
     config_state: sync::State,
+    /// Documents changed since the device's cursor that it has not been sent yet:
+    /// a join is answered a slice per batch, so a device with thousands of
+    /// documents cannot hold the hub for everyone else.
+    catch_up: VecDeque<CustomerId>,
 }
 
 #[derive(Default)]
@@ -154,6 +185,23 @@ struct HubState {
     /// The open connections of each device (fan-out looks devices up here rather
     /// than scanning every connection).
     by_device: HashMap<DeviceId, Vec<ConnId>>,
+    /// Connections with documents left to catch up on.
+    catching_up: BTreeSet<ConnId>,
+    /// Documents whose stored bytes did not load (logged once; not tried again
+    /// until the server restarts, so a broken document costs nothing per batch).
+    unreadable: HashSet<DocKey>,
+    /// An expiry pass skipped an unreadable document that is due.
+    expiry_blocked: bool,
+    /// Plugin time each tenant may still spend re-running decisions on this
+    /// thread (see [`PLUGIN_MS_PER_SEC`]).
+    plugin_budget: HashMap<TenantId, PluginBudget>,
+}
+
+/// A tenant's allowance of plugin time on the hub thread.
+#[derive(Debug, Clone, Copy)]
+struct PluginBudget {
+    ms: f64,
+    at: std::time::Instant,
 }
 
 struct TxDirectory<'a, R: Read>(&'a R);
@@ -189,19 +237,36 @@ impl Hub {
                 conns: HashMap::new(),
                 dirty_conns: HashSet::new(),
                 by_device: HashMap::new(),
+                catching_up: BTreeSet::new(),
+                unreadable: HashSet::new(),
+                expiry_blocked: false,
+                plugin_budget: HashMap::new(),
             },
         }
     }
 
     /// Runs until [`HubInput::Shutdown`] or every sender is gone.
-    pub(crate) fn run(mut self, inputs: Receiver<HubInput>) {
+    pub(crate) fn run(mut self, mut inputs: mpsc::Receiver<HubInput>) {
+        // Only to wait on the bounded queue with a timeout; the hub itself does no
+        // async work.
+        let waiter = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "the hub could not start its timer");
+                return;
+            }
+        };
         loop {
             let wait = self.next_wake();
             let mut batch = Vec::new();
-            match inputs.recv_timeout(wait) {
-                Ok(input) => batch.push(input),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            // The timer is made inside `block_on`: it needs the runtime's clock.
+            match waiter.block_on(async { tokio::time::timeout(wait, inputs.recv()).await }) {
+                Ok(Some(input)) => batch.push(input),
+                Ok(None) => break,
+                Err(_elapsed) => {}
             }
             while batch.len() < MAX_BATCH {
                 match inputs.try_recv() {
@@ -219,6 +284,12 @@ impl Hub {
     }
 
     fn next_wake(&self) -> Duration {
+        if !self.state.catching_up.is_empty() {
+            return Duration::ZERO;
+        }
+        if self.state.expiry_blocked {
+            return IDLE_WAKE;
+        }
         let due = match self.store.oldest_awaiting_start() {
             Ok(Some(at)) => at.plus_millis(self.state.config.start_limit_ms),
             _ => return IDLE_WAKE,
@@ -235,6 +306,7 @@ impl Hub {
             for input in inputs {
                 state.handle(&mut tx, &mut batch, input)?;
             }
+            state.advance_catch_up(&mut tx, &mut batch)?;
             state.expire_due(&mut tx, &mut batch, clock::now())?;
             state.save_sync_states(&mut tx)?;
             tx.commit()
@@ -264,6 +336,7 @@ impl Hub {
 impl HubState {
     fn remove_conn(&mut self, conn: ConnId) -> Option<Conn> {
         let c = self.conns.remove(&conn)?;
+        self.catching_up.remove(&conn);
         if let Some(list) = self.by_device.get_mut(&c.session.device) {
             list.retain(|id| *id != conn);
             if list.is_empty() {
@@ -395,6 +468,7 @@ impl HubState {
                 states: HashMap::new(),
                 dirty: HashSet::new(),
                 config_state: sync::State::new(),
+                catch_up: VecDeque::new(),
             },
         );
         let config_heads = contained(self.config_heads(tx, &session.tenant))?.unwrap_or_else(|e| {
@@ -424,12 +498,11 @@ impl HubState {
                 },
             );
         }
-        for doc in changed {
-            if self.may_see(tx, &session, &doc)? {
-                self.start_sync(tx, batch, conn, &doc)?;
-            } else {
-                batch.send(conn, Message::DocUnavailable { document_id: doc });
+        if !changed.is_empty() {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.catch_up = changed.into();
             }
+            self.catching_up.insert(conn);
         }
         if !was_online {
             self.presence(batch, &session, true);
@@ -488,11 +561,16 @@ impl HubState {
             cached.used = self.tick;
             return Ok(true);
         }
+        if self.unreadable.contains(key) {
+            return Ok(false);
+        }
         let stored = match tx.load(&key.0, &key.1, self.config.server_actor.clone()) {
             Ok(stored) => stored,
             Err(StoreError::Sqlite(e)) => return Err(StoreError::Sqlite(e)),
+            Err(StoreError::UnknownCustomer { .. }) => return Ok(false),
             Err(e) => {
-                tracing::error!(tenant = %key.0, doc = %key.1, error = %e, "a stored document cannot be read; skipping it");
+                tracing::error!(tenant = %key.0, doc = %key.1, error = %e, "a stored document cannot be read; skipping it until the server restarts");
+                self.unreadable.insert(key.clone());
                 return Ok(false);
             }
         };
@@ -705,14 +783,34 @@ impl HubState {
         // Admitted changes: every result's decision is re-run with the rule set it
         // names, then the document is saved.
         let admitted = match admitted {
+            Ok(Some(events))
+                if events
+                    .iter()
+                    .any(|e| matches!(e.kind, EventKind::ResultSaved(_)))
+                    && !self.plugin_time_left(&session.tenant, std::time::Instant::now()) =>
+            {
+                // Not a refusal (that would make the device drop its result): the
+                // changes are forgotten and the device comes back later.
+                tracing::warn!(tenant = %session.tenant, device = %session.device, "plugin time used up; asking the device to retry");
+                self.docs.remove(&key);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.states.insert(doc.clone(), sync::State::new());
+                }
+                batch.closes.push((conn, busy()));
+                return Ok(());
+            }
             Ok(Some(events)) => match contained(self.verify_results(tx, &session.tenant, &events))?
                 .unwrap_or_else(|e| Err(unreadable_config(&e)))
             {
                 Err(error) => Err(error),
-                Ok(()) => match self.docs.get_mut(&key).map(|c| tx.save(&mut c.stored)) {
+                Ok(()) => match self
+                    .docs
+                    .get_mut(&key)
+                    .map(|c| tx.save_within(&mut c.stored, Some(MAX_DOCUMENT_BYTES)))
+                {
                     None | Some(Ok(_)) => Ok(events),
                     Some(Err(StoreError::Sqlite(e))) => return Err(StoreError::Sqlite(e)),
-                    Some(Err(e)) => Err(refusal(e_code(&e), e.to_string(), e.to_string())),
+                    Some(Err(e)) => Err(store_refusal(&e)),
                 },
             },
             Ok(None) => Ok(Vec::new()),
@@ -749,6 +847,67 @@ impl HubState {
             }
         }
         Ok(())
+    }
+
+    /// Starts syncing the next slice of joining devices' changed documents: at most
+    /// [`CATCH_UP_PER_BATCH`] in all, shared between the devices waiting.
+    fn advance_catch_up(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        if self.catching_up.is_empty() {
+            return Ok(());
+        }
+        let waiting: Vec<ConnId> = self.catching_up.iter().copied().collect();
+        let share = (CATCH_UP_PER_BATCH / waiting.len()).max(1);
+        let mut budget = CATCH_UP_PER_BATCH;
+        for conn in waiting {
+            for _ in 0..share {
+                if budget == 0 {
+                    return Ok(());
+                }
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    break;
+                };
+                let Some(doc) = c.catch_up.pop_front() else {
+                    break;
+                };
+                let session = c.session.clone();
+                budget -= 1;
+                if self.may_see(tx, &session, &doc)? {
+                    self.start_sync(tx, batch, conn, &doc)?;
+                } else {
+                    batch.send(conn, Message::DocUnavailable { document_id: doc });
+                }
+            }
+            if self.conns.get(&conn).is_none_or(|c| c.catch_up.is_empty()) {
+                self.catching_up.remove(&conn);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the tenant may spend plugin time on this thread now.
+    fn plugin_time_left(&mut self, tenant: &TenantId, now: std::time::Instant) -> bool {
+        let budget = self
+            .plugin_budget
+            .entry(tenant.clone())
+            .or_insert(PluginBudget {
+                ms: PLUGIN_BURST_MS,
+                at: now,
+            });
+        let refill = now.saturating_duration_since(budget.at).as_secs_f64() * PLUGIN_MS_PER_SEC;
+        budget.ms = (budget.ms + refill).min(PLUGIN_BURST_MS);
+        budget.at = now;
+        budget.ms > 0.0
+    }
+
+    /// Charges plugin time to the tenant.
+    fn spend_plugin_time(&mut self, tenant: &TenantId, spent: Duration) {
+        if let Some(budget) = self.plugin_budget.get_mut(tenant) {
+            budget.ms -= spent.as_secs_f64() * 1_000.0;
+        }
     }
 
     /// Forgets a sync message that left changes queued: the document is reloaded
@@ -860,6 +1019,14 @@ impl HubState {
                         "自分のテナント以外に顧客は作成できません",
                     )));
                 }
+                let most = self.config.max_customers_per_tenant;
+                if callsync_store::customer_count(&*tx, &session.tenant)? >= most {
+                    return Ok(RpcResult::Refused(refusal(
+                        "customer-limit",
+                        format!("a tenant holds at most {most} customers"),
+                        format!("1 テナントに登録できる顧客は {most} 件までです"),
+                    )));
+                }
                 let now = clock::now();
                 let mut doc =
                     match CustomerDoc::create(&customer, now, self.config.server_actor.clone()) {
@@ -887,24 +1054,47 @@ impl HubState {
                 self.start_sync(tx, batch, conn, &customer.id)?;
                 Ok(RpcResult::Subscribed(vec![customer.id]))
             }
-            RpcCall::CustomerList => {
+            RpcCall::CustomerList { after, limit } => {
                 let restricted = session.role.is_limited_by_assignee_visibility()
                     && tx.assignee_visibility(&session.tenant)?;
-                let rows = callsync_store::customers_in(&*tx, &session.tenant)?;
-                Ok(RpcResult::Customers(
-                    rows.into_iter()
-                        .filter(|r| !restricted || r.owner == session.user.as_str())
-                        .map(|r| CustomerSummary {
-                            id: r.id,
-                            company: r.company,
-                            contact: r.contact,
-                            owner: r.owner,
-                            status: r.status,
-                        })
-                        .collect(),
-                ))
+                let owner = restricted.then_some(session.user.as_str());
+                let page = limit.map_or(u32::MAX, |l| l.clamp(1, wire::MAX_CUSTOMER_PAGE));
+                let rows = callsync_store::customers_page(
+                    &*tx,
+                    &session.tenant,
+                    after.as_ref(),
+                    owner,
+                    page,
+                )?;
+                let customers: Vec<CustomerSummary> = rows
+                    .into_iter()
+                    .map(|r| CustomerSummary {
+                        id: r.id,
+                        company: r.company,
+                        contact: r.contact,
+                        owner: r.owner,
+                        status: r.status,
+                    })
+                    .collect();
+                let result = RpcResult::Customers(customers);
+                if limit.is_none() && !fits_one_frame(&result) {
+                    // An older client asking for everything at once.
+                    return Ok(RpcResult::Refused(refusal(
+                        "reply-too-large",
+                        "too many customers for one reply; ask for pages",
+                        "顧客が多すぎて一度に返せません。ページ単位で取得してください",
+                    )));
+                }
+                Ok(result)
             }
             RpcCall::Subscribe { documents } => {
+                if documents.len() > wire::MAX_SUBSCRIBE {
+                    return Ok(RpcResult::Refused(refusal(
+                        "too-many-documents",
+                        format!("at most {} documents per subscribe", wire::MAX_SUBSCRIBE),
+                        format!("一度に購読できる顧客は {} 件までです", wire::MAX_SUBSCRIBE),
+                    )));
+                }
                 let mut subscribed = Vec::new();
                 for doc in documents {
                     if self.may_see(tx, &session, &doc)? {
@@ -948,9 +1138,11 @@ impl HubState {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let cutoff = now.plus_millis(-self.config.start_limit_ms);
+        self.expiry_blocked = false;
         for (tenant, customer, call) in tx.awaiting_start_before(cutoff)? {
             let key = (tenant, customer);
             if !self.load(tx, &key)? {
+                self.expiry_blocked = true;
                 continue;
             }
             let Some(cached) = self.docs.get_mut(&key) else {
@@ -1082,11 +1274,38 @@ fn unreadable_config(e: &StoreError) -> ErrorBody {
     )
 }
 
+/// The answer to a device whose tenant has used up its plugin time: come back
+/// later (a device reconnects with backoff and sends again).
+fn busy() -> ErrorBody {
+    refusal(
+        "busy",
+        "the server is busy checking this tenant's results; try again shortly",
+        "サーバーが混み合っています。しばらくしてから再度お試しください",
+    )
+}
+
+/// A store refusal for the device, with its Japanese text.
+fn store_refusal(e: &StoreError) -> ErrorBody {
+    let ja = match e {
+        StoreError::Core(core) => core.message_ja(),
+        StoreError::DocumentTooLarge { limit } => {
+            format!("顧客データが上限（{limit} バイト）を超えるため保存できません")
+        }
+        StoreError::CustomerExists { customer } => format!("顧客 {customer} はすでに存在します"),
+        StoreError::CallOnAnotherCustomer { call, .. } => {
+            format!("コール {call} は別の顧客のコールです")
+        }
+        _ => "サーバーで保存できませんでした".to_owned(),
+    };
+    refusal(e_code(e), e.to_string(), ja)
+}
+
 fn e_code(e: &StoreError) -> &'static str {
     match e {
         StoreError::Core(core) => core.code(),
         StoreError::CallOnAnotherCustomer { .. } => "call-on-another-customer",
         StoreError::CustomerExists { .. } => "customer-exists",
+        StoreError::DocumentTooLarge { .. } => "document-too-large",
         _ => "store-refused",
     }
 }

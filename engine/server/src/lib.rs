@@ -44,6 +44,9 @@ pub const PLUGIN_CACHE_DIR: &str = "plugin-cache";
 pub const DB_FILE: &str = "callsync.sqlite";
 /// How long a session token lasts by default: 30 days.
 pub const DEFAULT_SESSION_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Most customers one tenant may hold by default. The customer list is paged, so
+/// this bounds the database and a new device's catch-up, not a reply.
+pub const DEFAULT_MAX_CUSTOMERS_PER_TENANT: u64 = 200_000;
 /// Documents the hub keeps in memory.
 pub const DEFAULT_CACHE_DOCS: usize = 4_096;
 
@@ -84,6 +87,8 @@ pub struct ServerConfig {
     pub cache_docs: usize,
     /// How long a new connection has to open its stream and say who it is.
     pub handshake_timeout: Duration,
+    /// Most customers one tenant may hold (`customer-limit` past it).
+    pub max_customers_per_tenant: u64,
 }
 
 impl ServerConfig {
@@ -97,12 +102,13 @@ impl ServerConfig {
             session_ttl_ms: DEFAULT_SESSION_TTL_MS,
             cache_docs: DEFAULT_CACHE_DOCS,
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_customers_per_tenant: DEFAULT_MAX_CUSTOMERS_PER_TENANT,
         }
     }
 }
 
 fn open_store(data_dir: &Path) -> Result<Store, ServerError> {
-    std::fs::create_dir_all(data_dir)?;
+    callsync_store::create_private_dir(data_dir)?;
     Ok(Store::open(&data_dir.join(DB_FILE))?)
 }
 
@@ -172,7 +178,7 @@ pub fn add_tenant(
 /// A running server.
 pub struct Server {
     endpoint: quinn::Endpoint,
-    hub: std::sync::mpsc::Sender<hub::HubInput>,
+    hub: tokio::sync::mpsc::Sender<hub::HubInput>,
     hub_thread: Option<std::thread::JoinHandle<()>>,
     accept: tokio::task::JoinHandle<()>,
     fingerprint: String,
@@ -210,13 +216,15 @@ impl Server {
             )
             .map_err(|e| ServerError::Invalid(e.to_string()))?,
         );
-        let (hub_tx, hub_rx) = std::sync::mpsc::channel();
+        let actor_hex = actor.to_hex_string();
+        let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(hub::INPUT_QUEUE);
         let hub = hub::Hub::new(
             store,
             hub::HubConfig {
                 start_limit_ms: config.start_limit_ms,
+                max_customers_per_tenant: config.max_customers_per_tenant,
                 cache_docs: config.cache_docs.max(1),
-                server_device: DeviceId::new("server")
+                server_device: DeviceId::new(accounts::SERVER_DEVICE)
                     .map_err(|e| ServerError::Invalid(e.to_string()))?,
                 server_user: UserId::new("system")
                     .map_err(|e| ServerError::Invalid(e.to_string()))?,
@@ -235,6 +243,7 @@ impl Server {
             session_ttl_ms: config.session_ttl_ms,
             hashing: Semaphore::new(2),
             compiling: Semaphore::new(1),
+            server_actor: actor_hex,
             throttle: std::sync::Mutex::new(throttle::LoginThrottle::default()),
             handshake_timeout: config.handshake_timeout,
             plugins,
@@ -271,7 +280,7 @@ impl Server {
     pub async fn shutdown(mut self) {
         self.endpoint.close(0u32.into(), b"server shutting down");
         self.accept.abort();
-        let _ = self.hub.send(hub::HubInput::Shutdown);
+        let _ = self.hub.send(hub::HubInput::Shutdown).await;
         if let Some(thread) = self.hub_thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }

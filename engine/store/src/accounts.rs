@@ -13,6 +13,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{Read, Store, StoreError};
 
+/// Sessions one member may hold at once (one per device, with room to spare);
+/// logging in past it ends the member's oldest session.
+pub const MAX_SESSIONS_PER_MEMBER: usize = 16;
+
 /// One member of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRecord {
@@ -302,6 +306,21 @@ impl Store {
                     .execute(params![actor, device.as_str()])?;
             }
         }
+        // Expired sessions are of no use to anyone: purged at every login. And a
+        // member keeps at most MAX_SESSIONS_PER_MEMBER: a new one ends the oldest.
+        tx.tx
+            .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+            .execute(params![now.as_millis()])?;
+        tx.tx
+            .prepare_cached(
+                "DELETE FROM sessions WHERE email = ?1 AND token_hash NOT IN
+                 (SELECT token_hash FROM sessions WHERE email = ?1
+                  ORDER BY expires_at DESC, token_hash LIMIT ?2)",
+            )?
+            .execute(params![
+                member.email.as_str(),
+                MAX_SESSIONS_PER_MEMBER as i64 - 1
+            ])?;
         tx.tx.prepare_cached("INSERT INTO sessions (token_hash, device_id, email, expires_at) VALUES (?1, ?2, ?3, ?4)")?.execute(params![token_hash, device.as_str(), member.email.as_str(), expires_at.as_millis()])?;
         tx.commit()
     }

@@ -20,7 +20,9 @@ mod accounts;
 mod config;
 mod replication;
 
-pub use accounts::{AccountQueries, DeviceRecord, MemberRecord, NewSession, SessionRecord};
+pub use accounts::{
+    AccountQueries, DeviceRecord, MAX_SESSIONS_PER_MEMBER, MemberRecord, NewSession, SessionRecord,
+};
 pub use config::{ConfigQueries, RecallRow};
 pub use replication::ReplicationQueries;
 
@@ -200,6 +202,12 @@ pub enum StoreError {
         /// The customer being saved.
         customer: CustomerId,
     },
+    /// Saving would take the document past the size the server allows.
+    #[error("the document would grow past {limit} bytes")]
+    DocumentTooLarge {
+        /// The limit, in stored bytes.
+        limit: u64,
+    },
     /// A stored row does not hold what its column promises (edited by hand, or a
     /// bug): refused rather than guessed.
     #[error("the database holds an unreadable {0}")]
@@ -317,6 +325,33 @@ pub struct RuleSettings<'a> {
     pub start_limit_ms: i64,
 }
 
+/// Creates a data directory (and its parents) readable by this user only: it
+/// holds the database, and on a server the certificate key and compiled plugins.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Best effort: sets `path`'s mode if it exists (unix only).
+fn make_private(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if path.exists()
+            && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not make a database file private");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+}
+
 /// How long a writer waits for another writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -331,6 +366,9 @@ impl Store {
     /// migrations.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
+        // Password and token hashes live here: readable by this user only. SQLite
+        // creates the `-wal` and `-shm` files with the database file's mode.
+        make_private(path, 0o600);
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Every hot statement is prepared once per connection.
         conn.set_prepared_statement_cache_capacity(64);
@@ -339,6 +377,11 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            make_private(Path::new(&side), 0o600);
+        }
         migrate(&mut conn)?;
         Ok(Self { conn })
     }
@@ -534,6 +577,60 @@ pub fn customers_in<R: Read + ?Sized>(
     Ok(out)
 }
 
+/// One page of a tenant's customers in id order: those after `after`, owned by
+/// `owner` if given (the assignee restriction), at most `limit`.
+pub fn customers_page<R: Read + ?Sized>(
+    reader: &R,
+    tenant: &TenantId,
+    after: Option<&CustomerId>,
+    owner: Option<&str>,
+    limit: u32,
+) -> Result<Vec<CustomerRow>, StoreError> {
+    let mut stmt = reader.db().prepare_cached(
+        "SELECT customer_id, company, contact, owner, status FROM documents
+         WHERE tenant_id = ?1 AND customer_id > ?2 AND (?3 IS NULL OR owner = ?3)
+         ORDER BY customer_id LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            tenant.as_str(),
+            after.map_or("", CustomerId::as_str),
+            owner,
+            i64::from(limit)
+        ],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, company, contact, owner, status) = row?;
+        out.push(CustomerRow {
+            id: CustomerId::new(id).map_err(CoreError::from)?,
+            company,
+            contact,
+            owner,
+            status,
+        });
+    }
+    Ok(out)
+}
+
+/// How many customers a tenant has.
+pub fn customer_count<R: Read + ?Sized>(reader: &R, tenant: &TenantId) -> Result<u64, StoreError> {
+    let count: i64 = reader
+        .db()
+        .prepare_cached("SELECT count(*) FROM documents WHERE tenant_id = ?1")?
+        .query_row(params![tenant.as_str()], |r| r.get(0))?;
+    Ok(count.max(0) as u64)
+}
+
 /// A write in progress: a `BEGIN IMMEDIATE` transaction. Dropped without
 /// [`WriteTx::commit`], it rolls back.
 #[derive(Debug)]
@@ -603,6 +700,18 @@ impl WriteTx<'_> {
     /// the list columns and the call index in the same transaction. All or nothing:
     /// a failed save leaves the transaction as it was before the call.
     pub fn save(&mut self, stored: &mut StoredDoc) -> Result<SaveOutcome, StoreError> {
+        self.save_within(stored, None)
+    }
+
+    /// [`Self::save`], refusing with [`StoreError::DocumentTooLarge`] (and saving
+    /// nothing) if the document's stored bytes would pass `max_bytes`: the server
+    /// caps what devices make a document grow to, so that a new device's first sync
+    /// of it always fits one frame.
+    pub fn save_within(
+        &mut self,
+        stored: &mut StoredDoc,
+        max_bytes: Option<u64>,
+    ) -> Result<SaveOutcome, StoreError> {
         let doc = &mut stored.doc;
         let heads = doc.heads();
         if heads == stored.saved_heads {
@@ -628,6 +737,12 @@ impl WriteTx<'_> {
                 tenant: doc.tenant().clone(),
                 customer: doc.id().clone(),
             })?;
+        if let Some(max) = max_bytes {
+            let total = (snapshot_bytes + incremental_bytes).max(0) as u64 + chunk.len() as u64;
+            if total > max {
+                return Err(StoreError::DocumentTooLarge { limit: max });
+            }
+        }
         let outcome = if incremental_bytes + chunk.len() as i64 > snapshot_bytes {
             let snapshot = doc.save();
             sp.prepare_cached(

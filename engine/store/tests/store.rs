@@ -310,3 +310,43 @@ fn a_call_id_already_indexed_under_another_customer_is_refused() {
     drop(tx);
     assert_eq!(rows(&dir), before);
 }
+
+#[test]
+fn a_save_past_the_size_cap_is_refused_and_leaves_the_document_as_it_was() {
+    let (_dir, mut store) = new_store();
+    record(&mut store, request("call-1", 0)).unwrap();
+    let before = store.stored_sizes(&tenant(), &customer_id()).unwrap();
+    let (snapshot, incremental, _) = before;
+    let cap = snapshot + incremental + 10;
+    let catalog = ResultCatalog::standard();
+    let mut tx = store.write().unwrap();
+    let mut stored = tx.load(&tenant(), &customer_id(), actor()).unwrap();
+    stored
+        .doc
+        .record(cancel("call-1", 1_000), &RuleContext::new(&catalog))
+        .unwrap();
+    let refused = tx.save_within(&mut stored, Some(cap)).unwrap_err();
+    assert!(
+        matches!(refused, StoreError::DocumentTooLarge { limit } if limit == cap),
+        "{refused:?}"
+    );
+    tx.commit().unwrap();
+    assert_eq!(
+        store.stored_sizes(&tenant(), &customer_id()).unwrap(),
+        before
+    );
+    let loaded = store.load(&tenant(), &customer_id(), actor()).unwrap();
+    assert_eq!(
+        loaded.doc.customer().unwrap().calls[0].phase,
+        Phase::AwaitingStart
+    );
+    // Under the cap, the same save goes through.
+    let mut tx = store.write().unwrap();
+    let mut stored = tx.load(&tenant(), &customer_id(), actor()).unwrap();
+    stored
+        .doc
+        .record(cancel("call-1", 1_000), &RuleContext::new(&catalog))
+        .unwrap();
+    tx.save_within(&mut stored, Some(cap + 10_000)).unwrap();
+    tx.commit().unwrap();
+}

@@ -452,3 +452,48 @@ fn a_later_result_of_another_kind_does_not_lift_a_call_restriction() {
         assert_eq!(customer.recall_at, Some(until));
     }
 }
+
+#[test]
+fn a_restriction_kept_for_review_without_a_decision_restricts_nothing_on_any_replica() {
+    use callsync_core::plugin::{ContentHash, DecisionRecord, PluginRef};
+    use callsync_core::{ResultTypeId, SavedResultFields};
+    let (mut net, _server, desk, phone) = three(12);
+    let call = ended_call(&mut net, desk, phone);
+    let until = tomorrow_at_ten();
+    // A result whose rules "failed" on the device (a deadline, which depends on
+    // the machine): the pick was kept as made and never checked by the rules.
+    let decision = DecisionRecord {
+        ruleset: ContentHash::from_bytes([1; 32]),
+        plugin: PluginRef {
+            id: "standard".to_owned(),
+            version: "1.0.0".to_owned(),
+            hash: ContentHash::from_bytes([2; 32]),
+        },
+        picked_option: callsync_core::OptionKind::Restriction,
+        picked_at: Some(until),
+        picked_status: None,
+        call_ended_at: net.now(),
+        attempt: 1,
+        reason: "kept for review".to_owned(),
+        needs_review: Some("deadline: the plugin ran out of time".to_owned()),
+    };
+    let fields = SavedResultFields {
+        result_type: ResultTypeId::new("do-not-call").unwrap(),
+        option: ResultOption::Restriction { until },
+        customer_status: None,
+        memo: String::new(),
+        decision: Some(Box::new(decision)),
+    };
+    net.record(desk, &call, EventKind::ResultSaved(fields))
+        .unwrap();
+    net.run_until_quiescent();
+    for peer in net.peers() {
+        let customer = net.customer(peer);
+        assert_eq!(customer.restricted_until(net.now()), None, "peer {peer}");
+        assert_eq!(
+            net.call_state(peer, &call).unwrap().phase,
+            Phase::Completed,
+            "the result itself counts"
+        );
+    }
+}

@@ -306,22 +306,26 @@ impl HubState {
         let plugins = self.config.plugins.clone();
         let doc = self.config(tx, tenant)?;
         let config = doc.config()?;
+        let started = std::time::Instant::now();
+        let mut outcome = Ok(());
         for event in events {
             let EventKind::ResultSaved(fields) = &event.kind else {
                 continue;
             };
             if let Err(err) = verify(&plugins, &config, doc, fields, event.stamp.at) {
-                return Ok(Err(refusal(
+                outcome = Err(refusal(
                     err.code(),
                     format!("result of call {}: {err}", event.call),
                     format!(
                         "コール {} の結果の判定がルールと一致しません: {err}",
                         event.call
                     ),
-                )));
+                ));
+                break;
             }
         }
-        Ok(Ok(()))
+        self.spend_plugin_time(tenant, started.elapsed());
+        Ok(outcome)
     }
 
     /// `recall-list`: the tenant's recalls the session may see.
