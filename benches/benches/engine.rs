@@ -7,6 +7,12 @@
 //!   through the rules and save it to SQLite as one appended chunk, committed. The
 //!   document grows by one event per iteration; `bulk` measures from a fixed start.
 //! - `load/sqlite_1000_calls`: load the 1,000-call document from SQLite in one read.
+//! - `admission/screen_one_change`: the server's pre-apply screen of a device's sync
+//!   message carrying one new event; `admission/screen_1000_call_document`: of one
+//!   carrying the whole 1,000-call document (as Automerge sends when a device has
+//!   more than a third of it to send).
+//! - `admission/admit_one_event_on_1000_calls`: admission of that one new event on
+//!   the 1,000-call document, read from the change's own operations.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
@@ -87,9 +93,87 @@ fn append_and_load(c: &mut Criterion) {
     });
 }
 
+/// Every actor is bound to the sender and every phone is the user's: admission's
+/// full path runs.
+struct AnyDevice;
+
+impl callsync_core::admission::Directory for AnyDevice {
+    fn actor_is_bound_to(&self, _: &callsync_core::ActorId, _: &callsync_core::DeviceId) -> bool {
+        true
+    }
+    fn is_phone_of(&self, _: &callsync_core::DeviceId, _: &callsync_core::UserId) -> bool {
+        true
+    }
+}
+
+fn admission(c: &mut Criterion) {
+    use automerge::sync::SyncDoc;
+    use callsync_core::admission::{Sender, admit};
+    use callsync_core::screen::{ScreenLimits, screen_message};
+    let mut server = customer_with_calls(CALLS);
+    let before = server.heads();
+    let catalog = ResultCatalog::standard();
+    // A desk's replica records one request.
+    let mut desk = server.clone();
+    desk.automerge_mut()
+        .set_actor(callsync_core::ActorId::from(b"desk-1".as_slice()));
+    let request = EventKind::Requested {
+        destination: PhoneNumber::parse(callsync_testkit::NUMBER).unwrap(),
+        origin: callsync_core::DeviceId::new("phone-1").unwrap(),
+        recording: true,
+    };
+    desk.record(event(CALLS + 1, 0, request), &RuleContext::new(&catalog))
+        .unwrap();
+    let change = desk
+        .automerge_mut()
+        .get_last_local_change()
+        .unwrap()
+        .raw_bytes()
+        .to_vec();
+    let mut state = automerge::sync::State::new();
+    let mut one = desk
+        .automerge_mut()
+        .sync()
+        .generate_sync_message(&mut state)
+        .unwrap();
+    one.changes = vec![change.clone()].into();
+    let limits = ScreenLimits::default();
+    c.bench_function("admission/screen_one_change", |b| {
+        b.iter(|| screen_message(black_box(&one), &limits).unwrap())
+    });
+    let mut whole = one.clone();
+    whole.changes = vec![server.save()].into();
+    c.bench_function("admission/screen_1000_call_document", |b| {
+        b.iter(|| screen_message(black_box(&whole), &limits).unwrap())
+    });
+    let sender = Sender {
+        tenant: server.tenant().clone(),
+        user: callsync_core::UserId::new("rep@a.example").unwrap(),
+        role: callsync_core::Role::User,
+        device: callsync_core::DeviceId::new("desk-1").unwrap(),
+        kind: callsync_core::DeviceKind::Desk,
+    };
+    let _ = server.customer().unwrap();
+    c.bench_function("admission/admit_one_event_on_1000_calls", |b| {
+        b.iter_batched(
+            || {
+                let mut copy = server.clone();
+                copy.automerge_mut().load_incremental(&change).unwrap();
+                copy
+            },
+            |mut copy| {
+                let admitted = admit(&mut copy, &before, &sender, &AnyDevice, &catalog).unwrap();
+                assert_eq!(admitted.len(), 1);
+                admitted
+            },
+            BatchSize::LargeInput,
+        )
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(5));
-    targets = derive, append_and_load
+    targets = derive, append_and_load, admission
 }
 criterion_main!(benches);

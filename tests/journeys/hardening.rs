@@ -253,6 +253,9 @@ fn put_entry(doc: &mut automerge::AutoCommit, key: &str) -> Vec<u8> {
 fn a_change_with_a_missing_dependency_under_the_desks_actor_is_dropped_and_the_desk_writes_on() {
     let world = World::start(&[]);
     let (desk, phone) = world.rep_devices();
+    // The desk has written to the document before: its next change has seq 2+.
+    let first = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    callsync(&desk, &["desk", "cancel", &first]).ok();
     let desk_actor = {
         let mut store = Store::open(&desk.join("callsync.sqlite")).unwrap();
         callsync_replica::session::device_actor(&mut store).unwrap()
@@ -276,14 +279,30 @@ fn a_change_with_a_missing_dependency_under_the_desks_actor_is_dropped_and_the_d
             .any(|m| matches!(m, Message::Rejected { .. } | Message::Error(_))),
         "an honest device in the same position would lose its outbox: {answers:?}"
     );
-    // The desk's next honest change is accepted, and the server still loads the
-    // document after a restart.
+    // The desk's next honest change is accepted (the server holds it), and the
+    // server still loads the document after a restart.
     let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    let on_server = |server: &ServerProcess| -> i64 {
+        rusqlite::Connection::open(server.db())
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM calls WHERE call_id = ?1",
+                [&call],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(
+        on_server(&world.server),
+        1,
+        "the server took the desk's request"
+    );
     let mut server = world.server;
     server.stop();
     server.restart();
-    let shown = callsync(&desk, &["desk", "show", &call]).ok();
-    assert_eq!(shown["phase"], "awaiting-start", "{shown}");
+    assert_eq!(on_server(&server), 1);
+    let shown = callsync(&desk, &["desk", "cancel", &call]).ok();
+    assert_eq!(shown["phase"], "cancelled", "{shown}");
 }
 
 #[test]
@@ -313,20 +332,60 @@ fn a_queued_change_under_the_servers_actor_cannot_break_the_document_for_the_ser
     std::thread::sleep(Duration::from_secs(3));
     let shown = callsync(&desk, &["desk", "show", &call]).ok();
     assert_eq!(shown["phase"], "expired", "{shown}");
+    // More writes, until the server compacts the document to a fresh snapshot.
+    let compacted = || {
+        let conn = rusqlite::Connection::open(world.server.db()).unwrap();
+        conn.query_row(
+            "SELECT count(*) FROM chunks WHERE customer_id = 'cus-1'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 0
+    };
+    for _ in 0..10 {
+        let again =
+            call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+        callsync(&desk, &["desk", "cancel", &again]).ok();
+        if compacted() {
+            break;
+        }
+    }
+    assert!(compacted(), "the server compacted cus-1");
     let mut server = world.server;
     server.stop();
     server.restart();
-    create_customer(&desk, "cus-2", "B社").ok();
-    let shown = callsync(&desk, &["desk", "show", &call]).ok();
+    // The server loads the document again: a fresh desk opens it and a new
+    // request on it is taken.
+    let fresh = world.root.path().join("fresh-desk");
+    callsync(
+        &fresh,
+        &[
+            "desk",
+            "login",
+            "--server",
+            &server.addr,
+            "--fingerprint",
+            &server.fingerprint,
+            "--email",
+            crate::network::REP,
+        ],
+    )
+    .ok();
+    callsync(&fresh, &["desk", "open", "cus-1"]).ok();
+    let shown = callsync(&fresh, &["desk", "show", &call]).ok();
     assert_eq!(shown["phase"], "expired", "{shown}");
+    let next = call_id(&callsync(&fresh, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    assert_eq!(
+        callsync(&fresh, &["desk", "show", &next]).ok()["phase"],
+        "awaiting-start"
+    );
 }
 
 #[test]
 fn one_unreadable_document_does_not_stop_the_server_for_anyone_else() {
-    let world = World::start(&["--start-limit-secs", "1"]);
+    let world = World::start(&["--start-limit-secs", "4"]);
     let (desk, _phone) = world.rep_devices();
-    // cus-1 has a call waiting for its start, so every expiry pass reads it.
-    callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok();
     // Another rep, with a desk and a phone, and a customer of their own.
     callsync(
         &world.admin_desk,
@@ -351,10 +410,21 @@ fn one_unreadable_document_does_not_stop_the_server_for_anyone_else() {
         )
         .ok();
     create_customer(&other_desk, "cus-9", "C社").ok();
+    // cus-1 gets a call waiting for its start: once the limit passes, every
+    // expiry pass (one per batch) must read it.
+    callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok();
     let mut server = world.server;
     server.stop();
     {
         let conn = rusqlite::Connection::open(server.db()).unwrap();
+        let waiting: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM calls WHERE customer_id = 'cus-1' AND phase = 'awaiting-start'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(waiting, 1, "the call still waits when the document breaks");
         conn.execute(
             "UPDATE snapshots SET bytes = x'856f4a83deadbeef' WHERE customer_id = 'cus-1'",
             [],
@@ -364,7 +434,7 @@ fn one_unreadable_document_does_not_stop_the_server_for_anyone_else() {
             .unwrap();
     }
     server.restart();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(5));
     // Everyone else is served: a new customer, a call on another one.
     create_customer(&world.admin_desk, "cus-10", "D社").ok();
     let call = call_id(
@@ -787,4 +857,49 @@ fn the_servers_identity_other_tenants_emails_data_files_and_sessions_are_guarded
         sessions(OWNER),
         callsync_store::MAX_SESSIONS_PER_MEMBER as i64
     );
+}
+
+#[test]
+fn a_desk_command_whose_change_the_server_rejects_fails_with_the_servers_code() {
+    let world = World::start(&[]);
+    let (desk, _phone) = world.rep_devices();
+    callsync(
+        &world.admin_desk,
+        &[
+            "admin",
+            "add-user",
+            OTHER_REP,
+            "--role",
+            "user",
+            "--contract",
+        ],
+    )
+    .ok();
+    world
+        .login_as(
+            &world.dir("other-phone"),
+            "phone",
+            OTHER_REP,
+            Some("phone-other"),
+        )
+        .ok();
+    // A request for a phone that is not the rep's: admission refuses it.
+    let refused = callsync(
+        &desk,
+        &[
+            "desk",
+            "request",
+            "cus-1",
+            "--number",
+            NUMBER,
+            "--origin",
+            "phone-other",
+        ],
+    );
+    refused.refused("not-your-phone");
+    let calls: i64 = rusqlite::Connection::open(world.server.db())
+        .unwrap()
+        .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(calls, 0, "nothing stored");
 }

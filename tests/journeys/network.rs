@@ -78,7 +78,12 @@ impl ServerProcess {
             .args(serve)
             .env("CALLSYNC_PASSWORD", PASSWORD)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // CALLSYNC_TEST_SERVER_LOG=1 shows the servers' logs when debugging a test.
+            .stderr(if std::env::var_os("CALLSYNC_TEST_SERVER_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("start callsync serve");
         let stdout = child.stdout.take().expect("stdout");

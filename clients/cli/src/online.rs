@@ -17,7 +17,7 @@ use callsync_core::wire::{self, RpcCall, RpcResult};
 use callsync_core::{CallId, CustomerId, DeviceKind, EventKind, Phase, Role, UserId};
 use callsync_replica::run::{RunOptions, run};
 use callsync_replica::session::{LoginRequest, SavedTrust};
-use callsync_replica::{ClientError, SavedSession, SyncClient, login};
+use callsync_replica::{ClientError, ClientEvent, SavedSession, SyncClient, login};
 use callsync_server::{Server, ServerConfig, add_tenant, init_owner};
 use serde_json::json;
 
@@ -297,7 +297,24 @@ async fn online<T>(
         client.settle(SETTLE).await?;
         let value = body(&mut client).await?;
         client.push_local().await?;
-        client.settle(SETTLE).await?;
+        // The server may refuse what this command wrote: that is the command's
+        // answer, not a success.
+        for event in client.settle(SETTLE).await? {
+            if let ClientEvent::Rejected {
+                code,
+                message,
+                message_ja,
+                ..
+            } = event
+            {
+                return Err(ClientError::Refused(callsync_core::wire::ErrorBody {
+                    code,
+                    message,
+                    message_ja,
+                })
+                .into());
+            }
+        }
         anyhow::Ok(value)
     }
     .await;

@@ -453,7 +453,8 @@ impl SyncClient {
                 self.states.insert(document_id.clone(), sync::State::new());
                 self.store
                     .clear_outbox(&self.session.tenant, &document_id)?;
-                tracing::error!(doc = %document_id, code = %error.code, "the server rejected local changes");
+                // Reported to the caller as `ClientEvent::Rejected`; not logged twice.
+                tracing::info!(doc = %document_id, code = %error.code, "the server rejected local changes");
                 events.push(ClientEvent::Rejected {
                     customer: document_id,
                     code: error.code,
