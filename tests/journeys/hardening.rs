@@ -160,6 +160,10 @@ fn a_login_flood_beside_account_requests_neither_deadlocks_the_server_nor_locks_
     assert!(admin_answers > 5, "{admin_answers}");
     let wrong = codes.iter().filter(|c| *c == "invalid-credentials").count();
     let throttled = codes.iter().filter(|c| *c == "login-throttled").count();
+    eprintln!(
+        "login flood: {} attempts, {wrong} passwords checked, {throttled} throttled, {admin_answers} account requests answered",
+        codes.len()
+    );
     assert_eq!(wrong + throttled, codes.len(), "{codes:?}");
     // The guesses that were checked at all: the free ones and a few after the
     // first delays, not hundreds.

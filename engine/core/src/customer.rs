@@ -152,9 +152,12 @@ pub(crate) struct FollowUp {
 ///   everyone in the tenant calling the customer. Its recall and status stand:
 ///   they are what the rep picked on the form, as without rules.
 pub(crate) fn derive_follow_up(calls: &[Arc<CallView>]) -> FollowUp {
-    let precedence = |r: &&SavedResult| (r.stamp.at, r.stamp.device.clone(), r.event.clone());
+    // Compared by reference: a key that clones the ids would allocate twice per call.
+    let precedence = |a: &&SavedResult, b: &&SavedResult| {
+        (a.stamp.at, &a.stamp.device, &a.event).cmp(&(b.stamp.at, &b.stamp.device, &b.event))
+    };
     let in_force = || calls.iter().filter_map(|c| c.result_in_force());
-    let latest = in_force().max_by_key(precedence);
+    let latest = in_force().max_by(precedence);
     let latest_restriction = in_force()
         .filter(|r| matches!(r.fields.option, ResultOption::Restriction { .. }))
         .filter(|r| {
@@ -163,7 +166,7 @@ pub(crate) fn derive_follow_up(calls: &[Arc<CallView>]) -> FollowUp {
                 .as_ref()
                 .is_none_or(|d| d.needs_review.is_none())
         })
-        .max_by_key(precedence);
+        .max_by(precedence);
     let any_call = calls.iter().any(|c| c.took_place());
     let picked = latest.and_then(|r| r.fields.customer_status.clone());
     let status = match picked {

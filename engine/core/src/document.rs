@@ -326,7 +326,8 @@ impl CustomerDoc {
         })
     }
 
-    fn phones(&self) -> Result<Vec<PhoneEntry>, CoreError> {
+    /// The customer's phone numbers (without deriving anything from the calls).
+    pub fn phones(&self) -> Result<Vec<PhoneEntry>, CoreError> {
         let phones = read_map(&self.doc, &ROOT, key::PHONES)?;
         let mut out = Vec::new();
         for item in self.doc.map_range(&phones, ..) {

@@ -28,13 +28,16 @@
 //! may parse this at bounded cost", not "this is a valid change".
 //!
 //! Call order: decode the frame, `automerge::sync::Message::decode`, then
-//! `screen_chunks(message.changes.iter(), &limits)`, and only on `Ok` hand the message
-//! to `receive_sync_message`.
+//! [`screen_message`] (the summary, then [`screen_chunks`] on `message.changes`),
+//! and only on `Ok` hand the message to `receive_sync_message`.
 
 use std::io::{self, Read, Write};
 
 /// The four bytes every Automerge storage chunk starts with.
 const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// Largest sequence number or op counter a change may reach (Automerge stores some
+/// in 32 bits; an honest document is nowhere near).
+const MAX_COUNTER: u64 = 1 << 31;
 /// Bytes of a change hash (SHA-256).
 const HASH_BYTES: u64 = 32;
 
@@ -74,10 +77,11 @@ impl ScreenLimits {
     /// A customer document holds one op per call event; 100 000 is decades of calls,
     /// and loading that many ops costs Automerge well under a second.
     pub const DEFAULT_MAX_ROWS: u64 = 100_000;
-    /// An honest message carries one chunk per change a device made offline, or one
-    /// saved document (Automerge sends the document once the changes exceed a third
-    /// of it).
-    pub const DEFAULT_MAX_CHUNKS: usize = 1_024;
+    /// An honest message carries one chunk per change a device made offline (a
+    /// phone offline all day records a few thousand), or one saved document
+    /// (Automerge sends the document once the changes exceed a third of it). The
+    /// rows budget bounds the work whatever the count.
+    pub const DEFAULT_MAX_CHUNKS: usize = 16_384;
 }
 
 impl Default for ScreenLimits {
@@ -327,8 +331,16 @@ fn screen_change(data: &[u8], budget: &mut Budget<'_>) -> Result<(), ScreenError
     let mut r = Reader::new(data);
     r.hashes()?; // dependencies
     r.length_prefixed()?; // actor
-    r.uleb()?; // seq
-    r.uleb()?; // start op
+    let seq = r.uleb()?;
+    let start_op = r.uleb()?;
+    // Automerge keeps op counters and sequence numbers in 32 bits in places
+    // (`change_graph.rs`): a change that would pass that is refused here, before
+    // its arithmetic can wrap.
+    if seq > MAX_COUNTER || start_op > MAX_COUNTER {
+        return Err(ScreenError::malformed(
+            "a sequence number or op counter past 2^31",
+        ));
+    }
     r.sleb()?; // time
     r.length_prefixed()?; // message
     let other_actors = r.uleb()?;
@@ -353,6 +365,9 @@ fn screen_change(data: &[u8], budget: &mut Budget<'_>) -> Result<(), ScreenError
         }
         let tally = tally_column(spec, bytes, budget)?;
         chunk_rows = chunk_rows.max(budget.take_tally(&tally)?);
+    }
+    if start_op.saturating_add(chunk_rows) > MAX_COUNTER {
+        return Err(ScreenError::malformed("op counters past 2^31"));
     }
     budget.commit_rows(chunk_rows)?;
     budget.change_chunks += 1;

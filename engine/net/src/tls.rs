@@ -79,7 +79,10 @@ impl Identity {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt as _;
-                fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))?;
+                if let Err(e) = fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)) {
+                    // A key on a read-only mount, say: serve anyway, and say so.
+                    tracing::warn!(path = %key_path.display(), error = %e, "could not make the key file private");
+                }
             }
             let cert = CertificateDer::from(fs::read(&cert_path)?);
             let key = PrivateKeyDer::try_from(fs::read(&key_path)?).map_err(tls)?;

@@ -114,10 +114,18 @@ impl DiskCache {
                     .and_then(|m| m.modified())
                     .unwrap_or(std::time::UNIX_EPOCH);
                 compiled.push((written, path));
-            } else if extension.starts_with("tmp")
-                && extension != format!("tmp{}", std::process::id())
-            {
-                let _ = std::fs::remove_file(&path);
+            } else if extension.starts_with("tmp") {
+                // Left by a crash; one another process is writing right now is
+                // younger than this.
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|at| at.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(600));
+                if old {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
         if compiled.len() <= keep {
@@ -162,7 +170,18 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         std::fs::write(dir.path().join("ab.tmp1"), b"torn").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("ab.tmp1"))
+            .and_then(|f| f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("cd.tmp2"), b"being written")
+            .unwrap_or_else(|e| panic!("{e}"));
         cache.prune(4);
+        assert!(
+            dir.path().join("cd.tmp2").exists(),
+            "a fresh temporary file stays"
+        );
         assert_eq!(cache.len(), 4);
         for i in 6..10u8 {
             assert!(dir.path().join(format!("{i:02}.cwasm")).exists(), "{i}");

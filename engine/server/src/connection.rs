@@ -219,6 +219,10 @@ async fn login(
     device: wire::DeviceRegistration,
 ) -> Message {
     let account = email.trim().to_lowercase();
+    if account.chars().count() > crate::throttle::MAX_ACCOUNT_CHARS {
+        // No member has such an email; refused before it can become a throttle key.
+        return Message::Error(AuthError::InvalidCredentials.body());
+    }
     if let Err(t) = throttle(shared).begin(&account, address, Instant::now()) {
         tracing::info!(%address, "login throttled");
         return throttled(t);
@@ -240,7 +244,7 @@ async fn login(
     };
     let result = match checked {
         Ok(member) => {
-            throttle(shared).succeeded(&account, address);
+            throttle(shared).succeeded(&account, address, Instant::now());
             let mut store = shared.accounts.lock().await;
             tokio::task::block_in_place(|| {
                 accounts::open_session(
@@ -281,7 +285,13 @@ async fn account_request(
     session: &Session,
     call: &wire::RpcCall,
 ) -> Result<wire::RpcResult, AuthError> {
-    let hashed = {
+    let hashes = matches!(
+        call,
+        wire::RpcCall::UserAdd { .. } | wire::RpcCall::UserResetPassword { .. }
+    );
+    let hashed = if !hashes {
+        None
+    } else {
         let Ok(_permit) = shared.hashing.acquire().await else {
             return Err(AuthError::Hash("shutting down".to_owned()));
         };

@@ -99,9 +99,10 @@ pub(crate) struct HubConfig {
     pub(crate) plugins: Arc<callsync_plugin_host::PluginHost>,
 }
 
-/// Largest stored size (snapshot plus incremental chunks) a device's changes may
-/// take a customer document to: half a frame, so the whole document (compressed,
-/// smaller still) always reaches a new device in one `sync` message.
+/// Largest uncompressed size (all its changes' bytes) a device's changes may take
+/// a customer document to: half a frame, so any sync of it, whole or in changes,
+/// fits one message, and a cached document stays small. A 1,000-call customer is
+/// about 1 MB uncompressed.
 pub(crate) const MAX_DOCUMENT_BYTES: u64 = (wire::MAX_FRAME_BYTES / 2) as u64;
 
 /// Whether an answer encodes into one frame.
@@ -119,6 +120,8 @@ pub(crate) const INPUT_QUEUE: usize = 4_096;
 
 /// Documents a batch starts syncing for joining devices, over all of them.
 const CATCH_UP_PER_BATCH: usize = 256;
+/// Free room a joining device's outgoing queue needs for its next catch-up slice.
+const OUT_ROOM_FOR_CATCH_UP: usize = 64;
 /// Plugin time (re-running result decisions) a tenant may use on the hub thread
 /// per second, on average …
 const PLUGIN_MS_PER_SEC: f64 = 250.0;
@@ -192,6 +195,8 @@ struct HubState {
     unreadable: HashSet<DocKey>,
     /// An expiry pass skipped an unreadable document that is due.
     expiry_blocked: bool,
+    /// The last catch-up pass found no joining device with room to send to.
+    catch_up_stalled: bool,
     /// Plugin time each tenant may still spend re-running decisions on this
     /// thread (see [`PLUGIN_MS_PER_SEC`]).
     plugin_budget: HashMap<TenantId, PluginBudget>,
@@ -240,6 +245,7 @@ impl Hub {
                 catching_up: BTreeSet::new(),
                 unreadable: HashSet::new(),
                 expiry_blocked: false,
+                catch_up_stalled: false,
                 plugin_budget: HashMap::new(),
             },
         }
@@ -285,7 +291,12 @@ impl Hub {
 
     fn next_wake(&self) -> Duration {
         if !self.state.catching_up.is_empty() {
-            return Duration::ZERO;
+            // Continue at once, or shortly if every joining device's queue is full.
+            return if self.state.catch_up_stalled {
+                Duration::from_millis(10)
+            } else {
+                Duration::ZERO
+            };
         }
         if self.state.expiry_blocked {
             return IDLE_WAKE;
@@ -358,7 +369,12 @@ impl HubState {
                 session,
                 cursor,
                 out,
-            } => self.open(tx, batch, conn, session, cursor, out),
+            } => {
+                // If the batch fails, the new connection is told so and reconnects
+                // rather than waiting for a `peer` that never comes.
+                batch.senders.insert(conn);
+                self.open(tx, batch, conn, session, cursor, out)
+            }
             HubInput::Received { conn, message } => {
                 if !self.conns.contains_key(&conn) {
                     return Ok(());
@@ -722,8 +738,11 @@ impl HubState {
         let catalog = match contained(self.catalog(tx, &session.tenant))? {
             Ok(catalog) => catalog,
             Err(e) => {
-                tracing::error!(tenant = %session.tenant, error = %e, "the tenant configuration cannot be read");
-                batch.send(conn, Message::DocUnavailable { document_id: doc });
+                // The whole tenant's problem, not this document's: the device is
+                // disconnected (it reconnects with backoff and keeps its changes)
+                // rather than told the document is unavailable, which would move
+                // its catch-up cursor past it.
+                batch.closes.push((conn, unreadable_config(&e)));
                 return Ok(());
             }
         };
@@ -783,26 +802,21 @@ impl HubState {
         // Admitted changes: every result's decision is re-run with the rule set it
         // names, then the document is saved.
         let admitted = match admitted {
-            Ok(Some(events))
-                if events
-                    .iter()
-                    .any(|e| matches!(e.kind, EventKind::ResultSaved(_)))
-                    && !self.plugin_time_left(&session.tenant, std::time::Instant::now()) =>
-            {
-                // Not a refusal (that would make the device drop its result): the
-                // changes are forgotten and the device comes back later.
-                tracing::warn!(tenant = %session.tenant, device = %session.device, "plugin time used up; asking the device to retry");
-                self.docs.remove(&key);
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.states.insert(doc.clone(), sync::State::new());
-                }
-                batch.closes.push((conn, busy()));
-                return Ok(());
-            }
             Ok(Some(events)) => match contained(self.verify_results(tx, &session.tenant, &events))?
-                .unwrap_or_else(|e| Err(unreadable_config(&e)))
+                .unwrap_or_else(|e| Err(config::Verdict::Refused(unreadable_config(&e))))
             {
-                Err(error) => Err(error),
+                Err(config::Verdict::Busy) => {
+                    // Not a refusal (that would make the device drop its result):
+                    // the changes are forgotten and the device comes back later.
+                    tracing::warn!(tenant = %session.tenant, device = %session.device, "plugin time used up; asking the device to retry");
+                    self.docs.remove(&key);
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.states.insert(doc.clone(), sync::State::new());
+                    }
+                    batch.closes.push((conn, busy()));
+                    return Ok(());
+                }
+                Err(config::Verdict::Refused(error)) => Err(error),
                 Ok(()) => match self
                     .docs
                     .get_mut(&key)
@@ -862,7 +876,16 @@ impl HubState {
         let waiting: Vec<ConnId> = self.catching_up.iter().copied().collect();
         let share = (CATCH_UP_PER_BATCH / waiting.len()).max(1);
         let mut budget = CATCH_UP_PER_BATCH;
+        self.catch_up_stalled = true;
         for conn in waiting {
+            // A device whose outgoing queue has no room for its share waits for
+            // the next batch, instead of being dropped as too slow.
+            let room = self.conns.get(&conn).map_or(0, |c| c.out.capacity());
+            if room < share.min(OUT_ROOM_FOR_CATCH_UP) {
+                continue;
+            }
+            self.catch_up_stalled = false;
+            batch.senders.insert(conn);
             for _ in 0..share {
                 if budget == 0 {
                     return Ok(());
@@ -925,6 +948,13 @@ impl HubState {
         session: &Session,
     ) -> Result<(), StoreError> {
         tracing::warn!(device = %session.device, doc = %key.1, "a sync message left changes waiting for missing dependencies; dropped it");
+        // What the dropped changes waited for: asked for explicitly, so an honest
+        // device sends it even if a bloom-filter false positive hid it before.
+        let missing = self
+            .docs
+            .get_mut(key)
+            .map(|c| c.stored.doc.automerge_mut().get_missing_deps(&[]))
+            .unwrap_or_default();
         self.docs.remove(key);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.states.insert(key.1.clone(), sync::State::new());
@@ -956,6 +986,7 @@ impl HubState {
                 .flags
                 .get_or_insert_with(sync::MessageFlags::new)
                 .set(sync::MessageFlags::SYNC_RESET);
+            message.need = missing;
             batch.send(
                 conn,
                 Message::Sync {

@@ -11,9 +11,19 @@
 //!   clears it. Keyed by address too, so a flood against an account from one place
 //!   does not stop its owner logging in from another.
 //!
-//! Does not own: the clock (every call takes `now`) or what a refusal looks like on
-//! the wire (the connection task). State is bounded: at most [`MAX_TRACKED`] keys
-//! per table; when full, the entries idle longest are dropped first.
+//! - **per account, from addresses it never logged in from**: after
+//!   [`ACCOUNT_FREE_FAILURES`] failures from anywhere, an attempt from an address
+//!   without a success for that account waits as above, so guessing spread over
+//!   many addresses is slowed too, while the owner's own address (a success within
+//!   [`KNOWN_FOR`]) is never held up by it.
+//!
+//! IPv6 addresses count by their /64 (one host usually holds a whole /64).
+//!
+//! Does not own: the clock (every call takes `now`), what a refusal looks like on
+//! the wire (the connection task), or checking the account name (the caller passes
+//! a normalized email of at most [`MAX_ACCOUNT_CHARS`], so a key is small). State
+//! is bounded: at most [`MAX_TRACKED`] keys per table; when full, the entries idle
+//! longest are dropped first.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,6 +41,12 @@ pub const ADDRESS_BURST: f64 = 30.0;
 pub const ADDRESS_PER_MINUTE: f64 = 30.0;
 /// Keys each table remembers at most.
 pub const MAX_TRACKED: usize = 65_536;
+/// Longest account name the throttle keys on (an email is at most 254).
+pub const MAX_ACCOUNT_CHARS: usize = 254;
+/// Failures for one account, from any addresses, before unknown addresses wait.
+pub const ACCOUNT_FREE_FAILURES: u32 = 50;
+/// How long an address that logged in to an account stays known for it.
+pub const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Why an attempt may not go ahead now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +74,52 @@ struct Failures {
 pub struct LoginThrottle {
     addresses: HashMap<IpAddr, Bucket>,
     accounts: HashMap<(String, IpAddr), Failures>,
+    /// Failures per account from any address.
+    spread: HashMap<String, Failures>,
+    /// When each address last logged in to each account.
+    known: HashMap<(String, IpAddr), Instant>,
+}
+
+/// The key an address counts under: itself, or its /64 for IPv6.
+fn source(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
+fn fresh(now: Instant) -> Failures {
+    Failures {
+        count: 0,
+        not_before: now,
+        at: now,
+    }
+}
+
+/// Records one more failure in `f` at `now`; past `free`, the next attempt waits.
+fn fail(f: &mut Failures, free: u32, now: Instant) {
+    f.count = f.count.saturating_add(1);
+    f.at = now;
+    if f.count > free {
+        let doublings = (f.count - free - 1).min(16);
+        let delay = FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY);
+        f.not_before = now + delay;
+    }
+}
+
+/// How long `f` still holds attempts back at `now`, if at all.
+fn wait(f: Option<&Failures>, now: Instant) -> Result<(), Throttled> {
+    match f {
+        Some(f) if f.not_before > now => Err(Throttled {
+            retry_after: f.not_before - now,
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl LoginThrottle {
@@ -66,13 +128,15 @@ impl LoginThrottle {
     /// (so attempts racing in parallel cannot all slip through the free ones);
     /// [`Self::succeeded`] forgets it if the password was right.
     pub fn begin(&mut self, account: &str, address: IpAddr, now: Instant) -> Result<(), Throttled> {
+        let address = source(address);
         let key = (account.to_owned(), address);
-        if let Some(f) = self.accounts.get(&key)
-            && f.not_before > now
-        {
-            return Err(Throttled {
-                retry_after: f.not_before - now,
-            });
+        wait(self.accounts.get(&key), now)?;
+        let known = self
+            .known
+            .get(&key)
+            .is_some_and(|at| now.saturating_duration_since(*at) < KNOWN_FOR);
+        if !known {
+            wait(self.spread.get(account), now)?;
         }
         if self.addresses.len() >= MAX_TRACKED && !self.addresses.contains_key(&address) {
             evict_idle(&mut self.addresses, |b| b.at);
@@ -94,17 +158,20 @@ impl LoginThrottle {
         if self.accounts.len() >= MAX_TRACKED && !self.accounts.contains_key(&key) {
             evict_idle(&mut self.accounts, |f| f.at);
         }
-        let f = self.accounts.entry(key).or_insert(Failures {
-            count: 0,
-            not_before: now,
-            at: now,
-        });
-        f.count = f.count.saturating_add(1);
-        f.at = now;
-        if f.count > FREE_FAILURES {
-            let doublings = (f.count - FREE_FAILURES - 1).min(16);
-            let delay = FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY);
-            f.not_before = now + delay;
+        fail(
+            self.accounts.entry(key).or_insert(fresh(now)),
+            FREE_FAILURES,
+            now,
+        );
+        if !known {
+            if self.spread.len() >= MAX_TRACKED && !self.spread.contains_key(account) {
+                evict_idle(&mut self.spread, |f| f.at);
+            }
+            fail(
+                self.spread.entry(account.to_owned()).or_insert(fresh(now)),
+                ACCOUNT_FREE_FAILURES,
+                now,
+            );
         }
         Ok(())
     }
@@ -112,11 +179,27 @@ impl LoginThrottle {
     /// The right password: the account's failures from `address` are forgotten.
     /// Its attempt is given back to the address too, so an office of reps behind
     /// one address logging in at nine is never slowed: only failures use it up.
-    pub fn succeeded(&mut self, account: &str, address: IpAddr) {
-        self.accounts.remove(&(account.to_owned(), address));
+    /// The address becomes known for the account: failures spread over other
+    /// addresses no longer hold it up.
+    pub fn succeeded(&mut self, account: &str, address: IpAddr, now: Instant) {
+        let address = source(address);
+        let key = (account.to_owned(), address);
+        self.accounts.remove(&key);
+        let was_known = self
+            .known
+            .get(&key)
+            .is_some_and(|at| now.saturating_duration_since(*at) < KNOWN_FOR);
+        if !was_known && let Some(f) = self.spread.get_mut(account) {
+            // `begin` counted this attempt against the account from anywhere.
+            f.count = f.count.saturating_sub(1);
+        }
         if let Some(bucket) = self.addresses.get_mut(&address) {
             bucket.tokens = (bucket.tokens + 1.0).min(ADDRESS_BURST);
         }
+        if self.known.len() >= MAX_TRACKED && !self.known.contains_key(&key) {
+            evict_idle(&mut self.known, |at| *at);
+        }
+        self.known.insert(key, now);
     }
 }
 
@@ -179,7 +262,7 @@ mod tests {
         }
         assert!(t.begin("rep@a", A, now).is_err());
         assert_eq!(t.begin("rep@a", B, now), Ok(()));
-        t.succeeded("rep@a", B);
+        t.succeeded("rep@a", B, now);
     }
 
     #[test]
@@ -195,7 +278,44 @@ mod tests {
             t.begin("another@a", A, now + Duration::from_secs(2)),
             Ok(())
         );
-        assert_eq!(t.begin("another@a", B, now), Ok(()));
+        assert_eq!(
+            t.begin("another@a", B, now + Duration::from_secs(2)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn guessing_spread_over_many_addresses_is_slowed_but_not_for_the_owners_address() {
+        let mut t = LoginThrottle::default();
+        let now = Instant::now();
+        assert_eq!(t.begin("rep@a", B, now), Ok(()));
+        t.succeeded("rep@a", B, now);
+        let mut allowed = 0;
+        for i in 0..200u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            if t.begin("rep@a", ip, now).is_ok() {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, ACCOUNT_FREE_FAILURES + 1);
+        assert_eq!(
+            t.begin("rep@a", B, now),
+            Ok(()),
+            "the owner's address is known"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_slash_64() {
+        let mut t = LoginThrottle::default();
+        let now = Instant::now();
+        let allowed = (0..20u128)
+            .filter(|i| {
+                let ip = IpAddr::V6(std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) | i));
+                t.begin("rep@a", ip, now).is_ok()
+            })
+            .count();
+        assert_eq!(allowed, FREE_FAILURES as usize + 1);
     }
 
     #[test]
@@ -205,7 +325,7 @@ mod tests {
         for i in 0..(3 * ADDRESS_BURST as usize) {
             let account = format!("rep{i}@a");
             assert_eq!(t.begin(&account, A, now), Ok(()), "{i}");
-            t.succeeded(&account, A);
+            t.succeeded(&account, A, now);
         }
     }
 
@@ -217,7 +337,7 @@ mod tests {
             let _ = t.begin("rep@a", A, now);
         }
         assert!(t.begin("rep@a", A, now).is_err());
-        t.succeeded("rep@a", A);
+        t.succeeded("rep@a", A, now);
         assert_eq!(t.begin("rep@a", A, now), Ok(()));
     }
 

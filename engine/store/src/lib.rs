@@ -161,6 +161,14 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX documents_by_recall ON documents (tenant_id, recall_at)
         WHERE recall_at IS NOT NULL;
     "#,
+    // 4: each document's uncompressed size (every change's bytes, as appended),
+    // which the server caps: the snapshot is compressed, so it says little about
+    // what a document costs in memory and on the wire. Documents stored before
+    // start from their stored size (an underestimate).
+    r#"
+    ALTER TABLE documents ADD COLUMN raw_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE documents SET raw_bytes = snapshot_bytes + incremental_bytes;
+    "#,
 ];
 
 /// Why a store operation failed. A failed write changes nothing.
@@ -325,17 +333,26 @@ pub struct RuleSettings<'a> {
     pub start_limit_ms: i64,
 }
 
-/// Creates a data directory (and its parents) readable by this user only: it
-/// holds the database, and on a server the certificate key and compiled plugins.
+/// Creates a data directory (with any missing parents) and makes it readable by
+/// this user only: it holds the database, and on a server the certificate key and
+/// compiled plugins. A directory that already exists is made private only if it
+/// is a data directory already (it holds the database), never some other
+/// directory a user pointed at.
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let existed = path.exists();
     std::fs::create_dir_all(path)?;
     #[cfg(unix)]
-    {
+    if !existed || path.join(DB_FILE_NAME).exists() {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
     }
+    #[cfg(not(unix))]
+    let _ = existed;
     Ok(())
 }
+
+/// The database file's name in a data directory.
+const DB_FILE_NAME: &str = "callsync.sqlite";
 
 /// Best effort: sets `path`'s mode if it exists (unix only).
 fn make_private(path: &Path, mode: u32) {
@@ -668,8 +685,8 @@ impl WriteTx<'_> {
         let heads = doc.heads();
         let snapshot = doc.save();
         let sp = DocSavepoint::begin(&self.tx)?;
-        sp.prepare_cached("INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status, recall_at, restriction_until)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")?.execute(params![
+        sp.prepare_cached("INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status, recall_at, restriction_until, raw_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?3)")?.execute(params![
                 doc.tenant().as_str(),
                 doc.id().as_str(),
                 snapshot.len() as i64,
@@ -704,9 +721,9 @@ impl WriteTx<'_> {
     }
 
     /// [`Self::save`], refusing with [`StoreError::DocumentTooLarge`] (and saving
-    /// nothing) if the document's stored bytes would pass `max_bytes`: the server
-    /// caps what devices make a document grow to, so that a new device's first sync
-    /// of it always fits one frame.
+    /// nothing) if the document's uncompressed size (the bytes of all its changes)
+    /// would pass `max_bytes`: the server caps what devices make a document grow
+    /// to, so that it stays small in memory and every sync of it fits one frame.
     pub fn save_within(
         &mut self,
         stored: &mut StoredDoc,
@@ -724,24 +741,25 @@ impl WriteTx<'_> {
         let chunk = doc.save_after(&stored.saved_heads);
         let customer = doc.customer()?;
         let sp = DocSavepoint::begin(&self.tx)?;
-        let (snapshot_bytes, incremental_bytes, next_chunk): (i64, i64, i64) = sp
+        let (snapshot_bytes, incremental_bytes, next_chunk, raw_bytes): (i64, i64, i64, i64) = sp
             .prepare_cached(
-                "SELECT snapshot_bytes, incremental_bytes, next_chunk FROM documents
+                "SELECT snapshot_bytes, incremental_bytes, next_chunk, raw_bytes FROM documents
                  WHERE tenant_id = ?1 AND customer_id = ?2",
             )?
             .query_row(params![tenant, id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()?
             .ok_or_else(|| StoreError::UnknownCustomer {
                 tenant: doc.tenant().clone(),
                 customer: doc.id().clone(),
             })?;
-        if let Some(max) = max_bytes {
-            let total = (snapshot_bytes + incremental_bytes).max(0) as u64 + chunk.len() as u64;
-            if total > max {
-                return Err(StoreError::DocumentTooLarge { limit: max });
-            }
+        // The chunk is the new changes, uncompressed: the document's raw size grows
+        // by exactly its length.
+        if let Some(max) = max_bytes
+            && raw_bytes.max(0) as u64 + chunk.len() as u64 > max
+        {
+            return Err(StoreError::DocumentTooLarge { limit: max });
         }
         let outcome = if incremental_bytes + chunk.len() as i64 > snapshot_bytes {
             let snapshot = doc.save();
@@ -771,7 +789,7 @@ impl WriteTx<'_> {
         };
         sp.prepare_cached(
             "UPDATE documents SET heads = ?3, company = ?4, contact = ?5, owner = ?6, status = ?7,
-                 recall_at = ?8, restriction_until = ?9
+                 recall_at = ?8, restriction_until = ?9, raw_bytes = raw_bytes + ?10
              WHERE tenant_id = ?1 AND customer_id = ?2",
         )?
         .execute(params![
@@ -784,6 +802,7 @@ impl WriteTx<'_> {
             customer.status.as_str(),
             customer.recall_at.map(Timestamp::as_millis),
             customer.restriction_until.map(Timestamp::as_millis),
+            chunk.len() as i64,
         ])?;
         let indexed = match stored.indexed.take() {
             Some(indexed) => indexed,

@@ -462,3 +462,24 @@ fn a_change_over_the_size_and_operation_limits_is_refused() {
     put_raw(&mut p, "call-1/big", &"x".repeat(MAX_CHANGE_BYTES + 1));
     assert_eq!(w.offer(&mut p, &phone()).unwrap_err().code(), "too-large");
 }
+
+#[test]
+fn an_event_written_other_than_this_build_writes_it_is_refused() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let started = w.event(&phone(), "call-1", EventKind::Started);
+    let key = format!("{}/{}", started.call, started.id);
+    // The same event, padded with whitespace (it would compress to nothing and be
+    // stored and forwarded as is).
+    let padded = format!(
+        "{}{}",
+        serde_json::to_string_pretty(&started).unwrap(),
+        " ".repeat(20_000)
+    );
+    let mut p = w.replica("phone-1");
+    put_raw(&mut p, &key, &padded);
+    assert_eq!(
+        w.offer(&mut p, &phone()).unwrap_err().code(),
+        "malformed-event"
+    );
+}

@@ -18,6 +18,14 @@ use super::{Batch, ConnId, HubState, refusal};
 use crate::accounts::Session;
 use crate::clock;
 
+/// Why re-running a message's decisions did not pass.
+pub(super) enum Verdict {
+    /// A decision does not hold: the changes are refused.
+    Refused(ErrorBody),
+    /// The tenant's plugin time ran out: the device should send again later.
+    Busy,
+}
+
 /// The refusal of a device that tries to change the configuration.
 fn config_read_only() -> ErrorBody {
     refusal(
@@ -40,6 +48,10 @@ pub(crate) fn install_needs_admin() -> ErrorBody {
 /// server publishes: a device's first sync of it travels in one frame of at most
 /// `wire::MAX_FRAME_BYTES` (8 MiB).
 const MAX_CONFIG_BYTES: usize = 6 << 20;
+
+/// Most recalls one `recall-list` answers (the soonest): who to call next, not
+/// an archive, and always within one frame.
+const MAX_RECALLS: usize = 1_000;
 
 /// The zone a tenant starts in.
 const DEFAULT_TIME_ZONE: &str = "Asia/Tokyo";
@@ -135,6 +147,14 @@ impl HubState {
                 return Ok(());
             }
         };
+        if !message.changes.is_empty() {
+            // Devices never write the configuration: refuse any change before it
+            // touches the document (a change with missing dependencies would not
+            // move the heads, but would wait in the document's queue).
+            batch.closes.push((conn, config_read_only()));
+            return Ok(());
+        }
+        // What is left is the summary (heads, needs, bloom filters): screened too.
         if let Err(e) = callsync_core::screen::screen_message(
             &message,
             &callsync_core::screen::ScreenLimits::default(),
@@ -144,14 +164,10 @@ impl HubState {
                 .push((conn, refusal(e.code(), e.to_string(), e.message_ja())));
             return Ok(());
         }
-        if !message.changes.is_empty() {
-            // Devices never write the configuration: refuse any change before it
-            // touches the document (a change with missing dependencies would not
-            // move the heads, but would wait in the document's queue).
-            batch.closes.push((conn, config_read_only()));
+        if let Err(e) = super::contained(self.config(tx, &tenant).map(|_| ()))? {
+            batch.closes.push((conn, super::unreadable_config(&e)));
             return Ok(());
         }
-        self.config(tx, &tenant)?;
         let (Some(c), Some(doc)) = (self.conns.get_mut(&conn), self.configs.get_mut(&tenant))
         else {
             return Ok(());
@@ -224,7 +240,10 @@ impl HubState {
             return Ok(RpcResult::Refused(install_needs_admin()));
         }
         let now = clock::now();
-        let doc = self.config(tx, &session.tenant)?;
+        let doc = match super::contained(self.config(tx, &session.tenant))? {
+            Ok(doc) => doc,
+            Err(e) => return Ok(RpcResult::Refused(super::unreadable_config(&e))),
+        };
         let already_held = doc.component(&prepared.ruleset.plugin.hash)?.is_some();
         let grows_by = if already_held {
             0
@@ -297,35 +316,39 @@ impl HubState {
 
     /// Re-runs the decision of every result among `events` with the rule set it
     /// names, on the inputs it records: the same plugin version must decide the same.
+    /// Each re-run is charged to the tenant's plugin time; when it runs out
+    /// midway, the answer is [`Verdict::Busy`].
     pub(super) fn verify_results(
         &mut self,
         tx: &mut WriteTx<'_>,
         tenant: &TenantId,
         events: &[CallEvent],
-    ) -> Result<Result<(), ErrorBody>, StoreError> {
+    ) -> Result<Result<(), Verdict>, StoreError> {
         let plugins = self.config.plugins.clone();
-        let doc = self.config(tx, tenant)?;
-        let config = doc.config()?;
-        let started = std::time::Instant::now();
-        let mut outcome = Ok(());
+        let config = self.config(tx, tenant)?.config()?;
         for event in events {
             let EventKind::ResultSaved(fields) = &event.kind else {
                 continue;
             };
-            if let Err(err) = verify(&plugins, &config, doc, fields, event.stamp.at) {
-                outcome = Err(refusal(
+            let started = std::time::Instant::now();
+            if !self.plugin_time_left(tenant, started) {
+                return Ok(Err(Verdict::Busy));
+            }
+            let doc = self.config(tx, tenant)?;
+            let verified = verify(&plugins, &config, doc, fields, event.stamp.at);
+            self.spend_plugin_time(tenant, started.elapsed());
+            if let Err(err) = verified {
+                return Ok(Err(Verdict::Refused(refusal(
                     err.code(),
                     format!("result of call {}: {err}", event.call),
                     format!(
                         "コール {} の結果の判定がルールと一致しません: {err}",
                         event.call
                     ),
-                ));
-                break;
+                ))));
             }
         }
-        self.spend_plugin_time(tenant, started.elapsed());
-        Ok(outcome)
+        Ok(Ok(()))
     }
 
     /// `recall-list`: the tenant's recalls the session may see.
@@ -341,6 +364,8 @@ impl HubState {
             tx.recalls(&session.tenant)?
                 .into_iter()
                 .filter(|r| !restricted || r.owner == session.user.as_str())
+                // The soonest first, and at most a frame's worth.
+                .take(MAX_RECALLS)
                 .map(|r| RecallSummary {
                     id: r.id,
                     company: r.company,
