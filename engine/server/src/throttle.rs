@@ -9,8 +9,7 @@
 //!   from one address without a success, each further attempt from that address
 //!   waits twice as long as the last ([`FIRST_DELAY`] doubling up to [`MAX_DELAY`]). A success
 //!   clears it. Keyed by address too, so a flood against an account from one place
-//!   does not stop its owner logging in from another.
-//!
+//!   does not stop its owner logging in from another;
 //! - **per account, from addresses it never logged in from**: after
 //!   [`ACCOUNT_FREE_FAILURES`] failures from anywhere, an attempt from an address
 //!   without a success for that account waits as above, so guessing spread over
