@@ -391,28 +391,9 @@ fn one_unreadable_document_does_not_stop_the_server_for_anyone_else() {
     let world = World::start(&["--start-limit-secs", "4"]);
     let (desk, _phone) = world.rep_devices();
     // Another rep, with a desk and a phone, and a customer of their own.
-    callsync(
-        &world.admin_desk,
-        &[
-            "admin",
-            "add-user",
-            OTHER_REP,
-            "--role",
-            "user",
-            "--contract",
-        ],
-    )
-    .ok();
+    add_other_rep_with_phone(&world);
     let other_desk = world.dir("other-desk");
     world.login(&other_desk, "desk", OTHER_REP).ok();
-    world
-        .login_as(
-            &world.dir("other-phone"),
-            "phone",
-            OTHER_REP,
-            Some("phone-other"),
-        )
-        .ok();
     create_customer(&other_desk, "cus-9", "C社").ok();
     // cus-1 gets a call waiting for its start: once the limit passes, every
     // expiry pass (one per batch) must read it.
@@ -652,6 +633,31 @@ async fn ask(send: &mut quinn::SendStream, id: u64, call: RpcCall) {
         .unwrap();
 }
 
+/// Adds [`OTHER_REP`], a `user` holding the calling contract, and logs in their
+/// phone `phone-other`.
+fn add_other_rep_with_phone(world: &World) {
+    callsync(
+        &world.admin_desk,
+        &[
+            "admin",
+            "add-user",
+            OTHER_REP,
+            "--role",
+            "user",
+            "--contract",
+        ],
+    )
+    .ok();
+    world
+        .login_as(
+            &world.dir("other-phone"),
+            "phone",
+            OTHER_REP,
+            Some("phone-other"),
+        )
+        .ok();
+}
+
 /// The permission bits of a path.
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt as _;
@@ -867,26 +873,7 @@ fn the_servers_identity_other_tenants_emails_data_files_and_sessions_are_guarded
 fn a_desk_command_whose_change_the_server_rejects_fails_with_the_servers_code() {
     let world = World::start(&[]);
     let (desk, _phone) = world.rep_devices();
-    callsync(
-        &world.admin_desk,
-        &[
-            "admin",
-            "add-user",
-            OTHER_REP,
-            "--role",
-            "user",
-            "--contract",
-        ],
-    )
-    .ok();
-    world
-        .login_as(
-            &world.dir("other-phone"),
-            "phone",
-            OTHER_REP,
-            Some("phone-other"),
-        )
-        .ok();
+    add_other_rep_with_phone(&world);
     // A request for a phone that is not the rep's: admission refuses it.
     let refused = callsync(
         &desk,

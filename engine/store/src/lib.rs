@@ -571,27 +571,8 @@ pub fn customers_in<R: Read + ?Sized>(
         "SELECT customer_id, company, contact, owner, status FROM documents
          WHERE tenant_id = ?1 ORDER BY customer_id",
     )?;
-    let rows = stmt.query_map(params![tenant.as_str()], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, company, contact, owner, status) = row?;
-        out.push(CustomerRow {
-            id: CustomerId::new(id).map_err(CoreError::from)?,
-            company,
-            contact,
-            owner,
-            status,
-        });
-    }
-    Ok(out)
+    let rows = stmt.query_map(params![tenant.as_str()], customer_columns)?;
+    customer_rows(rows)
 }
 
 /// One page of a tenant's customers in id order: those after `after`, owned by
@@ -615,16 +596,22 @@ pub fn customers_page<R: Read + ?Sized>(
             owner,
             i64::from(limit)
         ],
-        |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-            ))
-        },
+        customer_columns,
     )?;
+    customer_rows(rows)
+}
+
+/// The columns a customer list selects, in the order [`customer_rows`] reads them.
+type CustomerColumns = (String, String, String, String, String);
+
+fn customer_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<CustomerColumns> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+/// Rows of `customer_id, company, contact, owner, status` as [`CustomerRow`]s.
+fn customer_rows(
+    rows: impl Iterator<Item = rusqlite::Result<CustomerColumns>>,
+) -> Result<Vec<CustomerRow>, StoreError> {
     let mut out = Vec::new();
     for row in rows {
         let (id, company, contact, owner, status) = row?;
