@@ -626,6 +626,93 @@ fn a_decompression_bomb_and_a_poisoned_bloom_filter_are_refused_before_automerge
     );
 }
 
+/// `change` re-encoded after `edit` (a new hash; the checksum is valid).
+fn rewritten(change: &[u8], edit: impl FnOnce(&mut automerge::ExpandedChange)) -> Vec<u8> {
+    let mut expanded = automerge::Change::try_from(change).unwrap().decode();
+    expanded.hash = None;
+    edit(&mut expanded);
+    automerge::Change::from(expanded).raw_bytes().to_vec()
+}
+
+#[test]
+fn changes_automerge_would_panic_on_are_refused_and_the_server_serves_on() {
+    let world = World::start(&[]);
+    let (desk, _phone) = world.rep_devices();
+    let session = saved_session(&desk);
+    let desk_actor = {
+        let mut store = Store::open(&desk.join("callsync.sqlite")).unwrap();
+        callsync_replica::session::device_actor(&mut store).unwrap()
+    };
+    // The desk has written to the document: its actor is known there.
+    let first = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    callsync(&desk, &["desk", "cancel", &first]).ok();
+    let doc_id = CustomerId::new("cus-1").unwrap();
+    let stored_heads = || -> Vec<u8> {
+        rusqlite::Connection::open(world.server.db())
+            .unwrap()
+            .query_row(
+                "SELECT heads FROM documents WHERE customer_id = 'cus-1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    // Each is a valid change chunk (checksum and columns) whose dependencies the
+    // server holds; Automerge 0.12 asserts on the first two while applying them
+    // (`change_graph.rs`: the sequence number must be the actor's next; `batch.rs`:
+    // every actor a change names must be known), and on the third when a change
+    // with an author footer is not its actor's first.
+    let mut forked = fork(&desk, desk_actor);
+    let honest = put_entry(&mut forked, "x/probe");
+    let crafted = [
+        (
+            "a sequence number five past the desk's next",
+            rewritten(&honest, |c| c.seq += 5),
+            "malformed-sync",
+        ),
+        (
+            "an actor the document has never seen, at sequence number 2",
+            rewritten(&honest, |c| {
+                c.actor_id = ActorId::random();
+                c.seq = 2;
+            }),
+            "malformed-sync",
+        ),
+        (
+            "extra bytes after the operations (an author footer)",
+            rewritten(&honest, |c| c.extra_bytes = vec![0; 40]),
+            "malformed-chunk",
+        ),
+    ];
+    let rt = runtime();
+    for (what, change, code) in crafted {
+        let before = stored_heads();
+        let answers = rt.block_on(async {
+            let (_ep, _c, mut send, mut recv) = join(&world.server, &session).await;
+            drain(&mut recv, Duration::from_millis(500)).await;
+            send_changes(&mut send, &mut recv, &doc_id, &mut forked, vec![change]).await
+        });
+        let refused = answers.iter().find_map(|m| match m {
+            Message::Rejected { document_id, error } if document_id == &doc_id => {
+                Some(error.code.as_str())
+            }
+            _ => None,
+        });
+        assert_eq!(refused, Some(code), "{what}: {answers:?}");
+        assert_eq!(stored_heads(), before, "{what}: nothing stored");
+        // The server serves on: the desk writes and reads the same document.
+        let call =
+            call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+        let cancelled = callsync(&desk, &["desk", "cancel", &call]).ok();
+        assert_eq!(cancelled["phase"], "cancelled", "{what}: {cancelled}");
+        assert_ne!(
+            stored_heads(),
+            before,
+            "{what}: the desk's calls were stored"
+        );
+    }
+}
+
 /// Sends one rpc.
 async fn ask(send: &mut quinn::SendStream, id: u64, call: RpcCall) {
     write_message(send, &Message::Rpc { id, call })

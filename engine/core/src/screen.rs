@@ -351,7 +351,15 @@ fn screen_change(data: &[u8], budget: &mut Budget<'_>) -> Result<(), ScreenError
     }
     let meta = r.column_metadata()?;
     let columns = r.take(meta.data_len)?;
-    // What follows is the change's extra bytes, which Automerge keeps verbatim.
+    // What follows is the change's extra bytes, which Automerge keeps verbatim and
+    // reads as an author footer: a change with an author that is not its actor's
+    // first makes Automerge 0.12 assert while applying it (`change_graph.rs`). No
+    // honest device writes any.
+    if !r.is_empty() {
+        return Err(ScreenError::malformed(
+            "extra bytes after the operations (an author footer or anything else)",
+        ));
+    }
 
     let mut chunk_rows = 0;
     for column in Columns::new(&meta, columns)? {
@@ -1138,6 +1146,25 @@ mod tests {
         doc.put(ROOT, "company", "株式会社テスト").unwrap();
         let change = doc.get_last_local_change().unwrap();
         assert_eq!(screen(change.raw_bytes()).unwrap().change_chunks, 1);
+    }
+
+    #[test]
+    fn a_change_with_extra_bytes_or_an_author_is_malformed() {
+        let honest = small_changes().remove(1);
+        let mut expanded = automerge::Change::try_from(honest.as_slice())
+            .unwrap()
+            .decode();
+        expanded.hash = None;
+        let mut with_extra = expanded.clone();
+        with_extra.extra_bytes = vec![0; 40];
+        let with_extra = automerge::Change::from(with_extra);
+        assert!(matches!(
+            screen(with_extra.raw_bytes()),
+            Err(ScreenError::Malformed { .. })
+        ));
+        // The same change re-encoded without them passes: only the extra bytes count.
+        let plain = automerge::Change::from(expanded);
+        assert_eq!(screen(plain.raw_bytes()).unwrap().change_chunks, 1);
     }
 
     #[test]

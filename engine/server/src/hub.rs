@@ -114,6 +114,41 @@ fn fits_one_frame(result: &RpcResult) -> bool {
     .is_ok()
 }
 
+/// Most customers an unpaged `customer-list` (an older client's) answers.
+const MAX_UNPAGED_CUSTOMERS: u32 = 10_000;
+
+/// A `customer-list` answer of `rows`.
+fn customer_page(rows: Vec<callsync_store::CustomerRow>) -> RpcResult {
+    RpcResult::Customers(
+        rows.into_iter()
+            .map(|r| CustomerSummary {
+                id: r.id,
+                company: r.company,
+                contact: r.contact,
+                owner: r.owner,
+                status: r.status,
+            })
+            .collect(),
+    )
+}
+
+/// The answer to an unpaged `customer-list` given up to `max + 1` rows: all of
+/// them, or `reply-too-large` past `max` rows or one frame.
+fn unpaged_customers(rows: Vec<callsync_store::CustomerRow>, max: u32) -> RpcResult {
+    let too_many = rows.len() > max as usize;
+    let result = customer_page(rows);
+    if too_many || !fits_one_frame(&result) {
+        return RpcResult::Refused(refusal(
+            "reply-too-large",
+            format!("too many customers for one reply (at most {max}); ask for pages"),
+            format!(
+                "顧客が多すぎて一度に返せません（最大 {max} 件）。ページ単位で取得してください"
+            ),
+        ));
+    }
+    result
+}
+
 /// Inputs waiting for the hub at most; past this, connection tasks wait (and stop
 /// reading their streams) until the hub catches up.
 pub(crate) const INPUT_QUEUE: usize = 4_096;
@@ -761,11 +796,41 @@ impl HubState {
         self.dirty_conns.insert(conn);
         let stored = &mut cached.stored;
         let before = stored.doc.heads();
-        let received = stored
-            .doc
-            .automerge_mut()
-            .sync()
-            .receive_sync_message(state, message);
+        // Automerge 0.12 asserts, rather than returns an error, on some changes it
+        // parses fine: a sequence number that is not the actor's next, an actor the
+        // document does not know at a sequence number past 1 (`change_graph.rs`,
+        // `op_set2/change/batch.rs`). Knowing each actor's last sequence number
+        // before applying would need a walk of the document's history, so the
+        // panic is contained here instead: the document and the device's sync
+        // state, which it may have left half-changed, are thrown away (the
+        // document reloads from what is stored, where only admitted changes are)
+        // and the message is refused. Nothing else is shared with the call.
+        let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stored
+                .doc
+                .automerge_mut()
+                .sync()
+                .receive_sync_message(state, message)
+        }));
+        let Ok(received) = received else {
+            tracing::warn!(device = %session.device, doc = %doc, "Automerge panicked applying a device's sync message; refused it and reloaded the document");
+            self.docs.remove(&key);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.states.insert(doc.clone(), sync::State::new());
+            }
+            batch.send(
+                conn,
+                Message::Rejected {
+                    document_id: doc,
+                    error: refusal(
+                        "malformed-sync",
+                        "the sync message's changes could not be applied (Automerge refused their sequence numbers or actors)",
+                        "同期メッセージを適用できませんでした",
+                    ),
+                },
+            );
+            return Ok(());
+        };
         if received.is_ok() && stored.doc.has_queued_changes() {
             // Changes whose dependencies the server lacks would wait in the cached
             // document, unadmitted, and collide with the next honest change under
@@ -1089,7 +1154,12 @@ impl HubState {
                 let restricted = session.role.is_limited_by_assignee_visibility()
                     && tx.assignee_visibility(&session.tenant)?;
                 let owner = restricted.then_some(session.user.as_str());
-                let page = limit.map_or(u32::MAX, |l| l.clamp(1, wire::MAX_CUSTOMER_PAGE));
+                // An older client asks for everything at once: read one row past
+                // what it may get, so a tenant with many customers costs a bounded
+                // query, not all of them, before the refusal.
+                let page = limit.map_or(MAX_UNPAGED_CUSTOMERS + 1, |l| {
+                    l.clamp(1, wire::MAX_CUSTOMER_PAGE)
+                });
                 let rows = callsync_store::customers_page(
                     &*tx,
                     &session.tenant,
@@ -1097,26 +1167,10 @@ impl HubState {
                     owner,
                     page,
                 )?;
-                let customers: Vec<CustomerSummary> = rows
-                    .into_iter()
-                    .map(|r| CustomerSummary {
-                        id: r.id,
-                        company: r.company,
-                        contact: r.contact,
-                        owner: r.owner,
-                        status: r.status,
-                    })
-                    .collect();
-                let result = RpcResult::Customers(customers);
-                if limit.is_none() && !fits_one_frame(&result) {
-                    // An older client asking for everything at once.
-                    return Ok(RpcResult::Refused(refusal(
-                        "reply-too-large",
-                        "too many customers for one reply; ask for pages",
-                        "顧客が多すぎて一度に返せません。ページ単位で取得してください",
-                    )));
-                }
-                Ok(result)
+                Ok(match limit {
+                    Some(_) => customer_page(rows),
+                    None => unpaged_customers(rows, MAX_UNPAGED_CUSTOMERS),
+                })
             }
             RpcCall::Subscribe { documents } => {
                 if documents.len() > wire::MAX_SUBSCRIBE {
@@ -1338,5 +1392,51 @@ fn e_code(e: &StoreError) -> &'static str {
         StoreError::CustomerExists { .. } => "customer-exists",
         StoreError::DocumentTooLarge { .. } => "document-too-large",
         _ => "store-refused",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize) -> Vec<callsync_store::CustomerRow> {
+        (0..n)
+            .map(|i| callsync_store::CustomerRow {
+                id: CustomerId::new(format!("cus-{i}")).unwrap(),
+                company: "A社".to_owned(),
+                contact: "山田".to_owned(),
+                owner: "rep@acme.example".to_owned(),
+                status: "new".to_owned(),
+            })
+            .collect()
+    }
+
+    fn refused_code(result: &RpcResult) -> Option<&str> {
+        match result {
+            RpcResult::Refused(body) => Some(body.code.as_str()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_unpaged_customer_list_answers_up_to_its_cap_and_refuses_past_it() {
+        match unpaged_customers(rows(3), 3) {
+            RpcResult::Customers(listed) => assert_eq!(listed.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            refused_code(&unpaged_customers(rows(4), 3)),
+            Some("reply-too-large")
+        );
+    }
+
+    #[test]
+    fn an_unpaged_customer_list_past_one_frame_is_refused() {
+        let mut big = rows(2);
+        big[0].company = "株".repeat(wire::MAX_FRAME_BYTES / 3 + 1);
+        assert_eq!(
+            refused_code(&unpaged_customers(big, MAX_UNPAGED_CUSTOMERS)),
+            Some("reply-too-large")
+        );
     }
 }

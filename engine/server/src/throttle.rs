@@ -1,10 +1,11 @@
 //! Login throttling: slows password guessing without locking the real user out.
 //!
-//! Owns: two limits checked before any password is hashed, so a throttled attempt
+//! Owns: three limits checked before any password is hashed, so a throttled attempt
 //! costs no Argon2 time:
 //! - **per source address**: a token bucket over failed login attempts (any
-//!   account; a success gives its token back), so one address cannot spray
-//!   guesses across accounts or keep the hashing permits busy;
+//!   account), so one address cannot spray
+//!   guesses across accounts or keep the hashing permits busy (a success gives
+//!   back at most one attempt per account per [`REFUND_ONCE_PER`]);
 //! - **per account and address**: after [`FREE_FAILURES`] attempts for one account
 //!   from one address without a success, each further attempt from that address
 //!   waits twice as long as the last ([`FIRST_DELAY`] doubling up to [`MAX_DELAY`]). A success
@@ -46,6 +47,9 @@ pub const MAX_ACCOUNT_CHARS: usize = 254;
 pub const ACCOUNT_FREE_FAILURES: u32 = 50;
 /// How long an address that logged in to an account stays known for it.
 pub const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A success gives its attempt back to the address at most this often per
+/// account.
+pub const REFUND_ONCE_PER: Duration = Duration::from_secs(60);
 
 /// Why an attempt may not go ahead now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,7 +196,15 @@ impl LoginThrottle {
             // `begin` counted this attempt against the account from anywhere.
             f.count = f.count.saturating_sub(1);
         }
-        if let Some(bucket) = self.addresses.get_mut(&address) {
+        // One give-back per account and address per minute: an office's reps
+        // each logging in are free, but one member logging in over and over (to
+        // keep Argon2 busy, or to refill the address's allowance between guesses
+        // at other accounts) spends the address's allowance like failures do.
+        let recently = self
+            .known
+            .get(&key)
+            .is_some_and(|at| now.saturating_duration_since(*at) < REFUND_ONCE_PER);
+        if !recently && let Some(bucket) = self.addresses.get_mut(&address) {
             bucket.tokens = (bucket.tokens + 1.0).min(ADDRESS_BURST);
         }
         if self.known.len() >= MAX_TRACKED && !self.known.contains_key(&key) {
@@ -326,6 +338,32 @@ mod tests {
             assert_eq!(t.begin(&account, A, now), Ok(()), "{i}");
             t.succeeded(&account, A, now);
         }
+    }
+
+    #[test]
+    fn one_account_logging_in_over_and_over_uses_up_the_address() {
+        let mut t = LoginThrottle::default();
+        let now = Instant::now();
+        let allowed = (0..(3 * ADDRESS_BURST as usize))
+            .filter(|_| {
+                let ok = t.begin("rep@a", A, now).is_ok();
+                if ok {
+                    t.succeeded("rep@a", A, now);
+                }
+                ok
+            })
+            .count();
+        // The first success gives its attempt back; the rest spend the burst.
+        assert_eq!(allowed, ADDRESS_BURST as usize + 1);
+        // A minute on (the burst refilled), a success gives its attempt back again:
+        // the whole burst is left for other attempts.
+        let later = now + REFUND_ONCE_PER;
+        assert_eq!(t.begin("rep@a", A, later), Ok(()));
+        t.succeeded("rep@a", A, later);
+        let others = (0..(2 * ADDRESS_BURST as usize))
+            .filter(|i| t.begin(&format!("x{i}@a"), A, later).is_ok())
+            .count();
+        assert_eq!(others, ADDRESS_BURST as usize);
     }
 
     #[test]
