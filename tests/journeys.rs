@@ -24,3 +24,5 @@ mod security;
 mod support;
 #[path = "journeys/sync.rs"]
 mod sync;
+#[path = "journeys/upgrade.rs"]
+mod upgrade;
