@@ -720,6 +720,111 @@ async fn ask(send: &mut quinn::SendStream, id: u64, call: RpcCall) {
         .unwrap();
 }
 
+/// [`join`], on a connection whose receive windows are a few kilobytes, so a
+/// device that does not read holds the server's writer back at once.
+async fn join_with_small_window(
+    server: &ServerProcess,
+    session: &SavedSession,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut config = client_config(&Trust::Fingerprint(server.fingerprint.clone())).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .stream_receive_window(4_096u32.into())
+        .receive_window(8_192u32.into());
+    config.transport_config(std::sync::Arc::new(transport));
+    ep.set_default_client_config(config);
+    let (conn, mut send, recv) = callsync_net::endpoint::connect(&ep, addr, "localhost")
+        .await
+        .unwrap();
+    let join = Message::Join {
+        sender_id: session.device.clone(),
+        supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
+        token: session.token.clone(),
+        cursor: None,
+    };
+    write_message(&mut send, &join).await.unwrap();
+    (ep, conn, send, recv)
+}
+
+/// Sends up to `n` one-row customer-list requests, ids from `first`; stops at the
+/// first write the server no longer takes (it cut the connection off).
+async fn flood(send: &mut quinn::SendStream, first: u64, n: u64) {
+    for id in first..first + n {
+        let call = RpcCall::CustomerList {
+            after: None,
+            limit: Some(1),
+        };
+        if write_message(send, &Message::Rpc { id, call })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_flood_of_messages_is_cut_off_and_a_connection_that_stops_reading_is_dropped() {
+    let world = World::start(&[]);
+    let (desk, _phone) = world.rep_devices();
+    let session = saved_session(&desk);
+    let rt = runtime();
+    // Past the burst at once: cut off with `rate-limited`.
+    let burst = callsync_server::RATE_BURST as u64;
+    let code = rt.block_on(async {
+        let (_ep, _c, mut send, mut recv) = join(&world.server, &session).await;
+        flood(&mut send, 1, 2 * burst).await;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv)).await {
+                Ok(Ok(Some(Message::Error(body)))) => break body.code,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("no refusal: {other:?}"),
+            }
+        }
+    });
+    assert_eq!(code, "rate-limited");
+    // Within the rate, but never reading: once the replies fill the connection's
+    // queue the server drops it (and says why in the close), rather than keeping
+    // a connection whose messages it no longer handles.
+    let closed = rt.block_on(async {
+        let (ep, conn, mut send, _recv) = join_with_small_window(&world.server, &session).await;
+        let per_sec = callsync_server::RATE_PER_SEC as u64;
+        flood(&mut send, 1, burst * 9 / 10).await;
+        let mut id = burst;
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            flood(&mut send, id, per_sec * 9 / 10).await;
+            id += per_sec;
+            if conn.close_reason().is_some() {
+                break;
+            }
+        }
+        let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        drop(ep);
+        reason
+    });
+    match closed {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => assert!(
+            String::from_utf8_lossy(&close.reason).contains("too-slow"),
+            "{close:?}"
+        ),
+        other => panic!("the connection was not dropped: {other:?}"),
+    }
+    // The server serves on.
+    let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    assert_eq!(
+        callsync(&desk, &["desk", "show", &call]).ok()["phase"],
+        "awaiting-start"
+    );
+}
+
 /// Adds [`OTHER_REP`], a `user` holding the calling contract, and logs in their
 /// phone `phone-other`.
 fn add_other_rep_with_phone(world: &World) {

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use crate::accounts::{self, AuthError, Session};
 use crate::clock;
-use crate::hub::{ConnId, HubInput, Outgoing};
+use crate::hub::{ConnId, HubInput, Outbox, Outgoing};
 use crate::throttle::{LoginThrottle, Throttled};
 
 /// How long a new connection has, by default, to open its stream and send its
@@ -30,6 +30,8 @@ pub const RATE_BURST: f64 = 2_000.0;
 pub const RATE_PER_SEC: f64 = 1_000.0;
 /// Frames queued for a connection before it counts as too slow.
 const OUT_QUEUE: usize = 4_096;
+/// The QUIC close code of a connection the server cut off (its reason says why).
+const CUT_OFF: u32 = 2;
 /// How often a long connection re-checks its session (revoked contract, reset
 /// password).
 const RECHECK_EVERY: Duration = Duration::from_secs(30);
@@ -354,19 +356,41 @@ async fn run_session(
 ) {
     let conn: ConnId = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (out, mut outgoing) = mpsc::channel::<Outgoing>(OUT_QUEUE);
+    let (cut_off, mut cut_off_signal) = tokio::sync::watch::channel(None);
     if shared
         .hub
         .send(HubInput::Open {
             conn,
             session: session.clone(),
             cursor,
-            out: out.clone(),
+            out: Outbox {
+                queue: out.clone(),
+                cut_off,
+            },
         })
         .await
         .is_err()
     {
         return refuse(&connection, &mut send, shutting_down()).await;
     }
+    // The hub cuts a connection off when its writer is stuck (the device does not
+    // read): closing the connection fails the stuck write, and the reader's next
+    // read, so both tasks end.
+    let watched = connection.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            reason = cut_off_signal.wait_for(Option::is_some) => {
+                let reason = reason
+                    .ok()
+                    .and_then(|r| r.as_ref().map(|b| format!("{}: {}", b.code, b.message)));
+                if let Some(reason) = reason {
+                    tracing::info!(remote = %watched.remote_address(), %reason, "cutting a connection off");
+                    watched.close(CUT_OFF.into(), reason.as_bytes());
+                }
+            }
+            _ = watched.closed() => {}
+        }
+    });
     let writer_connection = connection.clone();
     let writer = tokio::spawn(async move {
         while let Some(item) = outgoing.recv().await {

@@ -53,6 +53,29 @@ pub(crate) enum Outgoing {
     Close(ErrorBody),
 }
 
+/// A connection's way out, as the hub holds it.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    /// Frames and the closing message, in order, for the connection's writer.
+    pub(crate) queue: mpsc::Sender<Outgoing>,
+    /// Cuts the connection off at once, with this error as the close reason: for
+    /// when the writer is stuck (the device does not read) and the queue has no
+    /// room even for the closing message.
+    pub(crate) cut_off: tokio::sync::watch::Sender<Option<ErrorBody>>,
+}
+
+impl Outbox {
+    /// Sends `body` and closes after what is queued; cuts the connection off if
+    /// the queue is full.
+    fn close(&self, body: ErrorBody) {
+        if let Err(e) = self.queue.try_send(Outgoing::Close(body))
+            && let Outgoing::Close(body) = e.into_inner()
+        {
+            self.cut_off.send_replace(Some(body));
+        }
+    }
+}
+
 /// What the hub is told.
 #[derive(Debug)]
 pub(crate) enum HubInput {
@@ -61,7 +84,7 @@ pub(crate) enum HubInput {
         conn: ConnId,
         session: Session,
         cursor: Option<Cursor>,
-        out: mpsc::Sender<Outgoing>,
+        out: Outbox,
     },
     /// A message arrived on an open connection.
     Received { conn: ConnId, message: Message },
@@ -178,7 +201,7 @@ struct Cached {
 
 struct Conn {
     session: Session,
-    out: mpsc::Sender<Outgoing>,
+    out: Outbox,
     states: HashMap<CustomerId, sync::State>,
     /// States changed since they were last saved.
     dirty: HashSet<CustomerId>,
@@ -371,7 +394,7 @@ impl Hub {
                 );
                 for conn in batch.senders {
                     if let Some(c) = self.state.remove_conn(conn) {
-                        let _ = c.out.try_send(Outgoing::Close(body.clone()));
+                        c.out.close(body.clone());
                     }
                 }
             }
@@ -483,7 +506,7 @@ impl HubState {
         conn: ConnId,
         session: Session,
         cursor: Option<Cursor>,
-        out: mpsc::Sender<Outgoing>,
+        out: Outbox,
     ) -> Result<(), StoreError> {
         let since = cursor
             .filter(|c| c.epoch == self.config.epoch)
@@ -945,7 +968,7 @@ impl HubState {
         for conn in waiting {
             // A device whose outgoing queue has no room for its share waits for
             // the next batch, instead of being dropped as too slow.
-            let room = self.conns.get(&conn).map_or(0, |c| c.out.capacity());
+            let room = self.conns.get(&conn).map_or(0, |c| c.out.queue.capacity());
             if room < share.min(OUT_ROOM_FOR_CATCH_UP) {
                 continue;
             }
@@ -1316,20 +1339,26 @@ impl HubState {
                     continue;
                 }
             };
-            if c.out.try_send(Outgoing::Frame(Arc::new(frame))).is_err() {
+            if c.out
+                .queue
+                .try_send(Outgoing::Frame(Arc::new(frame)))
+                .is_err()
+            {
                 slow.push(conn);
             }
         }
         for (conn, body) in batch.closes {
             if let Some(c) = self.conns.get(&conn) {
-                let _ = c.out.try_send(Outgoing::Close(body));
+                c.out.close(body);
             }
         }
         for conn in slow {
             // A device that cannot keep up is dropped; it catches up on reconnect.
+            // Its writer is stuck behind a full queue, so the connection is cut off
+            // rather than sent a closing message it would never get to.
             if let Some(c) = self.remove_conn(conn) {
                 tracing::warn!(device = %c.session.device, "dropping a connection that does not keep up");
-                let _ = c.out.try_send(Outgoing::Close(refusal(
+                c.out.cut_off.send_replace(Some(refusal(
                     "too-slow",
                     "the connection fell behind",
                     "接続が遅れています",
