@@ -103,6 +103,8 @@ pub struct PluginHost {
     limits: Limits,
     cache: Option<cache::DiskCache>,
     loaded: Mutex<HashMap<ContentHash, Arc<LoadedPlugin>>>,
+    /// Components compiled by this host (not found in memory or on disk).
+    compiles: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -189,12 +191,26 @@ impl PluginHost {
             limits,
             cache,
             loaded: Mutex::new(HashMap::new()),
+            compiles: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// The limits calls run under.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// How many components this host has compiled, rather than found loaded or
+    /// in its disk cache (what a restart with a warm cache should keep at zero).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn compile(&self, component: &[u8]) -> Result<Component, PluginError> {
+        self.compiles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Component::new(&self.engine, component)
+            .map_err(|err| PluginError::Invalid(format!("{err:#}")))
     }
 
     /// Checks a plugin file before install: a module or component of at most
@@ -225,8 +241,7 @@ impl PluginHost {
                 let fresh = cached.is_none();
                 let compiled = match cached {
                     Some(compiled) => compiled,
-                    None => Component::new(&self.engine, &component)
-                        .map_err(|err| PluginError::Invalid(format!("{err:#}")))?,
+                    None => self.compile(&component)?,
                 };
                 check_shape(&self.engine, &compiled)?;
                 let plugin = self.prepare(hash, compiled.clone())?;
@@ -290,8 +305,7 @@ impl PluginHost {
         let compiled = match from_disk {
             Some(compiled) => compiled,
             None => {
-                let compiled = Component::new(&self.engine, component)
-                    .map_err(|err| PluginError::Invalid(format!("{err:#}")))?;
+                let compiled = self.compile(component)?;
                 if let Some(cache) = &self.cache {
                     cache.store(&hash, &compiled);
                 }

@@ -14,6 +14,8 @@ fn a_second_host_loads_from_disk_and_a_damaged_file_is_recompiled() {
     let inspected = inspect_in_tokyo(&first, STANDARD, &[]).unwrap();
     let cached = dir.path().join(format!("{}.cwasm", inspected.hash));
     assert!(cached.exists());
+    assert_eq!(first.compiles(), 1);
+    let written = std::fs::read(&cached).unwrap();
 
     let ended = tokyo("2026-11-24 10:00");
     let inputs = inputs(
@@ -28,6 +30,16 @@ fn a_second_host_loads_from_disk_and_a_damaged_file_is_recompiled() {
     let second = PluginHost::new(Limits::default(), Some(dir.path())).unwrap();
     let plugin = second.load(inspected.hash, &inspected.component).unwrap();
     let expected = plugin.evaluate(&pick, &inputs, spec).unwrap();
+    assert_eq!(second.compiles(), 0, "loaded from disk, not compiled");
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        written,
+        "the file was kept"
+    );
+    // Inspecting the same file again (a reinstall) finds it on disk too.
+    let again = PluginHost::new(Limits::default(), Some(dir.path())).unwrap();
+    inspect_in_tokyo(&again, STANDARD, &[]).unwrap();
+    assert_eq!(again.compiles(), 0);
 
     // Flip one byte in the middle of the compiled code.
     let mut bytes = std::fs::read(&cached).unwrap();
@@ -37,6 +49,7 @@ fn a_second_host_loads_from_disk_and_a_damaged_file_is_recompiled() {
     let third = PluginHost::new(Limits::default(), Some(dir.path())).unwrap();
     let plugin = third.load(inspected.hash, &inspected.component).unwrap();
     assert_eq!(plugin.evaluate(&pick, &inputs, spec).unwrap(), expected);
+    assert_eq!(third.compiles(), 1, "the damaged file was not trusted");
     assert_ne!(
         std::fs::read(&cached).unwrap(),
         bytes,
