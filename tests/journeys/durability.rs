@@ -2,12 +2,15 @@
 //! and a server killed mid-sync keeps everything it acknowledged.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::network::{NUMBER, PhoneRun, World, call_id, callsync};
+use crate::support::{Run, callsync_bin};
 
 /// How many of each event kind a replica's timeline holds for `call`.
 fn kinds(timeline: &Value, call: &str) -> BTreeMap<String, usize> {
@@ -86,6 +89,50 @@ fn a_phone_keeps_working_while_the_server_is_down_and_syncs_when_it_returns() {
     run.stop();
 }
 
+/// Server kills, each landing while a desk command is syncing.
+const KILLS: usize = 6;
+
+/// Runs a desk command and SIGKILLs `server` `delay` after the command has sent
+/// its change (the desk logs each send of changes at debug level): the kill lands
+/// while the server is taking the change, committing it or answering. Returns
+/// the command's outcome and whether it sent a change at all.
+fn run_killing_mid_sync(desk: &Path, args: &[&str], server: u32, delay: Duration) -> (Run, bool) {
+    let mut child = Command::new(callsync_bin())
+        .arg("--json")
+        .arg("--data")
+        .arg(desk)
+        .args(["--timeout-secs", "3"])
+        .args(args)
+        .env("RUST_LOG", "callsync_replica=debug")
+        .env_remove("CALLSYNC_USER")
+        .env_remove("CALLSYNC_TENANT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    let mut sent = false;
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if !sent && line.contains("sent changes to the server") {
+            sent = true;
+            std::thread::sleep(delay);
+            let _ = Command::new("kill")
+                .args(["-KILL", &server.to_string()])
+                .status();
+        }
+        lines.push(line);
+    }
+    let out = child.wait_with_output().unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: lines.join("\n"),
+    };
+    (run, sent)
+}
+
 #[test]
 fn a_server_killed_mid_sync_keeps_every_change_it_acknowledged() {
     let mut world = World::start(&[]);
@@ -94,50 +141,50 @@ fn a_server_killed_mid_sync_keeps_every_change_it_acknowledged() {
     run.wait_for(|v| v["event"] == "caught-up");
     let mut acknowledged = Vec::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    for round in 0..6 {
+    let mut lost_answers = 0;
+    for round in 0..KILLS {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(150 + seed % 600);
+        // From at once to past the server's usual answer (a few milliseconds), so
+        // kills land before, during and after its commit.
+        let delay = Duration::from_micros(seed % 12_000);
         let pid = world.server.pid();
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        });
-        // Requests, each cancelled at once, until the server dies under us.
-        loop {
-            let request = callsync(
+        // Every other round the kill lands in the request, else in its cancel.
+        let (outcome, sent) = if round % 2 == 0 {
+            let (request, sent) = run_killing_mid_sync(
                 &desk,
-                &[
-                    "--timeout-secs",
-                    "3",
-                    "desk",
-                    "request",
-                    "cus-1",
-                    "--number",
-                    NUMBER,
-                ],
+                &["desk", "request", "cus-1", "--number", NUMBER],
+                pid,
+                delay,
             );
-            if request.code != 0 {
-                break;
+            if request.code == 0 {
+                acknowledged.push(call_id(&request.json()));
             }
-            let call = call_id(&request.json());
+            (request, sent)
+        } else {
+            let call =
+                call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
             acknowledged.push(call.clone());
-            if callsync(&desk, &["--timeout-secs", "3", "desk", "cancel", &call]).code != 0 {
-                break;
-            }
+            run_killing_mid_sync(&desk, &["desk", "cancel", &call], pid, delay)
+        };
+        assert!(
+            sent,
+            "round {round}: the desk sent no change: {}",
+            outcome.stderr
+        );
+        if outcome.code != 0 {
+            lost_answers += 1;
         }
-        killer.join().unwrap();
         world.server.reap();
         world.server.restart();
-        // A request the desk saw acknowledged but could not cancel still blocks
-        // new ones: cancel it now, the server being back.
-        if let Some(last) = acknowledged.last() {
-            let shown = callsync(&desk, &["desk", "show", last]);
-            if shown.code == 0 && shown.json()["phase"] == "awaiting-start" {
-                callsync(&desk, &["desk", "cancel", last]).ok();
+        // A request the desk holds but could not cancel (or whose answer was lost)
+        // still blocks new ones: cancel it now, the server being back.
+        let held = callsync(&desk, &["desk", "calls"]).ok();
+        for call in held.as_array().unwrap() {
+            if call["phase"] == "awaiting-start" {
+                let id = call["call"].as_str().unwrap();
+                callsync(&desk, &["desk", "cancel", id]).ok();
             }
         }
         // Everything acknowledged so far is in the server's database.
@@ -157,7 +204,18 @@ fn a_server_killed_mid_sync_keeps_every_change_it_acknowledged() {
             assert_eq!(n, 1, "round {round}: acknowledged call {call} was lost");
         }
     }
-    assert!(acknowledged.len() >= 6, "too few writes: {acknowledged:?}");
+    eprintln!(
+        "server kills: {KILLS}, each after the desk sent its change; {lost_answers} commands lost their answer"
+    );
+    // The kills did cut commands off (not all landed after the answer).
+    assert!(
+        lost_answers > 0,
+        "every kill landed after the server answered"
+    );
+    assert!(
+        acknowledged.len() >= KILLS / 2,
+        "too few writes: {acknowledged:?}"
+    );
     // A desk that logs in fresh sees every acknowledged call.
     let fresh = world.dir("fresh-desk");
     world.login(&fresh, "desk", crate::network::REP).ok();

@@ -37,16 +37,23 @@ pub(crate) fn callsync(data: &Path, args: &[&str]) -> Run {
 
 /// Runs `callsync --json --data DIR ARGS…` with `password` in the environment.
 pub(crate) fn callsync_with(data: &Path, args: &[&str], password: &str) -> Run {
+    callsync_env(data, args, &[("CALLSYNC_PASSWORD", password)])
+}
+
+/// Runs `callsync --json --data DIR ARGS…` with the test password and `env` in
+/// the environment.
+pub(crate) fn callsync_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     output(
         Command::new(callsync_bin())
             .arg("--json")
             .arg("--data")
             .arg(data)
             .args(args)
-            .env("CALLSYNC_PASSWORD", password)
+            .env("CALLSYNC_PASSWORD", PASSWORD)
             .env("CALLSYNC_NEW_PASSWORD", PASSWORD)
             .env_remove("CALLSYNC_USER")
             .env_remove("CALLSYNC_TENANT")
+            .envs(env.iter().copied())
             .output()
             .expect("run callsync"),
     )

@@ -265,6 +265,26 @@ impl SyncClient {
         Ok(())
     }
 
+    /// Sends one document's sync message. A message carrying changes is logged
+    /// (at debug), so a test can tell a connection lost before the server had this
+    /// device's changes from one lost while it was taking them.
+    async fn send_sync(
+        &mut self,
+        document_id: CustomerId,
+        message: sync::Message,
+    ) -> Result<(), ClientError> {
+        let changes = message.changes.len();
+        self.send(&Message::Sync {
+            document_id: document_id.clone(),
+            data: message.encode(),
+        })
+        .await?;
+        if changes > 0 {
+            tracing::debug!(doc = %document_id, changes, "sent changes to the server");
+        }
+        Ok(())
+    }
+
     fn save_cursor(&mut self, cursor: &Cursor) -> Result<(), ClientError> {
         let json = serde_json::to_vec(cursor).map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.store.set_setting(CURSOR_KEY, &json)?;
@@ -336,11 +356,7 @@ impl SyncClient {
                 .generate_sync_message(state);
             self.keep(doc.clone(), stored);
             if let Some(message) = message {
-                self.send(&Message::Sync {
-                    document_id: doc,
-                    data: message.encode(),
-                })
-                .await?;
+                self.send_sync(doc, message).await?;
             }
         }
         Ok(())
@@ -431,11 +447,7 @@ impl SyncClient {
                 self.apply(&document_id, message, &mut events)?;
                 let reply = self.reply_for(&document_id)?;
                 if let Some(reply) = reply {
-                    self.send(&Message::Sync {
-                        document_id,
-                        data: reply.encode(),
-                    })
-                    .await?;
+                    self.send_sync(document_id, reply).await?;
                 }
             }
             Message::ConfigSync { data } => self.on_config_sync(&data, &mut events).await?,
