@@ -339,3 +339,47 @@ fn a_refused_flag_creates_nothing_on_disk() {
         "a refused command must not create the data directory"
     );
 }
+
+/// `callsync ARGS…` with no data directory or environment of its own.
+fn bare(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::support::callsync_bin())
+        .args(args)
+        .env_remove("CALLSYNC_USER")
+        .env_remove("CALLSYNC_TENANT")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn desk_phone_and_admin_commands_list_only_the_flags_that_apply_to_them() {
+    let local_only = [
+        "--tenant",
+        "--user",
+        "--desk ",
+        "--phone ",
+        "--start-limit-secs",
+    ];
+    for command in [
+        &["desk", "customers", "--help"][..],
+        &["desk", "request", "--help"],
+        &["phone", "run", "--help"],
+        &["admin", "users", "--help"],
+    ] {
+        let out = bare(command);
+        assert!(out.status.success(), "{command:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in local_only {
+            assert!(!help.contains(flag), "{command:?} lists {flag}:\n{help}");
+        }
+        assert!(help.contains("--timeout-secs"), "{command:?}:\n{help}");
+    }
+    // The local mode's flags are still there, before the subcommand.
+    let top = String::from_utf8_lossy(&bare(&["--help"]).stdout).into_owned();
+    for flag in local_only {
+        assert!(top.contains(flag.trim_end()), "{flag}:\n{top}");
+    }
+    // One given to a session's command is a usage error, not silently ignored.
+    let out = bare(&["desk", "customers", "--user", "rep2@sakura-sales.example"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--user"));
+}

@@ -17,7 +17,11 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-/// Flags every command takes.
+/// Flags given before the subcommand. `--data`, `--json`, `--tz`, `--now` and
+/// `--timeout-secs` apply everywhere (and may also follow the subcommand); the
+/// identity and start-limit flags only to the local mode, `serve` and
+/// `add-tenant`, so they are top-level only and the `desk`, `phone` and `admin`
+/// commands, whose session says who they are, do not list them.
 #[derive(Debug, Args)]
 pub(crate) struct Global {
     /// The data directory (created on first use).
@@ -26,27 +30,23 @@ pub(crate) struct Global {
     /// Print JSON for scripts instead of text for people.
     #[arg(long, global = true)]
     pub(crate) json: bool,
-    /// The tenant (company) to act in.
-    #[arg(
-        long,
-        global = true,
-        env = "CALLSYNC_TENANT",
-        default_value = "default"
-    )]
+    /// The tenant (company) to act in: local mode, `serve --init-owner`,
+    /// `add-tenant`.
+    #[arg(long, env = "CALLSYNC_TENANT", default_value = "default")]
     pub(crate) tenant: String,
-    /// The signed-in user.
+    /// The signed-in user (local mode).
     #[arg(
         long,
-        global = true,
         env = "CALLSYNC_USER",
         default_value = "rep1@sakura-sales.example"
     )]
     pub(crate) user: String,
-    /// This desk's (browser's) device id, for desk actions.
-    #[arg(long, global = true, env = "CALLSYNC_DESK", default_value = "desk-1")]
+    /// This desk's (browser's) device id, for desk actions (local mode).
+    #[arg(long, env = "CALLSYNC_DESK", default_value = "desk-1")]
     pub(crate) desk: String,
-    /// The phone's device id, for phone actions and as the default origin.
-    #[arg(long, global = true, env = "CALLSYNC_PHONE", default_value = "phone-1")]
+    /// The phone's device id, for phone actions and as the default origin (local
+    /// mode).
+    #[arg(long, env = "CALLSYNC_PHONE", default_value = "phone-1")]
     pub(crate) phone: String,
     /// Time zone for showing and reading times.
     #[arg(long, global = true, env = "CALLSYNC_TZ", default_value = "Asia/Tokyo")]
@@ -55,15 +55,12 @@ pub(crate) struct Global {
     /// the system clock. For scripted runs and tests.
     #[arg(long, global = true, env = "CALLSYNC_NOW")]
     pub(crate) now: Option<String>,
-    /// How long a phone has to press Start call, in seconds.
-    #[arg(
-        long,
-        global = true,
-        env = "CALLSYNC_START_LIMIT_SECS",
-        default_value_t = 60
-    )]
+    /// How long a phone has to press Start call, in seconds (local mode, the
+    /// phone's offline checks, `serve`).
+    #[arg(long, env = "CALLSYNC_START_LIMIT_SECS", default_value_t = 60)]
     pub(crate) start_limit_secs: u32,
-    /// How long a desk or admin command waits for the server before giving up.
+    /// How long a desk, phone or admin command waits for the server before giving
+    /// up.
     #[arg(
         long,
         global = true,
