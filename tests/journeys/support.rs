@@ -45,7 +45,7 @@ impl Run {
     }
 
     /// Asserts a refusal with this error code: exit 1, one line on stderr, a typed
-    /// JSON error. Returns the English message.
+    /// JSON error whose Japanese text is Japanese. Returns the English message.
     pub(crate) fn refused(&self, code: &str) -> String {
         assert_eq!(
             self.code, 1,
@@ -61,6 +61,14 @@ impl Run {
         assert!(self.stderr.starts_with("error: "), "{}", self.stderr);
         let json = self.json();
         assert_eq!(json["error"]["code"], code, "{json}");
+        // The Japanese text is Japanese (the UI shows it as is).
+        if let Some(ja) = json["error"]["message_ja"].as_str() {
+            assert!(
+                ja.chars()
+                    .any(|c| matches!(c, '\u{3040}'..='\u{30ff}' | '\u{4e00}'..='\u{9fff}')),
+                "message_ja is not Japanese: {json}"
+            );
+        }
         json["error"]["message"]
             .as_str()
             .unwrap_or_default()

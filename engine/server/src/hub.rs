@@ -1161,13 +1161,7 @@ impl HubState {
                 match tx.insert(&mut doc) {
                     Ok(_) => {}
                     Err(StoreError::Sqlite(e)) => return Err(StoreError::Sqlite(e)),
-                    Err(e) => {
-                        return Ok(RpcResult::Refused(refusal(
-                            e_code(&e),
-                            e.to_string(),
-                            e.to_string(),
-                        )));
-                    }
+                    Err(e) => return Ok(RpcResult::Refused(store_refusal(&e))),
                 }
                 tx.subscribe(&session.device, &session.tenant, &customer.id)?;
                 self.start_sync(tx, batch, conn, &customer.id)?;
