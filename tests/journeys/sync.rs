@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::network::{NUMBER, PhoneRun, World, call_id, callsync, has_flag};
+use crate::network::{NUMBER, PhoneRun, World, call_id, callsync, create_customer, has_flag};
 
 fn updated(call: &str, phase: &str) -> impl Fn(&Value) -> bool {
     let (call, phase) = (call.to_owned(), phase.to_owned());
@@ -204,4 +204,52 @@ fn the_browser_ending_first_is_flagged_on_both_sides() {
     let pushed = run.wait_for(updated(&call, "browser-ended"));
     assert!(has_flag(&pushed, "browser-ended-first"), "{pushed}");
     run.stop();
+}
+
+#[test]
+fn a_reconnect_syncs_exactly_the_documents_that_changed() {
+    let world = World::start(&[]);
+    let (desk, phone) = world.rep_devices();
+    // Ten customers, each with a call requested for the phone (which subscribes
+    // it) and cancelled.
+    let customers: Vec<String> = (1..=10).map(|i| format!("cus-{i}")).collect();
+    for id in &customers[1..] {
+        create_customer(&desk, id, "株式会社テスト").ok();
+    }
+    for id in &customers {
+        let call = call_id(&callsync(&desk, &["desk", "request", id, "--number", NUMBER]).ok());
+        callsync(&desk, &["desk", "cancel", &call]).ok();
+    }
+    let mut run = PhoneRun::start(&phone);
+    run.wait_for(|v| v["event"] == "caught-up");
+    run.stop();
+    // Nothing changed: the reconnect lists nothing.
+    let mut run = PhoneRun::start(&phone);
+    assert_eq!(run.wait_for(|v| v["event"] == "joined")["changed"], 0);
+    run.wait_for(|v| v["event"] == "caught-up");
+    run.stop();
+    // Three change while the phone is away (a call requested and cancelled on
+    // each: a rep has one waiting request at a time): exactly those are synced.
+    let changed = ["cus-3", "cus-5", "cus-7"];
+    let mut calls = Vec::new();
+    for id in changed {
+        let call = call_id(&callsync(&desk, &["desk", "request", id, "--number", NUMBER]).ok());
+        callsync(&desk, &["desk", "cancel", &call]).ok();
+        calls.push(call);
+    }
+    let mut run = PhoneRun::start(&phone);
+    assert_eq!(run.wait_for(|v| v["event"] == "joined")["changed"], 3);
+    run.wait_for(|v| v["event"] == "caught-up");
+    for call in &calls {
+        run.wait_for(updated(call, "cancelled"));
+    }
+    let seen = run.stop();
+    let mut synced: Vec<&str> = seen
+        .iter()
+        .filter(|v| v["event"] == "call-updated" || v["event"] == "call-requested")
+        .filter_map(|v| v["customer"].as_str())
+        .collect();
+    synced.sort_unstable();
+    synced.dedup();
+    assert_eq!(synced, changed, "{seen:?}");
 }
