@@ -41,6 +41,9 @@ use crate::plugin::{ContentHash, PluginRef, Setting};
 use crate::time::Timestamp;
 use chrono::NaiveDate;
 
+mod refusal;
+pub use refusal::Refusal;
+
 /// The QUIC ALPN token of this protocol.
 pub const ALPN: &[u8] = b"callsync/1";
 /// The protocol version this build speaks, as offered in `join`.

@@ -1,0 +1,313 @@
+//! The server's own refusals: one list of codes, each with its English and
+//! Japanese text, and one conversion to the wire's [`ErrorBody`].
+//!
+//! Owns: the codes the server answers with that are not a core, admission or
+//! screen error (those carry their own codes and texts; [`Refusal::Core`],
+//! [`Refusal::Admission`] and [`Refusal::Screen`] wrap them), so that no code is
+//! spelled twice and every Japanese text is Japanese (tested below). Does not own:
+//! when a refusal is sent, or whether the connection closes after it.
+
+use super::{ErrorBody, MAX_SUBSCRIBE, PROTOCOL_VERSION, WireError};
+use crate::admission::AdmissionError;
+use crate::error::CoreError;
+use crate::screen::ScreenError;
+
+/// Why the server refuses a message, a request or a connection.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// A frame that does not decode.
+    #[error("{0}")]
+    Wire(String, &'static str),
+    /// The transport failed (details for the log).
+    #[error("transport error: {detail}")]
+    Transport {
+        /// What failed.
+        detail: String,
+    },
+    /// No `login` or `join` within the handshake time.
+    #[error("no message within the handshake time")]
+    HandshakeTimeout,
+    /// The first message was something else than `login` or `join`.
+    #[error("the first message must be 'login' or 'join', not '{got}'")]
+    JoinRequired {
+        /// The message's kind.
+        got: String,
+    },
+    /// None of the device's protocol versions is this server's.
+    #[error("this server speaks protocol version {PROTOCOL_VERSION}")]
+    UnsupportedProtocol,
+    /// Too many login attempts (see the server's throttle).
+    #[error("too many login attempts; try again in {retry_after_secs} s")]
+    LoginThrottled {
+        /// When an attempt may go ahead, in whole seconds (at least 1).
+        retry_after_secs: u64,
+    },
+    /// More messages per second than a connection may send.
+    #[error("more than {per_sec} messages per second")]
+    RateLimited {
+        /// The rate.
+        per_sec: u32,
+    },
+    /// A message of a kind not expected at this point.
+    #[error("'{kind}' is not expected here")]
+    UnexpectedMessage {
+        /// The message's kind.
+        kind: String,
+    },
+    /// The server is stopping.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// An unpaged answer would be too large.
+    #[error("too many customers for one reply (at most {max}); ask for pages")]
+    ReplyTooLarge {
+        /// Most rows an unpaged answer holds.
+        max: u32,
+    },
+    /// The server could not commit its batch; the device connects again.
+    #[error("the server could not save; connect again")]
+    SaveFailed,
+    /// The tenant's configuration cannot be read (details in the server's log).
+    #[error("the server cannot read this tenant's configuration")]
+    ConfigUnreadable,
+    /// A `sync` whose bytes are not an Automerge sync message.
+    #[error("not an Automerge sync message: {detail}")]
+    MalformedSync {
+        /// The decoder's error.
+        detail: String,
+    },
+    /// A sync message Automerge could not apply.
+    #[error("the sync message could not be applied: {detail}")]
+    SyncNotApplied {
+        /// Why.
+        detail: String,
+    },
+    /// A customer created in another tenant.
+    #[error("a customer can only be created in your own tenant")]
+    WrongTenant,
+    /// The tenant holds as many customers as it may.
+    #[error("a tenant holds at most {max} customers")]
+    CustomerLimit {
+        /// The limit.
+        max: u64,
+    },
+    /// One `subscribe` for too many documents.
+    #[error("at most {MAX_SUBSCRIBE} documents per subscribe")]
+    TooManyDocuments,
+    /// A request the hub does not answer (routed wrongly).
+    #[error("{method} is answered before the hub")]
+    BadRequest {
+        /// The request's method.
+        method: String,
+    },
+    /// The connection fell behind and was dropped.
+    #[error("the connection fell behind")]
+    TooSlow,
+    /// The tenant's plugin time is used up: send again later.
+    #[error("the server is busy checking this tenant's results; try again shortly")]
+    Busy,
+    /// A device tried to change the tenant configuration.
+    #[error("the tenant configuration is changed only by installing plugins")]
+    ConfigReadOnly,
+    /// A plugin install by a member below admin.
+    #[error("installing plugins needs the admin role")]
+    InstallNeedsAdmin,
+    /// The configuration would pass its size limit with this plugin.
+    #[error("the tenant configuration would exceed {max} bytes with this plugin")]
+    ConfigTooLarge {
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// A core rule refused (e.g. a customer that exists already).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// Admission refused a device's changes.
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+    /// The pre-apply screen refused a device's sync message.
+    #[error(transparent)]
+    Screen(#[from] ScreenError),
+}
+
+impl From<&WireError> for Refusal {
+    fn from(e: &WireError) -> Self {
+        Self::Wire(e.to_string(), e.code())
+    }
+}
+
+impl Refusal {
+    /// The stable kebab-case code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Wire(_, code) => code,
+            Self::Transport { .. } => "transport",
+            Self::HandshakeTimeout => "timeout",
+            Self::JoinRequired { .. } => "join-required",
+            Self::UnsupportedProtocol => "unsupported-protocol",
+            Self::LoginThrottled { .. } => "login-throttled",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::UnexpectedMessage { .. } => "unexpected-message",
+            Self::ShuttingDown => "shutting-down",
+            Self::ReplyTooLarge { .. } => "reply-too-large",
+            Self::SaveFailed | Self::ConfigUnreadable => "internal",
+            Self::MalformedSync { .. } | Self::SyncNotApplied { .. } => "malformed-sync",
+            Self::WrongTenant => "wrong-tenant",
+            Self::CustomerLimit { .. } => "customer-limit",
+            Self::TooManyDocuments => "too-many-documents",
+            Self::BadRequest { .. } => "bad-request",
+            Self::TooSlow => "too-slow",
+            Self::Busy => "busy",
+            Self::ConfigReadOnly => "config-read-only",
+            Self::InstallNeedsAdmin => "role-required",
+            Self::ConfigTooLarge { .. } => "config-too-large",
+            Self::Core(e) => e.code(),
+            Self::Admission(e) => e.code(),
+            Self::Screen(e) => e.code(),
+        }
+    }
+
+    /// The message in Japanese, for the UI.
+    pub fn message_ja(&self) -> String {
+        match self {
+            Self::Wire(..) => "メッセージの形式が正しくありません".to_owned(),
+            Self::Transport { .. } => "通信エラーが発生しました".to_owned(),
+            Self::HandshakeTimeout => "接続がタイムアウトしました".to_owned(),
+            Self::JoinRequired { .. } => {
+                "最初のメッセージは login か join でなければなりません".to_owned()
+            }
+            Self::UnsupportedProtocol => "対応していないプロトコルのバージョンです".to_owned(),
+            Self::LoginThrottled { retry_after_secs } => format!(
+                "ログインの試行が多すぎます。{retry_after_secs} 秒後にもう一度お試しください"
+            ),
+            Self::RateLimited { .. } => "メッセージが多すぎます".to_owned(),
+            Self::UnexpectedMessage { .. } => "想定外のメッセージです".to_owned(),
+            Self::ShuttingDown => "サーバーを停止しています".to_owned(),
+            Self::ReplyTooLarge { max } => format!(
+                "顧客が多すぎて一度に返せません（最大 {max} 件）。ページ単位で取得してください"
+            ),
+            Self::SaveFailed => "サーバーで保存に失敗しました。再接続してください".to_owned(),
+            Self::ConfigUnreadable => "サーバーでテナント設定を読み込めません".to_owned(),
+            Self::MalformedSync { .. } => "同期メッセージの形式が正しくありません".to_owned(),
+            Self::SyncNotApplied { .. } => "同期メッセージを適用できませんでした".to_owned(),
+            Self::WrongTenant => "自分のテナント以外に顧客は作成できません".to_owned(),
+            Self::CustomerLimit { max } => {
+                format!("1 テナントに登録できる顧客は {max} 件までです")
+            }
+            Self::TooManyDocuments => {
+                format!("一度に購読できる顧客は {MAX_SUBSCRIBE} 件までです")
+            }
+            Self::BadRequest { .. } => "リクエストが不正です".to_owned(),
+            Self::TooSlow => "接続が遅れています".to_owned(),
+            Self::Busy => {
+                "サーバーが混み合っています。しばらくしてから再度お試しください".to_owned()
+            }
+            Self::ConfigReadOnly => {
+                "テナント設定はプラグインのインストールでのみ変更できます".to_owned()
+            }
+            Self::InstallNeedsAdmin => "この操作には管理者以上の権限が必要です".to_owned(),
+            Self::ConfigTooLarge { .. } => {
+                "テナント設定の容量の上限を超えるため、このプラグインはインストールできません"
+                    .to_owned()
+            }
+            Self::Core(e) => e.message_ja(),
+            Self::Admission(e) => e.message_ja(),
+            Self::Screen(e) => e.message_ja(),
+        }
+    }
+
+    /// What the wire carries.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code().to_owned(),
+            message: self.to_string(),
+            message_ja: self.message_ja(),
+        }
+    }
+}
+
+impl From<Refusal> for ErrorBody {
+    fn from(refusal: Refusal) -> Self {
+        refusal.body()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of every variant the server sends of its own.
+    fn every_own_refusal() -> Vec<Refusal> {
+        vec![
+            Refusal::Wire("bad frame".to_owned(), "malformed-message"),
+            Refusal::Transport {
+                detail: "reset".to_owned(),
+            },
+            Refusal::HandshakeTimeout,
+            Refusal::JoinRequired {
+                got: "sync".to_owned(),
+            },
+            Refusal::UnsupportedProtocol,
+            Refusal::LoginThrottled {
+                retry_after_secs: 4,
+            },
+            Refusal::RateLimited { per_sec: 1_000 },
+            Refusal::UnexpectedMessage {
+                kind: "login".to_owned(),
+            },
+            Refusal::ShuttingDown,
+            Refusal::ReplyTooLarge { max: 10_000 },
+            Refusal::SaveFailed,
+            Refusal::ConfigUnreadable,
+            Refusal::MalformedSync {
+                detail: "eof".to_owned(),
+            },
+            Refusal::SyncNotApplied {
+                detail: "duplicate seq".to_owned(),
+            },
+            Refusal::WrongTenant,
+            Refusal::CustomerLimit { max: 3 },
+            Refusal::TooManyDocuments,
+            Refusal::BadRequest {
+                method: "user-add".to_owned(),
+            },
+            Refusal::TooSlow,
+            Refusal::Busy,
+            Refusal::ConfigReadOnly,
+            Refusal::InstallNeedsAdmin,
+            Refusal::ConfigTooLarge { max: 6 << 20 },
+        ]
+    }
+
+    fn is_japanese(text: &str) -> bool {
+        text.chars()
+            .any(|c| matches!(c, '\u{3040}'..='\u{30ff}' | '\u{4e00}'..='\u{9fff}'))
+    }
+
+    #[test]
+    fn every_refusal_has_a_kebab_case_code_english_text_and_japanese_text() {
+        for refusal in every_own_refusal() {
+            let body = ErrorBody::from(refusal.clone());
+            assert!(
+                !body.code.is_empty()
+                    && body
+                        .code
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '-'),
+                "{body:?}"
+            );
+            assert!(
+                !body.message.is_empty() && !is_japanese(&body.message),
+                "{body:?}"
+            );
+            assert!(is_japanese(&body.message_ja), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn wrapped_errors_keep_their_own_code_and_text() {
+        let core = CoreError::NoPhoneNumbers;
+        let body = Refusal::from(core.clone()).body();
+        assert_eq!(body.code, core.code());
+        assert_eq!(body.message_ja, core.message_ja());
+        assert_eq!(body.message, core.to_string());
+    }
+}
