@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use callsync_core::wire::{self, ErrorBody, Message, PROTOCOL_VERSION};
+use callsync_core::wire::{self, ErrorBody, Message, PROTOCOL_VERSION, Refusal};
 use callsync_net::NetError;
 use callsync_net::framing::{read_message, write_frame, write_message};
 use callsync_store::Store;
@@ -63,22 +63,13 @@ pub(crate) struct Shared {
     pub(crate) plugins: Arc<callsync_plugin_host::PluginHost>,
 }
 
-fn body(code: &str, message: impl Into<String>, message_ja: impl Into<String>) -> ErrorBody {
-    ErrorBody {
-        code: code.to_owned(),
-        message: message.into(),
-        message_ja: message_ja.into(),
-    }
-}
-
 fn net_error_body(e: &NetError) -> ErrorBody {
     match e {
-        NetError::Wire(w) => body(
-            w.code(),
-            w.to_string(),
-            "メッセージの形式が正しくありません",
-        ),
-        other => body("transport", other.to_string(), "通信エラーが発生しました"),
+        NetError::Wire(w) => Refusal::from(w).body(),
+        other => Refusal::Transport {
+            detail: other.to_string(),
+        }
+        .body(),
     }
 }
 
@@ -121,16 +112,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
         Ok(Err(e)) => return refuse(&connection, &mut send, net_error_body(&e)).await,
         Err(_) => {
-            return refuse(
-                &connection,
-                &mut send,
-                body(
-                    "timeout",
-                    "no message within the handshake time",
-                    "接続がタイムアウトしました",
-                ),
-            )
-            .await;
+            return refuse(&connection, &mut send, Refusal::HandshakeTimeout.body()).await;
         }
     };
     let versions_ok = |v: &[String]| v.iter().any(|v| v == PROTOCOL_VERSION);
@@ -168,14 +150,10 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
             refuse(
                 &connection,
                 &mut send,
-                body(
-                    "join-required",
-                    format!(
-                        "the first message must be 'login' or 'join', not '{}'",
-                        other.kind()
-                    ),
-                    "最初のメッセージは login か join でなければなりません",
-                ),
+                Refusal::JoinRequired {
+                    got: other.kind().to_owned(),
+                }
+                .body(),
             )
             .await;
         }
@@ -183,21 +161,18 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
 }
 
 fn unsupported() -> ErrorBody {
-    body(
-        "unsupported-protocol",
-        format!("this server speaks protocol version {PROTOCOL_VERSION}"),
-        "対応していないプロトコルのバージョンです",
-    )
+    Refusal::UnsupportedProtocol.body()
 }
 
 /// The refusal of a login attempt that came too soon.
 fn throttled(t: Throttled) -> Message {
     let seconds = t.retry_after.as_secs().max(1);
-    Message::Error(body(
-        "login-throttled",
-        format!("too many login attempts; try again in {seconds} s"),
-        format!("ログインの試行が多すぎます。{seconds} 秒後にもう一度お試しください"),
-    ))
+    Message::Error(
+        Refusal::LoginThrottled {
+            retry_after_secs: seconds,
+        }
+        .body(),
+    )
 }
 
 fn throttle(shared: &Shared) -> std::sync::MutexGuard<'_, LoginThrottle> {
@@ -423,11 +398,12 @@ async fn run_session(
         };
         if !rate.allow() {
             let _ = out
-                .send(Outgoing::Close(body(
-                    "rate-limited",
-                    format!("more than {RATE_PER_SEC} messages per second"),
-                    "メッセージが多すぎます",
-                )))
+                .send(Outgoing::Close(
+                    Refusal::RateLimited {
+                        per_sec: RATE_PER_SEC as u32,
+                    }
+                    .body(),
+                ))
                 .await;
             break;
         }
@@ -511,11 +487,13 @@ async fn run_session(
                         }
                         Err(err) => {
                             tracing::warn!(user = %session.user, code = err.code(), error = %err, "plugin install refused");
-                            Some(body(
-                                err.code(),
-                                err.to_string(),
-                                format!("プラグインをインストールできません: {err}"),
-                            ))
+                            Some(
+                                Refusal::InstallRefused {
+                                    code: err.code(),
+                                    detail: err.to_string(),
+                                }
+                                .body(),
+                            )
                         }
                     }
                 } else {
@@ -553,11 +531,12 @@ async fn run_session(
             }
             other => {
                 let _ = out
-                    .send(Outgoing::Close(body(
-                        "unexpected-message",
-                        format!("'{}' is not expected after join", other.kind()),
-                        "想定外のメッセージです",
-                    )))
+                    .send(Outgoing::Close(
+                        Refusal::UnexpectedMessage {
+                            kind: other.kind().to_owned(),
+                        }
+                        .body(),
+                    ))
                     .await;
                 break;
             }
@@ -584,9 +563,5 @@ fn ended_sessions(call: &wire::RpcCall) -> Option<(callsync_core::UserId, ErrorB
 }
 
 fn shutting_down() -> ErrorBody {
-    body(
-        "shutting-down",
-        "the server is shutting down",
-        "サーバーを停止しています",
-    )
+    Refusal::ShuttingDown.body()
 }

@@ -23,7 +23,7 @@ use automerge::sync::{self, SyncDoc};
 use callsync_core::admission::{Directory, Sender, admit};
 use callsync_core::screen::{ScreenLimits, screen_message};
 use callsync_core::wire::{
-    self, Cursor, CustomerSummary, DeviceSummary, ErrorBody, Message, RpcCall, RpcResult,
+    self, Cursor, CustomerSummary, DeviceSummary, ErrorBody, Message, Refusal, RpcCall, RpcResult,
 };
 use callsync_core::{
     CallEvent, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId, EventKind, Phase,
@@ -161,13 +161,7 @@ fn unpaged_customers(rows: Vec<callsync_store::CustomerRow>, max: u32) -> RpcRes
     let too_many = rows.len() > max as usize;
     let result = customer_page(rows);
     if too_many || !fits_one_frame(&result) {
-        return RpcResult::Refused(refusal(
-            "reply-too-large",
-            format!("too many customers for one reply (at most {max}); ask for pages"),
-            format!(
-                "顧客が多すぎて一度に返せません（最大 {max} 件）。ページ単位で取得してください"
-            ),
-        ));
+        return RpcResult::Refused(Refusal::ReplyTooLarge { max }.body());
     }
     result
 }
@@ -279,14 +273,6 @@ impl<R: Read> Directory for TxDirectory<'_, R> {
     }
 }
 
-fn refusal(code: &str, message: impl Into<String>, message_ja: impl Into<String>) -> ErrorBody {
-    ErrorBody {
-        code: code.to_owned(),
-        message: message.into(),
-        message_ja: message_ja.into(),
-    }
-}
-
 impl Hub {
     pub(crate) fn new(store: Store, config: HubConfig) -> Self {
         Self {
@@ -387,11 +373,7 @@ impl Hub {
                 self.state.docs.clear();
                 self.state.configs.clear();
                 self.state.catalogs.clear();
-                let body = refusal(
-                    "internal",
-                    "the server could not save; connect again",
-                    "サーバーで保存に失敗しました。再接続してください",
-                );
+                let body = Refusal::SaveFailed.body();
                 for conn in batch.senders {
                     if let Some(c) = self.state.remove_conn(conn) {
                         c.out.close(body.clone());
@@ -452,11 +434,10 @@ impl HubState {
                     other => {
                         batch.closes.push((
                             conn,
-                            refusal(
-                                "unexpected-message",
-                                format!("'{}' is not expected here", other.kind()),
-                                "想定外のメッセージです",
-                            ),
+                            Refusal::UnexpectedMessage {
+                                kind: other.kind().to_owned(),
+                            }
+                            .body(),
                         ));
                         Ok(())
                     }
@@ -764,11 +745,10 @@ impl HubState {
         let message = match sync::Message::decode(data) {
             Ok(m) => m,
             Err(e) => {
-                let error = refusal(
-                    "malformed-sync",
-                    format!("not an Automerge sync message: {e}"),
-                    "同期メッセージの形式が正しくありません",
-                );
+                let error = Refusal::MalformedSync {
+                    detail: e.to_string(),
+                }
+                .body();
                 batch.send(
                     conn,
                     Message::Rejected {
@@ -787,7 +767,7 @@ impl HubState {
                 conn,
                 Message::Rejected {
                     document_id: doc,
-                    error: refusal(e.code(), e.to_string(), e.message_ja()),
+                    error: Refusal::Screen(e).body(),
                 },
             );
             return Ok(());
@@ -845,11 +825,11 @@ impl HubState {
                 conn,
                 Message::Rejected {
                     document_id: doc,
-                    error: refusal(
-                        "malformed-sync",
-                        "the sync message's changes could not be applied (Automerge refused their sequence numbers or actors)",
-                        "同期メッセージを適用できませんでした",
-                    ),
+                    error: Refusal::SyncNotApplied {
+                        detail: "Automerge refused the changes' sequence numbers or actors"
+                            .to_owned(),
+                    }
+                    .body(),
                 },
             );
             return Ok(());
@@ -862,11 +842,10 @@ impl HubState {
         }
         let after = stored.doc.heads();
         let admitted = match received {
-            Err(e) => Err(refusal(
-                "malformed-sync",
-                format!("the sync message could not be applied: {e}"),
-                "同期メッセージを適用できませんでした",
-            )),
+            Err(e) => Err(Refusal::SyncNotApplied {
+                detail: e.to_string(),
+            }
+            .body()),
             Ok(()) if after == before => Ok(None),
             Ok(()) => {
                 let sender = Sender {
@@ -884,7 +863,7 @@ impl HubState {
                     &catalog,
                 )
                 .map(Some)
-                .map_err(|e| refusal(e.code(), e.to_string(), e.message_ja()))
+                .map_err(|e| Refusal::Admission(e).body())
             }
         };
         // Admitted changes: every result's decision is re-run with the rule set it
@@ -1132,30 +1111,20 @@ impl HubState {
             RpcCall::RecallList => self.recalls(tx, &session),
             RpcCall::CustomerCreate { customer } => {
                 if customer.tenant != session.tenant {
-                    return Ok(RpcResult::Refused(refusal(
-                        "wrong-tenant",
-                        "a customer can only be created in your own tenant",
-                        "自分のテナント以外に顧客は作成できません",
-                    )));
+                    return Ok(RpcResult::Refused(Refusal::WrongTenant.body()));
                 }
                 let most = self.config.max_customers_per_tenant;
                 if callsync_store::customer_count(&*tx, &session.tenant)? >= most {
-                    return Ok(RpcResult::Refused(refusal(
-                        "customer-limit",
-                        format!("a tenant holds at most {most} customers"),
-                        format!("1 テナントに登録できる顧客は {most} 件までです"),
-                    )));
+                    return Ok(RpcResult::Refused(
+                        Refusal::CustomerLimit { max: most }.body(),
+                    ));
                 }
                 let now = clock::now();
                 let mut doc =
                     match CustomerDoc::create(&customer, now, self.config.server_actor.clone()) {
                         Ok(doc) => doc,
                         Err(e) => {
-                            return Ok(RpcResult::Refused(refusal(
-                                e.code(),
-                                e.to_string(),
-                                e.message_ja(),
-                            )));
+                            return Ok(RpcResult::Refused(Refusal::Core(e).body()));
                         }
                     };
                 match tx.insert(&mut doc) {
@@ -1191,11 +1160,7 @@ impl HubState {
             }
             RpcCall::Subscribe { documents } => {
                 if documents.len() > wire::MAX_SUBSCRIBE {
-                    return Ok(RpcResult::Refused(refusal(
-                        "too-many-documents",
-                        format!("at most {} documents per subscribe", wire::MAX_SUBSCRIBE),
-                        format!("一度に購読できる顧客は {} 件までです", wire::MAX_SUBSCRIBE),
-                    )));
+                    return Ok(RpcResult::Refused(Refusal::TooManyDocuments.body()));
                 }
                 let mut subscribed = Vec::new();
                 for doc in documents {
@@ -1223,11 +1188,12 @@ impl HubState {
                         .collect(),
                 ))
             }
-            account => Ok(RpcResult::Refused(refusal(
-                "bad-request",
-                format!("{} is answered before the hub", account.method()),
-                "リクエストが不正です",
-            ))),
+            account => Ok(RpcResult::Refused(
+                Refusal::BadRequest {
+                    method: account.method().to_owned(),
+                }
+                .body(),
+            )),
         }
     }
 
@@ -1352,11 +1318,7 @@ impl HubState {
             // rather than sent a closing message it would never get to.
             if let Some(c) = self.remove_conn(conn) {
                 tracing::warn!(device = %c.session.device, "dropping a connection that does not keep up");
-                c.out.cut_off.send_replace(Some(refusal(
-                    "too-slow",
-                    "the connection fell behind",
-                    "接続が遅れています",
-                )));
+                c.out.cut_off.send_replace(Some(Refusal::TooSlow.body()));
             }
         }
     }
@@ -1375,47 +1337,32 @@ fn contained<T>(result: Result<T, StoreError>) -> Result<Result<T, StoreError>, 
 /// The refusal when a tenant's configuration cannot be read.
 fn unreadable_config(e: &StoreError) -> ErrorBody {
     tracing::error!(error = %e, "the tenant configuration cannot be read");
-    refusal(
-        "internal",
-        "the server cannot read this tenant's configuration",
-        "サーバーでテナント設定を読み込めません",
-    )
+    Refusal::ConfigUnreadable.body()
 }
 
 /// The answer to a device whose tenant has used up its plugin time: come back
 /// later (a device reconnects with backoff and sends again).
 fn busy() -> ErrorBody {
-    refusal(
-        "busy",
-        "the server is busy checking this tenant's results; try again shortly",
-        "サーバーが混み合っています。しばらくしてから再度お試しください",
-    )
+    Refusal::Busy.body()
 }
 
-/// A store refusal for the device, with its Japanese text.
+/// A store refusal for the device.
 fn store_refusal(e: &StoreError) -> ErrorBody {
-    let ja = match e {
-        StoreError::Core(core) => core.message_ja(),
-        StoreError::DocumentTooLarge { limit } => {
-            format!("顧客データが上限（{limit} バイト）を超えるため保存できません")
-        }
-        StoreError::CustomerExists { customer } => format!("顧客 {customer} はすでに存在します"),
-        StoreError::CallOnAnotherCustomer { call, .. } => {
-            format!("コール {call} は別の顧客のコールです")
-        }
-        _ => "サーバーで保存できませんでした".to_owned(),
-    };
-    refusal(e_code(e), e.to_string(), ja)
-}
-
-fn e_code(e: &StoreError) -> &'static str {
     match e {
-        StoreError::Core(core) => core.code(),
-        StoreError::CallOnAnotherCustomer { .. } => "call-on-another-customer",
-        StoreError::CustomerExists { .. } => "customer-exists",
-        StoreError::DocumentTooLarge { .. } => "document-too-large",
-        _ => "store-refused",
+        StoreError::Core(core) => Refusal::Core(core.clone()),
+        StoreError::DocumentTooLarge { limit } => Refusal::DocumentTooLarge { limit: *limit },
+        StoreError::CustomerExists { customer } => Refusal::CustomerExists {
+            customer: customer.to_string(),
+        },
+        StoreError::CallOnAnotherCustomer { call, .. } => Refusal::CallOnAnotherCustomer {
+            call: call.to_string(),
+        },
+        other => {
+            tracing::warn!(error = %other, "a store refusal");
+            Refusal::StoreRefused
+        }
     }
+    .body()
 }
 
 #[cfg(test)]

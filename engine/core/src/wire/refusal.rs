@@ -117,7 +117,46 @@ pub enum Refusal {
         /// The limit, in bytes.
         max: usize,
     },
-    /// A core rule refused (e.g. a customer that exists already).
+    /// A result whose decision the server's re-run of the rules does not confirm.
+    #[error("result of call {call}: {detail}")]
+    ResultNotVerified {
+        /// The call.
+        call: String,
+        /// The verification's own code.
+        code: &'static str,
+        /// What did not match.
+        detail: String,
+    },
+    /// A plugin install the plugin host refused.
+    #[error("{detail}")]
+    InstallRefused {
+        /// The host's own code.
+        code: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// The customer exists already.
+    #[error("customer {customer} already exists")]
+    CustomerExists {
+        /// The customer id.
+        customer: String,
+    },
+    /// A call id already filed under another customer.
+    #[error("call {call} already belongs to another customer")]
+    CallOnAnotherCustomer {
+        /// The call id.
+        call: String,
+    },
+    /// Saving would take the document past its size limit.
+    #[error("the document would grow past {limit} bytes")]
+    DocumentTooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The store refused for another reason (details in the server's log).
+    #[error("the server could not store this")]
+    StoreRefused,
+    /// A core rule refused (e.g. a phone number that is not Japanese).
     #[error(transparent)]
     Core(#[from] CoreError),
     /// Admission refused a device's changes.
@@ -159,6 +198,11 @@ impl Refusal {
             Self::ConfigReadOnly => "config-read-only",
             Self::InstallNeedsAdmin => "role-required",
             Self::ConfigTooLarge { .. } => "config-too-large",
+            Self::ResultNotVerified { code, .. } | Self::InstallRefused { code, .. } => code,
+            Self::CustomerExists { .. } => "customer-exists",
+            Self::CallOnAnotherCustomer { .. } => "call-on-another-customer",
+            Self::DocumentTooLarge { .. } => "document-too-large",
+            Self::StoreRefused => "store-refused",
             Self::Core(e) => e.code(),
             Self::Admission(e) => e.code(),
             Self::Screen(e) => e.code(),
@@ -208,6 +252,18 @@ impl Refusal {
                 "テナント設定の容量の上限を超えるため、このプラグインはインストールできません"
                     .to_owned()
             }
+            Self::ResultNotVerified { call, .. } => {
+                format!("コール {call} の結果の判定がルールと一致しません")
+            }
+            Self::InstallRefused { .. } => "プラグインをインストールできません".to_owned(),
+            Self::CustomerExists { customer } => format!("顧客 {customer} はすでに存在します"),
+            Self::CallOnAnotherCustomer { call } => {
+                format!("コール {call} は別の顧客のコールです")
+            }
+            Self::DocumentTooLarge { limit } => {
+                format!("顧客データが上限（{limit} バイト）を超えるため保存できません")
+            }
+            Self::StoreRefused => "サーバーで保存できませんでした".to_owned(),
             Self::Core(e) => e.message_ja(),
             Self::Admission(e) => e.message_ja(),
             Self::Screen(e) => e.message_ja(),
@@ -274,6 +330,23 @@ mod tests {
             Refusal::ConfigReadOnly,
             Refusal::InstallNeedsAdmin,
             Refusal::ConfigTooLarge { max: 6 << 20 },
+            Refusal::ResultNotVerified {
+                call: "call-1".to_owned(),
+                code: "decision-mismatch",
+                detail: "recall differs".to_owned(),
+            },
+            Refusal::InstallRefused {
+                code: "plugin-invalid",
+                detail: "not a component".to_owned(),
+            },
+            Refusal::CustomerExists {
+                customer: "cus-1".to_owned(),
+            },
+            Refusal::CallOnAnotherCustomer {
+                call: "call-1".to_owned(),
+            },
+            Refusal::DocumentTooLarge { limit: 4 << 20 },
+            Refusal::StoreRefused,
         ]
     }
 

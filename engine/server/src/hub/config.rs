@@ -14,9 +14,10 @@ use callsync_plugin_host::holidays;
 use callsync_plugin_host::install::{InstallRequest, Prepared, prepare};
 use callsync_store::{ConfigQueries, StoreError, WriteTx};
 
-use super::{Batch, ConnId, HubState, refusal};
+use super::{Batch, ConnId, HubState};
 use crate::accounts::Session;
 use crate::clock;
+use callsync_core::wire::Refusal;
 
 /// Why re-running a message's decisions did not pass.
 pub(super) enum Verdict {
@@ -28,20 +29,12 @@ pub(super) enum Verdict {
 
 /// The refusal of a device that tries to change the configuration.
 fn config_read_only() -> ErrorBody {
-    refusal(
-        "config-read-only",
-        "the tenant configuration is changed only by installing plugins",
-        "テナント設定はプラグインのインストールでのみ変更できます",
-    )
+    Refusal::ConfigReadOnly.body()
 }
 
 /// The refusal of an install by a member below admin.
 pub(crate) fn install_needs_admin() -> ErrorBody {
-    refusal(
-        "role-required",
-        "installing plugins needs the admin role",
-        "この操作には管理者以上の権限が必要です",
-    )
+    Refusal::InstallNeedsAdmin.body()
 }
 
 /// Largest configuration document (with every component ever installed) the
@@ -138,11 +131,10 @@ impl HubState {
             Err(e) => {
                 batch.closes.push((
                     conn,
-                    refusal(
-                        "malformed-sync",
-                        format!("not an Automerge sync message: {e}"),
-                        "同期メッセージの形式が正しくありません",
-                    ),
+                    Refusal::MalformedSync {
+                        detail: e.to_string(),
+                    }
+                    .body(),
                 ));
                 return Ok(());
             }
@@ -159,9 +151,7 @@ impl HubState {
             &message,
             &callsync_core::screen::ScreenLimits::default(),
         ) {
-            batch
-                .closes
-                .push((conn, refusal(e.code(), e.to_string(), e.message_ja())));
+            batch.closes.push((conn, Refusal::Screen(e).body()));
             return Ok(());
         }
         if let Err(e) = super::contained(self.config(tx, &tenant).map(|_| ()))? {
@@ -252,13 +242,12 @@ impl HubState {
         };
         if doc.save().len() + grows_by > MAX_CONFIG_BYTES {
             // A device's first sync of the configuration must fit in one frame.
-            return Ok(RpcResult::Refused(refusal(
-                "config-too-large",
-                format!(
-                    "the tenant configuration would exceed {MAX_CONFIG_BYTES} bytes with this plugin"
-                ),
-                "テナント設定の容量の上限を超えるため、このプラグインはインストールできません",
-            )));
+            return Ok(RpcResult::Refused(
+                Refusal::ConfigTooLarge {
+                    max: MAX_CONFIG_BYTES,
+                }
+                .body(),
+            ));
         }
         prepared.publish(doc, &session.user, now)?;
         let bytes = doc.save();
@@ -338,14 +327,14 @@ impl HubState {
             let verified = verify(&plugins, &config, doc, fields, event.stamp.at);
             self.spend_plugin_time(tenant, started.elapsed());
             if let Err(err) = verified {
-                return Ok(Err(Verdict::Refused(refusal(
-                    err.code(),
-                    format!("result of call {}: {err}", event.call),
-                    format!(
-                        "コール {} の結果の判定がルールと一致しません: {err}",
-                        event.call
-                    ),
-                ))));
+                return Ok(Err(Verdict::Refused(
+                    Refusal::ResultNotVerified {
+                        call: event.call.to_string(),
+                        code: err.code(),
+                        detail: err.to_string(),
+                    }
+                    .body(),
+                )));
             }
         }
         Ok(Ok(()))
