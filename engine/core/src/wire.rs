@@ -42,7 +42,7 @@ use crate::time::Timestamp;
 use chrono::NaiveDate;
 
 mod refusal;
-pub use refusal::Refusal;
+pub use refusal::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA, Refusal};
 
 /// The QUIC ALPN token of this protocol.
 pub const ALPN: &[u8] = b"callsync/1";

@@ -9,15 +9,13 @@
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use callsync_core::wire::{DeviceRegistration, ErrorBody, MemberSummary, RpcCall, RpcResult};
+use callsync_core::wire::{
+    CONTRACT_REQUIRED_EN, DeviceRegistration, ErrorBody, MemberSummary, Refusal, RpcCall, RpcResult,
+};
 use callsync_core::{DeviceKind, Role, TenantId, Timestamp, UserId};
 use callsync_store::{MemberRecord, NewSession, Store, StoreError};
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// The calling-contract refusal, word for word from the product.
-pub const CONTRACT_REQUIRED_JA: &str = "このデータへのアクセスには認証が必要です";
-/// The same refusal in English.
-pub const CONTRACT_REQUIRED_EN: &str = "Authentication is required to access this data.";
 /// The server's device id, under which it records expiries; no device may use it.
 pub const SERVER_DEVICE: &str = "server";
 /// Shortest password accepted for a new member or a reset.
@@ -77,63 +75,36 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// The reply body, with a stable code and Japanese text.
-    pub fn body(&self) -> ErrorBody {
-        let (code, ja): (&str, String) = match self {
-            Self::InvalidCredentials => (
-                "invalid-credentials",
-                "メールアドレスまたはパスワードが違います".to_owned(),
-            ),
-            Self::ContractRequired => ("contract-required", CONTRACT_REQUIRED_JA.to_owned()),
-            Self::InvalidSession => (
-                "invalid-session",
-                "セッションが無効です。ログインし直してください".to_owned(),
-            ),
-            Self::SessionExpired => (
-                "session-expired",
-                "セッションの有効期限が切れました。ログインし直してください".to_owned(),
-            ),
-            Self::RoleRequired { needed } => (
-                "role-required",
-                format!("この操作には{}以上の権限が必要です", needed.label_ja()),
-            ),
-            Self::BadRequest(m) => ("bad-request", format!("リクエストが不正です: {m}")),
-            Self::Store(StoreError::MemberExists { email }) => {
-                ("member-exists", format!("{email} はすでに登録されています"))
-            }
-            Self::Store(StoreError::UnknownMember { email }) => (
-                "unknown-member",
-                format!("{email} はこのテナントにいません"),
-            ),
-            Self::Store(StoreError::DeviceTaken { device }) => (
-                "device-taken",
-                format!("端末 {device} は別のユーザーに登録されています"),
-            ),
-            Self::Store(StoreError::ActorTaken { .. }) => (
-                "actor-taken",
-                "この端末の識別子は別の端末に登録されています".to_owned(),
-            ),
-            Self::EmailUnavailable => (
-                "email-unavailable",
-                "このメールアドレスは使用できません".to_owned(),
-            ),
-            Self::Store(_) | Self::Hash(_) => (
-                "internal",
-                "サーバーで問題が発生しました。しばらくしてから再度お試しください".to_owned(),
-            ),
-        };
-        let message = match self {
+    /// The refusal a device is sent.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Self::InvalidCredentials => Refusal::InvalidCredentials,
+            Self::ContractRequired => Refusal::ContractRequired,
+            Self::InvalidSession => Refusal::InvalidSession,
+            Self::SessionExpired => Refusal::SessionExpired,
+            Self::RoleRequired { needed } => Refusal::RoleRequired { needed: *needed },
+            Self::BadRequest(detail) => Refusal::BadRequest {
+                detail: detail.clone(),
+            },
+            Self::Store(StoreError::MemberExists { email }) => Refusal::MemberExists {
+                email: email.to_string(),
+            },
+            Self::Store(StoreError::UnknownMember { email }) => Refusal::UnknownMember {
+                email: email.to_string(),
+            },
+            Self::Store(StoreError::DeviceTaken { device }) => Refusal::DeviceTaken {
+                device: device.to_string(),
+            },
+            Self::Store(StoreError::ActorTaken { .. }) => Refusal::ActorTaken,
+            Self::EmailUnavailable => Refusal::EmailUnavailable,
             // Internal details stay in the server's log.
-            Self::Store(StoreError::Sqlite(_)) | Self::Hash(_) => {
-                "the server could not complete the request".to_owned()
-            }
-            other => other.to_string(),
-        };
-        ErrorBody {
-            code: code.to_owned(),
-            message,
-            message_ja: ja,
+            Self::Store(_) | Self::Hash(_) => Refusal::ServerTrouble,
         }
+    }
+
+    /// The reply body.
+    pub fn body(&self) -> ErrorBody {
+        self.refusal().body()
     }
 }
 

@@ -1190,7 +1190,7 @@ impl HubState {
             }
             account => Ok(RpcResult::Refused(
                 Refusal::BadRequest {
-                    method: account.method().to_owned(),
+                    detail: format!("{} is answered before the hub", account.method()),
                 }
                 .body(),
             )),

@@ -34,7 +34,7 @@ use callsync_store::{MemberRecord, Store, StoreError};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{Mutex, Semaphore};
 
-pub use accounts::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA};
+pub use callsync_core::wire::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA};
 pub use connection::{HANDSHAKE_TIMEOUT, RATE_BURST, RATE_PER_SEC};
 
 /// Compiled plugins, cached in the data directory (safe to delete).

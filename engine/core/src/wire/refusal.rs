@@ -8,9 +8,15 @@
 //! when a refusal is sent, or whether the connection closes after it.
 
 use super::{ErrorBody, MAX_SUBSCRIBE, PROTOCOL_VERSION, WireError};
+use crate::account::Role;
 use crate::admission::AdmissionError;
 use crate::error::CoreError;
 use crate::screen::ScreenError;
+
+/// The words the manual gives for a member without the calling contract.
+pub const CONTRACT_REQUIRED_JA: &str = "このデータへのアクセスには認証が必要です";
+/// … and in English.
+pub const CONTRACT_REQUIRED_EN: &str = "Authentication is required to access this data.";
 
 /// Why the server refuses a message, a request or a connection.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -93,11 +99,12 @@ pub enum Refusal {
     /// One `subscribe` for too many documents.
     #[error("at most {MAX_SUBSCRIBE} documents per subscribe")]
     TooManyDocuments,
-    /// A request the hub does not answer (routed wrongly).
-    #[error("{method} is answered before the hub")]
+    /// A malformed request (a short password, a bad actor id, a request sent
+    /// where it is not answered, …).
+    #[error("{detail}")]
     BadRequest {
-        /// The request's method.
-        method: String,
+        /// What was wrong.
+        detail: String,
     },
     /// The connection fell behind and was dropped.
     #[error("the connection fell behind")]
@@ -108,9 +115,52 @@ pub enum Refusal {
     /// A device tried to change the tenant configuration.
     #[error("the tenant configuration is changed only by installing plugins")]
     ConfigReadOnly,
-    /// A plugin install by a member below admin.
-    #[error("installing plugins needs the admin role")]
-    InstallNeedsAdmin,
+    /// The request needs a higher role.
+    #[error("this needs the {needed} role or above")]
+    RoleRequired {
+        /// The least role allowed.
+        needed: Role,
+    },
+    /// Unknown email or wrong password (the two are not told apart).
+    #[error("wrong email or password")]
+    InvalidCredentials,
+    /// The user does not hold the calling contract.
+    #[error("{}", CONTRACT_REQUIRED_EN)]
+    ContractRequired,
+    /// The token is unknown, was revoked, or names another device.
+    #[error("the session is not valid; log in again")]
+    InvalidSession,
+    /// The token has expired.
+    #[error("the session expired; log in again")]
+    SessionExpired,
+    /// The email belongs to a member already.
+    #[error("{email} is a member already")]
+    MemberExists {
+        /// The email.
+        email: String,
+    },
+    /// No such member in this tenant.
+    #[error("{email} is not a member of this tenant")]
+    UnknownMember {
+        /// The email.
+        email: String,
+    },
+    /// The device id is bound to another member.
+    #[error("device {device} belongs to another member")]
+    DeviceTaken {
+        /// The device id.
+        device: String,
+    },
+    /// The device's actor is bound to another device.
+    #[error("this device's actor belongs to another device")]
+    ActorTaken,
+    /// The email cannot be used for a new member (it belongs to someone outside
+    /// this tenant; which tenant is not said).
+    #[error("this email address cannot be used")]
+    EmailUnavailable,
+    /// The server failed (details in its log).
+    #[error("the server could not complete the request")]
+    ServerTrouble,
     /// The configuration would pass its size limit with this plugin.
     #[error("the tenant configuration would exceed {max} bytes with this plugin")]
     ConfigTooLarge {
@@ -187,7 +237,7 @@ impl Refusal {
             Self::UnexpectedMessage { .. } => "unexpected-message",
             Self::ShuttingDown => "shutting-down",
             Self::ReplyTooLarge { .. } => "reply-too-large",
-            Self::SaveFailed | Self::ConfigUnreadable => "internal",
+            Self::SaveFailed | Self::ConfigUnreadable | Self::ServerTrouble => "internal",
             Self::MalformedSync { .. } | Self::SyncNotApplied { .. } => "malformed-sync",
             Self::WrongTenant => "wrong-tenant",
             Self::CustomerLimit { .. } => "customer-limit",
@@ -196,7 +246,16 @@ impl Refusal {
             Self::TooSlow => "too-slow",
             Self::Busy => "busy",
             Self::ConfigReadOnly => "config-read-only",
-            Self::InstallNeedsAdmin => "role-required",
+            Self::RoleRequired { .. } => "role-required",
+            Self::InvalidCredentials => "invalid-credentials",
+            Self::ContractRequired => "contract-required",
+            Self::InvalidSession => "invalid-session",
+            Self::SessionExpired => "session-expired",
+            Self::MemberExists { .. } => "member-exists",
+            Self::UnknownMember { .. } => "unknown-member",
+            Self::DeviceTaken { .. } => "device-taken",
+            Self::ActorTaken => "actor-taken",
+            Self::EmailUnavailable => "email-unavailable",
             Self::ConfigTooLarge { .. } => "config-too-large",
             Self::ResultNotVerified { code, .. } | Self::InstallRefused { code, .. } => code,
             Self::CustomerExists { .. } => "customer-exists",
@@ -247,7 +306,25 @@ impl Refusal {
             Self::ConfigReadOnly => {
                 "テナント設定はプラグインのインストールでのみ変更できます".to_owned()
             }
-            Self::InstallNeedsAdmin => "この操作には管理者以上の権限が必要です".to_owned(),
+            Self::RoleRequired { needed } => {
+                format!("この操作には{}以上の権限が必要です", needed.label_ja())
+            }
+            Self::InvalidCredentials => "メールアドレスまたはパスワードが違います".to_owned(),
+            Self::ContractRequired => CONTRACT_REQUIRED_JA.to_owned(),
+            Self::InvalidSession => "セッションが無効です。ログインし直してください".to_owned(),
+            Self::SessionExpired => {
+                "セッションの有効期限が切れました。ログインし直してください".to_owned()
+            }
+            Self::MemberExists { email } => format!("{email} はすでに登録されています"),
+            Self::UnknownMember { email } => format!("{email} はこのテナントにいません"),
+            Self::DeviceTaken { device } => {
+                format!("端末 {device} は別のユーザーに登録されています")
+            }
+            Self::ActorTaken => "この端末の識別子は別の端末に登録されています".to_owned(),
+            Self::EmailUnavailable => "このメールアドレスは使用できません".to_owned(),
+            Self::ServerTrouble => {
+                "サーバーで問題が発生しました。しばらくしてから再度お試しください".to_owned()
+            }
             Self::ConfigTooLarge { .. } => {
                 "テナント設定の容量の上限を超えるため、このプラグインはインストールできません"
                     .to_owned()
@@ -323,12 +400,30 @@ mod tests {
             Refusal::CustomerLimit { max: 3 },
             Refusal::TooManyDocuments,
             Refusal::BadRequest {
-                method: "user-add".to_owned(),
+                detail: "user-add is answered before the hub".to_owned(),
             },
             Refusal::TooSlow,
             Refusal::Busy,
             Refusal::ConfigReadOnly,
-            Refusal::InstallNeedsAdmin,
+            Refusal::RoleRequired {
+                needed: Role::Admin,
+            },
+            Refusal::InvalidCredentials,
+            Refusal::ContractRequired,
+            Refusal::InvalidSession,
+            Refusal::SessionExpired,
+            Refusal::MemberExists {
+                email: "rep@acme.example".to_owned(),
+            },
+            Refusal::UnknownMember {
+                email: "rep@acme.example".to_owned(),
+            },
+            Refusal::DeviceTaken {
+                device: "phone-1".to_owned(),
+            },
+            Refusal::ActorTaken,
+            Refusal::EmailUnavailable,
+            Refusal::ServerTrouble,
             Refusal::ConfigTooLarge { max: 6 << 20 },
             Refusal::ResultNotVerified {
                 call: "call-1".to_owned(),

@@ -34,7 +34,10 @@ fn config_read_only() -> ErrorBody {
 
 /// The refusal of an install by a member below admin.
 pub(crate) fn install_needs_admin() -> ErrorBody {
-    Refusal::InstallNeedsAdmin.body()
+    Refusal::RoleRequired {
+        needed: callsync_core::Role::Admin,
+    }
+    .body()
 }
 
 /// Largest configuration document (with every component ever installed) the
