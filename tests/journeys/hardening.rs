@@ -45,11 +45,27 @@ async fn connect_from(
     quinn::SendStream,
     quinn::RecvStream,
 ) {
+    connect_with(server, local, None).await
+}
+
+/// [`connect_from`], with this QUIC transport instead of the client's own.
+async fn connect_with(
+    server: &ServerProcess,
+    local: &str,
+    transport: Option<quinn::TransportConfig>,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
     let addr: SocketAddr = server.addr.parse().unwrap();
     let mut ep = quinn::Endpoint::client(format!("{local}:0").parse().unwrap()).unwrap();
-    ep.set_default_client_config(
-        client_config(&Trust::Fingerprint(server.fingerprint.clone())).unwrap(),
-    );
+    let mut config = client_config(&Trust::Fingerprint(server.fingerprint.clone())).unwrap();
+    if let Some(transport) = transport {
+        config.transport_config(std::sync::Arc::new(transport));
+    }
+    ep.set_default_client_config(config);
     let (conn, send, recv) = callsync_net::endpoint::connect(&ep, addr, "localhost")
         .await
         .unwrap();
@@ -87,7 +103,23 @@ async fn join(
     quinn::SendStream,
     quinn::RecvStream,
 ) {
-    let (ep, conn, mut send, recv) = connect_from(server, "127.0.0.1").await;
+    let (ep, conn, send, recv) = connect_from(server, "127.0.0.1").await;
+    send_join(ep, conn, send, recv, session).await
+}
+
+/// Sends `join` for `session` on an open connection and hands it back.
+async fn send_join(
+    ep: quinn::Endpoint,
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    session: &SavedSession,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
     let join = Message::Join {
         sender_id: session.device.clone(),
         supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
@@ -731,26 +763,12 @@ async fn join_with_small_window(
     quinn::SendStream,
     quinn::RecvStream,
 ) {
-    let addr: SocketAddr = server.addr.parse().unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let mut config = client_config(&Trust::Fingerprint(server.fingerprint.clone())).unwrap();
     let mut transport = quinn::TransportConfig::default();
     transport
         .stream_receive_window(4_096u32.into())
         .receive_window(8_192u32.into());
-    config.transport_config(std::sync::Arc::new(transport));
-    ep.set_default_client_config(config);
-    let (conn, mut send, recv) = callsync_net::endpoint::connect(&ep, addr, "localhost")
-        .await
-        .unwrap();
-    let join = Message::Join {
-        sender_id: session.device.clone(),
-        supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
-        token: session.token.clone(),
-        cursor: None,
-    };
-    write_message(&mut send, &join).await.unwrap();
-    (ep, conn, send, recv)
+    let (ep, conn, send, recv) = connect_with(server, "127.0.0.1", Some(transport)).await;
+    send_join(ep, conn, send, recv, session).await
 }
 
 /// Sends up to `n` one-row customer-list requests, ids from `first`; stops at the

@@ -817,21 +817,10 @@ impl HubState {
         }));
         let Ok(received) = received else {
             tracing::warn!(device = %session.device, doc = %doc, "Automerge panicked applying a device's sync message; refused it and reloaded the document");
-            self.docs.remove(&key);
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.states.insert(doc.clone(), sync::State::new());
-            }
-            batch.send(
-                conn,
-                Message::Rejected {
-                    document_id: doc,
-                    error: Refusal::SyncNotApplied {
-                        detail: "Automerge refused the changes' sequence numbers or actors"
-                            .to_owned(),
-                    }
-                    .body(),
-                },
-            );
+            let error = Refusal::SyncNotApplied {
+                detail: "Automerge refused the changes' sequence numbers or actors".to_owned(),
+            };
+            self.reject(batch, conn, &key, error.body());
             return Ok(());
         };
         if received.is_ok() && stored.doc.has_queued_changes() {
@@ -900,19 +889,7 @@ impl HubState {
         match admitted {
             Err(error) => {
                 tracing::warn!(device = %session.device, doc = %doc, code = %error.code, "rejected changes");
-                // Forget the refused changes: reload from what is saved, and start
-                // this device's sync for the document over.
-                self.docs.remove(&key);
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.states.insert(doc.clone(), sync::State::new());
-                }
-                batch.send(
-                    conn,
-                    Message::Rejected {
-                        document_id: doc,
-                        error,
-                    },
-                );
+                self.reject(batch, conn, &key, error);
             }
             Ok(events) => {
                 if !events.is_empty() {
@@ -1006,6 +983,23 @@ impl HubState {
     /// everything the server lacks, dependencies first, while a forged orphan has
     /// nothing to attach to. Not a `rejected`: that would make an honest device
     /// drop its outbox.
+    /// Refuses a device's sync message: forgets what it changed (the document
+    /// reloads from what is saved), starts the device's sync of the document over
+    /// and tells it why.
+    fn reject(&mut self, batch: &mut Batch, conn: ConnId, key: &DocKey, error: ErrorBody) {
+        self.docs.remove(key);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.states.insert(key.1.clone(), sync::State::new());
+        }
+        batch.send(
+            conn,
+            Message::Rejected {
+                document_id: key.1.clone(),
+                error,
+            },
+        );
+    }
+
     fn drop_queued(
         &mut self,
         tx: &mut WriteTx<'_>,
