@@ -389,22 +389,28 @@ async fn run_session(
             Ok(Some(message)) => message,
             Ok(None) => break,
             Err(NetError::Wire(e)) => {
-                let _ = out
-                    .send(Outgoing::Close(net_error_body(&NetError::Wire(e))))
-                    .await;
+                deliver(
+                    &out,
+                    &connection,
+                    Outgoing::Close(net_error_body(&NetError::Wire(e))),
+                )
+                .await;
                 break;
             }
             Err(_) => break,
         };
         if !rate.allow() {
-            let _ = out
-                .send(Outgoing::Close(
+            deliver(
+                &out,
+                &connection,
+                Outgoing::Close(
                     Refusal::RateLimited {
                         per_sec: RATE_PER_SEC as u32,
                     }
                     .body(),
-                ))
-                .await;
+                ),
+            )
+            .await;
             break;
         }
         if checked.elapsed() >= RECHECK_EVERY || session.expires_at <= clock::now() {
@@ -412,7 +418,7 @@ async fn run_session(
             match authenticate(&shared, token.clone(), session.device.clone()).await {
                 Ok(fresh) => session = fresh,
                 Err(e) => {
-                    let _ = out.send(Outgoing::Close(e.body())).await;
+                    deliver(&out, &connection, Outgoing::Close(e.body())).await;
                     break;
                 }
             }
@@ -438,7 +444,7 @@ async fn run_session(
                 };
                 match wire::encode_frame(&Message::Reply { id, result }) {
                     Ok(frame) => {
-                        if out.send(Outgoing::Frame(Arc::new(frame))).await.is_err() {
+                        if !deliver(&out, &connection, Outgoing::Frame(Arc::new(frame))).await {
                             break;
                         }
                     }
@@ -480,7 +486,7 @@ async fn run_session(
                                 prepared: Box::new(prepared),
                             };
                             if shared.hub.send(publish).await.is_err() {
-                                let _ = out.send(Outgoing::Close(shutting_down())).await;
+                                deliver(&out, &connection, Outgoing::Close(shutting_down())).await;
                                 break;
                             }
                             None
@@ -506,7 +512,7 @@ async fn run_session(
                     };
                     match wire::encode_frame(&reply) {
                         Ok(frame) => {
-                            if out.send(Outgoing::Frame(Arc::new(frame))).await.is_err() {
+                            if !deliver(&out, &connection, Outgoing::Frame(Arc::new(frame))).await {
                                 break;
                             }
                         }
@@ -525,19 +531,22 @@ async fn run_session(
                     .await
                     .is_err()
                 {
-                    let _ = out.send(Outgoing::Close(shutting_down())).await;
+                    deliver(&out, &connection, Outgoing::Close(shutting_down())).await;
                     break;
                 }
             }
             other => {
-                let _ = out
-                    .send(Outgoing::Close(
+                deliver(
+                    &out,
+                    &connection,
+                    Outgoing::Close(
                         Refusal::UnexpectedMessage {
                             kind: other.kind().to_owned(),
                         }
                         .body(),
-                    ))
-                    .await;
+                    ),
+                )
+                .await;
                 break;
             }
         }
@@ -546,6 +555,34 @@ async fn run_session(
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
     connection.close(0u32.into(), b"bye");
+}
+
+/// How long the reader waits for room in its writer's queue before deciding the
+/// device has stopped reading.
+const DELIVER_WAIT: Duration = Duration::from_secs(2);
+
+/// Queues `item` for the connection's writer. A queue still full after
+/// [`DELIVER_WAIT`] means the device stopped reading: the connection is cut off
+/// (close code [`CUT_OFF`], reason `too-slow`) rather than the reader blocking on
+/// it for good. False when the connection is done.
+async fn deliver(
+    out: &mpsc::Sender<Outgoing>,
+    connection: &quinn::Connection,
+    item: Outgoing,
+) -> bool {
+    match tokio::time::timeout(DELIVER_WAIT, out.send(item)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            let refusal = Refusal::TooSlow.body();
+            tracing::info!(remote = %connection.remote_address(), "cutting off a connection that stopped reading");
+            connection.close(
+                CUT_OFF.into(),
+                format!("{}: {}", refusal.code, refusal.message).as_bytes(),
+            );
+            false
+        }
+    }
 }
 
 /// The member whose live connections an account change ends, and why.

@@ -1312,7 +1312,14 @@ impl HubState {
             // rather than sent a closing message it would never get to.
             if let Some(c) = self.remove_conn(conn) {
                 tracing::warn!(device = %c.session.device, "dropping a connection that does not keep up");
-                c.out.cut_off.send_replace(Some(Refusal::TooSlow.body()));
+                // A closing reason set earlier in this flush (a refusal) stands.
+                c.out.cut_off.send_if_modified(|reason| {
+                    let unset = reason.is_none();
+                    if unset {
+                        *reason = Some(Refusal::TooSlow.body());
+                    }
+                    unset
+                });
             }
         }
     }
