@@ -579,15 +579,7 @@ fn a_decompression_bomb_and_a_poisoned_bloom_filter_are_refused_before_automerge
     let (desk, _phone) = world.rep_devices();
     let session = saved_session(&desk);
     let doc_id = CustomerId::new("cus-1").unwrap();
-    let before = {
-        let conn = rusqlite::Connection::open(world.server.db()).unwrap();
-        conn.query_row(
-            "SELECT heads FROM documents WHERE customer_id = 'cus-1'",
-            [],
-            |r| r.get::<_, Vec<u8>>(0),
-        )
-        .unwrap()
-    };
+    let before = stored_heads(&world.server);
     // 16 MiB of zeros, deflated to a hundredth, in a compressed change chunk.
     let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
     deflate.write_all(&vec![0u8; 16 << 20]).unwrap();
@@ -640,15 +632,7 @@ fn a_decompression_bomb_and_a_poisoned_bloom_filter_are_refused_before_automerge
         answers.iter().any(|m| matches!(m, Message::Rejected { error, .. } if error.code == "malformed-sync-summary")),
         "{answers:?}"
     );
-    let after = {
-        let conn = rusqlite::Connection::open(world.server.db()).unwrap();
-        conn.query_row(
-            "SELECT heads FROM documents WHERE customer_id = 'cus-1'",
-            [],
-            |r| r.get::<_, Vec<u8>>(0),
-        )
-        .unwrap()
-    };
+    let after = stored_heads(&world.server);
     assert_eq!(after, before, "nothing stored");
     // The server serves on.
     let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
@@ -656,6 +640,18 @@ fn a_decompression_bomb_and_a_poisoned_bloom_filter_are_refused_before_automerge
         callsync(&desk, &["desk", "show", &call]).ok()["phase"],
         "awaiting-start"
     );
+}
+
+/// The heads the server has stored for `cus-1`.
+fn stored_heads(server: &ServerProcess) -> Vec<u8> {
+    rusqlite::Connection::open(server.db())
+        .unwrap()
+        .query_row(
+            "SELECT heads FROM documents WHERE customer_id = 'cus-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
 }
 
 /// `change` re-encoded after `edit` (a new hash; the checksum is valid).
@@ -679,16 +675,6 @@ fn changes_automerge_would_panic_on_are_refused_and_the_server_serves_on() {
     let first = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
     callsync(&desk, &["desk", "cancel", &first]).ok();
     let doc_id = CustomerId::new("cus-1").unwrap();
-    let stored_heads = || -> Vec<u8> {
-        rusqlite::Connection::open(world.server.db())
-            .unwrap()
-            .query_row(
-                "SELECT heads FROM documents WHERE customer_id = 'cus-1'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
     // Each is a valid change chunk (checksum and columns) whose dependencies the
     // server holds; Automerge 0.12 asserts on the first two while applying them
     // (`change_graph.rs`: the sequence number must be the actor's next; `batch.rs`:
@@ -718,7 +704,7 @@ fn changes_automerge_would_panic_on_are_refused_and_the_server_serves_on() {
     ];
     let rt = runtime();
     for (what, change, code) in crafted {
-        let before = stored_heads();
+        let before = stored_heads(&world.server);
         let answers = rt.block_on(async {
             let (_ep, _c, mut send, mut recv) = join(&world.server, &session).await;
             drain(&mut recv, Duration::from_millis(500)).await;
@@ -731,14 +717,18 @@ fn changes_automerge_would_panic_on_are_refused_and_the_server_serves_on() {
             _ => None,
         });
         assert_eq!(refused, Some(code), "{what}: {answers:?}");
-        assert_eq!(stored_heads(), before, "{what}: nothing stored");
+        assert_eq!(
+            stored_heads(&world.server),
+            before,
+            "{what}: nothing stored"
+        );
         // The server serves on: the desk writes and reads the same document.
         let call =
             call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
         let cancelled = callsync(&desk, &["desk", "cancel", &call]).ok();
         assert_eq!(cancelled["phase"], "cancelled", "{what}: {cancelled}");
         assert_ne!(
-            stored_heads(),
+            stored_heads(&world.server),
             before,
             "{what}: the desk's calls were stored"
         );
@@ -771,20 +761,54 @@ async fn join_with_small_window(
     send_join(ep, conn, send, recv, session).await
 }
 
-/// Sends up to `n` one-row customer-list requests, ids from `first`; stops at the
-/// first write the server no longer takes (it cut the connection off).
-async fn flood(send: &mut quinn::SendStream, first: u64, n: u64) {
+/// Sends up to `n` requests made by `call`, ids from `first`; stops at the first
+/// write the server no longer takes (it cut the connection off).
+async fn flood(send: &mut quinn::SendStream, first: u64, n: u64, call: fn() -> RpcCall) {
     for id in first..first + n {
-        let call = RpcCall::CustomerList {
-            after: None,
-            limit: Some(1),
-        };
-        if write_message(send, &Message::Rpc { id, call })
+        if write_message(send, &Message::Rpc { id, call: call() })
             .await
             .is_err()
         {
             return;
         }
+    }
+}
+
+fn one_customer() -> RpcCall {
+    RpcCall::CustomerList {
+        after: None,
+        limit: Some(1),
+    }
+}
+
+/// Joins with a small receive window and sends `call`s within the rate without
+/// ever reading; returns the reason the server closed the connection with.
+async fn read_nothing_until_cut_off(
+    server: &ServerProcess,
+    session: &SavedSession,
+    call: fn() -> RpcCall,
+) -> String {
+    let (ep, conn, mut send, _recv) = join_with_small_window(server, session).await;
+    // Well inside the rate (the server may read late on a loaded machine).
+    let burst = callsync_server::RATE_BURST as u64;
+    let per_sec = callsync_server::RATE_PER_SEC as u64;
+    flood(&mut send, 1, burst * 3 / 4, call).await;
+    let mut id = burst;
+    for _ in 0..16 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        flood(&mut send, id, per_sec * 3 / 5, call).await;
+        id += per_sec;
+        if conn.close_reason().is_some() {
+            break;
+        }
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    drop(ep);
+    match closed {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            String::from_utf8_lossy(&close.reason).into_owned()
+        }
+        other => panic!("the connection was not dropped: {other:?}"),
     }
 }
 
@@ -798,7 +822,7 @@ fn a_flood_of_messages_is_cut_off_and_a_connection_that_stops_reading_is_dropped
     let burst = callsync_server::RATE_BURST as u64;
     let code = rt.block_on(async {
         let (_ep, _c, mut send, mut recv) = join(&world.server, &session).await;
-        flood(&mut send, 1, 2 * burst).await;
+        flood(&mut send, 1, 2 * burst, one_customer).await;
         loop {
             match tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv)).await {
                 Ok(Ok(Some(Message::Error(body)))) => break body.code,
@@ -810,32 +834,19 @@ fn a_flood_of_messages_is_cut_off_and_a_connection_that_stops_reading_is_dropped
     assert_eq!(code, "rate-limited");
     // Within the rate, but never reading: once the replies fill the connection's
     // queue the server drops it (and says why in the close), rather than keeping
-    // a connection whose messages it no longer handles.
-    let closed = rt.block_on(async {
-        let (ep, conn, mut send, _recv) = join_with_small_window(&world.server, &session).await;
-        // Well inside the rate (the server may read late on a loaded machine).
-        let per_sec = callsync_server::RATE_PER_SEC as u64;
-        flood(&mut send, 1, burst * 3 / 4).await;
-        let mut id = burst;
-        for _ in 0..16 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            flood(&mut send, id, per_sec * 3 / 5).await;
-            id += per_sec;
-            if conn.close_reason().is_some() {
-                break;
-            }
-        }
-        let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
-        drop(ep);
-        reason
-    });
-    match closed {
-        Ok(quinn::ConnectionError::ApplicationClosed(close)) => assert!(
-            String::from_utf8_lossy(&close.reason).contains("too-slow"),
-            "{close:?}"
-        ),
-        other => panic!("the connection was not dropped: {other:?}"),
-    }
+    // a connection whose messages it no longer handles. Replies the hub sends,
+    // and replies the connection sends itself (account requests).
+    let close = rt.block_on(read_nothing_until_cut_off(
+        &world.server,
+        &session,
+        one_customer,
+    ));
+    assert!(close.contains("too-slow"), "{close}");
+    let admin = saved_session(&world.admin_desk);
+    let close = rt.block_on(read_nothing_until_cut_off(&world.server, &admin, || {
+        RpcCall::UserList
+    }));
+    assert!(close.contains("too-slow"), "{close}");
     // The server serves on.
     let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
     assert_eq!(

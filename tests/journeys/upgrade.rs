@@ -40,6 +40,25 @@ fn old_version(db: &Path) -> u32 {
         .unwrap()
 }
 
+/// Logs the fixture's owner in on `server` as a `kind` (desk or phone) in `dir`.
+fn login_old_owner(server: &ServerProcess, dir: &Path, kind: &str) -> Value {
+    callsync_with(
+        dir,
+        &[
+            kind,
+            "login",
+            "--server",
+            &server.addr,
+            "--fingerprint",
+            &server.fingerprint,
+            "--email",
+            "owner@acme.example",
+        ],
+        OLD_PASSWORD,
+    )
+    .ok()
+}
+
 #[test]
 fn a_local_data_directory_from_the_first_release_migrates_and_works() {
     let data = DataDir::new();
@@ -119,21 +138,7 @@ fn a_server_data_directory_from_the_previous_release_migrates_and_serves() {
     // The owner's password hash, tenant and configuration came through: a new desk
     // logs in, lists and opens.
     let desk = root.path().join("desk");
-    callsync_with(
-        &desk,
-        &[
-            "desk",
-            "login",
-            "--server",
-            &server.addr,
-            "--fingerprint",
-            &server.fingerprint,
-            "--email",
-            "owner@acme.example",
-        ],
-        OLD_PASSWORD,
-    )
-    .ok();
+    login_old_owner(&server, &desk, "desk");
     let listed = callsync(&desk, &["desk", "customers"]).ok();
     assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
     callsync(&desk, &["desk", "open", "cus-1", "cus-2", "cus-3"]).ok();
@@ -155,21 +160,7 @@ fn a_server_data_directory_from_the_previous_release_migrates_and_serves() {
     // New work: a phone logs in anew (beside the previous release's phone) and a
     // call is requested for it.
     let phone = root.path().join("phone");
-    let logged_in = callsync_with(
-        &phone,
-        &[
-            "phone",
-            "login",
-            "--server",
-            &server.addr,
-            "--fingerprint",
-            &server.fingerprint,
-            "--email",
-            "owner@acme.example",
-        ],
-        OLD_PASSWORD,
-    )
-    .ok();
+    let logged_in = login_old_owner(&server, &phone, "phone");
     let new_phone = logged_in["device"].as_str().unwrap().to_owned();
     let requested = callsync(
         &desk,
