@@ -13,6 +13,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The plugins and their SDK: as shipped (wasm32) and as their unit tests run (native).
 cargo clippy --manifest-path plugins/Cargo.toml --workspace --locked --target wasm32-unknown-unknown -- -D warnings
 cargo clippy --manifest-path plugins/Cargo.toml --workspace --all-targets --locked -- -D warnings
-cargo build -p callsync-core --target wasm32-unknown-unknown --locked
+cargo build -p callsync-core -p callsync-session --target wasm32-unknown-unknown --locked
 cargo test --manifest-path plugins/Cargo.toml --workspace --locked
 cargo test --workspace --locked

@@ -106,6 +106,37 @@ pub struct Install {
     pub by: UserId,
 }
 
+/// A checked install, ready to publish: the rule set, its id and the plugin
+/// component (made by the plugin host's install checks; publishing it is a
+/// document edit, so it lives here where the sessions can do it).
+#[derive(Debug, Clone)]
+pub struct PreparedInstall {
+    /// The rule set's id.
+    pub id: ContentHash,
+    /// The rule set.
+    pub ruleset: Ruleset,
+    /// The plugin component.
+    pub component: Vec<u8>,
+}
+
+impl PreparedInstall {
+    /// Publishes the rule set in `doc` and makes it active, as installed by `by`
+    /// at `at`.
+    pub fn publish(
+        &self,
+        doc: &mut TenantConfigDoc,
+        by: &UserId,
+        at: Timestamp,
+    ) -> Result<(), CoreError> {
+        let install = Install {
+            ruleset: self.id,
+            at,
+            by: by.clone(),
+        };
+        doc.install(self.id, &self.ruleset, &self.component, &install)
+    }
+}
+
 /// The configuration as every reader sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TenantConfig {

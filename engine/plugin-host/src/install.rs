@@ -6,9 +6,8 @@
 //! is installed.
 
 use callsync_core::Timestamp;
-use callsync_core::UserId;
-use callsync_core::plugin::{ContentHash, PluginRef, RuleInputs, Setting};
-use callsync_core::tenant_config::{Install, Ruleset, TenantConfigDoc};
+use callsync_core::plugin::{PluginRef, RuleInputs, Setting};
+use callsync_core::tenant_config::{PreparedInstall, Ruleset};
 use chrono::NaiveDate;
 
 use crate::holidays::MAX_HOLIDAYS;
@@ -57,34 +56,8 @@ impl InstallError {
     }
 }
 
-/// A checked install, ready to publish: the rule set, its id and the component.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    /// The rule set's id.
-    pub id: ContentHash,
-    /// The rule set.
-    pub ruleset: Ruleset,
-    /// The plugin component.
-    pub component: Vec<u8>,
-}
-
-impl Prepared {
-    /// Publishes the rule set in `doc` and makes it active, as installed by `by`
-    /// at `at`.
-    pub fn publish(
-        &self,
-        doc: &mut TenantConfigDoc,
-        by: &UserId,
-        at: Timestamp,
-    ) -> Result<(), callsync_core::CoreError> {
-        let install = Install {
-            ruleset: self.id,
-            at,
-            by: by.clone(),
-        };
-        doc.install(self.id, &self.ruleset, &self.component, &install)
-    }
-}
+/// A checked install, ready to publish (see [`PreparedInstall`]).
+pub type Prepared = PreparedInstall;
 
 /// Checks `request` at `now` (see [`PluginHost::inspect`]) and builds its rule set.
 pub fn prepare(

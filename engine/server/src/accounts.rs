@@ -12,7 +12,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use callsync_core::wire::{
     CONTRACT_REQUIRED_EN, DeviceRegistration, ErrorBody, MemberSummary, Refusal, RpcCall, RpcResult,
 };
-use callsync_core::{DeviceKind, Role, TenantId, Timestamp, UserId};
+use callsync_core::{DeviceKind, Role, Timestamp, UserId};
 use callsync_store::{MemberRecord, NewSession, Store, StoreError};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -22,21 +22,7 @@ pub const SERVER_DEVICE: &str = "server";
 pub const MIN_PASSWORD_CHARS: usize = 8;
 
 /// The session a connection runs under, as checked at `join`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// The user.
-    pub user: UserId,
-    /// Their role.
-    pub role: Role,
-    /// The device.
-    pub device: callsync_core::DeviceId,
-    /// Desk or phone.
-    pub kind: DeviceKind,
-    /// When the token stops working.
-    pub expires_at: Timestamp,
-}
+pub use callsync_session::Authenticated as Session;
 
 /// Why a login, a join or an account request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -300,17 +286,7 @@ pub fn authenticate(
     })
 }
 
-/// Whether `call` is an account request (answered here, not by the hub).
-pub fn is_account_call(call: &RpcCall) -> bool {
-    matches!(
-        call,
-        RpcCall::UserAdd { .. }
-            | RpcCall::UserSetContract { .. }
-            | RpcCall::UserResetPassword { .. }
-            | RpcCall::UserList
-            | RpcCall::SetAssigneeVisibility { .. }
-    )
-}
+pub use callsync_session::connection::is_account_call;
 
 fn require_admin(session: &Session) -> Result<(), AuthError> {
     if session.role.is_admin() {

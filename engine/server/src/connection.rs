@@ -10,38 +10,36 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use callsync_core::wire::{self, ErrorBody, Message, PROTOCOL_VERSION, Refusal};
+use callsync_core::wire::{self, ErrorBody, Message, Refusal};
 use callsync_net::NetError;
 use callsync_net::framing::{read_message, write_frame, write_message};
+use callsync_session::connection::{ServerConnection, Step, sessions_ended_by};
+use callsync_session::hub::HubInput;
 use callsync_store::Store;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use crate::accounts::{self, AuthError, Session};
 use crate::clock;
-use crate::hub::{ConnId, HubInput, Outbox, Outgoing};
+use crate::hub::{DriverInput, Hubs, Outbox, Outgoing};
 use crate::throttle::{LoginThrottle, Throttled};
+
+pub use callsync_session::connection::{RATE_BURST, RATE_PER_SEC};
 
 /// How long a new connection has, by default, to open its stream and send its
 /// first message.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages a connection may send in a burst …
-pub const RATE_BURST: f64 = 2_000.0;
-/// … and per second after it.
-pub const RATE_PER_SEC: f64 = 1_000.0;
+pub const HANDSHAKE_TIMEOUT: Duration =
+    Duration::from_millis(callsync_session::connection::HANDSHAKE_TIMEOUT_MS as u64);
 /// Frames queued for a connection before it counts as too slow.
 const OUT_QUEUE: usize = 4_096;
 /// The QUIC close code of a connection the server cut off (its reason says why).
 const CUT_OFF: u32 = 2;
-/// How often a long connection re-checks its session (revoked contract, reset
-/// password).
-const RECHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// What every connection task shares.
 pub(crate) struct Shared {
-    /// The hub's bounded queue: a connection waits for room (and stops reading
-    /// its stream meanwhile, so QUIC flow control slows the device) rather than
-    /// growing the queue without bound.
-    pub(crate) hub: mpsc::Sender<HubInput>,
+    /// Every tenant's hub. Each has a bounded queue: a connection waits for room
+    /// (and stops reading its stream meanwhile, so QUIC flow control slows the
+    /// device) rather than growing the queue without bound.
+    pub(crate) hubs: Arc<Hubs>,
     pub(crate) accounts: Mutex<Store>,
     pub(crate) next_conn: AtomicU64,
     pub(crate) session_ttl_ms: i64,
@@ -59,7 +57,7 @@ pub(crate) struct Shared {
     pub(crate) throttle: std::sync::Mutex<LoginThrottle>,
     /// How long a new connection has to open its stream and say `login`/`join`.
     pub(crate) handshake_timeout: Duration,
-    /// Checks and compiles plugins on install (here, not on the hub's thread).
+    /// Checks and compiles plugins on install (here, not on a hub's thread).
     pub(crate) plugins: Arc<callsync_plugin_host::PluginHost>,
 }
 
@@ -103,6 +101,8 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
                 return;
             }
         };
+    let mut protocol =
+        ServerConnection::new(clock::now(), shared.handshake_timeout.as_millis() as i64);
     let first = match tokio::time::timeout(shared.handshake_timeout, read_message(&mut recv)).await
     {
         Ok(Ok(Some(message))) => message,
@@ -111,57 +111,38 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
         Ok(Err(e)) => return refuse(&connection, &mut send, net_error_body(&e)).await,
-        Err(_) => {
-            return refuse(&connection, &mut send, Refusal::HandshakeTimeout.body()).await;
-        }
+        Err(_) => return refuse(&connection, &mut send, protocol.timed_out()).await,
     };
-    let versions_ok = |v: &[String]| v.iter().any(|v| v == PROTOCOL_VERSION);
-    match first {
-        Message::Login {
-            supported_protocol_versions,
+    match protocol.receive(clock::now(), first) {
+        Step::Login {
             email,
             password,
             device,
         } => {
-            if !versions_ok(&supported_protocol_versions) {
-                return refuse(&connection, &mut send, unsupported()).await;
-            }
             let address = connection.remote_address().ip();
             let reply = login(&shared, address, email, password, device).await;
             let _ = write_message(&mut send, &reply).await;
             finish_and_close(&connection, &mut send).await;
         }
-        Message::Join {
-            sender_id,
-            supported_protocol_versions,
+        Step::Authenticate {
             token,
+            device,
             cursor,
         } => {
-            if !versions_ok(&supported_protocol_versions) {
-                return refuse(&connection, &mut send, unsupported()).await;
+            let outcome = authenticate(&shared, token, device)
+                .await
+                .map_err(|e| e.body());
+            if let Err(error) = protocol.joined(clock::now(), outcome) {
+                return refuse(&connection, &mut send, error).await;
             }
-            let session = match authenticate(&shared, token.clone(), sender_id).await {
-                Ok(session) => session,
-                Err(e) => return refuse(&connection, &mut send, e.body()).await,
-            };
-            run_session(connection, send, recv, shared, session, token, cursor).await;
+            run_session(connection, send, recv, shared, protocol, cursor).await;
         }
+        Step::Refuse(error) => refuse(&connection, &mut send, error).await,
         other => {
-            refuse(
-                &connection,
-                &mut send,
-                Refusal::JoinRequired {
-                    got: other.kind().to_owned(),
-                }
-                .body(),
-            )
-            .await;
+            tracing::error!(step = ?other, "a first message led nowhere");
+            refuse(&connection, &mut send, Refusal::ShuttingDown.body()).await;
         }
     }
-}
-
-fn unsupported() -> ErrorBody {
-    Refusal::UnsupportedProtocol.body()
 }
 
 /// The refusal of a login attempt that came too soon.
@@ -292,51 +273,31 @@ async fn authenticate(
     tokio::task::block_in_place(|| accounts::authenticate(&store, &token, &device, clock::now()))
 }
 
-/// A token bucket over the messages a connection sends.
-struct RateLimit {
-    tokens: f64,
-    at: Instant,
-}
-
-impl RateLimit {
-    fn new() -> Self {
-        Self {
-            tokens: RATE_BURST,
-            at: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * RATE_PER_SEC;
-        self.tokens = (self.tokens + refill).min(RATE_BURST);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 async fn run_session(
     connection: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     shared: Arc<Shared>,
-    mut session: Session,
-    token: String,
+    mut protocol: ServerConnection,
     cursor: Option<wire::Cursor>,
 ) {
-    let conn: ConnId = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let Some(member) = protocol.member().cloned() else {
+        return refuse(&connection, &mut send, shutting_down()).await;
+    };
+    let hub = match tokio::task::block_in_place(|| shared.hubs.sender(&member.tenant)) {
+        Ok(hub) => hub,
+        Err(e) => {
+            tracing::error!(tenant = %member.tenant, error = %e, "the tenant's hub could not start");
+            return refuse(&connection, &mut send, shutting_down()).await;
+        }
+    };
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (out, mut outgoing) = mpsc::channel::<Outgoing>(OUT_QUEUE);
     let (cut_off, mut cut_off_signal) = tokio::sync::watch::channel(None);
-    if shared
-        .hub
-        .send(HubInput::Open {
+    if hub
+        .send(DriverInput::Open {
             conn,
-            session: session.clone(),
+            member,
             cursor,
             out: Outbox {
                 queue: out.clone(),
@@ -382,8 +343,6 @@ async fn run_session(
             }
         }
     });
-    let mut rate = RateLimit::new();
-    let mut checked = Instant::now();
     loop {
         let message = match read_message(&mut recv).await {
             Ok(Some(message)) => message,
@@ -399,162 +358,150 @@ async fn run_session(
             }
             Err(_) => break,
         };
-        if !rate.allow() {
-            deliver(
-                &out,
-                &connection,
-                Outgoing::Close(
-                    Refusal::RateLimited {
-                        per_sec: RATE_PER_SEC as u32,
-                    }
-                    .body(),
-                ),
-            )
-            .await;
-            break;
+        let mut step = protocol.receive(clock::now(), message);
+        if let Step::Recheck { token, device } = step {
+            let outcome = authenticate(&shared, token, device)
+                .await
+                .map_err(|e| e.body());
+            step = protocol.rechecked(clock::now(), outcome);
         }
-        if checked.elapsed() >= RECHECK_EVERY || session.expires_at <= clock::now() {
-            checked = Instant::now();
-            match authenticate(&shared, token.clone(), session.device.clone()).await {
-                Ok(fresh) => session = fresh,
-                Err(e) => {
-                    deliver(&out, &connection, Outgoing::Close(e.body())).await;
-                    break;
+        let carried_on = match step {
+            Step::Hub(message) => {
+                if hub
+                    .send(DriverInput::Session(HubInput::Received { conn, message }))
+                    .await
+                    .is_err()
+                {
+                    deliver(&out, &connection, Outgoing::Close(shutting_down())).await;
+                    false
+                } else {
+                    true
                 }
             }
-        }
-        match message {
-            Message::Rpc { id, call } if accounts::is_account_call(&call) => {
-                let result = match account_request(&shared, &session, &call).await {
+            Step::Account { id, call } => {
+                let Some(member) = protocol.member().cloned() else {
+                    break;
+                };
+                let result = match account_request(&shared, &member, &call).await {
                     Ok(result) => {
-                        tracing::info!(admin = %session.user, method = call.method(), "account change");
-                        if let Some((user, reason)) = ended_sessions(&call) {
-                            let _ = shared
-                                .hub
-                                .send(HubInput::EndSessions {
-                                    tenant: session.tenant.clone(),
-                                    user,
-                                    reason,
-                                })
+                        tracing::info!(admin = %member.user, method = call.method(), "account change");
+                        if let Some((user, reason)) = sessions_ended_by(&call) {
+                            let _ = hub
+                                .send(DriverInput::Session(HubInput::EndSessions { user, reason }))
                                 .await;
                         }
                         result
                     }
                     Err(e) => wire::RpcResult::Refused(e.body()),
                 };
-                match wire::encode_frame(&Message::Reply { id, result }) {
-                    Ok(frame) => {
-                        if !deliver(&out, &connection, Outgoing::Frame(Arc::new(frame))).await {
-                            break;
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "could not encode a reply"),
-                }
+                reply(&out, &connection, Message::Reply { id, result }).await
             }
-            Message::Rpc {
-                id,
-                call:
-                    wire::RpcCall::PluginInstall {
-                        file,
-                        settings,
-                        holidays,
-                        time_zone,
-                    },
-            } => {
-                // Checked and compiled here, off the hub's thread; only a plugin
-                // that passed goes to the hub to be published.
-                let refused = if session.role.is_admin() {
-                    let _permit = shared.compiling.acquire().await;
-                    let request = callsync_plugin_host::install::InstallRequest {
-                        file: &file,
-                        settings,
-                        holidays,
-                        time_zone,
-                    };
-                    let prepared = tokio::task::block_in_place(|| {
-                        callsync_plugin_host::install::prepare(
-                            &shared.plugins,
-                            request,
-                            clock::now(),
-                        )
-                    });
-                    match prepared {
-                        Ok(prepared) => {
-                            let publish = HubInput::Publish {
-                                conn,
-                                id,
-                                prepared: Box::new(prepared),
-                            };
-                            if shared.hub.send(publish).await.is_err() {
-                                deliver(&out, &connection, Outgoing::Close(shutting_down())).await;
-                                break;
-                            }
-                            None
-                        }
-                        Err(err) => {
-                            tracing::warn!(user = %session.user, code = err.code(), error = %err, "plugin install refused");
-                            Some(
-                                Refusal::InstallRefused {
-                                    code: err.code(),
-                                    detail: err.to_string(),
-                                }
-                                .body(),
-                            )
-                        }
-                    }
-                } else {
-                    Some(crate::hub::install_needs_admin())
-                };
-                if let Some(error) = refused {
-                    let reply = Message::Reply {
-                        id,
-                        result: wire::RpcResult::Refused(error),
-                    };
-                    match wire::encode_frame(&reply) {
-                        Ok(frame) => {
-                            if !deliver(&out, &connection, Outgoing::Frame(Arc::new(frame))).await {
-                                break;
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, "could not encode a reply"),
-                    }
-                }
+            Step::Install { id, call } => {
+                install(&shared, &hub, &out, &connection, conn, id, call).await
             }
-            Message::Leave { .. } => break,
-            message @ (Message::Sync { .. }
-            | Message::Request { .. }
-            | Message::ConfigSync { .. }
-            | Message::Rpc { .. }) => {
-                if shared
-                    .hub
-                    .send(HubInput::Received { conn, message })
-                    .await
-                    .is_err()
-                {
-                    deliver(&out, &connection, Outgoing::Close(shutting_down())).await;
-                    break;
-                }
+            Step::Reply(message) => reply(&out, &connection, message).await,
+            Step::Refuse(error) => {
+                deliver(&out, &connection, Outgoing::Close(error)).await;
+                false
             }
+            Step::Leave => false,
+            Step::Continue => true,
             other => {
-                deliver(
-                    &out,
-                    &connection,
-                    Outgoing::Close(
-                        Refusal::UnexpectedMessage {
-                            kind: other.kind().to_owned(),
-                        }
-                        .body(),
-                    ),
-                )
-                .await;
-                break;
+                tracing::error!(step = ?other, "a joined connection's message led nowhere");
+                deliver(&out, &connection, Outgoing::Close(shutting_down())).await;
+                false
             }
+        };
+        if !carried_on {
+            break;
         }
     }
-    let _ = shared.hub.send(HubInput::Closed { conn }).await;
+    let _ = hub
+        .send(DriverInput::Session(HubInput::Closed { conn }))
+        .await;
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
     connection.close(0u32.into(), b"bye");
+}
+
+/// Queues a reply for the connection's writer. False when the connection is done.
+async fn reply(
+    out: &mpsc::Sender<Outgoing>,
+    connection: &quinn::Connection,
+    message: Message,
+) -> bool {
+    match wire::encode_frame(&message) {
+        Ok(frame) => deliver(out, connection, Outgoing::Frame(Arc::new(frame))).await,
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a reply");
+            true
+        }
+    }
+}
+
+/// Checks and compiles a plugin here, off the hub's thread; only a plugin that
+/// passed goes to the hub to be published. False when the connection is done.
+async fn install(
+    shared: &Shared,
+    hub: &mpsc::Sender<DriverInput>,
+    out: &mpsc::Sender<Outgoing>,
+    connection: &quinn::Connection,
+    conn: callsync_session::ConnId,
+    id: u64,
+    call: wire::RpcCall,
+) -> bool {
+    let wire::RpcCall::PluginInstall {
+        file,
+        settings,
+        holidays,
+        time_zone,
+    } = call
+    else {
+        return true;
+    };
+    let prepared = {
+        let _permit = shared.compiling.acquire().await;
+        let request = callsync_plugin_host::install::InstallRequest {
+            file: &file,
+            settings,
+            holidays,
+            time_zone,
+        };
+        tokio::task::block_in_place(|| {
+            callsync_plugin_host::install::prepare(&shared.plugins, request, clock::now())
+        })
+    };
+    match prepared {
+        Ok(prepared) => {
+            let publish = DriverInput::Session(HubInput::Publish {
+                conn,
+                id,
+                prepared: Box::new(prepared),
+            });
+            if hub.send(publish).await.is_err() {
+                deliver(out, connection, Outgoing::Close(shutting_down())).await;
+                return false;
+            }
+            true
+        }
+        Err(err) => {
+            tracing::warn!(code = err.code(), error = %err, "plugin install refused");
+            let error = Refusal::InstallRefused {
+                code: err.code(),
+                detail: err.to_string(),
+            }
+            .body();
+            reply(
+                out,
+                connection,
+                Message::Reply {
+                    id,
+                    result: wire::RpcResult::Refused(error),
+                },
+            )
+            .await
+        }
+    }
 }
 
 /// How long the reader waits for room in its writer's queue before deciding the
@@ -582,20 +529,6 @@ async fn deliver(
             );
             false
         }
-    }
-}
-
-/// The member whose live connections an account change ends, and why.
-fn ended_sessions(call: &wire::RpcCall) -> Option<(callsync_core::UserId, ErrorBody)> {
-    match call {
-        wire::RpcCall::UserSetContract {
-            email,
-            contract: false,
-        } => Some((email.clone(), AuthError::ContractRequired.body())),
-        wire::RpcCall::UserResetPassword { email, .. } => {
-            Some((email.clone(), AuthError::InvalidSession.body()))
-        }
-        _ => None,
     }
 }
 

@@ -17,6 +17,7 @@ mod clock;
 mod connection;
 
 mod hub;
+mod rules;
 pub mod throttle;
 
 use std::net::SocketAddr;
@@ -178,8 +179,7 @@ pub fn add_tenant(
 /// A running server.
 pub struct Server {
     endpoint: quinn::Endpoint,
-    hub: tokio::sync::mpsc::Sender<hub::HubInput>,
-    hub_thread: Option<std::thread::JoinHandle<()>>,
+    hubs: Arc<hub::Hubs>,
     accept: tokio::task::JoinHandle<()>,
     fingerprint: String,
     local_addr: SocketAddr,
@@ -217,27 +217,28 @@ impl Server {
             .map_err(|e| ServerError::Invalid(e.to_string()))?,
         );
         let actor_hex = actor.to_hex_string();
-        let (hub_tx, hub_rx) = tokio::sync::mpsc::channel(hub::INPUT_QUEUE);
-        let hub = hub::Hub::new(
-            store,
-            hub::HubConfig {
-                start_limit_ms: config.start_limit_ms,
-                max_customers_per_tenant: config.max_customers_per_tenant,
-                cache_docs: config.cache_docs.max(1),
-                server_device: DeviceId::new(accounts::SERVER_DEVICE)
-                    .map_err(|e| ServerError::Invalid(e.to_string()))?,
-                server_user: UserId::new("system")
-                    .map_err(|e| ServerError::Invalid(e.to_string()))?,
-                server_actor: actor,
-                epoch,
-                plugins: plugins.clone(),
+        let tenants = store.tenant_ids()?;
+        drop(store);
+        let hubs = hub::Hubs::start(
+            hub::HubsConfig {
+                db_path: config.data_dir.join(DB_FILE),
+                settings: callsync_session::hub::HubSettings {
+                    start_limit_ms: config.start_limit_ms,
+                    max_customers: config.max_customers_per_tenant,
+                    cache_docs: config.cache_docs.max(1),
+                    server_device: DeviceId::new(accounts::SERVER_DEVICE)
+                        .map_err(|e| ServerError::Invalid(e.to_string()))?,
+                    server_user: UserId::new("system")
+                        .map_err(|e| ServerError::Invalid(e.to_string()))?,
+                    server_actor: actor,
+                    epoch,
+                },
+                rules: Arc::new(rules::HostRules(plugins.clone())),
             },
-        );
-        let hub_thread = std::thread::Builder::new()
-            .name("callsync-hub".to_owned())
-            .spawn(move || hub.run(hub_rx))?;
+            tenants,
+        )?;
         let shared = Arc::new(connection::Shared {
-            hub: hub_tx.clone(),
+            hubs: hubs.clone(),
             accounts: Mutex::new(accounts_store),
             next_conn: AtomicU64::new(1),
             session_ttl_ms: config.session_ttl_ms,
@@ -257,8 +258,7 @@ impl Server {
         tracing::info!(addr = %local_addr, fingerprint = %fingerprint, "listening");
         Ok(Self {
             endpoint,
-            hub: hub_tx,
-            hub_thread: Some(hub_thread),
+            hubs,
             accept,
             fingerprint,
             local_addr,
@@ -277,13 +277,11 @@ impl Server {
 
     /// Stops accepting, closes connections, lets the hub commit its last batch,
     /// and waits for it.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"server shutting down");
         self.accept.abort();
-        let _ = self.hub.send(hub::HubInput::Shutdown).await;
-        if let Some(thread) = self.hub_thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        let hubs = self.hubs.clone();
+        let _ = tokio::task::spawn_blocking(move || hubs.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         tracing::info!("server stopped");
     }

@@ -174,6 +174,19 @@ impl Store {
             .query_row([], |r| r.get(0))?)
     }
 
+    /// Every tenant, by id.
+    pub fn tenant_ids(&self) -> Result<Vec<TenantId>, StoreError> {
+        let mut stmt = self
+            .db()
+            .prepare_cached("SELECT tenant_id FROM tenants ORDER BY tenant_id")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.into_iter()
+            .map(|id| TenantId::new(id).map_err(|_| bad_row("tenant id")))
+            .collect()
+    }
+
     /// Turns the assignee visibility restriction on or off.
     pub fn set_assignee_visibility(
         &mut self,

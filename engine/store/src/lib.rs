@@ -18,6 +18,7 @@
 
 mod accounts;
 mod config;
+mod hub;
 mod replication;
 
 pub use accounts::{
@@ -168,6 +169,11 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE documents ADD COLUMN raw_bytes INTEGER NOT NULL DEFAULT 0;
     UPDATE documents SET raw_bytes = snapshot_bytes + incremental_bytes;
+    "#,
+    // 5: each tenant's hub finds its own due expiries (the server runs one hub per
+    // tenant), without reading other tenants' calls.
+    r#"
+    CREATE INDEX calls_by_tenant_phase ON calls (tenant_id, phase, requested_at);
     "#,
 ];
 

@@ -163,30 +163,27 @@ pub trait ReplicationQueries: Read {
         )
     }
 
-    /// Calls still awaiting *Start call* that were requested at or before
-    /// `cutoff`: (tenant, customer, call), oldest first.
+    /// The tenant's calls still awaiting *Start call* that were requested at or
+    /// before `cutoff`: (customer, call), oldest first.
     fn awaiting_start_before(
         &self,
+        tenant: &TenantId,
         cutoff: Timestamp,
-    ) -> Result<Vec<(TenantId, CustomerId, CallId)>, StoreError> {
+    ) -> Result<Vec<(CustomerId, CallId)>, StoreError> {
         let mut stmt = self.db().prepare_cached(
-            "SELECT tenant_id, customer_id, call_id FROM calls
-             WHERE phase = 'awaiting-start' AND requested_at <= ?1 ORDER BY requested_at",
+            "SELECT customer_id, call_id FROM calls
+             WHERE tenant_id = ?1 AND phase = 'awaiting-start' AND requested_at <= ?2
+             ORDER BY requested_at",
         )?;
         let rows = stmt
-            .query_map(params![cutoff.as_millis()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
+            .query_map(params![tenant.as_str(), cutoff.as_millis()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let corrupt = |_| StoreError::Corrupt("call index".to_owned());
         rows.into_iter()
-            .map(|(t, c, call)| {
+            .map(|(c, call)| {
                 Ok((
-                    TenantId::new(t).map_err(corrupt)?,
                     CustomerId::new(c).map_err(corrupt)?,
                     CallId::new(call).map_err(corrupt)?,
                 ))
@@ -194,12 +191,15 @@ pub trait ReplicationQueries: Read {
             .collect()
     }
 
-    /// When the oldest call still awaiting *Start call* was requested.
-    fn oldest_awaiting_start(&self) -> Result<Option<Timestamp>, StoreError> {
+    /// When the tenant's oldest call still awaiting *Start call* was requested.
+    fn oldest_awaiting_start(&self, tenant: &TenantId) -> Result<Option<Timestamp>, StoreError> {
         let at: Option<i64> = self
             .db()
-            .prepare_cached("SELECT MIN(requested_at) FROM calls WHERE phase = 'awaiting-start'")?
-            .query_row([], |r| r.get(0))?;
+            .prepare_cached(
+                "SELECT MIN(requested_at) FROM calls
+                 WHERE tenant_id = ?1 AND phase = 'awaiting-start'",
+            )?
+            .query_row(params![tenant.as_str()], |r| r.get(0))?;
         Ok(at.map(Timestamp::from_millis))
     }
 }

@@ -1,0 +1,647 @@
+//! The rules one server connection follows, sans-IO: from its first message to
+//! its last, what each message means and where it goes.
+//!
+//! Owns: the first-message rule (`login` or `join`, within the handshake time),
+//! protocol version negotiation, the per-connection message rate, the periodic
+//! re-check of the session (revoked contract, reset password, expiry), the role
+//! check for installs, and the routing of every later message (to the hub, to the
+//! accounts, to the plugin checks, or refused). Also which account changes end a
+//! member's live sessions.
+//! Does not own: reading frames, Argon2, the accounts database or compiling
+//! plugins: the driver does those when a [`Step`] asks, and reports back.
+//!
+//! # Call order
+//!
+//! [`ServerConnection::new`] when the stream opens; [`ServerConnection::timed_out`]
+//! if no first message arrived by [`ServerConnection::handshake_deadline`]; then
+//! [`ServerConnection::receive`] for every message in order, doing what the
+//! returned [`Step`] says before the next. A [`Step::Authenticate`] (the `join`)
+//! is answered with [`ServerConnection::joined`]; a [`Step::Recheck`] with
+//! [`ServerConnection::rechecked`], which returns the held message's step.
+
+use callsync_core::wire::{
+    Cursor, DeviceRegistration, ErrorBody, Message, PROTOCOL_VERSION, Refusal, RpcCall, RpcResult,
+};
+use callsync_core::{DeviceId, Timestamp, UserId};
+
+use crate::Authenticated;
+
+/// How long a new connection has, by default, to send its first message.
+pub const HANDSHAKE_TIMEOUT_MS: i64 = 10_000;
+/// Messages a connection may send in a burst …
+pub const RATE_BURST: f64 = 2_000.0;
+/// … and per second after it.
+pub const RATE_PER_SEC: f64 = 1_000.0;
+/// How often a long connection re-checks its session.
+pub const RECHECK_EVERY_MS: i64 = 30_000;
+
+/// What the driver does with a message.
+#[derive(Debug)]
+pub enum Step {
+    /// Log in (throttle, password check, open a session), answer with the
+    /// outcome, then close: a login connection carries nothing else.
+    Login {
+        /// The email as sent.
+        email: String,
+        /// The password (never logged).
+        password: String,
+        /// The device to register.
+        device: DeviceRegistration,
+    },
+    /// Check the `join`'s token for `device`, then call
+    /// [`ServerConnection::joined`] (or refuse with the error).
+    Authenticate {
+        /// The session token.
+        token: String,
+        /// The device that joins.
+        device: DeviceId,
+        /// Where its catch-up stands.
+        cursor: Option<Cursor>,
+    },
+    /// Check the session again (the same token), then call
+    /// [`ServerConnection::rechecked`]; the message is held until then.
+    Recheck {
+        /// The session token.
+        token: String,
+        /// The device.
+        device: DeviceId,
+    },
+    /// Hand the message to the tenant's hub.
+    Hub(Message),
+    /// An account request: answer it (hashing off any lock), then end the
+    /// sessions [`sessions_ended_by`] names if it succeeded.
+    Account {
+        /// The request id.
+        id: u64,
+        /// The request.
+        call: RpcCall,
+    },
+    /// Check and compile a plugin (off the hub), then hand the checked install to
+    /// the hub to publish, or answer the refusal.
+    Install {
+        /// The request id.
+        id: u64,
+        /// The install, as sent.
+        call: RpcCall,
+    },
+    /// Send this reply; the connection stays open.
+    Reply(Message),
+    /// Send this error and close.
+    Refuse(ErrorBody),
+    /// The device said goodbye: close.
+    Leave,
+    /// Nothing to do; read on.
+    Continue,
+}
+
+/// A token bucket over the messages a connection sends.
+#[derive(Debug, Clone, Copy)]
+struct RateLimit {
+    tokens: f64,
+    at: Timestamp,
+}
+
+impl RateLimit {
+    fn allow(&mut self, now: Timestamp) -> bool {
+        let elapsed_ms = (now.as_millis() - self.at.as_millis()).max(0) as f64;
+        self.tokens = (self.tokens + elapsed_ms / 1_000.0 * RATE_PER_SEC).min(RATE_BURST);
+        self.at = self.at.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for `login` or `join`.
+    First,
+    /// `join` is being authenticated.
+    Joining { token: String },
+    /// Joined; the session was last checked at `checked`.
+    Joined {
+        member: Authenticated,
+        token: String,
+        checked: Timestamp,
+        /// A message waiting for a re-check.
+        held: Option<Box<Message>>,
+    },
+    /// Closed (refused, left, or a login answered).
+    Done,
+}
+
+/// One server connection's protocol state.
+#[derive(Debug)]
+pub struct ServerConnection {
+    phase: Phase,
+    opened: Timestamp,
+    handshake_ms: i64,
+    rate: RateLimit,
+}
+
+impl ServerConnection {
+    /// A connection whose stream opened at `now`, that must say `login` or `join`
+    /// within `handshake_ms`.
+    pub fn new(now: Timestamp, handshake_ms: i64) -> Self {
+        Self {
+            phase: Phase::First,
+            opened: now,
+            handshake_ms,
+            rate: RateLimit {
+                tokens: RATE_BURST,
+                at: now,
+            },
+        }
+    }
+
+    /// When the first message must have arrived.
+    pub fn handshake_deadline(&self) -> Timestamp {
+        self.opened.plus_millis(self.handshake_ms)
+    }
+
+    /// No first message by the deadline: the error to close with.
+    pub fn timed_out(&mut self) -> ErrorBody {
+        self.phase = Phase::Done;
+        Refusal::HandshakeTimeout.body()
+    }
+
+    /// The member, once joined.
+    pub fn member(&self) -> Option<&Authenticated> {
+        match &self.phase {
+            Phase::Joined { member, .. } => Some(member),
+            _ => None,
+        }
+    }
+
+    /// A message arrived at `now`.
+    pub fn receive(&mut self, now: Timestamp, message: Message) -> Step {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::First => self.first(message),
+            Phase::Joining { .. } => {
+                // The driver authenticates before reading on; a message here is a
+                // driver bug, refused rather than trusted.
+                Step::Refuse(
+                    Refusal::UnexpectedMessage {
+                        kind: message.kind().to_owned(),
+                    }
+                    .body(),
+                )
+            }
+            Phase::Joined {
+                member,
+                token,
+                checked,
+                held: _,
+            } => {
+                if !self.rate.allow(now) {
+                    return Step::Refuse(
+                        Refusal::RateLimited {
+                            per_sec: RATE_PER_SEC as u32,
+                        }
+                        .body(),
+                    );
+                }
+                let due = now.as_millis() - checked.as_millis() >= RECHECK_EVERY_MS
+                    || member.expires_at <= now;
+                if due {
+                    let device = member.device.clone();
+                    self.phase = Phase::Joined {
+                        member,
+                        token: token.clone(),
+                        checked,
+                        held: Some(Box::new(message)),
+                    };
+                    return Step::Recheck { token, device };
+                }
+                let step = route(&member, message);
+                if !matches!(step, Step::Refuse(_) | Step::Leave) {
+                    self.phase = Phase::Joined {
+                        member,
+                        token,
+                        checked,
+                        held: None,
+                    };
+                }
+                step
+            }
+            Phase::Done => Step::Refuse(Refusal::ShuttingDown.body()),
+        }
+    }
+
+    fn first(&mut self, message: Message) -> Step {
+        let versions_ok = |v: &[String]| v.iter().any(|v| v == PROTOCOL_VERSION);
+        match message {
+            Message::Login {
+                supported_protocol_versions,
+                email,
+                password,
+                device,
+            } => {
+                if !versions_ok(&supported_protocol_versions) {
+                    return Step::Refuse(Refusal::UnsupportedProtocol.body());
+                }
+                Step::Login {
+                    email,
+                    password,
+                    device,
+                }
+            }
+            Message::Join {
+                sender_id,
+                supported_protocol_versions,
+                token,
+                cursor,
+            } => {
+                if !versions_ok(&supported_protocol_versions) {
+                    return Step::Refuse(Refusal::UnsupportedProtocol.body());
+                }
+                self.phase = Phase::Joining {
+                    token: token.clone(),
+                };
+                Step::Authenticate {
+                    token,
+                    device: sender_id,
+                    cursor,
+                }
+            }
+            other => Step::Refuse(
+                Refusal::JoinRequired {
+                    got: other.kind().to_owned(),
+                }
+                .body(),
+            ),
+        }
+    }
+
+    /// The `join` was authenticated at `now` as `member` (or refused: then the
+    /// error to close with is returned back).
+    pub fn joined(
+        &mut self,
+        now: Timestamp,
+        outcome: Result<Authenticated, ErrorBody>,
+    ) -> Result<(), ErrorBody> {
+        let Phase::Joining { token } = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return Err(Refusal::ShuttingDown.body());
+        };
+        let member = outcome?;
+        self.phase = Phase::Joined {
+            member,
+            token,
+            checked: now,
+            held: None,
+        };
+        Ok(())
+    }
+
+    /// The session was checked again at `now`: the held message's step, or the
+    /// refusal to close with.
+    pub fn rechecked(&mut self, now: Timestamp, outcome: Result<Authenticated, ErrorBody>) -> Step {
+        let Phase::Joined { token, held, .. } = std::mem::replace(&mut self.phase, Phase::Done)
+        else {
+            return Step::Refuse(Refusal::ShuttingDown.body());
+        };
+        let member = match outcome {
+            Ok(member) => member,
+            Err(error) => return Step::Refuse(error),
+        };
+        let step = match held {
+            Some(message) => route(&member, *message),
+            None => Step::Continue,
+        };
+        if !matches!(step, Step::Refuse(_) | Step::Leave) {
+            self.phase = Phase::Joined {
+                member,
+                token,
+                checked: now,
+                held: None,
+            };
+        }
+        step
+    }
+}
+
+/// Where a joined member's message goes.
+fn route(member: &Authenticated, message: Message) -> Step {
+    match message {
+        Message::Rpc { id, call } if is_account_call(&call) => Step::Account { id, call },
+        Message::Rpc {
+            id,
+            call: call @ RpcCall::PluginInstall { .. },
+        } => {
+            if member.role.is_admin() {
+                Step::Install { id, call }
+            } else {
+                Step::Reply(Message::Reply {
+                    id,
+                    result: RpcResult::Refused(crate::hub::install_needs_admin()),
+                })
+            }
+        }
+        Message::Leave { .. } => Step::Leave,
+        message @ (Message::Sync { .. }
+        | Message::Request { .. }
+        | Message::ConfigSync { .. }
+        | Message::Rpc { .. }) => Step::Hub(message),
+        other => Step::Refuse(
+            Refusal::UnexpectedMessage {
+                kind: other.kind().to_owned(),
+            }
+            .body(),
+        ),
+    }
+}
+
+/// Whether an `rpc` is an account request (answered from the accounts, not the
+/// hub).
+pub fn is_account_call(call: &RpcCall) -> bool {
+    matches!(
+        call,
+        RpcCall::UserAdd { .. }
+            | RpcCall::UserSetContract { .. }
+            | RpcCall::UserResetPassword { .. }
+            | RpcCall::UserList
+            | RpcCall::SetAssigneeVisibility { .. }
+    )
+}
+
+/// The member whose live connections a successful account change ends, and what
+/// they are told.
+pub fn sessions_ended_by(call: &RpcCall) -> Option<(UserId, ErrorBody)> {
+    match call {
+        RpcCall::UserSetContract {
+            email,
+            contract: false,
+        } => Some((email.clone(), Refusal::ContractRequired.body())),
+        RpcCall::UserResetPassword { email, .. } => {
+            Some((email.clone(), Refusal::InvalidSession.body()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use callsync_core::wire::{Cursor, DeviceRegistration, RpcCall};
+    use callsync_core::{CustomerId, DeviceKind, Role, TenantId};
+
+    use super::*;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(1_000_000 + ms)
+    }
+
+    fn member(role: Role) -> Authenticated {
+        Authenticated {
+            tenant: TenantId::new("acme").unwrap(),
+            user: UserId::new("rep@acme.example").unwrap(),
+            role,
+            device: DeviceId::new("desk-1").unwrap(),
+            kind: DeviceKind::Desk,
+            expires_at: at(86_400_000),
+        }
+    }
+
+    fn join(versions: &[&str]) -> Message {
+        Message::Join {
+            sender_id: DeviceId::new("desk-1").unwrap(),
+            supported_protocol_versions: versions.iter().map(|v| (*v).to_owned()).collect(),
+            token: "token".to_owned(),
+            cursor: Some(Cursor {
+                epoch: "e".to_owned(),
+                seq: 4,
+            }),
+        }
+    }
+
+    fn joined(role: Role) -> ServerConnection {
+        let mut c = ServerConnection::new(at(0), HANDSHAKE_TIMEOUT_MS);
+        assert!(matches!(
+            c.receive(at(1), join(&[PROTOCOL_VERSION])),
+            Step::Authenticate { .. }
+        ));
+        c.joined(at(2), Ok(member(role))).unwrap();
+        c
+    }
+
+    fn sync() -> Message {
+        Message::Sync {
+            document_id: CustomerId::new("cus-1").unwrap(),
+            data: vec![],
+        }
+    }
+
+    fn refused(step: Step) -> String {
+        match step {
+            Step::Refuse(body) => body.code,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_message_must_be_login_or_join_in_a_version_both_speak() {
+        let mut c = ServerConnection::new(at(0), HANDSHAKE_TIMEOUT_MS);
+        assert_eq!(refused(c.receive(at(1), sync())), "join-required");
+        let mut c = ServerConnection::new(at(0), HANDSHAKE_TIMEOUT_MS);
+        assert_eq!(
+            refused(c.receive(at(1), join(&["0.9"]))),
+            "unsupported-protocol"
+        );
+        let mut c = ServerConnection::new(at(0), HANDSHAKE_TIMEOUT_MS);
+        let login = Message::Login {
+            supported_protocol_versions: vec![PROTOCOL_VERSION.to_owned()],
+            email: "rep@acme.example".to_owned(),
+            password: "secret".to_owned(),
+            device: DeviceRegistration {
+                id: DeviceId::new("desk-1").unwrap(),
+                kind: DeviceKind::Desk,
+                actor: "aa".to_owned(),
+            },
+        };
+        assert!(matches!(c.receive(at(1), login), Step::Login { .. }));
+        // A login connection carries nothing else.
+        assert_eq!(refused(c.receive(at(2), sync())), "shutting-down");
+    }
+
+    #[test]
+    fn a_join_refused_by_the_accounts_is_closed_with_their_reason() {
+        let mut c = ServerConnection::new(at(0), HANDSHAKE_TIMEOUT_MS);
+        assert!(matches!(
+            c.receive(at(1), join(&["0.9", PROTOCOL_VERSION])),
+            Step::Authenticate {
+                cursor: Some(_),
+                ..
+            }
+        ));
+        let error = c
+            .joined(at(2), Err(Refusal::InvalidSession.body()))
+            .unwrap_err();
+        assert_eq!(error.code, "invalid-session");
+        assert!(c.member().is_none());
+    }
+
+    #[test]
+    fn no_first_message_in_time_is_a_handshake_timeout() {
+        let mut c = ServerConnection::new(at(0), 5_000);
+        assert_eq!(c.handshake_deadline(), at(5_000));
+        assert_eq!(c.timed_out().code, "timeout");
+    }
+
+    #[test]
+    fn joined_messages_go_to_the_hub_the_accounts_or_the_plugin_checks() {
+        let mut c = joined(Role::Admin);
+        assert!(matches!(c.receive(at(3), sync()), Step::Hub(_)));
+        let account = Message::Rpc {
+            id: 1,
+            call: RpcCall::UserList,
+        };
+        assert!(matches!(
+            c.receive(at(4), account),
+            Step::Account { id: 1, .. }
+        ));
+        let install = Message::Rpc {
+            id: 2,
+            call: RpcCall::PluginInstall {
+                file: vec![0],
+                settings: vec![],
+                holidays: vec![],
+                time_zone: "Asia/Tokyo".to_owned(),
+            },
+        };
+        assert!(matches!(
+            c.receive(at(5), install),
+            Step::Install { id: 2, .. }
+        ));
+        let list = Message::Rpc {
+            id: 3,
+            call: RpcCall::RecallList,
+        };
+        assert!(matches!(c.receive(at(6), list), Step::Hub(_)));
+        assert_eq!(
+            refused(c.receive(at(7), Message::Error(Refusal::Busy.body()))),
+            "unexpected-message"
+        );
+    }
+
+    #[test]
+    fn an_install_below_admin_is_answered_without_checking_the_plugin() {
+        let mut c = joined(Role::Manager);
+        let install = Message::Rpc {
+            id: 9,
+            call: RpcCall::PluginInstall {
+                file: vec![0],
+                settings: vec![],
+                holidays: vec![],
+                time_zone: "Asia/Tokyo".to_owned(),
+            },
+        };
+        match c.receive(at(3), install) {
+            Step::Reply(Message::Reply {
+                id: 9,
+                result: RpcResult::Refused(body),
+            }) => assert_eq!(body.code, "role-required"),
+            other => panic!("{other:?}"),
+        }
+        // The connection stays open.
+        assert!(matches!(c.receive(at(4), sync()), Step::Hub(_)));
+    }
+
+    #[test]
+    fn the_message_rate_allows_a_burst_then_the_steady_rate_and_refuses_past_it() {
+        let mut c = joined(Role::User);
+        for i in 0..RATE_BURST as i64 {
+            assert!(
+                matches!(c.receive(at(3), sync()), Step::Hub(_)),
+                "message {i}"
+            );
+        }
+        // The bucket is empty; 10 ms later it holds 10 more.
+        for _ in 0..10 {
+            assert!(matches!(c.receive(at(13), sync()), Step::Hub(_)));
+        }
+        assert_eq!(refused(c.receive(at(13), sync())), "rate-limited");
+        assert!(c.member().is_none(), "a refused connection is done");
+    }
+
+    #[test]
+    fn the_session_is_checked_again_every_30_seconds_holding_the_message_until_then() {
+        let mut c = joined(Role::User);
+        assert!(matches!(
+            c.receive(at(2 + RECHECK_EVERY_MS - 1), sync()),
+            Step::Hub(_)
+        ));
+        match c.receive(at(2 + RECHECK_EVERY_MS), sync()) {
+            Step::Recheck { token, .. } => assert_eq!(token, "token"),
+            other => panic!("{other:?}"),
+        }
+        let step = c.rechecked(at(2 + RECHECK_EVERY_MS + 1), Ok(member(Role::User)));
+        assert!(matches!(step, Step::Hub(Message::Sync { .. })));
+        // Checked again only 30 s after this check.
+        assert!(matches!(
+            c.receive(at(2 + RECHECK_EVERY_MS + 2), sync()),
+            Step::Hub(_)
+        ));
+        assert!(matches!(
+            c.receive(at(2 + 2 * RECHECK_EVERY_MS + 1), sync()),
+            Step::Recheck { .. }
+        ));
+        let step = c.rechecked(at(0), Err(Refusal::ContractRequired.body()));
+        assert_eq!(refused(step), "contract-required");
+    }
+
+    #[test]
+    fn an_expired_session_is_checked_before_its_next_message() {
+        let mut c = joined(Role::User);
+        assert!(matches!(
+            c.receive(at(86_400_000), sync()),
+            Step::Recheck { .. }
+        ));
+        assert_eq!(
+            refused(c.rechecked(at(86_400_001), Err(Refusal::SessionExpired.body()))),
+            "session-expired"
+        );
+    }
+
+    #[test]
+    fn leave_ends_the_connection() {
+        let mut c = joined(Role::User);
+        let leave = Message::Leave {
+            sender_id: "desk-1".to_owned(),
+        };
+        assert!(matches!(c.receive(at(3), leave), Step::Leave));
+    }
+
+    #[test]
+    fn revoking_a_contract_or_resetting_a_password_ends_that_members_sessions() {
+        let email = UserId::new("rep@acme.example").unwrap();
+        let (user, reason) = sessions_ended_by(&RpcCall::UserSetContract {
+            email: email.clone(),
+            contract: false,
+        })
+        .unwrap();
+        assert_eq!(
+            (user, reason.code.as_str()),
+            (email.clone(), "contract-required")
+        );
+        assert!(
+            sessions_ended_by(&RpcCall::UserSetContract {
+                email: email.clone(),
+                contract: true,
+            })
+            .is_none()
+        );
+        assert_eq!(
+            sessions_ended_by(&RpcCall::UserResetPassword {
+                email: email.clone(),
+                password: "x".repeat(12),
+            })
+            .unwrap()
+            .1
+            .code,
+            "invalid-session"
+        );
+        assert!(sessions_ended_by(&RpcCall::UserList).is_none());
+    }
+}
