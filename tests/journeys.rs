@@ -24,5 +24,7 @@ mod security;
 mod support;
 #[path = "journeys/sync.rs"]
 mod sync;
+#[path = "journeys/tenants.rs"]
+mod tenants;
 #[path = "journeys/upgrade.rs"]
 mod upgrade;

@@ -26,7 +26,7 @@ use crate::network::{
 /// A second rep of the first tenant.
 const OTHER_REP: &str = "rep2@acme.example";
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -94,7 +94,7 @@ async fn login_from(server: &ServerProcess, local: &str, email: &str, password: 
 }
 
 /// A joined raw connection for a saved session.
-async fn join(
+pub(crate) async fn join(
     server: &ServerProcess,
     session: &SavedSession,
 ) -> (
@@ -131,7 +131,7 @@ async fn send_join(
 }
 
 /// Reads until the reply to rpc `id` (other messages are skipped).
-async fn reply(recv: &mut quinn::RecvStream, id: u64) -> RpcResult {
+pub(crate) async fn reply(recv: &mut quinn::RecvStream, id: u64) -> RpcResult {
     loop {
         match read_message(recv).await.unwrap().expect("a message") {
             Message::Reply { id: got, result } if got == id => return result,
@@ -141,7 +141,7 @@ async fn reply(recv: &mut quinn::RecvStream, id: u64) -> RpcResult {
     }
 }
 
-fn saved_session(dir: &Path) -> SavedSession {
+pub(crate) fn saved_session(dir: &Path) -> SavedSession {
     let store = Store::open(&dir.join("callsync.sqlite")).unwrap();
     SavedSession::load(&store).unwrap().unwrap()
 }
@@ -736,7 +736,7 @@ fn changes_automerge_would_panic_on_are_refused_and_the_server_serves_on() {
 }
 
 /// Sends one rpc.
-async fn ask(send: &mut quinn::SendStream, id: u64, call: RpcCall) {
+pub(crate) async fn ask(send: &mut quinn::SendStream, id: u64, call: RpcCall) {
     write_message(send, &Message::Rpc { id, call })
         .await
         .unwrap();
