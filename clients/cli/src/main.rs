@@ -92,7 +92,13 @@ fn classify(e: &anyhow::Error) -> (String, u8, Option<String>) {
                 ),
                 ClientError::Protocol(_) => ("protocol-error".into(), 3, None),
                 ClientError::Core(core) => (core.code().into(), 1, Some(core.message_ja())),
-                ClientError::Store(_) => ("database-error".into(), 3, None),
+                ClientError::Storage(callsync_session::storage::StorageError::Refused(refusal)) => {
+                    let body = refusal.body();
+                    (body.code, 1, Some(body.message_ja))
+                }
+                ClientError::Store(_) | ClientError::Storage(_) => {
+                    ("database-error".into(), 3, None)
+                }
             };
             return (code, exit, ja);
         }

@@ -2,11 +2,12 @@
 //! client that keeps it in sync with the server.
 //!
 //! Owns: logging a device in and keeping its session ([`session`]), and the sync
-//! client ([`client::SyncClient`]): `join` with the saved cursor, catching up on
-//! exactly the documents the server lists, pushing the outbox (documents changed
-//! locally, offline or not), applying what the server sends, and saving the new
-//! cursor only once every listed document has caught up. [`run`] keeps a
-//! connection up with capped exponential backoff and jitter.
+//! client ([`client::SyncClient`]), the QUIC and SQLite driver of the client
+//! session in `callsync-session` (which decides: `join` with the saved cursor,
+//! catching up on exactly the documents the server lists, pushing the outbox,
+//! applying what the server sends, saving the new cursor only once every listed
+//! document has caught up). [`run`] keeps a connection up with capped exponential
+//! backoff and jitter.
 //! Does not own: the rules for acting on a call (the core, through the CLI's local
 //! commands, which work with no connection at all) or the transport (`callsync-net`).
 //!
@@ -51,6 +52,20 @@ pub enum ClientError {
     /// A local document could not be used.
     #[error(transparent)]
     Core(#[from] callsync_core::CoreError),
+    /// Local storage failed or held something unreadable (through the session).
+    #[error(transparent)]
+    Storage(#[from] callsync_session::storage::StorageError),
+}
+
+impl From<callsync_session::client::ClientFailure> for ClientError {
+    fn from(e: callsync_session::client::ClientFailure) -> Self {
+        use callsync_session::client::ClientFailure;
+        match e {
+            ClientFailure::Storage(e) => Self::Storage(e),
+            ClientFailure::Protocol(detail) => Self::Protocol(detail),
+            ClientFailure::Refused(body) => Self::Refused(body),
+        }
+    }
 }
 
 impl ClientError {
@@ -68,7 +83,7 @@ impl ClientError {
                     | "device-taken"
                     | "actor-taken"
             ),
-            Self::NotLoggedIn | Self::Store(_) => true,
+            Self::NotLoggedIn | Self::Store(_) | Self::Storage(_) => true,
             _ => false,
         }
     }

@@ -31,20 +31,16 @@ impl Default for RunOptions {
     }
 }
 
-/// The wait before attempt `attempt` (0-based): exponential from `min`, capped at
-/// `max`, with "full jitter" (uniform in [wait/2, wait]) so a thousand phones
-/// coming back at once do not reconnect in lockstep.
+/// The wait before attempt `attempt` (0-based): see
+/// [`callsync_session::client::backoff`]; the jitter comes from the system's
+/// randomness.
 pub fn backoff(options: &RunOptions, attempt: u32) -> Duration {
-    let base = options
-        .backoff_min
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(options.backoff_max);
     let mut byte = [0u8; 2];
     let unit = match SystemRandom::new().fill(&mut byte) {
         Ok(()) => f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX),
         Err(_) => 1.0,
     };
-    base.mul_f64(0.5 + unit / 2.0)
+    callsync_session::client::backoff(options.backoff_min, options.backoff_max, attempt, unit)
 }
 
 /// Stays connected until `shutdown` resolves or the session is refused for good
@@ -123,24 +119,5 @@ pub async fn run(
             () = tokio::time::sleep(wait) => {}
             () = &mut shutdown => return Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_then_caps_and_never_drops_below_half() {
-        let options = RunOptions::default();
-        for attempt in 0..40 {
-            let wait = backoff(&options, attempt);
-            let base = options
-                .backoff_min
-                .saturating_mul(1u32 << attempt.min(16))
-                .min(options.backoff_max);
-            assert!(wait <= base && wait >= base / 2, "{attempt}: {wait:?}");
-        }
-        assert!(backoff(&options, 30) >= options.backoff_max / 2);
     }
 }

@@ -2,7 +2,9 @@
 //! time they happen and answer with effects, and never touch a socket, a clock, a
 //! file or a thread.
 //!
-//! Owns: the server's [`hub`] session (admission, fan-out, subscriptions, catch-up,
+//! Owns: the device's [`client`] session (join, catch-up cursor, outbox, applying
+//! the server's sync messages, the configuration document, presence, refusals,
+//! reconnect timing), the server's [`hub`] session (admission, fan-out, subscriptions, catch-up,
 //! expiry, presence, the tenant configuration), the [`connection`] rules every
 //! server connection follows before and after it joins (first message, protocol
 //! version, message rate, what goes where), the [`storage`] interface the hub asks
@@ -12,6 +14,7 @@
 //! sessions and carry out their effects. Builds for `wasm32-unknown-unknown`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod client;
 pub mod connection;
 pub mod hub;
 pub mod rules;

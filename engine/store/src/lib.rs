@@ -17,6 +17,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod accounts;
+mod client;
 mod config;
 mod hub;
 mod replication;
@@ -24,6 +25,7 @@ mod replication;
 pub use accounts::{
     AccountQueries, DeviceRecord, MAX_SESSIONS_PER_MEMBER, MemberRecord, NewSession, SessionRecord,
 };
+pub use client::{CURSOR_KEY, SERVER_PEER};
 pub use config::{ConfigQueries, RecallRow};
 pub use replication::ReplicationQueries;
 
@@ -856,6 +858,26 @@ impl WriteTx<'_> {
         call: &CallId,
     ) -> Result<CustomerId, StoreError> {
         customer_of_call(&self.tx, tenant, call)
+    }
+
+    /// A setting, read inside this write.
+    pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+            .query_row(params![key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets a setting inside this write.
+    pub fn set_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![key, value])?;
+        Ok(())
     }
 
     /// Commits: from here on, the write is acknowledged and durable.

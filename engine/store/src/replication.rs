@@ -264,6 +264,18 @@ impl WriteTx<'_> {
         set_sync_state(&self.tx, peer, tenant, customer, state)
     }
 
+    /// Takes a document out of the outbox once the server holds its changes.
+    pub fn clear_outbox(
+        &mut self,
+        tenant: &TenantId,
+        customer: &CustomerId,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM outbox WHERE tenant_id = ?1 AND customer_id = ?2")?
+            .execute(params![tenant.as_str(), customer.as_str()])?;
+        Ok(())
+    }
+
     /// Puts a document in the outbox: it has local changes to send.
     pub fn mark_outbox(
         &mut self,

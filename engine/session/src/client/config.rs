@@ -1,31 +1,34 @@
 //! The device's side of the tenant configuration document: catch up when the
 //! server's heads (announced in `peer`) differ from ours, apply what the server
-//! sends (initially and when an admin installs a plugin), and keep it in the local
-//! store so rules run offline. A device never writes the configuration.
+//! sends (initially and when an admin installs a plugin), and keep it in local
+//! storage so rules run offline. A device never writes the configuration.
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{AutoCommit, ReadDoc};
 use callsync_core::tenant_config::TenantConfigDoc;
 use callsync_core::wire::Message;
-use callsync_store::ConfigQueries;
 
-use super::{ClientError, ClientEvent, SyncClient};
+use super::{ClientEvent, ClientFailure, ClientOutput, ClientSession, ClientStore, Outcome};
+use crate::storage::LoadedDoc;
 
 /// The configuration as this device holds it, synced or not yet readable (an
 /// empty document before the first sync).
 pub(super) struct LocalConfig {
-    pub(super) doc: AutoCommit,
-    pub(super) state: sync::State,
+    doc: AutoCommit,
+    state: sync::State,
     /// The heads the server announced at join.
-    pub(super) target: Vec<automerge::ChangeHash>,
+    target: Vec<automerge::ChangeHash>,
 }
 
-impl SyncClient {
-    fn local_config(&mut self) -> Result<&mut LocalConfig, ClientError> {
+impl<D: LoadedDoc> ClientSession<D> {
+    fn local_config<S: ClientStore<Doc = D>>(
+        &mut self,
+        store: &mut S,
+    ) -> Result<&mut LocalConfig, ClientFailure> {
         if self.config.is_none() {
-            let doc = match self.store.tenant_config(&self.session.tenant)? {
+            let doc = match store.config(&self.device.tenant)? {
                 Some(bytes) => AutoCommit::load(&bytes)
-                    .map_err(|e| ClientError::Protocol(format!("stored configuration: {e}")))?,
+                    .map_err(|e| ClientFailure::Protocol(format!("stored configuration: {e}")))?,
                 None => AutoCommit::new(),
             };
             self.config = Some(LocalConfig {
@@ -36,18 +39,20 @@ impl SyncClient {
         }
         self.config
             .as_mut()
-            .ok_or_else(|| ClientError::Protocol("configuration".to_owned()))
+            .ok_or_else(|| ClientFailure::Protocol("configuration".to_owned()))
     }
 
     /// After `peer`: starts the configuration's sync if the server holds other
     /// heads than this device.
-    pub(super) async fn start_config_sync(
+    pub(super) fn start_config_sync<S: ClientStore<Doc = D>>(
         &mut self,
+        store: &mut S,
         announced: &[String],
-    ) -> Result<(), ClientError> {
+        out: &mut ClientOutput,
+    ) -> Outcome {
         let target: Vec<automerge::ChangeHash> =
             announced.iter().filter_map(|h| h.parse().ok()).collect();
-        let config = self.local_config()?;
+        let config = self.local_config(store)?;
         config.target = target;
         let mut ours = config.doc.get_heads();
         ours.sort();
@@ -56,66 +61,59 @@ impl SyncClient {
         if ours == theirs {
             return Ok(());
         }
-        let message = config.doc.sync().generate_sync_message(&mut config.state);
-        if let Some(message) = message {
-            self.send(&Message::ConfigSync {
+        if let Some(message) = config.doc.sync().generate_sync_message(&mut config.state) {
+            out.messages.push(Message::ConfigSync {
                 data: message.encode(),
-            })
-            .await?;
+            });
         }
         Ok(())
     }
 
     /// A `config-sync` from the server: apply, store, answer.
-    pub(super) async fn on_config_sync(
+    pub(super) fn on_config_sync<S: ClientStore<Doc = D>>(
         &mut self,
+        store: &mut S,
         data: &[u8],
-        events: &mut Vec<ClientEvent>,
-    ) -> Result<(), ClientError> {
+        out: &mut ClientOutput,
+    ) -> Outcome {
         let message = sync::Message::decode(data)
-            .map_err(|e| ClientError::Protocol(format!("bad configuration sync message: {e}")))?;
-        let tenant = self.session.tenant.clone();
-        let config = self.local_config()?;
+            .map_err(|e| ClientFailure::Protocol(format!("bad configuration sync message: {e}")))?;
+        let tenant = self.device.tenant.clone();
+        let config = self.local_config(store)?;
         let before = config.doc.get_heads();
         config
             .doc
             .sync()
             .receive_sync_message(&mut config.state, message)
-            .map_err(|e| ClientError::Protocol(format!("configuration sync: {e}")))?;
+            .map_err(|e| ClientFailure::Protocol(format!("configuration sync: {e}")))?;
         let changed = config.doc.get_heads() != before;
         let reply = config.doc.sync().generate_sync_message(&mut config.state);
         if changed {
             let bytes = config.doc.save();
-            let mut tx = self.store.write()?;
-            tx.put_tenant_config(&tenant, &bytes)?;
-            tx.commit()?;
-            if let Ok(doc) = TenantConfigDoc::load(&bytes, automerge::ActorId::random())
+            store.put_config(&tenant, &bytes)?;
+            if let Ok(doc) = TenantConfigDoc::load(&bytes, automerge::ActorId::from(&[0u8][..]))
                 && let Ok(parsed) = doc.config()
                 && let Some((id, ruleset)) = parsed.active_ruleset()
             {
-                events.push(ClientEvent::ConfigChanged {
+                out.events.push(ClientEvent::ConfigChanged {
                     ruleset: id.to_string(),
                     plugin: ruleset.plugin.to_string(),
                 });
             }
         }
         if let Some(reply) = reply {
-            self.send(&Message::ConfigSync {
+            out.messages.push(Message::ConfigSync {
                 data: reply.encode(),
-            })
-            .await?;
+            });
         }
         Ok(())
     }
 
     /// The server refused this device's copy of the configuration (it holds changes
-    /// the server does not, e.g. after the server was restored from a backup): forget
-    /// it, so the next connection syncs it again from nothing.
-    pub(super) fn forget_config(&mut self) -> Result<(), ClientError> {
-        let tenant = self.session.tenant.clone();
-        let mut tx = self.store.write()?;
-        tx.delete_tenant_config(&tenant)?;
-        tx.commit()?;
+    /// the server does not, e.g. after the server was restored from a backup):
+    /// forget it, so the next connection syncs it again from nothing.
+    pub(super) fn forget_config<S: ClientStore<Doc = D>>(&mut self, store: &mut S) -> Outcome {
+        store.delete_config(&self.device.tenant)?;
         self.config = None;
         tracing::warn!("the server refused this device's configuration; it will sync again");
         Ok(())
