@@ -1115,4 +1115,16 @@ fn a_desk_command_whose_change_the_server_rejects_fails_with_the_servers_code() 
         .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
         .unwrap();
     assert_eq!(calls, 0, "nothing stored");
+    // Nor kept on the desk: it forgot its copy and fetched the server's again, so
+    // it holds the customer without the refused request, and can request again.
+    let local: i64 = rusqlite::Connection::open(desk.join("callsync.sqlite"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(local, 0, "the refused request stayed on the desk");
+    let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    assert_eq!(
+        callsync(&desk, &["desk", "show", &call]).ok()["phase"],
+        "awaiting-start"
+    );
 }

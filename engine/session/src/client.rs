@@ -197,6 +197,9 @@ pub trait ClientStore {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<(), StorageError>;
+    /// Forgets a document and everything kept for it (the server refused this
+    /// device's changes to it; the server's copy is fetched again).
+    fn forget(&mut self, tenant: &TenantId, customer: &CustomerId) -> Result<(), StorageError>;
     /// The tenant's configuration document, as last synced.
     fn config(&mut self, tenant: &TenantId) -> Result<Option<Vec<u8>>, StorageError>;
     /// Saves the configuration document (whole).
@@ -454,10 +457,24 @@ impl<D: LoadedDoc> ClientSession<D> {
                 });
             }
             Message::Rejected { document_id, error } => {
-                // The server will never take these changes; stop offering them.
-                self.states.insert(document_id.clone(), sync::State::new());
-                store.clear_outbox(&self.device.tenant, &document_id)?;
-                tracing::info!(doc = %document_id, code = %error.code, "the server rejected local changes");
+                // The server will never take these changes, and Automerge cannot
+                // take them back: the local copy is forgotten and the server's
+                // fetched again, so this device converges on what the server holds
+                // (the refused changes are reported, never silently kept).
+                store.forget(&self.device.tenant, &document_id)?;
+                self.docs.remove(&document_id);
+                let mut state = sync::State::new();
+                let mut empty = AutoCommit::new().with_actor(self.device.actor.clone());
+                if let Some(message) = empty.sync().generate_sync_message(&mut state) {
+                    push_sync(out, document_id.clone(), message);
+                }
+                self.states.insert(document_id.clone(), state);
+                self.fresh.insert(document_id.clone(), empty);
+                // Settled only once the server's copy is back.
+                if let Some(catch_up) = self.catch_up.as_mut() {
+                    catch_up.add(document_id.clone());
+                }
+                tracing::info!(doc = %document_id, code = %error.code, "the server rejected local changes; fetching its copy again");
                 out.events.push(ClientEvent::Rejected {
                     customer: document_id,
                     code: error.code,

@@ -94,6 +94,11 @@ impl ClientStore for WriteTx<'_> {
         Ok(())
     }
 
+    fn forget(&mut self, tenant: &TenantId, customer: &CustomerId) -> Result<(), StorageError> {
+        self.forget_document(tenant, customer)?;
+        Ok(())
+    }
+
     fn config(&mut self, tenant: &TenantId) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(ConfigQueries::tenant_config(self, tenant)?)
     }

@@ -860,6 +860,31 @@ impl WriteTx<'_> {
         customer_of_call(&self.tx, tenant, call)
     }
 
+    /// Forgets a document on a device: its rows, chunks, call index entries, sync
+    /// states and outbox entry (the server refused its local changes; the device
+    /// fetches the server's copy again).
+    pub fn forget_document(
+        &mut self,
+        tenant: &TenantId,
+        customer: &CustomerId,
+    ) -> Result<(), StoreError> {
+        for table in [
+            "documents",
+            "snapshots",
+            "chunks",
+            "calls",
+            "sync_states",
+            "outbox",
+        ] {
+            self.tx
+                .prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE tenant_id = ?1 AND customer_id = ?2"
+                ))?
+                .execute(params![tenant.as_str(), customer.as_str()])?;
+        }
+        Ok(())
+    }
+
     /// A setting, read inside this write.
     pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
