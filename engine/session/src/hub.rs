@@ -108,6 +108,13 @@ pub enum HubInput {
         /// What they are told.
         reason: ErrorBody,
     },
+    /// A document was changed in storage by someone other than this hub (the
+    /// server's own write elsewhere; another node in the scale-out): the cached
+    /// copy is dropped and subscribers are sent what they lack.
+    Changed {
+        /// The customer.
+        customer: CustomerId,
+    },
     /// A plugin install that passed every check (off the hub: compiling takes
     /// tens of milliseconds): publish it and answer `rpc` `id`.
     Publish {
@@ -394,6 +401,14 @@ impl<D: LoadedDoc> HubSession<D> {
                     if c.member.user == user {
                         batch.close(*id, reason.clone());
                     }
+                }
+                Ok(())
+            }
+            HubInput::Changed { customer } => {
+                self.docs.remove(&customer);
+                self.unreadable.remove(&customer);
+                if self.load(store, &customer)? {
+                    self.fan_out(store, batch, &customer, None)?;
                 }
                 Ok(())
             }

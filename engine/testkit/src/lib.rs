@@ -1,11 +1,18 @@
-//! A seeded, simulated network of customer-document replicas, and fixture helpers.
+//! A seeded, simulated network running the real protocol, and fixture helpers.
 //!
-//! Owns: [`SimNetwork`] — a server, desks and phones, each holding a replica of one
-//! customer document, linked server-to-device (a star, as in production), syncing
-//! with the real Automerge sync protocol over simulated ordered links. A fixed seed
-//! picks which link delivers next, so any interleaving can be replayed; a virtual
-//! clock (with per-device skew) stamps every event; links can be cut and healed.
-//! Does not own: the rules or derivation (the core does both; this only drives it).
+//! Owns: [`SimNetwork`] — a server and desks and phones linked server-to-device (a
+//! star, as in production), each peer the real session of `callsync-session` (the
+//! server's [`HubSession`] with its per-connection [`ServerConnection`] rules, each
+//! device's [`ClientSession`]) over in-memory storage with real transactions
+//! ([`mem`]). Messages travel over simulated ordered links; a fixed seed picks
+//! which link delivers next, so any interleaving can be replayed. A virtual clock
+//! (with per-device skew) stamps every event and drives the hub's wake-ups (start
+//! limits expire with no real sleep); links can be cut and healed; any peer can
+//! crash (its memory is dropped, its storage kept) and restart, the server even in
+//! the middle of a batch. Every change goes through admission, rejection, the
+//! catch-up cursor and reconnects, as on the wire.
+//! Does not own: the rules, derivation or the protocol (the core and the sessions;
+//! this only drives them).
 //!
 //! Use: build with [`SimNetwork::seeded`], add peers, act through the device
 //! methods (`desk_requests_call`, `phone_starts`, …), call
@@ -13,14 +20,27 @@
 //! across peers.
 #![warn(missing_docs, unreachable_pub)]
 
-use std::collections::VecDeque;
+pub mod mem;
 
-use automerge::sync::{self, SyncDoc};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use callsync_core::tenant_config::{PreparedInstall, Ruleset, TenantConfig, TenantConfigDoc};
+use callsync_core::wire::Message;
 use callsync_core::{
     ActorId, CallEvent, CallId, CallView, CoreError, Customer, CustomerDoc, CustomerId, DeviceId,
     DeviceKind, EventId, EventKind, NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog,
-    ResultOption, ResultTypeId, RuleContext, SavedResultFields, Stamp, TenantId, Timestamp, UserId,
+    ResultOption, ResultTypeId, Role, RuleContext, SavedResultFields, Stamp, TenantId, Timestamp,
+    UserId,
 };
+use callsync_session::client::{ClientEvent, ClientOutput, ClientSession, Device};
+use callsync_session::connection::{ServerConnection, Step};
+use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings};
+use callsync_session::rules::{ResultRules, Verified};
+use callsync_session::{Authenticated, ConnId};
+
+use crate::mem::{DeviceDisk, MemDoc, ServerDisk};
 
 /// A peer of the simulated network.
 pub type PeerId = usize;
@@ -59,39 +79,6 @@ impl SplitMix64 {
     }
 }
 
-struct Peer {
-    device: DeviceId,
-    kind: DeviceKind,
-    user: UserId,
-    doc: CustomerDoc,
-    clock_skew_ms: i64,
-    next_event: u64,
-}
-
-struct Link {
-    server: PeerId,
-    device: PeerId,
-    up: bool,
-    /// Sync state kept by the server about the device, and by the device about the server.
-    server_state: sync::State,
-    device_state: sync::State,
-    /// Encoded sync messages in flight, per direction (ordered, like a QUIC stream).
-    to_device: VecDeque<Vec<u8>>,
-    to_server: VecDeque<Vec<u8>>,
-}
-
-/// A seeded simulation of one customer's replicas.
-pub struct SimNetwork {
-    rng: SplitMix64,
-    now: Timestamp,
-    peers: Vec<Peer>,
-    links: Vec<Link>,
-    catalog: ResultCatalog,
-    start_limit_ms: i64,
-    next_call: u64,
-    delivered: u64,
-}
-
 /// The customer every simulation starts with.
 pub fn sample_customer() -> NewCustomer {
     let phone = |label: &str, n: &str| PhoneEntry {
@@ -112,33 +99,191 @@ fn id<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("fixture id: {e}"))
 }
 
+/// The tenant of every simulation.
+pub const TENANT: &str = "tenant-a";
+/// The server's Automerge actor in every simulation.
+const SERVER_ACTOR: &[u8] = b"server";
+
+/// The simulated server's result rules: the standard result types, and no plugin
+/// to re-run (the simulation's results carry no decision record).
+struct SimRules;
+
+impl ResultRules for SimRules {
+    fn verify(
+        &self,
+        _config: &TenantConfig,
+        _doc: &TenantConfigDoc,
+        _fields: &SavedResultFields,
+        _saved_at: Timestamp,
+    ) -> Verified {
+        Verified {
+            outcome: Ok(()),
+            spent: std::time::Duration::ZERO,
+        }
+    }
+
+    fn standard_install(
+        &self,
+        _tenant: &TenantId,
+        _now: Timestamp,
+    ) -> Result<PreparedInstall, String> {
+        let ruleset = Ruleset {
+            plugin: callsync_core::plugin::PluginRef {
+                id: "standard".to_owned(),
+                version: "1.0.0".to_owned(),
+                hash: callsync_core::plugin::ContentHash::from_bytes([7; 32]),
+            },
+            settings: Vec::new(),
+            holidays: Vec::new(),
+            time_zone: "Asia/Tokyo".to_owned(),
+            result_types: ResultCatalog::standard().types().to_vec(),
+        };
+        Ok(PreparedInstall {
+            id: callsync_core::plugin::ContentHash::from_bytes([9; 32]),
+            ruleset,
+            component: vec![0],
+        })
+    }
+}
+
+/// A device of the simulation.
+struct DevicePeer {
+    device: DeviceId,
+    kind: DeviceKind,
+    user: UserId,
+    actor: ActorId,
+    disk: DeviceDisk,
+    role: Role,
+    clock_skew_ms: i64,
+    next_event: u64,
+    /// The link to the server.
+    link: Link,
+}
+
+/// A device's connection to the server.
+#[derive(Default)]
+struct Link {
+    /// The network lets them talk.
+    up: bool,
+    /// A connection is open (both sessions exist).
+    open: Option<Connection>,
+}
+
+struct Connection {
+    conn: ConnId,
+    client: ClientSession<MemDoc>,
+    /// The client has handled `peer`.
+    joined: bool,
+    server: ServerConnection,
+    /// The hub knows this connection.
+    in_hub: bool,
+    to_server: VecDeque<Message>,
+    to_device: VecDeque<Message>,
+    /// The server sent its closing error: the connection ends once it arrives.
+    closing: bool,
+}
+
+/// One message delivered, for tests that count what a reconnect costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The device at the other end from the server.
+    pub device: PeerId,
+    /// Towards the server (else towards the device).
+    pub to_server: bool,
+    /// The message's kind (`sync`, `peer`, `join`, …).
+    pub kind: &'static str,
+    /// The document it is about, if any.
+    pub document: Option<CustomerId>,
+}
+
+/// The simulated network: a server running the hub session and devices running
+/// client sessions.
+pub struct SimNetwork {
+    rng: SplitMix64,
+    now: Timestamp,
+    server_disk: ServerDisk,
+    hub: HubSession<MemDoc>,
+    /// The server crashes during its next batch, before committing it.
+    crash_in_next_batch: bool,
+    devices: Vec<DevicePeer>,
+    catalog: ResultCatalog,
+    start_limit_ms: i64,
+    next_call: u64,
+    next_conn: ConnId,
+    server_events: u64,
+    delivered: u64,
+    log: Vec<Delivered>,
+    /// Event keys each device saw acknowledged by the server.
+    acknowledged: BTreeSet<String>,
+    /// Event keys that were ever committed on the server.
+    committed: BTreeSet<String>,
+    /// What each peer keeps parsed between reads (merged from its storage), so
+    /// reads exercise the core's incremental derivation.
+    views: RefCell<BTreeMap<(PeerId, CustomerId), CustomerDoc>>,
+}
+
+fn event_keys(doc: &CustomerDoc) -> BTreeSet<String> {
+    doc.events()
+        .0
+        .into_iter()
+        .map(|e| format!("{}/{}", e.call, e.id))
+        .collect()
+}
+
+fn document_of(message: &Message) -> Option<CustomerId> {
+    match message {
+        Message::Sync { document_id, .. }
+        | Message::Request { document_id, .. }
+        | Message::DocUnavailable { document_id }
+        | Message::Rejected { document_id, .. } => Some(document_id.clone()),
+        _ => None,
+    }
+}
+
 impl SimNetwork {
     /// A network with one server holding [`sample_customer`], seeded for delivery order.
     pub fn seeded(seed: u64) -> Self {
-        let doc = CustomerDoc::create(
-            &sample_customer(),
-            START,
-            ActorId::from(b"server".as_slice()),
-        )
-        .unwrap_or_else(|e| panic!("sample customer: {e}"));
-        let server = Peer {
-            device: id(DeviceId::new("server")),
-            kind: DeviceKind::Server,
-            user: id(UserId::new("system")),
-            doc,
-            clock_skew_ms: 0,
-            next_event: 0,
-        };
+        let mut doc = CustomerDoc::create(&sample_customer(), START, ActorId::from(SERVER_ACTOR))
+            .unwrap_or_else(|e| panic!("sample customer: {e}"));
+        let mut server_disk = ServerDisk::default();
+        server_disk
+            .insert(&mut doc)
+            .unwrap_or_else(|e| panic!("sample customer: {e}"));
+        let start_limit_ms = callsync_core::time::DEFAULT_START_LIMIT_MS;
         Self {
             rng: SplitMix64::new(seed),
             now: START,
-            peers: vec![server],
-            links: Vec::new(),
+            hub: Self::new_hub(start_limit_ms),
+            server_disk,
+            crash_in_next_batch: false,
+            devices: Vec::new(),
             catalog: ResultCatalog::standard(),
-            start_limit_ms: callsync_core::time::DEFAULT_START_LIMIT_MS,
+            start_limit_ms,
             next_call: 0,
+            next_conn: 1,
+            server_events: 0,
             delivered: 0,
+            log: Vec::new(),
+            acknowledged: BTreeSet::new(),
+            committed: BTreeSet::new(),
+            views: RefCell::new(BTreeMap::new()),
         }
+    }
+
+    fn new_hub(start_limit_ms: i64) -> HubSession<MemDoc> {
+        HubSession::new(
+            id(TenantId::new(TENANT)),
+            HubSettings {
+                start_limit_ms,
+                max_customers: 100_000,
+                cache_docs: 64,
+                server_device: id(DeviceId::new("server")),
+                server_user: id(UserId::new("system")),
+                server_actor: ActorId::from(SERVER_ACTOR),
+                epoch: "sim".to_owned(),
+            },
+            Arc::new(SimRules),
+        )
     }
 
     /// The server.
@@ -158,34 +303,77 @@ impl SimNetwork {
     }
 
     fn add_peer(&mut self, kind: DeviceKind, user: &str) -> PeerId {
-        let peer = self.peers.len();
+        let peer = self.devices.len() + 1;
         let device = id(DeviceId::new(format!("{}-{peer}", kind.as_str())));
-        let mut doc = self.peers[0].doc.clone();
-        doc.automerge_mut()
-            .set_actor(ActorId::from(device.as_str().as_bytes()));
-        self.peers.push(Peer {
+        let actor = ActorId::from(device.as_str().as_bytes());
+        let user = id(UserId::new(user));
+        self.server_disk
+            .register(device.clone(), kind, user.clone(), actor.clone());
+        let mut disk = DeviceDisk::default();
+        for customer in self.customers() {
+            self.server_disk.subscribe(device.clone(), customer.clone());
+            if let Some(mut doc) = self.server_disk.document(&customer) {
+                let mut tx = disk.begin();
+                callsync_session::client::ClientStore::insert(&mut tx, &mut doc)
+                    .unwrap_or_else(|e| panic!("seed device: {e}"));
+                tx.commit();
+            }
+        }
+        self.devices.push(DevicePeer {
             device,
             kind,
-            user: id(UserId::new(user)),
-            doc,
+            user,
+            actor,
+            disk,
+            role: Role::User,
             clock_skew_ms: 0,
             next_event: 0,
-        });
-        self.links.push(Link {
-            server: 0,
-            device: peer,
-            up: true,
-            server_state: sync::State::new(),
-            device_state: sync::State::new(),
-            to_device: VecDeque::new(),
-            to_server: VecDeque::new(),
+            link: Link {
+                up: true,
+                open: None,
+            },
         });
         peer
     }
 
+    /// Every customer the server holds.
+    pub fn customers(&self) -> Vec<CustomerId> {
+        self.server_disk.customer_ids()
+    }
+
+    /// The server creates `n` more customers (like [`sample_customer`]) and
+    /// subscribes every device to them; devices receive them when they next sync.
+    pub fn add_customers(&mut self, n: usize) -> Vec<CustomerId> {
+        let mut added = Vec::new();
+        for i in 0..n {
+            let mut new = sample_customer();
+            new.id = id(CustomerId::new(format!(
+                "cus-extra-{:04}",
+                self.customers().len() + i
+            )));
+            let mut doc = CustomerDoc::create(&new, self.now, ActorId::from(SERVER_ACTOR))
+                .unwrap_or_else(|e| panic!("customer: {e}"));
+            self.server_disk
+                .insert(&mut doc)
+                .unwrap_or_else(|e| panic!("customer: {e}"));
+            for d in &self.devices {
+                self.server_disk.subscribe(d.device.clone(), new.id.clone());
+            }
+            added.push(new.id);
+        }
+        added
+    }
+
+    /// Gives a device's member another role (every member starts as a `user`);
+    /// the server sees it from the device's next connection.
+    pub fn set_role(&mut self, peer: PeerId, role: Role) {
+        self.devices[peer - 1].role = role;
+        self.disconnect(peer);
+    }
+
     /// The device id of a peer.
     pub fn device_id(&self, peer: PeerId) -> &DeviceId {
-        &self.peers[peer].device
+        &self.devices[peer - 1].device
     }
 
     /// Moves the virtual clock forward.
@@ -200,124 +388,330 @@ impl SimNetwork {
 
     /// Sets how far a device's clock runs ahead (positive) or behind (negative).
     pub fn set_clock_skew(&mut self, peer: PeerId, ms: i64) {
-        self.peers[peer].clock_skew_ms = ms;
+        self.devices[peer - 1].clock_skew_ms = ms;
     }
 
-    /// Sets the start limit the rules use (default 1 minute).
+    /// Sets the start limit the rules and the server use (default 1 minute). The
+    /// server restarts with it.
     pub fn set_start_limit(&mut self, ms: i64) {
         self.start_limit_ms = ms;
+        self.crash(0);
     }
 
-    /// Cuts the link between a device and the server; what is in flight is lost.
+    /// Cuts the link between a device and the server: the connection drops and
+    /// what is in flight is lost.
     pub fn partition(&mut self, a: PeerId, b: PeerId) {
-        if let Some(link) = self.link_between(a, b) {
-            link.up = false;
-            link.to_device.clear();
-            link.to_server.clear();
+        let device = a.max(b);
+        if device == 0 {
+            return;
         }
+        self.devices[device - 1].link.up = false;
+        self.disconnect(device);
     }
 
-    /// Restores a cut link. Both sides start a new sync session, keeping only
-    /// what they know they share (as after a reconnect).
+    /// Restores a cut link; the device reconnects (with its cursor) when the
+    /// network next runs.
     pub fn heal(&mut self, a: PeerId, b: PeerId) {
-        if let Some(link) = self.link_between(a, b) {
-            link.up = true;
-            link.server_state = reset(&link.server_state);
-            link.device_state = reset(&link.device_state);
+        let device = a.max(b);
+        if device == 0 {
+            return;
+        }
+        self.devices[device - 1].link.up = true;
+    }
+
+    /// A peer crashes and restarts: its memory (sessions, caches, what was in
+    /// flight) is gone, its storage stays. Devices reconnect when the network next
+    /// runs.
+    pub fn crash(&mut self, peer: PeerId) {
+        if peer == 0 {
+            self.hub = Self::new_hub(self.start_limit_ms);
+            for d in &mut self.devices {
+                d.link.open = None;
+            }
+        } else {
+            self.disconnect(peer);
         }
     }
 
-    fn link_between(&mut self, a: PeerId, b: PeerId) -> Option<&mut Link> {
-        self.links
-            .iter_mut()
-            .find(|l| (l.server == a && l.device == b) || (l.server == b && l.device == a))
+    /// The server crashes in the middle of its next batch, before the commit:
+    /// nothing of that batch is stored or sent.
+    pub fn crash_server_in_next_batch(&mut self) {
+        self.crash_in_next_batch = true;
     }
 
-    /// Syncs over every live link until nothing is left to send, delivering one
-    /// message at a time from a link picked by the seed. Returns how many messages
-    /// were delivered.
+    /// Ends a device's connection: the hub hears it close, the client session goes.
+    fn disconnect(&mut self, peer: PeerId) {
+        let Some(open) = self.devices[peer - 1].link.open.take() else {
+            return;
+        };
+        if open.in_hub {
+            self.hub_batch(vec![HubInput::Closed { conn: open.conn }]);
+        }
+    }
+
+    /// Opens a connection for a device whose link is up: a new client session
+    /// sends `join` with its saved cursor.
+    fn connect(&mut self, peer: PeerId) {
+        let now = self.now;
+        let d = &mut self.devices[peer - 1];
+        let client = ClientSession::new(Device {
+            tenant: id(TenantId::new(TENANT)),
+            id: d.device.clone(),
+            actor: d.actor.clone(),
+        });
+        let mut tx = d.disk.begin();
+        let join = client
+            .join(&mut tx, d.device.as_str())
+            .unwrap_or_else(|e| panic!("join: {e}"));
+        drop(tx);
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        d.link.open = Some(Connection {
+            conn,
+            client,
+            joined: false,
+            server: ServerConnection::new(now, 10_000),
+            in_hub: false,
+            to_server: VecDeque::from([join]),
+            to_device: VecDeque::new(),
+            closing: false,
+        });
+    }
+
+    /// Runs one hub batch over `inputs` (then the hub's own work: catch-up,
+    /// expiries), commits it and puts what it sends on the links.
+    fn hub_batch(&mut self, inputs: Vec<HubInput>) {
+        let now = self.now;
+        let mut batch = Batch::default();
+        let mut tx = self.server_disk.begin();
+        let mut failed = false;
+        for input in inputs {
+            if self.hub.handle(now, &mut tx, input, &mut batch).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if !failed
+            && self
+                .hub
+                .finish(now, &mut tx, &|_| usize::MAX, &mut batch)
+                .is_err()
+        {
+            failed = true;
+        }
+        if self.crash_in_next_batch {
+            self.crash_in_next_batch = false;
+            drop(tx);
+            self.crash(0);
+            return;
+        }
+        if failed {
+            drop(tx);
+            let closes = self.hub.abandoned(batch);
+            for (conn, _) in closes {
+                if let Some(peer) = self.peer_of(conn) {
+                    self.devices[peer - 1].link.open = None;
+                }
+            }
+            return;
+        }
+        tx.commit();
+        for customer in self.customers() {
+            if let Some(doc) = self.server_disk.document(&customer) {
+                self.committed.extend(event_keys(&doc));
+            }
+        }
+        let released = self.hub.committed(batch);
+        for (conn, message) in released.sends {
+            if let Some(peer) = self.peer_of(conn)
+                && let Some(open) = self.devices[peer - 1].link.open.as_mut()
+            {
+                open.to_device.push_back(message);
+            }
+        }
+        for (conn, body) in released.closes {
+            if let Some(peer) = self.peer_of(conn)
+                && let Some(open) = self.devices[peer - 1].link.open.as_mut()
+            {
+                open.to_device.push_back(Message::Error(body));
+                open.closing = true;
+            }
+        }
+    }
+
+    fn peer_of(&self, conn: ConnId) -> Option<PeerId> {
+        self.devices
+            .iter()
+            .position(|d| d.link.open.as_ref().is_some_and(|o| o.conn == conn))
+            .map(|i| i + 1)
+    }
+
+    /// Runs the network until nothing is left to send: devices whose link is up
+    /// connect, the hub's due wake-ups run (catch-up slices, expiries at the
+    /// virtual time), and one message at a time is delivered from a link picked by
+    /// the seed. Returns how many messages were delivered.
     pub fn run_until_quiescent(&mut self) -> u64 {
         let before = self.delivered;
-        for _round in 0..100_000 {
-            self.generate_all();
-            let busy: Vec<(usize, bool)> = self
-                .links
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.up)
-                .flat_map(|(i, l)| {
-                    let mut v = Vec::new();
-                    if !l.to_device.is_empty() {
-                        v.push((i, true));
+        for _round in 0..200_000 {
+            for peer in 1..=self.devices.len() {
+                let d = &self.devices[peer - 1];
+                if d.link.up && d.link.open.is_none() {
+                    self.connect(peer);
+                }
+            }
+            if self.hub.next_wake().is_some_and(|at| at <= self.now) {
+                self.hub_batch(Vec::new());
+            }
+            let mut busy: Vec<(PeerId, bool)> = Vec::new();
+            for (i, d) in self.devices.iter().enumerate() {
+                if let Some(open) = &d.link.open {
+                    if !open.to_device.is_empty() {
+                        busy.push((i + 1, false));
                     }
-                    if !l.to_server.is_empty() {
-                        v.push((i, false));
+                    if !open.to_server.is_empty() {
+                        busy.push((i + 1, true));
                     }
-                    v
-                })
-                .collect();
+                }
+            }
             if busy.is_empty() {
+                if self.hub.next_wake().is_some_and(|at| at <= self.now) {
+                    continue;
+                }
                 return self.delivered - before;
             }
-            let (link, to_device) = busy[self.rng.below(busy.len())];
-            self.deliver(link, to_device);
+            let (peer, to_server) = busy[self.rng.below(busy.len())];
+            if to_server {
+                self.deliver_to_server(peer);
+            } else {
+                self.deliver_to_device(peer);
+            }
         }
-        panic!("the simulated network did not settle in 100,000 steps");
+        panic!("the simulated network did not settle in 200,000 steps");
     }
 
-    fn generate_all(&mut self) {
-        for i in 0..self.links.len() {
-            if !self.links[i].up {
-                continue;
-            }
-            let (server, device) = (self.links[i].server, self.links[i].device);
-            loop {
-                let link = &mut self.links[i];
-                let msg = self.peers[server]
-                    .doc
-                    .automerge_mut()
-                    .sync()
-                    .generate_sync_message(&mut link.server_state);
-                match msg {
-                    Some(m) => link.to_device.push_back(m.encode()),
-                    None => break,
-                }
-            }
-            loop {
-                let link = &mut self.links[i];
-                let msg = self.peers[device]
-                    .doc
-                    .automerge_mut()
-                    .sync()
-                    .generate_sync_message(&mut link.device_state);
-                match msg {
-                    Some(m) => link.to_server.push_back(m.encode()),
-                    None => break,
-                }
-            }
+    fn authenticated(&self, peer: PeerId) -> Authenticated {
+        let d = &self.devices[peer - 1];
+        Authenticated {
+            tenant: id(TenantId::new(TENANT)),
+            user: d.user.clone(),
+            role: d.role,
+            device: d.device.clone(),
+            kind: d.kind,
+            expires_at: self.now.plus_millis(365 * 24 * 3_600_000),
         }
     }
 
-    fn deliver(&mut self, link: usize, to_device: bool) {
-        let l = &mut self.links[link];
-        let (bytes, peer, state) = if to_device {
-            (l.to_device.pop_front(), l.device, &mut l.device_state)
-        } else {
-            (l.to_server.pop_front(), l.server, &mut l.server_state)
+    fn deliver_to_server(&mut self, peer: PeerId) {
+        let now = self.now;
+        let member = self.authenticated(peer);
+        let Some(open) = self.devices[peer - 1].link.open.as_mut() else {
+            return;
         };
-        let Some(bytes) = bytes else { return };
-        let msg = sync::Message::decode(&bytes).unwrap_or_else(|e| panic!("sync message: {e}"));
-        self.peers[peer]
-            .doc
-            .automerge_mut()
-            .sync()
-            .receive_sync_message(state, msg)
-            .unwrap_or_else(|e| panic!("receive sync message: {e}"));
+        let Some(message) = open.to_server.pop_front() else {
+            return;
+        };
         self.delivered += 1;
+        self.log.push(Delivered {
+            device: peer,
+            to_server: true,
+            kind: message.kind(),
+            document: document_of(&message),
+        });
+        let conn = open.conn;
+        let mut step = open.server.receive(now, message);
+        if let Step::Recheck { .. } = step {
+            step = open.server.rechecked(now, Ok(member.clone()));
+        }
+        match step {
+            Step::Authenticate { token, cursor, .. } => {
+                let outcome = if token == member.device.as_str() {
+                    Ok(member.clone())
+                } else {
+                    Err(callsync_core::wire::Refusal::InvalidSession.body())
+                };
+                if let Err(body) = open.server.joined(now, outcome) {
+                    open.to_device.push_back(Message::Error(body));
+                    open.closing = true;
+                    return;
+                }
+                open.in_hub = true;
+                self.hub_batch(vec![HubInput::Open {
+                    conn,
+                    member,
+                    cursor,
+                }]);
+            }
+            Step::Hub(message) => self.hub_batch(vec![HubInput::Received { conn, message }]),
+            Step::Reply(message) => open.to_device.push_back(message),
+            Step::Refuse(body) => {
+                open.to_device.push_back(Message::Error(body));
+                open.closing = true;
+            }
+            Step::Leave => self.disconnect(peer),
+            Step::Continue => {}
+            other => panic!("the simulation has no use for {other:?}"),
+        }
+    }
+
+    fn deliver_to_device(&mut self, peer: PeerId) {
+        let d = &mut self.devices[peer - 1];
+        let Some(open) = d.link.open.as_mut() else {
+            return;
+        };
+        let Some(message) = open.to_device.pop_front() else {
+            return;
+        };
+        self.delivered += 1;
+        self.log.push(Delivered {
+            device: peer,
+            to_server: false,
+            kind: message.kind(),
+            document: document_of(&message),
+        });
+        let closing = open.closing && open.to_device.is_empty();
+        let mut out = ClientOutput::default();
+        let mut tx = d.disk.begin();
+        let handled = if open.joined {
+            open.client.handle(&mut tx, message, &mut out)
+        } else {
+            open.joined = true;
+            open.client.on_peer(&mut tx, message, &mut out)
+        };
+        if handled.is_err() {
+            drop(tx);
+            self.disconnect(peer);
+            return;
+        }
+        tx.commit();
+        let open = d.link.open.as_mut();
+        if let Some(open) = open {
+            open.to_server.extend(out.messages);
+        }
+        for event in &out.events {
+            if let ClientEvent::Acknowledged { customer } = event
+                && let Some(doc) = d.disk.document(customer, d.actor.clone())
+            {
+                self.acknowledged.extend(event_keys(&doc));
+            }
+        }
+        if out.refused.is_some() || closing {
+            self.disconnect(peer);
+        }
     }
 
     fn stamp(&mut self, peer: PeerId) -> (EventId, Stamp) {
-        let p = &mut self.peers[peer];
+        if peer == 0 {
+            self.server_events += 1;
+            let event = id(EventId::new(format!("server-e{}", self.server_events)));
+            let stamp = Stamp {
+                at: self.now,
+                device: id(DeviceId::new("server")),
+                device_kind: DeviceKind::Server,
+                user: id(UserId::new("system")),
+            };
+            return (event, stamp);
+        }
+        let p = &mut self.devices[peer - 1];
         p.next_event += 1;
         let event = id(EventId::new(format!("{}-e{}", p.device, p.next_event)));
         let stamp = Stamp {
@@ -329,10 +723,21 @@ impl SimNetwork {
         (event, stamp)
     }
 
-    /// Records an event as `peer` would, through the core's rules.
+    /// Records an event on [`CUSTOMER`] as `peer` would, through the core's rules.
     pub fn record(
         &mut self,
         peer: PeerId,
+        call: &CallId,
+        kind: EventKind,
+    ) -> Result<CallView, CoreError> {
+        self.record_in(peer, &id(CustomerId::new(CUSTOMER)), call, kind)
+    }
+
+    /// Records an event on `customer` as `peer` would, through the core's rules.
+    pub fn record_in(
+        &mut self,
+        peer: PeerId,
+        customer: &CustomerId,
         call: &CallId,
         kind: EventKind,
     ) -> Result<CallView, CoreError> {
@@ -343,12 +748,75 @@ impl SimNetwork {
             stamp,
             kind,
         };
-        let ctx = RuleContext {
-            catalog: &self.catalog,
-            start_limit_ms: self.start_limit_ms,
-            other_open_calls: &[],
-        };
-        self.peers[peer].doc.record(event, &ctx)
+        let catalog = self.catalog.clone();
+        let start_limit_ms = self.start_limit_ms;
+        self.with_doc_in(peer, customer, |doc| {
+            let ctx = RuleContext {
+                catalog: &catalog,
+                start_limit_ms,
+                other_open_calls: &[],
+            };
+            doc.record(event, &ctx)
+        })
+    }
+
+    /// Runs `f` on `peer`'s stored copy of [`CUSTOMER`] and stores what it changed,
+    /// as a local command would (a device's change goes to its outbox and is
+    /// offered to the server at once if connected; the server's is pushed to the
+    /// subscribers). For tests that play a misbehaving replica, too.
+    pub fn with_doc<T>(&mut self, peer: PeerId, f: impl FnOnce(&mut CustomerDoc) -> T) -> T {
+        self.with_doc_in(peer, &id(CustomerId::new(CUSTOMER)), f)
+    }
+
+    /// [`Self::with_doc`] on `customer`.
+    pub fn with_doc_in<T>(
+        &mut self,
+        peer: PeerId,
+        customer: &CustomerId,
+        f: impl FnOnce(&mut CustomerDoc) -> T,
+    ) -> T {
+        if peer == 0 {
+            let mut doc = self
+                .server_disk
+                .document(customer)
+                .unwrap_or_else(|| panic!("the server has no {customer}"));
+            let mut doc = CustomerDoc::load(&doc.save(), ActorId::from(SERVER_ACTOR))
+                .unwrap_or_else(|e| panic!("load: {e}"));
+            let before = doc.heads();
+            let result = f(&mut doc);
+            if doc.heads() != before {
+                self.server_disk
+                    .save(&mut doc)
+                    .unwrap_or_else(|e| panic!("server save: {e}"));
+                self.hub_batch(vec![HubInput::Changed {
+                    customer: customer.clone(),
+                }]);
+            }
+            return result;
+        }
+        let d = &mut self.devices[peer - 1];
+        let mut doc = d
+            .disk
+            .document(customer, d.actor.clone())
+            .unwrap_or_else(|| panic!("{} does not hold {customer}", d.device));
+        let before = doc.heads();
+        let result = f(&mut doc);
+        if doc.heads() != before {
+            d.disk
+                .save_local(&mut doc)
+                .unwrap_or_else(|e| panic!("device save: {e}"));
+            if let Some(open) = d.link.open.as_mut()
+                && open.joined
+            {
+                let mut out = ClientOutput::default();
+                let mut tx = d.disk.begin();
+                if open.client.push_local(&mut tx, &mut out).is_ok() {
+                    tx.commit();
+                    open.to_server.extend(out.messages);
+                }
+            }
+        }
+        result
     }
 
     /// The desk asks `phone` to dial `number` (recording on). Panics if refused:
@@ -358,7 +826,7 @@ impl SimNetwork {
         let call = id(CallId::new(format!("call-{}", self.next_call)));
         let kind = EventKind::Requested {
             destination: PhoneNumber::parse(number).unwrap_or_else(|e| panic!("{e}")),
-            origin: self.peers[phone].device.clone(),
+            origin: self.devices[phone - 1].device.clone(),
             recording: true,
         };
         self.record(desk, &call, kind)
@@ -391,20 +859,26 @@ impl SimNetwork {
         self.record(desk, call, EventKind::BrowserEnded)
     }
 
-    /// The server records `expired` on every request past its start limit, as the
-    /// server's timer will. Returns the calls it expired.
+    /// Runs the hub's expiry at the virtual time now (as its wake-up would) and
+    /// returns the calls it expired. Their pushes go out with the next run.
     pub fn server_expires_due(&mut self) -> Vec<CallId> {
-        let Ok(customer) = self.peers[0].doc.customer() else {
-            return Vec::new();
+        let customer = id(CustomerId::new(CUSTOMER));
+        let phases = |net: &Self| -> BTreeMap<CallId, callsync_core::Phase> {
+            net.server_disk
+                .document(&customer)
+                .and_then(|d| d.customer().ok())
+                .map(|c| c.calls.iter().map(|v| (v.call.clone(), v.phase)).collect())
+                .unwrap_or_default()
         };
-        let due: Vec<CallId> = customer
-            .calls
-            .iter()
-            .filter(|c| c.is_past_start_limit(self.now, self.start_limit_ms))
-            .map(|c| c.call.clone())
-            .collect();
-        due.into_iter()
-            .filter(|call| self.record(0, call, EventKind::Expired).is_ok())
+        let before = phases(self);
+        self.hub_batch(Vec::new());
+        phases(self)
+            .into_iter()
+            .filter(|(call, phase)| {
+                *phase == callsync_core::Phase::Expired
+                    && before.get(call) != Some(&callsync_core::Phase::Expired)
+            })
+            .map(|(call, _)| call)
             .collect()
     }
 
@@ -432,46 +906,111 @@ impl SimNetwork {
         self.record(peer, call, EventKind::ResultSaved(fields))
     }
 
-    /// The call's state on `peer`.
-    pub fn call_state(&self, peer: PeerId, call: &CallId) -> Option<CallView> {
-        self.peers[peer].doc.call(call)
+    /// `peer`'s stored copy of `customer`, loaded afresh.
+    fn stored(&self, peer: PeerId, customer: &CustomerId) -> Option<CustomerDoc> {
+        if peer == 0 {
+            self.server_disk.document(customer)
+        } else {
+            let d = &self.devices[peer - 1];
+            d.disk.document(customer, d.actor.clone())
+        }
     }
 
-    /// The customer on `peer`.
+    /// What `peer` holds of `customer`, read through a copy kept between reads and
+    /// merged with what is stored (so the core's incremental derivation is what
+    /// answers; a copy that no longer matches storage, e.g. after a rejected change
+    /// was forgotten, is replaced).
+    fn view(&self, peer: PeerId, customer: &CustomerId) -> Option<CustomerDoc> {
+        let mut stored = self.stored(peer, customer)?;
+        let mut views = self.views.borrow_mut();
+        let key = (peer, customer.clone());
+        let view = match views.remove(&key) {
+            Some(mut view) => {
+                if view.merge(&mut stored).is_ok() && view.heads() == stored.heads() {
+                    view
+                } else {
+                    stored
+                }
+            }
+            None => stored,
+        };
+        views.insert(key, view.clone());
+        Some(view)
+    }
+
+    /// The call's state on `peer` (what it has stored).
+    pub fn call_state(&self, peer: PeerId, call: &CallId) -> Option<CallView> {
+        self.view(peer, &id(CustomerId::new(CUSTOMER)))?.call(call)
+    }
+
+    /// The customer on `peer` (what it has stored).
     pub fn customer(&self, peer: PeerId) -> Customer {
-        self.peers[peer]
-            .doc
+        self.view(peer, &id(CustomerId::new(CUSTOMER)))
+            .unwrap_or_else(|| panic!("peer {peer} does not hold the customer"))
             .customer()
             .unwrap_or_else(|e| panic!("customer: {e}"))
     }
 
-    /// The customer on `peer` derived from scratch (a fresh load of its saved
-    /// bytes), to check the replica's kept derivation against.
+    /// The customer on `peer` derived from scratch (a fresh load of its stored
+    /// bytes), to check the kept derivation against.
     pub fn fresh_customer(&mut self, peer: PeerId) -> Customer {
-        let bytes = self.peers[peer].doc.save();
-        let doc = CustomerDoc::load(&bytes, ActorId::from(b"fresh".as_slice()))
-            .unwrap_or_else(|e| panic!("load: {e}"));
-        doc.customer().unwrap_or_else(|e| panic!("customer: {e}"))
+        self.stored(peer, &id(CustomerId::new(CUSTOMER)))
+            .unwrap_or_else(|| panic!("peer {peer} does not hold the customer"))
+            .customer()
+            .unwrap_or_else(|e| panic!("customer: {e}"))
     }
 
-    /// The heads of `peer`'s replica (equal heads: identical documents).
+    /// The heads of `peer`'s stored copy of [`CUSTOMER`] (equal heads: identical
+    /// documents).
     pub fn heads(&mut self, peer: PeerId) -> Vec<automerge::ChangeHash> {
-        let mut heads = self.peers[peer].doc.heads();
+        self.heads_of(peer, &id(CustomerId::new(CUSTOMER)))
+    }
+
+    /// The heads of `peer`'s stored copy of `customer` (empty if it holds none).
+    pub fn heads_of(&mut self, peer: PeerId, customer: &CustomerId) -> Vec<automerge::ChangeHash> {
+        let mut heads = self
+            .stored(peer, customer)
+            .map(|mut d| d.heads())
+            .unwrap_or_default();
         heads.sort();
         heads
     }
 
-    /// A peer's replica, for tests that play a misbehaving device.
-    pub fn doc_mut(&mut self, peer: PeerId) -> &mut CustomerDoc {
-        &mut self.peers[peer].doc
-    }
-
     /// All peers.
     pub fn peers(&self) -> std::ops::Range<PeerId> {
-        0..self.peers.len()
+        0..self.devices.len() + 1
     }
-}
 
-fn reset(state: &sync::State) -> sync::State {
-    sync::State::decode(&state.encode()).unwrap_or_else(|_| sync::State::new())
+    /// Every message delivered so far, in order.
+    pub fn delivered(&self) -> &[Delivered] {
+        &self.log
+    }
+
+    /// Event keys (`call/event`) the server acknowledged to a device.
+    pub fn acknowledged(&self) -> &BTreeSet<String> {
+        &self.acknowledged
+    }
+
+    /// Event keys that were ever committed on the server.
+    pub fn ever_committed(&self) -> &BTreeSet<String> {
+        &self.committed
+    }
+
+    /// Event keys of `peer`'s stored copy of [`CUSTOMER`].
+    pub fn event_keys(&self, peer: PeerId) -> BTreeSet<String> {
+        self.stored(peer, &id(CustomerId::new(CUSTOMER)))
+            .map(|d| event_keys(&d))
+            .unwrap_or_default()
+    }
+
+    /// Documents in `peer`'s outbox (a device's changes the server has not
+    /// confirmed).
+    pub fn outbox(&self, peer: PeerId) -> Vec<CustomerId> {
+        self.devices[peer - 1]
+            .disk
+            .outbox()
+            .iter()
+            .cloned()
+            .collect()
+    }
 }

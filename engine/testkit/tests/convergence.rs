@@ -1,5 +1,7 @@
 //! Property: replicas that edit concurrently, with links cut and healed at random,
-//! converge to identical documents and identical derived state once they can talk.
+//! converge to identical documents and identical derived state once they can talk,
+//! through the real protocol (a change the server's admission refuses is dropped
+//! by the device that made it, which converges on the server's copy).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use callsync_core::{CallId, ResultOption};

@@ -1,5 +1,6 @@
-//! Every race of DOMAIN.md, driven on the simulated network and checked on all
-//! three replicas (server, desk, phone).
+//! Every race of DOMAIN.md, driven on the simulated network (the real hub and
+//! client sessions: admission, rejection, the catch-up cursor, reconnects) and
+//! checked on all three replicas' storage (server, desk, phone).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use automerge::{ROOT, ReadDoc, transaction::Transactable};
@@ -291,7 +292,7 @@ fn results_saved_at_the_same_instant_are_decided_by_device_id() {
 
 #[test]
 fn a_result_for_a_call_that_never_started_is_refused_and_a_forged_one_is_ignored_everywhere() {
-    let (mut net, _server, desk, phone) = three(7);
+    let (mut net, server, desk, phone) = three(7);
     let call = net.desk_requests_call(desk, NUMBER, phone);
     net.desk_cancels(desk, &call).unwrap();
     net.run_until_quiescent();
@@ -299,13 +300,25 @@ fn a_result_for_a_call_that_never_started_is_refused_and_a_forged_one_is_ignored
         .save_result(desk, &call, "no-answer", ResultOption::None)
         .unwrap_err();
     assert!(matches!(err, CoreError::CallNeverStarted { .. }), "{err}");
-    // A misbehaving replica writes one anyway, bypassing the rules.
+    // A misbehaving replica writes one anyway, bypassing the rules: the server's
+    // admission refuses it, and the replica forgets it (fetching the server's copy).
     let forged = serde_json::json!({
         "id": "forged-1", "call": call.as_str(),
         "stamp": {"at": 1_795_482_100_000_i64, "device": "desk-1", "device_kind": "desk", "user": REP},
         "kind": {"result-saved": {"result_type": "no-answer", "option": {"kind": "none"}}}
     });
     forge(&mut net, desk, &format!("{call}/forged-1"), &forged);
+    net.run_until_quiescent();
+    let view = agreed(&net, &call);
+    assert_eq!(view.phase, Phase::Cancelled);
+    assert!(view.results.is_empty());
+    assert!(view.anomalies.is_empty(), "{:?}", view.anomalies);
+    for peer in net.peers() {
+        assert!(!net.event_keys(peer).contains(&format!("{call}/forged-1")));
+    }
+    // Had one slipped into the server's own copy, every replica would still ignore
+    // it the same way.
+    forge(&mut net, server, &format!("{call}/forged-1"), &forged);
     net.run_until_quiescent();
     let view = agreed(&net, &call);
     assert_eq!(view.phase, Phase::Cancelled);
@@ -317,10 +330,12 @@ fn a_result_for_a_call_that_never_started_is_refused_and_a_forged_one_is_ignored
 /// Plays a misbehaving replica: writes `event` under `key` straight into the
 /// Automerge document, bypassing the rules.
 fn forge(net: &mut SimNetwork, peer: PeerId, key: &str, event: &serde_json::Value) {
-    let doc = net.doc_mut(peer).automerge_mut();
-    let events = doc.get(ROOT, "events").unwrap().unwrap().1;
-    doc.put(&events, key, event.to_string()).unwrap();
-    doc.commit();
+    net.with_doc(peer, |doc| {
+        let doc = doc.automerge_mut();
+        let events = doc.get(ROOT, "events").unwrap().unwrap().1;
+        doc.put(&events, key, event.to_string()).unwrap();
+        doc.commit();
+    });
 }
 
 #[test]
@@ -340,14 +355,24 @@ fn only_the_origin_phone_may_start_and_a_forged_start_is_ignored() {
         "stamp": {"at": 1_795_482_010_000_i64, "device": "phone-3", "device_kind": "phone", "user": "other@a.example"},
         "kind": "started"
     });
+    // The server refuses it (not the origin phone), and the forger forgets it.
     forge(&mut net, other_phone, &format!("{call}/forged-2"), &forged);
     net.run_until_quiescent();
     let view = agreed(&net, &call);
     assert_eq!(view.phase, Phase::AwaitingStart);
-    assert_eq!(view.anomalies[0].reason, AnomalyReason::NotOriginPhone);
-    // The timeline still shows it, marked as ignored, on every replica.
+    assert!(view.anomalies.is_empty(), "{:?}", view.anomalies);
     for peer in net.peers() {
-        let timeline = net.doc_mut(peer).timeline();
+        assert!(!net.event_keys(peer).contains(&format!("{call}/forged-2")));
+    }
+    // Had it slipped into the server's copy, every replica would ignore it, and
+    // the timeline shows it marked as ignored everywhere.
+    forge(&mut net, 0, &format!("{call}/forged-2"), &forged);
+    net.run_until_quiescent();
+    let view = agreed(&net, &call);
+    assert_eq!(view.phase, Phase::AwaitingStart);
+    assert_eq!(view.anomalies[0].reason, AnomalyReason::NotOriginPhone);
+    for peer in net.peers() {
+        let timeline = net.with_doc(peer, |d| d.timeline());
         let forged = timeline
             .iter()
             .find(|e| e.event.as_str() == "forged-2")
@@ -365,6 +390,8 @@ fn only_the_origin_phone_may_start_and_a_forged_start_is_ignored() {
 #[test]
 fn a_recording_deleted_before_its_upload_finishes_stays_deleted() {
     let (mut net, server, desk, phone) = three(9);
+    // Deleting a recording takes a manager (the server refuses a user's).
+    net.set_role(desk, callsync_core::Role::Manager);
     let call = ended_call(&mut net, desk, phone);
     assert!(agreed(&net, &call).has(Flag::RecordingPending));
     net.partition(desk, server);

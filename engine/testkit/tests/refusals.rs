@@ -82,15 +82,14 @@ fn reusing_a_call_id_or_an_event_id_is_refused() {
     );
     // The same event delivered to `record` twice (a retried command, say).
     let event = net
-        .doc_mut(desk)
-        .call_events(&call)
+        .with_doc(desk, |d| d.call_events(&call))
         .into_iter()
         .next()
         .unwrap();
     let catalog = callsync_core::ResultCatalog::standard();
     let ctx = callsync_core::RuleContext::new(&catalog);
     let heads = net.heads(desk);
-    let err = net.doc_mut(desk).record(event, &ctx).unwrap_err();
+    let err = net.with_doc(desk, |d| d.record(event, &ctx)).unwrap_err();
     assert!(matches!(err, CoreError::DuplicateEvent { .. }), "{err}");
     assert_eq!(net.heads(desk), heads);
 }
@@ -193,7 +192,7 @@ fn a_batch_with_an_event_for_another_call_is_refused_whole() {
     let mut net = SimNetwork::seeded(5);
     let (desk, phone) = (net.desk(REP), net.phone(REP));
     let call = net.desk_requests_call(desk, NUMBER, phone);
-    let requested = net.doc_mut(desk).call_events(&call).remove(0);
+    let requested = net.with_doc(desk, |d| d.call_events(&call)).remove(0);
     // A valid cancel, then an event that names another call.
     let cancel = CallEvent {
         id: callsync_core::EventId::new("cancel-1").unwrap(),
@@ -209,11 +208,12 @@ fn a_batch_with_an_event_for_another_call_is_refused_whole() {
     let catalog = callsync_core::ResultCatalog::standard();
     let heads = net.heads(desk);
     let err = net
-        .doc_mut(desk)
-        .record_all(
-            vec![cancel, stray],
-            &callsync_core::RuleContext::new(&catalog),
-        )
+        .with_doc(desk, |d| {
+            d.record_all(
+                vec![cancel, stray],
+                &callsync_core::RuleContext::new(&catalog),
+            )
+        })
         .unwrap_err();
     assert!(matches!(err, CoreError::UnknownCall { .. }), "{err}");
     assert_eq!(net.heads(desk), heads);
