@@ -194,6 +194,8 @@ pub struct Delivered {
     pub kind: &'static str,
     /// The document it is about, if any.
     pub document: Option<CustomerId>,
+    /// For `peer`: the documents the server listed as changed since the cursor.
+    pub listed: Vec<CustomerId>,
 }
 
 /// The simulated network: a server running the hub session and devices running
@@ -228,6 +230,13 @@ fn event_keys(doc: &CustomerDoc) -> BTreeSet<String> {
         .into_iter()
         .map(|e| format!("{}/{}", e.call, e.id))
         .collect()
+}
+
+fn listed_in(message: &Message) -> Vec<CustomerId> {
+    match message {
+        Message::Peer { changed, .. } => changed.clone(),
+        _ => Vec::new(),
+    }
 }
 
 fn document_of(message: &Message) -> Option<CustomerId> {
@@ -589,6 +598,43 @@ impl SimNetwork {
         panic!("the simulated network did not settle in 200,000 steps");
     }
 
+    /// Delivers at most `n` messages (connecting devices whose link is up and
+    /// running the hub's due wake-ups as [`Self::run_until_quiescent`] does), so a
+    /// test can cut or crash in the middle of an exchange.
+    pub fn run_steps(&mut self, n: usize) {
+        for _ in 0..n {
+            for peer in 1..=self.devices.len() {
+                let d = &self.devices[peer - 1];
+                if d.link.up && d.link.open.is_none() {
+                    self.connect(peer);
+                }
+            }
+            if self.hub.next_wake().is_some_and(|at| at <= self.now) {
+                self.hub_batch(Vec::new());
+            }
+            let mut busy: Vec<(PeerId, bool)> = Vec::new();
+            for (i, d) in self.devices.iter().enumerate() {
+                if let Some(open) = &d.link.open {
+                    if !open.to_device.is_empty() {
+                        busy.push((i + 1, false));
+                    }
+                    if !open.to_server.is_empty() {
+                        busy.push((i + 1, true));
+                    }
+                }
+            }
+            if busy.is_empty() {
+                return;
+            }
+            let (peer, to_server) = busy[self.rng.below(busy.len())];
+            if to_server {
+                self.deliver_to_server(peer);
+            } else {
+                self.deliver_to_device(peer);
+            }
+        }
+    }
+
     fn authenticated(&self, peer: PeerId) -> Authenticated {
         let d = &self.devices[peer - 1];
         Authenticated {
@@ -616,6 +662,7 @@ impl SimNetwork {
             to_server: true,
             kind: message.kind(),
             document: document_of(&message),
+            listed: listed_in(&message),
         });
         let conn = open.conn;
         let mut step = open.server.receive(now, message);
@@ -667,6 +714,7 @@ impl SimNetwork {
             to_server: false,
             kind: message.kind(),
             document: document_of(&message),
+            listed: listed_in(&message),
         });
         let closing = open.closing && open.to_device.is_empty();
         let mut out = ClientOutput::default();

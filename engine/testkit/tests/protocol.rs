@@ -1,0 +1,208 @@
+//! The protocol's guarantees on the simulated network, through the real sessions:
+//! expiry as the hub's wake-up in virtual time, a reconnect that syncs exactly the
+//! documents that changed, and, over random schedules with crashes of any peer
+//! (the server even mid-batch), no acknowledged change lost and every replica
+//! deriving the same calls.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+
+use callsync_core::{CallId, CustomerId, EventKind, Phase, PhoneNumber, ResultOption};
+use callsync_testkit::{CUSTOMER, MOBILE, NUMBER, SimNetwork};
+use proptest::prelude::*;
+
+const REP: &str = "rep@a.example";
+
+#[test]
+fn a_request_not_started_expires_at_the_limit_in_virtual_time_on_every_replica() {
+    let mut net = SimNetwork::seeded(21);
+    let desk = net.desk(REP);
+    let phone = net.phone(REP);
+    let call = net.desk_requests_call(desk, NUMBER, phone);
+    net.run_until_quiescent();
+    net.advance(59_000);
+    net.run_until_quiescent();
+    assert_eq!(
+        net.call_state(0, &call).unwrap().phase,
+        Phase::AwaitingStart,
+        "not before the limit"
+    );
+    // No explicit expiry: the hub's wake-up falls due at the limit.
+    net.advance(1_001);
+    net.run_until_quiescent();
+    for peer in net.peers() {
+        assert_eq!(net.call_state(peer, &call).unwrap().phase, Phase::Expired);
+    }
+}
+
+#[test]
+fn a_reconnect_syncs_exactly_the_documents_that_changed() {
+    const N: usize = 40;
+    const K: usize = 5;
+    let mut net = SimNetwork::seeded(22);
+    let desk = net.desk(REP);
+    let phone = net.phone(REP);
+    let extra = net.add_customers(N - 1);
+    net.run_until_quiescent();
+    for customer in net.customers() {
+        assert!(!net.heads_of(phone, &customer).is_empty(), "{customer}");
+    }
+    // The phone goes offline; the desk changes K of the N documents meanwhile.
+    net.partition(phone, 0);
+    let changed: BTreeSet<CustomerId> = extra.iter().take(K).cloned().collect();
+    for (i, customer) in changed.iter().enumerate() {
+        let call = CallId::new(format!("offline-{i}")).unwrap();
+        let request = EventKind::Requested {
+            destination: PhoneNumber::parse(NUMBER).unwrap(),
+            origin: net.device_id(phone).clone(),
+            recording: false,
+        };
+        net.record_in(desk, customer, &call, request).unwrap();
+        net.record_in(desk, customer, &call, EventKind::Cancelled)
+            .unwrap();
+    }
+    net.run_until_quiescent();
+    let before = net.delivered().len();
+    net.heal(phone, 0);
+    net.run_until_quiescent();
+    let reconnect = &net.delivered()[before..];
+    let of_phone: Vec<_> = reconnect.iter().filter(|d| d.device == phone).collect();
+    let listed: BTreeSet<CustomerId> = of_phone
+        .iter()
+        .filter(|d| d.kind == "peer")
+        .flat_map(|d| d.listed.iter().cloned())
+        .collect();
+    assert_eq!(listed, changed, "the server lists exactly what changed");
+    let synced: BTreeSet<CustomerId> = of_phone.iter().filter_map(|d| d.document.clone()).collect();
+    assert_eq!(synced, changed, "sync runs for exactly those documents");
+    // One message each way per changed document, plus join and peer.
+    let syncs = of_phone.iter().filter(|d| d.kind == "sync").count();
+    assert!(
+        syncs <= 2 * K + 2,
+        "{syncs} sync messages for {K} documents"
+    );
+    for customer in &changed {
+        assert_eq!(net.heads_of(phone, customer), net.heads_of(0, customer));
+    }
+    // Reconnecting again with nothing changed syncs no document at all.
+    let before = net.delivered().len();
+    net.partition(phone, 0);
+    net.heal(phone, 0);
+    net.run_until_quiescent();
+    let again: Vec<&str> = net.delivered()[before..]
+        .iter()
+        .filter(|d| d.device == phone && d.kind != "presence")
+        .map(|d| d.kind)
+        .collect();
+    assert_eq!(again, ["join", "peer"], "nothing but the handshake");
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Request { phone: usize },
+    Cancel { call: usize },
+    Start { phone: usize, call: usize },
+    PhoneEnd { phone: usize, call: usize },
+    DeskEnd { call: usize },
+    Result { call: usize, recall: bool },
+    Cut { device: usize },
+    Heal { device: usize },
+    CrashServer,
+    CrashServerMidBatch,
+    CrashDevice { device: usize },
+    Deliver,
+    Sync,
+    Wait { secs: u8 },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..2usize).prop_map(|phone| Step::Request { phone }),
+        (0..4usize).prop_map(|call| Step::Cancel { call }),
+        (0..2usize, 0..4usize).prop_map(|(phone, call)| Step::Start { phone, call }),
+        (0..2usize, 0..4usize).prop_map(|(phone, call)| Step::PhoneEnd { phone, call }),
+        (0..4usize).prop_map(|call| Step::DeskEnd { call }),
+        (0..4usize, any::<bool>()).prop_map(|(call, recall)| Step::Result { call, recall }),
+        (0..3usize).prop_map(|device| Step::Cut { device }),
+        (0..3usize).prop_map(|device| Step::Heal { device }),
+        Just(Step::CrashServer),
+        Just(Step::CrashServerMidBatch),
+        (0..3usize).prop_map(|device| Step::CrashDevice { device }),
+        Just(Step::Deliver),
+        Just(Step::Sync),
+        any::<u8>().prop_map(|secs| Step::Wait { secs }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, rng_seed: proptest::test_runner::RngSeed::Fixed(23), ..ProptestConfig::default() })]
+
+    #[test]
+    fn acknowledged_changes_survive_crashes_and_every_replica_derives_the_same_calls(
+        seed in any::<u64>(),
+        steps in prop::collection::vec(step(), 1..40),
+    ) {
+        let mut net = SimNetwork::seeded(seed);
+        // One rep: a desk and two phones (so a phone may act on a call it is not
+        // the origin of, which the server refuses).
+        let desk = net.desk(REP);
+        let phones = [net.phone(REP), net.phone(REP)];
+        let devices = [desk, phones[0], phones[1]];
+        let mut calls: Vec<CallId> = Vec::new();
+        let pick = |calls: &Vec<CallId>, i: usize| calls.get(i % calls.len().max(1)).cloned();
+        for step in steps {
+            match step {
+                Step::Request { phone } => {
+                    let call = CallId::new(format!("c{}", calls.len())).unwrap();
+                    let kind = EventKind::Requested {
+                        destination: PhoneNumber::parse(MOBILE).unwrap(),
+                        origin: net.device_id(phones[phone]).clone(),
+                        recording: true,
+                    };
+                    if net.record(desk, &call, kind).is_ok() { calls.push(call); }
+                }
+                Step::Cancel { call } => if let Some(c) = pick(&calls, call) { let _ = net.desk_cancels(desk, &c); },
+                Step::Start { phone, call } => if let Some(c) = pick(&calls, call) { let _ = net.phone_starts(phones[phone], &c); },
+                Step::PhoneEnd { phone, call } => if let Some(c) = pick(&calls, call) { let _ = net.phone_ends(phones[phone], &c, 30); },
+                Step::DeskEnd { call } => if let Some(c) = pick(&calls, call) { let _ = net.desk_ends(desk, &c); },
+                Step::Result { call, recall } => if let Some(c) = pick(&calls, call) {
+                    let option = if recall {
+                        ResultOption::Recall { at: net.now().plus_millis(86_400_000).ceil_to_option_step() }
+                    } else {
+                        ResultOption::None
+                    };
+                    let _ = net.save_result(desk, &c, "no-answer", option);
+                },
+                Step::Cut { device } => net.partition(devices[device], 0),
+                Step::Heal { device } => net.heal(devices[device], 0),
+                Step::CrashServer => net.crash(0),
+                Step::CrashServerMidBatch => net.crash_server_in_next_batch(),
+                Step::CrashDevice { device } => net.crash(devices[device]),
+                Step::Deliver => { net.run_steps(3); }
+                Step::Sync => { net.run_until_quiescent(); }
+                Step::Wait { secs } => net.advance(i64::from(secs) * 1000),
+            }
+        }
+        for device in devices { net.heal(device, 0); }
+        net.run_until_quiescent();
+        let kept = net.event_keys(0);
+        // Nothing the server acknowledged to a device, or ever committed, is lost.
+        for key in net.acknowledged() {
+            prop_assert!(kept.contains(key), "acknowledged {} lost", key);
+        }
+        for key in net.ever_committed() {
+            prop_assert!(kept.contains(key), "committed {} lost", key);
+        }
+        // Every replica holds the server's document and derives the same calls,
+        // and no device still waits to send anything.
+        let heads = net.heads(0);
+        let customer = net.customer(0);
+        for peer in devices {
+            prop_assert_eq!(&net.heads(peer), &heads);
+            prop_assert_eq!(&net.customer(peer), &customer);
+            prop_assert!(net.outbox(peer).is_empty());
+        }
+        prop_assert_eq!(net.fresh_customer(0), customer);
+        prop_assert!(net.customers().contains(&CustomerId::new(CUSTOMER).unwrap()));
+    }
+}
