@@ -306,8 +306,8 @@ fn main() {
     let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let connect_started = Instant::now();
-    let cpu_before = thread_cpu(&["srv-rt", "callsync-hub"]);
-    let hub_before = thread_cpu(&["callsync-hub"]);
+    let cpu_before = thread_cpu(&["srv-rt", "hub-"]);
+    let hub_before = thread_cpu(&["hub-"]);
     let all_before = thread_cpu(&[""]);
     client_rt.block_on(async {
         let config = client_config(&trust).unwrap();
@@ -331,8 +331,8 @@ fn main() {
         }
     });
     let wall = connect_started.elapsed().as_secs_f64();
-    let cpu = thread_cpu(&["srv-rt", "callsync-hub"]) - cpu_before;
-    let hub_cpu = thread_cpu(&["callsync-hub"]) - hub_before;
+    let cpu = thread_cpu(&["srv-rt", "hub-"]) - cpu_before;
+    let hub_cpu = thread_cpu(&["hub-"]) - hub_before;
     let all_cpu = thread_cpu(&[""]) - all_before;
     server_rt.block_on(server.shutdown());
 

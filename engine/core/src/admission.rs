@@ -211,6 +211,7 @@ pub fn admit(
     }
     let entries = new_entries(doc, &new_changes, before)?;
     let mut events = Vec::with_capacity(entries.len());
+    let mut keys = Vec::with_capacity(entries.len());
     for (key, json) in entries {
         let event = parse_event(&key, &json)?;
         if key != format!("{}/{}", event.call, event.id) {
@@ -218,7 +219,15 @@ pub fn admit(
         }
         check_stamp(&key, &event, sender)?;
         events.push(event);
+        keys.push(key);
     }
+    // Every operation of the new changes is one of these new entries (checked
+    // above), so the document's kept derivation learns them as they are, parsed
+    // once here, instead of scanning every event for what changed.
+    doc.learn_new_entries(
+        before,
+        keys.into_iter().zip(events.iter().cloned().map(Some)),
+    );
     for event in &events {
         check_reference(doc, event, sender, directory, catalog)?;
     }

@@ -161,8 +161,13 @@ impl CustomerDoc {
     /// The Automerge document, for saving and syncing. Writing to it directly
     /// bypasses the rules: only stores, sync sessions and tests should.
     pub fn automerge_mut(&mut self) -> &mut AutoCommit {
-        // The caller may change anything: re-scan on the next read.
-        self.derived.get_mut().fresh = false;
+        // The caller may change anything: re-scan on the next read, unless told
+        // exactly what changed since these heads.
+        let derived = self.derived.get_mut();
+        if derived.fresh && derived.heads.is_none() {
+            derived.heads = Some(sorted_heads(&mut self.doc));
+        }
+        derived.fresh = false;
         &mut self.doc
     }
 
@@ -269,6 +274,7 @@ impl CustomerDoc {
             } else {
                 derived.rescan(&self.doc, &self.events);
                 derived.rederive();
+                derived.heads = None;
             }
         }
         self.derived.borrow()
@@ -429,8 +435,44 @@ impl CustomerDoc {
         self.doc.commit_with(
             automerge::transaction::CommitOptions::default().with_time(at.as_millis() / 1000),
         );
+        let heads = sorted_heads(&mut self.doc);
+        self.derived.get_mut().heads = Some(heads);
         self.call(&call).ok_or(CoreError::UnknownCall { call })
     }
+
+    /// Tells the kept derivation that the document changed since `before` by
+    /// exactly these new entries of the `events` map and nothing else (the
+    /// server's admission checks every operation of a device's changes is such a
+    /// put), so reading it costs the new entries, not a scan of every event. If the
+    /// kept state did not match `before`, nothing is learnt and the next read scans
+    /// as usual: the answer is always what a fresh derivation would give.
+    pub fn learn_new_entries(
+        &mut self,
+        before: &[automerge::ChangeHash],
+        entries: impl IntoIterator<Item = (String, Option<CallEvent>)>,
+    ) -> bool {
+        let mut before = before.to_vec();
+        before.sort();
+        let heads = sorted_heads(&mut self.doc);
+        let derived = self.derived.get_mut();
+        if derived.identity_error.is_some() || derived.heads.as_ref() != Some(&before) {
+            return false;
+        }
+        for (key, event) in entries {
+            derived.mark_dirty(&key);
+            derived.entries.insert(key, (None, event));
+        }
+        derived.rederive();
+        derived.fresh = true;
+        derived.heads = Some(heads);
+        true
+    }
+}
+
+fn sorted_heads(doc: &mut AutoCommit) -> Vec<automerge::ChangeHash> {
+    let mut heads = doc.get_heads();
+    heads.sort();
+    heads
 }
 
 /// The schema version, tenant, customer and `events` map of a document, checked.
@@ -518,6 +560,12 @@ struct Derived {
     dirty: BTreeSet<CallId>,
     /// Set when the document no longer is this customer's (see `derived`).
     identity_error: Option<CoreError>,
+    /// The document's heads (sorted) when `entries` last matched it, where known:
+    /// a caller that knows exactly what changed since can bring the state up to
+    /// date without a scan ([`CustomerDoc::learn_new_entries`]). Taken when the
+    /// document is next handed out for writing (reads cannot ask Automerge for its
+    /// heads).
+    heads: Option<Vec<automerge::ChangeHash>>,
 }
 
 impl Derived {
