@@ -29,6 +29,9 @@ use crate::{ClientError, DB_FILE};
 
 pub use callsync_session::client::ClientEvent;
 
+/// Most arrived messages handled in one transaction.
+const MAX_BATCH: usize = 256;
+
 /// One connected session of a device.
 pub struct SyncClient {
     store: Store,
@@ -38,6 +41,9 @@ pub struct SyncClient {
     send: quinn::SendStream,
     incoming: mpsc::Receiver<Result<Message, NetError>>,
     protocol: ClientSession<StoredDoc>,
+    /// A read error found while draining arrived messages, reported by the next
+    /// [`SyncClient::recv`].
+    pending_error: Option<NetError>,
     data_version: i64,
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
@@ -113,6 +119,7 @@ impl SyncClient {
             send,
             incoming,
             protocol,
+            pending_error: None,
             data_version,
             bytes_in,
             bytes_out,
@@ -228,7 +235,7 @@ impl SyncClient {
                 return Ok((result, events));
             }
             let message = self.recv().await?;
-            events.extend(self.handle(message).await?);
+            events.extend(self.handle_arrived(message).await?);
         }
     }
 
@@ -241,13 +248,16 @@ impl SyncClient {
             let message = tokio::time::timeout_at(deadline, self.recv())
                 .await
                 .map_err(|_| NetError::Timeout(limit))??;
-            events.extend(self.handle(message).await?);
+            events.extend(self.handle_arrived(message).await?);
         }
         Ok(events)
     }
 
     /// The next message from the server. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Message, ClientError> {
+        if let Some(e) = self.pending_error.take() {
+            return Err(e.into());
+        }
         match self.incoming.recv().await {
             Some(Ok(message)) => Ok(message),
             Some(Err(e)) => Err(e.into()),
@@ -261,6 +271,33 @@ impl SyncClient {
     pub async fn handle(&mut self, message: Message) -> Result<Vec<ClientEvent>, ClientError> {
         let out = transact(&mut self.store, &mut self.protocol, |p, tx, out| {
             p.handle(tx, message, out)
+        })?;
+        self.release(out).await
+    }
+
+    /// Handles `first` and every message that has already arrived after it (up to
+    /// [`MAX_BATCH`]) in one transaction: one durable commit for a catch-up's
+    /// hundreds of documents rather than one each. Answers leave after the commit.
+    pub async fn handle_arrived(
+        &mut self,
+        first: Message,
+    ) -> Result<Vec<ClientEvent>, ClientError> {
+        let mut messages = vec![first];
+        while messages.len() < MAX_BATCH && self.pending_error.is_none() {
+            match self.incoming.try_recv() {
+                Ok(Ok(message)) => messages.push(message),
+                Ok(Err(e)) => self.pending_error = Some(e),
+                Err(_) => break,
+            }
+        }
+        let out = transact(&mut self.store, &mut self.protocol, |p, tx, out| {
+            for message in messages {
+                p.handle(tx, message, out)?;
+                if out.refused.is_some() {
+                    break;
+                }
+            }
+            Ok(())
         })?;
         self.release(out).await
     }

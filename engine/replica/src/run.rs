@@ -98,7 +98,7 @@ pub async fn run(
                 }
             };
             match message {
-                Ok(message) => match client.handle(message).await {
+                Ok(message) => match client.handle_arrived(message).await {
                     Ok(events) => events.iter().for_each(&mut on_event),
                     Err(e) => break e,
                 },

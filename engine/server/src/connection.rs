@@ -294,6 +294,7 @@ async fn run_session(
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (out, mut outgoing) = mpsc::channel::<Outgoing>(OUT_QUEUE);
     let (cut_off, mut cut_off_signal) = tokio::sync::watch::channel(None);
+    let started = Arc::new(AtomicU64::new(0));
     if hub
         .send(DriverInput::Open {
             conn,
@@ -302,6 +303,7 @@ async fn run_session(
             out: Outbox {
                 queue: out.clone(),
                 cut_off,
+                started: started.clone(),
             },
         })
         .await
@@ -358,6 +360,7 @@ async fn run_session(
             }
             Err(_) => break,
         };
+        protocol.server_started(started.swap(0, Ordering::Relaxed));
         let mut step = protocol.receive(clock::now(), message);
         if let Step::Recheck { token, device } = step {
             let outcome = authenticate(&shared, token, device)

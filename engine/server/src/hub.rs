@@ -47,6 +47,9 @@ pub(crate) struct Outbox {
     /// when the writer is stuck (the device does not read) and the queue has no
     /// room even for the closing message.
     pub(crate) cut_off: tokio::sync::watch::Sender<Option<ErrorBody>>,
+    /// Document syncs the hub started with this device on its own, not yet told to
+    /// the connection's rate limit (see `ServerConnection::server_started`).
+    pub(crate) started: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Outbox {
@@ -400,6 +403,12 @@ impl Driver {
         for (conn, body) in released.closes {
             if let Some(out) = self.outboxes.get(&conn) {
                 out.close(body);
+            }
+        }
+        for (conn, syncs) in released.unsolicited {
+            if let Some(out) = self.outboxes.get(&conn) {
+                out.started
+                    .fetch_add(syncs, std::sync::atomic::Ordering::Relaxed);
             }
         }
         for conn in slow {

@@ -34,6 +34,9 @@ pub const RATE_BURST: f64 = 2_000.0;
 pub const RATE_PER_SEC: f64 = 1_000.0;
 /// How often a long connection re-checks its session.
 pub const RECHECK_EVERY_MS: i64 = 30_000;
+/// Answers a device may owe at most: two per document sync the server started on
+/// its own (a catch-up can start thousands), never counted against the rate.
+pub const MAX_OWED: u64 = 16_384;
 
 /// What the driver does with a message.
 #[derive(Debug)]
@@ -140,6 +143,9 @@ pub struct ServerConnection {
     opened: Timestamp,
     handshake_ms: i64,
     rate: RateLimit,
+    /// Answers the device owes for syncs the server started: they pass without
+    /// counting against the rate, which is for what a device starts itself.
+    owed: u64,
 }
 
 impl ServerConnection {
@@ -154,7 +160,20 @@ impl ServerConnection {
                 tokens: RATE_BURST,
                 at: now,
             },
+            owed: 0,
         }
+    }
+
+    /// The server started `syncs` document syncs with this device on its own (a
+    /// catch-up, pushes): the device may answer each (a sync takes up to two
+    /// answers) without counting against its message rate, so a new device
+    /// catching up on ten thousand documents is not cut off for answering. Only
+    /// what the server starts is owed; a device's own requests earn nothing.
+    pub fn server_started(&mut self, syncs: u64) {
+        self.owed = self
+            .owed
+            .saturating_add(syncs.saturating_mul(2))
+            .min(MAX_OWED);
     }
 
     /// When the first message must have arrived.
@@ -196,7 +215,10 @@ impl ServerConnection {
                 checked,
                 held: _,
             } => {
-                if !self.rate.allow(now) {
+                let answer = matches!(message, Message::Sync { .. }) && self.owed > 0;
+                if answer {
+                    self.owed -= 1;
+                } else if !self.rate.allow(now) {
                     return Step::Refuse(
                         Refusal::RateLimited {
                             per_sec: RATE_PER_SEC as u32,
@@ -563,6 +585,41 @@ mod tests {
         }
         assert_eq!(refused(c.receive(at(13), sync())), "rate-limited");
         assert!(c.member().is_none(), "a refused connection is done");
+    }
+
+    #[test]
+    fn answers_to_syncs_the_server_started_do_not_count_against_the_rate() {
+        let mut c = joined(Role::User);
+        c.server_started(3_000);
+        // 6,000 owed answers, then the whole burst, all at one instant.
+        for i in 0..6_000 + RATE_BURST as i64 {
+            assert!(
+                matches!(c.receive(at(3), sync()), Step::Hub(_)),
+                "message {i}"
+            );
+        }
+        assert_eq!(refused(c.receive(at(3), sync())), "rate-limited");
+    }
+
+    #[test]
+    fn only_sync_answers_are_owed_and_what_is_owed_is_capped() {
+        let mut c = joined(Role::User);
+        c.server_started(u64::MAX);
+        let list = || Message::Rpc {
+            id: 1,
+            call: RpcCall::RecallList,
+        };
+        // A request is the device's own: it counts against the rate at once.
+        for _ in 0..RATE_BURST as i64 {
+            assert!(matches!(c.receive(at(3), list()), Step::Hub(_)));
+        }
+        assert_eq!(refused(c.receive(at(3), list())), "rate-limited");
+        let mut c = joined(Role::User);
+        c.server_started(u64::MAX);
+        for _ in 0..MAX_OWED as i64 + RATE_BURST as i64 {
+            assert!(matches!(c.receive(at(3), sync()), Step::Hub(_)));
+        }
+        assert_eq!(refused(c.receive(at(3), sync())), "rate-limited");
     }
 
     #[test]

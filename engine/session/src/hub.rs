@@ -134,6 +134,8 @@ pub struct Batch {
     closes: Vec<(ConnId, ErrorBody)>,
     /// Connections that sent something this batch (told if it fails).
     senders: HashSet<ConnId>,
+    /// Syncs the server started on its own per connection (catch-up, fan-out).
+    unsolicited: HashMap<ConnId, u64>,
 }
 
 impl Batch {
@@ -159,6 +161,11 @@ pub struct Released {
     pub sends: Vec<(ConnId, Message)>,
     /// Connections to close, with the reason they are sent.
     pub closes: Vec<(ConnId, ErrorBody)>,
+    /// How many document syncs the server started on its own, per connection (a
+    /// joining device's catch-up, pushes of others' changes): the device's answers
+    /// to them are owed, not counted against its message rate (see
+    /// [`crate::connection::ServerConnection::server_started`]).
+    pub unsolicited: Vec<(ConnId, u64)>,
 }
 
 /// Largest uncompressed size (all its changes' bytes) a device's changes may take
@@ -445,9 +452,12 @@ impl<D: LoadedDoc> HubSession<D> {
 
     /// The batch committed: what to send, in order.
     pub fn committed(&mut self, batch: Batch) -> Released {
+        let mut unsolicited: Vec<(ConnId, u64)> = batch.unsolicited.into_iter().collect();
+        unsolicited.sort_unstable();
         Released {
             sends: batch.sends,
             closes: batch.closes,
+            unsolicited,
         }
     }
 
@@ -932,6 +942,7 @@ impl<D: LoadedDoc> HubSession<D> {
                 budget -= 1;
                 if self.may_see(store, &member, &doc)? {
                     self.start_sync(store, batch, conn, &doc)?;
+                    *batch.unsolicited.entry(conn).or_default() += 1;
                 } else {
                     batch.send(conn, Message::DocUnavailable { document_id: doc });
                 }
@@ -1066,6 +1077,7 @@ impl<D: LoadedDoc> HubSession<D> {
             }
             self.ensure_state(store, conn, doc)?;
             self.send_sync(batch, conn, doc, false);
+            *batch.unsolicited.entry(conn).or_default() += 1;
         }
         Ok(())
     }

@@ -538,6 +538,13 @@ impl SimNetwork {
                 open.to_device.push_back(message);
             }
         }
+        for (conn, syncs) in released.unsolicited {
+            if let Some(peer) = self.peer_of(conn)
+                && let Some(open) = self.devices[peer - 1].link.open.as_mut()
+            {
+                open.server.server_started(syncs);
+            }
+        }
         for (conn, body) in released.closes {
             if let Some(peer) = self.peer_of(conn)
                 && let Some(open) = self.devices[peer - 1].link.open.as_mut()

@@ -14,6 +14,9 @@
 //!   measured from the desk's click (local write included) to the phone having
 //!   applied and saved it.
 //!
+//! - `fresh_device`: a phone that never synced, subscribed to 1,000 (then another
+//!   to 10,000) customers, joins and catches up from nothing: time and bytes;
+//!
 //! - `samod`: the same three reconnect scenarios through `samod`, the Rust
 //!   automerge-repo, in the same run (see `samod_side`), at 1,000 and 2,000
 //!   documents (`--samod-docs 1000,4000` picks others; `--no-samod` skips).
@@ -48,6 +51,8 @@ const RUNS: usize = 5;
 /// default run shows the start of the curve.
 const SAMOD_DOCS: [usize; 2] = [1_000, 2_000];
 const PUSHES: usize = 200;
+/// Customers a fresh phone is subscribed to, one phone per entry.
+const FRESH_DOCS: [usize; 2] = [1_000, 10_000];
 const OWNER: &str = "owner@bench.example";
 const PASSWORD: &str = "bench password";
 
@@ -398,6 +403,48 @@ async fn main() {
     d.leave().await;
     p.leave().await;
     server.shutdown().await;
+
+    // Fresh devices: a phone that never synced, subscribed to 1,000 and then (a
+    // second phone) to all 10,000 customers, catches up from nothing.
+    // (Subscriptions are written to the server's database while it runs, as an
+    // operator's import would.)
+    let mut fresh = Vec::new();
+    let server = Server::start(config.clone()).await.unwrap();
+    for (k, n) in FRESH_DOCS.into_iter().enumerate() {
+        let dir = root.path().join(format!("fresh-{k}"));
+        let session = login(
+            &dir,
+            &LoginRequest {
+                server: server.local_addr(),
+                server_name: "localhost".to_owned(),
+                trust: SavedTrust::Fingerprint(server.fingerprint().to_owned()),
+                email: OWNER.to_owned(),
+                password: PASSWORD.to_owned(),
+                kind: DeviceKind::Phone,
+                device: None,
+            },
+        )
+        .await
+        .unwrap();
+        {
+            let mut store = Store::open(&server_dir.join(DB_FILE)).unwrap();
+            let mut tx = store.write().unwrap();
+            for i in 0..n {
+                let doc = CustomerId::new(format!("cus-{i:05}")).unwrap();
+                tx.subscribe(&session.device, &tenant, &doc).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let (ms, bytes, listed) = reconnect(&dir).await;
+        let held = callsync_store::customers_in(&Store::open(&dir.join(DB_FILE)).unwrap(), &tenant)
+            .unwrap()
+            .len();
+        assert_eq!((listed, held), (n, n), "the fresh phone did not catch up");
+        fresh.push(json!({
+            "docs": n, "ms": ms, "wire_bytes": bytes, "bytes_per_doc": bytes / n as u64,
+        }));
+    }
+    server.shutdown().await;
     let p50 = percentile(&mut latencies, 0.5);
     let p99 = percentile(&mut latencies, 0.99);
     let record_p50 = percentile(&mut record_ms, 0.5);
@@ -427,6 +474,7 @@ async fn main() {
             "local_write_p50_ms": record_p50,
             "after_write_p50_ms": wire_p50, "after_write_p99_ms": wire_p99,
         },
+        "fresh_device": fresh,
         "samod": samod,
     });
     println!("{figures}");

@@ -236,8 +236,10 @@ pub(crate) async fn run(docs: usize, changed: usize, runs: usize) -> Value {
         let doc = Automerge::load(&customer.save()).unwrap();
         server_handles.push(server.create(doc).await.unwrap());
     }
-    // The phone fetches everything once: the caught-up starting point.
+    // The phone fetches everything once: the caught-up starting point, and
+    // samod's figure for a fresh device.
     let counters = Arc::new(Counters::default());
+    let fetch = Instant::now();
     let dialer = phone
         .dial(
             BackoffConfig::default(),
@@ -253,6 +255,7 @@ pub(crate) async fn run(docs: usize, changed: usize, runs: usize) -> Value {
         let found = join_all(chunk.iter().map(|h| phone.find(h.document_id().clone()))).await;
         handles.extend(found.into_iter().map(|h| h.unwrap().unwrap()));
     }
+    let initial_fetch_ms = fetch.elapsed().as_secs_f64() * 1e3;
     let initial_bytes = counters.total();
     dialer.close();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -311,6 +314,7 @@ pub(crate) async fn run(docs: usize, changed: usize, runs: usize) -> Value {
         "transport": "TCP on loopback, samod's length-delimited framing",
         "storage": "samod in-memory",
         "setup_s": setup_s,
+        "initial_fetch_ms": initial_fetch_ms,
         "initial_fetch_wire_bytes": initial_bytes,
         "reconnect_0": {
             "ms_median": super::median(zero.clone()), "ms_runs": zero, "wire_bytes": zero_bytes,
