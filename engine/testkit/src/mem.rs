@@ -4,6 +4,7 @@
 //! what was not committed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use automerge::{ActorId, ChangeHash};
 use callsync_core::wire::{Cursor, CustomerSummary, RecallSummary, Refusal};
@@ -53,11 +54,15 @@ fn refused(e: callsync_core::CoreError) -> StorageError {
 }
 
 /// Documents as a store keeps them (shared by the server's and a device's disk).
+///
+/// Collections sit behind `Arc`s: a transaction's working copy shares them and
+/// copies one only when it first writes to it (`Arc::make_mut`), so a batch that
+/// changes one document does not copy every other.
 #[derive(Debug, Clone, Default)]
 struct Docs {
-    rows: BTreeMap<CustomerId, Row>,
+    rows: Arc<BTreeMap<CustomerId, Row>>,
     /// Calls awaiting a start: (customer, call) → requested at.
-    awaiting: BTreeMap<(CustomerId, CallId), Timestamp>,
+    awaiting: Arc<BTreeMap<(CustomerId, CallId), Timestamp>>,
     seq: u64,
 }
 
@@ -82,14 +87,14 @@ impl Docs {
         let customer = doc.doc.customer().map_err(refused)?;
         self.seq += 1;
         let id = doc.doc.id().clone();
-        self.awaiting.retain(|(c, _), _| c != &id);
+        let awaiting = Arc::make_mut(&mut self.awaiting);
+        awaiting.retain(|(c, _), _| c != &id);
         for call in &customer.calls {
             if call.phase == Phase::AwaitingStart {
-                self.awaiting
-                    .insert((id.clone(), call.call.clone()), call.origin_stamp.at);
+                awaiting.insert((id.clone(), call.call.clone()), call.origin_stamp.at);
             }
         }
-        self.rows.insert(
+        Arc::make_mut(&mut self.rows).insert(
             id,
             Row {
                 bytes: doc.doc.save(),
@@ -131,10 +136,10 @@ impl Docs {
 #[derive(Debug, Clone, Default)]
 pub struct ServerDisk {
     docs: Docs,
-    subscriptions: BTreeSet<(DeviceId, CustomerId)>,
-    sync_states: BTreeMap<(DeviceId, CustomerId), Vec<u8>>,
-    actors: BTreeMap<ActorId, DeviceId>,
-    devices: BTreeMap<DeviceId, (DeviceKind, UserId)>,
+    subscriptions: Arc<BTreeSet<(DeviceId, CustomerId)>>,
+    sync_states: Arc<BTreeMap<(DeviceId, CustomerId), Vec<u8>>>,
+    actors: Arc<BTreeMap<ActorId, DeviceId>>,
+    devices: Arc<BTreeMap<DeviceId, (DeviceKind, UserId)>>,
     config: Option<Vec<u8>>,
     /// Commits so far (a crash test counts them).
     pub commits: u64,
@@ -143,8 +148,8 @@ pub struct ServerDisk {
 impl ServerDisk {
     /// Registers a device of `user`, writing under `actor`.
     pub fn register(&mut self, device: DeviceId, kind: DeviceKind, user: UserId, actor: ActorId) {
-        self.actors.insert(actor, device.clone());
-        self.devices.insert(device, (kind, user));
+        Arc::make_mut(&mut self.actors).insert(actor, device.clone());
+        Arc::make_mut(&mut self.devices).insert(device, (kind, user));
     }
 
     /// Stores a new document and subscribes nobody to it.
@@ -154,7 +159,7 @@ impl ServerDisk {
 
     /// Subscribes a device to a document.
     pub fn subscribe(&mut self, device: DeviceId, customer: CustomerId) {
-        self.subscriptions.insert((device, customer));
+        Arc::make_mut(&mut self.subscriptions).insert((device, customer));
     }
 
     /// Every stored document's id.
@@ -331,9 +336,13 @@ impl HubStore for ServerTx<'_> {
         _tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<(), StorageError> {
-        self.work
+        if !self
+            .work
             .subscriptions
-            .insert((device.clone(), customer.clone()));
+            .contains(&(device.clone(), customer.clone()))
+        {
+            Arc::make_mut(&mut self.work.subscriptions).insert((device.clone(), customer.clone()));
+        }
         Ok(())
     }
 
@@ -371,8 +380,7 @@ impl HubStore for ServerTx<'_> {
         customer: &CustomerId,
         state: &[u8],
     ) -> Result<(), StorageError> {
-        self.work
-            .sync_states
+        Arc::make_mut(&mut self.work.sync_states)
             .insert((device.clone(), customer.clone()), state.to_vec());
         Ok(())
     }
@@ -438,7 +446,7 @@ impl HubStore for ServerTx<'_> {
 #[derive(Debug, Clone, Default)]
 pub struct DeviceDisk {
     docs: Docs,
-    sync_states: BTreeMap<CustomerId, Vec<u8>>,
+    sync_states: Arc<BTreeMap<CustomerId, Vec<u8>>>,
     outbox: BTreeSet<CustomerId>,
     cursor: Option<Cursor>,
     config: Option<Vec<u8>>,
@@ -545,9 +553,7 @@ impl ClientStore for DeviceTx<'_> {
         customer: &CustomerId,
         state: &[u8],
     ) -> Result<(), StorageError> {
-        self.work
-            .sync_states
-            .insert(customer.clone(), state.to_vec());
+        Arc::make_mut(&mut self.work.sync_states).insert(customer.clone(), state.to_vec());
         Ok(())
     }
 
@@ -565,9 +571,9 @@ impl ClientStore for DeviceTx<'_> {
     }
 
     fn forget(&mut self, _tenant: &TenantId, customer: &CustomerId) -> Result<(), StorageError> {
-        self.work.docs.rows.remove(customer);
-        self.work.docs.awaiting.retain(|(c, _), _| c != customer);
-        self.work.sync_states.remove(customer);
+        Arc::make_mut(&mut self.work.docs.rows).remove(customer);
+        Arc::make_mut(&mut self.work.docs.awaiting).retain(|(c, _), _| c != customer);
+        Arc::make_mut(&mut self.work.sync_states).remove(customer);
         self.work.outbox.remove(customer);
         Ok(())
     }

@@ -206,3 +206,24 @@ proptest! {
         prop_assert!(net.customers().contains(&CustomerId::new(CUSTOMER).unwrap()));
     }
 }
+
+#[test]
+fn a_device_catching_up_on_more_documents_than_the_rate_allows_is_not_cut_off() {
+    // 1,050 documents the phone has never held: answering the server's catch-up
+    // takes more messages than the 2,000 burst, all at one virtual instant.
+    let mut net = SimNetwork::seeded(24);
+    let phone = net.phone(REP);
+    let added = net.add_customers(1_050);
+    net.run_until_quiescent();
+    let refused: Vec<_> = net
+        .delivered()
+        .iter()
+        .filter(|d| d.kind == "error")
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    let joins = net.delivered().iter().filter(|d| d.kind == "join").count();
+    assert_eq!(joins, 1, "caught up in one connection");
+    for customer in &added {
+        assert_eq!(net.heads_of(phone, customer), net.heads_of(0, customer));
+    }
+}
