@@ -498,22 +498,12 @@ impl Store {
 
     /// A setting, if set.
     pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
-            .query_row(params![key], |r| r.get(0))
-            .optional()?)
+        read_setting(&self.conn, key)
     }
 
     /// Sets a setting (its own small transaction).
     pub fn set_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![key, value])?;
-        Ok(())
+        write_setting(&self.conn, key, value)
     }
 
     /// Byte counts of a stored document: (snapshot, incremental chunks, chunk rows).
@@ -533,6 +523,22 @@ impl Store {
             .optional()?
             .ok_or_else(|| StoreError::UnknownCustomer { tenant: tenant.clone(), customer: customer.clone() })
     }
+}
+
+fn read_setting(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+        .query_row(params![key], |r| r.get(0))
+        .optional()?)
+}
+
+fn write_setting(conn: &Connection, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![key, value])?;
+    Ok(())
 }
 
 /// Read access shared by [`Store`] and [`WriteTx`], so query traits
@@ -887,22 +893,12 @@ impl WriteTx<'_> {
 
     /// A setting, read inside this write.
     pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tx
-            .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
-            .query_row(params![key], |r| r.get(0))
-            .optional()?)
+        read_setting(&self.tx, key)
     }
 
     /// Sets a setting inside this write.
     pub fn set_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![key, value])?;
-        Ok(())
+        write_setting(&self.tx, key, value)
     }
 
     /// Commits: from here on, the write is acknowledged and durable.

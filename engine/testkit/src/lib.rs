@@ -570,77 +570,58 @@ impl SimNetwork {
     pub fn run_until_quiescent(&mut self) -> u64 {
         let before = self.delivered;
         for _round in 0..200_000 {
-            for peer in 1..=self.devices.len() {
-                let d = &self.devices[peer - 1];
-                if d.link.up && d.link.open.is_none() {
-                    self.connect(peer);
-                }
-            }
-            if self.hub.next_wake().is_some_and(|at| at <= self.now) {
-                self.hub_batch(Vec::new());
-            }
-            let mut busy: Vec<(PeerId, bool)> = Vec::new();
-            for (i, d) in self.devices.iter().enumerate() {
-                if let Some(open) = &d.link.open {
-                    if !open.to_device.is_empty() {
-                        busy.push((i + 1, false));
-                    }
-                    if !open.to_server.is_empty() {
-                        busy.push((i + 1, true));
-                    }
-                }
-            }
-            if busy.is_empty() {
-                if self.hub.next_wake().is_some_and(|at| at <= self.now) {
-                    continue;
-                }
+            if !self.step() && self.hub.next_wake().is_none_or(|at| at > self.now) {
                 return self.delivered - before;
-            }
-            let (peer, to_server) = busy[self.rng.below(busy.len())];
-            if to_server {
-                self.deliver_to_server(peer);
-            } else {
-                self.deliver_to_device(peer);
             }
         }
         panic!("the simulated network did not settle in 200,000 steps");
     }
 
-    /// Delivers at most `n` messages (connecting devices whose link is up and
-    /// running the hub's due wake-ups as [`Self::run_until_quiescent`] does), so a
-    /// test can cut or crash in the middle of an exchange.
+    /// Delivers at most `n` messages (connecting devices and running the hub's
+    /// due wake-ups as [`Self::run_until_quiescent`] does), so a test can cut or
+    /// crash in the middle of an exchange.
     pub fn run_steps(&mut self, n: usize) {
         for _ in 0..n {
-            for peer in 1..=self.devices.len() {
-                let d = &self.devices[peer - 1];
-                if d.link.up && d.link.open.is_none() {
-                    self.connect(peer);
-                }
-            }
-            if self.hub.next_wake().is_some_and(|at| at <= self.now) {
-                self.hub_batch(Vec::new());
-            }
-            let mut busy: Vec<(PeerId, bool)> = Vec::new();
-            for (i, d) in self.devices.iter().enumerate() {
-                if let Some(open) = &d.link.open {
-                    if !open.to_device.is_empty() {
-                        busy.push((i + 1, false));
-                    }
-                    if !open.to_server.is_empty() {
-                        busy.push((i + 1, true));
-                    }
-                }
-            }
-            if busy.is_empty() {
+            if !self.step() {
                 return;
             }
-            let (peer, to_server) = busy[self.rng.below(busy.len())];
-            if to_server {
-                self.deliver_to_server(peer);
-            } else {
-                self.deliver_to_device(peer);
+        }
+    }
+
+    /// Connects devices whose link is up, runs a due wake-up of the hub, and
+    /// delivers one message from a link picked by the seed; false when no message
+    /// was waiting.
+    fn step(&mut self) -> bool {
+        for peer in 1..=self.devices.len() {
+            let d = &self.devices[peer - 1];
+            if d.link.up && d.link.open.is_none() {
+                self.connect(peer);
             }
         }
+        if self.hub.next_wake().is_some_and(|at| at <= self.now) {
+            self.hub_batch(Vec::new());
+        }
+        let mut busy: Vec<(PeerId, bool)> = Vec::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            if let Some(open) = &d.link.open {
+                if !open.to_device.is_empty() {
+                    busy.push((i + 1, false));
+                }
+                if !open.to_server.is_empty() {
+                    busy.push((i + 1, true));
+                }
+            }
+        }
+        if busy.is_empty() {
+            return false;
+        }
+        let (peer, to_server) = busy[self.rng.below(busy.len())];
+        if to_server {
+            self.deliver_to_server(peer);
+        } else {
+            self.deliver_to_device(peer);
+        }
+        true
     }
 
     fn authenticated(&self, peer: PeerId) -> Authenticated {
