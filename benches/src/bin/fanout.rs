@@ -5,10 +5,11 @@
 //! Each phone is a light in-memory client (the real protocol over real QUIC on
 //! loopback, no SQLite) that starts one of its requested calls every second. Its
 //! customer is also replicated to the next phone, so every change fans out to one
-//! other connection. Measured: the server's CPU (its runtime threads and the hub
-//! thread, from `/proc`) and the fan-out latency from a phone sending its change to
-//! the neighbour having applied it. Clients and server share this machine's cores,
-//! so latency here includes waiting for the clients' own CPU.
+//! other connection. The phones run in a separate load-generator process (this
+//! program again, `--load …`), so the server process's CPU is the server's own:
+//! measured from `/proc` over the run, with the hub threads apart; the fan-out
+//! latency runs from a phone sending its change to the neighbour having applied
+//! it. Both processes share this machine's two cores.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -92,6 +93,8 @@ struct Shared {
     seconds: u64,
     sent: Sent,
     latencies: Arc<Mutex<Vec<f64>>>,
+    /// Changes sent, over all phones.
+    started: Arc<std::sync::atomic::AtomicU64>,
 }
 
 async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Shared) {
@@ -101,6 +104,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
         seconds,
         sent,
         latencies,
+        started,
     } = shared;
     let (_conn, mut send, mut recv) = endpoint::connect(&endpoint, addr, "localhost")
         .await
@@ -177,7 +181,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                 let event = CallEvent {
                     id: EventId::new(format!("st-{k}")).unwrap(),
                     call: CallId::new(format!("call-{i:04}-{k}")).unwrap(),
-                    stamp: Stamp { at: now(), device: me.clone(), device_kind: DeviceKind::Phone, user: UserId::new(OWNER).unwrap() },
+                    stamp: Stamp { at: now(), device: me.clone(), device_kind: DeviceKind::Phone, user: rep_of(i) },
                     kind: EventKind::Started,
                 };
                 let ctx = RuleContext { catalog: &catalog, start_limit_ms: i64::MAX / 4, other_open_calls: &[] };
@@ -185,6 +189,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                 replica.am = doc.automerge().clone();
                 let key = format!("call-{i:04}-{k}/st-{k}");
                 sent.lock().unwrap().insert(key, Instant::now());
+                started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 k += 1;
                 if let Some(m) = replica.am.sync().generate_sync_message(&mut replica.state) {
                     write_message(&mut send, &Message::Sync { document_id: mine.clone(), data: m.encode() }).await.unwrap();
@@ -197,8 +202,82 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
     }
 }
 
+/// The load generator: `fanout --load ADDR FINGERPRINT PHONES SECONDS` runs the
+/// phones against a running server and prints their figures as JSON.
+fn load(args: &[String]) {
+    let addr: std::net::SocketAddr = args[2].parse().unwrap();
+    let trust = Trust::Fingerprint(args[3].clone());
+    let n: usize = args[4].parse().unwrap();
+    let seconds: u64 = args[5].parse().unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("client-rt")
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    client_rt.block_on(async {
+        let config = client_config(&trust).unwrap();
+        let endpoints: Vec<quinn::Endpoint> = (0..8)
+            .map(|_| endpoint::client_endpoint(addr, config.clone()).unwrap())
+            .collect();
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            let shared = Shared {
+                n,
+                addr,
+                seconds,
+                sent: sent.clone(),
+                latencies: latencies.clone(),
+                started: started.clone(),
+            };
+            let endpoint = endpoints[i % endpoints.len()].clone();
+            tasks.push(tokio::spawn(phone(i, endpoint, token_of(i), shared)));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        if l.is_empty() {
+            f64::NAN
+        } else {
+            l[((l.len() - 1) as f64 * p).round() as usize]
+        }
+    };
+    let sent_total = started.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "{}",
+        json!({
+            "changes_sent": sent_total,
+            "changes_delivered": l.len(),
+            "delivered_ratio": l.len() as f64 / sent_total.max(1) as f64,
+            "fanout_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
+            "load_generator_cpu_s": thread_cpu(&[""]),
+        })
+    );
+}
+
+/// Each phone's rep: one member per phone, as in a sales team (presence goes to a
+/// member's other devices, so a thousand phones of one member would be a
+/// thousand-squared presence storm no tenant has).
+fn rep_of(i: usize) -> UserId {
+    UserId::new(format!("rep{i:04}@fanout.example")).unwrap()
+}
+
+fn token_of(i: usize) -> String {
+    format!("token-{i:04}-fanout")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "--load") {
+        return load(&args);
+    }
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
     let root = tempfile::tempdir().unwrap();
@@ -216,13 +295,19 @@ fn main() {
         let desk = DeviceId::new("desk-setup").unwrap();
         let catalog = ResultCatalog::standard();
         for i in 0..n {
-            let token = format!("token-{i:04}-fanout");
+            let token = token_of(i);
             let hash = callsync_server::accounts::token_hash(&token);
             let device = phone_id(i);
             let actor = ActorId::from(device.as_str().as_bytes()).to_hex_string();
+            let rep = MemberRecord {
+                email: rep_of(i),
+                role: callsync_core::Role::User,
+                ..owner.clone()
+            };
+            store.add_member(&rep, now()).unwrap();
             store
                 .open_session(
-                    &owner,
+                    &rep,
                     &NewSession {
                         device: &device,
                         kind: DeviceKind::Phone,
@@ -295,67 +380,44 @@ fn main() {
         )))
         .unwrap();
     let addr = server.local_addr();
-    let trust = Trust::Fingerprint(server.fingerprint().to_owned());
+    let fingerprint = server.fingerprint().to_owned();
 
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("client-rt")
-        .enable_all()
-        .build()
-        .unwrap();
-    let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
-    let latencies = Arc::new(Mutex::new(Vec::new()));
+    // The phones: a separate process, so this one's CPU is the server's.
     let connect_started = Instant::now();
-    let cpu_before = thread_cpu(&["srv-rt", "hub-"]);
+    let cpu_before = thread_cpu(&[""]);
     let hub_before = thread_cpu(&["hub-"]);
-    let all_before = thread_cpu(&[""]);
-    client_rt.block_on(async {
-        let config = client_config(&trust).unwrap();
-        let endpoints: Vec<quinn::Endpoint> = (0..8)
-            .map(|_| endpoint::client_endpoint(addr, config.clone()).unwrap())
-            .collect();
-        let mut tasks = Vec::with_capacity(n);
-        for (i, token) in tokens.into_iter().enumerate() {
-            let shared = Shared {
-                n,
-                addr,
-                seconds,
-                sent: sent.clone(),
-                latencies: latencies.clone(),
-            };
-            let endpoint = endpoints[i % endpoints.len()].clone();
-            tasks.push(tokio::spawn(phone(i, endpoint, token, shared)));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    });
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--load".to_owned(),
+            addr.to_string(),
+            fingerprint,
+            n.to_string(),
+            seconds.to_string(),
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "the load generator failed");
     let wall = connect_started.elapsed().as_secs_f64();
-    let cpu = thread_cpu(&["srv-rt", "hub-"]) - cpu_before;
+    let cpu = thread_cpu(&[""]) - cpu_before;
     let hub_cpu = thread_cpu(&["hub-"]) - hub_before;
-    let all_cpu = thread_cpu(&[""]) - all_before;
+    let peak_rss_kib = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
     server_rt.block_on(server.shutdown());
-
-    let mut l = latencies.lock().unwrap().clone();
-    l.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        if l.is_empty() {
-            f64::NAN
-        } else {
-            l[((l.len() - 1) as f64 * p).round() as usize]
-        }
-    };
+    let load: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let figures = json!({
         "phones": n,
         "seconds": seconds,
         "setup_s": setup_s,
-        "changes_delivered": l.len(),
         "wall_s": wall,
-        "server_cpu_s": cpu,
+        "server_process_cpu_s": cpu,
         "server_cores_busy": cpu / wall,
-        "hub_thread_cpu_s": hub_cpu,
-        "process_cpu_s": all_cpu,
-        "fanout_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
+        "hub_threads_cpu_s": hub_cpu,
+        "server_peak_rss_kib": peak_rss_kib,
+        "phones_process": load,
     });
     println!("{figures}");
 }
