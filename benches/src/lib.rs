@@ -83,3 +83,12 @@ pub fn customer_with_calls(calls: u64) -> CustomerDoc {
     }
     doc
 }
+
+/// The wall clock, for the bench programs that run real servers.
+pub fn now() -> Timestamp {
+    Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    )
+}

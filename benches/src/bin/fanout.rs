@@ -21,8 +21,7 @@ use automerge::{AutoCommit, ReadDoc};
 use callsync_core::wire::{self, Message};
 use callsync_core::{
     ActorId, CallEvent, CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId, EventKind,
-    NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, RuleContext, Stamp, TenantId, Timestamp,
-    UserId,
+    NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, RuleContext, Stamp, TenantId, UserId,
 };
 use callsync_net::endpoint;
 use callsync_net::framing::{read_message, write_message};
@@ -34,14 +33,7 @@ use serde_json::json;
 const OWNER: &str = "owner@fanout.example";
 const CALLS_PER_PHONE: usize = 64;
 
-fn now() -> Timestamp {
-    Timestamp::from_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-}
+use callsync_benches::now;
 
 fn phone_id(i: usize) -> DeviceId {
     DeviceId::new(format!("phone-{i:04}")).unwrap()

@@ -57,14 +57,7 @@ impl ResultRules for NoPlugins {
     }
 }
 
-fn now() -> Timestamp {
-    Timestamp::from_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-}
+use callsync_benches::now;
 
 fn stamp(device: &DeviceId, kind: DeviceKind) -> Stamp {
     Stamp {

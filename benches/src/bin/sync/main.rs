@@ -32,7 +32,7 @@ use automerge::sync::{self, SyncDoc};
 use callsync_core::wire::Cursor;
 use callsync_core::{
     CallEvent, CallId, CustomerDoc, CustomerId, DeviceKind, EventId, EventKind, NewCustomer,
-    PhoneEntry, PhoneNumber, ResultCatalog, Stamp, TenantId, Timestamp, UserId,
+    PhoneEntry, PhoneNumber, ResultCatalog, Stamp, TenantId, UserId,
 };
 use callsync_replica::session::{LoginRequest, SavedTrust, device_actor};
 use callsync_replica::{ClientEvent, SavedSession, SyncClient, login};
@@ -56,14 +56,7 @@ const FRESH_DOCS: [usize; 2] = [1_000, 10_000];
 const OWNER: &str = "owner@bench.example";
 const PASSWORD: &str = "bench password";
 
-fn now() -> Timestamp {
-    Timestamp::from_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-}
+pub(crate) use callsync_benches::now;
 
 fn customer(tenant: &TenantId, i: usize) -> NewCustomer {
     NewCustomer {
