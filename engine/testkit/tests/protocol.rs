@@ -227,3 +227,77 @@ fn a_device_catching_up_on_more_documents_than_the_rate_allows_is_not_cut_off() 
         assert_eq!(net.heads_of(phone, customer), net.heads_of(0, customer));
     }
 }
+
+/// Accepts every decision; no standard rule set.
+struct NoRules;
+
+impl callsync_session::rules::ResultRules for NoRules {
+    fn verify(
+        &self,
+        _: &callsync_core::tenant_config::TenantConfig,
+        _: &callsync_core::tenant_config::TenantConfigDoc,
+        _: &callsync_core::SavedResultFields,
+        _: callsync_core::Timestamp,
+    ) -> callsync_session::rules::Verified {
+        callsync_session::rules::Verified {
+            outcome: Ok(()),
+            spent: std::time::Duration::ZERO,
+        }
+    }
+
+    fn standard_install(
+        &self,
+        _: &callsync_core::TenantId,
+        _: callsync_core::Timestamp,
+    ) -> Result<callsync_core::tenant_config::PreparedInstall, String> {
+        Err("none".to_owned())
+    }
+}
+
+#[test]
+fn a_hub_refuses_a_connection_of_another_tenant_and_changes_nothing() {
+    use callsync_core::{ActorId, DeviceId, DeviceKind, Role, TenantId, UserId};
+    use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings};
+    let mut disk = callsync_testkit::mem::ServerDisk::default();
+    let mut hub: HubSession<callsync_testkit::mem::MemDoc> = HubSession::new(
+        TenantId::new("tenant-a").unwrap(),
+        HubSettings {
+            start_limit_ms: 60_000,
+            max_customers: 10,
+            cache_docs: 4,
+            server_device: DeviceId::new("server").unwrap(),
+            server_user: UserId::new("system").unwrap(),
+            server_actor: ActorId::from(b"server".as_slice()),
+            epoch: "e".to_owned(),
+        },
+        std::sync::Arc::new(NoRules),
+    );
+    let stranger = callsync_session::Authenticated {
+        tenant: TenantId::new("tenant-b").unwrap(),
+        user: UserId::new("rep@b.example").unwrap(),
+        role: Role::Owner,
+        device: DeviceId::new("desk-b").unwrap(),
+        kind: DeviceKind::Desk,
+        expires_at: callsync_testkit::START.plus_millis(86_400_000),
+    };
+    let mut batch = Batch::default();
+    let mut tx = disk.begin();
+    let open = HubInput::Open {
+        conn: 7,
+        member: stranger,
+        cursor: None,
+    };
+    hub.handle(callsync_testkit::START, &mut tx, open, &mut batch)
+        .unwrap();
+    tx.commit();
+    let released = hub.committed(batch);
+    assert!(released.sends.is_empty(), "{:?}", released.sends);
+    let codes: Vec<(u64, String)> = released
+        .closes
+        .into_iter()
+        .map(|(conn, body)| (conn, body.code))
+        .collect();
+    assert_eq!(codes, [(7, "wrong-tenant".to_owned())]);
+    assert_eq!(hub.connections(), 0, "nothing opened");
+    assert!(disk.customer_ids().is_empty(), "nothing stored");
+}
