@@ -92,3 +92,46 @@ pub fn now() -> Timestamp {
             .map_or(0, |d| d.as_millis() as i64),
     )
 }
+
+/// CPU seconds used so far by this process's threads whose name starts with one
+/// of `prefixes` (`&[""]` for all of them), from `/proc`.
+pub fn thread_cpu(prefixes: &[&str]) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !prefixes.iter().any(|p| comm.trim().starts_with(p)) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3; utime 14, stime 15.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        total += (utime + stime) / ticks;
+    }
+    total
+}
+
+/// This process's peak resident set since it started (or since
+/// [`reset_peak_rss`]), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+}
+
+/// Starts [`peak_rss_kib`] again from the current resident set (Linux's
+/// `clear_refs` 5), so a phase's peak is not the set-up's. False where the kernel
+/// refuses.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

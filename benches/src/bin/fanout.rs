@@ -33,7 +33,7 @@ use serde_json::json;
 const OWNER: &str = "owner@fanout.example";
 const CALLS_PER_PHONE: usize = 64;
 
-use callsync_benches::now;
+use callsync_benches::{now, peak_rss_kib, thread_cpu};
 
 fn phone_id(i: usize) -> DeviceId {
     DeviceId::new(format!("phone-{i:04}")).unwrap()
@@ -41,32 +41,6 @@ fn phone_id(i: usize) -> DeviceId {
 
 fn doc_id(i: usize) -> CustomerId {
     CustomerId::new(format!("cus-{i:04}")).unwrap()
-}
-
-/// CPU seconds used so far by this process's threads whose name starts with one
-/// of `prefixes`.
-fn thread_cpu(prefixes: &[&str]) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0.0;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return f64::NAN;
-    };
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !prefixes.iter().any(|p| comm.trim().starts_with(p)) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised name: state is field 3; utime 14, stime 15.
-        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        total += (utime + stime) / ticks;
-    }
-    total
 }
 
 /// Where each phone's started events were sent, to time the neighbour's receipt.
@@ -393,11 +367,7 @@ fn main() {
     let wall = connect_started.elapsed().as_secs_f64();
     let cpu = thread_cpu(&[""]) - cpu_before;
     let hub_cpu = thread_cpu(&["hub-"]) - hub_before;
-    let peak_rss_kib = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    let peak_rss_kib = peak_rss_kib();
     server_rt.block_on(server.shutdown());
     let load: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let figures = json!({
