@@ -53,7 +53,10 @@ use crate::rules::ResultRules;
 use crate::storage::{HubStore, LoadedDoc, StorageError};
 use crate::{Authenticated, ConnId};
 
+mod cache;
 mod config;
+
+use cache::DocCache;
 
 pub use config::install_needs_admin;
 
@@ -212,11 +215,6 @@ pub fn unpaged_customers(rows: Vec<CustomerSummary>, max: u32) -> RpcResult {
     result
 }
 
-struct Cached<D> {
-    stored: D,
-    used: u64,
-}
-
 struct Conn {
     member: Authenticated,
     states: HashMap<CustomerId, sync::State>,
@@ -245,12 +243,11 @@ pub struct HubSession<D> {
     rules: Arc<dyn ResultRules>,
     /// The time of the batch being handled.
     now: Timestamp,
-    docs: HashMap<CustomerId, Cached<D>>,
+    docs: DocCache<D>,
     /// The configuration document, loaded when first needed.
     config_doc: Option<TenantConfigDoc>,
     /// The result types for admission (see `config::catalog`).
     catalog: Option<Arc<ResultCatalog>>,
-    tick: u64,
     conns: HashMap<ConnId, Conn>,
     /// Connections with sync states changed since the last batch.
     dirty_conns: HashSet<ConnId>,
@@ -290,15 +287,15 @@ impl<S: HubStore> Directory for StoreDirectory<'_, S> {
 impl<D: LoadedDoc> HubSession<D> {
     /// A hub for `tenant`, with nothing loaded and nobody connected.
     pub fn new(tenant: TenantId, settings: HubSettings, rules: Arc<dyn ResultRules>) -> Self {
+        let docs = DocCache::new(settings.cache_docs);
         Self {
             tenant,
             settings,
             rules,
             now: Timestamp::from_millis(0),
-            docs: HashMap::new(),
+            docs,
             config_doc: None,
             catalog: None,
-            tick: 0,
             conns: HashMap::new(),
             dirty_conns: HashSet::new(),
             by_device: HashMap::new(),
@@ -620,9 +617,7 @@ impl<D: LoadedDoc> HubSession<D> {
         store: &mut S,
         doc: &CustomerId,
     ) -> Result<bool, StorageError> {
-        self.tick += 1;
-        if let Some(cached) = self.docs.get_mut(doc) {
-            cached.used = self.tick;
+        if self.docs.touch(doc) {
             return Ok(true);
         }
         if self.unreadable.contains(doc) {
@@ -638,24 +633,7 @@ impl<D: LoadedDoc> HubSession<D> {
                 return Ok(false);
             }
         };
-        if self.docs.len() >= self.settings.cache_docs.max(1) {
-            // Evict the least recently used (the cache is small; a scan is fine).
-            if let Some(oldest) = self
-                .docs
-                .iter()
-                .min_by_key(|(_, c)| c.used)
-                .map(|(k, _)| k.clone())
-            {
-                self.docs.remove(&oldest);
-            }
-        }
-        self.docs.insert(
-            doc.clone(),
-            Cached {
-                stored,
-                used: self.tick,
-            },
-        );
+        self.docs.insert(doc.clone(), stored);
         Ok(true)
     }
 
@@ -690,7 +668,7 @@ impl<D: LoadedDoc> HubSession<D> {
         let Some(state) = c.states.get_mut(doc) else {
             return;
         };
-        let am = cached.stored.doc_mut().automerge_mut();
+        let am = cached.doc_mut().automerge_mut();
         let mut message = am.sync().generate_sync_message(state);
         if message.is_none() && must {
             // The state believes the device is up to date; start over so the
@@ -801,7 +779,7 @@ impl<D: LoadedDoc> HubSession<D> {
         };
         c.dirty.insert(doc.clone());
         self.dirty_conns.insert(conn);
-        let stored = cached.stored.doc_mut();
+        let stored = cached.doc_mut();
         let before = stored.heads();
         // Automerge 0.12 asserts, rather than returns an error, on some changes it
         // parses fine: a sequence number that is not the actor's next, an actor the
@@ -874,7 +852,7 @@ impl<D: LoadedDoc> HubSession<D> {
                 Ok(()) => match self
                     .docs
                     .get_mut(&doc)
-                    .map(|c| store.save(&mut c.stored, Some(MAX_DOCUMENT_BYTES)))
+                    .map(|c| store.save(c, Some(MAX_DOCUMENT_BYTES)))
                 {
                     None | Some(Ok(())) => Ok(events),
                     Some(Err(e)) if e.is_failure() => return Err(e),
@@ -1005,7 +983,7 @@ impl<D: LoadedDoc> HubSession<D> {
         let missing = self
             .docs
             .get_mut(doc)
-            .map(|c| c.stored.doc_mut().automerge_mut().get_missing_deps(&[]))
+            .map(|c| c.doc_mut().automerge_mut().get_missing_deps(&[]))
             .unwrap_or_default();
         self.docs.remove(doc);
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -1028,7 +1006,6 @@ impl<D: LoadedDoc> HubSession<D> {
             return Ok(());
         };
         if let Some(mut message) = cached
-            .stored
             .doc_mut()
             .automerge_mut()
             .sync()
@@ -1194,7 +1171,7 @@ impl<D: LoadedDoc> HubSession<D> {
             let Some(cached) = self.docs.get_mut(&customer) else {
                 continue;
             };
-            if cached.stored.doc().call(&call).map(|v| v.phase) != Some(Phase::AwaitingStart) {
+            if cached.doc().call(&call).map(|v| v.phase) != Some(Phase::AwaitingStart) {
                 continue;
             }
             let event = CallEvent {
@@ -1218,12 +1195,12 @@ impl<D: LoadedDoc> HubSession<D> {
                 start_limit_ms: self.settings.start_limit_ms,
                 other_open_calls: &[],
             };
-            if let Err(e) = cached.stored.doc_mut().record(event, &ctx) {
+            if let Err(e) = cached.doc_mut().record(event, &ctx) {
                 tracing::warn!(call = %call, error = %e, "could not record expiry");
                 self.docs.remove(&customer);
                 continue;
             }
-            match store.save(&mut cached.stored, None) {
+            match store.save(cached, None) {
                 Ok(()) => {}
                 Err(e) if e.is_failure() => return Err(e),
                 Err(e) => {

@@ -306,6 +306,14 @@ impl<D: LoadedDoc> HubSession<D> {
         store: &mut S,
         events: &[CallEvent],
     ) -> Result<Result<(), Verdict>, StorageError> {
+        // Most changes carry no result (a start, an end): they need no rule set, and
+        // reading the configuration parses every rule set's JSON.
+        if !events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ResultSaved(_)))
+        {
+            return Ok(Ok(()));
+        }
         let rules = self.rules.clone();
         let config = self.config(store)?.config().map_err(core_failure)?;
         for event in events {
