@@ -189,21 +189,35 @@ impl Hubs {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The tenant's hub's queue, starting the hub if it is not running.
+    /// The queue of the tenant's hub if it is running.
+    fn live_queue(&self, tenant: &TenantId) -> Option<mpsc::Sender<DriverInput>> {
+        self.running()
+            .get(tenant)
+            .filter(|hub| !hub.inputs.is_closed())
+            .map(|hub| hub.inputs.clone())
+    }
+
+    /// The tenant's hub's queue, starting the hub if it is not running (or
+    /// starting it again if its thread ended).
     pub(crate) fn sender(&self, tenant: &TenantId) -> std::io::Result<mpsc::Sender<DriverInput>> {
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(std::io::Error::other("the server is shutting down"));
         }
+        if let Some(inputs) = self.live_queue(tenant) {
+            return Ok(inputs);
+        }
+        // Opening a SQLite connection is I/O: done before taking the lock other
+        // tenants' first connections wait on. If another connection started the hub
+        // meanwhile, this store is dropped unused.
+        let store = Store::open(&self.config.db_path).map_err(std::io::Error::other)?;
         let mut running = self.running();
         if let Some(hub) = running.get(tenant)
             && !hub.inputs.is_closed()
         {
             return Ok(hub.inputs.clone());
         }
-        // Opening the store runs no migration here (the server ran them at start),
-        // so this is short; thread start-up happens under the lock so two first
-        // connections of a tenant cannot start two hubs.
-        let store = Store::open(&self.config.db_path).map_err(std::io::Error::other)?;
+        // Thread start-up happens under the lock, so two first connections of a
+        // tenant cannot start two hubs.
         let (inputs, receiver) = mpsc::channel(INPUT_QUEUE);
         let session = HubSession::new(
             tenant.clone(),
