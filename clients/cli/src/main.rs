@@ -163,7 +163,7 @@ fn classify_local(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
             };
         }
         if let Some(e) = cause.downcast_ref::<callsync_core::id::IdError>() {
-            return ("bad-id", 1, Some(format!("IDが不正です: {e}")));
+            return ("bad-id", 1, Some(e.message_ja()));
         }
         if let Some(e) = cause.downcast_ref::<callsync_core::phone_number::PhoneNumberError>() {
             return (

@@ -143,18 +143,19 @@ impl AdmissionError {
             Self::ForeignActor { .. } => {
                 "この端末のものではない書き込みが含まれています".to_owned()
             }
-            Self::ForbiddenEdit { what } => {
-                format!("端末から変更できるのはコールの記録だけです（{what}）")
-            }
+            // `what` is a technical English text: it stays in `message` and the logs.
+            Self::ForbiddenEdit { .. } => "端末から変更できるのはコールの記録だけです".to_owned(),
             Self::MalformedEvent { key } => format!("記録 {key} の形式が正しくありません"),
             Self::ForgedStamp { key, .. } => {
                 format!("記録 {key} はこの端末・ユーザーのものではありません")
             }
             Self::NotYourCall { call } => format!("コール {call} は他のユーザーのコールです"),
             Self::NotYourPhone { device } => format!("{device} はあなたの携帯端末ではありません"),
-            Self::RoleRequired { event, needed } => {
-                format!("「{event}」には{needed}以上の権限が必要です")
-            }
+            Self::RoleRequired { event, needed } => format!(
+                "「{}」には{}以上の権限が必要です",
+                event_ja(event),
+                Role::parse(needed).map_or("マネージャー", Role::label_ja)
+            ),
             Self::UnknownField { key, field } => {
                 format!("記録 {key} に不明な項目があります（{field}）")
             }
@@ -163,6 +164,17 @@ impl AdmissionError {
             }
             Self::Core(e) => e.message_ja(),
         }
+    }
+}
+
+/// An event kind as the Japanese UI names it (the kinds admission refuses by role).
+fn event_ja(name: &str) -> &'static str {
+    match name {
+        "recording-deleted" => "録音の削除",
+        "result-saved" => "コール結果の保存",
+        "requested" => "コールの発信",
+        "cancelled" => "コールのキャンセル",
+        _ => "この記録",
     }
 }
 

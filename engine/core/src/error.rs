@@ -266,11 +266,11 @@ impl CoreError {
     /// The message in Japanese, for the UI.
     pub fn message_ja(&self) -> String {
         match self {
-            Self::Id(e) => format!("IDが不正です: {e}"),
+            Self::Id(e) => e.message_ja(),
             Self::PhoneNumber(e) => format!("「{}」は日本の電話番号ではありません", e.written),
-            Self::EmptyField { field } => format!("{field} を入力してください"),
+            Self::EmptyField { field } => format!("{}を入力してください", field_ja(field)),
             Self::FieldTooLong { field, max } => {
-                format!("{field} は{max}文字以内で入力してください")
+                format!("{}は{max}文字以内で入力してください", field_ja(field))
             }
             Self::NoPhoneNumbers => "電話番号を1つ以上登録してください".to_owned(),
             Self::UnknownCall { call } => format!("この顧客にコール {call} はありません"),
@@ -343,8 +343,10 @@ impl CoreError {
                 format!("日時 {at} は現在より後を指定してください")
             }
             Self::NoRecording { call } => format!("コール {call} には録音がありません"),
-            Self::MalformedDocument { path, reason } => {
-                format!("顧客データが壊れています（{path}: {reason}）")
+            // The reason is a technical English text: it stays in `message` and
+            // the logs; the key path is data, not prose.
+            Self::MalformedDocument { path, .. } => {
+                format!("顧客データが壊れています（{path}）")
             }
             Self::UnsupportedSchema { found, supported } => format!(
                 "顧客データのバージョン {found} はこのバージョン（{supported} まで）では読めません。アップデートしてください"
@@ -352,8 +354,21 @@ impl CoreError {
             Self::DifferentDocument { ours, theirs } => {
                 format!("{theirs} は顧客データ {ours} の複製ではありません")
             }
-            Self::Automerge(e) => format!("顧客データを読み書きできません: {e}"),
+            Self::Automerge(_) => "顧客データを読み書きできません".to_owned(),
         }
+    }
+}
+
+/// What each checked field is called in the Japanese UI (the manual's words).
+fn field_ja(field: &str) -> &'static str {
+    match field {
+        "company" => "会社名",
+        "contact" => "担当者名",
+        "phones" => "電話番号",
+        "phone label" => "電話番号のラベル",
+        "memo" => "メモ",
+        "events" => "コールの記録",
+        _ => "入力項目",
     }
 }
 

@@ -49,6 +49,37 @@ pub enum IdError {
     },
 }
 
+impl IdError {
+    /// The error in Japanese, for the `messageJa` of a refusal (the English
+    /// [`Display`](std::fmt::Display) text goes to `message` and the logs).
+    pub fn message_ja(&self) -> String {
+        match self {
+            Self::Empty { kind } => format!("{}を入力してください", kind_ja(kind)),
+            Self::TooLong { kind } => {
+                format!("{}は{MAX_ID_LEN}バイト以内にしてください", kind_ja(kind))
+            }
+            Self::BadCharacter { kind, value } => format!(
+                "{}「{value}」に使えない文字（空白、制御文字、/）が含まれています",
+                kind_ja(kind)
+            ),
+        }
+    }
+}
+
+/// What each kind of id is called in the Japanese UI.
+fn kind_ja(kind: &str) -> &'static str {
+    match kind {
+        "call id" => "コールID",
+        "customer id" => "顧客ID",
+        "device id" => "端末ID",
+        "event id" => "イベントID",
+        "result type id" => "コール結果ID",
+        "tenant id" => "テナントID",
+        "user id" => "ユーザーID",
+        _ => "ID",
+    }
+}
+
 pub(crate) fn check_id(kind: &'static str, value: &str) -> Result<(), IdError> {
     if value.is_empty() {
         return Err(IdError::Empty { kind });

@@ -178,7 +178,9 @@ impl ScreenError {
             Self::CompressedChange => "圧縮された変更データは受け付けません".to_owned(),
             Self::Bundle => "バンドル形式の変更データは受け付けません".to_owned(),
             Self::UnknownChunkType(kind) => format!("不明な種類のデータです（種類 {kind}）"),
-            Self::Malformed { reason } => format!("同期データの形式が正しくありません（{reason}）"),
+            // The reasons are technical English texts: they stay in `message` and
+            // the logs.
+            Self::Malformed { .. } => "同期データの形式が正しくありません".to_owned(),
             Self::InflatesTooMuch { limit } => {
                 format!("同期データを展開すると上限（{limit} バイト）を超えます")
             }
@@ -188,7 +190,7 @@ impl ScreenError {
             Self::TooManyChunks { limit } => {
                 format!("同期データのチャンク数が上限（{limit} 個）を超えます")
             }
-            Self::Summary { reason } => format!("同期データの概要が正しくありません（{reason}）"),
+            Self::Summary { .. } => "同期データの概要が正しくありません".to_owned(),
         }
     }
 

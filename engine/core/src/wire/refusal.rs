@@ -478,4 +478,112 @@ mod tests {
         assert_eq!(body.message_ja, core.message_ja());
         assert_eq!(body.message, core.to_string());
     }
+
+    /// Strips the data a message may quote (ids, numbers, keys), leaving its prose.
+    /// "ID" is how Japanese UIs write it (顧客ID).
+    fn prose(text: &str, quoted: &[&str]) -> String {
+        quoted
+            .iter()
+            .chain(&["ID"])
+            .fold(text.to_owned(), |t, q| t.replace(q, ""))
+    }
+
+    #[test]
+    fn japanese_text_never_carries_english_prose() {
+        use crate::admission::AdmissionError;
+        use crate::id::IdError;
+        use crate::screen::ScreenError;
+        // Each wraps an English detail (an error's display text, a field's or an
+        // id kind's English name, a parser's reason): the Japanese text says what
+        // went wrong in Japanese and leaves the English to `message` and the logs.
+        let cases: Vec<(Refusal, &[&str])> = vec![
+            (
+                CoreError::Id(IdError::Empty {
+                    kind: "customer id",
+                })
+                .into(),
+                &[],
+            ),
+            (
+                CoreError::Id(IdError::TooLong { kind: "call id" }).into(),
+                &[],
+            ),
+            (
+                CoreError::Id(IdError::BadCharacter {
+                    kind: "user id",
+                    value: "12 34".to_owned(),
+                })
+                .into(),
+                &[],
+            ),
+            (CoreError::EmptyField { field: "company" }.into(), &[]),
+            (CoreError::EmptyField { field: "contact" }.into(), &[]),
+            (CoreError::EmptyField { field: "events" }.into(), &[]),
+            (
+                CoreError::FieldTooLong {
+                    field: "memo",
+                    max: 2_000,
+                }
+                .into(),
+                &[],
+            ),
+            (
+                CoreError::FieldTooLong {
+                    field: "phone label",
+                    max: 100,
+                }
+                .into(),
+                &[],
+            ),
+            (
+                CoreError::MalformedDocument {
+                    path: "events".to_owned(),
+                    reason: "not a map".to_owned(),
+                }
+                .into(),
+                &["events"],
+            ),
+            (CoreError::Automerge("invalid op id".to_owned()).into(), &[]),
+            (
+                ScreenError::Malformed {
+                    reason: "truncated column".to_owned(),
+                }
+                .into(),
+                &[],
+            ),
+            (
+                ScreenError::Summary {
+                    reason: "too many heads".to_owned(),
+                }
+                .into(),
+                &[],
+            ),
+            (
+                AdmissionError::ForbiddenEdit {
+                    what: "the document root".to_owned(),
+                }
+                .into(),
+                &[],
+            ),
+            (
+                AdmissionError::RoleRequired {
+                    event: "recording-deleted",
+                    needed: "manager",
+                }
+                .into(),
+                &[],
+            ),
+        ];
+        for (refusal, quoted) in cases {
+            let body = refusal.body();
+            assert!(is_japanese(&body.message_ja), "{body:?}");
+            let left = prose(&body.message_ja, quoted);
+            assert!(
+                !left.chars().any(|c| c.is_ascii_alphabetic()),
+                "English in the Japanese text of {}: {:?}",
+                body.code,
+                body.message_ja
+            );
+        }
+    }
 }
