@@ -188,10 +188,12 @@ fn a_tenant_flooding_the_server_with_changes_does_not_delay_another_tenants_push
     println!(
         "{{\"acme_push_ms_quiet_p50\": {quiet:.1}, \"acme_push_ms_flooded_p50\": {flooded:.1}, \"beta_round_trip_ms\": {beta_round_trip:.1}, \"beta_customers_created\": {created}}}"
     );
-    // The flood really loaded beta's hub …
+    // The flood really loaded beta's hub: its own round trip waited behind a
+    // queue (how many customers got created depends on the machine's load, the
+    // wait does not: a busier machine only lengthens it) …
     assert!(
-        created > 1_000,
-        "the flood created only {created} customers"
+        created > 100 && beta_round_trip > 1_000.0 && beta_round_trip > flooded * 5.0,
+        "beta's flood did not queue its hub: {created} customers created, beta's round trip {beta_round_trip:.1} ms, acme's push {flooded:.1} ms"
     );
     // … and acme's pushes stayed about as fast as without it. The margin covers
     // the two cores both tenants' work shares, not a queue.
