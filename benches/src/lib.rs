@@ -3,6 +3,8 @@
 //! Owns: deterministic bench fixtures. Does not own: timing (criterion does).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fleet;
+
 use callsync_core::{
     ActorId, CallEvent, CallId, CustomerDoc, DeviceId, DeviceKind, EventId, EventKind, PhoneNumber,
     ResultCatalog, ResultOption, ResultTypeId, RuleContext, SavedResultFields, Stamp, Timestamp,

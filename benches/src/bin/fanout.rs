@@ -20,24 +20,20 @@ use automerge::sync::{self, SyncDoc};
 use automerge::{AutoCommit, ReadDoc};
 use callsync_core::wire::{self, Message};
 use callsync_core::{
-    ActorId, CallEvent, CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId, EventKind,
-    NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, RuleContext, Stamp, TenantId, UserId,
+    ActorId, CallEvent, CallId, CustomerDoc, CustomerId, DeviceKind, EventId, EventKind,
+    NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, RuleContext, Stamp,
 };
 use callsync_net::endpoint;
 use callsync_net::framing::{read_message, write_message};
 use callsync_net::tls::{Trust, client_config};
-use callsync_server::{DB_FILE, Server, ServerConfig, init_owner};
-use callsync_store::{MemberRecord, NewSession, Store};
+use callsync_server::ServerConfig;
 use serde_json::json;
 
-const OWNER: &str = "owner@fanout.example";
+const FLEET: Fleet = Fleet { name: "fanout" };
 const CALLS_PER_PHONE: usize = 64;
 
+use callsync_benches::fleet::{Fleet, NUMBER, start_server};
 use callsync_benches::{now, peak_rss_kib, thread_cpu};
-
-fn phone_id(i: usize) -> DeviceId {
-    DeviceId::new(format!("phone-{i:04}")).unwrap()
-}
 
 fn doc_id(i: usize) -> CustomerId {
     CustomerId::new(format!("cus-{i:04}")).unwrap()
@@ -81,7 +77,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
         connect_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return;
     };
-    let me = phone_id(i);
+    let me = FLEET.phone(i);
     let actor = ActorId::from(me.as_str().as_bytes());
     write_message(
         &mut send,
@@ -153,7 +149,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                 let event = CallEvent {
                     id: EventId::new(format!("st-{k}")).unwrap(),
                     call: CallId::new(format!("call-{i:04}-{k}")).unwrap(),
-                    stamp: Stamp { at: now(), device: me.clone(), device_kind: DeviceKind::Phone, user: rep_of(i) },
+                    stamp: Stamp { at: now(), device: me.clone(), device_kind: DeviceKind::Phone, user: FLEET.rep(i) },
                     kind: EventKind::Started,
                 };
                 let ctx = RuleContext { catalog: &catalog, start_limit_ms: i64::MAX / 4, other_open_calls: &[] };
@@ -208,7 +204,7 @@ fn load(args: &[String]) {
                 connect_failures: connect_failures.clone(),
             };
             let endpoint = endpoints[i % endpoints.len()].clone();
-            tasks.push(tokio::spawn(phone(i, endpoint, token_of(i), shared)));
+            tasks.push(tokio::spawn(phone(i, endpoint, FLEET.token(i), shared)));
         }
         for t in tasks {
             let _ = t.await;
@@ -237,17 +233,6 @@ fn load(args: &[String]) {
     );
 }
 
-/// Each phone's rep: one member per phone, as in a sales team (presence goes to a
-/// member's other devices, so a thousand phones of one member would be a
-/// thousand-squared presence storm no tenant has).
-fn rep_of(i: usize) -> UserId {
-    UserId::new(format!("rep{i:04}@fanout.example")).unwrap()
-}
-
-fn token_of(i: usize) -> String {
-    format!("token-{i:04}-fanout")
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).is_some_and(|a| a == "--load") {
@@ -257,44 +242,13 @@ fn main() {
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
     let root = tempfile::tempdir().unwrap();
     let server_dir = root.path().join("server");
-    init_owner(&server_dir, "fanout", OWNER, "fanout password").unwrap();
 
     // Sessions, customers and requested calls, written straight to the server's
-    // database (logging a thousand phones in through Argon2 is not what is measured).
+    // database.
     let setup = Instant::now();
-    let mut tokens = Vec::with_capacity(n);
     {
-        let mut store = Store::open(&server_dir.join(DB_FILE)).unwrap();
-        let owner: MemberRecord = store.member(&UserId::new(OWNER).unwrap()).unwrap().unwrap();
-        let tenant = TenantId::new("fanout").unwrap();
-        let desk = DeviceId::new("desk-setup").unwrap();
-        let catalog = ResultCatalog::standard();
-        for i in 0..n {
-            let token = token_of(i);
-            let hash = callsync_server::accounts::token_hash(&token);
-            let device = phone_id(i);
-            let actor = ActorId::from(device.as_str().as_bytes()).to_hex_string();
-            let rep = MemberRecord {
-                email: rep_of(i),
-                role: callsync_core::Role::User,
-                ..owner.clone()
-            };
-            store.add_member(&rep, now()).unwrap();
-            store
-                .open_session(
-                    &rep,
-                    &NewSession {
-                        device: &device,
-                        kind: DeviceKind::Phone,
-                        actor: &actor,
-                        token_hash: &hash,
-                        expires_at: now().plus_millis(86_400_000),
-                    },
-                    now(),
-                )
-                .unwrap();
-            tokens.push(token);
-        }
+        let mut store = FLEET.enrol(&server_dir, n);
+        let tenant = FLEET.tenant();
         let server_actor = ActorId::from(b"fanout-setup".as_slice());
         let mut tx = store.write().unwrap();
         for i in 0..n {
@@ -303,57 +257,30 @@ fn main() {
                 id: doc_id(i),
                 company: format!("株式会社ファンアウト{i}"),
                 contact: "鈴木 一郎".to_owned(),
-                owner: UserId::new(OWNER).unwrap(),
+                owner: FLEET.owner(),
                 phones: vec![PhoneEntry {
                     label: "代表".to_owned(),
-                    number: PhoneNumber::parse("03-1234-5678").unwrap(),
+                    number: PhoneNumber::parse(NUMBER).unwrap(),
                 }],
             };
             let mut doc = CustomerDoc::create(&new, now(), server_actor.clone()).unwrap();
             for k in 0..CALLS_PER_PHONE {
-                let event = CallEvent {
-                    id: EventId::new(format!("rq-{k}")).unwrap(),
-                    call: CallId::new(format!("call-{i:04}-{k}")).unwrap(),
-                    stamp: Stamp {
-                        at: now(),
-                        device: desk.clone(),
-                        device_kind: DeviceKind::Desk,
-                        user: UserId::new(OWNER).unwrap(),
-                    },
-                    kind: EventKind::Requested {
-                        destination: PhoneNumber::parse("03-1234-5678").unwrap(),
-                        origin: phone_id(i),
-                        recording: false,
-                    },
-                };
-                let ctx = RuleContext {
-                    catalog: &catalog,
-                    start_limit_ms: 0,
-                    other_open_calls: &[],
-                };
-                doc.record(event, &ctx).unwrap();
+                let call = CallId::new(format!("call-{i:04}-{k}")).unwrap();
+                FLEET.request(&mut doc, &format!("rq-{k}"), call, i, FLEET.owner());
             }
             tx.insert(&mut doc).unwrap();
-            tx.subscribe(&phone_id(i), &tenant, &doc_id(i)).unwrap();
-            tx.subscribe(&phone_id((i + 1) % n), &tenant, &doc_id(i))
+            tx.subscribe(&FLEET.phone(i), &tenant, &doc_id(i)).unwrap();
+            tx.subscribe(&FLEET.phone((i + 1) % n), &tenant, &doc_id(i))
                 .unwrap();
         }
         tx.commit().unwrap();
     }
     let setup_s = setup.elapsed().as_secs_f64();
 
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("srv-rt")
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = server_rt
-        .block_on(Server::start(ServerConfig::new(
-            server_dir.clone(),
-            "127.0.0.1:0".parse().unwrap(),
-        )))
-        .unwrap();
+    let (server_rt, server) = start_server(ServerConfig::new(
+        server_dir.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+    ));
     let addr = server.local_addr();
     let fingerprint = server.fingerprint().to_owned();
 

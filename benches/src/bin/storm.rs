@@ -28,34 +28,22 @@ use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{AutoCommit, ChangeHash};
+use callsync_benches::fleet::{Fleet, NUMBER, start_server};
 use callsync_benches::{now, peak_rss_kib, reset_peak_rss, thread_cpu};
 use callsync_core::wire::{self, Cursor, Message};
 use callsync_core::{
-    ActorId, CallEvent, CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId, EventKind,
-    NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, RuleContext, Stamp, TenantId, UserId,
+    ActorId, CallEvent, CallId, CustomerDoc, CustomerId, DeviceKind, EventId, EventKind,
+    NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, RuleContext, Stamp,
 };
 use callsync_net::endpoint;
 use callsync_net::framing::{read_message, write_message};
 use callsync_net::tls::{Trust, client_config};
-use callsync_server::{DB_FILE, Server, ServerConfig, init_owner};
-use callsync_store::{MemberRecord, NewSession, Store};
+use callsync_server::ServerConfig;
 use serde_json::json;
 
-const OWNER: &str = "owner@storm.example";
+const FLEET: Fleet = Fleet { name: "storm" };
 /// How long a phase may take before the load generator gives up on a phone.
 const PHASE_LIMIT: Duration = Duration::from_secs(300);
-
-fn phone_id(i: usize) -> DeviceId {
-    DeviceId::new(format!("phone-{i:04}")).unwrap()
-}
-
-fn rep_of(i: usize) -> UserId {
-    UserId::new(format!("rep{i:04}@storm.example")).unwrap()
-}
-
-fn token_of(i: usize) -> String {
-    format!("token-{i:04}-storm")
-}
 
 fn doc_id(i: usize, d: usize) -> CustomerId {
     CustomerId::new(format!("cus-{i:04}-{d:02}")).unwrap()
@@ -101,7 +89,7 @@ async fn run_phone(
     docs: &mut HashMap<CustomerId, Replica>,
     phase_start: Instant,
 ) -> Result<Outcome, String> {
-    let me = phone_id(i);
+    let me = FLEET.phone(i);
     let actor = ActorId::from(me.as_str().as_bytes());
     let (conn, mut send, mut recv) = endpoint::connect(&endpoint, addr, "localhost")
         .await
@@ -111,7 +99,7 @@ async fn run_phone(
         &Message::Join {
             sender_id: me.clone(),
             supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
-            token: token_of(i),
+            token: FLEET.token(i),
             cursor,
         },
     )
@@ -229,9 +217,9 @@ fn work_offline(i: usize, docs: &mut HashMap<CustomerId, Replica>) {
                 call: call_id(i, d),
                 stamp: Stamp {
                     at: now(),
-                    device: phone_id(i),
+                    device: FLEET.phone(i),
                     device_kind: DeviceKind::Phone,
-                    user: rep_of(i),
+                    user: FLEET.rep(i),
                 },
                 kind,
             };
@@ -376,40 +364,13 @@ fn main() {
     assert!(per_phone <= 100, "at most 100 documents per phone");
     let root = tempfile::tempdir().unwrap();
     let server_dir = root.path().join("server");
-    init_owner(&server_dir, "storm", OWNER, "storm password").unwrap();
 
     // Members, sessions, customers and requested calls, written straight to the
-    // server's database (logging a thousand phones in through Argon2 is not what is
-    // measured).
+    // server's database.
     let setup = Instant::now();
     {
-        let mut store = Store::open(&server_dir.join(DB_FILE)).unwrap();
-        let owner: MemberRecord = store.member(&UserId::new(OWNER).unwrap()).unwrap().unwrap();
-        let tenant = TenantId::new("storm").unwrap();
-        let desk = DeviceId::new("desk-setup").unwrap();
-        let catalog = ResultCatalog::standard();
-        for i in 0..n {
-            let device = phone_id(i);
-            let rep = MemberRecord {
-                email: rep_of(i),
-                role: callsync_core::Role::User,
-                ..owner.clone()
-            };
-            store.add_member(&rep, now()).unwrap();
-            store
-                .open_session(
-                    &rep,
-                    &NewSession {
-                        device: &device,
-                        kind: DeviceKind::Phone,
-                        actor: &ActorId::from(device.as_str().as_bytes()).to_hex_string(),
-                        token_hash: &callsync_server::accounts::token_hash(&token_of(i)),
-                        expires_at: now().plus_millis(86_400_000),
-                    },
-                    now(),
-                )
-                .unwrap();
-        }
+        let mut store = FLEET.enrol(&server_dir, n);
+        let tenant = FLEET.tenant();
         let server_actor = ActorId::from(b"storm-setup".as_slice());
         let mut tx = store.write().unwrap();
         for i in 0..n {
@@ -419,51 +380,27 @@ fn main() {
                     id: doc_id(i, d),
                     company: format!("株式会社ストーム{i}-{d}"),
                     contact: "鈴木 一郎".to_owned(),
-                    owner: rep_of(i),
+                    owner: FLEET.rep(i),
                     phones: vec![PhoneEntry {
                         label: "代表".to_owned(),
-                        number: PhoneNumber::parse("03-1234-5678").unwrap(),
+                        number: PhoneNumber::parse(NUMBER).unwrap(),
                     }],
                 };
                 let mut doc = CustomerDoc::create(&new, now(), server_actor.clone()).unwrap();
-                let event = CallEvent {
-                    id: EventId::new(format!("rq-{i:04}-{d:02}")).unwrap(),
-                    call: call_id(i, d),
-                    stamp: Stamp {
-                        at: now(),
-                        device: desk.clone(),
-                        device_kind: DeviceKind::Desk,
-                        user: rep_of(i),
-                    },
-                    kind: EventKind::Requested {
-                        destination: PhoneNumber::parse("03-1234-5678").unwrap(),
-                        origin: phone_id(i),
-                        recording: false,
-                    },
-                };
-                let ctx = RuleContext {
-                    catalog: &catalog,
-                    start_limit_ms: 0,
-                    other_open_calls: &[],
-                };
-                doc.record(event, &ctx).unwrap();
+                let event = format!("rq-{i:04}-{d:02}");
+                FLEET.request(&mut doc, &event, call_id(i, d), i, FLEET.rep(i));
                 tx.insert(&mut doc).unwrap();
-                tx.subscribe(&phone_id(i), &tenant, &doc_id(i, d)).unwrap();
+                tx.subscribe(&FLEET.phone(i), &tenant, &doc_id(i, d))
+                    .unwrap();
             }
         }
         tx.commit().unwrap();
     }
     let setup_s = setup.elapsed().as_secs_f64();
 
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("srv-rt")
-        .enable_all()
-        .build()
-        .unwrap();
     let mut config = ServerConfig::new(server_dir.clone(), "127.0.0.1:0".parse().unwrap());
     config.start_limit_ms = 3_600_000;
-    let server = server_rt.block_on(Server::start(config)).unwrap();
+    let (server_rt, server) = start_server(config);
     let addr = server.local_addr();
     let fingerprint = server.fingerprint().to_owned();
 
