@@ -67,6 +67,20 @@ struct Docs {
 }
 
 impl Docs {
+    /// Writes a document changed outside a session, as an incremental save after
+    /// the heads stored for it.
+    fn write_changed(&mut self, doc: &CustomerDoc) -> Result<(), StorageError> {
+        let saved_heads = self
+            .rows
+            .get(doc.id())
+            .map(|r| r.heads.clone())
+            .unwrap_or_default();
+        self.write(&mut MemDoc {
+            doc: doc.clone(),
+            saved_heads,
+        })
+    }
+
     fn load(&self, customer: &CustomerId, actor: ActorId) -> Result<Option<MemDoc>, StorageError> {
         let Some(row) = self.rows.get(customer) else {
             return Ok(None);
@@ -178,17 +192,7 @@ impl ServerDisk {
 
     /// Writes a document changed outside the hub (the server's own write).
     pub fn save(&mut self, doc: &mut CustomerDoc) -> Result<(), StorageError> {
-        let heads = self
-            .docs
-            .rows
-            .get(doc.id())
-            .map(|r| r.heads.clone())
-            .unwrap_or_default();
-        let mut loaded = MemDoc {
-            doc: doc.clone(),
-            saved_heads: heads,
-        };
-        self.docs.write(&mut loaded)
+        self.docs.write_changed(doc)
     }
 
     /// A transaction over this disk.
@@ -464,17 +468,7 @@ impl DeviceDisk {
 
     /// Saves a document changed by a local command and puts it in the outbox.
     pub fn save_local(&mut self, doc: &mut CustomerDoc) -> Result<(), StorageError> {
-        let heads = self
-            .docs
-            .rows
-            .get(doc.id())
-            .map(|r| r.heads.clone())
-            .unwrap_or_default();
-        let mut loaded = MemDoc {
-            doc: doc.clone(),
-            saved_heads: heads,
-        };
-        self.docs.write(&mut loaded)?;
+        self.docs.write_changed(doc)?;
         self.outbox.insert(doc.id().clone());
         Ok(())
     }
