@@ -28,3 +28,5 @@ mod sync;
 mod tenants;
 #[path = "journeys/upgrade.rs"]
 mod upgrade;
+#[path = "journeys/webtransport.rs"]
+mod webtransport;

@@ -66,6 +66,8 @@ pub(crate) struct ServerProcess {
     pub(crate) addr: String,
     /// Its certificate's fingerprint.
     pub(crate) fingerprint: String,
+    /// The page's address (`http://host:port/`).
+    pub(crate) page: String,
     data: PathBuf,
     extra: Vec<String>,
     serve: Vec<String>,
@@ -104,6 +106,7 @@ impl ServerProcess {
             child,
             addr: v["listening"].as_str().expect("address").to_owned(),
             fingerprint: v["fingerprint"].as_str().expect("fingerprint").to_owned(),
+            page: v["page"].as_str().expect("page").to_owned(),
             data: data.to_path_buf(),
             extra: global.iter().map(|s| s.to_string()).collect(),
             serve: serve.iter().map(|s| s.to_string()).collect(),

@@ -143,6 +143,14 @@ pub(crate) struct ServeArgs {
     /// Most customers one tenant may hold.
     #[arg(long, default_value_t = callsync_server::DEFAULT_MAX_CUSTOMERS_PER_TENANT)]
     pub(crate) max_customers_per_tenant: u64,
+    /// The built browser page to serve (`clients/web/dist`, made by
+    /// `bash clients/web/build.sh`).
+    #[arg(long, env = "CALLSYNC_PAGE", value_name = "DIR")]
+    pub(crate) page: Option<PathBuf>,
+    /// The page's HTTP address (TCP); by default the --listen address, whose
+    /// port number TCP and UDP can share.
+    #[arg(long, env = "CALLSYNC_HTTP")]
+    pub(crate) http: Option<std::net::SocketAddr>,
 }
 
 /// How a device reaches and trusts the server.

@@ -119,16 +119,23 @@ pub(crate) fn serve(g: &Global, data: &Path, args: &ServeArgs) -> anyhow::Result
     config.session_ttl_ms = i64::from(args.session_hours) * 3600 * 1000;
     config.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
     config.max_customers_per_tenant = args.max_customers_per_tenant;
+    config.web.page_dir = args.page.clone();
+    config.web.listen = args.http;
     runtime()?.block_on(async {
         let server = Server::start(config).await?;
         let line = if g.json {
-            json!({ "listening": server.local_addr(), "fingerprint": server.fingerprint() })
-                .to_string()
+            json!({
+                "listening": server.local_addr(),
+                "fingerprint": server.fingerprint(),
+                "page": format!("http://{}/", server.page_addr()),
+            })
+            .to_string()
         } else {
             format!(
-                "callsync server listening on {} (QUIC)\ncertificate fingerprint (SHA-256): {}",
+                "callsync server listening on {} (QUIC and WebTransport)\ncertificate fingerprint (SHA-256): {}\nopen the page: http://{}/",
                 server.local_addr(),
-                server.fingerprint()
+                server.fingerprint(),
+                server.page_addr()
             )
         };
         {

@@ -1,15 +1,16 @@
 //! QUIC transport for callsync: TLS identities, endpoints, and framed messages.
 //!
 //! Owns: the server's certificate (self-signed and persisted, or given), pinning it
-//! by SHA-256 fingerprint on clients, quinn endpoint and transport settings (ALPN,
+//! by SHA-256 fingerprint on clients, the browsers' short-lived certificate
+//! ([`web`]), quinn endpoint and transport settings (ALPN,
 //! stream limits, idle timeout, a 4 MiB UDP receive buffer so a reconnect storm
 //! does not drop packets), and reading and writing one [`Message`] per frame
 //! with the core's limits checked before anything is allocated.
 //! Does not own: what messages mean (the server hub and the device replica), or
 //! accounts.
 //!
-//! Call order: a server builds [`tls::server_config`] from an [`tls::Identity`]
-//! and binds with [`endpoint::bind_server`]; a client builds
+//! Call order: a server makes a [`web::CertificateResolver`] from its
+//! [`tls::Identity`], builds [`tls::server_config`] from it and binds with [`endpoint::bind_server`]; a client builds
 //! [`tls::client_config`] from a [`tls::Trust`], connects with
 //! [`endpoint::connect`], and both exchange messages over one bidirectional stream
 //! with [`framing::read_message`] and [`framing::write_message`].
@@ -19,6 +20,7 @@
 pub mod endpoint;
 pub mod framing;
 pub mod tls;
+pub mod web;
 
 pub use callsync_core::wire::Message;
 

@@ -21,14 +21,23 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::NetError;
+use crate::web::{CertificateResolver, WEBTRANSPORT_ALPN};
 
 /// How long a connection may stay silent before it is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often an idle client pings, well inside [`IDLE_TIMEOUT`].
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// Bidirectional streams a client may have open at once. The protocol uses one;
-/// the slack covers a reconnect racing the old stream's close.
-pub const MAX_STREAMS: u32 = 2;
+/// Bidirectional streams a client may have open at once. The protocol uses one
+/// (a browser's WebTransport session one more, its HTTP/3 CONNECT request); the
+/// slack covers a reconnect racing the old stream's close.
+pub const MAX_STREAMS: u32 = 3;
+/// Unidirectional streams a client may open: HTTP/3's control stream and QPACK's
+/// two, which a browser opens. A native client has no use for them; the server
+/// stops any it opens.
+pub const MAX_UNI_STREAMS: u32 = 3;
+/// Bytes a client may have in flight on one connection, all streams together
+/// (quinn's default is unlimited; a frame is at most a few MiB).
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
 
 const CERT_FILE: &str = "server-cert.der";
 const KEY_FILE: &str = "server-key.der";
@@ -138,24 +147,31 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NetError> {
     Ok(())
 }
 
-/// The quinn server configuration for `identity`.
-pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, NetError> {
+/// The server's quinn configuration: TLS 1.3, certificates chosen per handshake
+/// by `resolver` (native clients and browsers may get different ones), both ALPNs
+/// (the native protocol's and HTTP/3's for WebTransport), and the stream limits.
+pub fn server_config(resolver: Arc<CertificateResolver>) -> Result<quinn::ServerConfig, NetError> {
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
         .with_no_client_auth()
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(tls)?;
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
+        .with_cert_resolver(resolver);
+    crypto.alpn_protocols = vec![ALPN.to_vec(), WEBTRANSPORT_ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(crypto).map_err(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
-        .max_concurrent_uni_streams(0u8.into())
+        .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
+        .receive_window(CONNECTION_RECEIVE_WINDOW.into())
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().map_err(tls)?));
     config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// The crypto provider every configuration uses (ring).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    provider()
 }
 
 /// How a client decides to trust the server.

@@ -1,4 +1,11 @@
-//! One QUIC connection: handshake, authentication, then relaying messages.
+//! One connection, native QUIC or a browser's WebTransport session: handshake,
+//! authentication, then relaying messages.
+//!
+//! Both kinds arrive on the same UDP port and are told apart by ALPN. A browser's
+//! connection first completes WebTransport's HTTP/3 `CONNECT` to [`WEB_PATH`];
+//! from then on both carry the same frames on one bidirectional stream through
+//! the same code (a native connection is wrapped as a raw session, which adds no
+//! bytes on the wire).
 //!
 //! Owns: the per-connection limits (time to open the stream and send the first
 //! message, message rate, frame size via the framing layer), `login`, checking a
@@ -17,6 +24,7 @@ use callsync_session::connection::{ServerConnection, Step, sessions_ended_by};
 use callsync_session::hub::HubInput;
 use callsync_store::Store;
 use tokio::sync::{Mutex, Semaphore, mpsc};
+use web_transport_quinn::{RecvStream, SendStream, Session as Link};
 
 use crate::accounts::{self, AuthError, Session};
 use crate::clock;
@@ -72,16 +80,69 @@ fn net_error_body(e: &NetError) -> ErrorBody {
 }
 
 /// Sends `error`, lets the peer read it, and closes.
-async fn refuse(connection: &quinn::Connection, send: &mut quinn::SendStream, error: ErrorBody) {
+async fn refuse(connection: &Link, send: &mut SendStream, error: ErrorBody) {
     tracing::info!(code = %error.code, remote = %connection.remote_address(), "refusing connection");
     let _ = write_message(send, &Message::Error(error)).await;
     finish_and_close(connection, send).await;
 }
 
-async fn finish_and_close(connection: &quinn::Connection, send: &mut quinn::SendStream) {
+async fn finish_and_close(connection: &Link, send: &mut SendStream) {
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-    connection.close(0u32.into(), b"bye");
+    connection.close(0, b"bye");
+}
+
+/// The WebTransport URL path a page connects to (`https://host:port/callsync`).
+pub const WEB_PATH: &str = "/callsync";
+
+/// Opens a connection's session: native QUIC as is, WebTransport after its
+/// HTTP/3 `CONNECT` (any other path is answered 404). `None` when the peer did
+/// not get that far in time.
+async fn open_link(connection: quinn::Connection, timeout: Duration) -> Option<Link> {
+    let alpn = connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    if alpn.as_deref() != Some(callsync_net::web::WEBTRANSPORT_ALPN) {
+        let link = Link::raw(connection.clone());
+        // The protocol has no use for unidirectional streams: stop any a native
+        // peer opens, so they hold no buffers.
+        tokio::spawn(async move {
+            while let Ok(mut stream) = connection.accept_uni().await {
+                let _ = stream.stop(0u32.into());
+            }
+        });
+        return Some(link);
+    }
+    let request = match tokio::time::timeout(
+        timeout,
+        web_transport_quinn::Request::accept(connection.clone()),
+    )
+    .await
+    {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "WebTransport handshake failed");
+            connection.close(1u32.into(), b"not a WebTransport session");
+            return None;
+        }
+        Err(_) => {
+            connection.close(1u32.into(), b"no WebTransport session opened in time");
+            return None;
+        }
+    };
+    if request.url.path() != WEB_PATH {
+        let _ = request.reject(http::StatusCode::NOT_FOUND).await;
+        connection.close(1u32.into(), b"no such path");
+        return None;
+    }
+    match request.ok().await {
+        Ok(session) => Some(session),
+        Err(e) => {
+            tracing::debug!(error = %e, "WebTransport session not accepted");
+            None
+        }
+    }
 }
 
 /// Serves one incoming connection to its end.
@@ -93,11 +154,14 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    let Some(connection) = open_link(connection, shared.handshake_timeout).await else {
+        return;
+    };
     let (mut send, mut recv) =
         match tokio::time::timeout(shared.handshake_timeout, connection.accept_bi()).await {
             Ok(Ok(streams)) => streams,
             _ => {
-                connection.close(1u32.into(), b"no stream opened in time");
+                connection.close(1, b"no stream opened in time");
                 return;
             }
         };
@@ -107,7 +171,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
     {
         Ok(Ok(Some(message))) => message,
         Ok(Ok(None)) => {
-            connection.close(0u32.into(), b"bye");
+            connection.close(0, b"bye");
             return;
         }
         Ok(Err(e)) => return refuse(&connection, &mut send, net_error_body(&e)).await,
@@ -274,9 +338,9 @@ async fn authenticate(
 }
 
 async fn run_session(
-    connection: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    connection: Link,
+    mut send: SendStream,
+    mut recv: RecvStream,
     shared: Arc<Shared>,
     mut protocol: ServerConnection,
     cursor: Option<wire::Cursor>,
@@ -323,7 +387,7 @@ async fn run_session(
                     .and_then(|r| r.as_ref().map(|b| format!("{}: {}", b.code, b.message)));
                 if let Some(reason) = reason {
                     tracing::info!(remote = %watched.remote_address(), %reason, "cutting a connection off");
-                    watched.close(CUT_OFF.into(), reason.as_bytes());
+                    watched.close(CUT_OFF, reason.as_bytes());
                 }
             }
             _ = watched.closed() => {}
@@ -424,15 +488,11 @@ async fn run_session(
         .await;
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
-    connection.close(0u32.into(), b"bye");
+    connection.close(0, b"bye");
 }
 
 /// Queues a reply for the connection's writer. False when the connection is done.
-async fn reply(
-    out: &mpsc::Sender<Outgoing>,
-    connection: &quinn::Connection,
-    message: Message,
-) -> bool {
+async fn reply(out: &mpsc::Sender<Outgoing>, connection: &Link, message: Message) -> bool {
     match wire::encode_frame(&message) {
         Ok(frame) => deliver(out, connection, Outgoing::Frame(Arc::new(frame))).await,
         Err(e) => {
@@ -448,7 +508,7 @@ async fn install(
     shared: &Shared,
     hub: &mpsc::Sender<DriverInput>,
     out: &mpsc::Sender<Outgoing>,
-    connection: &quinn::Connection,
+    connection: &Link,
     conn: callsync_session::ConnId,
     id: u64,
     call: wire::RpcCall,
@@ -515,11 +575,7 @@ const DELIVER_WAIT: Duration = Duration::from_secs(2);
 /// [`DELIVER_WAIT`] means the device stopped reading: the connection is cut off
 /// (close code [`CUT_OFF`], reason `too-slow`) rather than the reader blocking on
 /// it for good. False when the connection is done.
-async fn deliver(
-    out: &mpsc::Sender<Outgoing>,
-    connection: &quinn::Connection,
-    item: Outgoing,
-) -> bool {
+async fn deliver(out: &mpsc::Sender<Outgoing>, connection: &Link, item: Outgoing) -> bool {
     match tokio::time::timeout(DELIVER_WAIT, out.send(item)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
@@ -527,7 +583,7 @@ async fn deliver(
             let refusal = Refusal::TooSlow.body();
             tracing::info!(remote = %connection.remote_address(), "cutting off a connection that stopped reading");
             connection.close(
-                CUT_OFF.into(),
+                CUT_OFF,
                 format!("{}: {}", refusal.code, refusal.message).as_bytes(),
             );
             false

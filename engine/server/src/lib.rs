@@ -19,24 +19,26 @@ mod connection;
 mod hub;
 mod rules;
 pub mod throttle;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use automerge::ActorId;
 use callsync_core::time::DEFAULT_START_LIMIT_MS;
 use callsync_core::{DeviceId, Role, TenantId, UserId};
 use callsync_net::tls::{self, Identity};
+use callsync_net::web::CertificateResolver;
 use callsync_net::{NetError, endpoint};
 use callsync_store::{MemberRecord, Store, StoreError};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{Mutex, Semaphore};
 
 pub use callsync_core::wire::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA};
-pub use connection::{HANDSHAKE_TIMEOUT, RATE_BURST, RATE_PER_SEC};
+pub use connection::{HANDSHAKE_TIMEOUT, RATE_BURST, RATE_PER_SEC, WEB_PATH};
 
 /// Compiled plugins, cached in the data directory (safe to delete).
 pub const PLUGIN_CACHE_DIR: &str = "plugin-cache";
@@ -90,6 +92,8 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Most customers one tenant may hold (`customer-limit` past it).
     pub max_customers_per_tenant: u64,
+    /// The page and its HTTP listener.
+    pub web: web::WebConfig,
 }
 
 impl ServerConfig {
@@ -104,6 +108,10 @@ impl ServerConfig {
             cache_docs: DEFAULT_CACHE_DOCS,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             max_customers_per_tenant: DEFAULT_MAX_CUSTOMERS_PER_TENANT,
+            web: web::WebConfig {
+                page_dir: None,
+                listen: None,
+            },
         }
     }
 }
@@ -176,6 +184,34 @@ pub fn add_tenant(
     Ok(())
 }
 
+/// The names the browsers' development certificate is made for.
+fn dev_certificate_names(listen: SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+        names.push(listen.ip().to_string());
+    }
+    names
+}
+
+/// How often the browsers' development certificate is checked for rotation.
+const ROTATION_CHECK: Duration = Duration::from_secs(3600);
+
+/// Replaces the browsers' development certificate well before it expires.
+async fn rotate_dev_certificate(certificates: Arc<CertificateResolver>) {
+    let mut ticks = tokio::time::interval(ROTATION_CHECK);
+    loop {
+        ticks.tick().await;
+        let certificates = certificates.clone();
+        // Making a key pair is quick but not free: off the runtime's workers.
+        let rotated =
+            tokio::task::spawn_blocking(move || certificates.rotate_if_due(SystemTime::now()))
+                .await;
+        if let Ok(Err(e)) = rotated {
+            tracing::error!(error = %e, "could not rotate the browsers' certificate");
+        }
+    }
+}
+
 /// A running server.
 pub struct Server {
     endpoint: quinn::Endpoint,
@@ -183,6 +219,8 @@ pub struct Server {
     accept: tokio::task::JoinHandle<()>,
     fingerprint: String,
     local_addr: SocketAddr,
+    page: web::WebServer,
+    rotation: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -207,8 +245,21 @@ impl Server {
             }
         };
         let fingerprint = identity.fingerprint();
-        let endpoint = endpoint::bind_server(config.listen, tls::server_config(&identity)?)?;
+        let provider = tls::crypto_provider();
+        let certificates = Arc::new(match &config.certificate {
+            Some(_) => CertificateResolver::shared(&identity, provider)?,
+            None => CertificateResolver::with_dev_certificate(
+                &identity,
+                dev_certificate_names(config.listen),
+                SystemTime::now(),
+                provider,
+            )?,
+        });
+        let endpoint =
+            endpoint::bind_server(config.listen, tls::server_config(certificates.clone())?)?;
         let local_addr = endpoint.local_addr()?;
+        let page = web::WebServer::start(&config.web, local_addr, certificates.clone()).await?;
+        let rotation = tokio::spawn(rotate_dev_certificate(certificates));
         let plugins = Arc::new(
             callsync_plugin_host::PluginHost::new(
                 callsync_plugin_host::Limits::default(),
@@ -255,19 +306,26 @@ impl Server {
                 tokio::spawn(connection::serve(incoming, shared.clone()));
             }
         });
-        tracing::info!(addr = %local_addr, fingerprint = %fingerprint, "listening");
+        tracing::info!(addr = %local_addr, page = %page.addr, fingerprint = %fingerprint, "listening");
         Ok(Self {
             endpoint,
             hubs,
             accept,
             fingerprint,
             local_addr,
+            page,
+            rotation,
         })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The page's HTTP address.
+    pub fn page_addr(&self) -> SocketAddr {
+        self.page.addr
     }
 
     /// The SHA-256 fingerprint of the server's certificate, for clients to pin.
@@ -280,6 +338,8 @@ impl Server {
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"server shutting down");
         self.accept.abort();
+        self.page.stop();
+        self.rotation.abort();
         let hubs = self.hubs.clone();
         let _ = tokio::task::spawn_blocking(move || hubs.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;

@@ -1,0 +1,219 @@
+//! The browser's way in, without the browser: a WebTransport (HTTP/3) client on
+//! the same UDP port as native QUIC, trusting the server by the certificate hash
+//! the page's HTTP endpoint hands out, logs in and joins with the same frames as
+//! a phone. The browser itself is exercised by `clients/web/tests`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use callsync_core::DeviceKind;
+use callsync_core::wire::{self, DeviceRegistration, Message};
+use callsync_net::framing::{read_message, write_message};
+use serde_json::Value;
+
+use crate::network::{OWNER, PASSWORD, ServerProcess, callsync};
+
+/// `GET path` on the page's HTTP listener: (status line, headers, body).
+fn http_get(page: &str, path: &str) -> (String, String, String) {
+    let host = page
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = TcpStream::connect(&host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let (status, headers) = head.split_once("\r\n").unwrap();
+    (
+        status.to_owned(),
+        headers.to_ascii_lowercase(),
+        body.to_owned(),
+    )
+}
+
+fn hex(bytes: &str) -> Vec<u8> {
+    (0..bytes.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&bytes[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+async fn web_session(
+    server: &ServerProcess,
+    hashes: &[String],
+    path: &str,
+) -> Result<web_transport_quinn::Session, web_transport_quinn::ClientError> {
+    let client = web_transport_quinn::ClientBuilder::new()
+        .with_server_certificate_hashes(hashes.iter().map(|h| hex(h)).collect())
+        .unwrap();
+    let port = server.addr.rsplit(':').next().unwrap();
+    let url: url::Url = format!("https://127.0.0.1:{port}{path}").parse().unwrap();
+    client.connect(url).await
+}
+
+fn login_message(device: &str) -> Message {
+    Message::Login {
+        supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
+        email: OWNER.to_owned(),
+        password: PASSWORD.to_owned(),
+        device: DeviceRegistration {
+            id: device.parse().unwrap(),
+            kind: DeviceKind::Desk,
+            actor: "0123456789abcdef0123456789abcdef".to_owned(),
+        },
+    }
+}
+
+#[test]
+fn a_webtransport_client_logs_in_and_joins_on_the_native_port() {
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        &root.path().join("server"),
+        "127.0.0.1:0",
+        &[],
+        &["--init-owner", OWNER],
+    );
+    let (status, headers, body) = http_get(&server.page, "/api/transport");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(headers.contains("cache-control: no-store"), "{headers}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        info["port"].as_u64().unwrap().to_string(),
+        server.addr.rsplit(':').next().unwrap()
+    );
+    assert_eq!(info["path"], "/callsync");
+    let hashes: Vec<String> = info["certificateHashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(hashes.len(), 1);
+    assert_ne!(
+        hashes[0], server.fingerprint,
+        "browsers get the short-lived certificate, phones keep the pinned one"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // A native client's pin does not open the browsers' certificate, nor the
+        // other way round.
+        assert!(
+            web_session(
+                &server,
+                std::slice::from_ref(&server.fingerprint),
+                "/callsync"
+            )
+            .await
+            .is_err()
+        );
+        // Another path is not served.
+        assert!(web_session(&server, &hashes, "/elsewhere").await.is_err());
+
+        let session = web_session(&server, &hashes, "/callsync").await.unwrap();
+        let (mut send, mut recv) = session.open_bi().await.unwrap();
+        write_message(&mut send, &login_message("desk-web-1"))
+            .await
+            .unwrap();
+        let token = match read_message(&mut recv).await.unwrap() {
+            Some(Message::LoggedIn { token, role, .. }) => {
+                assert_eq!(role, callsync_core::Role::Owner);
+                token
+            }
+            other => panic!("expected logged-in, got {other:?}"),
+        };
+        session.closed().await;
+
+        let session = web_session(&server, &hashes, "/callsync").await.unwrap();
+        let (mut send, mut recv) = session.open_bi().await.unwrap();
+        write_message(
+            &mut send,
+            &Message::Join {
+                sender_id: "desk-web-1".parse().unwrap(),
+                supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
+                token,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+        match read_message(&mut recv).await.unwrap() {
+            Some(Message::Peer { .. }) => {}
+            other => panic!("expected peer, got {other:?}"),
+        }
+        // A wrong password over WebTransport gets the same typed refusal.
+        let session2 = web_session(&server, &hashes, "/callsync").await.unwrap();
+        let (mut send2, mut recv2) = session2.open_bi().await.unwrap();
+        let mut wrong = login_message("desk-web-2");
+        if let Message::Login { password, .. } = &mut wrong {
+            *password = "not the password".to_owned();
+        }
+        write_message(&mut send2, &wrong).await.unwrap();
+        match read_message(&mut recv2).await.unwrap() {
+            Some(Message::Error(body)) => assert_eq!(body.code, "invalid-credentials"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        session.close(0, b"done");
+    });
+
+    // The native protocol on the same port is unchanged.
+    let desk = root.path().join("desk");
+    callsync(
+        &desk,
+        &[
+            "desk",
+            "login",
+            "--server",
+            &server.addr,
+            "--fingerprint",
+            &server.fingerprint,
+            "--email",
+            OWNER,
+        ],
+    )
+    .ok();
+}
+
+#[test]
+fn the_page_is_served_with_its_security_headers_and_routes_fall_back_to_it() {
+    let root = tempfile::tempdir().unwrap();
+    let page = root.path().join("page");
+    std::fs::create_dir_all(page.join("assets")).unwrap();
+    std::fs::write(
+        page.join("index.html"),
+        "<!doctype html><title>index</title>",
+    )
+    .unwrap();
+    std::fs::write(page.join("assets/app.js"), "console.log(1)").unwrap();
+    let server = ServerProcess::start(
+        &root.path().join("server"),
+        "127.0.0.1:0",
+        &[],
+        &["--init-owner", OWNER, "--page", page.to_str().unwrap()],
+    );
+    let (status, headers, body) = http_get(&server.page, "/assets/app.js");
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(body, "console.log(1)");
+    assert!(headers.contains("content-security-policy: default-src 'self'"));
+    assert!(headers.contains("x-content-type-options: nosniff"));
+    // The page's own routes reload into the page.
+    let (status, _, body) = http_get(&server.page, "/customers/cus-1");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(body.contains("<title>index</title>"));
+    // Nothing outside the directory.
+    let (status, _, body) = http_get(&server.page, "/../Cargo.toml");
+    assert!(!body.contains("[package]"), "{status}");
+}
