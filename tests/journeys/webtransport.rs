@@ -217,3 +217,189 @@ fn the_page_is_served_with_its_security_headers_and_routes_fall_back_to_it() {
     let (status, _, body) = http_get(&server.page, "/../Cargo.toml");
     assert!(!body.contains("[package]"), "{status}");
 }
+
+/// The page's replica (the same Rust the page runs as WebAssembly), driven the
+/// way the page drives it, over a real WebTransport session.
+struct PageDriver {
+    replica: callsync_web::replica::Replica,
+    send: web_transport_quinn::SendStream,
+    recv: web_transport_quinn::RecvStream,
+    _session: web_transport_quinn::Session,
+    /// What the page would have put in IndexedDB.
+    persisted: std::collections::BTreeMap<String, Vec<u8>>,
+    events: Vec<Value>,
+}
+
+impl PageDriver {
+    /// Persists, then sends: the page's order.
+    async fn release(&mut self) {
+        for (key, value) in self.replica.take_flush() {
+            match value {
+                Some(bytes) => self.persisted.insert(key, bytes),
+                None => self.persisted.remove(&key),
+            };
+        }
+        let bytes = self.replica.take_outgoing().unwrap();
+        if !bytes.is_empty() {
+            tokio::io::AsyncWriteExt::write_all(&mut self.send, &bytes)
+                .await
+                .unwrap();
+        }
+        self.events.extend(self.replica.take_events());
+    }
+
+    /// Reads until `done` holds of an event (10 s at most).
+    async fn until(&mut self, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(found) = self.events.iter().find(|e| done(e)) {
+                return found.clone();
+            }
+            self.read_once(deadline).await;
+        }
+    }
+
+    /// Reads what the stream has and handles it, as the page does per chunk.
+    async fn read_once(&mut self, deadline: tokio::time::Instant) {
+        {
+            let mut buf = vec![0u8; 64 * 1024];
+            let read = tokio::time::timeout_at(deadline, self.recv.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("timed out; events so far: {:?}", self.events))
+                .unwrap()
+                .expect("the server ended the stream");
+            self.replica.receive(&buf[..read]).unwrap();
+            self.release().await;
+        }
+    }
+}
+
+#[test]
+fn the_pages_replica_catches_up_opens_a_customer_and_requests_a_call_the_phone_gets() {
+    let world = crate::network::World::start(&[]);
+    let (_desk, phone) = world.rep_devices();
+    let mut phone_run = crate::network::PhoneRun::start(&phone);
+    let (_, _, body) = http_get(&world.server.page, "/api/transport");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    let hashes: Vec<String> = info["certificateHashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_owned())
+        .collect();
+    let actor = "00112233445566778899aabbccddeeff";
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Log in as the page does: the login frame on its own session.
+        let session = web_session(&world.server, &hashes, "/callsync")
+            .await
+            .unwrap();
+        let (mut send, mut recv) = session.open_bi().await.unwrap();
+        let frame = callsync_web::replica::login_frame(
+            crate::network::REP,
+            PASSWORD,
+            "desk-web-rep",
+            actor,
+        )
+        .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut send, &frame)
+            .await
+            .unwrap();
+        let mut bytes = Vec::new();
+        let reply = loop {
+            let mut buf = vec![0u8; 4096];
+            let n = recv.read(&mut buf).await.unwrap().unwrap();
+            bytes.extend_from_slice(&buf[..n]);
+            if let Some(reply) = callsync_web::replica::login_reply(&bytes).unwrap() {
+                break reply;
+            }
+        };
+        let token = reply["loggedIn"]["token"].as_str().unwrap().to_owned();
+        assert_eq!(reply["loggedIn"]["role"], "user");
+
+        let session = web_session(&world.server, &hashes, "/callsync")
+            .await
+            .unwrap();
+        let (send, recv) = session.open_bi().await.unwrap();
+        let mut page = PageDriver {
+            replica: callsync_web::replica::Replica::new(
+                callsync_web::replica::Identity {
+                    tenant: "acme".parse().unwrap(),
+                    user: crate::network::REP.parse().unwrap(),
+                    role: callsync_core::Role::User,
+                    device: "desk-web-rep".parse().unwrap(),
+                    actor: callsync_core::ActorId::try_from(actor).unwrap(),
+                },
+                60_000,
+            ),
+            send,
+            recv,
+            _session: session,
+            persisted: Default::default(),
+            events: Vec::new(),
+        };
+        page.replica.connect(&token).unwrap();
+        page.release().await;
+        page.until(|e| e["event"] == "caught-up").await;
+
+        // The customer list, kept for offline use.
+        let id = page
+            .replica
+            .ask(r#"{"method":"customer-list"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        page.release().await;
+        let reply = page.until(|e| e["event"] == "reply" && e["id"] == id).await;
+        assert_eq!(reply["result"]["customers"][0]["id"], "cus-1", "{reply}");
+        assert!(page.persisted.contains_key("customers"));
+        assert_eq!(page.replica.customers()[0]["company"], "株式会社さくら物産");
+
+        // Opening the customer subscribes to its document, which then syncs here.
+        page.replica
+            .ask(r#"{"method":"subscribe","documents":["cus-1"]}"#)
+            .unwrap();
+        page.release().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while page.replica.customer("cus-1").unwrap().is_null() {
+            page.read_once(deadline).await;
+        }
+        let held = page.replica.customer("cus-1").unwrap();
+        assert_eq!(held["customer"]["company"], "株式会社さくら物産", "{held}");
+        assert!(page.persisted.contains_key("doc:cus-1"));
+
+        // 顧客にコール: the phone is asked to dial.
+        let view = page
+            .replica
+            .request_call(
+                "cus-1",
+                crate::network::NUMBER,
+                "phone-rep",
+                true,
+                callsync_core::Timestamp::from_millis(chrono_now()),
+                "call-web-1",
+                "ev-web-1",
+            )
+            .unwrap();
+        assert_eq!(view.phase.as_str(), "awaiting-start");
+        page.release().await;
+        assert!(
+            page.persisted.contains_key("outbox:cus-1"),
+            "persisted before it is sent"
+        );
+        page.until(|e| e["event"] == "acknowledged" && e["customer"] == "cus-1")
+            .await;
+        assert!(!page.persisted.contains_key("outbox:cus-1"));
+    });
+    let requested = phone_run.wait_for(|e| e["event"] == "call-requested");
+    assert_eq!(requested["call"], "call-web-1");
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

@@ -1,0 +1,498 @@
+//! The page's replica: one device's documents, its session with the server, and
+//! the rep's actions, driven by the page's TypeScript.
+//!
+//! Owns: turning the WebTransport stream's bytes into messages and back (the
+//! core's frames), one client session per connection, running each session call
+//! as one transaction over the [`PageStore`] (commit on success, roll back and
+//! drop the connection on failure), replies to requests, and the rep's actions
+//! (request a call, cancel, end) checked by the core's rules on the documents
+//! held here, offline too. Times come in from the page (`now`), so everything
+//! here is deterministic and runs natively in tests.
+//! Does not own: the socket, the clock, IndexedDB or the screens (the page).
+//!
+//! Call order, per connection: [`Replica::connect`]; then [`Replica::receive`]
+//! for every chunk the stream delivers; after every call that returns `Ok`, the
+//! page persists [`Replica::take_flush`] and only then writes
+//! [`Replica::take_outgoing`] to the stream and shows [`Replica::take_events`];
+//! [`Replica::disconnected`] when the stream ends. Actions work with or without
+//! a connection; their changes reach the server through the outbox.
+
+use automerge::ActorId;
+use callsync_core::wire::{self, FRAME_HEADER_BYTES, Message, RpcCall, RpcResult};
+use callsync_core::{
+    CallEvent, CallId, CallView, CoreError, CustomerId, DeviceId, DeviceKind, EventId, EventKind,
+    PhoneNumber, ResultCatalog, Role, RuleContext, Stamp, TenantId, Timestamp, UserId,
+};
+use callsync_session::client::{ClientOutput, ClientSession, Device};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::store::{CUSTOMERS_KEY, PageDoc, PageStore};
+
+/// Why the page's call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    /// The rules refused the action; nothing changed.
+    #[error("{0}")]
+    Refused(#[from] CoreError),
+    /// The server broke the protocol or refused the session; the page drops the
+    /// connection and reconnects.
+    #[error("{0}")]
+    Connection(String),
+    /// Something the page passed in is not what it should be.
+    #[error("{0}")]
+    Input(String),
+}
+
+impl From<callsync_core::id::IdError> for PageError {
+    fn from(e: callsync_core::id::IdError) -> Self {
+        Self::Refused(e.into())
+    }
+}
+
+impl From<callsync_core::phone_number::PhoneNumberError> for PageError {
+    fn from(e: callsync_core::phone_number::PhoneNumberError) -> Self {
+        Self::Refused(e.into())
+    }
+}
+
+impl PageError {
+    /// The error as the page shows it: a stable code and the message in both
+    /// languages.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Refused(e) => json!({
+                "code": e.code(),
+                "message": e.to_string(),
+                "messageJa": e.message_ja(),
+            }),
+            Self::Connection(m) => json!({ "code": "connection", "message": m, "messageJa": m }),
+            Self::Input(m) => json!({ "code": "input", "message": m, "messageJa": m }),
+        }
+    }
+}
+
+/// Who the page is logged in as.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The user.
+    pub user: UserId,
+    /// Their role.
+    pub role: Role,
+    /// This browser's device id.
+    pub device: DeviceId,
+    /// The Automerge actor it writes under.
+    pub actor: ActorId,
+}
+
+/// One logged-in page's replica.
+pub struct Replica {
+    me: Identity,
+    start_limit_ms: i64,
+    store: PageStore,
+    session: Option<ClientSession<PageDoc>>,
+    joined: bool,
+    inbound: Vec<u8>,
+    outgoing: Vec<u8>,
+    events: Vec<Value>,
+    /// Requests in flight, by id.
+    asked: Vec<u64>,
+}
+
+fn connection(e: impl std::fmt::Display) -> PageError {
+    PageError::Connection(e.to_string())
+}
+
+fn push_frame(out: &mut Vec<u8>, message: &Message) -> Result<(), PageError> {
+    out.extend(wire::encode_frame(message).map_err(connection)?);
+    Ok(())
+}
+
+impl Replica {
+    /// A replica for `me`, empty until the page restores its records.
+    pub fn new(me: Identity, start_limit_ms: i64) -> Self {
+        Self {
+            me,
+            start_limit_ms,
+            store: PageStore::default(),
+            session: None,
+            joined: false,
+            inbound: Vec::new(),
+            outgoing: Vec::new(),
+            events: Vec::new(),
+            asked: Vec::new(),
+        }
+    }
+
+    /// Puts back one record read from IndexedDB (at start-up, before anything else).
+    pub fn restore(&mut self, key: String, value: Vec<u8>) {
+        self.store.restore(key, value);
+    }
+
+    /// Starts a session on a new connection: queues `join` with `token`.
+    pub fn connect(&mut self, token: &str) -> Result<(), PageError> {
+        let session = ClientSession::new(Device {
+            tenant: self.me.tenant.clone(),
+            id: self.me.device.clone(),
+            actor: self.me.actor.clone(),
+        });
+        let join = session.join(&mut self.store, token).map_err(connection)?;
+        self.session = Some(session);
+        self.joined = false;
+        self.inbound.clear();
+        self.outgoing.clear();
+        self.asked.clear();
+        push_frame(&mut self.outgoing, &join)
+    }
+
+    /// Whether the session has been accepted (`peer` arrived).
+    pub fn is_joined(&self) -> bool {
+        self.session.is_some() && self.joined
+    }
+
+    /// The connection ended: the session is dropped; documents, the outbox and
+    /// the cursor stay.
+    pub fn disconnected(&mut self, reason: &str) {
+        if self.session.take().is_some() {
+            self.events
+                .push(json!({ "event": "disconnected", "reason": reason }));
+        }
+        self.joined = false;
+        self.inbound.clear();
+        self.outgoing.clear();
+        self.asked.clear();
+    }
+
+    /// Feeds bytes the stream delivered; whole frames are handled, a partial one
+    /// waits for the rest.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), PageError> {
+        self.inbound.extend_from_slice(bytes);
+        let mut at = 0;
+        let result = loop {
+            let Some(header) = self.inbound.get(at..at + FRAME_HEADER_BYTES) else {
+                break Ok(());
+            };
+            let mut len = [0u8; FRAME_HEADER_BYTES];
+            len.copy_from_slice(header);
+            let len = match wire::frame_body_len(len) {
+                Ok(len) => len,
+                Err(e) => break Err(connection(e)),
+            };
+            let start = at + FRAME_HEADER_BYTES;
+            let Some(body) = self.inbound.get(start..start + len) else {
+                break Ok(());
+            };
+            let message = match wire::decode_body(body) {
+                Ok(message) => message,
+                Err(e) => break Err(connection(e)),
+            };
+            at = start + len;
+            if let Err(e) = self.handle(message) {
+                break Err(e);
+            }
+        };
+        self.inbound.drain(..at);
+        result
+    }
+
+    fn handle(&mut self, message: Message) -> Result<(), PageError> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(connection("no session"));
+        };
+        let mut out = ClientOutput::default();
+        let outcome = if self.joined {
+            session.handle(&mut self.store, message, &mut out)
+        } else {
+            session.on_peer(&mut self.store, message, &mut out)
+        };
+        if let Err(e) = outcome {
+            self.store.rollback();
+            return Err(connection(e));
+        }
+        self.joined = true;
+        let mut replies = Vec::new();
+        self.asked.retain(|id| match session.take_reply(*id) {
+            Some(result) => {
+                replies.push((*id, result));
+                false
+            }
+            None => true,
+        });
+        for (id, result) in replies {
+            if let RpcResult::Customers(list) = &result
+                && let Ok(bytes) = serde_json::to_vec(list)
+            {
+                // Kept for offline use: the list opens with no network.
+                self.store.put(CUSTOMERS_KEY.to_owned(), bytes);
+            }
+            self.events
+                .push(json!({ "event": "reply", "id": id, "result": result }));
+        }
+        self.store.commit();
+        for message in &out.messages {
+            push_frame(&mut self.outgoing, message)?;
+        }
+        for event in out.events {
+            self.events
+                .push(serde_json::to_value(event).map_err(connection)?);
+        }
+        if let Some(refused) = out.refused {
+            return Err(PageError::Connection(format!(
+                "{}: {}",
+                refused.code, refused.message
+            )));
+        }
+        Ok(())
+    }
+
+    /// Asks the server something (`call` as the wire's JSON); the answer comes as
+    /// a `reply` event with the returned id.
+    pub fn ask(&mut self, call: &str) -> Result<u64, PageError> {
+        let call: RpcCall =
+            serde_json::from_str(call).map_err(|e| PageError::Input(e.to_string()))?;
+        let Some(session) = self.session.as_mut().filter(|_| self.joined) else {
+            return Err(connection("not connected"));
+        };
+        let mut out = ClientOutput::default();
+        let id = session.send_rpc(call, &mut out);
+        self.asked.push(id);
+        for message in &out.messages {
+            push_frame(&mut self.outgoing, message)?;
+        }
+        Ok(id)
+    }
+
+    /// Committed writes for IndexedDB (`None`: delete). Persist them before
+    /// [`Self::take_outgoing`].
+    pub fn take_flush(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        self.store.take_flush()
+    }
+
+    /// Bytes for the stream, once IndexedDB holds what produced them.
+    pub fn take_outgoing(&mut self) -> Result<Vec<u8>, PageError> {
+        if self.store.has_flush() {
+            return Err(PageError::Input(
+                "persist the flushed records before sending".to_owned(),
+            ));
+        }
+        Ok(std::mem::take(&mut self.outgoing))
+    }
+
+    /// What happened since the last call, for the screens.
+    pub fn take_events(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The last customer list the server sent (JSON array), for offline use.
+    pub fn customers(&self) -> Value {
+        self.store
+            .get(CUSTOMERS_KEY)
+            .and_then(|bytes| serde_json::from_slice(bytes).ok())
+            .unwrap_or_else(|| json!([]))
+    }
+
+    /// A customer as held here, with its calls derived (`null` when this device
+    /// does not hold it yet).
+    pub fn customer(&self, id: &str) -> Result<Value, PageError> {
+        let id = CustomerId::new(id)?;
+        let Some(doc) = self
+            .store
+            .load_doc(&id, self.me.actor.clone())
+            .map_err(|e| PageError::Connection(e.to_string()))?
+        else {
+            return Ok(Value::Null);
+        };
+        let customer = doc.customer()?;
+        Ok(json!({
+            "customer": customer,
+            "timeline": doc.timeline(),
+        }))
+    }
+
+    fn catalog(&self) -> ResultCatalog {
+        ResultCatalog::standard()
+    }
+
+    /// Records `events` on one customer as one local change, checked by the core's
+    /// rules (the user's open calls on the other customers held here included),
+    /// then offers it to the server if connected.
+    fn act(
+        &mut self,
+        customer: &CustomerId,
+        events: Vec<CallEvent>,
+    ) -> Result<CallView, PageError> {
+        let catalog = self.catalog();
+        let mut others = Vec::new();
+        for held in self.store.customers_held() {
+            if &held == customer {
+                continue;
+            }
+            if let Ok(Some(doc)) = self.store.load_doc(&held, self.me.actor.clone())
+                && let Ok(c) = doc.customer()
+            {
+                others.extend(callsync_core::rules::open_calls_of(&c, &self.me.user));
+            }
+        }
+        let Some(mut doc) = self
+            .store
+            .load_doc(customer, self.me.actor.clone())
+            .map_err(|e| PageError::Connection(e.to_string()))?
+        else {
+            return Err(PageError::Input(format!(
+                "customer {customer} is not held on this device"
+            )));
+        };
+        let ctx = RuleContext {
+            catalog: &catalog,
+            start_limit_ms: self.start_limit_ms,
+            other_open_calls: &others,
+        };
+        let view = doc.record_all(events, &ctx)?;
+        self.store.save_local(&mut doc);
+        self.store.commit();
+        if let Some(session) = self.session.as_mut().filter(|_| self.joined) {
+            let mut out = ClientOutput::default();
+            match session.push_local(&mut self.store, &mut out) {
+                Ok(()) => {
+                    self.store.commit();
+                    for message in &out.messages {
+                        push_frame(&mut self.outgoing, message)?;
+                    }
+                }
+                // The change is saved; the session is not usable: the page
+                // hears `disconnected`, and the next connection pushes it.
+                Err(e) => {
+                    self.store.rollback();
+                    self.disconnected(&e.to_string());
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    fn stamp(&self, now: Timestamp) -> Stamp {
+        Stamp {
+            at: now,
+            device: self.me.device.clone(),
+            device_kind: DeviceKind::Desk,
+            user: self.me.user.clone(),
+        }
+    }
+
+    fn event(
+        &self,
+        call: &CallId,
+        now: Timestamp,
+        id: &str,
+        kind: EventKind,
+    ) -> Result<CallEvent, PageError> {
+        Ok(CallEvent {
+            id: EventId::new(id)?,
+            call: call.clone(),
+            stamp: self.stamp(now),
+            kind,
+        })
+    }
+
+    /// **顧客にコール**: asks the phone `origin` to dial `number`. `call` and
+    /// `event` are fresh ids from the page (random).
+    #[allow(clippy::too_many_arguments)]
+    pub fn request_call(
+        &mut self,
+        customer: &str,
+        number: &str,
+        origin: &str,
+        recording: bool,
+        now: Timestamp,
+        call: &str,
+        event: &str,
+    ) -> Result<CallView, PageError> {
+        let customer = CustomerId::new(customer)?;
+        let call = CallId::new(call)?;
+        let kind = EventKind::Requested {
+            destination: PhoneNumber::parse(number)?,
+            origin: DeviceId::new(origin)?,
+            recording,
+        };
+        let event = self.event(&call, now, event, kind)?;
+        self.act(&customer, vec![event])
+    }
+
+    /// An event on an existing call of `customer`: **コールをキャンセル**
+    /// (`cancelled`) or the red end button (`browser-ended`).
+    pub fn call_event(
+        &mut self,
+        customer: &str,
+        call: &str,
+        what: &str,
+        now: Timestamp,
+        event: &str,
+    ) -> Result<CallView, PageError> {
+        let customer = CustomerId::new(customer)?;
+        let call = CallId::new(call)?;
+        let kind = match what {
+            "cancelled" => EventKind::Cancelled,
+            "browser-ended" => EventKind::BrowserEnded,
+            other => return Err(PageError::Input(format!("unknown action {other}"))),
+        };
+        let event = self.event(&call, now, event, kind)?;
+        self.act(&customer, vec![event])
+    }
+}
+
+/// The `login` frame (sent on its own connection, before any session).
+pub fn login_frame(
+    email: &str,
+    password: &str,
+    device: &str,
+    actor: &str,
+) -> Result<Vec<u8>, PageError> {
+    let message = Message::Login {
+        supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
+        email: email.to_owned(),
+        password: password.to_owned(),
+        device: wire::DeviceRegistration {
+            id: DeviceId::new(device)?,
+            kind: DeviceKind::Desk,
+            actor: actor.to_owned(),
+        },
+    };
+    wire::encode_frame(&message).map_err(connection)
+}
+
+/// The server's answer to `login`, from the bytes read so far: `None` until a
+/// whole frame has arrived, then the session (`loggedIn`) or the refusal (`error`).
+pub fn login_reply(bytes: &[u8]) -> Result<Option<Value>, PageError> {
+    let Some(header) = bytes.get(..FRAME_HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let mut len = [0u8; FRAME_HEADER_BYTES];
+    len.copy_from_slice(header);
+    let len = wire::frame_body_len(len).map_err(connection)?;
+    let Some(body) = bytes.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len) else {
+        return Ok(None);
+    };
+    match wire::decode_body(body).map_err(connection)? {
+        Message::LoggedIn {
+            token,
+            expires_at,
+            tenant,
+            user,
+            role,
+        } => Ok(Some(json!({
+            "loggedIn": { "token": token, "expiresAt": expires_at, "tenant": tenant, "user": user, "role": role }
+        }))),
+        Message::Error(body) => Ok(Some(json!({ "error": body }))),
+        other => Err(connection(format!(
+            "expected 'logged-in', got '{}'",
+            other.kind()
+        ))),
+    }
+}
+
+/// A view for the page, as JSON text.
+pub fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
