@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check CI runs, in order: formatting, lints (warnings denied), the engine
-# core built for the browser (wasm32-unknown-unknown), the plugins workspace, then
-# all tests. Installs what it needs itself; works on a fresh clone of a fresh machine.
+# core built for the browser (wasm32-unknown-unknown), the plugins workspace, all
+# Rust tests, then the page (built, type-checked) and its tests in Debian's
+# Chromium. Installs what it needs itself; works on a fresh clone of a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,14 @@ cargo clippy --manifest-path plugins/Cargo.toml --workspace --all-targets --lock
 cargo build -p callsync-core -p callsync-session --target wasm32-unknown-unknown --locked
 cargo test --manifest-path plugins/Cargo.toml --workspace --locked
 cargo test --workspace --locked
+
+# The browser tests: Debian's Chromium (never a downloaded browser) and a Japanese
+# font, so the screenshots are readable; the page built; then real `callsync`
+# processes and the page in headless Chromium (playwright-core).
+if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -qi ipagothic; then
+    apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-ipafont-gothic >/dev/null
+fi
+bash clients/web/build.sh
+cargo build -p callsync --locked
+(cd clients/web && npm test)

@@ -258,7 +258,13 @@ impl Server {
         let endpoint =
             endpoint::bind_server(config.listen, tls::server_config(certificates.clone())?)?;
         let local_addr = endpoint.local_addr()?;
-        let page = web::WebServer::start(&config.web, local_addr, certificates.clone()).await?;
+        let page = web::WebServer::start(
+            &config.web,
+            local_addr,
+            certificates.clone(),
+            config.start_limit_ms,
+        )
+        .await?;
         let rotation = tokio::spawn(rotate_dev_certificate(certificates));
         let plugins = Arc::new(
             callsync_plugin_host::PluginHost::new(

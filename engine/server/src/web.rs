@@ -50,10 +50,14 @@ pub struct TransportInfo {
     /// SHA-256 hashes (lowercase hex) for `serverCertificateHashes`, newest
     /// first; empty when the certificate is CA-issued.
     pub certificate_hashes: Vec<String>,
+    /// How long a phone has to start a requested call (the page shows the
+    /// waiting message that long).
+    pub start_limit_ms: i64,
 }
 
 struct WebState {
     quic_port: u16,
+    start_limit_ms: i64,
     certificates: Arc<CertificateResolver>,
 }
 
@@ -64,6 +68,7 @@ async fn transport(State(state): State<Arc<WebState>>) -> impl IntoResponse {
             port: state.quic_port,
             path: WEB_PATH,
             certificate_hashes: state.certificates.certificate_hashes(),
+            start_limit_ms: state.start_limit_ms,
         }),
     )
 }
@@ -117,6 +122,7 @@ impl WebServer {
         config: &WebConfig,
         quic: SocketAddr,
         certificates: Arc<CertificateResolver>,
+        start_limit_ms: i64,
     ) -> std::io::Result<Self> {
         let listener = match config.listen {
             Some(addr) => tokio::net::TcpListener::bind(addr).await?,
@@ -130,6 +136,7 @@ impl WebServer {
             config,
             Arc::new(WebState {
                 quic_port: quic.port(),
+                start_limit_ms,
                 certificates,
             }),
         );

@@ -198,4 +198,33 @@ impl WebReplica {
             .map_err(js_error)?;
         Ok(to_json(&view))
     }
+
+    /// コール結果を保存 (`fields`: the form as the wire's JSON). Returns the call.
+    #[wasm_bindgen(js_name = saveResult)]
+    pub fn save_result(
+        &mut self,
+        customer: &str,
+        call: &str,
+        fields: &str,
+        now_ms: f64,
+        event: &str,
+    ) -> Result<String, JsError> {
+        let view = self
+            .inner
+            .save_result(
+                customer,
+                call,
+                fields,
+                Timestamp::from_millis(now_ms as i64),
+                event,
+            )
+            .map_err(js_error)?;
+        Ok(to_json(&view))
+    }
+
+    /// The tenant's result types (JSON array), for the result form.
+    #[wasm_bindgen(js_name = resultTypes)]
+    pub fn result_types(&self) -> String {
+        to_json(&self.inner.catalog())
+    }
 }

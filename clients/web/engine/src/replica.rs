@@ -21,13 +21,16 @@ use automerge::ActorId;
 use callsync_core::wire::{self, FRAME_HEADER_BYTES, Message, RpcCall, RpcResult};
 use callsync_core::{
     CallEvent, CallId, CallView, CoreError, CustomerId, DeviceId, DeviceKind, EventId, EventKind,
-    PhoneNumber, ResultCatalog, Role, RuleContext, Stamp, TenantId, Timestamp, UserId,
+    PhoneNumber, ResultCatalog, Role, RuleContext, SavedResultFields, Stamp, TenantId, Timestamp,
+    UserId,
 };
 use callsync_session::client::{ClientOutput, ClientSession, Device};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::store::{CUSTOMERS_KEY, PageDoc, PageStore};
+use callsync_core::tenant_config::TenantConfigDoc;
+
+use crate::store::{CONFIG_KEY, CUSTOMERS_KEY, PageDoc, PageStore};
 
 /// Why the page's call failed.
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +233,7 @@ impl Replica {
             self.events
                 .push(json!({ "event": "reply", "id": id, "result": result }));
         }
-        self.store.commit();
+        self.commit();
         for message in &out.messages {
             push_frame(&mut self.outgoing, message)?;
         }
@@ -245,6 +248,16 @@ impl Replica {
             )));
         }
         Ok(())
+    }
+
+    /// Commits the store's pending writes; each document written is reported as
+    /// a `document` event, so the screens redraw what changed (a document synced
+    /// from the server reports nothing else).
+    fn commit(&mut self) {
+        for customer in self.store.commit() {
+            self.events
+                .push(json!({ "event": "document", "customer": customer }));
+        }
     }
 
     /// Asks the server something (`call` as the wire's JSON); the answer comes as
@@ -311,8 +324,16 @@ impl Replica {
         }))
     }
 
-    fn catalog(&self) -> ResultCatalog {
-        ResultCatalog::standard()
+    /// The tenant's result types: the active rule set's, as synced here (the
+    /// standard ones before the first sync).
+    pub fn catalog(&self) -> ResultCatalog {
+        self.store
+            .get(CONFIG_KEY)
+            .and_then(|bytes| TenantConfigDoc::load(bytes, self.me.actor.clone()).ok())
+            .and_then(|doc| doc.config().ok())
+            .filter(|config| config.active.is_some())
+            .map(|config| config.catalog())
+            .unwrap_or_else(ResultCatalog::standard)
     }
 
     /// Records `events` on one customer as one local change, checked by the core's
@@ -351,12 +372,12 @@ impl Replica {
         };
         let view = doc.record_all(events, &ctx)?;
         self.store.save_local(&mut doc);
-        self.store.commit();
+        self.commit();
         if let Some(session) = self.session.as_mut().filter(|_| self.joined) {
             let mut out = ClientOutput::default();
             match session.push_local(&mut self.store, &mut out) {
                 Ok(()) => {
-                    self.store.commit();
+                    self.commit();
                     for message in &out.messages {
                         push_frame(&mut self.outgoing, message)?;
                     }
@@ -438,6 +459,30 @@ impl Replica {
             other => return Err(PageError::Input(format!("unknown action {other}"))),
         };
         let event = self.event(&call, now, event, kind)?;
+        self.act(&customer, vec![event])
+    }
+}
+
+impl Replica {
+    /// **コール結果を保存**: the result form's fields (`fields`: the wire's JSON of
+    /// the form), checked by the core's rules (the browser must have ended the
+    /// call; the type and option must be the tenant's).
+    pub fn save_result(
+        &mut self,
+        customer: &str,
+        call: &str,
+        fields: &str,
+        now: Timestamp,
+        event: &str,
+    ) -> Result<CallView, PageError> {
+        let customer = CustomerId::new(customer)?;
+        let call = CallId::new(call)?;
+        let mut fields: SavedResultFields =
+            serde_json::from_str(fields).map_err(|e| PageError::Input(e.to_string()))?;
+        // A decision record is the plugin's to write; the page sends the rep's
+        // picks only.
+        fields.decision = None;
+        let event = self.event(&call, now, event, EventKind::ResultSaved(fields))?;
         self.act(&customer, vec![event])
     }
 }

@@ -65,7 +65,8 @@ fn outbox_key(customer: &CustomerId) -> String {
     format!("outbox:{customer}")
 }
 const CURSOR_KEY: &str = "cursor";
-const CONFIG_KEY: &str = "config";
+/// The tenant configuration document.
+pub(crate) const CONFIG_KEY: &str = "config";
 /// The last customer list, JSON.
 pub(crate) const CUSTOMERS_KEY: &str = "customers";
 
@@ -119,9 +120,15 @@ impl PageStore {
     }
 
     /// The current call succeeded: its writes become the working set and are
-    /// queued for IndexedDB.
-    pub fn commit(&mut self) {
+    /// queued for IndexedDB. Returns the documents it wrote (for the screens).
+    pub fn commit(&mut self) -> Vec<CustomerId> {
+        let mut written = Vec::new();
         for (key, value) in std::mem::take(&mut self.pending) {
+            if let Some(customer) = key.strip_prefix("doc:")
+                && let Ok(customer) = CustomerId::new(customer)
+            {
+                written.push(customer);
+            }
             match &value {
                 Some(bytes) => {
                     self.records.insert(key.clone(), bytes.clone());
@@ -132,6 +139,7 @@ impl PageStore {
             }
             self.flush.insert(key, value);
         }
+        written
     }
 
     /// The current call failed: its writes are dropped. Documents it saved are

@@ -1,0 +1,734 @@
+// The screens. They draw what the engine derives and hand input to it; no rule
+// is decided here.
+import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
+import type { ComponentChildren } from 'preact';
+import { LoginRefused, PageSync, asRefusal, logIn, logOut, newId, savedLogin, type EngineEvent, type SavedLogin } from './sync';
+import { flagText, formatTime, isRace, phaseText, t, type Key, type Lang } from './i18n';
+import {
+  OPEN_PHASES,
+  eventKind,
+  type CallView,
+  type CustomerDetail,
+  type CustomerSummary,
+  type DeviceSummary,
+  type RecallSummary,
+  type ResultTypeSpec,
+} from './types';
+
+type Route =
+  | { screen: 'customers' }
+  | { screen: 'customer'; id: string; tab: 'call' | 'timeline' | 'history'; call?: string }
+  | { screen: 'recalls' };
+
+function parseRoute(hash: string): Route {
+  const parts = hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  if (parts[0] === 'customers' && parts[1]) {
+    const tab = parts[2] === 'timeline' || parts[2] === 'history' ? parts[2] : 'call';
+    return parts[3] ? { screen: 'customer', id: parts[1], tab, call: parts[3] } : { screen: 'customer', id: parts[1], tab };
+  }
+  if (parts[0] === 'recalls') return { screen: 'recalls' };
+  return { screen: 'customers' };
+}
+
+function go(path: string): void {
+  location.hash = `#/${path}`;
+}
+
+/** Re-renders on every batch of engine events; returns the batch count. */
+function useEngine(sync: PageSync): number {
+  const [tick, setTick] = useState(0);
+  useEffect(() => sync.subscribe(() => setTick((n) => n + 1)), [sync]);
+  return tick;
+}
+
+/** Seconds since `since`, ticking every second. */
+function useElapsed(since: number | null): number {
+  const [now, setNow] = useState(Date.now());
+  useEffect(() => {
+    if (since === null) return undefined;
+    const timer = setInterval(() => setNow(Date.now()), 1000);
+    return () => clearInterval(timer);
+  }, [since]);
+  return since === null ? 0 : Math.max(0, Math.floor((now - since) / 1000));
+}
+
+function mmss(seconds: number): string {
+  return `${String(Math.floor(seconds / 60)).padStart(2, '0')}:${String(seconds % 60).padStart(2, '0')}`;
+}
+
+export function App() {
+  const [lang, setLang] = useState<Lang>(() => (localStorage.getItem('lang') === 'en' ? 'en' : 'ja'));
+  const [sync, setSync] = useState<PageSync | undefined>();
+  const [checked, setChecked] = useState(false);
+  useEffect(() => {
+    document.documentElement.lang = lang;
+    localStorage.setItem('lang', lang);
+  }, [lang]);
+  useEffect(() => {
+    void savedLogin().then(async (login) => {
+      if (login) setSync(await PageSync.open(login));
+      setChecked(true);
+    });
+  }, []);
+  const toggle = () => setLang(lang === 'ja' ? 'en' : 'ja');
+  if (!checked) return <p class="loading">{t(lang, 'loading')}</p>;
+  if (!sync) {
+    return <Login lang={lang} toggle={toggle} onLoggedIn={async (login) => setSync(await PageSync.open(login))} />;
+  }
+  return (
+    <Shell
+      lang={lang}
+      toggle={toggle}
+      sync={sync}
+      onLogOut={async () => {
+        sync.stop();
+        await logOut();
+        setSync(undefined);
+      }}
+    />
+  );
+}
+
+function LangSwitch({ lang, toggle }: { lang: Lang; toggle: () => void }) {
+  return (
+    // The switch names the other language in that language.
+    <button type="button" class="link" onClick={toggle} lang={lang === 'ja' ? 'en' : 'ja'}>
+      {t(lang, 'language')}
+    </button>
+  );
+}
+
+function Login({ lang, toggle, onLoggedIn }: { lang: Lang; toggle: () => void; onLoggedIn: (login: SavedLogin) => Promise<void> }) {
+  const [email, setEmail] = useState('');
+  const [password, setPassword] = useState('');
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | undefined>();
+  const submit = async (e: Event) => {
+    e.preventDefault();
+    setBusy(true);
+    setError(undefined);
+    try {
+      await onLoggedIn(await logIn(email.trim(), password));
+    } catch (err) {
+      const refusal = err instanceof LoginRefused ? err.refusal : asRefusal(err);
+      setError(lang === 'ja' ? refusal.messageJa : refusal.message);
+      setBusy(false);
+    }
+  };
+  return (
+    <main class="login">
+      <div class="topline">
+        <h1>{t(lang, 'appName')}</h1>
+        <LangSwitch lang={lang} toggle={toggle} />
+      </div>
+      <form onSubmit={submit} aria-describedby={error ? 'login-error' : undefined}>
+        <label>
+          {t(lang, 'email')}
+          <input type="email" autocomplete="username" required value={email} onInput={(e) => setEmail(e.currentTarget.value)} />
+        </label>
+        <label>
+          {t(lang, 'password')}
+          <input type="password" autocomplete="current-password" required value={password} onInput={(e) => setPassword(e.currentTarget.value)} />
+        </label>
+        <button type="submit" class="primary" disabled={busy}>
+          {busy ? t(lang, 'loggingIn') : t(lang, 'logIn')}
+        </button>
+        {error && (
+          <p id="login-error" class="error" role="alert">
+            {error}
+          </p>
+        )}
+      </form>
+    </main>
+  );
+}
+
+function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => void; sync: PageSync; onLogOut: () => Promise<void> }) {
+  const [route, setRoute] = useState<Route>(() => parseRoute(location.hash));
+  useEffect(() => {
+    const onHash = () => setRoute(parseRoute(location.hash));
+    addEventListener('hashchange', onHash);
+    return () => removeEventListener('hashchange', onHash);
+  }, []);
+  useEngine(sync);
+  return (
+    <>
+      <header>
+        <nav aria-label={t(lang, 'appName')}>
+          <strong>{t(lang, 'appName')}</strong>
+          <a href="#/customers" aria-current={route.screen !== 'recalls' ? 'page' : undefined}>
+            {t(lang, 'customers')}
+          </a>
+          <a href="#/recalls" aria-current={route.screen === 'recalls' ? 'page' : undefined}>
+            {t(lang, 'recalls')}
+          </a>
+        </nav>
+        <div class="who">
+          <span class={sync.online ? 'badge online' : 'badge offline'} role="status" data-testid="connection">
+            {sync.online ? t(lang, 'online') : t(lang, 'offline')}
+          </span>
+          <span>{sync.login.user}</span>
+          <LangSwitch lang={lang} toggle={toggle} />
+          <button type="button" class="link" onClick={() => void onLogOut()}>
+            {t(lang, 'logOut')}
+          </button>
+        </div>
+      </header>
+      <main>
+        {route.screen === 'customers' && <CustomerList lang={lang} sync={sync} />}
+        {route.screen === 'customer' && <CustomerScreen lang={lang} sync={sync} route={route} />}
+        {route.screen === 'recalls' && <Recalls lang={lang} sync={sync} />}
+      </main>
+    </>
+  );
+}
+
+function CustomerList({ lang, sync }: { lang: Lang; sync: PageSync }) {
+  const tick = useEngine(sync);
+  const [query, setQuery] = useState('');
+  const online = sync.online;
+  useEffect(() => {
+    if (online) void sync.ask({ method: 'customer-list' }).catch(() => undefined);
+  }, [online, sync]);
+  const customers = useMemo(() => JSON.parse(sync.replica.customers()) as CustomerSummary[], [tick, sync]);
+  const q = query.trim().toLowerCase();
+  const shown = q
+    ? customers.filter((c) => [c.company, c.contact, c.id].some((f) => f.toLowerCase().includes(q)))
+    : customers;
+  return (
+    <section aria-labelledby="customers-title">
+      <h2 id="customers-title">{t(lang, 'customers')}</h2>
+      <label class="search">
+        {t(lang, 'search')}
+        <input type="search" value={query} onInput={(e) => setQuery(e.currentTarget.value)} />
+      </label>
+      {shown.length === 0 ? (
+        <p>{t(lang, 'noCustomers')}</p>
+      ) : (
+        <table>
+          <thead>
+            <tr>
+              <th scope="col">{t(lang, 'company')}</th>
+              <th scope="col">{t(lang, 'contact')}</th>
+              <th scope="col">{t(lang, 'owner')}</th>
+              <th scope="col">{t(lang, 'status')}</th>
+            </tr>
+          </thead>
+          <tbody>
+            {shown.map((c) => (
+              <tr key={c.id}>
+                <td>
+                  <a href={`#/customers/${encodeURIComponent(c.id)}`}>{c.company}</a>
+                </td>
+                <td>{c.contact}</td>
+                <td>{c.owner}</td>
+                <td>{c.status}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </section>
+  );
+}
+
+function CustomerScreen({ lang, sync, route }: { lang: Lang; sync: PageSync; route: Extract<Route, { screen: 'customer' }> }) {
+  const tick = useEngine(sync);
+  const online = sync.online;
+  useEffect(() => {
+    // Opening a customer replicates its document to this browser from now on.
+    if (online) void sync.ask({ method: 'subscribe', documents: [route.id] }).catch(() => undefined);
+  }, [online, route.id, sync]);
+  const detail = useMemo(() => JSON.parse(sync.replica.customer(route.id)) as CustomerDetail | null, [tick, route.id, sync]);
+  if (!detail) return <p role="status">{online ? t(lang, 'loading') : t(lang, 'notHeld')}</p>;
+  const { customer } = detail;
+  const label = resultLabels(lang, sync);
+  const base = `customers/${encodeURIComponent(customer.id)}`;
+  const tabs: [typeof route.tab, Key][] = [
+    ['call', 'callTab'],
+    ['timeline', 'timelineTab'],
+    ['history', 'historyTab'],
+  ];
+  return (
+    <section aria-labelledby="customer-title">
+      <h2 id="customer-title">{customer.company}</h2>
+      <p class="sub">
+        {customer.contact} ・ {t(lang, 'status')}: {customer.status}
+      </p>
+      <div role="tablist" aria-label={customer.company}>
+        {tabs.map(([tab, key]) => (
+          <button
+            key={tab}
+            type="button"
+            role="tab"
+            id={`tab-${tab}`}
+            aria-selected={route.tab === tab}
+            aria-controls={`panel-${tab}`}
+            onClick={() => go(tab === 'call' ? base : `${base}/${tab}`)}
+          >
+            {t(lang, key)}
+          </button>
+        ))}
+      </div>
+      <div role="tabpanel" id={`panel-${route.tab}`} aria-labelledby={`tab-${route.tab}`}>
+        {route.tab === 'call' && <CallTab lang={lang} sync={sync} detail={detail} />}
+        {route.tab === 'timeline' && <Timeline lang={lang} detail={detail} label={label} />}
+        {route.tab === 'history' &&
+          (route.call ? (
+            <CallDetail lang={lang} detail={detail} call={route.call} back={`${base}/history`} label={label} />
+          ) : (
+            <History lang={lang} detail={detail} base={base} label={label} />
+          ))}
+      </div>
+    </section>
+  );
+}
+
+function Alert({ children }: { children: ComponentChildren }) {
+  return (
+    <p class="alert" role="alert">
+      {children}
+    </p>
+  );
+}
+
+function CallTab({ lang, sync, detail }: { lang: Lang; sync: PageSync; detail: CustomerDetail }) {
+  const { customer } = detail;
+  const mine = customer.calls.filter((c) => c.origin_stamp.user === sync.login.user);
+  const open = [...mine].reverse().find((c) => OPEN_PHASES.has(c.phase));
+  const last = mine[mine.length - 1];
+  const [error, setError] = useState<string | undefined>();
+  const [notice, setNotice] = useState<Key | undefined>();
+  const act = useCallback(
+    async (action: () => Promise<unknown>) => {
+      setError(undefined);
+      try {
+        await action();
+      } catch (err) {
+        const refusal = asRefusal(err);
+        setError(lang === 'ja' ? refusal.messageJa : refusal.message);
+      }
+    },
+    [lang],
+  );
+  const event = (call: CallView, what: string) =>
+    act(() => sync.act((r) => r.callEvent(customer.id, call.call, what, Date.now(), newId('ev'))));
+  const lastEnded = last && !open && (last.phase === 'expired' || last.phase === 'cancelled') ? last : undefined;
+  return (
+    <div class="call-tab">
+      {error && <Alert>{error}</Alert>}
+      {notice && (
+        <p class="notice" role="status">
+          {t(lang, notice)}
+        </p>
+      )}
+      {open?.flags.filter(isRace).map((f) => (
+        <Alert key={f}>{flagText(lang, f)}</Alert>
+      ))}
+      {lastEnded?.phase === 'expired' && <Alert>{t(lang, 'startLimitPassed')}</Alert>}
+      {lastEnded?.flags.filter(isRace).map((f) => (
+        <Alert key={f}>{flagText(lang, f)}</Alert>
+      ))}
+      {!open && <CallForm lang={lang} sync={sync} detail={detail} act={act} />}
+      {open?.phase === 'awaiting-start' && (
+        <div class="waiting" role="status" data-testid="waiting">
+          <p>{t(lang, 'waiting')}</p>
+          <button type="button" onClick={() => void event(open, 'cancelled')}>
+            {t(lang, 'cancelCall')}
+          </button>
+        </div>
+      )}
+      {open && (open.phase === 'in-call' || open.phase === 'phone-ended') && (
+        <CallBar lang={lang} call={open} onEnd={() => void event(open, 'browser-ended')} />
+      )}
+      {open?.phase === 'browser-ended' && <p role="status">{t(lang, 'endOnPhoneFirst')}</p>}
+      {open?.phase === 'awaiting-result' && (
+        <ResultForm
+          lang={lang}
+          sync={sync}
+          customer={customer.id}
+          call={open}
+          onSaved={(offline) => setNotice(offline ? 'savedOffline' : 'saved')}
+        />
+      )}
+    </div>
+  );
+}
+
+function CallForm({
+  lang,
+  sync,
+  detail,
+  act,
+}: {
+  lang: Lang;
+  sync: PageSync;
+  detail: CustomerDetail;
+  act: (action: () => Promise<unknown>) => Promise<void>;
+}) {
+  const { customer } = detail;
+  const [destination, setDestination] = useState(customer.phones[0]?.number ?? '');
+  const [origin, setOrigin] = useState('');
+  const [recording, setRecording] = useState(true);
+  const [phones, setPhones] = useState<DeviceSummary[]>([]);
+  const online = sync.online;
+  useEffect(() => {
+    if (!online) return;
+    void sync
+      .ask({ method: 'devices' })
+      .then((result) => {
+        const devices = ((result.devices as DeviceSummary[] | undefined) ?? []).filter((d) => d.kind === 'phone');
+        setPhones(devices);
+        setOrigin((current) => current || devices[0]?.id || '');
+      })
+      .catch(() => undefined);
+  }, [online, sync]);
+  useEffect(
+    () =>
+      sync.subscribe((events: EngineEvent[]) => {
+        for (const e of events) {
+          if (e.event === 'presence' && e.kind === 'phone') {
+            setPhones((list) => {
+              const known = list.some((d) => d.id === e.device);
+              const updated = list.map((d) => (d.id === e.device ? { ...d, online: Boolean(e.online) } : d));
+              return known ? updated : [...updated, { id: String(e.device), kind: 'phone', online: Boolean(e.online) }];
+            });
+            setOrigin((current) => current || String(e.device));
+          }
+        }
+      }),
+    [sync],
+  );
+  const phone = phones.find((d) => d.id === origin);
+  const submit = (e: Event) => {
+    e.preventDefault();
+    void act(() =>
+      sync.act((r) => r.requestCall(customer.id, destination, origin, recording, Date.now(), newId('call'), newId('ev'))),
+    );
+  };
+  return (
+    <form class="call-form" onSubmit={submit}>
+      <label>
+        {t(lang, 'destination')}
+        <select value={destination} onChange={(e) => setDestination(e.currentTarget.value)} required>
+          {customer.phones.map((p) => (
+            <option key={p.number} value={p.number}>
+              {p.label} {p.number}
+            </option>
+          ))}
+        </select>
+      </label>
+      <label>
+        {t(lang, 'origin')}
+        <select value={origin} onChange={(e) => setOrigin(e.currentTarget.value)} required>
+          {phones.length === 0 && <option value="">{t(lang, 'noPhone')}</option>}
+          {phones.map((d) => (
+            <option key={d.id} value={d.id}>
+              {d.id}
+            </option>
+          ))}
+        </select>
+      </label>
+      {phone && (
+        <p class={phone.online ? 'presence online' : 'presence offline'} role="status" data-testid="presence">
+          {phone.online ? t(lang, 'phoneOnline') : t(lang, 'phoneOffline')}
+        </p>
+      )}
+      <label class="switch">
+        <input type="checkbox" role="switch" checked={recording} onChange={(e) => setRecording(e.currentTarget.checked)} />
+        {t(lang, 'recording')}
+      </label>
+      <button type="submit" class="primary" disabled={!origin || !destination}>
+        {t(lang, 'callCustomer')}
+      </button>
+    </form>
+  );
+}
+
+function CallBar({ lang, call, onEnd }: { lang: Lang; call: CallView; onEnd: () => void }) {
+  const elapsed = useElapsed(call.started_at);
+  return (
+    <div class="call-bar" role="region" aria-label={t(lang, 'inCall')} data-testid="call-bar">
+      <span class="dot" aria-hidden="true" />
+      <span>
+        {phaseText(lang, call.phase)} <time>{mmss(elapsed)}</time>
+      </span>
+      <button type="button" class="end" onClick={onEnd}>
+        {t(lang, 'endCall')}
+      </button>
+    </div>
+  );
+}
+
+/** The 5-minute steps of a day, as HH:MM. */
+const TIMES = Array.from({ length: 24 * 12 }, (_, i) => `${String(Math.floor(i / 12)).padStart(2, '0')}:${String((i % 12) * 5).padStart(2, '0')}`);
+
+/** A date (YYYY-MM-DD) and time (HH:MM) in Japan, as UTC milliseconds. */
+function tokyoMillis(date: string, time: string): number {
+  return Date.parse(`${date}T${time}:00+09:00`);
+}
+
+function ResultForm({
+  lang,
+  sync,
+  customer,
+  call,
+  onSaved,
+}: {
+  lang: Lang;
+  sync: PageSync;
+  customer: string;
+  call: CallView;
+  onSaved: (offline: boolean) => void;
+}) {
+  const types = useMemo(() => (JSON.parse(sync.replica.resultTypes()) as { types: ResultTypeSpec[] }).types, [sync]);
+  const [type, setType] = useState('');
+  const [option, setOption] = useState('none');
+  const [date, setDate] = useState('');
+  const [time, setTime] = useState('10:00');
+  const [status, setStatus] = useState('');
+  const [memo, setMemo] = useState('');
+  const [error, setError] = useState<string | undefined>();
+  const spec = types.find((s) => s.id === type);
+  const first = useRef<HTMLSelectElement>(null);
+  useEffect(() => first.current?.focus(), []);
+  const pick = (id: string) => {
+    setType(id);
+    setOption('none');
+    setStatus(types.find((s) => s.id === id)?.default_status ?? '');
+  };
+  const submit = async (e: Event) => {
+    e.preventDefault();
+    if (!spec) {
+      setError(t(lang, 'pickResult'));
+      return;
+    }
+    const at = option === 'none' ? undefined : tokyoMillis(date, time);
+    const fields = {
+      result_type: spec.id,
+      option:
+        option === 'recall' ? { kind: 'recall', at } : option === 'restriction' ? { kind: 'restriction', until: at } : { kind: 'none' },
+      ...(status ? { customer_status: status } : {}),
+      memo,
+    };
+    try {
+      await sync.act((r) => r.saveResult(customer, call.call, JSON.stringify(fields), Date.now(), newId('ev')));
+      onSaved(!sync.online);
+    } catch (err) {
+      const refusal = asRefusal(err);
+      setError(lang === 'ja' ? refusal.messageJa : refusal.message);
+    }
+  };
+  return (
+    <div
+      class="result-dialog"
+      role="dialog"
+      aria-modal="true"
+      aria-labelledby="result-title"
+      aria-describedby="result-required"
+      onKeyDown={(e) => {
+        // The form cannot be dismissed: saving is mandatory.
+        if (e.key === 'Escape') e.preventDefault();
+      }}
+    >
+    <form class="result-form" onSubmit={submit}>
+      <h3 id="result-title">{t(lang, 'resultTitle')}</h3>
+      <p id="result-required" class="required">
+        {t(lang, 'resultRequired')}
+      </p>
+      {error && <Alert>{error}</Alert>}
+      <label>
+        {t(lang, 'resultType')}
+        <select ref={first} value={type} onChange={(e) => pick(e.currentTarget.value)}>
+          <option value="">—</option>
+          {types.map((s) => (
+            <option key={s.id} value={s.id}>
+              {lang === 'ja' ? s.label_ja : s.label_en}
+            </option>
+          ))}
+        </select>
+      </label>
+      <fieldset disabled={!spec || spec.options.length === 0}>
+        <legend>{t(lang, 'resultOption')}</legend>
+        {['none', ...(spec?.options ?? [])].map((o) => (
+          <label key={o} class="inline">
+            <input type="radio" name="option" value={o} checked={option === o} onChange={() => setOption(o)} />
+            {t(lang, o === 'recall' ? 'optionRecall' : o === 'restriction' ? 'optionRestriction' : 'optionNone')}
+          </label>
+        ))}
+      </fieldset>
+      {option !== 'none' && (
+        <fieldset>
+          <legend>{t(lang, 'date')}</legend>
+          <label class="inline">
+            {t(lang, 'date')}
+            <input type="date" required value={date} onInput={(e) => setDate(e.currentTarget.value)} />
+          </label>
+          <label class="inline">
+            {t(lang, 'time')}
+            <select value={time} onChange={(e) => setTime(e.currentTarget.value)}>
+              {TIMES.map((v) => (
+                <option key={v} value={v}>
+                  {v}
+                </option>
+              ))}
+            </select>
+          </label>
+        </fieldset>
+      )}
+      <label>
+        {t(lang, 'customerStatus')}
+        <input type="text" value={status} onInput={(e) => setStatus(e.currentTarget.value)} />
+      </label>
+      <label>
+        {t(lang, 'memo')}
+        <textarea value={memo} onInput={(e) => setMemo(e.currentTarget.value)} />
+      </label>
+      <button type="submit" class="primary">
+        {t(lang, 'save')}
+      </button>
+    </form>
+    </div>
+  );
+}
+
+/** A result type's label in the page's language (its id if the tenant has no such type). */
+type Labels = (id: string) => string;
+
+function resultLabels(lang: Lang, sync: PageSync): Labels {
+  const types = (JSON.parse(sync.replica.resultTypes()) as { types: ResultTypeSpec[] }).types;
+  return (id) => {
+    const spec = types.find((s) => s.id === id);
+    return spec ? (lang === 'ja' ? spec.label_ja : spec.label_en) : id;
+  };
+}
+
+function Timeline({ lang, detail, label }: { lang: Lang; detail: CustomerDetail; label: Labels }) {
+  if (detail.timeline.length === 0) return <p>{t(lang, 'noCalls')}</p>;
+  return (
+    <ol class="timeline">
+      {[...detail.timeline].reverse().map((entry) => (
+        <li key={entry.event}>
+          <time>{formatTime(lang, entry.stamp.at)}</time> {phaseText(lang, eventKind(entry.kind))} ・ {entry.stamp.user} ({entry.stamp.device})
+          {eventKind(entry.kind) === 'result-saved' && (
+            <span>
+              {' '}
+              ・ {t(lang, 'result')}: {label(String((entry.kind as Record<string, { result_type?: string }>)['result-saved']?.result_type ?? ''))}
+            </span>
+          )}
+        </li>
+      ))}
+    </ol>
+  );
+}
+
+function History({ lang, detail, base, label }: { lang: Lang; detail: CustomerDetail; base: string; label: Labels }) {
+  const calls = [...detail.customer.calls].reverse();
+  if (calls.length === 0) return <p>{t(lang, 'noCalls')}</p>;
+  return (
+    <table>
+      <thead>
+        <tr>
+          <th scope="col">{t(lang, 'call')}</th>
+          <th scope="col">{t(lang, 'phase')}</th>
+          <th scope="col">{t(lang, 'result')}</th>
+        </tr>
+      </thead>
+      <tbody>
+        {calls.map((c) => (
+          <tr key={c.call}>
+            <td>
+              <a href={`#/${base}/history/${encodeURIComponent(c.call)}`}>{formatTime(lang, c.origin_stamp.at)}</a>
+            </td>
+            <td>{phaseText(lang, c.phase)}</td>
+            <td>{c.results.length > 0 ? label(c.results[c.results.length - 1]?.result_type ?? '') : '—'}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  );
+}
+
+function CallDetail({ lang, detail, call, back, label }: { lang: Lang; detail: CustomerDetail; call: string; back: string; label: Labels }) {
+  const view = detail.customer.calls.find((c) => c.call === call);
+  if (!view) return <p>{t(lang, 'noCalls')}</p>;
+  const result = view.results[view.results.length - 1];
+  return (
+    <article aria-labelledby="call-title">
+      <h3 id="call-title">{t(lang, 'callDetail')}</h3>
+      <dl>
+        <dt>{t(lang, 'phase')}</dt>
+        <dd>{phaseText(lang, view.phase)}</dd>
+        {view.origin.kind === 'dialed' && (
+          <>
+            <dt>{t(lang, 'destination')}</dt>
+            <dd>{view.origin.destination}</dd>
+            <dt>{t(lang, 'origin')}</dt>
+            <dd>{view.origin.origin}</dd>
+          </>
+        )}
+        {view.started_at !== null && (
+          <>
+            <dt>{t(lang, 'startedAt')}</dt>
+            <dd>{formatTime(lang, view.started_at)}</dd>
+          </>
+        )}
+        {view.phone_ended && (
+          <>
+            <dt>{t(lang, 'duration')}</dt>
+            <dd>{mmss(view.phone_ended[1])}</dd>
+          </>
+        )}
+        <dt>{t(lang, 'result')}</dt>
+        <dd>{result ? `${label(result.result_type)}${result.memo ? ` ・ ${result.memo}` : ''}` : '—'}</dd>
+      </dl>
+      {view.flags.map((f) => (
+        <p key={f}>{flagText(lang, f)}</p>
+      ))}
+      <a href={`#/${back}`}>{t(lang, 'back')}</a>
+    </article>
+  );
+}
+
+function Recalls({ lang, sync }: { lang: Lang; sync: PageSync }) {
+  const [recalls, setRecalls] = useState<RecallSummary[] | undefined>();
+  const online = sync.online;
+  useEffect(() => {
+    if (!online) return;
+    void sync
+      .ask({ method: 'recall-list' })
+      .then((result) => setRecalls((result.recalls as RecallSummary[] | undefined) ?? []))
+      .catch(() => undefined);
+  }, [online, sync]);
+  return (
+    <section aria-labelledby="recalls-title">
+      <h2 id="recalls-title">{t(lang, 'recalls')}</h2>
+      {!recalls ? (
+        <p role="status">{online ? t(lang, 'loading') : t(lang, 'offline')}</p>
+      ) : recalls.length === 0 ? (
+        <p>{t(lang, 'noRecalls')}</p>
+      ) : (
+        <table>
+          <thead>
+            <tr>
+              <th scope="col">{t(lang, 'company')}</th>
+              <th scope="col">{t(lang, 'owner')}</th>
+              <th scope="col">{t(lang, 'recallAt')}</th>
+            </tr>
+          </thead>
+          <tbody>
+            {recalls.map((r) => (
+              <tr key={r.id}>
+                <td>
+                  <a href={`#/customers/${encodeURIComponent(r.id)}`}>{r.company}</a>
+                </td>
+                <td>{r.owner}</td>
+                <td>{formatTime(lang, r.recall_at)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </section>
+  );
+}

@@ -1,0 +1,222 @@
+// The page's words: Japanese by default (the manual's words), English on the
+// switch. Every string the screens show comes from here.
+
+export type Lang = 'ja' | 'en';
+
+const ja = {
+  appName: 'callsync',
+  email: 'メールアドレス',
+  password: 'パスワード',
+  logIn: 'ログイン',
+  logOut: 'ログアウト',
+  loggingIn: 'ログインしています…',
+  language: 'English',
+  languageLabel: '表示言語',
+  customers: '顧客情報',
+  recalls: '再コール',
+  dashboard: 'コール実績',
+  search: '顧客を検索',
+  company: '会社名',
+  contact: '担当者名',
+  owner: '担当ユーザー',
+  status: '顧客ステータス',
+  noCustomers: '顧客がありません。',
+  offline: 'オフライン（変更はこの端末に保存され、接続が戻ると同期されます）',
+  online: 'オンライン',
+  notHeld: 'この顧客はまだこの端末にありません。接続が戻ると読み込みます。',
+  loading: '読み込んでいます…',
+  callTab: 'コール',
+  timelineTab: 'タイムライン',
+  historyTab: 'コール履歴',
+  destination: '発信先電話番号',
+  origin: '発信元電話番号',
+  phoneOnline: 'スマートフォン接続中',
+  phoneOffline: 'スマートフォン未接続（スリープを解除してください）',
+  noPhone: 'スマートフォンが登録されていません',
+  recording: '録音',
+  callCustomer: '顧客にコール',
+  cancelCall: 'コールをキャンセル',
+  waiting:
+    'callsyncでコールするには、callsyncモバイルアプリで「コール開始」ボタンをクリックする必要があります。',
+  startLimitPassed:
+    'callsyncモバイルアプリの「コール開始」ボタンを押さなかったため、開始されたコールはキャンセルされました。',
+  cancelledMessage: 'コールをキャンセルしました。',
+  inCall: '通話中',
+  endCall: '通話を終了',
+  endOnPhoneFirst: 'スマートフォンで通話を終了してから、こちらで終了してください。',
+  resultTitle: 'コール結果を保存する',
+  resultType: 'コール結果を保存',
+  resultOption: 'コール結果オプション',
+  optionNone: 'なし',
+  optionRecall: '再コール',
+  optionRestriction: 'コール制限',
+  date: '日時を選択する',
+  time: '時刻',
+  customerStatus: '顧客ステータスを選択する',
+  memo: 'メモ',
+  save: 'コール結果を保存',
+  resultRequired: 'コール結果の保存は必須です。結果を保存するまでこの画面は閉じられません。',
+  pickResult: 'コール結果を選択してください。',
+  saved: 'コール結果を保存しました。',
+  savedOffline: 'コール結果をこの端末に保存しました。接続が戻るとサーバーに送られます。',
+  call: 'コール',
+  callDetail: 'コール詳細',
+  back: '戻る',
+  phase: '状態',
+  startedAt: '開始',
+  duration: '通話時間',
+  result: 'コール結果',
+  noCalls: 'コールはまだありません。',
+  manualCall: '手動コール',
+  total: '合計',
+  calls: 'コール数',
+  reachedRate: '本人通話率',
+  user: 'ユーザー',
+  period: '期間',
+  from: '開始日',
+  to: '終了日',
+  show: '表示',
+  noRecalls: '再コール予定はありません。',
+  recallAt: '再コール日時',
+  refused: 'できませんでした',
+} as const;
+
+export type Key = keyof typeof ja;
+
+const en: Record<Key, string> = {
+  appName: 'callsync',
+  email: 'Email',
+  password: 'Password',
+  logIn: 'Log in',
+  logOut: 'Log out',
+  loggingIn: 'Logging in…',
+  language: '日本語',
+  languageLabel: 'Language',
+  customers: 'Customers',
+  recalls: 'Recalls',
+  dashboard: 'Call performance',
+  search: 'Search customers',
+  company: 'Company',
+  contact: 'Contact',
+  owner: 'Assigned user',
+  status: 'Customer status',
+  noCustomers: 'No customers.',
+  offline: 'Offline (changes are kept on this device and sync when the connection returns)',
+  online: 'Online',
+  notHeld: 'This customer is not on this device yet; it loads when the connection returns.',
+  loading: 'Loading…',
+  callTab: 'Call',
+  timelineTab: 'Timeline',
+  historyTab: 'Call history',
+  destination: 'Destination number',
+  origin: 'Origin',
+  phoneOnline: 'Phone connected',
+  phoneOffline: 'Phone not connected (wake it up)',
+  noPhone: 'No phone registered',
+  recording: 'Record',
+  callCustomer: 'Call customer',
+  cancelCall: 'Cancel call',
+  waiting: 'To call, press “Start call” in the callsync mobile app.',
+  startLimitPassed: 'The call was cancelled because “Start call” was not pressed in the callsync mobile app.',
+  cancelledMessage: 'The call was cancelled.',
+  inCall: 'In call',
+  endCall: 'End call',
+  endOnPhoneFirst: 'End the call on the phone first, then here.',
+  resultTitle: 'Save the call result',
+  resultType: 'Call result',
+  resultOption: 'Result option',
+  optionNone: 'None',
+  optionRecall: 'Recall',
+  optionRestriction: 'Call restriction',
+  date: 'Date and time',
+  time: 'Time',
+  customerStatus: 'Customer status',
+  memo: 'Memo',
+  save: 'Save call result',
+  resultRequired: 'Saving the call result is mandatory; this form stays until it is saved.',
+  pickResult: 'Pick a call result.',
+  saved: 'The call result was saved.',
+  savedOffline: 'The call result is saved on this device; it reaches the server when the connection returns.',
+  call: 'Call',
+  callDetail: 'Call detail',
+  back: 'Back',
+  phase: 'State',
+  startedAt: 'Started',
+  duration: 'Duration',
+  result: 'Result',
+  noCalls: 'No calls yet.',
+  manualCall: 'Manual call',
+  total: 'Total',
+  calls: 'Calls',
+  reachedRate: 'Reached-person rate',
+  user: 'User',
+  period: 'Period',
+  from: 'From',
+  to: 'To',
+  show: 'Show',
+  noRecalls: 'No recalls due.',
+  recallAt: 'Recall at',
+  refused: 'Not done',
+};
+
+const phases: Record<string, [string, string]> = {
+  'awaiting-start': ['発信待ち', 'Waiting for the phone'],
+  'in-call': ['通話中', 'In call'],
+  'phone-ended': ['スマートフォンで終話（ブラウザで終了してください）', 'Ended on the phone (end it here too)'],
+  'browser-ended': ['ブラウザで終話（スマートフォンで終了してください）', 'Ended here (end it on the phone too)'],
+  'awaiting-result': ['コール結果待ち', 'Awaiting the result'],
+  completed: ['完了', 'Completed'],
+  cancelled: ['キャンセル', 'Cancelled'],
+  expired: ['開始されずにキャンセル', 'Cancelled: not started in time'],
+};
+
+/** The races, in words a rep understands. */
+const flags: Record<string, [string, string]> = {
+  'started-after-cancel': [
+    'キャンセルした後にスマートフォンでコールが開始されました。スマートフォンで通話を終了してください。',
+    'The phone started the call after you cancelled: end it on the phone.',
+  ],
+  'started-after-expiry': [
+    '1分を過ぎてからスマートフォンでコールが開始されました。スマートフォンで通話を終了してください。',
+    'The phone started the call after the 1-minute limit: end it on the phone.',
+  ],
+  'browser-ended-first': [
+    'ブラウザで先に終話しました。スマートフォンでも通話を終了してください。',
+    'You ended here before the phone did: end it on the phone too.',
+  ],
+  'concurrent-results': [
+    '同じコールに複数のコール結果が保存されました。最新のものが有効です。',
+    'Several results were saved for this call; the latest is in force.',
+  ],
+  'recording-pending': ['録音はアップロード待ちです', 'The recording is waiting to upload'],
+  'recording-stored': ['録音あり', 'Recorded'],
+  'recording-deleted': ['録音は削除されました', 'The recording was deleted'],
+};
+
+export function t(lang: Lang, key: Key): string {
+  return lang === 'ja' ? ja[key] : en[key];
+}
+
+export function phaseText(lang: Lang, phase: string): string {
+  const words = phases[phase];
+  return words ? words[lang === 'ja' ? 0 : 1] : phase;
+}
+
+export function flagText(lang: Lang, flag: string): string {
+  const words = flags[flag];
+  return words ? words[lang === 'ja' ? 0 : 1] : flag;
+}
+
+/** Whether a flag is a race the rep must act on (shown as an alert). */
+export function isRace(flag: string): boolean {
+  return flag === 'started-after-cancel' || flag === 'started-after-expiry' || flag === 'browser-ended-first';
+}
+
+/** A time in the tenant's zone (Japan). */
+export function formatTime(lang: Lang, ms: number): string {
+  return new Intl.DateTimeFormat(lang === 'ja' ? 'ja-JP' : 'en-GB', {
+    timeZone: 'Asia/Tokyo',
+    dateStyle: 'medium',
+    timeStyle: 'short',
+  }).format(new Date(ms));
+}

@@ -1,0 +1,100 @@
+// The rep's whole call flow in a real browser, against a real server and a real
+// phone process.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { World, cli, launchBrowser, logInPage, screenshot, seriousViolations } from './harness.mjs';
+
+async function expectNoSeriousViolations(page, screen) {
+  const violations = await seriousViolations(page);
+  assert.deepEqual(violations, [], `accessibility (${screen})`);
+}
+
+test('log in, open a customer, call through the phone, end, save the mandatory result', async () => {
+  const world = await World.start();
+  const browser = await launchBrowser();
+  try {
+    const phone = world.phoneRun();
+    await phone.waitFor((e) => e.event === 'caught-up');
+    const page = await browser.newPage();
+    await page.goto(world.page);
+    await screenshot(page, '01-login');
+    await expectNoSeriousViolations(page, 'login');
+    await logInPage(page, world, 'rep@acme.example');
+
+    // The customer list, from the server.
+    const customer = page.getByRole('link', { name: '株式会社さくら物産' });
+    await customer.waitFor({ timeout: 15_000 });
+    await page.getByTestId('connection').filter({ hasText: 'オンライン' }).waitFor();
+    await screenshot(page, '02-customers');
+    await expectNoSeriousViolations(page, 'customers');
+    await customer.click();
+
+    // The Call tab: the phone's presence beside the origin.
+    await page.getByRole('tab', { name: 'コール', exact: true }).waitFor();
+    await page.getByTestId('presence').filter({ hasText: 'スマートフォン接続中' }).waitFor({ timeout: 15_000 });
+    assert.equal(await page.getByLabel('発信元電話番号').inputValue(), 'phone-rep');
+    await screenshot(page, '03-call-tab');
+    await expectNoSeriousViolations(page, 'call tab');
+
+    // 顧客にコール → the waiting message with Cancel; the phone is asked.
+    await page.getByRole('button', { name: '顧客にコール' }).click();
+    await page.getByTestId('waiting').waitFor();
+    assert.ok(await page.getByRole('button', { name: 'コールをキャンセル' }).isVisible());
+    await screenshot(page, '04-waiting');
+    const requested = await phone.waitFor((e) => e.event === 'call-requested');
+    assert.equal(requested.number.replace(/\D/g, ''), '0312345678', 'the number picked on the page');
+
+    // The phone starts: the call bar appears by itself.
+    cli(world.phone, ['phone', 'start', requested.call]);
+    await page.getByTestId('call-bar').waitFor({ timeout: 15_000 });
+    assert.ok(!(await page.getByTestId('waiting').isVisible()));
+    await screenshot(page, '05-call-bar');
+    await expectNoSeriousViolations(page, 'call bar');
+
+    // The phone ends, then the browser: the mandatory result form.
+    cli(world.phone, ['phone', 'end', requested.call, '--duration', '95']);
+    await page.getByTestId('call-bar').filter({ hasText: 'スマートフォンで終話' }).waitFor({ timeout: 15_000 });
+    await page.getByRole('button', { name: '通話を終了' }).click();
+    const dialog = page.getByRole('dialog', { name: 'コール結果を保存する' });
+    await dialog.waitFor();
+    await page.keyboard.press('Escape');
+    assert.ok(await dialog.isVisible(), 'Escape does not close the result form');
+    await page.getByRole('button', { name: 'コール結果を保存' }).click();
+    await page.getByRole('alert').filter({ hasText: 'コール結果を選択してください' }).waitFor();
+    assert.ok(await dialog.isVisible(), 'saving with no result keeps the form');
+    await screenshot(page, '06-result-form');
+    await expectNoSeriousViolations(page, 'result form');
+
+    const select = dialog.getByRole('combobox', { name: 'コール結果を保存' });
+    const options = await select.locator('option').allTextContents();
+    assert.ok(options.length > 2, `the tenant's result types: ${options}`);
+    await select.selectOption({ index: 1 });
+    await page.getByLabel('メモ').fill('来週再度ご連絡');
+    await page.getByRole('button', { name: 'コール結果を保存' }).click();
+    await page.getByRole('status').filter({ hasText: 'コール結果を保存しました' }).waitFor();
+    assert.equal(await dialog.count(), 0, 'the form closes once saved');
+
+    // The timeline and the call detail show it; so does the phone.
+    await page.getByRole('tab', { name: 'タイムライン' }).click();
+    await page.getByText('来週再度ご連絡').or(page.getByText('結果')).first().waitFor();
+    await screenshot(page, '07-timeline');
+    await expectNoSeriousViolations(page, 'timeline');
+    await page.getByRole('tab', { name: 'コール履歴' }).click();
+    await page.locator('table a').first().click();
+    await page.getByRole('heading', { name: 'コール詳細' }).waitFor();
+    await page.getByText('来週再度ご連絡').waitFor();
+    await screenshot(page, '08-call-detail');
+    await expectNoSeriousViolations(page, 'call detail');
+
+    await phone.waitFor((e) => e.event === 'call-updated' && e.call === requested.call && e.phase === 'completed');
+    const shown = cli(world.phone, ['phone', 'show', requested.call]);
+    assert.equal(shown.phase, 'completed');
+    assert.equal(shown.results.at(-1).memo, '来週再度ご連絡');
+  } catch (error) {
+    for (const page of browser.contexts().flatMap((c) => c.pages())) await screenshot(page, 'failure-flow');
+    throw error;
+  } finally {
+    await browser.close();
+    await world.close();
+  }
+});

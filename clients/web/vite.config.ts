@@ -1,0 +1,14 @@
+// The page's build: TypeScript and JSX (Preact) into dist/, the WebAssembly
+// engine emitted as an asset beside the script that loads it.
+import { defineConfig } from 'vite';
+
+export default defineConfig({
+  oxc: {
+    jsx: { runtime: 'automatic', importSource: 'preact' },
+  },
+  build: {
+    outDir: 'dist',
+    target: 'es2022',
+    assetsInlineLimit: 0,
+  },
+});
