@@ -10,5 +10,7 @@ export default defineConfig({
     outDir: 'dist',
     target: 'es2022',
     assetsInlineLimit: 0,
+    // The service worker reads it to keep every file of the page for offline use.
+    manifest: 'asset-manifest.json',
   },
 });

@@ -1,13 +1,32 @@
 // The page's service worker: the page opens with no network.
 //
-// Every same-origin GET the page makes (the page, its script, styles and the
-// WebAssembly engine) is fetched from the network when it answers and kept; with
-// no network the kept copy is served. /api/transport is never kept: it names
+// On install it keeps every file of the page (listed by the build's manifest).
+// Every same-origin GET the page makes is fetched from the network when it
+// answers (and the copy refreshed); with no network the kept copy is served. /api/transport is never kept: it names
 // the current certificate. The replica itself lives in IndexedDB, not here.
 const CACHE = 'callsync-page-v1';
 
+/** The page's files, from the build's manifest (the script, styles and the engine). */
+async function pageFiles() {
+  const files = new Set(['/']);
+  const response = await fetch('/asset-manifest.json', { cache: 'no-store' });
+  if (response.ok) {
+    const manifest = await response.json();
+    for (const chunk of Object.values(manifest)) {
+      files.add(`/${chunk.file}`);
+      for (const css of chunk.css ?? []) files.add(`/${css}`);
+      for (const asset of chunk.assets ?? []) files.add(`/${asset}`);
+    }
+  }
+  return [...files];
+}
+
 self.addEventListener('install', (event) => {
-  event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(['/'])).then(() => self.skipWaiting()));
+  event.waitUntil(
+    pageFiles()
+      .then(async (files) => (await caches.open(CACHE)).addAll(files))
+      .then(() => self.skipWaiting()),
+  );
 });
 
 self.addEventListener('activate', (event) => {

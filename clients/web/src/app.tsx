@@ -326,6 +326,11 @@ function CallTab({ lang, sync, detail }: { lang: Lang; sync: PageSync; detail: C
         <Alert key={f}>{flagText(lang, f)}</Alert>
       ))}
       {lastEnded?.phase === 'expired' && <Alert>{t(lang, 'startLimitPassed')}</Alert>}
+      {lastEnded?.phase === 'cancelled' && !lastEnded.flags.some(isRace) && (
+        <p class="notice" role="status">
+          {t(lang, 'cancelledMessage')}
+        </p>
+      )}
       {lastEnded?.flags.filter(isRace).map((f) => (
         <Alert key={f}>{flagText(lang, f)}</Alert>
       ))}

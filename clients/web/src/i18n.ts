@@ -1,6 +1,8 @@
 // The page's words: Japanese by default (the manual's words), English on the
 // switch. Every string the screens show comes from here.
 
+import { raceAdvice } from './pkg/callsync_web.js';
+
 export type Lang = 'ja' | 'en';
 
 const ja = {
@@ -170,20 +172,8 @@ const phases: Record<string, [string, string]> = {
   expired: ['開始されずにキャンセル', 'Cancelled: not started in time'],
 };
 
-/** The races, in words a rep understands. */
+/** Conditions without advice (races are said by the engine: `raceAdvice`). */
 const flags: Record<string, [string, string]> = {
-  'started-after-cancel': [
-    'キャンセルした後にスマートフォンでコールが開始されました。スマートフォンで通話を終了してください。',
-    'The phone started the call after you cancelled: end it on the phone.',
-  ],
-  'started-after-expiry': [
-    '1分を過ぎてからスマートフォンでコールが開始されました。スマートフォンで通話を終了してください。',
-    'The phone started the call after the 1-minute limit: end it on the phone.',
-  ],
-  'browser-ended-first': [
-    'ブラウザで先に終話しました。スマートフォンでも通話を終了してください。',
-    'You ended here before the phone did: end it on the phone too.',
-  ],
   'concurrent-results': [
     '同じコールに複数のコール結果が保存されました。最新のものが有効です。',
     'Several results were saved for this call; the latest is in force.',
@@ -202,14 +192,17 @@ export function phaseText(lang: Lang, phase: string): string {
   return words ? words[lang === 'ja' ? 0 : 1] : phase;
 }
 
+/** A flag in words: a race's advice from the engine (the phone says the same), or the condition's name. */
 export function flagText(lang: Lang, flag: string): string {
+  const advice = raceAdvice(flag, lang === 'ja');
+  if (advice !== undefined) return advice;
   const words = flags[flag];
   return words ? words[lang === 'ja' ? 0 : 1] : flag;
 }
 
 /** Whether a flag is a race the rep must act on (shown as an alert). */
 export function isRace(flag: string): boolean {
-  return flag === 'started-after-cancel' || flag === 'started-after-expiry' || flag === 'browser-ended-first';
+  return raceAdvice(flag, false) !== undefined;
 }
 
 /** A time in the tenant's zone (Japan). */

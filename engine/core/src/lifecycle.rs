@@ -119,6 +119,22 @@ pub enum Flag {
 }
 
 impl Flag {
+    /// Every flag, in derivation order.
+    pub const ALL: [Flag; 7] = [
+        Self::StartedAfterCancel,
+        Self::StartedAfterExpiry,
+        Self::BrowserEndedFirst,
+        Self::ConcurrentResults,
+        Self::RecordingPending,
+        Self::RecordingStored,
+        Self::RecordingDeleted,
+    ];
+
+    /// The flag named `name` (its kebab-case name).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
     /// The kebab-case name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -129,6 +145,29 @@ impl Flag {
             Self::RecordingPending => "recording-pending",
             Self::RecordingStored => "recording-stored",
             Self::RecordingDeleted => "recording-deleted",
+        }
+    }
+
+    /// What a race asks of the rep, in their words: `(English, Japanese)`. `None`
+    /// for conditions that need nothing done. The page and the phone say the same.
+    pub fn advice(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::StartedAfterCancel => Some((
+                "The phone started the call after you cancelled: end it on the phone.",
+                "キャンセルした後にスマートフォンでコールが開始されました。スマートフォンで通話を終了してください。",
+            )),
+            Self::StartedAfterExpiry => Some((
+                "The phone started the call after the start limit passed: end it on the phone.",
+                "開始期限を過ぎてからスマートフォンでコールが開始されました。スマートフォンで通話を終了してください。",
+            )),
+            Self::BrowserEndedFirst => Some((
+                "The call was ended in the browser before the phone: end it on the phone too.",
+                "ブラウザで先に終話しました。スマートフォンでも通話を終了してください。",
+            )),
+            Self::ConcurrentResults
+            | Self::RecordingPending
+            | Self::RecordingStored
+            | Self::RecordingDeleted => None,
         }
     }
 }

@@ -79,6 +79,12 @@ pub enum ClientEvent {
         phase: String,
         /// Its flags.
         flags: Vec<String>,
+        /// What the races among the flags ask of the rep, in English.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        advice_en: Vec<String>,
+        /// The same, in Japanese.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        advice_ja: Vec<String>,
     },
     /// The server holds every local change of this document.
     Acknowledged {
@@ -690,11 +696,14 @@ fn report_changes(
     }
     for call in touched {
         if let Some(view) = doc.call(&call) {
+            let advice: Vec<(&str, &str)> = view.flags.iter().filter_map(|f| f.advice()).collect();
             events.push(ClientEvent::CallUpdated {
                 customer: customer.clone(),
                 call,
                 phase: view.phase.as_str().to_owned(),
                 flags: view.flags.iter().map(|f| f.as_str().to_owned()).collect(),
+                advice_en: advice.iter().map(|(en, _)| (*en).to_owned()).collect(),
+                advice_ja: advice.iter().map(|(_, ja)| (*ja).to_owned()).collect(),
             });
         }
     }

@@ -43,6 +43,15 @@ pub fn login_reply(bytes: &[u8]) -> Result<Option<String>, JsError> {
         .map(|v| v.to_string()))
 }
 
+/// What a race flag asks of the rep (`ja`: in Japanese), the same words the
+/// phone says; `undefined` for a flag that needs nothing done.
+#[wasm_bindgen(js_name = raceAdvice)]
+pub fn race_advice(flag: &str, ja: bool) -> Option<String> {
+    callsync_core::Flag::parse(flag)
+        .and_then(callsync_core::Flag::advice)
+        .map(|(en, jp)| if ja { jp } else { en }.to_owned())
+}
+
 /// One logged-in page's replica (see `replica::Replica` for the call order).
 #[wasm_bindgen]
 pub struct WebReplica {

@@ -1,0 +1,54 @@
+// The network goes away mid-flow: the result saved offline survives and reaches
+// the server when it returns, and the page opens with no network at all.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { World, cli, launchBrowser, logInPage, screenshot } from './harness.mjs';
+
+test('a result saved with the server gone reaches it later; a reload offline still opens the customer', async () => {
+  const world = await World.start();
+  const browser = await launchBrowser();
+  try {
+    const phone = world.phoneRun();
+    await phone.waitFor((e) => e.event === 'caught-up');
+    const page = await browser.newPage();
+    await logInPage(page, world, 'rep@acme.example');
+    await page.getByRole('link', { name: '株式会社さくら物産' }).click();
+    await page.getByTestId('presence').filter({ hasText: 'スマートフォン接続中' }).waitFor({ timeout: 15_000 });
+    await page.getByRole('button', { name: '顧客にコール' }).click();
+    const requested = await phone.waitFor((e) => e.event === 'call-requested');
+    cli(world.phone, ['phone', 'start', requested.call]);
+    cli(world.phone, ['phone', 'end', requested.call, '--duration', '42']);
+    await page.getByTestId('call-bar').filter({ hasText: 'スマートフォンで終話' }).waitFor({ timeout: 15_000 });
+
+    // The server goes away mid-flow.
+    await world.stopServer();
+    await page.getByTestId('connection').filter({ hasText: 'オフライン' }).waitFor({ timeout: 15_000 });
+    await page.getByRole('button', { name: '通話を終了' }).click();
+    const dialog = page.getByRole('dialog', { name: 'コール結果を保存する' });
+    await dialog.getByRole('combobox', { name: 'コール結果を保存' }).selectOption({ index: 1 });
+    await page.getByLabel('メモ').fill('オフラインで保存');
+    await page.getByRole('button', { name: 'コール結果を保存' }).click();
+    await page.getByRole('status').filter({ hasText: 'この端末に保存しました' }).waitFor();
+    await screenshot(page, '12-saved-offline');
+
+    // A reload with the network gone still opens the customer and the saved result.
+    await page.reload();
+    await page.getByRole('heading', { name: '株式会社さくら物産' }).waitFor({ timeout: 15_000 });
+    await page.getByRole('tab', { name: 'コール履歴' }).click();
+    await page.locator('table a').first().click();
+    await page.getByText('オフラインで保存').waitFor();
+    await page.goto(`${world.page}#/customers`);
+    await page.getByRole('link', { name: '株式会社さくら物産' }).waitFor();
+    await screenshot(page, '13-offline-reload');
+
+    // The server returns: the page reconnects by itself and hands the result over.
+    await world.startServer();
+    await page.getByTestId('connection').filter({ hasText: 'オンライン' }).waitFor({ timeout: 30_000 });
+    await phone.waitFor((e) => e.event === 'call-updated' && e.call === requested.call && e.phase === 'completed', 30_000);
+    const shown = cli(world.phone, ['phone', 'show', requested.call]);
+    assert.equal(shown.results.at(-1).memo, 'オフラインで保存');
+  } finally {
+    await browser.close();
+    await world.close();
+  }
+});
