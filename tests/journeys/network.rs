@@ -53,6 +53,10 @@ pub(crate) fn callsync_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> 
             .env("CALLSYNC_NEW_PASSWORD", PASSWORD)
             .env_remove("CALLSYNC_USER")
             .env_remove("CALLSYNC_TENANT")
+            // Refusals are in English unless a test asks for Japanese.
+            .env_remove("LC_ALL")
+            .env_remove("LC_MESSAGES")
+            .env_remove("LANG")
             .envs(env.iter().copied())
             .output()
             .expect("run callsync"),

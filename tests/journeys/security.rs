@@ -102,6 +102,26 @@ fn a_user_without_the_calling_contract_gets_the_exact_message_and_nothing_syncs(
         "このデータへのアクセスには認証が必要です"
     );
     assert_eq!(count(&world.server, "sessions"), sessions);
+    // With a Japanese locale, the refusal reads in Japanese.
+    let ja = crate::network::callsync_env(
+        &phone,
+        &[
+            "phone",
+            "login",
+            "--server",
+            &world.server.addr,
+            "--fingerprint",
+            &world.server.fingerprint,
+            "--email",
+            "temp@acme.example",
+        ],
+        &[("LANG", "ja_JP.UTF-8")],
+    );
+    assert_eq!(ja.code, 1);
+    assert_eq!(
+        ja.stderr.trim(),
+        "エラー: このデータへのアクセスには認証が必要です"
+    );
     callsync(&phone, &["phone", "requests"]).refused("not-logged-in");
 
     // Granted, the same user logs in.

@@ -66,10 +66,24 @@ fn main() -> ExitCode {
                 let error = json!({ "error": { "code": code, "message": message, "message_ja": message_ja } });
                 let _ = writeln!(std::io::stdout().lock(), "{error}");
             }
-            let _ = writeln!(std::io::stderr().lock(), "error: {message}");
+            let line = match message_ja.as_deref() {
+                Some(ja) if prefers_japanese() => format!("エラー: {ja}"),
+                _ => format!("error: {message}"),
+            };
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
             ExitCode::from(exit)
         }
     }
+}
+
+/// Whether the user's locale is Japanese: the first of `LC_ALL`, `LC_MESSAGES`
+/// and `LANG` that is set and not empty starts with `ja` (POSIX's order).
+fn prefers_japanese() -> bool {
+    ["LC_ALL", "LC_MESSAGES", "LANG"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .find(|value| !value.is_empty())
+        .is_some_and(|value| value.starts_with("ja"))
 }
 
 /// The error's stable code, exit status (1: refused, 3: could not run) and

@@ -4,6 +4,7 @@ import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks'
 import type { ComponentChildren } from 'preact';
 import { LoginRefused, PageSync, asRefusal, logIn, logOut, newId, savedLogin, type EngineEvent, type SavedLogin } from './sync';
 import { flagText, formatTime, isRace, phaseText, t, type Key, type Lang } from './i18n';
+import { Dashboard, isManager } from './dashboard';
 import {
   OPEN_PHASES,
   eventKind,
@@ -18,7 +19,8 @@ import {
 type Route =
   | { screen: 'customers' }
   | { screen: 'customer'; id: string; tab: 'call' | 'timeline' | 'history'; call?: string }
-  | { screen: 'recalls' };
+  | { screen: 'recalls' }
+  | { screen: 'dashboard' };
 
 function parseRoute(hash: string): Route {
   const parts = hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
@@ -27,6 +29,7 @@ function parseRoute(hash: string): Route {
     return parts[3] ? { screen: 'customer', id: parts[1], tab, call: parts[3] } : { screen: 'customer', id: parts[1], tab };
   }
   if (parts[0] === 'recalls') return { screen: 'recalls' };
+  if (parts[0] === 'dashboard') return { screen: 'dashboard' };
   return { screen: 'customers' };
 }
 
@@ -156,12 +159,17 @@ function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => voi
       <header>
         <nav aria-label={t(lang, 'appName')}>
           <strong>{t(lang, 'appName')}</strong>
-          <a href="#/customers" aria-current={route.screen !== 'recalls' ? 'page' : undefined}>
+          <a href="#/customers" aria-current={route.screen === 'customers' || route.screen === 'customer' ? 'page' : undefined}>
             {t(lang, 'customers')}
           </a>
           <a href="#/recalls" aria-current={route.screen === 'recalls' ? 'page' : undefined}>
             {t(lang, 'recalls')}
           </a>
+          {isManager(sync.login.role) && (
+            <a href="#/dashboard" aria-current={route.screen === 'dashboard' ? 'page' : undefined}>
+              {t(lang, 'dashboard')}
+            </a>
+          )}
         </nav>
         <div class="who">
           <span class={sync.online ? 'badge online' : 'badge offline'} role="status" data-testid="connection">
@@ -178,6 +186,7 @@ function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => voi
         {route.screen === 'customers' && <CustomerList lang={lang} sync={sync} />}
         {route.screen === 'customer' && <CustomerScreen lang={lang} sync={sync} route={route} />}
         {route.screen === 'recalls' && <Recalls lang={lang} sync={sync} />}
+        {route.screen === 'dashboard' && <Dashboard lang={lang} sync={sync} />}
       </main>
     </>
   );
@@ -299,6 +308,7 @@ function CallTab({ lang, sync, detail }: { lang: Lang; sync: PageSync; detail: C
   const last = mine[mine.length - 1];
   const [error, setError] = useState<string | undefined>();
   const [notice, setNotice] = useState<Key | undefined>();
+  const [manual, setManual] = useState(false);
   const act = useCallback(
     async (action: () => Promise<unknown>) => {
       setError(undefined);
@@ -334,7 +344,24 @@ function CallTab({ lang, sync, detail }: { lang: Lang; sync: PageSync; detail: C
       {lastEnded?.flags.filter(isRace).map((f) => (
         <Alert key={f}>{flagText(lang, f)}</Alert>
       ))}
-      {!open && <CallForm lang={lang} sync={sync} detail={detail} act={act} />}
+      {!open && !manual && <CallForm lang={lang} sync={sync} detail={detail} act={act} />}
+      {!open && !manual && (
+        <button type="button" onClick={() => setManual(true)}>
+          {t(lang, 'manualCall')}
+        </button>
+      )}
+      {!open && manual && (
+        <ManualCall
+          lang={lang}
+          sync={sync}
+          detail={detail}
+          onDone={(offline) => {
+            setManual(false);
+            setNotice(offline ? 'savedOffline' : 'saved');
+          }}
+          onCancel={() => setManual(false)}
+        />
+      )}
       {open?.phase === 'awaiting-start' && (
         <div class="waiting" role="status" data-testid="waiting">
           <p>{t(lang, 'waiting')}</p>
@@ -351,8 +378,7 @@ function CallTab({ lang, sync, detail }: { lang: Lang; sync: PageSync; detail: C
         <ResultForm
           lang={lang}
           sync={sync}
-          customer={customer.id}
-          call={open}
+          save={(fields) => sync.act((r) => r.saveResult(customer.id, open.call, fields, Date.now(), newId('ev')))}
           onSaved={(offline) => setNotice(offline ? 'savedOffline' : 'saved')}
         />
       )}
@@ -450,6 +476,41 @@ function CallForm({
   );
 }
 
+/** 手動コール: a call made outside the system, logged with its result. */
+function ManualCall({
+  lang,
+  sync,
+  detail,
+  onDone,
+  onCancel,
+}: {
+  lang: Lang;
+  sync: PageSync;
+  detail: CustomerDetail;
+  onDone: (offline: boolean) => void;
+  onCancel: () => void;
+}) {
+  const { customer } = detail;
+  const [number, setNumber] = useState(customer.phones[0]?.number ?? '');
+  return (
+    <ResultForm
+      lang={lang}
+      sync={sync}
+      title="manualCall"
+      save={(fields) =>
+        sync.act((r) => r.manualCall(customer.id, number, fields, Date.now(), newId('call'), newId('ev'), newId('ev')))
+      }
+      onSaved={onDone}
+      onCancel={onCancel}
+    >
+      <label>
+        {t(lang, 'destination')}
+        <input type="tel" required value={number} onInput={(e) => setNumber(e.currentTarget.value)} />
+      </label>
+    </ResultForm>
+  );
+}
+
 function CallBar({ lang, call, onEnd }: { lang: Lang; call: CallView; onEnd: () => void }) {
   const elapsed = useElapsed(call.started_at);
   return (
@@ -476,15 +537,21 @@ function tokyoMillis(date: string, time: string): number {
 function ResultForm({
   lang,
   sync,
-  customer,
-  call,
+  save,
   onSaved,
+  title = 'resultTitle',
+  onCancel,
+  children,
 }: {
   lang: Lang;
   sync: PageSync;
-  customer: string;
-  call: CallView;
+  /** Records the form's fields (JSON) on the replica. */
+  save: (fields: string) => Promise<unknown>;
   onSaved: (offline: boolean) => void;
+  title?: Key;
+  /** Given for a form the rep opened by choice (a manual call); a call's result form has none. */
+  onCancel?: () => void;
+  children?: ComponentChildren;
 }) {
   const types = useMemo(() => (JSON.parse(sync.replica.resultTypes()) as { types: ResultTypeSpec[] }).types, [sync]);
   const [type, setType] = useState('');
@@ -517,7 +584,7 @@ function ResultForm({
       memo,
     };
     try {
-      await sync.act((r) => r.saveResult(customer, call.call, JSON.stringify(fields), Date.now(), newId('ev')));
+      await save(JSON.stringify(fields));
       onSaved(!sync.online);
     } catch (err) {
       const refusal = asRefusal(err);
@@ -530,18 +597,24 @@ function ResultForm({
       role="dialog"
       aria-modal="true"
       aria-labelledby="result-title"
-      aria-describedby="result-required"
+      aria-describedby={onCancel ? undefined : 'result-required'}
       onKeyDown={(e) => {
-        // The form cannot be dismissed: saving is mandatory.
-        if (e.key === 'Escape') e.preventDefault();
+        // A call's result form cannot be dismissed: saving is mandatory.
+        if (e.key === 'Escape') {
+          e.preventDefault();
+          onCancel?.();
+        }
       }}
     >
     <form class="result-form" onSubmit={submit}>
-      <h3 id="result-title">{t(lang, 'resultTitle')}</h3>
-      <p id="result-required" class="required">
-        {t(lang, 'resultRequired')}
-      </p>
+      <h3 id="result-title">{t(lang, title)}</h3>
+      {!onCancel && (
+        <p id="result-required" class="required">
+          {t(lang, 'resultRequired')}
+        </p>
+      )}
       {error && <Alert>{error}</Alert>}
+      {children}
       <label>
         {t(lang, 'resultType')}
         <select ref={first} value={type} onChange={(e) => pick(e.currentTarget.value)}>
@@ -592,6 +665,11 @@ function ResultForm({
       <button type="submit" class="primary">
         {t(lang, 'save')}
       </button>
+      {onCancel && (
+        <button type="button" onClick={onCancel}>
+          {t(lang, 'back')}
+        </button>
+      )}
     </form>
     </div>
   );
@@ -728,7 +806,7 @@ function Recalls({ lang, sync }: { lang: Lang; sync: PageSync }) {
                   <a href={`#/customers/${encodeURIComponent(r.id)}`}>{r.company}</a>
                 </td>
                 <td>{r.owner}</td>
-                <td>{formatTime(lang, r.recall_at)}</td>
+                <td>{formatTime(lang, r.recallAt)}</td>
               </tr>
             ))}
           </tbody>

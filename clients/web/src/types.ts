@@ -87,7 +87,14 @@ export interface RecallSummary {
   id: string;
   company: string;
   owner: string;
-  recall_at: number;
+  recallAt: number;
+}
+
+export interface UserCallStats {
+  user: string;
+  calls: number;
+  results: number;
+  reached: number;
 }
 
 /** The kind of a timeline entry's event (`requested`, `cancelled`, …). */

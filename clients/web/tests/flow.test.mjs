@@ -68,7 +68,7 @@ test('log in, open a customer, call through the phone, end, save the mandatory r
     const select = dialog.getByRole('combobox', { name: 'コール結果を保存' });
     const options = await select.locator('option').allTextContents();
     assert.ok(options.length > 2, `the tenant's result types: ${options}`);
-    await select.selectOption({ index: 1 });
+    await select.selectOption('appointment');
     await page.getByLabel('メモ').fill('来週再度ご連絡');
     await page.getByRole('button', { name: 'コール結果を保存' }).click();
     await page.getByRole('status').filter({ hasText: 'コール結果を保存しました' }).waitFor();
@@ -90,9 +90,55 @@ test('log in, open a customer, call through the phone, end, save the mandatory r
     const shown = cli(world.phone, ['phone', 'show', requested.call]);
     assert.equal(shown.phase, 'completed');
     assert.equal(shown.results.at(-1).memo, '来週再度ご連絡');
+
+    // A rep has no dashboard; asking anyway is refused by the server.
+    assert.equal(await page.getByRole('link', { name: 'コール実績' }).count(), 0);
+    await page.goto(`${world.page}#/dashboard`);
+    await page.getByRole('alert').filter({ hasText: 'マネージャー' }).waitFor();
+
+    // The owner's dashboard: the rep's call, reached (アポ獲得 counts as 本人通話).
+    const owner = await (await browser.newContext()).newPage();
+    await logInPage(owner, world, 'owner@acme.example');
+    await owner.getByRole('link', { name: 'コール実績' }).click();
+    const row = owner.getByTestId('stats').getByRole('row', { name: /rep@acme\.example/ });
+    await row.waitFor({ timeout: 15_000 });
+    assert.deepEqual(await row.getByRole('cell').allTextContents(), ['1', '100%']);
+    await owner.getByTestId('chart').waitFor();
+    await screenshot(owner, '14-dashboard');
+    await expectNoSeriousViolations(owner, 'dashboard');
   } catch (error) {
     for (const page of browser.contexts().flatMap((c) => c.pages())) await screenshot(page, 'failure-flow');
     throw error;
+  } finally {
+    await browser.close();
+    await world.close();
+  }
+});
+
+test('a manual call (手動コール) is logged with its result and reaches the server', async () => {
+  const world = await World.start();
+  const browser = await launchBrowser();
+  try {
+    const page = await browser.newPage();
+    await logInPage(page, world, 'rep@acme.example');
+    await page.getByRole('link', { name: '株式会社さくら物産' }).click();
+    await page.getByRole('button', { name: '手動コール' }).click();
+    const dialog = page.getByRole('dialog', { name: '手動コール' });
+    await dialog.getByRole('combobox', { name: 'コール結果を保存' }).selectOption('send-materials');
+    await dialog.getByLabel('メモ').fill('折り返しの電話');
+    await screenshot(page, '15-manual-call');
+    assert.deepEqual(await seriousViolations(page), []);
+    await dialog.getByRole('button', { name: 'コール結果を保存' }).click();
+    await page.getByRole('status').filter({ hasText: 'コール結果を保存しました' }).waitFor();
+    await page.getByRole('tab', { name: 'コール履歴' }).click();
+    await page.getByRole('cell', { name: '資料送付' }).waitFor();
+    // The server has it: the rep's desk (online) sees the logged call and result.
+    const calls = cli(world.repDesk, ['desk', 'calls']);
+    assert.equal(calls.length, 1, JSON.stringify(calls));
+    assert.equal(calls[0].phase, 'completed');
+    const shown = cli(world.repDesk, ['desk', 'show', calls[0].call]);
+    assert.equal(shown.origin.kind, 'manual');
+    assert.equal(shown.results.at(-1).memo, '折り返しの電話');
   } finally {
     await browser.close();
     await world.close();

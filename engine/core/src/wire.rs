@@ -385,6 +385,16 @@ pub enum RpcCall {
     /// Any member: customers due for a recall (those the session may see), soonest
     /// first.
     RecallList,
+    /// Manager or above: the call-performance dashboard's figures — calls that
+    /// took place and the 本人通話率 of their results, per user, for calls
+    /// requested in `[from, to)` (at most [`MAX_STATS_PERIOD_MS`]).
+    #[serde(rename_all = "camelCase")]
+    CallStats {
+        /// The period's start (inclusive).
+        from: Timestamp,
+        /// The period's end (exclusive).
+        to: Timestamp,
+    },
 }
 
 impl RpcCall {
@@ -402,6 +412,7 @@ impl RpcCall {
             Self::Devices => "devices",
             Self::PluginInstall { .. } => "plugin-install",
             Self::RecallList => "recall-list",
+            Self::CallStats { .. } => "call-stats",
         }
     }
 }
@@ -430,6 +441,8 @@ pub enum RpcResult {
     PluginInstalled(InstalledSummary),
     /// Customers due for a recall.
     Recalls(Vec<RecallSummary>),
+    /// The call-performance figures, per user.
+    CallStats(Vec<UserCallStats>),
     /// Refused; nothing changed.
     Refused(ErrorBody),
 }
@@ -456,6 +469,23 @@ pub struct InstalledSummary {
     pub plugin: PluginRef,
     /// The result types it declares, in form order.
     pub result_types: Vec<String>,
+}
+
+/// The longest period one `call-stats` may ask for: 400 days.
+pub const MAX_STATS_PERIOD_MS: i64 = 400 * 24 * 3600 * 1000;
+
+/// One user's calls in a period, for the call-performance dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCallStats {
+    /// The user who requested (or logged) the calls.
+    pub user: String,
+    /// Calls that took place (started on the phone, or logged by hand).
+    pub calls: u64,
+    /// Of those, calls with a saved result.
+    pub results: u64,
+    /// Of those, results of a type that counts as 本人通話 (reached the person).
+    pub reached: u64,
 }
 
 /// A customer due for a call again.

@@ -46,7 +46,7 @@ use callsync_core::wire::{
 };
 use callsync_core::{
     CallEvent, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId, EventKind, Phase,
-    ResultCatalog, RuleContext, Stamp, TenantId, Timestamp, UserId,
+    ResultCatalog, Role, RuleContext, Stamp, TenantId, Timestamp, UserId,
 };
 
 use crate::rules::ResultRules;
@@ -1071,6 +1071,43 @@ impl<D: LoadedDoc> HubSession<D> {
         };
         match call {
             RpcCall::RecallList => self.recalls(store, &member),
+            RpcCall::CallStats { from, to } => {
+                // The dashboard is for managers and above, whom the assignee
+                // restriction (which limits the user role) never narrows.
+                if !member.role.is_manager() {
+                    return Ok(RpcResult::Refused(
+                        Refusal::RoleRequired {
+                            needed: Role::Manager,
+                        }
+                        .body(),
+                    ));
+                }
+                let span = to.as_millis().saturating_sub(from.as_millis());
+                if span <= 0 || span > wire::MAX_STATS_PERIOD_MS {
+                    return Ok(RpcResult::Refused(
+                        Refusal::BadRequest {
+                            detail: format!(
+                                "the period must be between 1 ms and {} days",
+                                wire::MAX_STATS_PERIOD_MS / (24 * 3600 * 1000)
+                            ),
+                        }
+                        .body(),
+                    ));
+                }
+                let reached: Vec<_> = self
+                    .catalog(store)?
+                    .types()
+                    .iter()
+                    .filter(|t| t.reached_person)
+                    .map(|t| t.id.clone())
+                    .collect();
+                Ok(RpcResult::CallStats(store.call_stats(
+                    &self.tenant,
+                    from,
+                    to,
+                    &reached,
+                )?))
+            }
             RpcCall::CustomerCreate { customer } => {
                 if customer.tenant != self.tenant {
                     return Ok(RpcResult::Refused(Refusal::WrongTenant.body()));

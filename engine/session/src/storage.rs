@@ -16,9 +16,10 @@
 //! then releases the batch's messages (see [`crate::hub`]).
 
 use automerge::ActorId;
-use callsync_core::wire::{CustomerSummary, RecallSummary, Refusal};
+use callsync_core::wire::{CustomerSummary, RecallSummary, Refusal, UserCallStats};
 use callsync_core::{
-    CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, TenantId, Timestamp, UserId,
+    CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, ResultTypeId, TenantId, Timestamp,
+    UserId,
 };
 
 /// Why a storage request failed.
@@ -96,6 +97,15 @@ pub trait HubStore {
     ) -> Result<Vec<CustomerSummary>, StorageError>;
     /// The tenant's customers with a recall, soonest first.
     fn recalls(&mut self, tenant: &TenantId) -> Result<Vec<RecallSummary>, StorageError>;
+    /// Per user, the tenant's calls requested in `[from, to)` that took place,
+    /// with how many have a result and how many of those are of a `reached` type.
+    fn call_stats(
+        &mut self,
+        tenant: &TenantId,
+        from: Timestamp,
+        to: Timestamp,
+        reached: &[ResultTypeId],
+    ) -> Result<Vec<UserCallStats>, StorageError>;
 
     /// The last change sequence number given (the catch-up cursor's position).
     fn last_change_seq(&mut self) -> Result<u64, StorageError>;

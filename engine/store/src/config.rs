@@ -2,9 +2,11 @@
 //!
 //! Owns: storing a tenant's configuration document (one row per tenant, the whole
 //! document: it is small and changes rarely) and reading the recall list from the
-//! columns every customer save keeps current.
+//! columns every customer save keeps current, and the call-performance figures
+//! from the call index.
 
-use callsync_core::{CustomerId, TenantId, Timestamp};
+use callsync_core::wire::UserCallStats;
+use callsync_core::{CustomerId, ResultTypeId, TenantId, Timestamp};
 use rusqlite::{OptionalExtension, params};
 
 use crate::{Read, StoreError, WriteTx};
@@ -60,6 +62,41 @@ pub trait ConfigQueries: Read {
             });
         }
         Ok(out)
+    }
+
+    /// Per user, the calls requested in `[from, to)` that took place (anything
+    /// but waiting, cancelled or expired), those with a result, and those whose
+    /// result is one of `reached`; users by id.
+    fn call_stats(
+        &self,
+        tenant: &TenantId,
+        from: Timestamp,
+        to: Timestamp,
+        reached: &[ResultTypeId],
+    ) -> Result<Vec<UserCallStats>, StoreError> {
+        let reached: Vec<&str> = reached.iter().map(ResultTypeId::as_str).collect();
+        let reached = serde_json::to_string(&reached)
+            .map_err(|e| StoreError::Corrupt(format!("result types: {e}")))?;
+        let mut stmt = self.db().prepare_cached(
+            "SELECT user_id, count(*), count(result_type),
+                    coalesce(sum(result_type IN (SELECT value FROM json_each(?4))), 0)
+             FROM calls
+             WHERE tenant_id = ?1 AND requested_at >= ?2 AND requested_at < ?3
+               AND phase NOT IN ('awaiting-start', 'cancelled', 'expired')
+             GROUP BY user_id ORDER BY user_id",
+        )?;
+        let rows = stmt.query_map(
+            params![tenant.as_str(), from.as_millis(), to.as_millis(), reached],
+            |r| {
+                Ok(UserCallStats {
+                    user: r.get(0)?,
+                    calls: r.get::<_, i64>(1)?.unsigned_abs(),
+                    results: r.get::<_, i64>(2)?.unsigned_abs(),
+                    reached: r.get::<_, i64>(3)?.unsigned_abs(),
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 

@@ -6,9 +6,10 @@
 //! item's problem.
 
 use automerge::ActorId;
-use callsync_core::wire::{CustomerSummary, RecallSummary, Refusal};
+use callsync_core::wire::{CustomerSummary, RecallSummary, Refusal, UserCallStats};
 use callsync_core::{
-    CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, TenantId, Timestamp, UserId,
+    CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, ResultTypeId, TenantId, Timestamp,
+    UserId,
 };
 use callsync_session::storage::{HubStore, LoadedDoc, StorageError};
 
@@ -114,6 +115,16 @@ impl HubStore for WriteTx<'_> {
                 status: r.status,
             })
             .collect())
+    }
+
+    fn call_stats(
+        &mut self,
+        tenant: &TenantId,
+        from: Timestamp,
+        to: Timestamp,
+        reached: &[ResultTypeId],
+    ) -> Result<Vec<UserCallStats>, StorageError> {
+        Ok(ConfigQueries::call_stats(self, tenant, from, to, reached)?)
     }
 
     fn recalls(&mut self, tenant: &TenantId) -> Result<Vec<RecallSummary>, StorageError> {

@@ -177,6 +177,13 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX calls_by_tenant_phase ON calls (tenant_id, phase, requested_at);
     "#,
+    // 6: the result type in force on each call, for the call-performance
+    // dashboard (calls indexed before this upgrade count once their document is
+    // next saved), and the period the dashboard reads.
+    r#"
+    ALTER TABLE calls ADD COLUMN result_type TEXT;
+    CREATE INDEX calls_by_tenant_time ON calls (tenant_id, requested_at);
+    "#,
 ];
 
 /// Why a store operation failed. A failed write changes nothing.
@@ -297,7 +304,26 @@ pub struct StoredDoc {
     /// The document.
     pub doc: CustomerDoc,
     saved_heads: Vec<ChangeHash>,
-    indexed: Option<HashMap<CallId, Phase>>,
+    indexed: Option<HashMap<CallId, IndexedCall>>,
+}
+
+/// What the call index holds of one call: its phase and the result type in force
+/// (the dashboard counts results and 本人通話 from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IndexedCall {
+    phase: Phase,
+    result: Option<String>,
+}
+
+impl IndexedCall {
+    fn of(call: &CallView) -> Self {
+        Self {
+            phase: call.phase,
+            result: call
+                .result_in_force()
+                .map(|r| r.fields.result_type.as_str().to_owned()),
+        }
+    }
 }
 
 /// One row of the customer list.
@@ -807,7 +833,7 @@ impl WriteTx<'_> {
         ])?;
         let indexed = match stored.indexed.take() {
             Some(indexed) => indexed,
-            None => indexed_phases(&sp, &customer)?,
+            None => indexed_calls(&sp, &customer)?,
         };
         let indexed = index(&sp, &customer, indexed)?;
         bump_change_seq(&sp, doc.tenant(), doc.id())?;
@@ -961,46 +987,54 @@ impl Drop for DocSavepoint<'_> {
     }
 }
 
-/// The phases the call index holds for a customer's calls.
-fn indexed_phases(
+/// What the call index holds for a customer's calls.
+fn indexed_calls(
     conn: &Connection,
     customer: &Customer,
-) -> Result<HashMap<CallId, Phase>, StoreError> {
+) -> Result<HashMap<CallId, IndexedCall>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT call_id, phase FROM calls WHERE tenant_id = ?1 AND customer_id = ?2",
+        "SELECT call_id, phase, result_type FROM calls WHERE tenant_id = ?1 AND customer_id = ?2",
     )?;
     let rows = stmt.query_map(
         params![customer.tenant.as_str(), customer.id.as_str()],
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        },
     )?;
     let mut indexed = HashMap::new();
     for row in rows {
-        let (call, phase) = row?;
+        let (call, phase, result) = row?;
         if let (Ok(call), Some(phase)) = (CallId::new(call), Phase::parse(&phase)) {
-            indexed.insert(call, phase);
+            indexed.insert(call, IndexedCall { phase, result });
         }
     }
     Ok(indexed)
 }
 
 /// Brings the call index in line with the customer's derived calls, writing only
-/// rows whose phase differs from `indexed` (a 1,000-call customer changes one or
-/// two per save). Returns the phases the index now holds. A call id already
-/// indexed under another customer is refused, never re-pointed.
+/// rows whose phase or result differs from `indexed` (a 1,000-call customer
+/// changes one or two per save). Returns what the index now holds. A call id
+/// already indexed under another customer is refused, never re-pointed.
 fn index(
     conn: &Connection,
     customer: &Customer,
-    mut indexed: HashMap<CallId, Phase>,
-) -> Result<HashMap<CallId, Phase>, StoreError> {
+    mut indexed: HashMap<CallId, IndexedCall>,
+) -> Result<HashMap<CallId, IndexedCall>, StoreError> {
     let mut upsert = conn.prepare_cached(
-        "INSERT INTO calls (tenant_id, call_id, customer_id, user_id, phase, requested_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO calls (tenant_id, call_id, customer_id, user_id, phase, requested_at, result_type)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (tenant_id, call_id) DO UPDATE
-           SET phase = excluded.phase, user_id = excluded.user_id, requested_at = excluded.requested_at
+           SET phase = excluded.phase, user_id = excluded.user_id,
+               requested_at = excluded.requested_at, result_type = excluded.result_type
            WHERE calls.customer_id = excluded.customer_id",
     )?;
     for call in &customer.calls {
-        if indexed.get(&call.call) == Some(&call.phase) {
+        let now = IndexedCall::of(call);
+        if indexed.get(&call.call) == Some(&now) {
             continue;
         }
         let changed = upsert.execute(params![
@@ -1010,6 +1044,7 @@ fn index(
             call.owner().as_str(),
             call.phase.as_str(),
             call.origin_stamp.at.as_millis(),
+            now.result,
         ])?;
         if changed == 0 {
             return Err(StoreError::CallOnAnotherCustomer {
@@ -1017,7 +1052,7 @@ fn index(
                 customer: customer.id.clone(),
             });
         }
-        indexed.insert(call.call.clone(), call.phase);
+        indexed.insert(call.call.clone(), now);
     }
     Ok(indexed)
 }

@@ -350,3 +350,136 @@ fn a_save_past_the_size_cap_is_refused_and_leaves_the_document_as_it_was() {
     tx.save_within(&mut stored, Some(cap + 10_000)).unwrap();
     tx.commit().unwrap();
 }
+
+fn event(call: &str, name: &str, at: i64, kind: EventKind) -> CallEvent {
+    let device = if matches!(kind, EventKind::Started | EventKind::PhoneEnded { .. }) {
+        (DeviceKind::Phone, "phone-1")
+    } else {
+        (DeviceKind::Desk, "desk-1")
+    };
+    CallEvent {
+        id: EventId::new(format!("{call}-{name}")).unwrap(),
+        call: CallId::new(call).unwrap(),
+        stamp: stamp(at, device.0, device.1),
+        kind,
+    }
+}
+
+fn result(result_type: &str) -> EventKind {
+    EventKind::ResultSaved(callsync_core::SavedResultFields {
+        result_type: callsync_core::ResultTypeId::new(result_type).unwrap(),
+        option: callsync_core::ResultOption::None,
+        customer_status: None,
+        memo: String::new(),
+        decision: None,
+    })
+}
+
+/// A call that took place and ended, with `result` saved if given.
+fn finished_call(store: &mut Store, call: &str, at: i64, saved: Option<&str>) {
+    record(store, request(call, at)).unwrap();
+    record(store, event(call, "start", at + 5_000, EventKind::Started)).unwrap();
+    record(
+        store,
+        event(
+            call,
+            "end",
+            at + 60_000,
+            EventKind::PhoneEnded { duration_secs: 55 },
+        ),
+    )
+    .unwrap();
+    record(
+        store,
+        event(call, "bend", at + 61_000, EventKind::BrowserEnded),
+    )
+    .unwrap();
+    if let Some(result_type) = saved {
+        record(
+            store,
+            event(call, "result", at + 70_000, result(result_type)),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn the_dashboard_counts_calls_that_took_place_and_reached_results_in_the_period() {
+    use callsync_store::ConfigQueries;
+    let (_dir, mut store) = new_store();
+    let reached: Vec<callsync_core::ResultTypeId> = ResultCatalog::standard()
+        .types()
+        .iter()
+        .filter(|t| t.reached_person)
+        .map(|t| t.id.clone())
+        .collect();
+    let minute = 60_000;
+    finished_call(&mut store, "call-1", 0, Some("appointment"));
+    finished_call(&mut store, "call-2", 10 * minute, Some("no-answer"));
+    // Cancelled before the phone started: did not take place.
+    record(&mut store, request("call-4", 30 * minute)).unwrap();
+    record(&mut store, cancel("call-4", 30 * minute + 1_000)).unwrap();
+    // Outside the period.
+    finished_call(&mut store, "call-5", 120 * minute, Some("appointment"));
+    // Took place, result still due (last: a due result blocks new requests).
+    finished_call(&mut store, "call-3", 40 * minute, None);
+
+    let stats = store
+        .call_stats(&tenant(), START, START.plus_millis(60 * minute), &reached)
+        .unwrap();
+    assert_eq!(stats.len(), 1);
+    let rep = &stats[0];
+    assert_eq!(rep.user, "rep@a.example");
+    assert_eq!((rep.calls, rep.results, rep.reached), (3, 2, 1));
+
+    // Two results saved at once on two devices (call-3's due result): once merged,
+    // the later is in force, the phase stays `completed`, and the index follows.
+    let catalog = ResultCatalog::standard();
+    let mut other_device = store
+        .load(
+            &tenant(),
+            &customer_id(),
+            ActorId::from(b"other-desk".as_slice()),
+        )
+        .unwrap()
+        .doc;
+    record(
+        &mut store,
+        event("call-3", "result-a", 50 * minute, result("no-answer")),
+    )
+    .unwrap();
+    other_device
+        .record(
+            event("call-3", "result-b", 51 * minute, result("appointment")),
+            &RuleContext::new(&catalog),
+        )
+        .unwrap();
+    let stats = store
+        .call_stats(&tenant(), START, START.plus_millis(60 * minute), &reached)
+        .unwrap();
+    assert_eq!(
+        (stats[0].calls, stats[0].results, stats[0].reached),
+        (3, 3, 1)
+    );
+    let mut tx = store.write().unwrap();
+    let mut stored = tx.load(&tenant(), &customer_id(), actor()).unwrap();
+    stored.doc.merge(&mut other_device).unwrap();
+    tx.save(&mut stored).unwrap();
+    tx.commit().unwrap();
+    let stats = store
+        .call_stats(&tenant(), START, START.plus_millis(60 * minute), &reached)
+        .unwrap();
+    assert_eq!(
+        (stats[0].calls, stats[0].results, stats[0].reached),
+        (3, 3, 2)
+    );
+
+    // Another tenant's period is empty.
+    let other = TenantId::new("tenant-b").unwrap();
+    assert!(
+        store
+            .call_stats(&other, START, START.plus_millis(60 * minute), &reached)
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use automerge::{ActorId, ChangeHash};
-use callsync_core::wire::{Cursor, CustomerSummary, RecallSummary, Refusal};
+use callsync_core::wire::{Cursor, CustomerSummary, RecallSummary, Refusal, UserCallStats};
 use callsync_core::{
-    CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, Phase, TenantId, Timestamp, UserId,
+    CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, Phase, ResultTypeId, TenantId,
+    Timestamp, UserId,
 };
 use callsync_session::client::ClientStore;
 use callsync_session::storage::{HubStore, LoadedDoc, StorageError};
@@ -287,6 +288,39 @@ impl HubStore for ServerTx<'_> {
                 status: r.status.clone(),
             })
             .collect())
+    }
+
+    fn call_stats(
+        &mut self,
+        _tenant: &TenantId,
+        from: Timestamp,
+        to: Timestamp,
+        reached: &[ResultTypeId],
+    ) -> Result<Vec<UserCallStats>, StorageError> {
+        // The simulation has no call index: every stored document is read.
+        let mut per_user: std::collections::BTreeMap<String, UserCallStats> = Default::default();
+        for row in self.work.docs.rows.values() {
+            let doc = CustomerDoc::load(&row.bytes, ActorId::random()).map_err(refused)?;
+            for call in doc.customer().map_err(refused)?.calls {
+                let at = call.origin_stamp.at;
+                if at < from || at >= to || !call.took_place() {
+                    continue;
+                }
+                let user = call.owner().to_string();
+                let stats = per_user.entry(user.clone()).or_insert(UserCallStats {
+                    user,
+                    calls: 0,
+                    results: 0,
+                    reached: 0,
+                });
+                stats.calls += 1;
+                if let Some(result) = call.result_in_force() {
+                    stats.results += 1;
+                    stats.reached += u64::from(reached.contains(&result.fields.result_type));
+                }
+            }
+        }
+        Ok(per_user.into_values().collect())
     }
 
     fn recalls(&mut self, _tenant: &TenantId) -> Result<Vec<RecallSummary>, StorageError> {

@@ -231,6 +231,34 @@ impl WebReplica {
         Ok(to_json(&view))
     }
 
+    /// 手動コール: a call made outside the system and its result (`fields`: the
+    /// form as the wire's JSON), as one change. Returns the call.
+    #[wasm_bindgen(js_name = manualCall)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn manual_call(
+        &mut self,
+        customer: &str,
+        number: &str,
+        fields: &str,
+        now_ms: f64,
+        call: &str,
+        logged_event: &str,
+        result_event: &str,
+    ) -> Result<String, JsError> {
+        let view = self
+            .inner
+            .manual_call(
+                customer,
+                number,
+                fields,
+                Timestamp::from_millis(now_ms as i64),
+                call,
+                [logged_event, result_event],
+            )
+            .map_err(js_error)?;
+        Ok(to_json(&view))
+    }
+
     /// The tenant's result types (JSON array), for the result form.
     #[wasm_bindgen(js_name = resultTypes)]
     pub fn result_types(&self) -> String {

@@ -485,6 +485,33 @@ impl Replica {
         let event = self.event(&call, now, event, EventKind::ResultSaved(fields))?;
         self.act(&customer, vec![event])
     }
+
+    /// **手動コール**: logs a call made outside the system (with `number`) and its
+    /// result as one change.
+    #[allow(clippy::too_many_arguments)]
+    pub fn manual_call(
+        &mut self,
+        customer: &str,
+        number: &str,
+        fields: &str,
+        now: Timestamp,
+        call: &str,
+        events: [&str; 2],
+    ) -> Result<CallView, PageError> {
+        let customer = CustomerId::new(customer)?;
+        let call = CallId::new(call)?;
+        let mut fields: SavedResultFields =
+            serde_json::from_str(fields).map_err(|e| PageError::Input(e.to_string()))?;
+        fields.decision = None;
+        let logged = EventKind::ManualCall {
+            number: PhoneNumber::parse(number)?,
+        };
+        let events = vec![
+            self.event(&call, now, events[0], logged)?,
+            self.event(&call, now, events[1], EventKind::ResultSaved(fields))?,
+        ];
+        self.act(&customer, events)
+    }
 }
 
 /// The `login` frame (sent on its own connection, before any session).
