@@ -26,5 +26,5 @@ if ! command -v chromium >/dev/null || ! fc-list 2>/dev/null | grep -qi ipagothi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-ipafont-gothic >/dev/null
 fi
 bash clients/web/build.sh
-cargo build -p callsync --locked
+# The `callsync` binary the browser tests run is the one `cargo test` built.
 (cd clients/web && npm test)

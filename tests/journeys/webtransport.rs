@@ -370,6 +370,41 @@ fn the_pages_replica_catches_up_opens_a_customer_and_requests_a_call_the_phone_g
         assert_eq!(held["customer"]["company"], "株式会社さくら物産", "{held}");
         assert!(page.persisted.contains_key("doc:cus-1"));
 
+        // The tenant's rules decide a result form's pick for the page (which runs
+        // no plugins); a skewed time or an unknown type is refused, nothing saved.
+        let now = chrono_now();
+        let decide = |result_type: &str, saved_at: i64| {
+            format!(
+                r#"{{"method":"decide-result","pick":{{"result_type":"{result_type}","option":"none"}},"endedAt":{},"attempt":1,"savedAt":{saved_at}}}"#,
+                saved_at - 60_000
+            )
+        };
+        let mut answers = Vec::new();
+        for call in [
+            decide("appointment", now),
+            decide("appointment", now + 3_600_000),
+            decide("no-such-type", now),
+        ] {
+            let id = page.replica.ask(&call).unwrap();
+            page.release().await;
+            answers.push(
+                page.until(|e| e["event"] == "reply" && e["id"] == id)
+                    .await["result"]
+                    .clone(),
+            );
+        }
+        assert_eq!(
+            answers[0]["decided"]["decision"]["plugin"]["id"], "standard",
+            "{}",
+            answers[0]
+        );
+        assert_eq!(answers[1]["refused"]["code"], "bad-request", "{}", answers[1]);
+        assert_eq!(
+            answers[2]["refused"]["code"], "result-not-decided",
+            "{}",
+            answers[2]
+        );
+
         // 顧客にコール: the phone is asked to dial.
         let view = page
             .replica

@@ -378,7 +378,8 @@ function CallTab({ lang, sync, detail }: { lang: Lang; sync: PageSync; detail: C
         <ResultForm
           lang={lang}
           sync={sync}
-          save={(fields) => sync.act((r) => r.saveResult(customer.id, open.call, fields, Date.now(), newId('ev')))}
+          save={(fields, now) => sync.act((r) => r.saveResult(customer.id, open.call, fields, now, newId('ev')))}
+          facts={(now) => sync.replica.callFacts(customer.id, open.call, now)}
           onSaved={(offline) => setNotice(offline ? 'savedOffline' : 'saved')}
         />
       )}
@@ -497,9 +498,10 @@ function ManualCall({
       lang={lang}
       sync={sync}
       title="manualCall"
-      save={(fields) =>
-        sync.act((r) => r.manualCall(customer.id, number, fields, Date.now(), newId('call'), newId('ev'), newId('ev')))
+      save={(fields, now) =>
+        sync.act((r) => r.manualCall(customer.id, number, fields, now, newId('call'), newId('ev'), newId('ev')))
       }
+      facts={(now) => sync.replica.callFacts(customer.id, undefined, now)}
       onSaved={onDone}
       onCancel={onCancel}
     >
@@ -538,6 +540,7 @@ function ResultForm({
   lang,
   sync,
   save,
+  facts,
   onSaved,
   title = 'resultTitle',
   onCancel,
@@ -545,8 +548,10 @@ function ResultForm({
 }: {
   lang: Lang;
   sync: PageSync;
-  /** Records the form's fields (JSON) on the replica. */
-  save: (fields: string) => Promise<unknown>;
+  /** Records the form's fields (JSON) on the replica, stamped `now`. */
+  save: (fields: string, now: number) => Promise<unknown>;
+  /** What the rules see of the call (`{endedAt, attempt}` JSON) at `now`. */
+  facts: (now: number) => string;
   onSaved: (offline: boolean) => void;
   title?: Key;
   /** Given for a form the rep opened by choice (a manual call); a call's result form has none. */
@@ -575,8 +580,10 @@ function ResultForm({
       setError(t(lang, 'pickResult'));
       return;
     }
+    setError(undefined);
+    const now = Date.now();
     const at = option === 'none' ? undefined : tokyoMillis(date, time);
-    const fields = {
+    let fields: Record<string, unknown> = {
       result_type: spec.id,
       option:
         option === 'recall' ? { kind: 'recall', at } : option === 'restriction' ? { kind: 'restriction', until: at } : { kind: 'none' },
@@ -584,7 +591,30 @@ function ResultForm({
       memo,
     };
     try {
-      await save(JSON.stringify(fields));
+      if (sync.online) {
+        // The tenant's rules decide on the server (the page runs no plugins); the
+        // answer is saved as it is, decision record included.
+        const decided = await sync.ask({
+          method: 'decide-result',
+          pick: { result_type: spec.id, option, ...(at !== undefined ? { at } : {}), ...(status ? { customer_status: status } : {}) },
+          ...JSON.parse(facts(now)),
+          savedAt: now,
+        });
+        if (decided.refused) {
+          const refusal = decided.refused as { message: string; messageJa: string };
+          setError(lang === 'ja' ? refusal.messageJa : refusal.message);
+          return;
+        }
+        const answer = decided.decided as { option: unknown; customerStatus: string | null; decision: unknown };
+        fields = {
+          result_type: spec.id,
+          option: answer.option,
+          ...(answer.customerStatus ? { customer_status: answer.customerStatus } : {}),
+          memo,
+          decision: answer.decision,
+        };
+      }
+      await save(JSON.stringify(fields), now);
       onSaved(!sync.online);
     } catch (err) {
       const refusal = asRefusal(err);

@@ -90,6 +90,8 @@ test('log in, open a customer, call through the phone, end, save the mandatory r
     const shown = cli(world.phone, ['phone', 'show', requested.call]);
     assert.equal(shown.phase, 'completed');
     assert.equal(shown.results.at(-1).memo, '来週再度ご連絡');
+    // Decided by the tenant's rules on the server, and re-checked when admitted.
+    assert.equal(shown.results.at(-1).decision.plugin.id, 'standard');
 
     // A rep has no dashboard; asking anyway is refused by the server.
     assert.equal(await page.getByRole('link', { name: 'コール実績' }).count(), 0);

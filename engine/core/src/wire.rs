@@ -395,6 +395,22 @@ pub enum RpcCall {
         /// The period's end (exclusive).
         to: Timestamp,
     },
+    /// Any member: the tenant's active rule set decides a result form's pick on
+    /// the server, for a device that cannot run plugins itself (the browser). The
+    /// device saves the answer's fields as they are, stamped `saved_at`; the hub
+    /// re-runs the decision when the result arrives, as for any device's.
+    #[serde(rename_all = "camelCase")]
+    DecideResult {
+        /// What the user picked.
+        pick: crate::plugin::Pick,
+        /// When the call ended (the later of the phone's and the browser's end).
+        ended_at: Timestamp,
+        /// Which attempt the call was (1 for the customer's first).
+        attempt: u32,
+        /// When the result is saved (the event's time); at most
+        /// [`MAX_DECIDE_SKEW_MS`] from the server's clock.
+        saved_at: Timestamp,
+    },
 }
 
 impl RpcCall {
@@ -413,6 +429,7 @@ impl RpcCall {
             Self::PluginInstall { .. } => "plugin-install",
             Self::RecallList => "recall-list",
             Self::CallStats { .. } => "call-stats",
+            Self::DecideResult { .. } => "decide-result",
         }
     }
 }
@@ -443,6 +460,8 @@ pub enum RpcResult {
     Recalls(Vec<RecallSummary>),
     /// The call-performance figures, per user.
     CallStats(Vec<UserCallStats>),
+    /// A result form's pick, decided by the tenant's rules.
+    Decided(DecidedResult),
     /// Refused; nothing changed.
     Refused(ErrorBody),
 }
@@ -469,6 +488,23 @@ pub struct InstalledSummary {
     pub plugin: PluginRef,
     /// The result types it declares, in form order.
     pub result_types: Vec<String>,
+}
+
+/// How far a `decide-result`'s `saved_at` may lie from the server's clock: 5
+/// minutes (device clocks drift; the event keeps the device's time).
+pub const MAX_DECIDE_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// A result form's fields as the tenant's rules decided them, to be saved as they
+/// are (the decision record lets the hub check them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecidedResult {
+    /// The follow-up, with its time.
+    pub option: crate::result_type::ResultOption,
+    /// The customer status to set, if any.
+    pub customer_status: Option<crate::customer::CustomerStatus>,
+    /// The record for the `result-saved` event.
+    pub decision: crate::plugin::DecisionRecord,
 }
 
 /// The longest period one `call-stats` may ask for: 400 days.

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     /// Plugin checks and compiles, one at a time, apart from `hashing` so that
     /// installs never hold up a login.
     pub(crate) compiling: Semaphore,
+    /// Result decisions run for browsers, two at a time, apart from installs.
+    pub(crate) deciding: Semaphore,
     /// The server's Automerge actor (hex), which no device may bind.
     pub(crate) server_actor: String,
     /// Login attempts per address and per account (checked before hashing).
@@ -466,6 +468,13 @@ async fn run_session(
             Step::Install { id, call } => {
                 install(&shared, &hub, &out, &connection, conn, id, call).await
             }
+            Step::Decide { id, call } => {
+                let Some(member) = protocol.member().cloned() else {
+                    break;
+                };
+                let result = decide_result(&shared, &member, call).await;
+                reply(&out, &connection, Message::Reply { id, result }).await
+            }
             Step::Reply(message) => reply(&out, &connection, message).await,
             Step::Refuse(error) => {
                 deliver(&out, &connection, Outgoing::Close(error)).await;
@@ -499,6 +508,80 @@ async fn reply(out: &mpsc::Sender<Outgoing>, connection: &Link, message: Message
             tracing::error!(error = %e, "could not encode a reply");
             true
         }
+    }
+}
+
+/// Decides a result form's pick with the tenant's active rule set, for a device
+/// that runs no plugins (the browser). The configuration is read under the
+/// accounts lock, which is released before the plugin runs; at most
+/// `deciding`'s permits run at once, apart from installs' compiles.
+async fn decide_result(shared: &Shared, member: &Session, call: wire::RpcCall) -> wire::RpcResult {
+    let wire::RpcCall::DecideResult {
+        pick,
+        ended_at,
+        attempt,
+        saved_at,
+    } = call
+    else {
+        return wire::RpcResult::Done;
+    };
+    let refused = |refusal: Refusal| wire::RpcResult::Refused(refusal.body());
+    let now = clock::now();
+    if saved_at.as_millis().abs_diff(now.as_millis()) > wire::MAX_DECIDE_SKEW_MS.unsigned_abs()
+        || ended_at > saved_at
+        || attempt == 0
+    {
+        return refused(Refusal::BadRequest {
+            detail: "a decision is asked for now, for a call that ended before it".to_owned(),
+        });
+    }
+    let stored = {
+        let store = shared.accounts.lock().await;
+        tokio::task::block_in_place(|| {
+            callsync_store::ConfigQueries::tenant_config(&*store, &member.tenant)
+        })
+    };
+    let doc = match stored {
+        Ok(Some(bytes)) => {
+            match callsync_core::tenant_config::TenantConfigDoc::load(
+                &bytes,
+                automerge::ActorId::random(),
+            ) {
+                Ok(doc) => doc,
+                Err(e) => return refused(Refusal::Core(e)),
+            }
+        }
+        Ok(None) => {
+            let e = callsync_plugin_host::decide::DecideError::NoRules;
+            return refused(Refusal::ResultNotDecided {
+                reason: e.code(),
+                en: e.to_string(),
+                ja: e.message_ja(),
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the tenant configuration");
+            return refused(Refusal::ShuttingDown);
+        }
+    };
+    let Ok(_permit) = shared.deciding.acquire().await else {
+        return refused(Refusal::ShuttingDown);
+    };
+    let facts = callsync_core::plugin::CallFacts { ended_at, attempt };
+    let decided = tokio::task::block_in_place(|| {
+        callsync_plugin_host::decide::decide(&shared.plugins, &doc, &pick, facts, saved_at)
+    });
+    match decided {
+        Ok(decided) => wire::RpcResult::Decided(wire::DecidedResult {
+            option: decided.option,
+            customer_status: decided.customer_status,
+            decision: decided.record,
+        }),
+        Err(e) => refused(Refusal::ResultNotDecided {
+            reason: e.code(),
+            en: e.to_string(),
+            ja: e.message_ja(),
+        }),
     }
 }
 

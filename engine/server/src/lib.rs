@@ -301,6 +301,7 @@ impl Server {
             session_ttl_ms: config.session_ttl_ms,
             hashing: Semaphore::new(2),
             compiling: Semaphore::new(1),
+            deciding: Semaphore::new(2),
             server_actor: actor_hex,
             throttle: std::sync::Mutex::new(throttle::LoginThrottle::default()),
             handshake_timeout: config.handshake_timeout,

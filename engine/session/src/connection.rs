@@ -87,6 +87,14 @@ pub enum Step {
         /// The install, as sent.
         call: RpcCall,
     },
+    /// Decide a result form's pick with the tenant's rules (off the hub), and
+    /// answer it.
+    Decide {
+        /// The request id.
+        id: u64,
+        /// The request, as sent.
+        call: RpcCall,
+    },
     /// Send this reply; the connection stays open.
     Reply(Message),
     /// Send this error and close.
@@ -362,6 +370,10 @@ fn route(member: &Authenticated, message: Message) -> Step {
                 })
             }
         }
+        Message::Rpc {
+            id,
+            call: call @ RpcCall::DecideResult { .. },
+        } => Step::Decide { id, call },
         Message::Leave { .. } => Step::Leave,
         message @ (Message::Sync { .. }
         | Message::Request { .. }

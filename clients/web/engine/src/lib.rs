@@ -259,6 +259,26 @@ impl WebReplica {
         Ok(to_json(&view))
     }
 
+    /// What the rules see of a call for its result (JSON `{endedAt, attempt}`);
+    /// `call` undefined: a manual call logged now.
+    #[wasm_bindgen(js_name = callFacts)]
+    pub fn call_facts(
+        &self,
+        customer: &str,
+        call: Option<String>,
+        now_ms: f64,
+    ) -> Result<String, JsError> {
+        Ok(self
+            .inner
+            .call_facts(
+                customer,
+                call.as_deref(),
+                Timestamp::from_millis(now_ms as i64),
+            )
+            .map_err(js_error)?
+            .to_string())
+    }
+
     /// The tenant's result types (JSON array), for the result form.
     #[wasm_bindgen(js_name = resultTypes)]
     pub fn result_types(&self) -> String {

@@ -477,11 +477,11 @@ impl Replica {
     ) -> Result<CallView, PageError> {
         let customer = CustomerId::new(customer)?;
         let call = CallId::new(call)?;
-        let mut fields: SavedResultFields =
+        // With a connection the fields come decided by the tenant's rules (a
+        // `decide-result` answer, decision record included; the hub re-runs it);
+        // offline they are the rep's pick as made.
+        let fields: SavedResultFields =
             serde_json::from_str(fields).map_err(|e| PageError::Input(e.to_string()))?;
-        // A decision record is the plugin's to write; the page sends the rep's
-        // picks only.
-        fields.decision = None;
         let event = self.event(&call, now, event, EventKind::ResultSaved(fields))?;
         self.act(&customer, vec![event])
     }
@@ -500,9 +500,8 @@ impl Replica {
     ) -> Result<CallView, PageError> {
         let customer = CustomerId::new(customer)?;
         let call = CallId::new(call)?;
-        let mut fields: SavedResultFields =
+        let fields: SavedResultFields =
             serde_json::from_str(fields).map_err(|e| PageError::Input(e.to_string()))?;
-        fields.decision = None;
         let logged = EventKind::ManualCall {
             number: PhoneNumber::parse(number)?,
         };
@@ -511,6 +510,43 @@ impl Replica {
             self.event(&call, now, events[1], EventKind::ResultSaved(fields))?,
         ];
         self.act(&customer, events)
+    }
+}
+
+impl Replica {
+    /// What the rules see of a call for its result (`decide-result`'s `endedAt`
+    /// and `attempt`): of `call`, or of a manual call logged now when `call` is
+    /// `None`.
+    pub fn call_facts(
+        &self,
+        customer: &str,
+        call: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Value, PageError> {
+        let customer = CustomerId::new(customer)?;
+        let Some(doc) = self
+            .store
+            .load_doc(&customer, self.me.actor.clone())
+            .map_err(|e| PageError::Connection(e.to_string()))?
+        else {
+            return Err(PageError::Input(format!(
+                "customer {customer} is not held on this device"
+            )));
+        };
+        let held = doc.customer()?;
+        let facts = match call {
+            Some(call) => {
+                let call = CallId::new(call)?;
+                callsync_core::plugin::call_facts(&held, &call)
+                    .ok_or_else(|| PageError::Input(format!("call {call} never took place")))?
+            }
+            None => callsync_core::plugin::CallFacts {
+                ended_at: now,
+                attempt: u32::try_from(held.calls.iter().filter(|c| c.took_place()).count() + 1)
+                    .unwrap_or(u32::MAX),
+            },
+        };
+        Ok(json!({ "endedAt": facts.ended_at, "attempt": facts.attempt }))
     }
 }
 

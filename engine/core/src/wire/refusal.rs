@@ -177,6 +177,17 @@ pub enum Refusal {
         /// What did not match.
         detail: String,
     },
+    /// The tenant's rules could not decide a result form's pick (the plugin
+    /// refused it, or no rule set knows its type); the rules' own words.
+    #[error("{en} ({reason})")]
+    ResultNotDecided {
+        /// The rules' own code (e.g. a plugin's `time-required`).
+        reason: String,
+        /// English.
+        en: String,
+        /// Japanese.
+        ja: String,
+    },
     /// A plugin install the plugin host refused.
     #[error("{detail}")]
     InstallRefused {
@@ -258,6 +269,7 @@ impl Refusal {
             Self::EmailUnavailable => "email-unavailable",
             Self::ConfigTooLarge { .. } => "config-too-large",
             Self::ResultNotVerified { code, .. } | Self::InstallRefused { code, .. } => code,
+            Self::ResultNotDecided { .. } => "result-not-decided",
             Self::CustomerExists { .. } => "customer-exists",
             Self::CallOnAnotherCustomer { .. } => "call-on-another-customer",
             Self::DocumentTooLarge { .. } => "document-too-large",
@@ -333,6 +345,7 @@ impl Refusal {
                 format!("コール {call} の結果の判定がルールと一致しません")
             }
             Self::InstallRefused { .. } => "プラグインをインストールできません".to_owned(),
+            Self::ResultNotDecided { ja, .. } => ja.clone(),
             Self::CustomerExists { customer } => format!("顧客 {customer} はすでに存在します"),
             Self::CallOnAnotherCustomer { call } => {
                 format!("コール {call} は別の顧客のコールです")
@@ -429,6 +442,11 @@ mod tests {
                 call: "call-1".to_owned(),
                 code: "decision-mismatch",
                 detail: "recall differs".to_owned(),
+            },
+            Refusal::ResultNotDecided {
+                reason: "time-required".to_owned(),
+                en: "pick a time".to_owned(),
+                ja: "日時を選択してください".to_owned(),
             },
             Refusal::InstallRefused {
                 code: "plugin-invalid",

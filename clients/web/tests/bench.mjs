@@ -1,0 +1,108 @@
+// The page's latencies on loopback, as JSON: medians (and min/max) over RUNS
+// runs of page load to interactive, WebTransport connect, click 顧客にコール →
+// the phone shows the request, the phone starts → the call bar shows; and the
+// same request through the native desk command, in the same run.
+//
+//   CALLSYNC_BIN=target/release/callsync node tests/bench.mjs   (after build.sh)
+import { execFileSync } from 'node:child_process';
+import { performance } from 'node:perf_hooks';
+import { BIN, World, cli, launchBrowser, logInPage, NUMBER } from './harness.mjs';
+
+const RUNS = Number(process.env.RUNS ?? 20);
+
+function summary(samples) {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const median = sorted.length % 2 ? sorted[(sorted.length - 1) / 2] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
+  const round = (v) => Math.round(v * 10) / 10;
+  return { median_ms: round(median), min_ms: round(sorted[0]), max_ms: round(sorted.at(-1)), runs: sorted.length };
+}
+
+const world = await World.start();
+const browser = await launchBrowser();
+const results = {};
+try {
+  const phone = world.phoneRun();
+  await phone.waitFor((e) => e.event === 'caught-up');
+  const page = await browser.newPage();
+  await logInPage(page, world, 'rep@acme.example');
+  await page.getByRole('link', { name: '株式会社さくら物産' }).waitFor({ timeout: 15_000 });
+
+  // Page load to interactive: a reload (logged in, the service worker and
+  // IndexedDB warm) until the customer list can be clicked.
+  const loads = [];
+  for (let i = 0; i < RUNS; i++) {
+    const start = performance.now();
+    await page.reload();
+    await page.getByRole('link', { name: '株式会社さくら物産' }).waitFor();
+    loads.push(performance.now() - start);
+  }
+  results.page_load_to_interactive = summary(loads);
+
+  // WebTransport connect: handshake (QUIC + HTTP/3 CONNECT) until `ready`.
+  const connects = await page.evaluate(async (runs) => {
+    const info = await (await fetch('/api/transport')).json();
+    const hashes = info.certificateHashes.map((h) => ({
+      algorithm: 'sha-256',
+      value: new Uint8Array(h.match(/../g).map((b) => parseInt(b, 16))),
+    }));
+    const out = [];
+    for (let i = 0; i < runs; i++) {
+      const start = performance.now();
+      const wt = new WebTransport(`https://${location.hostname}:${info.port}${info.path}`, { serverCertificateHashes: hashes });
+      await wt.ready;
+      out.push(performance.now() - start);
+      wt.close();
+      await wt.closed.catch(() => undefined);
+    }
+    return out;
+  }, RUNS);
+  results.webtransport_connect = summary(connects);
+
+  // Click → phone, and phone start → call bar, on the same call each run.
+  await page.getByRole('link', { name: '株式会社さくら物産' }).click();
+  await page.getByTestId('presence').filter({ hasText: 'スマートフォン接続中' }).waitFor({ timeout: 15_000 });
+  const clickToPhone = [];
+  const startToBar = [];
+  for (let i = 0; i < RUNS; i++) {
+    const seen = phone.seen.length;
+    const start = performance.now();
+    await page.getByRole('button', { name: '顧客にコール' }).click();
+    const requested = await phone.waitFor((e) => e.event === 'call-requested' && phone.seen.indexOf(e) >= seen);
+    clickToPhone.push(performance.now() - start);
+    // The tap on the phone: `phone start` returns once the start is recorded.
+    cli(world.phone, ['phone', 'start', requested.call]);
+    const started = performance.now();
+    await page.getByTestId('call-bar').waitFor();
+    startToBar.push(performance.now() - started);
+    cli(world.phone, ['phone', 'end', requested.call, '--duration', '10']);
+    await page.getByTestId('call-bar').filter({ hasText: 'スマートフォンで終話' }).waitFor();
+    await page.getByRole('button', { name: '通話を終了' }).click();
+    const dialog = page.getByRole('dialog', { name: 'コール結果を保存する' });
+    await dialog.getByRole('combobox', { name: 'コール結果を保存' }).selectOption('no-answer');
+    await dialog.getByRole('button', { name: 'コール結果を保存' }).click();
+    await page.getByRole('button', { name: '顧客にコール' }).waitFor();
+  }
+  results.click_to_phone = summary(clickToPhone);
+  results.start_to_call_bar = summary(startToBar);
+
+  // The native desk: `desk request` (a process: connect, join, catch up, push,
+  // wait for the commit) until the phone shows the request.
+  const deskToPhone = [];
+  for (let i = 0; i < RUNS; i++) {
+    const seen = phone.seen.length;
+    const start = performance.now();
+    const out = execFileSync(BIN, ['--json', '--data', world.repDesk, 'desk', 'request', 'cus-1', '--number', NUMBER], { encoding: 'utf8' });
+    const call = JSON.parse(out).call;
+    await phone.waitFor((e) => e.event === 'call-requested' && e.call === call && phone.seen.indexOf(e) >= seen);
+    deskToPhone.push(performance.now() - start);
+    cli(world.repDesk, ['desk', 'cancel', call]);
+  }
+  results.native_desk_request_to_phone = summary(deskToPhone);
+  results.targets_ms = { webtransport_connect: 50, click_to_phone: 50, start_to_call_bar: 50 };
+  results.binary = BIN;
+  console.log(JSON.stringify(results, null, 2));
+} finally {
+  await browser.close();
+  await world.close();
+}
+
