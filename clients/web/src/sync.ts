@@ -246,10 +246,15 @@ export class PageSync {
           record.free();
         }
         await tx.done;
+        performance.mark('callsync:persisted');
       }
       const outgoing = this.replica.takeOutgoing();
       if (outgoing.length > 0 && this.writer) {
-        await this.writer.write(outgoing);
+        // Queued in order on the stream; the screens need not wait for the
+        // transport to take it (a failed write ends the session, and the outbox
+        // sends the change again on the next one).
+        void this.writer.write(outgoing).catch(() => undefined);
+        performance.mark('callsync:sent');
       }
       const events = JSON.parse(this.replica.takeEvents()) as EngineEvent[];
       events.push(...extra);
