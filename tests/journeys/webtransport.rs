@@ -438,3 +438,81 @@ fn chrono_now() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// `GET path` over HTTPS, trusting exactly `cert_der`.
+fn https_get(page: &str, path: &str, cert_der: &[u8]) -> (String, String) {
+    use std::sync::Arc;
+    let host = page
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert_der.to_vec()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(&host).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    // The server may close without a TLS close_notify; what was read counts.
+    let _ = tls.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[test]
+fn with_a_given_certificate_the_page_is_served_over_https_and_no_hash_is_handed_out() {
+    let root = tempfile::tempdir().unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let (cert, key) = (root.path().join("cert.pem"), root.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let server = ServerProcess::start(
+        &root.path().join("server"),
+        "127.0.0.1:0",
+        &[],
+        &[
+            "--init-owner",
+            OWNER,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(server.page.starts_with("https://"), "{}", server.page);
+    let (status, body) = https_get(&server.page, "/api/transport", certified.cert.der());
+    assert!(status.contains(" 200 "), "{status}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["certificateHashes"], serde_json::json!([]));
+    // Plain HTTP on the TLS port gets no page.
+    let host = server
+        .page
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let mut plain = TcpStream::connect(host).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(plain, "GET /api/transport HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains("certificateHashes"));
+}

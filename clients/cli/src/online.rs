@@ -127,15 +127,15 @@ pub(crate) fn serve(g: &Global, data: &Path, args: &ServeArgs) -> anyhow::Result
             json!({
                 "listening": server.local_addr(),
                 "fingerprint": server.fingerprint(),
-                "page": format!("http://{}/", server.page_addr()),
+                "page": server.page_url(),
             })
             .to_string()
         } else {
             format!(
-                "callsync server listening on {} (QUIC and WebTransport)\ncertificate fingerprint (SHA-256): {}\nopen the page: http://{}/",
+                "callsync server listening on {} (QUIC and WebTransport)\ncertificate fingerprint (SHA-256): {}\nopen the page: {}",
                 server.local_addr(),
                 server.fingerprint(),
-                server.page_addr()
+                server.page_url()
             )
         };
         {

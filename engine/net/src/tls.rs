@@ -169,6 +169,19 @@ pub fn server_config(resolver: Arc<CertificateResolver>) -> Result<quinn::Server
     Ok(config)
 }
 
+/// The page's HTTPS configuration when the server was given a certificate: the
+/// same identity, TLS 1.2 and 1.3, HTTP/1.1.
+pub fn https_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, NetError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(tls)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The crypto provider every configuration uses (ring).
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     provider()

@@ -263,6 +263,10 @@ impl Server {
             local_addr,
             certificates.clone(),
             config.start_limit_ms,
+            match &config.certificate {
+                Some(_) => Some(tls::https_config(&identity)?),
+                None => None,
+            },
         )
         .await?;
         let rotation = tokio::spawn(rotate_dev_certificate(certificates));
@@ -333,6 +337,13 @@ impl Server {
     /// The page's HTTP address.
     pub fn page_addr(&self) -> SocketAddr {
         self.page.addr
+    }
+
+    /// The page's address to open: `https://` when the server was given a
+    /// certificate, else `http://`.
+    pub fn page_url(&self) -> String {
+        let scheme = if self.page.https { "https" } else { "http" };
+        format!("{scheme}://{}/", self.page.addr)
     }
 
     /// The SHA-256 fingerprint of the server's certificate, for clients to pin.

@@ -2,7 +2,10 @@
 //! reach the server over WebTransport.
 //!
 //! Owns: the HTTP/1.1 listener (TCP, by default on the same port number as the
-//! QUIC endpoint's UDP one), serving the built page from a directory (any path
+//! QUIC endpoint's UDP one; HTTPS when the server was given a certificate, since
+//! a browser opens WebTransport only from a secure origin and only localhost is
+//! one over plain HTTP; each TLS handshake runs in its own task, with a deadline,
+//! so a slow client holds up no other), serving the built page from a directory (any path
 //! that is not a file gets `index.html`, so the page's own routes reload), the
 //! security headers, and `GET /api/transport`: the UDP port, the WebTransport
 //! path and the development certificate's hashes (the page passes them as
@@ -23,6 +26,9 @@ use axum::routing::get;
 use callsync_net::web::CertificateResolver;
 use http::{HeaderName, HeaderValue, header};
 use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -108,9 +114,82 @@ fn router(config: &WebConfig, state: Arc<WebState>) -> Router {
         ))
 }
 
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Finished handshakes waiting for the HTTP server to take them.
+const TLS_QUEUE: usize = 64;
+
+/// TCP connections after their TLS handshake, for axum.
+struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let acceptor = TlsAcceptor::from(config);
+        let (done, accepted) = tokio::sync::mpsc::channel(TLS_QUEUE);
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "accepting a page connection failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, done) = (acceptor.clone(), done.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = done.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            accepted,
+            addr,
+            task,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The accept task ended (the server is stopping): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
 /// The running HTTP listener.
 pub(crate) struct WebServer {
     pub(crate) addr: SocketAddr,
+    /// Whether it speaks HTTPS.
+    pub(crate) https: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -123,12 +202,13 @@ impl WebServer {
         quic: SocketAddr,
         certificates: Arc<CertificateResolver>,
         start_limit_ms: i64,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<Self> {
         let listener = match config.listen {
-            Some(addr) => tokio::net::TcpListener::bind(addr).await?,
-            None => match tokio::net::TcpListener::bind(quic).await {
+            Some(addr) => TcpListener::bind(addr).await?,
+            None => match TcpListener::bind(quic).await {
                 Ok(listener) => listener,
-                Err(_) => tokio::net::TcpListener::bind(SocketAddr::new(quic.ip(), 0)).await?,
+                Err(_) => TcpListener::bind(SocketAddr::new(quic.ip(), 0)).await?,
             },
         };
         let addr = listener.local_addr()?;
@@ -140,12 +220,23 @@ impl WebServer {
                 certificates,
             }),
         );
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the page's HTTP listener stopped");
+        let https = tls.is_some();
+        let task = match tls {
+            Some(tls) => {
+                let listener = TlsListener::new(listener, tls)?;
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!(error = %e, "the page's HTTPS listener stopped");
+                    }
+                })
             }
-        });
-        Ok(Self { addr, task })
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "the page's HTTP listener stopped");
+                }
+            }),
+        };
+        Ok(Self { addr, https, task })
     }
 
     pub(crate) fn stop(&self) {
