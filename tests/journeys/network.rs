@@ -117,6 +117,23 @@ impl ServerProcess {
         }
     }
 
+    /// Logs `dir` in to this server as a `kind` ("desk" or "phone") of `email`.
+    pub(crate) fn login(&self, dir: &Path, kind: &str, email: &str) -> Run {
+        callsync(
+            dir,
+            &[
+                kind,
+                "login",
+                "--server",
+                &self.addr,
+                "--fingerprint",
+                &self.fingerprint,
+                "--email",
+                email,
+            ],
+        )
+    }
+
     /// The server's process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()

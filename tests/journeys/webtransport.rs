@@ -12,7 +12,7 @@ use callsync_core::wire::{self, DeviceRegistration, Message};
 use callsync_net::framing::{read_message, write_message};
 use serde_json::Value;
 
-use crate::network::{OWNER, PASSWORD, ServerProcess, callsync};
+use crate::network::{OWNER, PASSWORD, ServerProcess};
 
 /// `GET path` on the page's HTTP listener: (status line, headers, body).
 fn http_get(page: &str, path: &str) -> (String, String, String) {
@@ -38,6 +38,18 @@ fn http_get(page: &str, path: &str) -> (String, String, String) {
         headers.to_ascii_lowercase(),
         body.to_owned(),
     )
+}
+
+/// The development certificate's hashes `/api/transport` hands the page.
+fn certificate_hashes(server: &ServerProcess) -> Vec<String> {
+    let (_, _, body) = http_get(&server.page, "/api/transport");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    info["certificateHashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn hex(bytes: &str) -> Vec<u8> {
@@ -91,12 +103,7 @@ fn a_webtransport_client_logs_in_and_joins_on_the_native_port() {
         server.addr.rsplit(':').next().unwrap()
     );
     assert_eq!(info["path"], "/callsync");
-    let hashes: Vec<String> = info["certificateHashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h.as_str().unwrap().to_owned())
-        .collect();
+    let hashes = certificate_hashes(&server);
     assert_eq!(hashes.len(), 1);
     assert_ne!(
         hashes[0], server.fingerprint,
@@ -170,21 +177,7 @@ fn a_webtransport_client_logs_in_and_joins_on_the_native_port() {
     });
 
     // The native protocol on the same port is unchanged.
-    let desk = root.path().join("desk");
-    callsync(
-        &desk,
-        &[
-            "desk",
-            "login",
-            "--server",
-            &server.addr,
-            "--fingerprint",
-            &server.fingerprint,
-            "--email",
-            OWNER,
-        ],
-    )
-    .ok();
+    server.login(&root.path().join("desk"), "desk", OWNER).ok();
 }
 
 #[test]
@@ -279,14 +272,7 @@ fn the_pages_replica_catches_up_opens_a_customer_and_requests_a_call_the_phone_g
     let world = crate::network::World::start(&[]);
     let (_desk, phone) = world.rep_devices();
     let mut phone_run = crate::network::PhoneRun::start(&phone);
-    let (_, _, body) = http_get(&world.server.page, "/api/transport");
-    let info: Value = serde_json::from_str(&body).unwrap();
-    let hashes: Vec<String> = info["certificateHashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h.as_str().unwrap().to_owned())
-        .collect();
+    let hashes = certificate_hashes(&world.server);
     let actor = "00112233445566778899aabbccddeeff";
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -2,12 +2,10 @@
 // restriction (担当者閲覧制限) on the page.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CONTRACT_REQUIRED_JA, World, cli, launchBrowser, logInPage, screenshot, seriousViolations } from './harness.mjs';
+import { cli, CONTRACT_REQUIRED_JA, inWorld, logInPage, screenshot, seriousViolations } from './harness.mjs';
 
 test('a user without the calling contract sees exactly the manual message', async () => {
-  const world = await World.start();
-  const browser = await launchBrowser();
-  try {
+  await inWorld('access-5', {}, async (world, browser) => {
     cli(world.admin, ['admin', 'add-user', 'nocontract@acme.example', '--role', 'user']);
     const page = await browser.newPage();
     await logInPage(page, world, 'nocontract@acme.example');
@@ -16,16 +14,11 @@ test('a user without the calling contract sees exactly the manual message', asyn
     assert.equal((await alert.textContent())?.trim(), CONTRACT_REQUIRED_JA);
     await screenshot(page, '11-contract-required');
     assert.deepEqual(await seriousViolations(page), []);
-  } finally {
-    await browser.close();
-    await world.close();
-  }
+  });
 });
 
 test('under the assignee restriction a member sees only their customers', async () => {
-  const world = await World.start();
-  const browser = await launchBrowser();
-  try {
+  await inWorld('access-6', {}, async (world, browser) => {
     cli(world.admin, ['desk', 'create', '--id', 'cus-2', '--company', '有限会社みどり商店', '--contact', '鈴木', '--number', '代表:06-1234-5678']);
     cli(world.admin, ['admin', 'visibility', 'on']);
     const page = await browser.newPage();
@@ -39,8 +32,5 @@ test('under the assignee restriction a member sees only their customers', async 
     await logInPage(owner, world, 'owner@acme.example');
     await owner.getByRole('link', { name: '有限会社みどり商店' }).waitFor({ timeout: 15_000 });
     assert.equal(await owner.locator('tbody tr').count(), 2);
-  } finally {
-    await browser.close();
-    await world.close();
-  }
+  });
 });

@@ -2,7 +2,7 @@
 // phone process.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { World, cli, launchBrowser, logInPage, screenshot, seriousViolations } from './harness.mjs';
+import { cli, inWorld, logInPage, screenshot, seriousViolations } from './harness.mjs';
 
 async function expectNoSeriousViolations(page, screen) {
   const violations = await seriousViolations(page);
@@ -10,9 +10,7 @@ async function expectNoSeriousViolations(page, screen) {
 }
 
 test('log in, open a customer, call through the phone, end, save the mandatory result', async () => {
-  const world = await World.start();
-  const browser = await launchBrowser();
-  try {
+  await inWorld('flow-1', {}, async (world, browser) => {
     const phone = world.phoneRun();
     await phone.waitFor((e) => e.event === 'caught-up');
     const page = await browser.newPage();
@@ -108,19 +106,11 @@ test('log in, open a customer, call through the phone, end, save the mandatory r
     await owner.getByTestId('chart').waitFor();
     await screenshot(owner, '14-dashboard');
     await expectNoSeriousViolations(owner, 'dashboard');
-  } catch (error) {
-    for (const page of browser.contexts().flatMap((c) => c.pages())) await screenshot(page, 'failure-flow');
-    throw error;
-  } finally {
-    await browser.close();
-    await world.close();
-  }
+  });
 });
 
 test('a manual call (手動コール) is logged with its result and reaches the server', async () => {
-  const world = await World.start();
-  const browser = await launchBrowser();
-  try {
+  await inWorld('flow-2', {}, async (world, browser) => {
     const page = await browser.newPage();
     await logInPage(page, world, 'rep@acme.example');
     await page.getByRole('link', { name: '株式会社さくら物産' }).click();
@@ -141,8 +131,5 @@ test('a manual call (手動コール) is logged with its result and reaches the 
     const shown = cli(world.repDesk, ['desk', 'show', calls[0].call]);
     assert.equal(shown.origin.kind, 'manual');
     assert.equal(shown.results.at(-1).memo, '折り返しの電話');
-  } finally {
-    await browser.close();
-    await world.close();
-  }
+  });
 });

@@ -149,6 +149,27 @@ export async function launchBrowser() {
   });
 }
 
+/**
+ * Runs `body(world, browser)` with a fresh world (`options` as World.start's)
+ * and browser, closing both after; on failure every open page is photographed
+ * as `failure-<name>`.
+ */
+export async function inWorld(name, options, body) {
+  const world = await World.start(options);
+  const browser = await launchBrowser();
+  try {
+    await body(world, browser);
+  } catch (error) {
+    for (const page of browser.contexts().flatMap((c) => c.pages())) {
+      await screenshot(page, `failure-${name}`).catch(() => undefined);
+    }
+    throw error;
+  } finally {
+    await browser.close();
+    await world.close();
+  }
+}
+
 /** Saves a screenshot of the page as `name`.png under the screens folder. */
 export async function screenshot(page, name) {
   mkdirSync(SCREENS, { recursive: true });

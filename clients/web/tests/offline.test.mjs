@@ -2,12 +2,10 @@
 // the server when it returns, and the page opens with no network at all.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { World, cli, launchBrowser, logInPage, screenshot } from './harness.mjs';
+import { cli, inWorld, logInPage, screenshot } from './harness.mjs';
 
 test('a result saved with the server gone reaches it later; a reload offline still opens the customer', async () => {
-  const world = await World.start();
-  const browser = await launchBrowser();
-  try {
+  await inWorld('offline-7', {}, async (world, browser) => {
     const phone = world.phoneRun();
     await phone.waitFor((e) => e.event === 'caught-up');
     const page = await browser.newPage();
@@ -49,8 +47,5 @@ test('a result saved with the server gone reaches it later; a reload offline sti
     assert.equal(shown.results.at(-1).memo, 'オフラインで保存');
     // Offline the page cannot ask the rules: the rep's pick is saved as made.
     assert.equal(shown.results.at(-1).decision, undefined);
-  } finally {
-    await browser.close();
-    await world.close();
-  }
+  });
 });

@@ -1,7 +1,7 @@
 // The start limit and the cancel/start race, on the page and on the phone.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { World, cli, launchBrowser, logInPage, screenshot } from './harness.mjs';
+import { cli, inWorld, logInPage, screenshot } from './harness.mjs';
 
 async function openCallTab(page, world) {
   await logInPage(page, world, 'rep@acme.example');
@@ -11,9 +11,7 @@ async function openCallTab(page, world) {
 
 test('the start limit passing shows the manual message', async () => {
   // The 1-minute limit, shortened to 3 seconds for the test.
-  const world = await World.start({ global: ['--start-limit-secs', '3'] });
-  const browser = await launchBrowser();
-  try {
+  await inWorld('races-3', { global: ['--start-limit-secs', '3'] }, async (world, browser) => {
     const phone = world.phoneRun();
     await phone.waitFor((e) => e.event === 'caught-up');
     const page = await browser.newPage();
@@ -28,16 +26,11 @@ test('the start limit passing shows the manual message', async () => {
     assert.equal(await page.getByTestId('waiting').count(), 0, 'the waiting message is gone');
     await screenshot(page, '09-start-limit-passed');
     await phone.waitFor((e) => e.event === 'call-updated' && e.phase === 'expired');
-  } finally {
-    await browser.close();
-    await world.close();
-  }
+  });
 });
 
 test('cancel racing the phone start is said on the page and by the phone', async () => {
-  const world = await World.start();
-  const browser = await launchBrowser();
-  try {
+  await inWorld('races-4', {}, async (world, browser) => {
     const page = await browser.newPage();
     // The phone is connected while the page asks, then goes away…
     let phone = world.phoneRun();
@@ -58,8 +51,5 @@ test('cancel racing the phone start is said on the page and by the phone', async
       .filter({ hasText: 'キャンセルした後にスマートフォンでコールが開始されました' })
       .waitFor({ timeout: 20_000 });
     await screenshot(page, '10-cancel-race');
-  } finally {
-    await browser.close();
-    await world.close();
-  }
+  });
 });

@@ -20,9 +20,9 @@
 use automerge::ActorId;
 use callsync_core::wire::{self, FRAME_HEADER_BYTES, Message, RpcCall, RpcResult};
 use callsync_core::{
-    CallEvent, CallId, CallView, CoreError, CustomerId, DeviceId, DeviceKind, EventId, EventKind,
-    PhoneNumber, ResultCatalog, Role, RuleContext, SavedResultFields, Stamp, TenantId, Timestamp,
-    UserId,
+    CallEvent, CallId, CallView, CoreError, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId,
+    EventKind, PhoneNumber, ResultCatalog, Role, RuleContext, SavedResultFields, Stamp, TenantId,
+    Timestamp, UserId,
 };
 use callsync_session::client::{ClientOutput, ClientSession, Device};
 use serde::Serialize;
@@ -336,6 +336,17 @@ impl Replica {
             .unwrap_or_else(ResultCatalog::standard)
     }
 
+    /// A document this device holds, to read or act on; refused when it does not
+    /// hold it (yet).
+    fn held(&self, customer: &CustomerId) -> Result<CustomerDoc, PageError> {
+        self.store
+            .load_doc(customer, self.me.actor.clone())
+            .map_err(|e| PageError::Connection(e.to_string()))?
+            .ok_or_else(|| {
+                PageError::Input(format!("customer {customer} is not held on this device"))
+            })
+    }
+
     /// Records `events` on one customer as one local change, checked by the core's
     /// rules (the user's open calls on the other customers held here included),
     /// then offers it to the server if connected.
@@ -356,15 +367,7 @@ impl Replica {
                 others.extend(callsync_core::rules::open_calls_of(&c, &self.me.user));
             }
         }
-        let Some(mut doc) = self
-            .store
-            .load_doc(customer, self.me.actor.clone())
-            .map_err(|e| PageError::Connection(e.to_string()))?
-        else {
-            return Err(PageError::Input(format!(
-                "customer {customer} is not held on this device"
-            )));
-        };
+        let mut doc = self.held(customer)?;
         let ctx = RuleContext {
             catalog: &catalog,
             start_limit_ms: self.start_limit_ms,
@@ -461,9 +464,7 @@ impl Replica {
         let event = self.event(&call, now, event, kind)?;
         self.act(&customer, vec![event])
     }
-}
 
-impl Replica {
     /// **コール結果を保存**: the result form's fields (`fields`: the wire's JSON of
     /// the form), checked by the core's rules (the browser must have ended the
     /// call; the type and option must be the tenant's).
@@ -511,9 +512,7 @@ impl Replica {
         ];
         self.act(&customer, events)
     }
-}
 
-impl Replica {
     /// What the rules see of a call for its result (`decide-result`'s `endedAt`
     /// and `attempt`): of `call`, or of a manual call logged now when `call` is
     /// `None`.
@@ -523,17 +522,7 @@ impl Replica {
         call: Option<&str>,
         now: Timestamp,
     ) -> Result<Value, PageError> {
-        let customer = CustomerId::new(customer)?;
-        let Some(doc) = self
-            .store
-            .load_doc(&customer, self.me.actor.clone())
-            .map_err(|e| PageError::Connection(e.to_string()))?
-        else {
-            return Err(PageError::Input(format!(
-                "customer {customer} is not held on this device"
-            )));
-        };
-        let held = doc.customer()?;
+        let held = self.held(&CustomerId::new(customer)?)?.customer()?;
         let facts = match call {
             Some(call) => {
                 let call = CallId::new(call)?;
