@@ -52,6 +52,18 @@ fn certificate_hashes(server: &ServerProcess) -> Vec<String> {
         .collect()
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn hex(bytes: &str) -> Vec<u8> {
     (0..bytes.len())
         .step_by(2)
@@ -110,12 +122,7 @@ fn a_webtransport_client_logs_in_and_joins_on_the_native_port() {
         "browsers get the short-lived certificate, phones keep the pinned one"
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    runtime().block_on(async {
         // A native client's pin does not open the browsers' certificate, nor the
         // other way round.
         assert!(
@@ -224,6 +231,64 @@ struct PageDriver {
 }
 
 impl PageDriver {
+    /// Logs in as the page does (the login frame on its own session), then joins
+    /// on a second session and waits for the catch-up.
+    async fn log_in(server: &ServerProcess, hashes: &[String], email: &str, device: &str) -> Self {
+        // Each device its own Automerge actor (the server refuses a shared one).
+        let actor = &format!("{:0>32}", hex_of(device.as_bytes()))[..32];
+        let session = web_session(server, hashes, "/callsync").await.unwrap();
+        let (mut send, mut recv) = session.open_bi().await.unwrap();
+        let frame = callsync_web::replica::login_frame(email, PASSWORD, device, actor).unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut send, &frame)
+            .await
+            .unwrap();
+        let mut bytes = Vec::new();
+        let reply = loop {
+            let mut buf = vec![0u8; 4096];
+            let n = recv.read(&mut buf).await.unwrap().unwrap();
+            bytes.extend_from_slice(&buf[..n]);
+            if let Some(reply) = callsync_web::replica::login_reply(&bytes).unwrap() {
+                break reply;
+            }
+        };
+        let logged_in = &reply["loggedIn"];
+        let token = logged_in["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{email} not logged in: {reply}"))
+            .to_owned();
+        let role = callsync_core::Role::parse(logged_in["role"].as_str().unwrap()).unwrap();
+        let session = web_session(server, hashes, "/callsync").await.unwrap();
+        let (send, recv) = session.open_bi().await.unwrap();
+        let mut page = PageDriver {
+            replica: callsync_web::replica::Replica::new(
+                callsync_web::replica::Identity {
+                    tenant: "acme".parse().unwrap(),
+                    user: email.parse().unwrap(),
+                    role,
+                    device: device.parse().unwrap(),
+                    actor: callsync_core::ActorId::try_from(actor).unwrap(),
+                },
+                60_000,
+            ),
+            send,
+            recv,
+            _session: session,
+            persisted: Default::default(),
+            events: Vec::new(),
+        };
+        page.replica.connect(&token).unwrap();
+        page.release().await;
+        page.until(|e| e["event"] == "caught-up").await;
+        page
+    }
+
+    /// Asks the server `call` (the wire's JSON) and waits for the answer.
+    async fn ask(&mut self, call: &str) -> Value {
+        let id = self.replica.ask(call).unwrap();
+        self.release().await;
+        self.until(|e| e["event"] == "reply" && e["id"] == id).await["result"].clone()
+    }
+
     /// Persists, then sends: the page's order.
     async fn release(&mut self) {
         for (key, value) in self.replica.take_flush() {
@@ -273,64 +338,9 @@ fn the_pages_replica_catches_up_opens_a_customer_and_requests_a_call_the_phone_g
     let (_desk, phone) = world.rep_devices();
     let mut phone_run = crate::network::PhoneRun::start(&phone);
     let hashes = certificate_hashes(&world.server);
-    let actor = "00112233445566778899aabbccddeeff";
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        // Log in as the page does: the login frame on its own session.
-        let session = web_session(&world.server, &hashes, "/callsync")
-            .await
-            .unwrap();
-        let (mut send, mut recv) = session.open_bi().await.unwrap();
-        let frame = callsync_web::replica::login_frame(
-            crate::network::REP,
-            PASSWORD,
-            "desk-web-rep",
-            actor,
-        )
-        .unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut send, &frame)
-            .await
-            .unwrap();
-        let mut bytes = Vec::new();
-        let reply = loop {
-            let mut buf = vec![0u8; 4096];
-            let n = recv.read(&mut buf).await.unwrap().unwrap();
-            bytes.extend_from_slice(&buf[..n]);
-            if let Some(reply) = callsync_web::replica::login_reply(&bytes).unwrap() {
-                break reply;
-            }
-        };
-        let token = reply["loggedIn"]["token"].as_str().unwrap().to_owned();
-        assert_eq!(reply["loggedIn"]["role"], "user");
-
-        let session = web_session(&world.server, &hashes, "/callsync")
-            .await
-            .unwrap();
-        let (send, recv) = session.open_bi().await.unwrap();
-        let mut page = PageDriver {
-            replica: callsync_web::replica::Replica::new(
-                callsync_web::replica::Identity {
-                    tenant: "acme".parse().unwrap(),
-                    user: crate::network::REP.parse().unwrap(),
-                    role: callsync_core::Role::User,
-                    device: "desk-web-rep".parse().unwrap(),
-                    actor: callsync_core::ActorId::try_from(actor).unwrap(),
-                },
-                60_000,
-            ),
-            send,
-            recv,
-            _session: session,
-            persisted: Default::default(),
-            events: Vec::new(),
-        };
-        page.replica.connect(&token).unwrap();
-        page.release().await;
-        page.until(|e| e["event"] == "caught-up").await;
+    runtime().block_on(async {
+        let mut page = PageDriver::log_in(&world.server, &hashes, crate::network::REP, "desk-web-rep")
+            .await;
 
         // The customer list, kept for offline use.
         let id = page
@@ -370,14 +380,16 @@ fn the_pages_replica_catches_up_opens_a_customer_and_requests_a_call_the_phone_g
             decide("appointment", now),
             decide("appointment", now + 3_600_000),
             decide("no-such-type", now),
+            decide("appointment", now).replace(r#""attempt":1"#, r#""attempt":0"#),
+            decide("appointment", now).replace(
+                &format!(r#""endedAt":{}"#, now - 60_000),
+                &format!(r#""endedAt":{}"#, now + 60_000),
+            ),
         ] {
-            let id = page.replica.ask(&call).unwrap();
-            page.release().await;
-            answers.push(
-                page.until(|e| e["event"] == "reply" && e["id"] == id)
-                    .await["result"]
-                    .clone(),
-            );
+            answers.push(page.ask(&call).await);
+        }
+        for impossible in &answers[3..] {
+            assert_eq!(impossible["refused"]["code"], "bad-request", "{impossible}");
         }
         assert_eq!(
             answers[0]["decided"]["decision"]["plugin"]["id"], "standard",
@@ -501,4 +513,33 @@ fn with_a_given_certificate_the_page_is_served_over_https_and_no_hash_is_handed_
     let mut answer = Vec::new();
     let _ = plain.read_to_end(&mut answer);
     assert!(!String::from_utf8_lossy(&answer).contains("certificateHashes"));
+}
+
+#[test]
+fn call_stats_need_a_manager_and_a_period_of_at_most_400_days() {
+    let world = crate::network::World::start(&[]);
+    let hashes = certificate_hashes(&world.server);
+    let stats =
+        |from: i64, to: i64| format!(r#"{{"method":"call-stats","from":{from},"to":{to}}}"#);
+    let day = 24 * 3600 * 1000;
+    runtime().block_on(async {
+        let mut rep =
+            PageDriver::log_in(&world.server, &hashes, crate::network::REP, "desk-web-rep").await;
+        let refused = rep.ask(&stats(0, day)).await;
+        assert_eq!(refused["refused"]["code"], "role-required", "{refused}");
+        assert_eq!(
+            refused["refused"]["messageJa"],
+            "この操作にはマネージャー以上の権限が必要です"
+        );
+        let mut owner = PageDriver::log_in(&world.server, &hashes, OWNER, "desk-web-owner").await;
+        for (from, to) in [(day, day), (2 * day, day), (0, 401 * day)] {
+            let refused = owner.ask(&stats(from, to)).await;
+            assert_eq!(
+                refused["refused"]["code"], "bad-request",
+                "{from}..{to}: {refused}"
+            );
+        }
+        let answer = owner.ask(&stats(0, 400 * day)).await;
+        assert_eq!(answer["call-stats"], serde_json::json!([]), "{answer}");
+    });
 }

@@ -593,3 +593,136 @@ pub fn login_reply(bytes: &[u8]) -> Result<Option<Value>, PageError> {
 pub fn to_json(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callsync_core::{NewCustomer, PhoneEntry};
+
+    const NUMBER: &str = "03-1234-5678";
+
+    fn replica_holding_a_customer() -> Replica {
+        let me = Identity {
+            tenant: TenantId::new("acme").unwrap(),
+            user: UserId::new("rep@acme.example").unwrap(),
+            role: Role::User,
+            device: DeviceId::new("desk-web-1").unwrap(),
+            actor: ActorId::random(),
+        };
+        let mut doc = CustomerDoc::create(
+            &NewCustomer {
+                tenant: me.tenant.clone(),
+                id: CustomerId::new("cus-1").unwrap(),
+                company: "株式会社さくら物産".to_owned(),
+                contact: "佐藤".to_owned(),
+                owner: me.user.clone(),
+                phones: vec![PhoneEntry {
+                    label: "代表".to_owned(),
+                    number: PhoneNumber::parse(NUMBER).unwrap(),
+                }],
+            },
+            Timestamp::from_millis(1_000),
+            ActorId::random(),
+        )
+        .unwrap();
+        let mut replica = Replica::new(me, 60_000);
+        replica.restore("doc:cus-1".to_owned(), doc.save());
+        replica
+    }
+
+    fn request(replica: &mut Replica, customer: &str, number: &str) -> Result<CallView, PageError> {
+        replica.request_call(
+            customer,
+            number,
+            "phone-1",
+            true,
+            Timestamp::from_millis(2_000),
+            "call-1",
+            "ev-1",
+        )
+    }
+
+    #[test]
+    fn nothing_is_sent_before_the_committed_writes_are_persisted() {
+        let mut replica = replica_holding_a_customer();
+        request(&mut replica, "cus-1", NUMBER).unwrap();
+        assert!(matches!(replica.take_outgoing(), Err(PageError::Input(_))));
+        let flushed = replica.take_flush();
+        assert!(flushed.iter().any(|(k, _)| k == "doc:cus-1"));
+        assert!(flushed.iter().any(|(k, _)| k == "outbox:cus-1"));
+        assert!(replica.take_outgoing().is_ok());
+    }
+
+    #[test]
+    fn refused_actions_are_typed_and_change_nothing() {
+        let mut replica = replica_holding_a_customer();
+        let before = replica.customer("cus-1").unwrap();
+        // A customer this device does not hold.
+        assert!(matches!(
+            request(&mut replica, "cus-2", NUMBER),
+            Err(PageError::Input(_))
+        ));
+        // A number the customer does not have: the core's rule, with its code.
+        let refused = request(&mut replica, "cus-1", "06-9999-9999").unwrap_err();
+        assert!(matches!(refused, PageError::Refused(_)));
+        assert!(refused.to_json()["messageJa"].as_str().is_some());
+        // A malformed id, an unknown action, a result form that is not one.
+        assert!(matches!(
+            request(&mut replica, "cus 1", NUMBER),
+            Err(PageError::Refused(_))
+        ));
+        assert!(matches!(
+            replica.call_event(
+                "cus-1",
+                "call-1",
+                "dialed",
+                Timestamp::from_millis(3_000),
+                "ev-2"
+            ),
+            Err(PageError::Input(_))
+        ));
+        assert!(matches!(
+            replica.save_result(
+                "cus-1",
+                "call-1",
+                "{not json",
+                Timestamp::from_millis(3_000),
+                "ev-3"
+            ),
+            Err(PageError::Input(_))
+        ));
+        // A result for a call that never took place: the core refuses it.
+        assert!(matches!(
+            replica.save_result(
+                "cus-1",
+                "call-9",
+                r#"{"result_type":"appointment","option":{"kind":"none"}}"#,
+                Timestamp::from_millis(3_000),
+                "ev-4",
+            ),
+            Err(PageError::Refused(_))
+        ));
+        assert_eq!(replica.customer("cus-1").unwrap(), before);
+        assert!(replica.take_flush().is_empty(), "nothing to persist");
+        assert!(replica.take_outgoing().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_broken_frame_from_the_server_ends_the_session() {
+        let mut replica = replica_holding_a_customer();
+        replica.connect("token").unwrap();
+        replica.take_outgoing().unwrap();
+        // A length past the frame limit, then garbage.
+        assert!(matches!(
+            replica.receive(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+            Err(PageError::Connection(_))
+        ));
+        let mut replica = replica_holding_a_customer();
+        replica.connect("token").unwrap();
+        assert!(matches!(
+            replica.receive(&[0, 0, 0, 2, 0xff, 0xff]),
+            Err(PageError::Connection(_))
+        ));
+        assert!(replica.take_flush().is_empty());
+    }
+}
