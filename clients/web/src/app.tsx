@@ -38,9 +38,18 @@ function go(path: string): void {
 }
 
 /** Re-renders on every batch of engine events; returns the batch count. */
+/**
+ * Redraws on every batch of engine events; returns the batch count. Batches
+ * emitted between the first render and the subscription (the connection can
+ * come up in between) are caught by comparing the count once subscribed.
+ */
 function useEngine(sync: PageSync): number {
-  const [tick, setTick] = useState(0);
-  useEffect(() => sync.subscribe(() => setTick((n) => n + 1)), [sync]);
+  const [tick, setTick] = useState(sync.version);
+  useEffect(() => {
+    const unsubscribe = sync.subscribe(() => setTick(sync.version));
+    setTick(sync.version);
+    return unsubscribe;
+  }, [sync]);
   return tick;
 }
 
@@ -196,9 +205,21 @@ function CustomerList({ lang, sync }: { lang: Lang; sync: PageSync }) {
   const tick = useEngine(sync);
   const [query, setQuery] = useState('');
   const online = sync.online;
+  const [asked, setAsked] = useState(0);
   useEffect(() => {
-    if (online) void sync.ask({ method: 'customer-list' }).catch(() => undefined);
-  }, [online, sync]);
+    if (!online) return undefined;
+    let live = true;
+    let retry: ReturnType<typeof setTimeout> | undefined;
+    // An unanswered ask is asked again while online: the list is the first
+    // thing a rep needs, and the held copy may be stale.
+    void sync.ask({ method: 'customer-list' }).catch(() => {
+      if (live) retry = setTimeout(() => setAsked((n) => n + 1), 2_000);
+    });
+    return () => {
+      live = false;
+      clearTimeout(retry);
+    };
+  }, [online, sync, asked]);
   const customers = useMemo(() => JSON.parse(sync.replica.customers()) as CustomerSummary[], [tick, sync]);
   const q = query.trim().toLowerCase();
   const shown = q

@@ -83,7 +83,11 @@ export function asRefusal(error: unknown): Refusal {
   } catch {
     // Not JSON: a transport error.
   }
-  return { code: 'connection', message: text, messageJa: text };
+  return {
+    code: 'connection',
+    message: `Could not reach the server (${text})`,
+    messageJa: `サーバーに接続できませんでした（${text}）`,
+  };
 }
 
 async function transportInfo(): Promise<TransportInfo> {
@@ -198,6 +202,12 @@ export class PageSync {
   startLimitMs = 60_000;
   /** When the connection was last made ready (ms, for the benchmarks). */
   connectedIn = 0;
+  /**
+   * Counts the batches emitted so far: a screen that subscribes after a batch
+   * went out (effects run after paint) sees the count moved and redraws, so
+   * an `online` emitted before it subscribed is not missed.
+   */
+  version = 0;
 
   private constructor(
     readonly replica: WebReplica,
@@ -227,6 +237,7 @@ export class PageSync {
   }
 
   private emit(events: EngineEvent[]): void {
+    this.version += 1;
     for (const listener of this.listeners) listener(events);
   }
 

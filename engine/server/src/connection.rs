@@ -88,9 +88,17 @@ async fn refuse(connection: &Link, send: &mut SendStream, error: ErrorBody) {
     finish_and_close(connection, send).await;
 }
 
+/// How long a peer has to read a connection's last message and close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Finishes the stream and leaves the close to the peer, for up to
+/// [`CLOSE_GRACE`]. Waiting for the data to be acknowledged is not enough: a
+/// browser acknowledges stream data before the page reads it, and drops what is
+/// unread when the connection closes, so the page would see "Connection lost"
+/// instead of the login reply or the refusal.
 async fn finish_and_close(connection: &Link, send: &mut SendStream) {
     let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, connection.closed()).await;
     connection.close(0, b"bye");
 }
 
