@@ -144,7 +144,12 @@ impl Default for DataDir {
     }
 }
 
-/// The repository's fixtures directory.
+/// The repository's fixtures directory, of the checkout under test: read at run
+/// time, since a target directory shared between checkouts may hold a test
+/// binary built from another one.
 pub(crate) fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../../fixtures")
 }
