@@ -37,7 +37,6 @@ function go(path: string): void {
   location.hash = `#/${path}`;
 }
 
-/** Re-renders on every batch of engine events; returns the batch count. */
 /**
  * Redraws on every batch of engine events; returns the batch count. Batches
  * emitted between the first render and the subscription (the connection can
@@ -51,6 +50,37 @@ function useEngine(sync: PageSync): number {
     return unsubscribe;
   }, [sync]);
   return tick;
+}
+
+/**
+ * Asks the server `call` each time the page comes online, and again every 2 s
+ * while no answer comes (the reply lost with a dropped connection, or late);
+ * `onResult` gets the answer (a refusal is one). `call` is compared by its
+ * JSON, so a literal is fine.
+ */
+function useAskWhenOnline(sync: PageSync, call: Record<string, unknown>, onResult?: (result: Record<string, unknown>) => void): void {
+  const online = sync.online;
+  const key = JSON.stringify(call);
+  const handle = useRef(onResult);
+  handle.current = onResult;
+  const [retries, setRetries] = useState(0);
+  useEffect(() => {
+    if (!online) return undefined;
+    let live = true;
+    let retry: ReturnType<typeof setTimeout> | undefined;
+    sync.ask(JSON.parse(key) as Record<string, unknown>).then(
+      (result) => {
+        if (live) handle.current?.(result);
+      },
+      () => {
+        if (live) retry = setTimeout(() => setRetries((n) => n + 1), 2_000);
+      },
+    );
+    return () => {
+      live = false;
+      clearTimeout(retry);
+    };
+  }, [online, sync, key, retries]);
 }
 
 /** Seconds since `since`, ticking every second. */
@@ -204,22 +234,8 @@ function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => voi
 function CustomerList({ lang, sync }: { lang: Lang; sync: PageSync }) {
   const tick = useEngine(sync);
   const [query, setQuery] = useState('');
-  const online = sync.online;
-  const [asked, setAsked] = useState(0);
-  useEffect(() => {
-    if (!online) return undefined;
-    let live = true;
-    let retry: ReturnType<typeof setTimeout> | undefined;
-    // An unanswered ask is asked again while online: the list is the first
-    // thing a rep needs, and the held copy may be stale.
-    void sync.ask({ method: 'customer-list' }).catch(() => {
-      if (live) retry = setTimeout(() => setAsked((n) => n + 1), 2_000);
-    });
-    return () => {
-      live = false;
-      clearTimeout(retry);
-    };
-  }, [online, sync, asked]);
+  // The reply refreshes the list the replica keeps (and `tick` redraws it).
+  useAskWhenOnline(sync, { method: 'customer-list' });
   const customers = useMemo(() => JSON.parse(sync.replica.customers()) as CustomerSummary[], [tick, sync]);
   const q = query.trim().toLowerCase();
   const shown = q
@@ -265,10 +281,8 @@ function CustomerList({ lang, sync }: { lang: Lang; sync: PageSync }) {
 function CustomerScreen({ lang, sync, route }: { lang: Lang; sync: PageSync; route: Extract<Route, { screen: 'customer' }> }) {
   const tick = useEngine(sync);
   const online = sync.online;
-  useEffect(() => {
-    // Opening a customer replicates its document to this browser from now on.
-    if (online) void sync.ask({ method: 'subscribe', documents: [route.id] }).catch(() => undefined);
-  }, [online, route.id, sync]);
+  // Opening a customer replicates its document to this browser from now on.
+  useAskWhenOnline(sync, { method: 'subscribe', documents: [route.id] });
   const detail = useMemo(() => JSON.parse(sync.replica.customer(route.id)) as CustomerDetail | null, [tick, route.id, sync]);
   if (!detail) return <p role="status">{online ? t(lang, 'loading') : t(lang, 'notHeld')}</p>;
   const { customer } = detail;
@@ -424,18 +438,11 @@ function CallForm({
   const [origin, setOrigin] = useState('');
   const [recording, setRecording] = useState(true);
   const [phones, setPhones] = useState<DeviceSummary[]>([]);
-  const online = sync.online;
-  useEffect(() => {
-    if (!online) return;
-    void sync
-      .ask({ method: 'devices' })
-      .then((result) => {
-        const devices = ((result.devices as DeviceSummary[] | undefined) ?? []).filter((d) => d.kind === 'phone');
-        setPhones(devices);
-        setOrigin((current) => current || devices[0]?.id || '');
-      })
-      .catch(() => undefined);
-  }, [online, sync]);
+  useAskWhenOnline(sync, { method: 'devices' }, (result) => {
+    const devices = ((result.devices as DeviceSummary[] | undefined) ?? []).filter((d) => d.kind === 'phone');
+    setPhones(devices);
+    setOrigin((current) => current || devices[0]?.id || '');
+  });
   useEffect(
     () =>
       sync.subscribe((events: EngineEvent[]) => {
@@ -827,13 +834,7 @@ function CallDetail({ lang, detail, call, back, label }: { lang: Lang; detail: C
 function Recalls({ lang, sync }: { lang: Lang; sync: PageSync }) {
   const [recalls, setRecalls] = useState<RecallSummary[] | undefined>();
   const online = sync.online;
-  useEffect(() => {
-    if (!online) return;
-    void sync
-      .ask({ method: 'recall-list' })
-      .then((result) => setRecalls((result.recalls as RecallSummary[] | undefined) ?? []))
-      .catch(() => undefined);
-  }, [online, sync]);
+  useAskWhenOnline(sync, { method: 'recall-list' }, (result) => setRecalls((result.recalls as RecallSummary[] | undefined) ?? []));
   return (
     <section aria-labelledby="recalls-title">
       <h2 id="recalls-title">{t(lang, 'recalls')}</h2>
