@@ -1,8 +1,9 @@
 // The page's latencies on loopback, as JSON: medians (and min/max) over RUNS
 // runs of page load to interactive, WebTransport connect, click 顧客にコール →
-// the phone shows the request (and, in the page, click → bytes handed to the
-// stream), the phone starts → the call bar shows; and the same request through
-// the native desk command, in the same run.
+// the phone shows the request (from the page's click event, and from the test
+// driver's click() call, which spends tens of ms before the event; in the page,
+// click → bytes handed to the stream), the phone starts → the call bar shows;
+// and the same request through the native desk command, in the same run.
 //
 //   CALLSYNC_BIN=target/release/callsync node tests/bench.mjs   (after build.sh)
 import { execFileSync } from 'node:child_process';
@@ -67,8 +68,21 @@ try {
   // In the page: when the click lands, and when the engine's bytes are handed to
   // the stream (the `callsync:sent` mark).
   await page.evaluate(() => {
-    document.addEventListener('click', () => performance.mark('bench:click'), true);
+    // Stamped with the event's own time: when the input reached the page.
+    document.addEventListener('click', (e) => performance.mark('bench:click', { startTime: e.timeStamp }), true);
   });
+  // The page's clock against this process's (both count from the epoch): the
+  // reading with the shortest round trip, its error at most half of that.
+  let clock = { rtt: Infinity, offset: 0 };
+  for (let i = 0; i < 20; i++) {
+    const before = performance.timeOrigin + performance.now();
+    const inPage = await page.evaluate(() => performance.timeOrigin + performance.now());
+    const after = performance.timeOrigin + performance.now();
+    if (after - before < clock.rtt) clock = { rtt: after - before, offset: inPage - (before + after) / 2 };
+  }
+  results.page_clock_error_ms = Math.round((clock.rtt / 2) * 100) / 100;
+  const domClickToPhone = [];
+  const driverToDomClick = [];
   const startToBar = [];
   for (let i = 0; i < RUNS; i++) {
     const seen = phone.seen.length;
@@ -76,7 +90,13 @@ try {
     await page.getByRole('button', { name: '顧客にコール' }).click();
     const requested = await phone.waitFor((e) => e.event === 'call-requested' && phone.seen.indexOf(e) >= seen);
     clickToPhone.push(performance.now() - start);
+    const startEpoch = performance.timeOrigin + start;
+    const arrived = phone.arrivals[phone.seen.indexOf(requested)];
     await page.getByTestId('waiting').waitFor();
+    // The click as the page saw it (the DOM event), on this process's clock.
+    const domClick = (await page.evaluate(() => performance.timeOrigin + performance.getEntriesByName('bench:click').at(-1).startTime)) - clock.offset;
+    domClickToPhone.push(arrived - domClick);
+    driverToDomClick.push(domClick - startEpoch);
     clickToSent.push(
       await page.evaluate(() => {
         const click = performance.getEntriesByName('bench:click').at(-1);
@@ -99,6 +119,9 @@ try {
   }
   results.click_to_phone = summary(clickToPhone);
   results.click_to_sent_in_page = summary(clickToSent);
+  // click_to_phone = playwright's click until the DOM event + the rest.
+  results.driver_click_to_dom_click = summary(driverToDomClick);
+  results.dom_click_to_phone = summary(domClickToPhone);
   results.start_to_call_bar = summary(startToBar);
 
   // The native desk: `desk request` (a process: connect, join, catch up, push,

@@ -37,6 +37,8 @@ class JsonLines {
   constructor(child) {
     this.child = child;
     this.seen = [];
+    /** When each line of `seen` arrived (ms since the epoch, sub-ms precision). */
+    this.arrivals = [];
     this.waiters = [];
     readline.createInterface({ input: child.stdout }).on('line', (line) => {
       let value;
@@ -46,6 +48,7 @@ class JsonLines {
         return;
       }
       this.seen.push(value);
+      this.arrivals.push(performance.timeOrigin + performance.now());
       for (const w of [...this.waiters]) {
         if (w.match(value)) {
           this.waiters.splice(this.waiters.indexOf(w), 1);
