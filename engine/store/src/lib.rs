@@ -178,8 +178,8 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX calls_by_tenant_phase ON calls (tenant_id, phase, requested_at);
     "#,
     // 6: the result type in force on each call, for the call-performance
-    // dashboard (calls indexed before this upgrade count once their document is
-    // next saved), and the period the dashboard reads.
+    // dashboard (filled in for calls indexed before, from their documents: see
+    // `backfill_result_types`), and the period the dashboard reads.
     r#"
     ALTER TABLE calls ADD COLUMN result_type TEXT;
     CREATE INDEX calls_by_tenant_time ON calls (tenant_id, requested_at);
@@ -1089,8 +1089,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             continue;
         }
         tx.execute_batch(sql)?;
-        if index == 2 {
-            backfill_follow_up(&tx)?;
+        match index {
+            2 => backfill_follow_up(&tx)?,
+            5 => backfill_result_types(&tx)?,
+            _ => {}
         }
         tx.pragma_update(None, "user_version", index as u32 + 1)?;
         tx.commit()?;
@@ -1131,6 +1133,35 @@ fn backfill_follow_up(conn: &Connection) -> Result<(), StoreError> {
                 derived.restriction_until.map(Timestamp::as_millis),
             ],
         )?;
+    }
+    Ok(())
+}
+
+/// Fills the result type of calls indexed before migration 6, from each stored
+/// document's derived calls (once, as the upgrade runs: the dashboard would
+/// otherwise count those calls without their results until each customer's next
+/// save). Costs one parse of every document.
+fn backfill_result_types(conn: &Connection) -> Result<(), StoreError> {
+    let keys: Vec<(String, String)> = conn
+        .prepare("SELECT tenant_id, customer_id FROM documents")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (tenant, customer) in keys {
+        let (Ok(tenant_id), Ok(customer_id)) = (TenantId::new(&tenant), CustomerId::new(&customer))
+        else {
+            continue;
+        };
+        // As above: an unreadable document, or a call id indexed under another
+        // customer, keeps its rows as they were; the database still opens.
+        let filled = load(conn, &tenant_id, &customer_id, ActorId::random())
+            .and_then(|stored| Ok(stored.doc.customer()?))
+            .and_then(|derived| {
+                let indexed = indexed_calls(conn, &derived)?;
+                index(conn, &derived, indexed)
+            });
+        if let Err(err) = filled {
+            tracing::warn!(tenant = %tenant, customer = %customer, error = %err, "could not index a stored document's results");
+        }
     }
     Ok(())
 }

@@ -483,3 +483,37 @@ fn the_dashboard_counts_calls_that_took_place_and_reached_results_in_the_period(
             .is_empty()
     );
 }
+
+#[test]
+fn upgrading_past_migration_6_fills_in_the_results_of_calls_indexed_before() {
+    use callsync_store::ConfigQueries;
+    let (dir, mut store) = new_store();
+    finished_call(&mut store, "call-1", 0, Some("appointment"));
+    finished_call(&mut store, "call-2", 60_000 * 10, Some("no-answer"));
+    let reached = [callsync_core::ResultTypeId::new("appointment").unwrap()];
+    let period = (START, START.plus_millis(3_600_000));
+    let counts = |store: &Store| {
+        let stats = store
+            .call_stats(&tenant(), period.0, period.1, &reached)
+            .unwrap();
+        (stats[0].calls, stats[0].results, stats[0].reached)
+    };
+    assert_eq!(counts(&store), (2, 2, 1));
+    drop(store);
+    // The database as schema 5 left it: no result types in the index.
+    let path = dir.path().join("callsync.sqlite");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP INDEX calls_by_tenant_time; ALTER TABLE calls DROP COLUMN result_type;
+         PRAGMA user_version = 5;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
+    assert_eq!(
+        counts(&store),
+        (2, 2, 1),
+        "results filled in by the upgrade"
+    );
+}
