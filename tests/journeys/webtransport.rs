@@ -16,6 +16,11 @@ use crate::network::{OWNER, PASSWORD, ServerProcess};
 
 /// `GET path` on the page's HTTP listener: (status line, headers, body).
 fn http_get(page: &str, path: &str) -> (String, String, String) {
+    http_get_with(page, path, "")
+}
+
+/// As [`http_get`], with `headers` (each line ending in CRLF) added.
+fn http_get_with(page: &str, path: &str, headers: &str) -> (String, String, String) {
     let host = page
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -26,7 +31,7 @@ fn http_get(page: &str, path: &str) -> (String, String, String) {
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -216,6 +221,11 @@ fn the_page_is_served_with_its_security_headers_and_routes_fall_back_to_it() {
     )
     .unwrap();
     std::fs::write(page.join("assets/app.js"), "console.log(1)").unwrap();
+    // What the build writes beside the engine (contents stand-ins: the server
+    // picks the file by the browser's Accept-Encoding, it does not decode it).
+    std::fs::write(page.join("assets/engine.wasm"), "plain engine").unwrap();
+    std::fs::write(page.join("assets/engine.wasm.br"), "brotli engine").unwrap();
+    std::fs::write(page.join("assets/engine.wasm.gz"), "gzip engine").unwrap();
     let server = ServerProcess::start(
         &root.path().join("server"),
         "127.0.0.1:0",
@@ -227,6 +237,32 @@ fn the_page_is_served_with_its_security_headers_and_routes_fall_back_to_it() {
     assert_eq!(body, "console.log(1)");
     assert!(headers.contains("content-security-policy: default-src 'self'"));
     assert!(headers.contains("x-content-type-options: nosniff"));
+    // The engine goes precompressed to a browser that accepts it, with its own
+    // type (WebAssembly compiles while it streams only as application/wasm).
+    for (accept, encoding, expected) in [
+        ("br, gzip", Some("br"), "brotli engine"),
+        ("gzip", Some("gzip"), "gzip engine"),
+        ("identity", None, "plain engine"),
+    ] {
+        let (status, headers, body) = http_get_with(
+            &server.page,
+            "/assets/engine.wasm",
+            &format!("Accept-Encoding: {accept}\r\n"),
+        );
+        assert!(status.contains(" 200 "), "{status}");
+        assert_eq!(body, expected, "{accept}");
+        assert!(
+            headers.contains("content-type: application/wasm"),
+            "{headers}"
+        );
+        match encoding {
+            Some(encoding) => assert!(
+                headers.contains(&format!("content-encoding: {encoding}")),
+                "{headers}"
+            ),
+            None => assert!(!headers.contains("content-encoding"), "{headers}"),
+        }
+    }
     // The page's own routes reload into the page.
     let (status, _, body) = http_get(&server.page, "/customers/cus-1");
     assert!(status.contains(" 200 "), "{status}");

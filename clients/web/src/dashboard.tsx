@@ -3,12 +3,17 @@
 // page does not hold every customer); Chart.js draws them, and a table says the
 // same for screen readers and keyboards.
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { BarController, BarElement, CategoryScale, Chart, Legend, LineController, LineElement, LinearScale, PointElement, Tooltip } from 'chart.js';
+import type { Chart } from 'chart.js';
 import { asRefusal, type PageSync } from './sync';
 import { t, type Lang } from './i18n';
 import type { UserCallStats } from './types';
 
-Chart.register(BarController, BarElement, CategoryScale, Legend, LineController, LineElement, LinearScale, PointElement, Tooltip);
+let chartModule: Promise<typeof Chart> | undefined;
+/** Chart.js, loaded the first time a dashboard draws: only managers open it. */
+function loadChart(): Promise<typeof Chart> {
+  chartModule ??= import('./chart').then((m) => m.Chart);
+  return chartModule;
+}
 
 /** Whether a role may see the dashboard (manager and above). */
 export function isManager(role: string): boolean {
@@ -61,34 +66,42 @@ export function Dashboard({ lang, sync }: { lang: Lang; sync: PageSync }) {
   }, [online]);
 
   useEffect(() => {
-    if (!canvas.current || !stats) return undefined;
-    chart.current?.destroy();
-    chart.current = new Chart(canvas.current, {
-      data: {
-        labels: stats.map((s) => s.user),
-        datasets: [
-          { type: 'bar', label: t(lang, 'calls'), data: stats.map((s) => s.calls), backgroundColor: '#0b5cad', yAxisID: 'calls' },
-          {
-            type: 'line',
-            label: `${t(lang, 'reachedRate')} (%)`,
-            data: stats.map((s) => rate(s.reached, s.results)),
-            borderColor: '#b35900',
-            backgroundColor: '#b35900',
-            yAxisID: 'rate',
-          },
-        ],
-      },
-      options: {
-        animation: false,
-        responsive: true,
-        aspectRatio: 3,
-        scales: {
-          calls: { type: 'linear', position: 'left', beginAtZero: true, ticks: { precision: 0 } },
-          rate: { type: 'linear', position: 'right', min: 0, max: 100, grid: { drawOnChartArea: false } },
+    if (!stats) return undefined;
+    let live = true;
+    void loadChart().then((ChartClass) => {
+      if (!live || !canvas.current) return;
+      chart.current?.destroy();
+      chart.current = new ChartClass(canvas.current, {
+        data: {
+          labels: stats.map((s) => s.user),
+          datasets: [
+            { type: 'bar', label: t(lang, 'calls'), data: stats.map((s) => s.calls), backgroundColor: '#0b5cad', yAxisID: 'calls' },
+            {
+              type: 'line',
+              label: `${t(lang, 'reachedRate')} (%)`,
+              data: stats.map((s) => rate(s.reached, s.results)),
+              borderColor: '#b35900',
+              backgroundColor: '#b35900',
+              yAxisID: 'rate',
+            },
+          ],
         },
-      },
+        options: {
+          animation: false,
+          responsive: true,
+          aspectRatio: 3,
+          scales: {
+            calls: { type: 'linear', position: 'left', beginAtZero: true, ticks: { precision: 0 } },
+            rate: { type: 'linear', position: 'right', min: 0, max: 100, grid: { drawOnChartArea: false } },
+          },
+        },
+      });
     });
-    return () => chart.current?.destroy();
+    return () => {
+      live = false;
+      chart.current?.destroy();
+      chart.current = undefined;
+    };
   }, [stats, lang]);
 
   const total = stats?.reduce(
