@@ -1,9 +1,12 @@
 // The page's service worker: the page opens with no network.
 //
 // On install it keeps every file of the page (listed by the build's manifest).
-// Every same-origin GET the page makes is fetched from the network when it
-// answers (and the copy refreshed); with no network the kept copy is served. /api/transport is never kept: it names
-// the current certificate. The replica itself lives in IndexedDB, not here.
+// The build's files under /assets/ are named by their content, so a kept copy
+// is served as is (a reload does not fetch the 550 KB engine again). Any other
+// same-origin GET (the page itself, the manifest) is fetched from the network
+// when it answers (and the copy refreshed); with no network the kept copy is
+// served. /api/transport is never kept: it names the current certificate. The
+// replica itself lives in IndexedDB, not here.
 const CACHE = 'callsync-page-v1';
 
 /** The page's files, from the build's manifest (the script, styles and the engine). */
@@ -41,6 +44,22 @@ self.addEventListener('activate', (event) => {
 self.addEventListener('fetch', (event) => {
   const url = new URL(event.request.url);
   if (event.request.method !== 'GET' || url.origin !== location.origin || url.pathname.startsWith('/api/')) return;
+  if (url.pathname.startsWith('/assets/')) {
+    event.respondWith(
+      caches.match(event.request).then(
+        (kept) =>
+          kept ??
+          fetch(event.request).then((response) => {
+            if (response.ok) {
+              const copy = response.clone();
+              void caches.open(CACHE).then((cache) => cache.put(event.request, copy));
+            }
+            return response;
+          }),
+      ),
+    );
+    return;
+  }
   event.respondWith(
     fetch(event.request)
       .then((response) => {

@@ -308,7 +308,19 @@ function CustomerScreen({ lang, sync, route }: { lang: Lang; sync: PageSync; rou
             id={`tab-${tab}`}
             aria-selected={route.tab === tab}
             aria-controls={`panel-${tab}`}
+            // The tab list is one stop for Tab; the arrows, Home and End move
+            // between its tabs (WAI-ARIA's tabs pattern, activated on focus).
+            tabIndex={route.tab === tab ? 0 : -1}
             onClick={() => go(tab === 'call' ? base : `${base}/${tab}`)}
+            onKeyDown={(e) => {
+              const at = tabs.findIndex(([id]) => id === tab);
+              const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 }[e.key];
+              if (to === undefined) return;
+              e.preventDefault();
+              const next = tabs[(to + tabs.length) % tabs.length]?.[0] ?? tab;
+              go(next === 'call' ? base : `${base}/${next}`);
+              document.getElementById(`tab-${next}`)?.focus();
+            }}
           >
             {t(lang, key)}
           </button>

@@ -72,8 +72,13 @@ test('log in, open a customer, call through the phone, end, save the mandatory r
     await page.getByRole('status').filter({ hasText: 'コール結果を保存しました' }).waitFor();
     assert.equal(await dialog.count(), 0, 'the form closes once saved');
 
-    // The timeline and the call detail show it; so does the phone.
-    await page.getByRole('tab', { name: 'タイムライン' }).click();
+    // The timeline and the call detail show it; so does the phone. The tabs
+    // answer the arrow keys: from the selected コール tab, → opens タイムライン.
+    await page.getByRole('tab', { name: 'コール', exact: true }).focus();
+    await page.keyboard.press('ArrowRight');
+    const timelineTab = page.getByRole('tab', { name: 'タイムライン' });
+    await timelineTab.and(page.locator('[aria-selected="true"]')).waitFor();
+    assert.ok(await timelineTab.evaluate((el) => el === document.activeElement), 'focus follows the selection');
     await page.getByText('来週再度ご連絡').or(page.getByText('結果')).first().waitFor();
     await screenshot(page, '07-timeline');
     await expectNoSeriousViolations(page, 'timeline');

@@ -10,6 +10,24 @@ test('a result saved with the server gone reaches it later; a reload offline sti
     await phone.waitFor((e) => e.event === 'caught-up');
     const page = await browser.newPage();
     await logInPage(page, world, 'rep@acme.example');
+    await page.getByRole('link', { name: '株式会社さくら物産' }).waitFor();
+
+    // Once the service worker keeps the page, a reload takes the build's
+    // content-named files (the engine above all) from it, not the network.
+    await page.evaluate(() => navigator.serviceWorker.ready.then(() => undefined));
+    const fetchedByWorker = [];
+    const onRequest = (request) => {
+      if (request.serviceWorker() && new URL(request.url()).pathname.startsWith('/assets/')) fetchedByWorker.push(request.url());
+    };
+    page.context().on('request', onRequest);
+    const engineServed = page.waitForResponse((r) => r.url().endsWith('.wasm'));
+    await page.reload();
+    const engine = await engineServed;
+    await page.getByRole('link', { name: '株式会社さくら物産' }).waitFor();
+    page.context().off('request', onRequest);
+    assert.ok(engine.fromServiceWorker(), 'the engine comes from the service worker');
+    assert.deepEqual(fetchedByWorker, [], 'the service worker fetched none of the build’s files again');
+
     await page.getByRole('link', { name: '株式会社さくら物産' }).click();
     await page.getByTestId('presence').filter({ hasText: 'スマートフォン接続中' }).waitFor({ timeout: 15_000 });
     await page.getByRole('button', { name: '顧客にコール' }).click();
