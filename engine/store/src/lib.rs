@@ -1101,8 +1101,15 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Fills the recall and restriction columns of documents stored before migration 3.
-fn backfill_follow_up(conn: &Connection) -> Result<(), StoreError> {
+/// Calls `backfill` with the derived customer of every stored document, for a
+/// migration that fills a new column from the documents. A document that cannot
+/// be read, or whose backfill fails on its data, keeps what it had (its next
+/// save fills it) and is logged: it must not stop the database from opening.
+fn for_each_stored_customer(
+    conn: &Connection,
+    what: &str,
+    mut backfill: impl FnMut(&Customer) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let keys: Vec<(String, String)> = conn
         .prepare("SELECT tenant_id, customer_id FROM documents")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -1112,29 +1119,36 @@ fn backfill_follow_up(conn: &Connection) -> Result<(), StoreError> {
         else {
             continue;
         };
-        // A document that cannot be read keeps empty columns (its next save fills
-        // them); it must not stop the database from opening.
-        let derived = match load(conn, &tenant_id, &customer_id, ActorId::random())
+        let filled = load(conn, &tenant_id, &customer_id, ActorId::random())
             .and_then(|stored| Ok(stored.doc.customer()?))
-        {
-            Ok(derived) => derived,
+            .and_then(|derived| backfill(&derived));
+        match filled {
+            Ok(()) => {}
+            // SQLite failing is not the document's fault: the migration fails.
+            Err(StoreError::Sqlite(e)) => return Err(StoreError::Sqlite(e)),
             Err(err) => {
-                tracing::warn!(tenant = %tenant, customer = %customer, error = %err, "could not derive a stored document's recall");
-                continue;
+                tracing::warn!(tenant = %tenant, customer = %customer, error = %err, "could not fill a stored document's {what}");
             }
-        };
+        }
+    }
+    Ok(())
+}
+
+/// Fills the recall and restriction columns of documents stored before migration 3.
+fn backfill_follow_up(conn: &Connection) -> Result<(), StoreError> {
+    for_each_stored_customer(conn, "recall", |derived| {
         conn.execute(
             "UPDATE documents SET recall_at = ?3, restriction_until = ?4
              WHERE tenant_id = ?1 AND customer_id = ?2",
             params![
-                tenant,
-                customer,
+                derived.tenant.as_str(),
+                derived.id.as_str(),
                 derived.recall_at.map(Timestamp::as_millis),
                 derived.restriction_until.map(Timestamp::as_millis),
             ],
         )?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Fills the result type of calls indexed before migration 6, from each stored
@@ -1142,28 +1156,10 @@ fn backfill_follow_up(conn: &Connection) -> Result<(), StoreError> {
 /// otherwise count those calls without their results until each customer's next
 /// save). Costs one parse of every document.
 fn backfill_result_types(conn: &Connection) -> Result<(), StoreError> {
-    let keys: Vec<(String, String)> = conn
-        .prepare("SELECT tenant_id, customer_id FROM documents")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (tenant, customer) in keys {
-        let (Ok(tenant_id), Ok(customer_id)) = (TenantId::new(&tenant), CustomerId::new(&customer))
-        else {
-            continue;
-        };
-        // As above: an unreadable document, or a call id indexed under another
-        // customer, keeps its rows as they were; the database still opens.
-        let filled = load(conn, &tenant_id, &customer_id, ActorId::random())
-            .and_then(|stored| Ok(stored.doc.customer()?))
-            .and_then(|derived| {
-                let indexed = indexed_calls(conn, &derived)?;
-                index(conn, &derived, indexed)
-            });
-        if let Err(err) = filled {
-            tracing::warn!(tenant = %tenant, customer = %customer, error = %err, "could not index a stored document's results");
-        }
-    }
-    Ok(())
+    for_each_stored_customer(conn, "results", |derived| {
+        let indexed = indexed_calls(conn, derived)?;
+        index(conn, derived, indexed).map(|_| ())
+    })
 }
 
 fn load(
