@@ -22,17 +22,10 @@ use callsync_store::Store;
 use crate::network::{
     NUMBER, OWNER, PASSWORD, ServerProcess, World, call_id, callsync, create_customer,
 };
+use crate::support::runtime;
 
 /// A second rep of the first tenant.
 const OTHER_REP: &str = "rep2@acme.example";
-
-pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// A raw connection from a chosen local address (all of 127.0.0.0/8 is this
 /// machine), with the protocol's stream open.

@@ -20,6 +20,7 @@ use crate::network::{
     NUMBER, OWNER, PASSWORD, PhoneRun, REP, ServerProcess, World, call_id, callsync, callsync_with,
     create_customer,
 };
+use crate::support::runtime;
 
 /// Rows in a server table.
 fn count(server: &ServerProcess, table: &str) -> i64 {
@@ -294,14 +295,6 @@ fn join_message(session: &SavedSession, version: &str) -> Message {
         token: session.token.clone(),
         cursor: None,
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 async fn raw_connect(

@@ -7,8 +7,9 @@ use callsync_core::wire::{Message, RpcCall, RpcResult};
 use callsync_core::{CustomerId, NewCustomer, PhoneEntry, TenantId, UserId};
 use callsync_net::framing::{read_message, write_message};
 
-use crate::hardening::{ask, join, reply, runtime, saved_session};
+use crate::hardening::{ask, join, reply, saved_session};
 use crate::network::{NUMBER, World, call_id, callsync};
+use crate::support::runtime;
 
 /// Connections flooding the second tenant's hub …
 const FLOODERS: u64 = 2;

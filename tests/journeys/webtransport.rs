@@ -13,6 +13,7 @@ use callsync_net::framing::{read_message, write_message};
 use serde_json::Value;
 
 use crate::network::{OWNER, PASSWORD, ServerProcess};
+use crate::support::runtime;
 
 /// `GET path` on the page's HTTP listener: (status line, headers, body).
 fn http_get(page: &str, path: &str) -> (String, String, String) {
@@ -55,14 +56,6 @@ fn certificate_hashes(server: &ServerProcess) -> Vec<String> {
         .iter()
         .map(|h| h.as_str().unwrap().to_owned())
         .collect()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn hex_of(bytes: &[u8]) -> String {
