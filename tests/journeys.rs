@@ -8,6 +8,8 @@ mod call_flow;
 mod crash;
 #[path = "journeys/durability.rs"]
 mod durability;
+#[path = "journeys/exhaustion.rs"]
+mod exhaustion;
 #[path = "journeys/hardening.rs"]
 mod hardening;
 #[path = "journeys/import.rs"]

@@ -38,7 +38,7 @@ fn new_customer(tenant: &TenantId, id: &str) -> NewCustomer {
 /// The rep's desk requests a call and cancels it: two changes on `cus-1`, each
 /// pushed to the owner's connection subscribed to it. The time from each command's
 /// start to the push reaching the subscriber, in ms.
-async fn push_latencies(
+pub(crate) async fn push_latencies(
     desk: &std::path::Path,
     recv: &mut quinn::RecvStream,
     samples: usize,
@@ -82,7 +82,7 @@ async fn push_latencies(
     latencies
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

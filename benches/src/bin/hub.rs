@@ -83,12 +83,12 @@ fn measured_change(
     hub: &mut HubSession<StoredDoc>,
     tx: &mut WriteTx<'_>,
     message: Message,
-    batch: &mut Batch,
+    batch: &mut Batch<'_>,
 ) {
     let at = now();
     hub.handle(at, tx, HubInput::Received { conn: 1, message }, batch)
         .unwrap();
-    hub.finish(at, tx, &|_| usize::MAX, batch).unwrap();
+    hub.finish(at, tx, batch).unwrap();
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -238,8 +238,7 @@ fn main() {
         let mut batch = Batch::default();
         let mut tx = store.write().unwrap();
         hub.handle(now(), &mut tx, input, &mut batch).unwrap();
-        hub.finish(now(), &mut tx, &|_| usize::MAX, &mut batch)
-            .unwrap();
+        hub.finish(now(), &mut tx, &mut batch).unwrap();
         tx.commit().unwrap();
         hub.committed(batch).sends
     };

@@ -52,6 +52,10 @@ pub struct PhoneEntry {
     pub number: PhoneNumber,
 }
 
+/// Most phone numbers a new customer's profile may carry while decoding; the
+/// document refuses past [`crate::document::MAX_PHONES`] in words.
+const MAX_PHONES_DECODED: usize = 256;
+
 /// The editable profile of a new customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewCustomer {
@@ -66,6 +70,7 @@ pub struct NewCustomer {
     /// The assigned rep.
     pub owner: UserId,
     /// Phone numbers, at least one.
+    #[serde(deserialize_with = "crate::wire::decode::at_most::<MAX_PHONES_DECODED, _, _>")]
     pub phones: Vec<PhoneEntry>,
 }
 

@@ -41,6 +41,7 @@ use crate::plugin::{ContentHash, PluginRef, Setting};
 use crate::time::Timestamp;
 use chrono::NaiveDate;
 
+pub(crate) mod decode;
 mod refusal;
 pub use refusal::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA, Refusal};
 
@@ -55,8 +56,28 @@ pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Longest password accepted (Argon2 hashes any length; this bounds the work).
 pub const MAX_PASSWORD_BYTES: usize = 256;
-/// Most documents named in one message.
+/// Most documents (or any other list's items) named in one message.
 pub const MAX_DOCUMENTS_PER_MESSAGE: usize = 100_000;
+/// Most protocol versions a `login` or `join` may offer.
+pub const MAX_PROTOCOL_VERSIONS: usize = 16;
+/// Most heads a message may announce (as the sync screen allows).
+pub const MAX_HEADS: usize = 1_024;
+/// The most frame a connection may send before it has logged in or joined: a
+/// `login` or `join` is well under 1 KiB, and nothing more is read or decoded for
+/// a peer nobody has authenticated.
+pub const MAX_FIRST_FRAME_BYTES: usize = 4 * 1024;
+/// Most documents a `subscribe` may name while decoding; past [`MAX_SUBSCRIBE`]
+/// (up to this) the hub answers with a typed refusal, past this the message is
+/// malformed.
+pub const MAX_SUBSCRIBE_DECODED: usize = 4 * MAX_SUBSCRIBE;
+/// Most settings a `plugin-install` may carry while decoding (the install
+/// check refuses past 64 in words).
+pub const MAX_SETTINGS_DECODED: usize = 1_024;
+/// Most holidays a `plugin-install` may carry while decoding (the install
+/// check refuses past 1,000 in words).
+pub const MAX_HOLIDAYS_DECODED: usize = 16_384;
+/// Most result types an install summary may list while decoding.
+pub const MAX_RESULT_TYPES_DECODED: usize = 1_024;
 
 /// Why bytes are not a valid frame or message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,14 +152,17 @@ impl fmt::Display for ErrorBody {
     }
 }
 
+decode::tag_first_enum! {
+tag = "type", remote = "Message", mirror = MessageFields;
 /// One protocol message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq)]
+#[serde(rename_all = "kebab-case")]
 pub enum Message {
     /// Client → server, first message of a login connection.
     #[serde(rename_all = "camelCase")]
     Login {
-        /// Protocol versions the client speaks.
+        /// Protocol versions the client speaks (at most [`MAX_PROTOCOL_VERSIONS`]).
+        #[serde(deserialize_with = "decode::at_most::<MAX_PROTOCOL_VERSIONS, _, _>")]
         supported_protocol_versions: Vec<String>,
         /// The user's email.
         email: String,
@@ -166,7 +190,8 @@ pub enum Message {
     Join {
         /// The device's id (automerge-repo's peer id).
         sender_id: DeviceId,
-        /// Protocol versions the client speaks.
+        /// Protocol versions the client speaks (at most [`MAX_PROTOCOL_VERSIONS`]).
+        #[serde(deserialize_with = "decode::at_most::<MAX_PROTOCOL_VERSIONS, _, _>")]
         supported_protocol_versions: Vec<String>,
         /// The session token from `logged-in`.
         token: String,
@@ -190,11 +215,12 @@ pub enum Message {
         cursor: Cursor,
         /// The documents that changed since the device's cursor. The server starts
         /// a sync for each; no other document needs one.
+        #[serde(deserialize_with = "decode::at_most::<MAX_DOCUMENTS_PER_MESSAGE, _, _>")]
         changed: Vec<CustomerId>,
         /// The heads (hex) of the tenant's configuration document on the server. A
         /// device holding other heads starts a `config-sync`; one holding these
         /// skips it.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "decode::at_most::<MAX_HEADS, _, _>")]
         config_heads: Vec<String>,
     },
     /// Either side: a fatal error; the connection closes after it.
@@ -271,6 +297,7 @@ pub enum Message {
         result: RpcResult,
     },
 }
+}
 
 impl Message {
     /// The message's `type`, for logs.
@@ -294,10 +321,12 @@ impl Message {
     }
 }
 
+decode::tag_first_enum! {
+tag = "method", remote = "RpcCall", mirror = RpcCallFields;
 /// A request outside document sync. Each names the least role it needs in its
 /// docs; the server checks it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq)]
+#[serde(rename_all = "kebab-case")]
 pub enum RpcCall {
     /// Admin or above: add a member.
     #[serde(rename_all = "camelCase")]
@@ -363,7 +392,9 @@ pub enum RpcCall {
     /// document.
     #[serde(rename_all = "camelCase")]
     Subscribe {
-        /// The documents.
+        /// The documents (more than [`MAX_SUBSCRIBE`] is refused by the hub, more
+        /// than [`MAX_SUBSCRIBE_DECODED`] already while decoding).
+        #[serde(deserialize_with = "decode::at_most::<MAX_SUBSCRIBE_DECODED, _, _>")]
         documents: Vec<CustomerId>,
     },
     /// Any member: the user's own devices and whether each is connected now.
@@ -376,8 +407,10 @@ pub enum RpcCall {
         #[serde(with = "serde_bytes")]
         file: Vec<u8>,
         /// The plugin's settings.
+        #[serde(deserialize_with = "decode::at_most::<MAX_SETTINGS_DECODED, _, _>")]
         settings: Vec<Setting>,
         /// Days off (e.g. Japanese public holidays).
+        #[serde(deserialize_with = "decode::at_most::<MAX_HOLIDAYS_DECODED, _, _>")]
         holidays: Vec<NaiveDate>,
         /// The tenant's IANA time zone.
         time_zone: String,
@@ -411,6 +444,7 @@ pub enum RpcCall {
         /// [`MAX_DECIDE_SKEW_MS`] from the server's clock.
         saved_at: Timestamp,
     },
+}
 }
 
 impl RpcCall {
@@ -447,19 +481,37 @@ pub enum RpcResult {
     /// Done; nothing to return.
     Done,
     /// The tenant's members.
-    Users(Vec<MemberSummary>),
+    Users(
+        #[serde(deserialize_with = "decode::at_most::<MAX_DOCUMENTS_PER_MESSAGE, _, _>")]
+        Vec<MemberSummary>,
+    ),
     /// Customers the session may see.
-    Customers(Vec<CustomerSummary>),
+    Customers(
+        #[serde(deserialize_with = "decode::at_most::<MAX_DOCUMENTS_PER_MESSAGE, _, _>")]
+        Vec<CustomerSummary>,
+    ),
     /// The documents now subscribed (those the session may see).
-    Subscribed(Vec<CustomerId>),
+    Subscribed(
+        #[serde(deserialize_with = "decode::at_most::<MAX_DOCUMENTS_PER_MESSAGE, _, _>")]
+        Vec<CustomerId>,
+    ),
     /// The user's devices.
-    Devices(Vec<DeviceSummary>),
+    Devices(
+        #[serde(deserialize_with = "decode::at_most::<MAX_DOCUMENTS_PER_MESSAGE, _, _>")]
+        Vec<DeviceSummary>,
+    ),
     /// The rule set now active.
     PluginInstalled(InstalledSummary),
     /// Customers due for a recall.
-    Recalls(Vec<RecallSummary>),
+    Recalls(
+        #[serde(deserialize_with = "decode::at_most::<MAX_DOCUMENTS_PER_MESSAGE, _, _>")]
+        Vec<RecallSummary>,
+    ),
     /// The call-performance figures, per user.
-    CallStats(Vec<UserCallStats>),
+    CallStats(
+        #[serde(deserialize_with = "decode::at_most::<MAX_DOCUMENTS_PER_MESSAGE, _, _>")]
+        Vec<UserCallStats>,
+    ),
     /// A result form's pick, decided by the tenant's rules.
     Decided(DecidedResult),
     /// Refused; nothing changed.
@@ -487,6 +539,7 @@ pub struct InstalledSummary {
     /// Its plugin build.
     pub plugin: PluginRef,
     /// The result types it declares, in form order.
+    #[serde(deserialize_with = "decode::at_most::<MAX_RESULT_TYPES_DECODED, _, _>")]
     pub result_types: Vec<String>,
 }
 
@@ -585,15 +638,42 @@ pub fn encode_frame(message: &Message) -> Result<Vec<u8>, WireError> {
     Ok(frame)
 }
 
+/// The size of `message`'s frame (length prefix included), counted without
+/// building it: what a driver's outgoing queue will hold for it.
+pub fn encoded_len(message: &Message) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(FRAME_HEADER_BYTES);
+    // Writing into a counter cannot fail; a value CBOR cannot hold would fail
+    // `encode_frame` later, where it is reported.
+    let _ = ciborium::into_writer(message, &mut counter);
+    counter.0
+}
+
 /// Reads a frame's length prefix, refusing lengths over [`MAX_FRAME_BYTES`] (and
 /// empty frames) before the reader allocates the body.
 pub fn frame_body_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, WireError> {
+    frame_body_len_within(header, MAX_FRAME_BYTES)
+}
+
+/// [`frame_body_len`] with a lower limit, e.g. [`MAX_FIRST_FRAME_BYTES`] for a
+/// peer that has not authenticated yet.
+pub fn frame_body_len_within(
+    header: [u8; FRAME_HEADER_BYTES],
+    max: usize,
+) -> Result<usize, WireError> {
     let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(WireError::FrameTooLarge {
-            len,
-            max: MAX_FRAME_BYTES,
-        });
+    let max = max.min(MAX_FRAME_BYTES);
+    if len > max {
+        return Err(WireError::FrameTooLarge { len, max });
     }
     if len == 0 {
         return Err(WireError::Malformed("empty frame".to_owned()));
@@ -601,7 +681,10 @@ pub fn frame_body_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, WireErr
     Ok(len)
 }
 
-/// Decodes one frame body (without its length prefix).
+/// Decodes one frame body (without its length prefix). Nothing is buffered
+/// into an untyped tree: the message's tag is read first and every list is
+/// bounded as it is read (see `decode`), so what decoding allocates stays within
+/// a small multiple of the body's size.
 pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
     let message: Message =
         ciborium::from_reader(body).map_err(|e| WireError::Malformed(e.to_string()))?;
@@ -609,16 +692,9 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
     Ok(message)
 }
 
+/// What decoding cannot check field by field: a password's length (Argon2 takes
+/// any length; this bounds its work). Every list is bounded while decoding.
 fn check_limits(message: &Message) -> Result<(), WireError> {
-    let too_many = |n: usize| {
-        if n > MAX_DOCUMENTS_PER_MESSAGE {
-            Err(WireError::Malformed(format!(
-                "{n} documents in one message; the limit is {MAX_DOCUMENTS_PER_MESSAGE}"
-            )))
-        } else {
-            Ok(())
-        }
-    };
     match message {
         Message::Login { password, .. }
         | Message::Rpc {
@@ -627,11 +703,6 @@ fn check_limits(message: &Message) -> Result<(), WireError> {
         } if password.len() > MAX_PASSWORD_BYTES => Err(WireError::Malformed(format!(
             "password longer than {MAX_PASSWORD_BYTES} bytes"
         ))),
-        Message::Peer { changed, .. } => too_many(changed.len()),
-        Message::Rpc {
-            call: RpcCall::Subscribe { documents },
-            ..
-        } => too_many(documents.len()),
         _ => Ok(()),
     }
 }
@@ -680,6 +751,21 @@ mod tests {
             }),
         });
         roundtrip(Message::DocUnavailable { document_id: doc });
+    }
+
+    #[test]
+    fn encoded_len_is_the_frames_length() {
+        for message in [
+            Message::Sync {
+                document_id: CustomerId::new("c-1").unwrap(),
+                data: vec![7; 70_000],
+            },
+            Message::Leave {
+                sender_id: "d".to_owned(),
+            },
+        ] {
+            assert_eq!(encoded_len(&message), encode_frame(&message).unwrap().len());
+        }
     }
 
     #[test]
@@ -734,6 +820,198 @@ mod tests {
             decode_body(&frame[FRAME_HEADER_BYTES..]),
             Err(WireError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn unit_and_newtype_variants_and_every_rpc_shape_survive_a_roundtrip() {
+        roundtrip(Message::Error(ErrorBody {
+            code: "x".to_owned(),
+            message: "no".to_owned(),
+            message_ja: "いいえ".to_owned(),
+        }));
+        for call in [
+            RpcCall::UserList,
+            RpcCall::Devices,
+            RpcCall::RecallList,
+            RpcCall::CustomerList {
+                after: None,
+                limit: Some(3),
+            },
+            RpcCall::PluginInstall {
+                file: vec![0, 97, 115, 109],
+                settings: vec![Setting {
+                    key: "hours".to_owned(),
+                    value: "10:00-12:00".to_owned(),
+                }],
+                holidays: vec![NaiveDate::from_ymd_opt(2027, 1, 1).unwrap()],
+                time_zone: "Asia/Tokyo".to_owned(),
+            },
+        ] {
+            roundtrip(Message::Rpc { id: 9, call });
+        }
+    }
+
+    fn body_of(value: &ciborium::Value) -> Vec<u8> {
+        let mut body = Vec::new();
+        ciborium::into_writer(value, &mut body).unwrap();
+        body
+    }
+
+    fn text(s: &str) -> ciborium::Value {
+        ciborium::Value::Text(s.to_owned())
+    }
+
+    #[test]
+    fn the_tag_must_come_first_and_unknown_fields_are_skipped() {
+        use ciborium::Value;
+        let leave = |entries: Vec<(Value, Value)>| decode_body(&body_of(&Value::Map(entries)));
+        assert_eq!(
+            leave(vec![
+                (text("type"), text("leave")),
+                (text("senderId"), text("d")),
+                (text("extra"), Value::Array(vec![Value::Array(vec![]); 3])),
+            ])
+            .unwrap(),
+            Message::Leave {
+                sender_id: "d".to_owned()
+            }
+        );
+        let late = leave(vec![
+            (text("senderId"), text("d")),
+            (text("type"), text("leave")),
+        ]);
+        assert!(
+            matches!(&late, Err(WireError::Malformed(e)) if e.contains("first key must be `type`")),
+            "{late:?}"
+        );
+        assert!(matches!(leave(vec![]), Err(WireError::Malformed(_))));
+        // The same in JSON, as the page hands calls to its engine.
+        let call: RpcCall =
+            serde_json::from_str(r#"{"method":"customer-list","limit":5}"#).unwrap();
+        assert_eq!(
+            call,
+            RpcCall::CustomerList {
+                after: None,
+                limit: Some(5)
+            }
+        );
+        assert!(
+            serde_json::from_str::<RpcCall>(r#"{"limit":5,"method":"customer-list"}"#).is_err()
+        );
+        assert!(serde_json::from_str::<RpcCall>(r#"{"method":"user-list","x":[[],[]]}"#).is_ok());
+    }
+
+    #[test]
+    fn every_list_is_bounded_while_decoding() {
+        let ids = |n: usize| {
+            (0..n)
+                .map(|i| CustomerId::new(format!("c-{i}")).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let subscribe = |n: usize| {
+            let frame = encode_frame(&Message::Rpc {
+                id: 1,
+                call: RpcCall::Subscribe { documents: ids(n) },
+            })
+            .unwrap();
+            decode_body(&frame[FRAME_HEADER_BYTES..])
+        };
+        // Past the hub's cap but within the decoder's: decoded, for a typed refusal.
+        assert!(subscribe(MAX_SUBSCRIBE + 1).is_ok());
+        assert!(subscribe(MAX_SUBSCRIBE_DECODED).is_ok());
+        assert!(matches!(
+            subscribe(MAX_SUBSCRIBE_DECODED + 1),
+            Err(WireError::Malformed(_))
+        ));
+        let join = |n: usize| {
+            let frame = encode_frame(&Message::Join {
+                sender_id: DeviceId::new("d").unwrap(),
+                supported_protocol_versions: vec![PROTOCOL_VERSION.to_owned(); n],
+                token: "t".to_owned(),
+                cursor: None,
+            })
+            .unwrap();
+            decode_body(&frame[FRAME_HEADER_BYTES..])
+        };
+        assert!(join(MAX_PROTOCOL_VERSIONS).is_ok());
+        assert!(matches!(
+            join(MAX_PROTOCOL_VERSIONS + 1),
+            Err(WireError::Malformed(_))
+        ));
+        let install = |settings: usize, holidays: usize| {
+            let frame = encode_frame(&Message::Rpc {
+                id: 1,
+                call: RpcCall::PluginInstall {
+                    file: vec![],
+                    settings: vec![
+                        Setting {
+                            key: "k".to_owned(),
+                            value: "v".to_owned(),
+                        };
+                        settings
+                    ],
+                    holidays: vec![NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(); holidays],
+                    time_zone: "Asia/Tokyo".to_owned(),
+                },
+            })
+            .unwrap();
+            decode_body(&frame[FRAME_HEADER_BYTES..])
+        };
+        assert!(install(MAX_SETTINGS_DECODED, MAX_HOLIDAYS_DECODED).is_ok());
+        assert!(install(MAX_SETTINGS_DECODED + 1, 0).is_err());
+        assert!(install(0, MAX_HOLIDAYS_DECODED + 1).is_err());
+        let peer = |n: usize| {
+            let frame = encode_frame(&Message::Peer {
+                sender_id: "server".to_owned(),
+                selected_protocol_version: PROTOCOL_VERSION.to_owned(),
+                tenant: TenantId::new("acme").unwrap(),
+                user: UserId::new("a@b.example").unwrap(),
+                role: Role::User,
+                cursor: Cursor {
+                    epoch: "e".to_owned(),
+                    seq: 1,
+                },
+                changed: vec![],
+                config_heads: vec![String::new(); n],
+            })
+            .unwrap();
+            decode_body(&frame[FRAME_HEADER_BYTES..])
+        };
+        assert!(peer(MAX_HEADS).is_ok());
+        assert!(peer(MAX_HEADS + 1).is_err());
+        let phones = |n: usize| {
+            let customer = crate::customer::NewCustomer {
+                tenant: TenantId::new("acme").unwrap(),
+                id: CustomerId::new("c-1").unwrap(),
+                company: "A".to_owned(),
+                contact: "B".to_owned(),
+                owner: UserId::new("a@b.example").unwrap(),
+                phones: vec![
+                    crate::customer::PhoneEntry {
+                        label: "代表".to_owned(),
+                        number: crate::PhoneNumber::parse("03-1234-5678").unwrap(),
+                    };
+                    n
+                ],
+            };
+            let frame = encode_frame(&Message::Rpc {
+                id: 1,
+                call: RpcCall::CustomerCreate { customer },
+            })
+            .unwrap();
+            decode_body(&frame[FRAME_HEADER_BYTES..])
+        };
+        assert!(phones(256).is_ok());
+        assert!(phones(257).is_err());
+        let users = |n: usize| {
+            let frame = encode_frame(&Message::Reply {
+                id: 1,
+                result: RpcResult::Subscribed(ids(n)),
+            })
+            .unwrap();
+            decode_body(&frame[FRAME_HEADER_BYTES..])
+        };
+        assert!(users(10).is_ok());
     }
 
     #[test]

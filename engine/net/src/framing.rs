@@ -17,11 +17,39 @@ pub async fn read_message<R: AsyncRead + Unpin>(recv: &mut R) -> Result<Option<M
     Ok(read_message_sized(recv).await?.map(|(message, _)| message))
 }
 
+/// [`read_message`] for a frame of at most `max` body bytes (e.g.
+/// [`wire::MAX_FIRST_FRAME_BYTES`] before the peer has authenticated).
+pub async fn read_message_within<R: AsyncRead + Unpin>(
+    recv: &mut R,
+    max: usize,
+) -> Result<Option<Message>, NetError> {
+    match read_frame_within(recv, max).await? {
+        Some(body) => Ok(Some(wire::decode_body(&body)?)),
+        None => Ok(None),
+    }
+}
+
 /// Like [`read_message`], also returning the frame's size on the wire (header
 /// included), for accounting.
 pub async fn read_message_sized<R: AsyncRead + Unpin>(
     recv: &mut R,
 ) -> Result<Option<(Message, usize)>, NetError> {
+    match read_frame_within(recv, wire::MAX_FRAME_BYTES).await? {
+        Some(body) => Ok(Some((
+            wire::decode_body(&body)?,
+            FRAME_HEADER_BYTES + body.len(),
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Reads the next frame's body, undecoded, refusing a length over `max` before
+/// allocating; `None` when the peer finished the stream cleanly between frames.
+/// For a reader that decodes elsewhere (a large frame off the async workers).
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    recv: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, NetError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut filled = 0;
     while filled < header.len() {
@@ -39,12 +67,12 @@ pub async fn read_message_sized<R: AsyncRead + Unpin>(
         }
         filled += read;
     }
-    let len = wire::frame_body_len(header)?;
+    let len = wire::frame_body_len_within(header, max)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body)
         .await
         .map_err(|e| NetError::Read(e.to_string()))?;
-    Ok(Some((wire::decode_body(&body)?, FRAME_HEADER_BYTES + len)))
+    Ok(Some(body))
 }
 
 /// Writes one message as a frame.
@@ -82,6 +110,26 @@ mod tests {
         assert_eq!(read, message);
         assert_eq!(size, bytes.len());
         assert!(read_message(&mut reader).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_given_limit_is_refused_before_its_body_is_read() {
+        let message = Message::Leave {
+            sender_id: "x".repeat(64),
+        };
+        let mut bytes = Vec::new();
+        write_message(&mut bytes, &message).await.unwrap();
+        let body = bytes.len() - FRAME_HEADER_BYTES;
+        let mut reader = &bytes[..FRAME_HEADER_BYTES];
+        assert!(matches!(
+            read_message_within(&mut reader, body - 1).await,
+            Err(NetError::Wire(wire::WireError::FrameTooLarge { .. }))
+        ));
+        let mut reader = bytes.as_slice();
+        assert_eq!(
+            read_message_within(&mut reader, body).await.unwrap(),
+            Some(message)
+        );
     }
 
     #[tokio::test]

@@ -35,9 +35,18 @@ pub const MAX_STREAMS: u32 = 3;
 /// two, which a browser opens. A native client has no use for them; the server
 /// stops any it opens.
 pub const MAX_UNI_STREAMS: u32 = 3;
-/// Bytes a client may have in flight on one connection, all streams together
-/// (quinn's default is unlimited; a frame is at most a few MiB).
+/// Bytes a client may have in flight on one connection, all streams together,
+/// once it has authenticated (quinn's default is unlimited; a frame is at most
+/// 8 MiB). The server raises a connection's window to this after its `join`.
 pub const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+/// Bytes the server keeps unacknowledged for one connection (quinn's default is
+/// about 10 MB): what a device that stops reading holds of the server's memory in
+/// QUIC's buffers, beside its queue (`MAX_QUEUED_BYTES_PER_CONN`).
+pub const SEND_WINDOW: u64 = 4 * 1024 * 1024;
+/// The same before the peer has authenticated: room for a `login` or `join`
+/// (and a browser's HTTP/3 handshake), so a connection nobody has vouched for
+/// holds at most this much of the server's memory in QUIC buffers.
+pub const PRE_LOGIN_RECEIVE_WINDOW: u32 = 64 * 1024;
 
 const CERT_FILE: &str = "server-cert.der";
 const KEY_FILE: &str = "server-key.der";
@@ -163,7 +172,8 @@ pub fn server_config(resolver: Arc<CertificateResolver>) -> Result<quinn::Server
     transport
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
-        .receive_window(CONNECTION_RECEIVE_WINDOW.into())
+        .receive_window(PRE_LOGIN_RECEIVE_WINDOW.into())
+        .send_window(SEND_WINDOW)
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().map_err(tls)?));
     config.transport_config(Arc::new(transport));
     Ok(config)

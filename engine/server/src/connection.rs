@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use callsync_core::wire::WireError;
 use callsync_core::wire::{self, ErrorBody, Message, Refusal};
 use callsync_net::NetError;
-use callsync_net::framing::{read_message, write_frame, write_message};
+use callsync_net::framing::{read_frame_within, read_message_within, write_frame, write_message};
 use callsync_session::connection::{ServerConnection, Step, sessions_ended_by};
 use callsync_session::hub::HubInput;
 use callsync_store::Store;
@@ -28,7 +29,8 @@ use web_transport_quinn::{RecvStream, SendStream, Session as Link};
 
 use crate::accounts::{self, AuthError, Session};
 use crate::clock;
-use crate::hub::{DriverInput, Hubs, Outbox, Outgoing};
+use crate::hub::{DriverInput, Gauge, Hubs, Outbox, Outgoing};
+use crate::limits::{AddressSlot, ConnectionLimits};
 use crate::throttle::{LoginThrottle, Throttled};
 
 pub use callsync_session::connection::{RATE_BURST, RATE_PER_SEC};
@@ -61,6 +63,9 @@ pub(crate) struct Shared {
     pub(crate) compiling: Semaphore,
     /// Result decisions run for browsers, two at a time, apart from installs.
     pub(crate) deciding: Semaphore,
+    /// Large frames decoded at once, on the blocking pool: fewer than the async
+    /// workers, so large decodes never occupy all of them.
+    pub(crate) decoding: Semaphore,
     /// The server's Automerge actor (hex), which no device may bind.
     pub(crate) server_actor: String,
     /// Login attempts per address and per account (checked before hashing).
@@ -69,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) handshake_timeout: Duration,
     /// Checks and compiles plugins on install (here, not on a hub's thread).
     pub(crate) plugins: Arc<callsync_plugin_host::PluginHost>,
+    /// Connections per address, member and device.
+    pub(crate) limits: Arc<ConnectionLimits>,
 }
 
 fn net_error_body(e: &NetError) -> ErrorBody {
@@ -156,7 +163,7 @@ async fn open_link(connection: quinn::Connection, timeout: Duration) -> Option<L
 }
 
 /// Serves one incoming connection to its end.
-pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
+pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, address: AddressSlot) {
     let connection = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -164,6 +171,7 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    let quic = connection.clone();
     let Some(connection) = open_link(connection, shared.handshake_timeout).await else {
         return;
     };
@@ -177,7 +185,13 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
         };
     let mut protocol =
         ServerConnection::new(clock::now(), shared.handshake_timeout.as_millis() as i64);
-    let first = match tokio::time::timeout(shared.handshake_timeout, read_message(&mut recv)).await
+    // Before anyone is authenticated, a first frame larger than a `login` or
+    // `join` is refused unread (and the QUIC receive window is small).
+    let first = match tokio::time::timeout(
+        shared.handshake_timeout,
+        read_message_within(&mut recv, wire::MAX_FIRST_FRAME_BYTES),
+    )
+    .await
     {
         Ok(Ok(Some(message))) => message,
         Ok(Ok(None)) => {
@@ -209,7 +223,9 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>) {
             if let Err(error) = protocol.joined(clock::now(), outcome) {
                 return refuse(&connection, &mut send, error).await;
             }
-            run_session(connection, send, recv, shared, protocol, cursor).await;
+            // Authenticated: the connection may now have a frame's worth in flight.
+            quic.set_receive_window(callsync_net::tls::CONNECTION_RECEIVE_WINDOW.into());
+            run_session(connection, send, recv, shared, protocol, cursor, address).await;
         }
         Step::Refuse(error) => refuse(&connection, &mut send, error).await,
         other => {
@@ -354,6 +370,7 @@ async fn run_session(
     shared: Arc<Shared>,
     mut protocol: ServerConnection,
     cursor: Option<wire::Cursor>,
+    mut address: AddressSlot,
 ) {
     let Some(member) = protocol.member().cloned() else {
         return refuse(&connection, &mut send, shutting_down()).await;
@@ -365,8 +382,20 @@ async fn run_session(
             return refuse(&connection, &mut send, shutting_down()).await;
         }
     };
+    let _member_slot = match shared.limits.join(&member, &mut address) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            tracing::info!(device = %member.device, code = refusal.code(), "refusing a connection over its cap");
+            return refuse(&connection, &mut send, refusal.body()).await;
+        }
+    };
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let gauge = shared.hubs.gauge();
     let (out, mut outgoing) = mpsc::channel::<Outgoing>(OUT_QUEUE);
+    let out = Queue {
+        sender: out,
+        gauge: gauge.clone(),
+    };
     let (cut_off, mut cut_off_signal) = tokio::sync::watch::channel(None);
     let started = Arc::new(AtomicU64::new(0));
     if hub
@@ -375,9 +404,10 @@ async fn run_session(
             member,
             cursor,
             out: Outbox {
-                queue: out.clone(),
+                queue: out.sender.clone(),
                 cut_off,
                 started: started.clone(),
+                gauge: gauge.clone(),
             },
         })
         .await
@@ -408,8 +438,17 @@ async fn run_session(
         while let Some(item) = outgoing.recv().await {
             match item {
                 Outgoing::Frame(frame) => {
-                    if write_frame(&mut send, &frame).await.is_err() {
-                        break;
+                    let written =
+                        tokio::time::timeout(WRITE_STALL, write_frame(&mut send, &frame)).await;
+                    gauge.sub(frame.len());
+                    match written {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            // The device has read nothing for this long.
+                            cut_off_too_slow(&writer_connection);
+                            break;
+                        }
                     }
                 }
                 Outgoing::Close(error) => {
@@ -418,11 +457,22 @@ async fn run_session(
                 }
             }
         }
+        // What is still queued will never be written: give its bytes back.
+        outgoing.close();
+        while let Some(item) = outgoing.recv().await {
+            if let Outgoing::Frame(frame) = item {
+                gauge.sub(frame.len());
+            }
+        }
     });
     loop {
-        let message = match read_message(&mut recv).await {
-            Ok(Some(message)) => message,
+        let message = match read_frame_within(&mut recv, wire::MAX_FRAME_BYTES).await {
+            Ok(Some(body)) => decode(&shared, body).await.map_err(NetError::Wire),
             Ok(None) => break,
+            Err(e) => Err(e),
+        };
+        let message = match message {
+            Ok(message) => message,
             Err(NetError::Wire(e)) => {
                 deliver(
                     &out,
@@ -508,8 +558,52 @@ async fn run_session(
     connection.close(0, b"bye");
 }
 
+/// Frames up to this size are decoded where they are read; larger ones on the
+/// blocking pool under [`Shared::decoding`].
+const LARGE_FRAME_BYTES: usize = 64 * 1024;
+
+/// Decodes a joined connection's frame. Decoding is bounded in what it allocates
+/// (see `wire::decode_body`), but an 8 MiB frame still takes milliseconds: a
+/// large one waits for a decoding permit and runs off the async workers.
+async fn decode(shared: &Shared, body: Vec<u8>) -> Result<Message, WireError> {
+    if body.len() <= LARGE_FRAME_BYTES {
+        return wire::decode_body(&body);
+    }
+    let Ok(_permit) = shared.decoding.acquire().await else {
+        return Err(WireError::Malformed(
+            "the server is shutting down".to_owned(),
+        ));
+    };
+    tokio::task::spawn_blocking(move || wire::decode_body(&body))
+        .await
+        .unwrap_or_else(|e| Err(WireError::Malformed(e.to_string())))
+}
+
+/// A connection's writer queue as the connection's own task fills it (replies it
+/// answers itself, its closing message), counting frames' bytes like the hub.
+#[derive(Clone)]
+struct Queue {
+    sender: mpsc::Sender<Outgoing>,
+    gauge: Gauge,
+}
+
+/// How long the writer may wait for the device to take one frame before the
+/// connection counts as stuck: a device that reads nothing for this long is cut
+/// off (it reconnects and catches up when it reads again).
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Closes a connection as too slow (close code [`CUT_OFF`], reason `too-slow`).
+fn cut_off_too_slow(connection: &Link) {
+    let refusal = Refusal::TooSlow.body();
+    tracing::info!(remote = %connection.remote_address(), "cutting off a connection that stopped reading");
+    connection.close(
+        CUT_OFF,
+        format!("{}: {}", refusal.code, refusal.message).as_bytes(),
+    );
+}
+
 /// Queues a reply for the connection's writer. False when the connection is done.
-async fn reply(out: &mpsc::Sender<Outgoing>, connection: &Link, message: Message) -> bool {
+async fn reply(out: &Queue, connection: &Link, message: Message) -> bool {
     match wire::encode_frame(&message) {
         Ok(frame) => deliver(out, connection, Outgoing::Frame(Arc::new(frame))).await,
         Err(e) => {
@@ -598,7 +692,7 @@ async fn decide_result(shared: &Shared, member: &Session, call: wire::RpcCall) -
 async fn install(
     shared: &Shared,
     hub: &mpsc::Sender<DriverInput>,
-    out: &mpsc::Sender<Outgoing>,
+    out: &Queue,
     connection: &Link,
     conn: callsync_session::ConnId,
     id: u64,
@@ -666,17 +760,26 @@ const DELIVER_WAIT: Duration = Duration::from_secs(2);
 /// [`DELIVER_WAIT`] means the device stopped reading: the connection is cut off
 /// (close code [`CUT_OFF`], reason `too-slow`) rather than the reader blocking on
 /// it for good. False when the connection is done.
-async fn deliver(out: &mpsc::Sender<Outgoing>, connection: &Link, item: Outgoing) -> bool {
-    match tokio::time::timeout(DELIVER_WAIT, out.send(item)).await {
+async fn deliver(out: &Queue, connection: &Link, item: Outgoing) -> bool {
+    let len = match &item {
+        Outgoing::Frame(frame) => frame.len(),
+        Outgoing::Close(_) => 0,
+    };
+    if len > 0 && out.gauge.would_overflow(len) {
+        // Replies the device never reads, up to its limit in bytes.
+        cut_off_too_slow(connection);
+        return false;
+    }
+    out.gauge.add(len);
+    match tokio::time::timeout(DELIVER_WAIT, out.sender.send(item)).await {
         Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
+        Ok(Err(_)) => {
+            out.gauge.sub(len);
+            false
+        }
         Err(_) => {
-            let refusal = Refusal::TooSlow.body();
-            tracing::info!(remote = %connection.remote_address(), "cutting off a connection that stopped reading");
-            connection.close(
-                CUT_OFF,
-                format!("{}: {}", refusal.code, refusal.message).as_bytes(),
-            );
+            out.gauge.sub(len);
+            cut_off_too_slow(connection);
             false
         }
     }

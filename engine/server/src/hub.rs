@@ -14,14 +14,16 @@
 //! fills its own hub's queue and batches, and another tenant's hub runs on; the
 //! two meet only at SQLite's write lock, held for one batch at a time.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callsync_core::TenantId;
 use callsync_core::wire::{self, Cursor, ErrorBody, Refusal};
-use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings};
+use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings, Room};
 use callsync_session::rules::ResultRules;
 use callsync_session::{Authenticated, ConnId};
 use callsync_store::{Store, StoredDoc};
@@ -38,6 +40,61 @@ pub(crate) enum Outgoing {
     Close(ErrorBody),
 }
 
+/// Bytes of encoded frames one connection's writer may have queued: room for the
+/// largest sync the hub generates (the configuration's, 6 MiB) and replies
+/// beside it. The hub generates a document's sync only when the queue has room
+/// for the largest one could be; a reply that would take the queue past this
+/// cuts the connection off as too slow.
+pub(crate) const MAX_QUEUED_BYTES_PER_CONN: usize = 16 << 20;
+/// Bytes all connections' writers may have queued together. Past it the hubs
+/// generate no more syncs for anyone (they wait, and go as the queues drain);
+/// replies still go.
+pub(crate) const MAX_QUEUED_BYTES: usize = 256 << 20;
+
+/// What is queued for one connection's writer, in bytes, and for all of them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Gauge {
+    conn: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Gauge {
+    /// A gauge for a new connection, counting into the same total.
+    pub(crate) fn for_connection(&self) -> Self {
+        Self {
+            conn: Arc::new(AtomicUsize::new(0)),
+            total: self.total.clone(),
+        }
+    }
+
+    /// `bytes` were queued.
+    pub(crate) fn add(&self, bytes: usize) {
+        self.conn.fetch_add(bytes, Ordering::Relaxed);
+        self.total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `bytes` were written out.
+    pub(crate) fn sub(&self, bytes: usize) {
+        self.conn.fetch_sub(bytes, Ordering::Relaxed);
+        self.total.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes queued for this connection.
+    pub(crate) fn queued(&self) -> usize {
+        self.conn.load(Ordering::Relaxed)
+    }
+
+    /// Bytes queued for every connection.
+    pub(crate) fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Whether `bytes` more would take this connection past its limit.
+    pub(crate) fn would_overflow(&self, bytes: usize) -> bool {
+        self.queued().saturating_add(bytes) > MAX_QUEUED_BYTES_PER_CONN
+    }
+}
+
 /// A connection's way out, as its hub's driver holds it.
 #[derive(Debug)]
 pub(crate) struct Outbox {
@@ -50,9 +107,25 @@ pub(crate) struct Outbox {
     /// Document syncs the hub started with this device on its own, not yet told to
     /// the connection's rate limit (see `ServerConnection::server_started`).
     pub(crate) started: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes queued for the writer (it subtracts what it has written).
+    pub(crate) gauge: Gauge,
 }
 
 impl Outbox {
+    /// The room the hub may still fill: frames in the queue, and bytes up to the
+    /// connection's limit (none while all queues together are over theirs).
+    fn room(&self) -> Room {
+        let bytes = if self.gauge.total() >= MAX_QUEUED_BYTES {
+            0
+        } else {
+            MAX_QUEUED_BYTES_PER_CONN.saturating_sub(self.gauge.queued())
+        };
+        Room {
+            frames: self.queue.capacity(),
+            bytes,
+        }
+    }
+
     /// Sends `body` and closes after what is queued; cuts the connection off if
     /// the queue is full.
     fn close(&self, body: ErrorBody) {
@@ -112,11 +185,11 @@ pub(crate) struct WriteTurns {
 }
 
 /// A held turn; the next waiter's starts when it drops.
-pub(crate) struct Turn<'a>(&'a WriteTurns);
+pub(crate) struct Turn(Arc<WriteTurns>);
 
 impl WriteTurns {
     /// Waits for this thread's turn.
-    fn take(&self) -> Turn<'_> {
+    fn take(self: &Arc<Self>) -> Turn {
         let mut state = self
             .state
             .lock()
@@ -129,11 +202,11 @@ impl WriteTurns {
                 .wait(state)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-        Turn(self)
+        Turn(self.clone())
     }
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Turn {
     fn drop(&mut self) {
         let mut state = self
             .0
@@ -157,6 +230,8 @@ pub(crate) struct HubsConfig {
 pub(crate) struct Hubs {
     config: HubsConfig,
     turns: Arc<WriteTurns>,
+    /// What all connections' writers have queued.
+    gauge: Gauge,
     running: Mutex<HashMap<TenantId, RunningHub>>,
     /// Set at shutdown: no hub starts after it.
     stopping: std::sync::atomic::AtomicBool,
@@ -173,6 +248,7 @@ impl Hubs {
         let hubs = Arc::new(Self {
             config,
             turns: Arc::new(WriteTurns::default()),
+            gauge: Gauge::default(),
             running: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
@@ -227,7 +303,7 @@ impl Hubs {
         let driver = Driver {
             store,
             session,
-            outboxes: HashMap::new(),
+            outboxes: RefCell::new(HashMap::new()),
             turns: self.turns.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -242,6 +318,11 @@ impl Hubs {
             },
         );
         Ok(inputs)
+    }
+
+    /// A byte gauge for a new connection's queue.
+    pub(crate) fn gauge(&self) -> Gauge {
+        self.gauge.for_connection()
     }
 
     /// Asks every hub to finish its batch and stop, and waits for them.
@@ -263,7 +344,9 @@ impl Hubs {
 struct Driver {
     store: Store,
     session: HubSession<StoredDoc>,
-    outboxes: HashMap<ConnId, Outbox>,
+    /// Each connection's way out. In a cell: the batch reads each queue's room
+    /// while inputs add connections.
+    outboxes: RefCell<HashMap<ConnId, Outbox>>,
     turns: Arc<WriteTurns>,
 }
 
@@ -316,15 +399,27 @@ impl Driver {
         first: Option<DriverInput>,
         inputs: &mut mpsc::Receiver<DriverInput>,
     ) -> bool {
-        let mut batch = Batch::default();
+        let outboxes = &self.outboxes;
+        let room = |conn: ConnId| {
+            outboxes
+                .borrow()
+                .get(&conn)
+                .map_or(Room::NONE, Outbox::room)
+        };
+        let mut batch = Batch::with_room(&room);
         let mut stop = false;
-        let outboxes = &mut self.outboxes;
         let session = &mut self.session;
-        let turn = self.turns.take();
+        let turns = self.turns.clone();
         let now = clock::now();
         let started = std::time::Instant::now();
         let result = (|| -> Result<(), String> {
-            let mut tx = self.store.write().map_err(|e| e.to_string())?;
+            // The turn at SQLite's write lock (shared by every tenant's hub) is
+            // taken only when the batch first writes: a batch that only reads
+            // (lists, dashboards, recalls, syncs with nothing new) or waits on
+            // Automerge holds up no other tenant.
+            let mut tx = self
+                .store
+                .write_when_needed(move || Box::new(turns.take()) as Box<dyn callsync_store::Held>);
             let mut next = first;
             let mut taken = 0;
             loop {
@@ -346,7 +441,7 @@ impl Driver {
                         cursor,
                         out,
                     } => {
-                        outboxes.insert(conn, out);
+                        outboxes.borrow_mut().insert(conn, out);
                         HubInput::Open {
                             conn,
                             member,
@@ -367,22 +462,23 @@ impl Driver {
                     .handle(now, &mut tx, input, &mut batch)
                     .map_err(|e| e.to_string())?;
                 if let Some(conn) = closed {
-                    outboxes.remove(&conn);
+                    outboxes.borrow_mut().remove(&conn);
                 }
             }
-            let room = |conn: ConnId| outboxes.get(&conn).map_or(0, |o| o.queue.capacity());
             session
-                .finish(now, &mut tx, &room, &mut batch)
+                .finish(now, &mut tx, &mut batch)
                 .map_err(|e| e.to_string())?;
             tx.commit().map_err(|e| e.to_string())
         })();
-        drop(turn);
         match result {
-            Ok(()) => self.flush(batch),
+            Ok(()) => {
+                let released = self.session.committed(batch);
+                self.flush(released);
+            }
             Err(e) => {
                 tracing::error!(tenant = %self.session.tenant(), error = %e, "hub batch failed; nothing of it was acknowledged");
                 for (conn, body) in self.session.abandoned(batch) {
-                    if let Some(out) = self.outboxes.remove(&conn) {
+                    if let Some(out) = self.outboxes.borrow_mut().remove(&conn) {
                         out.close(body);
                     }
                 }
@@ -392,11 +488,11 @@ impl Driver {
     }
 
     /// Hands a committed batch's messages to the connection writers.
-    fn flush(&mut self, batch: Batch) {
-        let released = self.session.committed(batch);
+    fn flush(&mut self, released: callsync_session::hub::Released) {
+        let mut outboxes = self.outboxes.borrow_mut();
         let mut slow = Vec::new();
         for (conn, message) in released.sends {
-            let Some(out) = self.outboxes.get(&conn) else {
+            let Some(out) = outboxes.get(&conn) else {
                 continue;
             };
             let frame = match wire::encode_frame(&message) {
@@ -406,21 +502,31 @@ impl Driver {
                     continue;
                 }
             };
+            let len = frame.len();
+            // A device whose queue holds its limit in bytes is not reading: it is
+            // cut off below rather than queued more (the hub paces its syncs to
+            // the room, so this is a device asking for replies it never reads).
+            if out.gauge.would_overflow(len) {
+                slow.push(conn);
+                continue;
+            }
+            out.gauge.add(len);
             if out
                 .queue
                 .try_send(Outgoing::Frame(Arc::new(frame)))
                 .is_err()
             {
+                out.gauge.sub(len);
                 slow.push(conn);
             }
         }
         for (conn, body) in released.closes {
-            if let Some(out) = self.outboxes.get(&conn) {
+            if let Some(out) = outboxes.get(&conn) {
                 out.close(body);
             }
         }
         for (conn, syncs) in released.unsolicited {
-            if let Some(out) = self.outboxes.get(&conn) {
+            if let Some(out) = outboxes.get(&conn) {
                 out.started
                     .fetch_add(syncs, std::sync::atomic::Ordering::Relaxed);
             }
@@ -430,7 +536,7 @@ impl Driver {
             // Its writer is stuck behind a full queue, so the connection is cut off
             // rather than sent a closing message it would never get to. The session
             // hears `closed` when the connection's reader ends.
-            if let Some(out) = self.outboxes.remove(&conn) {
+            if let Some(out) = outboxes.remove(&conn) {
                 tracing::warn!(conn, "dropping a connection that does not keep up");
                 out.cut_off_too_slow();
             }

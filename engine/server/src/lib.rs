@@ -17,6 +17,7 @@ mod clock;
 mod connection;
 
 mod hub;
+pub mod limits;
 mod rules;
 pub mod throttle;
 pub mod web;
@@ -306,15 +307,42 @@ impl Server {
             hashing: Semaphore::new(2),
             compiling: Semaphore::new(1),
             deciding: Semaphore::new(2),
+            decoding: Semaphore::new(
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1))
+                    .max(1),
+            ),
             server_actor: actor_hex,
             throttle: std::sync::Mutex::new(throttle::LoginThrottle::default()),
             handshake_timeout: config.handshake_timeout,
             plugins,
+            limits: Arc::new(limits::ConnectionLimits::default()),
         });
         let accept_endpoint = endpoint.clone();
         let accept = tokio::spawn(async move {
             while let Some(incoming) = accept_endpoint.accept().await {
-                tokio::spawn(connection::serve(incoming, shared.clone()));
+                let address = incoming.remote_address().ip();
+                match shared
+                    .limits
+                    .admit(address, incoming.remote_address_validated())
+                {
+                    limits::Admit::Accept => {}
+                    limits::Admit::Retry => {
+                        // The peer must echo a token from its address before the
+                        // server keeps any state for it.
+                        if let Err(e) = incoming.retry() {
+                            e.into_incoming().ignore();
+                        }
+                        continue;
+                    }
+                    limits::Admit::Refuse => {
+                        tracing::debug!(%address, "refusing a connection: too many from its address or in all");
+                        incoming.refuse();
+                        continue;
+                    }
+                }
+                let slot = shared.limits.open(address);
+                tokio::spawn(connection::serve(incoming, shared.clone(), slot));
             }
         });
         tracing::info!(addr = %local_addr, page = %page.addr, fingerprint = %fingerprint, "listening");

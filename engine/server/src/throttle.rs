@@ -84,7 +84,7 @@ pub struct LoginThrottle {
 }
 
 /// The key an address counts under: itself, or its /64 for IPv6.
-fn source(address: IpAddr) -> IpAddr {
+pub(crate) fn source(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V4(_) => address,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

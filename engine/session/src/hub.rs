@@ -33,7 +33,7 @@
 //! with no input (catch-up to continue, an expiry due), or `None` to wait for
 //! input only.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use automerge::ActorId;
@@ -130,20 +130,91 @@ pub enum HubInput {
     },
 }
 
-/// The effects of a batch, held until the driver knows whether it committed.
-#[derive(Debug, Default)]
-pub struct Batch {
+/// How much more a connection's outgoing queue can take, as its driver sees it
+/// when asked (frames, and bytes of encoded frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Frames.
+    pub frames: usize,
+    /// Bytes.
+    pub bytes: usize,
+}
+
+impl Room {
+    /// No limit (a simulation, a bench).
+    pub const UNLIMITED: Room = Room {
+        frames: usize::MAX,
+        bytes: usize::MAX,
+    };
+    /// No room at all (a connection the driver does not know).
+    pub const NONE: Room = Room {
+        frames: 0,
+        bytes: 0,
+    };
+}
+
+fn unlimited(_: ConnId) -> Room {
+    Room::UNLIMITED
+}
+
+/// The effects of a batch, held until the driver knows whether it committed,
+/// and the room each connection's queue had for them.
+pub struct Batch<'r> {
     sends: Vec<(ConnId, Message)>,
     closes: Vec<(ConnId, ErrorBody)>,
     /// Connections that sent something this batch (told if it fails).
     senders: HashSet<ConnId>,
     /// Syncs the server started on its own per connection (catch-up, fan-out).
     unsolicited: HashMap<ConnId, u64>,
+    /// What this batch has queued per connection so far.
+    spent: HashMap<ConnId, Room>,
+    /// The room in each connection's queue, as the driver reports it.
+    room: &'r dyn Fn(ConnId) -> Room,
 }
 
-impl Batch {
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("sends", &self.sends.len())
+            .field("closes", &self.closes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Batch<'static> {
+    /// A batch whose connections have unlimited room.
+    fn default() -> Self {
+        Self::with_room(&unlimited)
+    }
+}
+
+impl<'r> Batch<'r> {
+    /// A batch for connections whose queues have the room `room` reports.
+    pub fn with_room(room: &'r dyn Fn(ConnId) -> Room) -> Self {
+        Self {
+            sends: Vec::new(),
+            closes: Vec::new(),
+            senders: HashSet::new(),
+            unsolicited: HashMap::new(),
+            spent: HashMap::new(),
+            room,
+        }
+    }
+
     fn send(&mut self, conn: ConnId, message: Message) {
+        let spent = self.spent.entry(conn).or_insert(Room::NONE);
+        spent.frames += 1;
+        spent.bytes += wire::encoded_len(&message);
         self.sends.push((conn, message));
+    }
+
+    /// Whether `conn`'s queue can still take a frame of `bytes`, after what this
+    /// batch has queued for it.
+    fn has_room_for(&self, conn: ConnId, bytes: usize) -> bool {
+        let room = (self.room)(conn);
+        let spent = self.spent.get(&conn).copied().unwrap_or(Room::NONE);
+        room.frames.saturating_sub(spent.frames) >= 1
+            && room.bytes.saturating_sub(spent.bytes) >= bytes
     }
 
     fn close(&mut self, conn: ConnId, reason: ErrorBody) {
@@ -184,6 +255,24 @@ pub const MAX_UNPAGED_CUSTOMERS: u32 = 10_000;
 pub const CATCH_UP_PER_BATCH: usize = 256;
 /// Free room a joining device's outgoing queue needs for its next catch-up slice.
 pub const OUT_ROOM_FOR_CATCH_UP: usize = 64;
+/// Bytes a connection's queue must have free before the hub generates a sync
+/// message of a customer document for it: the largest one can be (the whole
+/// document, at most [`MAX_DOCUMENT_BYTES`] of changes, with its summary and
+/// framing). A sync that cannot go yet waits, once per document however often
+/// it was asked for, and is generated when the device has read enough: so what
+/// the hub queues for a device that does not read stays under the driver's
+/// per-connection limit, and costs no work.
+pub const SYNC_ROOM_BYTES: usize = MAX_DOCUMENT_BYTES as usize + (256 << 10);
+/// Full re-sends (a sync message asking for everything: no heads, or the reset
+/// flag) the hub answers per device and document in a burst …
+pub const FULL_RESENDS_BURST: f64 = 2.0;
+/// … and then one per this many milliseconds. An honest device asks for a
+/// document in full once when it lacks it (twice when its request races the
+/// server's catch-up); past the allowance the answer waits rather than being
+/// generated again for every tiny message.
+pub const FULL_RESEND_EVERY_MS: i64 = 15_000;
+/// How soon the hub looks again at syncs waiting for room in a queue.
+const PENDING_RETRY_MS: i64 = 25;
 /// Plugin time (re-running result decisions) the tenant may use per second, on
 /// average …
 const PLUGIN_MS_PER_SEC: f64 = 250.0;
@@ -215,6 +304,68 @@ pub fn unpaged_customers(rows: Vec<CustomerSummary>, max: u32) -> RpcResult {
     result
 }
 
+/// What the hub syncs with a device.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum SyncTarget {
+    /// The tenant's configuration document.
+    Config,
+    /// A customer document.
+    Customer(CustomerId),
+}
+
+/// A sync message owed to a device, waiting for room or for its allowance.
+#[derive(Debug, Clone, Copy, Default)]
+struct PendingSync {
+    /// Start over if the state thinks the device is up to date.
+    must: bool,
+    /// The server started it (its answers are owed, not rate-counted).
+    unsolicited: bool,
+}
+
+/// A device's allowance of full re-sends of one document.
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    tokens: f64,
+    at: Timestamp,
+}
+
+impl Allowance {
+    fn full(now: Timestamp) -> Self {
+        Self {
+            tokens: FULL_RESENDS_BURST,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Timestamp) {
+        let elapsed = (now.as_millis() - self.at.as_millis()).max(0) as f64;
+        self.tokens = (self.tokens + elapsed / FULL_RESEND_EVERY_MS as f64).min(FULL_RESENDS_BURST);
+        self.at = self.at.max(now);
+    }
+
+    /// Takes one re-send if there is one; else when the next one comes.
+    fn take(&mut self, now: Timestamp) -> Result<(), Timestamp> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = ((1.0 - self.tokens) * FULL_RESEND_EVERY_MS as f64).ceil() as i64;
+            Err(now.plus_millis(wait.max(1)))
+        }
+    }
+}
+
+/// Whether a sync message asks the hub for everything it has: no heads (the
+/// device lost or never had the document) or the reset flag. Automerge then
+/// forgets what it sent and regenerates the whole change set.
+fn asks_for_everything(message: &sync::Message) -> bool {
+    message.heads.is_empty()
+        || message
+            .flags
+            .is_some_and(|flags| flags.contains(sync::MessageFlags::SYNC_RESET))
+}
+
 struct Conn {
     member: Authenticated,
     states: HashMap<CustomerId, sync::State>,
@@ -227,6 +378,11 @@ struct Conn {
     /// a join is answered a slice per batch, so a device with thousands of
     /// documents cannot hold the hub for everyone else.
     catch_up: VecDeque<CustomerId>,
+    /// Syncs owed to the device that wait for room in its queue or for its
+    /// allowance of full re-sends (see [`SYNC_ROOM_BYTES`]).
+    pending: BTreeMap<SyncTarget, PendingSync>,
+    /// Targets the device asked for in full since the hub last answered them.
+    resets: HashSet<SyncTarget>,
 }
 
 /// The tenant's allowance of plugin time.
@@ -266,6 +422,13 @@ pub struct HubSession<D> {
     /// When the oldest call awaiting *Start call* expires, as of the last batch.
     next_expiry: Option<Timestamp>,
     plugin_budget: PluginBudget,
+    /// Connections with syncs waiting (see `Conn::pending`).
+    pending_conns: BTreeSet<ConnId>,
+    /// When the hub should look at waiting syncs again, as of the last batch.
+    pending_wake: Option<Timestamp>,
+    /// Each device's allowance of full re-sends per document (only while in use:
+    /// allowances that have refilled are dropped).
+    resends: HashMap<(DeviceId, SyncTarget), Allowance>,
 }
 
 /// Admission's questions, answered by storage (a failed read answers no).
@@ -308,6 +471,9 @@ impl<D: LoadedDoc> HubSession<D> {
                 ms: PLUGIN_BURST_MS,
                 at: Timestamp::from_millis(0),
             },
+            pending_conns: BTreeSet::new(),
+            pending_wake: None,
+            resends: HashMap::new(),
         }
     }
 
@@ -332,10 +498,13 @@ impl<D: LoadedDoc> HubSession<D> {
                 self.now
             });
         }
-        if self.expiry_blocked {
-            return Some(self.now.plus_millis(BLOCKED_EXPIRY_RETRY_MS));
-        }
-        self.next_expiry
+        let later = [
+            self.expiry_blocked
+                .then(|| self.now.plus_millis(BLOCKED_EXPIRY_RETRY_MS)),
+            self.next_expiry,
+            self.pending_wake,
+        ];
+        later.into_iter().flatten().min()
     }
 
     /// Handles one input of the batch (call order: see the module).
@@ -344,7 +513,7 @@ impl<D: LoadedDoc> HubSession<D> {
         now: Timestamp,
         store: &mut S,
         input: HubInput,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
     ) -> Result<(), StorageError> {
         self.now = now;
         match input {
@@ -434,11 +603,11 @@ impl<D: LoadedDoc> HubSession<D> {
         &mut self,
         now: Timestamp,
         store: &mut S,
-        room: &dyn Fn(ConnId) -> usize,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
     ) -> Result<(), StorageError> {
         self.now = now;
-        self.advance_catch_up(store, batch, room)?;
+        self.send_pending(store, batch)?;
+        self.advance_catch_up(store, batch)?;
         self.expire_due(store, batch)?;
         self.save_sync_states(store)?;
         self.next_expiry = store
@@ -448,7 +617,7 @@ impl<D: LoadedDoc> HubSession<D> {
     }
 
     /// The batch committed: what to send, in order.
-    pub fn committed(&mut self, batch: Batch) -> Released {
+    pub fn committed(&mut self, batch: Batch<'_>) -> Released {
         let mut unsolicited: Vec<(ConnId, u64)> = batch.unsolicited.into_iter().collect();
         unsolicited.sort_unstable();
         Released {
@@ -462,7 +631,7 @@ impl<D: LoadedDoc> HubSession<D> {
     /// acknowledged. Everything in memory that may reflect it is forgotten, and the
     /// connections that sent something are dropped (returned with the reason to
     /// close them with) to sync again from what storage holds.
-    pub fn abandoned(&mut self, batch: Batch) -> Vec<(ConnId, ErrorBody)> {
+    pub fn abandoned(&mut self, batch: Batch<'_>) -> Vec<(ConnId, ErrorBody)> {
         self.docs.clear();
         self.config_doc = None;
         self.catalog = None;
@@ -479,6 +648,7 @@ impl<D: LoadedDoc> HubSession<D> {
     fn remove_conn(&mut self, conn: ConnId) -> Option<Conn> {
         let c = self.conns.remove(&conn)?;
         self.catching_up.remove(&conn);
+        self.pending_conns.remove(&conn);
         self.dirty_conns.remove(&conn);
         if let Some(list) = self.by_device.get_mut(&c.member.device) {
             list.retain(|id| *id != conn);
@@ -492,7 +662,7 @@ impl<D: LoadedDoc> HubSession<D> {
     fn open<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
         conn: ConnId,
         member: Authenticated,
         cursor: Option<Cursor>,
@@ -527,6 +697,8 @@ impl<D: LoadedDoc> HubSession<D> {
                 dirty: HashSet::new(),
                 config_state: sync::State::new(),
                 catch_up: VecDeque::new(),
+                pending: BTreeMap::new(),
+                resets: HashSet::new(),
             },
         );
         let config_heads = contained(self.config_heads(store))?.unwrap_or_else(|e| {
@@ -570,7 +742,7 @@ impl<D: LoadedDoc> HubSession<D> {
     }
 
     /// Tells the user's other connections that `member`'s device came or went.
-    fn presence(&mut self, batch: &mut Batch, member: &Authenticated, online: bool) {
+    fn presence(&mut self, batch: &mut Batch<'_>, member: &Authenticated, online: bool) {
         let mut targets: Vec<ConnId> = self
             .conns
             .iter()
@@ -659,42 +831,177 @@ impl<D: LoadedDoc> HubSession<D> {
         Ok(())
     }
 
-    /// Sends the connection the server's next sync message for a document, if
-    /// there is anything to say.
-    fn send_sync(&mut self, batch: &mut Batch, conn: ConnId, doc: &CustomerId, must: bool) {
-        let (Some(c), Some(cached)) = (self.conns.get_mut(&conn), self.docs.get_mut(doc)) else {
+    /// Sends the connection the hub's next sync message for `target`, if there is
+    /// anything to say: now, if its queue has room for the largest message the
+    /// target can make and, when the device asked for everything, its allowance
+    /// of full re-sends is not spent; else later (see [`Self::send_pending`]),
+    /// once however often it is asked for meanwhile.
+    fn send_sync(
+        &mut self,
+        batch: &mut Batch<'_>,
+        conn: ConnId,
+        target: &SyncTarget,
+        mut owed: PendingSync,
+    ) {
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let Some(state) = c.states.get_mut(doc) else {
-            return;
-        };
-        let am = cached.doc_mut().automerge_mut();
-        let mut message = am.sync().generate_sync_message(state);
-        if message.is_none() && must {
-            // The state believes the device is up to date; start over so the
-            // device hears our heads and can finish catching up.
-            *state = sync::State::new();
-            message = am.sync().generate_sync_message(state);
+        if let Some(waiting) = c.pending.remove(target) {
+            owed.must |= waiting.must;
+            owed.unsolicited |= waiting.unsolicited;
         }
-        if let Some(message) = message {
-            c.dirty.insert(doc.clone());
-            self.dirty_conns.insert(conn);
-            batch.send(
-                conn,
-                Message::Sync {
+        let room = match target {
+            SyncTarget::Config => config::CONFIG_SYNC_ROOM_BYTES,
+            SyncTarget::Customer(_) => SYNC_ROOM_BYTES,
+        };
+        let mut ready = batch.has_room_for(conn, room);
+        if ready && c.resets.contains(target) {
+            let allowance = self
+                .resends
+                .entry((c.member.device.clone(), target.clone()))
+                .or_insert_with(|| Allowance::full(now));
+            match allowance.take(now) {
+                Ok(()) => {
+                    c.resets.remove(target);
+                }
+                Err(next) => {
+                    ready = false;
+                    self.pending_wake = Some(self.pending_wake.map_or(next, |at| at.min(next)));
+                }
+            }
+        }
+        if !ready {
+            c.pending.insert(target.clone(), owed);
+            self.pending_conns.insert(conn);
+            return;
+        }
+        let message = match target {
+            SyncTarget::Customer(doc) => {
+                let (Some(cached), Some(state)) = (self.docs.get_mut(doc), c.states.get_mut(doc))
+                else {
+                    return;
+                };
+                let am = cached.doc_mut().automerge_mut();
+                let mut message = am.sync().generate_sync_message(state);
+                if message.is_none() && owed.must {
+                    // The state believes the device is up to date; start over so the
+                    // device hears our heads and can finish catching up.
+                    *state = sync::State::new();
+                    message = am.sync().generate_sync_message(state);
+                }
+                if message.is_some() {
+                    c.dirty.insert(doc.clone());
+                    self.dirty_conns.insert(conn);
+                }
+                message.map(|m| Message::Sync {
                     document_id: doc.clone(),
-                    data: message.encode(),
-                },
-            );
+                    data: m.encode(),
+                })
+            }
+            SyncTarget::Config => {
+                let Some(doc) = self.config_doc.as_mut() else {
+                    return;
+                };
+                doc.automerge_mut()
+                    .sync()
+                    .generate_sync_message(&mut c.config_state)
+                    .map(|m| Message::ConfigSync { data: m.encode() })
+            }
+        };
+        if let Some(message) = message {
+            if owed.unsolicited {
+                *batch.unsolicited.entry(conn).or_default() += 1;
+            }
+            batch.send(conn, message);
         }
     }
 
+    /// Sends the waiting syncs that can go now (call order: first in `finish`, so
+    /// answers owed go before a catch-up's next slice), and notes when to look
+    /// again at those that cannot.
+    fn send_pending<S: HubStore<Doc = D>>(
+        &mut self,
+        store: &mut S,
+        batch: &mut Batch<'_>,
+    ) -> Result<(), StorageError> {
+        self.pending_wake = None;
+        let conns: Vec<ConnId> = self.pending_conns.iter().copied().collect();
+        for conn in conns {
+            let waiting: Vec<(SyncTarget, PendingSync)> = self
+                .conns
+                .get(&conn)
+                .map(|c| c.pending.iter().map(|(t, p)| (t.clone(), *p)).collect())
+                .unwrap_or_default();
+            for (target, _) in waiting {
+                match &target {
+                    SyncTarget::Customer(doc) => {
+                        if !self.load(store, doc)? {
+                            if let Some(c) = self.conns.get_mut(&conn) {
+                                c.pending.remove(&target);
+                            }
+                            batch.send(
+                                conn,
+                                Message::DocUnavailable {
+                                    document_id: doc.clone(),
+                                },
+                            );
+                            continue;
+                        }
+                        self.ensure_state(store, conn, doc)?;
+                    }
+                    SyncTarget::Config => {
+                        if contained(self.config(store).map(|_| ()))?.is_err() {
+                            continue;
+                        }
+                    }
+                }
+                // Taken out and put back by `send_sync` if it still cannot go.
+                let owed = self
+                    .conns
+                    .get_mut(&conn)
+                    .and_then(|c| c.pending.remove(&target))
+                    .unwrap_or_default();
+                self.send_sync(batch, conn, &target, owed);
+            }
+            if self.conns.get(&conn).is_none_or(|c| c.pending.is_empty()) {
+                self.pending_conns.remove(&conn);
+            }
+        }
+        if !self.pending_conns.is_empty() {
+            // Some wait for room (the device is reading slowly): look again soon.
+            // Those waiting for an allowance set `pending_wake` to its time.
+            let soon = self.now.plus_millis(PENDING_RETRY_MS);
+            let waits_for_room = self.pending_conns.iter().any(|conn| {
+                self.conns
+                    .get(conn)
+                    .is_some_and(|c| c.pending.keys().any(|target| !c.resets.contains(target)))
+            });
+            if waits_for_room {
+                self.pending_wake = Some(self.pending_wake.map_or(soon, |at| at.min(soon)));
+            }
+        }
+        // Allowances that have refilled are forgotten, so the map holds only
+        // devices asking for full re-sends now.
+        if self.resends.len() > 1_024 {
+            let now = self.now;
+            self.resends.retain(|_, a| {
+                a.refill(now);
+                a.tokens < FULL_RESENDS_BURST
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts syncing a document with a device (`unsolicited`: the server
+    /// started it on its own, a catch-up).
     fn start_sync<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
         conn: ConnId,
         doc: &CustomerId,
+        unsolicited: bool,
     ) -> Result<(), StorageError> {
         if !self.load(store, doc)? {
             batch.send(
@@ -706,14 +1013,22 @@ impl<D: LoadedDoc> HubSession<D> {
             return Ok(());
         }
         self.ensure_state(store, conn, doc)?;
-        self.send_sync(batch, conn, doc, true);
+        self.send_sync(
+            batch,
+            conn,
+            &SyncTarget::Customer(doc.clone()),
+            PendingSync {
+                must: true,
+                unsolicited,
+            },
+        );
         Ok(())
     }
 
     fn sync<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
         conn: ConnId,
         doc: CustomerId,
         data: &[u8],
@@ -774,6 +1089,10 @@ impl<D: LoadedDoc> HubSession<D> {
         let (Some(c), Some(cached)) = (self.conns.get_mut(&conn), self.docs.get_mut(&doc)) else {
             return Ok(());
         };
+        if asks_for_everything(&message) {
+            // Answered within the device's allowance of full re-sends.
+            c.resets.insert(SyncTarget::Customer(doc.clone()));
+        }
         let Some(state) = c.states.get_mut(&doc) else {
             return Ok(());
         };
@@ -877,7 +1196,12 @@ impl<D: LoadedDoc> HubSession<D> {
                     }
                     self.fan_out(store, batch, &doc, Some(conn))?;
                 }
-                self.send_sync(batch, conn, &doc, false);
+                self.send_sync(
+                    batch,
+                    conn,
+                    &SyncTarget::Customer(doc),
+                    PendingSync::default(),
+                );
             }
         }
         Ok(())
@@ -888,8 +1212,7 @@ impl<D: LoadedDoc> HubSession<D> {
     fn advance_catch_up<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
-        batch: &mut Batch,
-        room: &dyn Fn(ConnId) -> usize,
+        batch: &mut Batch<'_>,
     ) -> Result<(), StorageError> {
         if self.catching_up.is_empty() {
             return Ok(());
@@ -899,9 +1222,12 @@ impl<D: LoadedDoc> HubSession<D> {
         let mut budget = CATCH_UP_PER_BATCH;
         self.catch_up_stalled = true;
         for conn in waiting {
-            // A device whose outgoing queue has no room for its share waits for
-            // the next batch, instead of being dropped as too slow.
-            if room(conn) < share.min(OUT_ROOM_FOR_CATCH_UP) {
+            // A device whose outgoing queue has no room for its share (in
+            // frames, and bytes for at least its next document) waits for the
+            // next batch, instead of being dropped as too slow.
+            if (batch.room)(conn).frames < share.min(OUT_ROOM_FOR_CATCH_UP)
+                || !batch.has_room_for(conn, SYNC_ROOM_BYTES)
+            {
                 continue;
             }
             self.catch_up_stalled = false;
@@ -909,6 +1235,9 @@ impl<D: LoadedDoc> HubSession<D> {
             for _ in 0..share {
                 if budget == 0 {
                     return Ok(());
+                }
+                if !batch.has_room_for(conn, SYNC_ROOM_BYTES) {
+                    break;
                 }
                 let Some(c) = self.conns.get_mut(&conn) else {
                     break;
@@ -919,8 +1248,7 @@ impl<D: LoadedDoc> HubSession<D> {
                 let member = c.member.clone();
                 budget -= 1;
                 if self.may_see(store, &member, &doc)? {
-                    self.start_sync(store, batch, conn, &doc)?;
-                    *batch.unsolicited.entry(conn).or_default() += 1;
+                    self.start_sync(store, batch, conn, &doc, true)?;
                 } else {
                     batch.send(conn, Message::DocUnavailable { document_id: doc });
                 }
@@ -949,7 +1277,7 @@ impl<D: LoadedDoc> HubSession<D> {
     /// Refuses a device's sync message: forgets what it changed (the document
     /// reloads from what is saved), starts the device's sync of the document over
     /// and tells it why.
-    fn reject(&mut self, batch: &mut Batch, conn: ConnId, doc: &CustomerId, error: ErrorBody) {
+    fn reject(&mut self, batch: &mut Batch<'_>, conn: ConnId, doc: &CustomerId, error: ErrorBody) {
         self.docs.remove(doc);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.states.insert(doc.clone(), sync::State::new());
@@ -972,7 +1300,7 @@ impl<D: LoadedDoc> HubSession<D> {
     fn drop_queued<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
         conn: ConnId,
         doc: &CustomerId,
         member: &Authenticated,
@@ -1031,7 +1359,7 @@ impl<D: LoadedDoc> HubSession<D> {
     fn fan_out<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
         doc: &CustomerId,
         except: Option<ConnId>,
     ) -> Result<(), StorageError> {
@@ -1053,8 +1381,15 @@ impl<D: LoadedDoc> HubSession<D> {
                 continue;
             }
             self.ensure_state(store, conn, doc)?;
-            self.send_sync(batch, conn, doc, false);
-            *batch.unsolicited.entry(conn).or_default() += 1;
+            self.send_sync(
+                batch,
+                conn,
+                &SyncTarget::Customer(doc.clone()),
+                PendingSync {
+                    must: false,
+                    unsolicited: true,
+                },
+            );
         }
         Ok(())
     }
@@ -1062,7 +1397,7 @@ impl<D: LoadedDoc> HubSession<D> {
     fn rpc<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
         conn: ConnId,
         call: RpcCall,
     ) -> Result<RpcResult, StorageError> {
@@ -1132,7 +1467,7 @@ impl<D: LoadedDoc> HubSession<D> {
                     Err(e) => return Ok(RpcResult::Refused(storage_refusal(&e))),
                 }
                 store.subscribe(&member.device, &self.tenant, &customer.id)?;
-                self.start_sync(store, batch, conn, &customer.id)?;
+                self.start_sync(store, batch, conn, &customer.id, false)?;
                 Ok(RpcResult::Subscribed(vec![customer.id]))
             }
             RpcCall::CustomerList { after, limit } => {
@@ -1159,7 +1494,7 @@ impl<D: LoadedDoc> HubSession<D> {
                 for doc in documents {
                     if self.may_see(store, &member, &doc)? {
                         store.subscribe(&member.device, &self.tenant, &doc)?;
-                        self.start_sync(store, batch, conn, &doc)?;
+                        self.start_sync(store, batch, conn, &doc, false)?;
                         subscribed.push(doc);
                     } else {
                         batch.send(conn, Message::DocUnavailable { document_id: doc });
@@ -1192,7 +1527,7 @@ impl<D: LoadedDoc> HubSession<D> {
     fn expire_due<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
     ) -> Result<(), StorageError> {
         if !self.expiry_blocked && self.next_expiry.is_some_and(|due| due > self.now) {
             return Ok(());

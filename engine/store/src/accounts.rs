@@ -151,7 +151,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let tx = self.write()?;
         let exists: bool = tx
-            .tx
+            .conn
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = ?1)")?
             .query_row(params![owner.tenant.as_str()], |r| r.get(0))?;
         if exists {
@@ -159,10 +159,10 @@ impl Store {
                 tenant: owner.tenant.clone(),
             });
         }
-        tx.tx
+        tx.conn
             .prepare_cached("INSERT INTO tenants (tenant_id, created_at) VALUES (?1, ?2)")?
             .execute(params![owner.tenant.as_str(), now.as_millis()])?;
-        insert_member(&tx.tx, owner, now)?;
+        insert_member(tx.conn, owner, now)?;
         tx.commit()
     }
 
@@ -208,7 +208,7 @@ impl Store {
     /// Adds a member to an existing tenant.
     pub fn add_member(&mut self, new: &MemberRecord, now: Timestamp) -> Result<(), StoreError> {
         let tx = self.write()?;
-        insert_member(&tx.tx, new, now)?;
+        insert_member(tx.conn, new, now)?;
         tx.commit()
     }
 
@@ -242,9 +242,9 @@ impl Store {
         contract: bool,
     ) -> Result<(), StoreError> {
         let tx = self.write()?;
-        update_member(&tx.tx, tenant, email, "contract", &contract)?;
+        update_member(tx.conn, tenant, email, "contract", &contract)?;
         if !contract {
-            end_sessions(&tx.tx, email)?;
+            end_sessions(tx.conn, email)?;
         }
         tx.commit()
     }
@@ -257,8 +257,8 @@ impl Store {
         hash: &str,
     ) -> Result<(), StoreError> {
         let tx = self.write()?;
-        update_member(&tx.tx, tenant, email, "password_hash", &hash)?;
-        end_sessions(&tx.tx, email)?;
+        update_member(tx.conn, tenant, email, "password_hash", &hash)?;
+        end_sessions(tx.conn, email)?;
         tx.commit()
     }
 
@@ -279,7 +279,7 @@ impl Store {
             expires_at,
         } = *new;
         let tx = self.write()?;
-        match device_row(&tx.tx, device)? {
+        match device_row(tx.conn, device)? {
             Some(known) if known.email != member.email || known.kind != kind => {
                 return Err(StoreError::DeviceTaken {
                     device: device.clone(),
@@ -287,7 +287,7 @@ impl Store {
             }
             Some(_) => {}
             None => {
-                tx.tx
+                tx.conn
                     .prepare_cached(
                         "INSERT INTO devices (device_id, tenant_id, email, kind, registered_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -302,7 +302,7 @@ impl Store {
             }
         }
         let bound: Option<String> = tx
-            .tx
+            .conn
             .prepare_cached("SELECT device_id FROM actors WHERE actor = ?1")?
             .query_row(params![actor], |r| r.get(0))
             .optional()?;
@@ -314,17 +314,17 @@ impl Store {
             }
             Some(_) => {}
             None => {
-                tx.tx
+                tx.conn
                     .prepare_cached("INSERT INTO actors (actor, device_id) VALUES (?1, ?2)")?
                     .execute(params![actor, device.as_str()])?;
             }
         }
         // Expired sessions are of no use to anyone: purged at every login. And a
         // member keeps at most MAX_SESSIONS_PER_MEMBER: a new one ends the oldest.
-        tx.tx
+        tx.conn
             .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
             .execute(params![now.as_millis()])?;
-        tx.tx
+        tx.conn
             .prepare_cached(
                 "DELETE FROM sessions WHERE email = ?1 AND token_hash NOT IN
                  (SELECT token_hash FROM sessions WHERE email = ?1
@@ -334,7 +334,7 @@ impl Store {
                 member.email.as_str(),
                 MAX_SESSIONS_PER_MEMBER as i64 - 1
             ])?;
-        tx.tx.prepare_cached("INSERT INTO sessions (token_hash, device_id, email, expires_at) VALUES (?1, ?2, ?3, ?4)")?.execute(params![token_hash, device.as_str(), member.email.as_str(), expires_at.as_millis()])?;
+        tx.conn.prepare_cached("INSERT INTO sessions (token_hash, device_id, email, expires_at) VALUES (?1, ?2, ?3, ?4)")?.execute(params![token_hash, device.as_str(), member.email.as_str(), expires_at.as_millis()])?;
         tx.commit()
     }
 

@@ -105,7 +105,7 @@ impl<R: Read + ?Sized> ConfigQueries for R {}
 impl WriteTx<'_> {
     /// Stores the tenant's configuration document, replacing what was stored.
     pub fn put_tenant_config(&mut self, tenant: &TenantId, bytes: &[u8]) -> Result<(), StoreError> {
-        self.tx
+        self.writer()?
             .prepare_cached(
                 "INSERT INTO tenant_configs (tenant_id, bytes) VALUES (?1, ?2)
                  ON CONFLICT (tenant_id) DO UPDATE SET bytes = excluded.bytes",
@@ -117,7 +117,7 @@ impl WriteTx<'_> {
     /// Forgets the tenant's configuration document (a device whose copy diverged
     /// from the server's syncs it again from nothing).
     pub fn delete_tenant_config(&mut self, tenant: &TenantId) -> Result<(), StoreError> {
-        self.tx
+        self.writer()?
             .prepare_cached("DELETE FROM tenant_configs WHERE tenant_id = ?1")?
             .execute(params![tenant.as_str()])?;
         Ok(())

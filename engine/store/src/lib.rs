@@ -454,10 +454,33 @@ impl Store {
 
     /// Starts a write. Other writers (threads or processes) wait until it ends.
     pub fn write(&mut self) -> Result<WriteTx<'_>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Ok(WriteTx { tx })
+        let mut tx = WriteTx {
+            conn: &self.conn,
+            begun: false,
+            finished: false,
+            before_write: None,
+            held: None,
+        };
+        tx.writer()?;
+        Ok(tx)
+    }
+
+    /// A write that begins (`BEGIN IMMEDIATE`, taking SQLite's one write lock)
+    /// only when it first writes, after `before_write` (which may wait for a turn
+    /// at the lock; what it returns is held until the write ends). Reads before
+    /// then run outside any transaction, each on the latest committed state, so
+    /// a batch that only reads never holds the lock other writers wait on.
+    pub fn write_when_needed<'a>(
+        &'a mut self,
+        before_write: impl FnOnce() -> Box<dyn Held + 'a> + 'a,
+    ) -> WriteTx<'a> {
+        WriteTx {
+            conn: &self.conn,
+            begun: false,
+            finished: false,
+            before_write: Some(Box::new(before_write)),
+            held: None,
+        }
     }
 
     /// Records events on one customer's call as `user`, in one write: the user's
@@ -583,7 +606,7 @@ impl Read for Store {
 
 impl Read for WriteTx<'_> {
     fn db(&self) -> &Connection {
-        &self.tx
+        self.conn
     }
 }
 
@@ -675,14 +698,57 @@ pub fn customer_count<R: Read + ?Sized>(reader: &R, tenant: &TenantId) -> Result
     Ok(count.max(0) as u64)
 }
 
-/// A write in progress: a `BEGIN IMMEDIATE` transaction. Dropped without
-/// [`WriteTx::commit`], it rolls back.
-#[derive(Debug)]
+/// Anything a write holds until it ends (a turn at the write lock).
+pub trait Held {}
+
+impl<T> Held for T {}
+
+/// A write in progress: a `BEGIN IMMEDIATE` transaction, begun at once
+/// ([`Store::write`]) or at its first write ([`Store::write_when_needed`]).
+/// Dropped without [`WriteTx::commit`], it rolls back.
 pub struct WriteTx<'a> {
-    tx: rusqlite::Transaction<'a>,
+    conn: &'a Connection,
+    begun: bool,
+    finished: bool,
+    before_write: Option<Box<dyn FnOnce() -> Box<dyn Held + 'a> + 'a>>,
+    held: Option<Box<dyn Held + 'a>>,
+}
+
+impl std::fmt::Debug for WriteTx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTx")
+            .field("begun", &self.begun)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if self.begun && !self.finished {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 impl WriteTx<'_> {
+    /// The connection to write through, beginning the transaction first if it
+    /// has not begun.
+    fn writer(&mut self) -> Result<&Connection, StoreError> {
+        if !self.begun {
+            if let Some(before_write) = self.before_write.take() {
+                self.held = Some(before_write());
+            }
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.begun = true;
+        }
+        Ok(self.conn)
+    }
+
+    /// Whether the write has begun (something was written).
+    pub fn has_begun(&self) -> bool {
+        self.begun
+    }
+
     /// Loads a document inside this write (so the check sees the latest state).
     pub fn load(
         &self,
@@ -690,13 +756,13 @@ impl WriteTx<'_> {
         customer: &CustomerId,
         actor: ActorId,
     ) -> Result<StoredDoc, StoreError> {
-        load(&self.tx, tenant, customer, actor)
+        load(self.conn, tenant, customer, actor)
     }
 
     /// Stores a new document (as its first snapshot) and indexes it.
     pub fn insert(&mut self, doc: &mut CustomerDoc) -> Result<StoredDoc, StoreError> {
         let exists: bool = self
-            .tx
+            .conn
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM documents WHERE tenant_id = ?1 AND customer_id = ?2)",
             )?
@@ -711,7 +777,7 @@ impl WriteTx<'_> {
         let customer = doc.customer()?;
         let heads = doc.heads();
         let snapshot = doc.save();
-        let sp = DocSavepoint::begin(&self.tx)?;
+        let sp = DocSavepoint::begin(self.writer()?)?;
         sp.prepare_cached("INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status, recall_at, restriction_until, raw_bytes)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?3)")?.execute(params![
                 doc.tenant().as_str(),
@@ -767,7 +833,7 @@ impl WriteTx<'_> {
         );
         let chunk = doc.save_after(&stored.saved_heads);
         let customer = doc.customer()?;
-        let sp = DocSavepoint::begin(&self.tx)?;
+        let sp = DocSavepoint::begin(self.writer()?)?;
         let (snapshot_bytes, incremental_bytes, next_chunk, raw_bytes): (i64, i64, i64, i64) = sp
             .prepare_cached(
                 "SELECT snapshot_bytes, incremental_bytes, next_chunk, raw_bytes FROM documents
@@ -853,7 +919,7 @@ impl WriteTx<'_> {
         user: &UserId,
         except: &CustomerId,
     ) -> Result<Vec<OpenCall>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT call_id, phase, requested_at FROM calls
              WHERE tenant_id = ?1 AND user_id = ?2 AND customer_id <> ?3
                AND phase IN ('awaiting-result', 'phone-ended', 'browser-ended', 'in-call', 'awaiting-start')",
@@ -889,7 +955,7 @@ impl WriteTx<'_> {
         tenant: &TenantId,
         call: &CallId,
     ) -> Result<CustomerId, StoreError> {
-        customer_of_call(&self.tx, tenant, call)
+        customer_of_call(self.conn, tenant, call)
     }
 
     /// Forgets a document on a device: its rows, chunks, call index entries, sync
@@ -900,6 +966,7 @@ impl WriteTx<'_> {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<(), StoreError> {
+        let writer = self.writer()?;
         for table in [
             "documents",
             "snapshots",
@@ -908,7 +975,7 @@ impl WriteTx<'_> {
             "sync_states",
             "outbox",
         ] {
-            self.tx
+            writer
                 .prepare_cached(&format!(
                     "DELETE FROM {table} WHERE tenant_id = ?1 AND customer_id = ?2"
                 ))?
@@ -919,17 +986,21 @@ impl WriteTx<'_> {
 
     /// A setting, read inside this write.
     pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        read_setting(&self.tx, key)
+        read_setting(self.conn, key)
     }
 
     /// Sets a setting inside this write.
     pub fn set_setting(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        write_setting(&self.tx, key, value)
+        write_setting(self.writer()?, key, value)
     }
 
-    /// Commits: from here on, the write is acknowledged and durable.
-    pub fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit()?;
+    /// Commits: from here on, the write is acknowledged and durable (a write
+    /// that never began has nothing to commit).
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        if self.begun {
+            self.conn.execute_batch("COMMIT")?;
+        }
+        self.finished = true;
         Ok(())
     }
 }

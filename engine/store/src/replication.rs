@@ -250,7 +250,7 @@ impl WriteTx<'_> {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<bool, StoreError> {
-        subscribe(&self.tx, device, tenant, customer)
+        subscribe(self.writer()?, device, tenant, customer)
     }
 
     /// Saves the sync state with `peer` for a document.
@@ -261,7 +261,7 @@ impl WriteTx<'_> {
         customer: &CustomerId,
         state: &[u8],
     ) -> Result<(), StoreError> {
-        set_sync_state(&self.tx, peer, tenant, customer, state)
+        set_sync_state(self.writer()?, peer, tenant, customer, state)
     }
 
     /// Takes a document out of the outbox once the server holds its changes.
@@ -270,7 +270,7 @@ impl WriteTx<'_> {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<(), StoreError> {
-        self.tx
+        self.writer()?
             .prepare_cached("DELETE FROM outbox WHERE tenant_id = ?1 AND customer_id = ?2")?
             .execute(params![tenant.as_str(), customer.as_str()])?;
         Ok(())
@@ -282,7 +282,7 @@ impl WriteTx<'_> {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<(), StoreError> {
-        self.tx
+        self.writer()?
             .prepare_cached(
                 "INSERT OR IGNORE INTO outbox (tenant_id, customer_id) VALUES (?1, ?2)",
             )?

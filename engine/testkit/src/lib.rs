@@ -500,12 +500,7 @@ impl SimNetwork {
                 break;
             }
         }
-        if !failed
-            && self
-                .hub
-                .finish(now, &mut tx, &|_| usize::MAX, &mut batch)
-                .is_err()
-        {
+        if !failed && self.hub.finish(now, &mut tx, &mut batch).is_err() {
             failed = true;
         }
         if self.crash_in_next_batch {

@@ -109,6 +109,14 @@ pub enum Refusal {
     /// The connection fell behind and was dropped.
     #[error("the connection fell behind")]
     TooSlow,
+    /// Too many connections open at once for this device, member or address.
+    #[error("too many connections open at once for this {per} (at most {max})")]
+    TooManyConnections {
+        /// `device`, `member` or `address`.
+        per: &'static str,
+        /// The cap.
+        max: usize,
+    },
     /// The tenant's plugin time is used up: send again later.
     #[error("the server is busy checking this tenant's results; try again shortly")]
     Busy,
@@ -255,6 +263,7 @@ impl Refusal {
             Self::TooManyDocuments => "too-many-documents",
             Self::BadRequest { .. } => "bad-request",
             Self::TooSlow => "too-slow",
+            Self::TooManyConnections { .. } => "too-many-connections",
             Self::Busy => "busy",
             Self::ConfigReadOnly => "config-read-only",
             Self::RoleRequired { .. } => "role-required",
@@ -312,6 +321,16 @@ impl Refusal {
             }
             Self::BadRequest { .. } => "リクエストが不正です".to_owned(),
             Self::TooSlow => "接続が遅れています".to_owned(),
+            Self::TooManyConnections { per, max } => {
+                let per = match *per {
+                    "device" => "この端末",
+                    "member" => "このユーザー",
+                    _ => "この接続元",
+                };
+                format!(
+                    "{per}からの同時接続が多すぎます（最大 {max} 件）。しばらくしてから再度お試しください"
+                )
+            }
             Self::Busy => {
                 "サーバーが混み合っています。しばらくしてから再度お試しください".to_owned()
             }
@@ -416,6 +435,10 @@ mod tests {
                 detail: "user-add is answered before the hub".to_owned(),
             },
             Refusal::TooSlow,
+            Refusal::TooManyConnections {
+                per: "device",
+                max: 4,
+            },
             Refusal::Busy,
             Refusal::ConfigReadOnly,
             Refusal::RoleRequired {

@@ -9,12 +9,10 @@ use std::sync::Arc;
 use automerge::sync::{self, SyncDoc};
 use callsync_core::event::{CallEvent, EventKind};
 use callsync_core::tenant_config::{PreparedInstall, TenantConfigDoc};
-use callsync_core::wire::{
-    ErrorBody, InstalledSummary, Message, RecallSummary, Refusal, RpcResult,
-};
+use callsync_core::wire::{ErrorBody, InstalledSummary, RecallSummary, Refusal, RpcResult};
 use callsync_core::{CoreError, ResultCatalog, ResultTypeSpec};
 
-use super::{Batch, HubSession, contained, unreadable_config};
+use super::{Batch, HubSession, PendingSync, SyncTarget, contained, unreadable_config};
 use crate::storage::{HubStore, LoadedDoc, StorageError};
 use crate::{Authenticated, ConnId};
 
@@ -43,6 +41,10 @@ pub fn install_needs_admin() -> ErrorBody {
 /// server publishes: a device's first sync of it travels in one frame of at most
 /// `wire::MAX_FRAME_BYTES` (8 MiB).
 const MAX_CONFIG_BYTES: usize = 6 << 20;
+
+/// Bytes a connection's queue must have free before the hub generates a sync
+/// message of the configuration for it (see `SYNC_ROOM_BYTES`).
+pub(super) const CONFIG_SYNC_ROOM_BYTES: usize = MAX_CONFIG_BYTES + (256 << 10);
 
 /// Most recalls one `recall-list` answers (the soonest): who to call next, not
 /// an archive, and always within one frame.
@@ -115,7 +117,7 @@ impl<D: LoadedDoc> HubSession<D> {
     pub(super) fn config_sync<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
         conn: ConnId,
         data: &[u8],
     ) -> Result<(), StorageError> {
@@ -154,6 +156,9 @@ impl<D: LoadedDoc> HubSession<D> {
         let (Some(c), Some(doc)) = (self.conns.get_mut(&conn), self.config_doc.as_mut()) else {
             return Ok(());
         };
+        if super::asks_for_everything(&message) {
+            c.resets.insert(SyncTarget::Config);
+        }
         let before = doc.heads();
         let received = doc
             .automerge_mut()
@@ -166,41 +171,16 @@ impl<D: LoadedDoc> HubSession<D> {
             batch.close(conn, config_read_only());
             return Ok(());
         }
-        if let Some(reply) = doc
-            .automerge_mut()
-            .sync()
-            .generate_sync_message(&mut c.config_state)
-        {
-            batch.send(
-                conn,
-                Message::ConfigSync {
-                    data: reply.encode(),
-                },
-            );
-        }
+        self.send_sync(batch, conn, &SyncTarget::Config, PendingSync::default());
         Ok(())
     }
 
     /// Sends every connection what it lacks of the configuration.
-    fn push_config(&mut self, batch: &mut Batch) {
-        let Some(doc) = self.config_doc.as_mut() else {
-            return;
-        };
-        let mut conns: Vec<(&ConnId, &mut super::Conn)> = self.conns.iter_mut().collect();
-        conns.sort_unstable_by_key(|(id, _)| **id);
-        for (id, c) in conns {
-            if let Some(message) = doc
-                .automerge_mut()
-                .sync()
-                .generate_sync_message(&mut c.config_state)
-            {
-                batch.send(
-                    *id,
-                    Message::ConfigSync {
-                        data: message.encode(),
-                    },
-                );
-            }
+    fn push_config(&mut self, batch: &mut Batch<'_>) {
+        let mut conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        conns.sort_unstable();
+        for conn in conns {
+            self.send_sync(batch, conn, &SyncTarget::Config, PendingSync::default());
         }
     }
 
@@ -209,7 +189,7 @@ impl<D: LoadedDoc> HubSession<D> {
     pub(super) fn publish_plugin<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
-        batch: &mut Batch,
+        batch: &mut Batch<'_>,
         conn: ConnId,
         prepared: &PreparedInstall,
     ) -> Result<RpcResult, StorageError> {

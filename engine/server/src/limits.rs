@@ -1,0 +1,292 @@
+//! How many connections one peer may hold open: per source address (any
+//! connection, and those not yet authenticated), in total before login, and per
+//! member and device once joined.
+//!
+//! Owns: the counts and their caps, and the slots that hold a count for as long
+//! as a connection lives (dropping a slot gives it back). Does not own: what a
+//! connection does, or telling the peer (the accept loop and the connection task
+//! do, with the refusal a check returns).
+//!
+//! Why: every connection costs the server buffers, a task and a share of the
+//! hub; a token may otherwise open any number of them, and an address any number
+//! of handshakes. The caps sit well above what an honest office needs (a
+//! hundred reps with a phone and a browser each behind one address) and well
+//! below what exhausts the server.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use callsync_core::wire::Refusal;
+use callsync_core::{DeviceId, UserId};
+use callsync_session::Authenticated;
+
+use crate::throttle::source;
+
+/// Connections one source address may hold, in any state (IPv6 by /64).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 1_024;
+/// Connections one source address may hold before they authenticate.
+pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 64;
+/// Connections not yet authenticated, from everywhere.
+pub const MAX_UNAUTHENTICATED: usize = 4_096;
+/// Past this many unauthenticated connections, a new one must first prove its
+/// address (a QUIC Retry) before the server keeps any state for it.
+pub const RETRY_ABOVE_UNAUTHENTICATED: usize = 256;
+/// Joined connections one member may hold (phone, desk, browser tabs,
+/// reconnects whose old connection has not timed out yet).
+pub const MAX_CONNECTIONS_PER_MEMBER: usize = 16;
+/// Joined connections one device may hold (browser tabs share a device; a phone
+/// changing networks reconnects before its old connection times out).
+pub const MAX_CONNECTIONS_PER_DEVICE: usize = 6;
+
+#[derive(Default)]
+struct Counts {
+    by_address: HashMap<IpAddr, usize>,
+    unauthenticated_by_address: HashMap<IpAddr, usize>,
+    unauthenticated: usize,
+    by_member: HashMap<UserId, usize>,
+    by_device: HashMap<DeviceId, usize>,
+}
+
+/// Takes one from a count, dropping the key at zero so the maps hold only live
+/// peers.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// The server's connection counts.
+#[derive(Default)]
+pub(crate) struct ConnectionLimits {
+    counts: Mutex<Counts>,
+}
+
+/// What the accept loop does with a new connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Go ahead, holding this slot.
+    Accept,
+    /// Ask the peer to prove its address first (QUIC Retry).
+    Retry,
+    /// Refuse it: the address or the server holds too many.
+    Refuse,
+}
+
+impl ConnectionLimits {
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        // Counts stay consistent at every step; a poisoned lock is still usable.
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a connection from `address` may start (`validated`: the peer has
+    /// proven it receives at that address).
+    pub(crate) fn admit(&self, address: IpAddr, validated: bool) -> Admit {
+        let address = source(address);
+        let counts = self.counts();
+        if counts.by_address.get(&address).copied().unwrap_or(0) >= MAX_CONNECTIONS_PER_ADDRESS
+            || counts
+                .unauthenticated_by_address
+                .get(&address)
+                .copied()
+                .unwrap_or(0)
+                >= MAX_UNAUTHENTICATED_PER_ADDRESS
+            || counts.unauthenticated >= MAX_UNAUTHENTICATED
+        {
+            return Admit::Refuse;
+        }
+        if !validated && counts.unauthenticated >= RETRY_ABOVE_UNAUTHENTICATED {
+            return Admit::Retry;
+        }
+        Admit::Accept
+    }
+
+    /// Counts a connection from `address` that has not authenticated yet.
+    pub(crate) fn open(self: &Arc<Self>, address: IpAddr) -> AddressSlot {
+        let address = source(address);
+        let mut counts = self.counts();
+        *counts.by_address.entry(address).or_default() += 1;
+        *counts
+            .unauthenticated_by_address
+            .entry(address)
+            .or_default() += 1;
+        counts.unauthenticated += 1;
+        AddressSlot {
+            limits: self.clone(),
+            address,
+            unauthenticated: true,
+        }
+    }
+
+    /// Counts a joined connection for its member and device, unless either holds
+    /// its cap already: then the refusal to close with.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        member: &Authenticated,
+        address: &mut AddressSlot,
+    ) -> Result<MemberSlot, Refusal> {
+        let mut counts = self.counts();
+        let device = counts.by_device.get(&member.device).copied().unwrap_or(0);
+        if device >= MAX_CONNECTIONS_PER_DEVICE {
+            return Err(Refusal::TooManyConnections {
+                per: "device",
+                max: MAX_CONNECTIONS_PER_DEVICE,
+            });
+        }
+        let user = counts.by_member.get(&member.user).copied().unwrap_or(0);
+        if user >= MAX_CONNECTIONS_PER_MEMBER {
+            return Err(Refusal::TooManyConnections {
+                per: "member",
+                max: MAX_CONNECTIONS_PER_MEMBER,
+            });
+        }
+        *counts.by_device.entry(member.device.clone()).or_default() += 1;
+        *counts.by_member.entry(member.user.clone()).or_default() += 1;
+        if address.unauthenticated {
+            address.unauthenticated = false;
+            release(&mut counts.unauthenticated_by_address, &address.address);
+            counts.unauthenticated = counts.unauthenticated.saturating_sub(1);
+        }
+        Ok(MemberSlot {
+            limits: self.clone(),
+            device: member.device.clone(),
+            user: member.user.clone(),
+        })
+    }
+
+    /// Connections from everywhere that have not authenticated.
+    #[cfg(test)]
+    pub(crate) fn unauthenticated(&self) -> usize {
+        self.counts().unauthenticated
+    }
+}
+
+/// A connection's place in its address's counts, for as long as it lives.
+pub(crate) struct AddressSlot {
+    limits: Arc<ConnectionLimits>,
+    address: IpAddr,
+    unauthenticated: bool,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.limits.counts();
+        release(&mut counts.by_address, &self.address);
+        if self.unauthenticated {
+            release(&mut counts.unauthenticated_by_address, &self.address);
+            counts.unauthenticated = counts.unauthenticated.saturating_sub(1);
+        }
+    }
+}
+
+/// A joined connection's place in its member's and device's counts.
+pub(crate) struct MemberSlot {
+    limits: Arc<ConnectionLimits>,
+    device: DeviceId,
+    user: UserId,
+}
+
+impl Drop for MemberSlot {
+    fn drop(&mut self) {
+        let mut counts = self.limits.counts();
+        release(&mut counts.by_device, &self.device);
+        release(&mut counts.by_member, &self.user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callsync_core::{DeviceKind, Role, TenantId, Timestamp};
+
+    fn member(user: &str, device: &str) -> Authenticated {
+        Authenticated {
+            tenant: TenantId::new("acme").unwrap(),
+            user: UserId::new(user).unwrap(),
+            role: Role::User,
+            device: DeviceId::new(device).unwrap(),
+            kind: DeviceKind::Phone,
+            expires_at: Timestamp::from_millis(i64::MAX / 2),
+        }
+    }
+
+    #[test]
+    fn a_device_and_a_member_hold_at_most_their_caps_and_get_them_back_on_close() {
+        let limits = Arc::new(ConnectionLimits::default());
+        let address: IpAddr = "192.0.2.1".parse().unwrap();
+        let phone = member("rep@acme.example", "phone-1");
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS_PER_DEVICE {
+            let mut slot = limits.open(address);
+            held.push((limits.join(&phone, &mut slot).unwrap(), slot));
+        }
+        let mut slot = limits.open(address);
+        let refused = limits.join(&phone, &mut slot).err().unwrap();
+        assert_eq!(refused.body().code, "too-many-connections");
+        // Another device of the same member, up to the member's cap.
+        let mut other = 0;
+        loop {
+            let mut slot = limits.open(address);
+            match limits.join(
+                &member("rep@acme.example", &format!("d-{other}")),
+                &mut slot,
+            ) {
+                Ok(joined) => held.push((joined, slot)),
+                Err(e) => {
+                    assert!(e.to_string().contains("member"), "{e}");
+                    break;
+                }
+            }
+            other += 1;
+        }
+        assert_eq!(held.len(), MAX_CONNECTIONS_PER_MEMBER);
+        held.clear();
+        let mut slot = limits.open(address);
+        assert!(limits.join(&phone, &mut slot).is_ok());
+    }
+
+    #[test]
+    fn an_address_holds_few_unauthenticated_connections_and_many_joined_ones() {
+        let limits = Arc::new(ConnectionLimits::default());
+        let address: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8::2".parse().unwrap();
+        let mut waiting: Vec<AddressSlot> = (0..MAX_UNAUTHENTICATED_PER_ADDRESS)
+            .map(|_| limits.open(address))
+            .collect();
+        assert_eq!(limits.admit(same_64, true), Admit::Refuse);
+        assert_eq!(
+            limits.admit("2001:db9::1".parse().unwrap(), true),
+            Admit::Accept
+        );
+        // Joining frees the unauthenticated place but keeps the address's.
+        let mut slot = waiting.pop().unwrap();
+        let _joined = limits
+            .join(&member("a@acme.example", "d"), &mut slot)
+            .unwrap();
+        assert_eq!(limits.admit(address, true), Admit::Accept);
+        assert_eq!(
+            limits.unauthenticated(),
+            MAX_UNAUTHENTICATED_PER_ADDRESS - 1
+        );
+        drop(waiting);
+        assert_eq!(limits.unauthenticated(), 0);
+    }
+
+    #[test]
+    fn under_load_new_connections_must_prove_their_address() {
+        let limits = Arc::new(ConnectionLimits::default());
+        let held: Vec<AddressSlot> = (0..RETRY_ABOVE_UNAUTHENTICATED)
+            .map(|i| limits.open(IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8])))
+            .collect();
+        let fresh: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(limits.admit(fresh, false), Admit::Retry);
+        assert_eq!(limits.admit(fresh, true), Admit::Accept);
+        drop(held);
+        assert_eq!(limits.admit(fresh, false), Admit::Accept);
+    }
+}

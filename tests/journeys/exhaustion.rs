@@ -1,0 +1,402 @@
+//! The second security review's findings on what one peer can make the server
+//! hold, each reproduced from outside against a real `callsync serve` with raw
+//! QUIC clients: memory amplification before login, a member's tiny messages
+//! that each queue a whole document, and the limits that bound them. Each test
+//! failed on the server before its fix.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use callsync_core::wire::{self, Message};
+use callsync_net::framing::read_message;
+use callsync_net::tls::{Trust, client_config};
+
+use crate::network::{ServerProcess, World};
+use crate::support::runtime;
+
+/// A field of `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// The server's peak resident memory so far, in MiB.
+fn peak_rss_mib(server: &ServerProcess) -> u64 {
+    status_kib(server.pid(), "VmHWM:") / 1024
+}
+
+/// A raw QUIC connection with the protocol's stream open.
+async fn raw_connection(
+    server: &ServerProcess,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::SendStream,
+    quinn::RecvStream,
+) {
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(
+        client_config(&Trust::Fingerprint(server.fingerprint.clone())).unwrap(),
+    );
+    let (conn, send, recv) = callsync_net::endpoint::connect(&ep, addr, "localhost")
+        .await
+        .unwrap();
+    (ep, conn, send, recv)
+}
+
+/// An 8 MB `login` whose list of protocol versions is eight million empty
+/// arrays (one byte each on the wire), as a frame.
+fn amplifying_login() -> Vec<u8> {
+    let items = 8_000_000usize;
+    let mut body = Vec::with_capacity(items + 256);
+    let text = |body: &mut Vec<u8>, s: &str| {
+        body.push(0x60 | s.len() as u8);
+        body.extend_from_slice(s.as_bytes());
+    };
+    body.push(0xa5);
+    text(&mut body, "type");
+    text(&mut body, "login");
+    body.push(0x78);
+    body.push(25);
+    body.extend_from_slice(b"supportedProtocolVersions");
+    body.push(0x9a);
+    body.extend_from_slice(&(items as u32).to_be_bytes());
+    body.extend(std::iter::repeat_n(0x80, items));
+    for (key, value) in [("email", "x@y.example"), ("password", "password")] {
+        text(&mut body, key);
+        text(&mut body, value);
+    }
+    text(&mut body, "device");
+    body.push(0xa0);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend(body);
+    frame
+}
+
+#[test]
+fn an_outsiders_oversized_first_frames_are_refused_unread_and_cost_the_server_almost_nothing() {
+    let world = World::start(&[]);
+    let rt = runtime();
+    // Quiet: the server has served its start-up logins.
+    let quiet = peak_rss_mib(&world.server);
+    let frame = std::sync::Arc::new(amplifying_login());
+    let answers = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            let frame = frame.clone();
+            let server_addr = world.server.addr.clone();
+            let fingerprint = world.server.fingerprint.clone();
+            tasks.push(tokio::spawn(async move {
+                let server = (server_addr, fingerprint);
+                let addr: SocketAddr = server.0.parse().unwrap();
+                let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+                ep.set_default_client_config(client_config(&Trust::Fingerprint(server.1)).unwrap());
+                let (_conn, mut send, mut recv) =
+                    callsync_net::endpoint::connect(&ep, addr, "localhost")
+                        .await
+                        .unwrap();
+                // Write the whole frame while reading the answer: the server may
+                // answer (and stop reading) long before the frame is sent.
+                let writer = tokio::spawn(async move {
+                    let _ = send.write_all(&frame).await;
+                    send
+                });
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(20), read_message(&mut recv)).await;
+                writer.abort();
+                match answer {
+                    Ok(Ok(Some(Message::Error(body)))) => body.code,
+                    other => format!("{other:?}"),
+                }
+            }));
+        }
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        answers
+    });
+    let grown = peak_rss_mib(&world.server).saturating_sub(quiet);
+    eprintln!(
+        "12 oversized first frames: peak RSS {quiet} MiB -> +{grown} MiB; answers {answers:?}"
+    );
+    for answer in &answers {
+        assert_eq!(answer, "frame-too-large");
+    }
+    assert!(grown < 32, "the server's peak RSS grew by {grown} MiB");
+    // A first frame within the limit whose list is past its bound: malformed.
+    let code = rt.block_on(async {
+        let (_ep, _conn, mut send, mut recv) = raw_connection(&world.server).await;
+        let login = Message::Login {
+            supported_protocol_versions: vec![String::new(); wire::MAX_PROTOCOL_VERSIONS + 1],
+            email: "x@y.example".to_owned(),
+            password: "password".to_owned(),
+            device: wire::DeviceRegistration {
+                id: callsync_core::DeviceId::new("d-1").unwrap(),
+                kind: callsync_core::DeviceKind::Phone,
+                actor: "00".to_owned(),
+            },
+        };
+        send.write_all(&wire::encode_frame(&login).unwrap())
+            .await
+            .unwrap();
+        match read_message(&mut recv).await {
+            Ok(Some(Message::Error(body))) => body.code,
+            other => format!("{other:?}"),
+        }
+    });
+    assert_eq!(code, "malformed-message");
+    // The server serves on.
+    world
+        .login(&world.dir("after"), "desk", crate::network::REP)
+        .ok();
+}
+
+/// Writes customer `id` of `tenant` into a stopped server's store, grown with
+/// finished calls whose memos are varied kanji (so they do not compress) until
+/// its changes take about `bytes`.
+fn write_large_customer(
+    db: &std::path::Path,
+    tenant: &str,
+    owner: &str,
+    phone: &str,
+    id: &str,
+    bytes: usize,
+) {
+    use callsync_core::{
+        CallEvent, CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId, EventKind,
+        NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog, ResultOption, ResultTypeId,
+        RuleContext, SavedResultFields, Stamp, TenantId, Timestamp, UserId,
+    };
+    let now = Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    );
+    let owner = UserId::new(owner).unwrap();
+    let phone = DeviceId::new(phone).unwrap();
+    let desk = DeviceId::new("desk-setup").unwrap();
+    let new = NewCustomer {
+        tenant: TenantId::new(tenant).unwrap(),
+        id: CustomerId::new(id).unwrap(),
+        company: "株式会社大容量".to_owned(),
+        contact: "容量 太郎".to_owned(),
+        owner: owner.clone(),
+        phones: vec![PhoneEntry {
+            label: "代表".to_owned(),
+            number: PhoneNumber::parse(crate::network::NUMBER).unwrap(),
+        }],
+    };
+    let mut doc = CustomerDoc::create(&new, now, automerge::ActorId::random()).unwrap();
+    let catalog = ResultCatalog::standard();
+    let ctx = RuleContext {
+        catalog: &catalog,
+        start_limit_ms: 60_000,
+        other_open_calls: &[],
+    };
+    let stamp = |device: &DeviceId, kind| Stamp {
+        at: now,
+        device: device.clone(),
+        device_kind: kind,
+        user: owner.clone(),
+    };
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut memo = || {
+        (0..4_000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from_u32(0x4e00 + (seed % 0x5000) as u32).unwrap()
+            })
+            .collect::<String>()
+    };
+    // Each call takes about 12.5 KB (its memo's 4,000 kanji, three bytes each).
+    for k in 0..bytes.div_ceil(12_500) {
+        let call = CallId::new(format!("big-{k}")).unwrap();
+        let events = [
+            (
+                stamp(&desk, DeviceKind::Desk),
+                EventKind::Requested {
+                    destination: PhoneNumber::parse(crate::network::NUMBER).unwrap(),
+                    origin: phone.clone(),
+                    recording: false,
+                },
+            ),
+            (stamp(&phone, DeviceKind::Phone), EventKind::Started),
+            (
+                stamp(&phone, DeviceKind::Phone),
+                EventKind::PhoneEnded { duration_secs: 30 },
+            ),
+            (stamp(&desk, DeviceKind::Desk), EventKind::BrowserEnded),
+            (
+                stamp(&desk, DeviceKind::Desk),
+                EventKind::ResultSaved(SavedResultFields {
+                    result_type: ResultTypeId::new("no-answer").unwrap(),
+                    option: ResultOption::None,
+                    customer_status: None,
+                    memo: memo(),
+                    decision: None,
+                }),
+            ),
+        ];
+        for (n, (stamp, kind)) in events.into_iter().enumerate() {
+            let event = CallEvent {
+                id: EventId::new(format!("e-{k}-{n}")).unwrap(),
+                call: call.clone(),
+                stamp,
+                kind,
+            };
+            doc.record(event, &ctx).unwrap();
+        }
+    }
+    let mut store = callsync_store::Store::open(db).unwrap();
+    let mut tx = store.write().unwrap();
+    tx.insert(&mut doc).unwrap();
+    tx.commit().unwrap();
+}
+
+/// A sync message of a device holding nothing: no heads, one empty summary. To
+/// Automerge it says "I lost everything": the receiver forgets what it sent and
+/// answers with the whole document.
+fn asks_for_everything() -> Vec<u8> {
+    use automerge::sync::SyncDoc;
+    automerge::Automerge::new()
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .unwrap()
+        .encode()
+}
+
+/// The server's resident memory now, in MiB.
+fn rss_mib(server: &ServerProcess) -> u64 {
+    status_kib(server.pid(), "VmRSS:") / 1024
+}
+
+/// The 99th percentile (the largest of fewer than 100 samples), in ms.
+fn p99(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * 0.99).round() as usize]
+}
+
+#[test]
+fn a_member_asking_for_a_whole_document_over_and_over_without_reading_holds_little_of_the_server() {
+    use callsync_core::CustomerId;
+    use callsync_core::wire::{RpcCall, RpcResult};
+    use callsync_net::framing::write_message;
+
+    use crate::hardening::{ask, join, reply, saved_session};
+    use crate::tenants::push_latencies;
+
+    let mut world = World::start(&[]);
+    let (desk, _phone) = world.rep_devices();
+    // The attacker: a member of another tenant, with a phone, and a 2 MiB customer.
+    crate::network::callsync(
+        &world.dir("server"),
+        &[
+            "--tenant",
+            "beta",
+            "add-tenant",
+            "--owner",
+            "owner@beta.example",
+        ],
+    )
+    .ok();
+    let beta_phone = world.dir("beta-phone");
+    world
+        .login_as(
+            &beta_phone,
+            "phone",
+            "owner@beta.example",
+            Some("phone-beta"),
+        )
+        .ok();
+    let acme = saved_session(&world.admin_desk);
+    let attacker = saved_session(&beta_phone);
+    world.server.stop();
+    write_large_customer(
+        &world.server.db(),
+        "beta",
+        "owner@beta.example",
+        "phone-beta",
+        "big-1",
+        2 << 20,
+    );
+    world.server.restart();
+
+    let rt = runtime();
+    let samples = 10;
+    let (quiet, attacked, quiet_peak, attacked_peak, rss_after) = rt.block_on(async {
+        // Acme's owner, subscribed to the rep's customer: its pushes are timed.
+        let (_ep, _c, mut send, mut recv) = join(&world.server, &acme).await;
+        ask(
+            &mut send,
+            1,
+            RpcCall::Subscribe {
+                documents: vec![CustomerId::new("cus-1").unwrap()],
+            },
+        )
+        .await;
+        assert!(matches!(
+            reply(&mut recv, 1).await,
+            RpcResult::Subscribed(_)
+        ));
+        let quiet = push_latencies(&desk, &mut recv, samples).await;
+        let quiet_peak = peak_rss_mib(&world.server);
+
+        // The attack: subscribe to the large customer, read its first sync, then
+        // send 1,500 "I have nothing" messages for it and never read again.
+        let (aep, ac, mut asend, mut arecv) = join(&world.server, &attacker).await;
+        ask(
+            &mut asend,
+            1,
+            RpcCall::Subscribe {
+                documents: vec![CustomerId::new("big-1").unwrap()],
+            },
+        )
+        .await;
+        assert!(matches!(reply(&mut arecv, 1).await, RpcResult::Subscribed(d) if d.len() == 1));
+        let tiny = asks_for_everything();
+        assert!(tiny.len() < 16, "{} bytes", tiny.len());
+        let flood = tokio::spawn(async move {
+            let _keep = (aep, ac, arecv);
+            for _ in 0..1_500 {
+                let message = Message::Sync {
+                    document_id: CustomerId::new("big-1").unwrap(),
+                    data: tiny.clone(),
+                };
+                if write_message(&mut asend, &message).await.is_err() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(12)).await;
+        });
+        let started = std::time::Instant::now();
+        let attacked = push_latencies(&desk, &mut recv, samples).await;
+        // Give the server the 9 s to fill its memory, as it did before.
+        tokio::time::sleep(Duration::from_secs(9).saturating_sub(started.elapsed())).await;
+        let attacked_peak = peak_rss_mib(&world.server);
+        let rss_after = rss_mib(&world.server);
+        flood.abort();
+        (quiet, attacked, quiet_peak, attacked_peak, rss_after)
+    });
+    let (quiet_p99, attacked_p99) = (p99(quiet.clone()), p99(attacked.clone()));
+    println!(
+        "{{\"quiet_peak_rss_mib\": {quiet_peak}, \"attacked_peak_rss_mib\": {attacked_peak}, \"rss_after_mib\": {rss_after}, \"push_ms_quiet_p50\": {:.1}, \"push_ms_quiet_p99\": {quiet_p99:.1}, \"push_ms_attacked_p50\": {:.1}, \"push_ms_attacked_p99\": {attacked_p99:.1}}}",
+        crate::tenants::median(quiet),
+        crate::tenants::median(attacked),
+    );
+    assert!(
+        attacked_peak.saturating_sub(quiet_peak) < 100,
+        "the server's peak RSS went from {quiet_peak} to {attacked_peak} MiB"
+    );
+    assert!(
+        attacked_p99 <= 2.0 * quiet_p99,
+        "another tenant's push p99 went from {quiet_p99:.1} to {attacked_p99:.1} ms"
+    );
+}
