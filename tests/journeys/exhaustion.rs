@@ -400,3 +400,89 @@ fn a_member_asking_for_a_whole_document_over_and_over_without_reading_holds_litt
         "another tenant's push p99 went from {quiet_p99:.1} to {attacked_p99:.1} ms"
     );
 }
+
+/// Open TCP connections to the page's listener from `local`, each sending a
+/// request's first lines and never the blank line that ends its headers.
+async fn half_requests(page: SocketAddr, local: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+        let mut stream = socket.connect(page).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        streams.push(stream);
+    }
+    streams
+}
+
+/// How many of `streams` the server has closed (read returns end of stream or
+/// an error) within `wait`.
+async fn closed_within(streams: &mut [tokio::net::TcpStream], wait: Duration) -> usize {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut closed = 0;
+    for stream in streams.iter_mut() {
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(Ok(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    closed
+}
+
+#[test]
+fn page_connections_that_never_finish_their_headers_are_capped_per_address_and_timed_out() {
+    let world = World::start(&[]);
+    let page: SocketAddr = world
+        .server
+        .page
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let rt = runtime();
+    let per_address = callsync_server::web::MAX_PAGE_CONNECTIONS_PER_ADDRESS;
+    let (at_once, later, transport) = rt.block_on(async {
+        let mut streams = half_requests(page, "127.0.0.3", per_address + 100).await;
+        // Past the address's cap, connections are closed at once …
+        let at_once = closed_within(&mut streams[per_address..], Duration::from_secs(2)).await;
+        // … while another address still gets the page's facts.
+        let transport = {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.4:0".parse().unwrap()).unwrap();
+            let mut stream = socket.connect(page).await.unwrap();
+            stream
+                .write_all(b"GET /api/transport HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = String::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+                .await
+                .unwrap()
+                .unwrap();
+            answer
+        };
+        // Those within the cap are closed once their headers are overdue.
+        let wait = callsync_server::web::HEADER_READ_TIMEOUT + Duration::from_secs(5);
+        let later = closed_within(&mut streams[..per_address], wait).await;
+        (at_once, later, transport)
+    });
+    assert_eq!(at_once, 100, "connections past the address's cap");
+    assert_eq!(
+        later, per_address,
+        "connections that never finished their headers"
+    );
+    assert!(transport.starts_with("HTTP/1.1 200"), "{transport}");
+}

@@ -82,6 +82,76 @@ async fn web_session(
     client.connect(url).await
 }
 
+/// A session to `/callsync` whose CONNECT carries `origin`, as a page's would.
+async fn web_session_from(
+    server: &ServerProcess,
+    hashes: &[String],
+    origin: &str,
+) -> Result<web_transport_quinn::Session, web_transport_quinn::ClientError> {
+    let client = web_transport_quinn::ClientBuilder::new()
+        .with_server_certificate_hashes(hashes.iter().map(|h| hex(h)).collect())
+        .unwrap();
+    let port = server.addr.rsplit(':').next().unwrap();
+    let url: url::Url = format!("https://127.0.0.1:{port}/callsync")
+        .parse()
+        .unwrap();
+    let request = web_transport_proto::ConnectRequest::new(url).with_header(
+        web_transport_quinn::http::header::ORIGIN,
+        web_transport_quinn::http::HeaderValue::from_str(origin).unwrap(),
+    );
+    client.connect(request).await
+}
+
+#[test]
+fn a_webtransport_session_from_a_foreign_origin_is_refused_and_the_pages_own_is_not() {
+    let root = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        &root.path().join("server"),
+        "127.0.0.1:0",
+        &[],
+        &[
+            "--init-owner",
+            OWNER,
+            "--allow-origin",
+            "https://crm.example.com",
+        ],
+    );
+    let hashes = certificate_hashes(&server);
+    let own = server.page.trim_end_matches('/').to_owned();
+    let page_port = own.rsplit(':').next().unwrap().to_owned();
+    runtime().block_on(async {
+        for foreign in [
+            "https://evil.example".to_owned(),
+            format!("http://evil.example:{page_port}"),
+            // The right host on another port is another origin.
+            "http://127.0.0.1:1".to_owned(),
+            "null".to_owned(),
+        ] {
+            assert!(
+                web_session_from(&server, &hashes, &foreign).await.is_err(),
+                "{foreign} was let in"
+            );
+        }
+        // The page's own origin, and a listed one, log in.
+        for allowed in [own.clone(), "https://crm.example.com".to_owned()] {
+            let session = web_session_from(&server, &hashes, &allowed)
+                .await
+                .unwrap_or_else(|e| panic!("{allowed}: {e}"));
+            let (mut send, mut recv) = session.open_bi().await.unwrap();
+            write_message(&mut send, &login_message("desk-web-origin"))
+                .await
+                .unwrap();
+            assert!(
+                matches!(
+                    read_message(&mut recv).await,
+                    Ok(Some(Message::LoggedIn { .. }))
+                ),
+                "{allowed}"
+            );
+        }
+    });
+}
+
 fn login_message(device: &str) -> Message {
     Message::Login {
         supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],

@@ -151,6 +151,11 @@ pub(crate) struct ServeArgs {
     /// port number TCP and UDP can share.
     #[arg(long, env = "CALLSYNC_HTTP")]
     pub(crate) http: Option<std::net::SocketAddr>,
+    /// A web origin, besides the page's own, whose pages may open WebTransport
+    /// sessions (e.g. `https://crm.example.com`, where the page is served from
+    /// elsewhere); repeatable.
+    #[arg(long, value_name = "ORIGIN")]
+    pub(crate) allow_origin: Vec<String>,
 }
 
 /// How a device reaches and trusts the server.

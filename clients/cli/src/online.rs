@@ -121,6 +121,7 @@ pub(crate) fn serve(g: &Global, data: &Path, args: &ServeArgs) -> anyhow::Result
     config.max_customers_per_tenant = args.max_customers_per_tenant;
     config.web.page_dir = args.page.clone();
     config.web.listen = args.http;
+    config.web.allowed_origins = args.allow_origin.clone();
     runtime()?.block_on(async {
         let server = Server::start(config).await?;
         let line = if g.json {

@@ -43,6 +43,9 @@ pub const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
 /// about 10 MB): what a device that stops reading holds of the server's memory in
 /// QUIC's buffers, beside its queue (`MAX_QUEUED_BYTES_PER_CONN`).
 pub const SEND_WINDOW: u64 = 4 * 1024 * 1024;
+/// Bytes of unread datagrams the server keeps for a connection (quinn's
+/// default is about 1.25 MB per connection, for datagrams nobody reads).
+pub const DATAGRAM_BUFFER: usize = 2 * 1024;
 /// The same before the peer has authenticated: room for a `login` or `join`
 /// (and a browser's HTTP/3 handshake), so a connection nobody has vouched for
 /// holds at most this much of the server's memory in QUIC buffers.
@@ -174,6 +177,9 @@ pub fn server_config(resolver: Arc<CertificateResolver>) -> Result<quinn::Server
         .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
         .receive_window(PRE_LOGIN_RECEIVE_WINDOW.into())
         .send_window(SEND_WINDOW)
+        // The protocol sends no datagrams; a browser's WebTransport session
+        // needs them offered, so the buffer holds one small datagram at most.
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().map_err(tls)?));
     config.transport_config(Arc::new(transport));
     Ok(config)

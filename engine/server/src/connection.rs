@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     pub(crate) plugins: Arc<callsync_plugin_host::PluginHost>,
     /// Connections per address, member and device.
     pub(crate) limits: Arc<ConnectionLimits>,
+    /// Which web pages may open WebTransport sessions.
+    pub(crate) origins: crate::web::PageOrigins,
 }
 
 fn net_error_body(e: &NetError) -> ErrorBody {
@@ -115,7 +117,11 @@ pub const WEB_PATH: &str = "/callsync";
 /// Opens a connection's session: native QUIC as is, WebTransport after its
 /// HTTP/3 `CONNECT` (any other path is answered 404). `None` when the peer did
 /// not get that far in time.
-async fn open_link(connection: quinn::Connection, timeout: Duration) -> Option<Link> {
+async fn open_link(
+    connection: quinn::Connection,
+    deadline: tokio::time::Instant,
+    origins: &crate::web::PageOrigins,
+) -> Option<Link> {
     let alpn = connection
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -131,8 +137,8 @@ async fn open_link(connection: quinn::Connection, timeout: Duration) -> Option<L
         });
         return Some(link);
     }
-    let request = match tokio::time::timeout(
-        timeout,
+    let request = match tokio::time::timeout_at(
+        deadline,
         web_transport_quinn::Request::accept(connection.clone()),
     )
     .await
@@ -153,6 +159,18 @@ async fn open_link(connection: quinn::Connection, timeout: Duration) -> Option<L
         connection.close(1u32.into(), b"no such path");
         return None;
     }
+    // A page of another site must not spend this address's login allowance, or
+    // act with the cookies-free but still local position of an office browser.
+    let origin = request
+        .headers
+        .get(http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    if !origins.allow(origin, &request.url) {
+        tracing::info!(origin = ?origin, remote = %connection.remote_address(), "refused a WebTransport session from a foreign origin");
+        let _ = request.reject(http::StatusCode::FORBIDDEN).await;
+        connection.close(1u32.into(), b"origin not allowed");
+        return None;
+    }
     match request.ok().await {
         Ok(session) => Some(session),
         Err(e) => {
@@ -164,31 +182,38 @@ async fn open_link(connection: quinn::Connection, timeout: Duration) -> Option<L
 
 /// Serves one incoming connection to its end.
 pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, address: AddressSlot) {
-    let connection = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+    // One deadline for everything before the peer has said who it is: the QUIC
+    // handshake, a browser's CONNECT, opening the stream and the first message.
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+    let connection = match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("QUIC handshake not finished in time");
             return;
         }
     };
     let quic = connection.clone();
-    let Some(connection) = open_link(connection, shared.handshake_timeout).await else {
+    let Some(connection) = open_link(connection, deadline, &shared.origins).await else {
         return;
     };
-    let (mut send, mut recv) =
-        match tokio::time::timeout(shared.handshake_timeout, connection.accept_bi()).await {
-            Ok(Ok(streams)) => streams,
-            _ => {
-                connection.close(1, b"no stream opened in time");
-                return;
-            }
-        };
+    let (mut send, mut recv) = match tokio::time::timeout_at(deadline, connection.accept_bi()).await
+    {
+        Ok(Ok(streams)) => streams,
+        _ => {
+            connection.close(1, b"no stream opened in time");
+            return;
+        }
+    };
     let mut protocol =
         ServerConnection::new(clock::now(), shared.handshake_timeout.as_millis() as i64);
     // Before anyone is authenticated, a first frame larger than a `login` or
     // `join` is refused unread (and the QUIC receive window is small).
-    let first = match tokio::time::timeout(
-        shared.handshake_timeout,
+    let first = match tokio::time::timeout_at(
+        deadline,
         read_message_within(&mut recv, wire::MAX_FIRST_FRAME_BYTES),
     )
     .await

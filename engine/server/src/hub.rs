@@ -163,6 +163,10 @@ pub(crate) enum DriverInput {
     Session(HubInput),
     /// Finish the current batch and stop.
     Shutdown,
+    /// Panics on the hub's thread: how a test stands in for a bug no
+    /// containment caught.
+    #[cfg(test)]
+    Crash,
 }
 
 /// Inputs waiting for one tenant's hub at most; past this, that tenant's
@@ -453,6 +457,8 @@ impl Driver {
                         stop = true;
                         break;
                     }
+                    #[cfg(test)]
+                    DriverInput::Crash => panic!("a hub crash, as a test asked"),
                 };
                 let closed = match &input {
                     HubInput::Closed { conn } => Some(*conn),
@@ -541,5 +547,97 @@ impl Driver {
                 out.cut_off_too_slow();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callsync_core::{DeviceId, DeviceKind, Role, Timestamp, UserId};
+    use callsync_session::Authenticated;
+
+    fn member(tenant: &TenantId) -> Authenticated {
+        Authenticated {
+            tenant: tenant.clone(),
+            user: UserId::new("owner@acme.example").unwrap(),
+            role: Role::Owner,
+            device: DeviceId::new("desk-1").unwrap(),
+            kind: DeviceKind::Desk,
+            expires_at: Timestamp::from_millis(i64::MAX / 2),
+        }
+    }
+
+    /// Opens a connection on `hub` and waits for its first frame (`peer`).
+    fn join(hub: &mpsc::Sender<DriverInput>, tenant: &TenantId, gauge: &Gauge) -> Option<Outgoing> {
+        let (queue, mut out) = mpsc::channel(16);
+        let (cut_off, _) = tokio::sync::watch::channel(None);
+        hub.blocking_send(DriverInput::Open {
+            conn: 1,
+            member: member(tenant),
+            cursor: None,
+            out: Outbox {
+                queue,
+                cut_off,
+                started: Arc::default(),
+                gauge: gauge.for_connection(),
+            },
+        })
+        .ok()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(item) = out.try_recv() {
+                return Some(item);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    #[test]
+    fn a_hub_whose_thread_died_is_started_again_by_the_tenants_next_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("callsync.sqlite");
+        drop(Store::open(&db).unwrap());
+        let plugins = Arc::new(
+            callsync_plugin_host::PluginHost::new(callsync_plugin_host::Limits::default(), None)
+                .unwrap(),
+        );
+        let tenant = TenantId::new("acme").unwrap();
+        let hubs = Hubs::start(
+            HubsConfig {
+                db_path: db,
+                settings: HubSettings {
+                    start_limit_ms: 60_000,
+                    max_customers: 10,
+                    cache_docs: 16,
+                    server_device: DeviceId::new("server").unwrap(),
+                    server_user: UserId::new("system").unwrap(),
+                    server_actor: automerge::ActorId::random(),
+                    epoch: "e".to_owned(),
+                },
+                rules: Arc::new(crate::rules::HostRules(plugins)),
+            },
+            vec![tenant.clone()],
+        )
+        .unwrap();
+        let first = hubs.sender(&tenant).unwrap();
+        assert!(matches!(
+            join(&first, &tenant, &hubs.gauge),
+            Some(Outgoing::Frame(_))
+        ));
+        first.blocking_send(DriverInput::Crash).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !first.is_closed() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(first.is_closed(), "the crashed hub's queue is closed");
+        // The next connection of the tenant starts a new hub, which answers.
+        let second = hubs.sender(&tenant).unwrap();
+        assert!(!second.is_closed());
+        assert!(matches!(
+            join(&second, &tenant, &hubs.gauge),
+            Some(Outgoing::Frame(_))
+        ));
+        hubs.shutdown();
     }
 }

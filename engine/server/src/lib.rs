@@ -112,6 +112,7 @@ impl ServerConfig {
             web: web::WebConfig {
                 page_dir: None,
                 listen: None,
+                allowed_origins: Vec::new(),
             },
         }
     }
@@ -213,6 +214,25 @@ async fn rotate_dev_certificate(certificates: Arc<CertificateResolver>) {
     }
 }
 
+/// Raises the process's soft limit on open files to its hard limit, where the
+/// system allows: a service manager's usual soft limit (1,024) is below what the
+/// connection caps admit, and past it the page, `/api/transport` and new SQLite
+/// files fail alike.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current < limit.maximum.or(Some(u64::MAX)) {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(limit = ?limit.maximum, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
+    }
+}
+
 /// A running server.
 pub struct Server {
     endpoint: quinn::Endpoint,
@@ -228,6 +248,7 @@ impl Server {
     /// Opens the data directory and starts listening. Must run inside a
     /// multi-threaded tokio runtime.
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        raise_open_file_limit();
         let mut store = open_store(&config.data_dir)?;
         let accounts_store = Store::open(&config.data_dir.join(DB_FILE))?;
         let actor = ActorId::from(persistent_random(&mut store, "actor")?);
@@ -317,6 +338,11 @@ impl Server {
             handshake_timeout: config.handshake_timeout,
             plugins,
             limits: Arc::new(limits::ConnectionLimits::default()),
+            origins: web::PageOrigins {
+                port: page.addr.port(),
+                https: page.https,
+                listed: config.web.allowed_origins.clone(),
+            },
         });
         let accept_endpoint = endpoint.clone();
         let accept = tokio::spawn(async move {

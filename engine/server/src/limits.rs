@@ -199,6 +199,60 @@ impl Drop for MemberSlot {
     }
 }
 
+/// Connections counted per address and in all, against two caps: for a listener
+/// that keeps no other state per peer (the page's).
+pub(crate) struct AddressCounts {
+    max_total: usize,
+    max_per_address: usize,
+    counts: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+impl AddressCounts {
+    pub(crate) fn new(max_total: usize, max_per_address: usize) -> Self {
+        Self {
+            max_total,
+            max_per_address,
+            counts: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    fn counts(&self) -> MutexGuard<'_, (usize, HashMap<IpAddr, usize>)> {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for a connection from `address`, or `None` past either cap.
+    pub(crate) fn open(self: &Arc<Self>, address: IpAddr) -> Option<CountSlot> {
+        let address = source(address);
+        let mut counts = self.counts();
+        let here = counts.1.get(&address).copied().unwrap_or(0);
+        if counts.0 >= self.max_total || here >= self.max_per_address {
+            return None;
+        }
+        counts.0 += 1;
+        *counts.1.entry(address).or_default() += 1;
+        Some(CountSlot {
+            counts: self.clone(),
+            address,
+        })
+    }
+}
+
+/// A connection's place in [`AddressCounts`], given back when dropped.
+pub(crate) struct CountSlot {
+    counts: Arc<AddressCounts>,
+    address: IpAddr,
+}
+
+impl Drop for CountSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.counts();
+        counts.0 = counts.0.saturating_sub(1);
+        release(&mut counts.1, &self.address);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +329,20 @@ mod tests {
         );
         drop(waiting);
         assert_eq!(limits.unauthenticated(), 0);
+    }
+
+    #[test]
+    fn address_counts_hold_their_caps_and_give_places_back() {
+        let counts = Arc::new(AddressCounts::new(3, 2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = counts.open(a).unwrap();
+        let _second = counts.open(a).unwrap();
+        assert!(counts.open(a).is_none(), "per address");
+        let _third = counts.open(b).unwrap();
+        assert!(counts.open(b).is_none(), "in all");
+        drop(first);
+        assert!(counts.open(a).is_some());
     }
 
     #[test]

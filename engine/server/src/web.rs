@@ -5,7 +5,9 @@
 //! QUIC endpoint's UDP one; HTTPS when the server was given a certificate, since
 //! a browser opens WebTransport only from a secure origin and only localhost is
 //! one over plain HTTP; each TLS handshake runs in its own task, with a deadline,
-//! so a slow client holds up no other), serving the built page from a directory (any path
+//! so a slow client holds up no other; a deadline for each request's headers,
+//! which is also the idle limit of a kept-alive connection; caps on connections
+//! in all and per address), serving the built page from a directory (any path
 //! that is not a file gets `index.html`, so the page's own routes reload), the
 //! security headers, and `GET /api/transport`: the UDP port, the WebTransport
 //! path and the development certificate's hashes (the page passes them as
@@ -17,6 +19,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -26,13 +29,13 @@ use axum::routing::get;
 use callsync_net::web::CertificateResolver;
 use http::{HeaderName, HeaderValue, header};
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::connection::WEB_PATH;
+use crate::limits::AddressCounts;
 
 /// Where the page is served from and how to reach it.
 #[derive(Debug, Clone)]
@@ -43,6 +46,47 @@ pub struct WebConfig {
     /// The HTTP listener; `None` takes the QUIC endpoint's address (TCP and UDP
     /// ports are separate, so the same number serves both).
     pub listen: Option<SocketAddr>,
+    /// Web origins besides the page's own whose pages may open WebTransport
+    /// sessions (`https://crm.example.com`).
+    pub allowed_origins: Vec<String>,
+}
+
+/// Which web pages may open a WebTransport session: the page's own origin (the
+/// host the session's URL names, on the page's port and scheme) and any listed.
+/// A browser always sends `Origin`; a session without one is not a browser's,
+/// and gains nothing a native connection would not have.
+#[derive(Debug, Clone)]
+pub(crate) struct PageOrigins {
+    /// The page's TCP port.
+    pub(crate) port: u16,
+    /// Whether the page is served over HTTPS.
+    pub(crate) https: bool,
+    /// Origins allowed besides.
+    pub(crate) listed: Vec<String>,
+}
+
+impl PageOrigins {
+    /// Whether a session to `url` may be opened by a page of `origin`.
+    pub(crate) fn allow(&self, origin: Option<&str>, url: &url::Url) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        if self
+            .listed
+            .iter()
+            .any(|o| o.trim_end_matches('/') == origin)
+        {
+            return true;
+        }
+        let Ok(origin) = url::Url::parse(origin) else {
+            return false;
+        };
+        let scheme = origin.scheme() == "https" || (!self.https && origin.scheme() == "http");
+        scheme
+            && origin.host_str().is_some()
+            && origin.host_str() == url.host_str()
+            && origin.port_or_known_default() == Some(self.port)
+    }
 }
 
 /// What `GET /api/transport` answers.
@@ -125,73 +169,81 @@ fn router(config: &WebConfig, state: Arc<WebState>) -> Router {
 }
 
 /// How long a client has to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Finished handshakes waiting for the HTTP server to take them.
-const TLS_QUEUE: usize = 64;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's headers; a kept-alive connection
+/// waiting for its next request counts the same wait, so this is also how long
+/// one may sit idle.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a page connection lives, however busy: a client that reads its
+/// responses slowly holds a connection no longer than this.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Connections the page's listener holds at once, from everywhere …
+pub const MAX_PAGE_CONNECTIONS: usize = 1_024;
+/// … and from one address (IPv6 by /64). A browser opens six per host.
+pub const MAX_PAGE_CONNECTIONS_PER_ADDRESS: usize = 64;
 
-/// TCP connections after their TLS handshake, for axum.
-struct TlsListener {
-    accepted: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let addr = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (done, accepted) = tokio::sync::mpsc::channel(TLS_QUEUE);
-        let task = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "accepting a page connection failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, done) = (acceptor.clone(), done.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls)) => {
-                            let _ = done.send((tls, peer)).await;
+/// Accepts page connections for as long as the listener lives: each within the
+/// caps (else closed at once), its TLS handshake (if any) in its own task under a
+/// deadline, then HTTP/1.1 with hyper's header-read timeout.
+async fn serve_page(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>) {
+    let counts = Arc::new(AddressCounts::new(
+        MAX_PAGE_CONNECTIONS,
+        MAX_PAGE_CONNECTIONS_PER_ADDRESS,
+    ));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait rather than spin.
+                tracing::debug!(error = %e, "accepting a page connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = counts.open(peer.ip()) else {
+            tracing::debug!(%peer, "refusing a page connection: too many open");
+            continue;
+        };
+        let (app, tls) = (app.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let served = tokio::time::timeout(CONNECTION_LIFETIME, async move {
+                match tls {
+                    None => serve_http(stream, app).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => serve_http(tls, app).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                });
+                }
+            })
+            .await;
+            if served.is_err() {
+                tracing::debug!(%peer, "closed a page connection at the end of its lifetime");
             }
         });
-        Ok(Self {
-            accepted,
-            addr,
-            task,
-        })
     }
 }
 
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(accepted) => accepted,
-            // The accept task ended (the server is stopping): nothing more comes.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
+/// Serves one connection's requests with the page's router.
+async fn serve_http<I>(io: I, app: Router)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "a page connection ended with an error");
     }
 }
 
@@ -231,21 +283,7 @@ impl WebServer {
             }),
         );
         let https = tls.is_some();
-        let task = match tls {
-            Some(tls) => {
-                let listener = TlsListener::new(listener, tls)?;
-                tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, app).await {
-                        tracing::error!(error = %e, "the page's HTTPS listener stopped");
-                    }
-                })
-            }
-            None => tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "the page's HTTP listener stopped");
-                }
-            }),
-        };
+        let task = tokio::spawn(serve_page(listener, app, tls.map(TlsAcceptor::from)));
         Ok(Self { addr, https, task })
     }
 
