@@ -486,3 +486,169 @@ fn page_connections_that_never_finish_their_headers_are_capped_per_address_and_t
     );
     assert!(transport.starts_with("HTTP/1.1 200"), "{transport}");
 }
+
+/// A `decide-result` for a no-answer call that ended a minute ago.
+fn decide_now() -> callsync_core::wire::RpcCall {
+    use callsync_core::plugin::Pick;
+    use callsync_core::result_type::OptionKind;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    callsync_core::wire::RpcCall::DecideResult {
+        pick: Pick {
+            result_type: callsync_core::ResultTypeId::new("no-answer").unwrap(),
+            option: OptionKind::None,
+            at: None,
+            customer_status: None,
+        },
+        ended_at: callsync_core::Timestamp::from_millis(now - 60_000),
+        attempt: 1,
+        saved_at: callsync_core::Timestamp::from_millis(now),
+    }
+}
+
+/// The time of `samples` decisions and logins of the second tenant, in ms.
+async fn beta_timings(
+    world: &World,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    first_id: u64,
+    samples: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    use crate::hardening::{ask, login_from, reply};
+    let mut decides = Vec::new();
+    for i in 0..samples as u64 {
+        let asked = std::time::Instant::now();
+        ask(send, first_id + i, decide_now()).await;
+        let result = reply(recv, first_id + i).await;
+        assert!(
+            matches!(result, callsync_core::wire::RpcResult::Decided(_)),
+            "{result:?}"
+        );
+        decides.push(asked.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut logins = Vec::new();
+    for _ in 0..samples.div_ceil(2) {
+        let asked = std::time::Instant::now();
+        let answer = login_from(
+            &world.server,
+            "127.0.0.5",
+            "owner@beta.example",
+            crate::network::PASSWORD,
+        )
+        .await;
+        assert_eq!(answer, "logged-in");
+        logins.push(asked.elapsed().as_secs_f64() * 1e3);
+    }
+    (decides, logins)
+}
+
+#[test]
+fn one_tenants_members_flooding_result_decisions_do_not_slow_another_tenants_decisions_or_logins() {
+    use crate::hardening::{join, saved_session};
+    use callsync_net::framing::write_message;
+
+    let world = World::start(&[]);
+    let (rep_desk, _phone) = world.rep_devices();
+    crate::network::callsync(
+        &world.dir("server"),
+        &[
+            "--tenant",
+            "beta",
+            "add-tenant",
+            "--owner",
+            "owner@beta.example",
+        ],
+    )
+    .ok();
+    let beta_desk = world.dir("beta-desk");
+    world.login(&beta_desk, "desk", "owner@beta.example").ok();
+    let beta = saved_session(&beta_desk);
+    let rep = saved_session(&rep_desk);
+    let admin = saved_session(&world.admin_desk);
+    let rt = runtime();
+    // Both phases' decisions fit the member's burst of decisions.
+    let samples = 8;
+    let (quiet, flooded, asked, decided) = rt.block_on(async {
+        let (_ep, _c, mut send, mut recv) = join(&world.server, &beta).await;
+        // Joined (the hub has written the tenant's standard rules by then).
+        while !matches!(
+            read_message(&mut recv).await,
+            Ok(Some(Message::Peer { .. }))
+        ) {}
+        let quiet = beta_timings(&world, &mut send, &mut recv, 1, samples).await;
+        // Two members of the first tenant, from three connections, ask for 600
+        // decisions a second in all, reading every answer.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let decided = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut flooders = Vec::new();
+        for session in [&rep, &rep, &admin] {
+            let (ep, c, mut fsend, mut frecv) = join(&world.server, session).await;
+            let decided = decided.clone();
+            tokio::spawn(async move {
+                let _keep = (ep, c);
+                while let Ok(Some(message)) = read_message(&mut frecv).await {
+                    if let Message::Reply {
+                        result: callsync_core::wire::RpcResult::Decided(_),
+                        ..
+                    } = message
+                    {
+                        decided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+            let (stop, asked) = (stop.clone(), asked.clone());
+            flooders.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let mut id = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    for _ in 0..2 {
+                        id += 1;
+                        let message = Message::Rpc {
+                            id,
+                            call: decide_now(),
+                        };
+                        if write_message(&mut fsend, &message).await.is_err() {
+                            return;
+                        }
+                        asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let flooded = beta_timings(&world, &mut send, &mut recv, 1_000, samples).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for f in flooders {
+            let _ = f.await;
+        }
+        (
+            quiet,
+            flooded,
+            asked.load(std::sync::atomic::Ordering::Relaxed),
+            decided.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    });
+    let ((quiet_decides, quiet_logins), (flooded_decides, flooded_logins)) = (quiet, flooded);
+    let (qd, fd, ql, fl) = (
+        p99(quiet_decides),
+        p99(flooded_decides),
+        p99(quiet_logins),
+        p99(flooded_logins),
+    );
+    println!(
+        "{{\"flood_asked\": {asked}, \"flood_decided\": {decided}, \"beta_decide_ms_p99_quiet\": {qd:.1}, \"beta_decide_ms_p99_flooded\": {fd:.1}, \"beta_login_ms_p99_quiet\": {ql:.1}, \"beta_login_ms_p99_flooded\": {fl:.1}}}"
+    );
+    assert!(asked > 400, "the flood asked only {asked} decisions");
+    assert!(
+        fd <= 2.0 * qd,
+        "beta's decision p99 went from {qd:.1} to {fd:.1} ms"
+    );
+    assert!(
+        fl <= 2.0 * ql,
+        "beta's login p99 went from {ql:.1} to {fl:.1} ms"
+    );
+}

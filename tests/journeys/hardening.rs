@@ -66,7 +66,12 @@ async fn connect_with(
 }
 
 /// One login attempt from `local`; the reply's error code, or `logged-in`.
-async fn login_from(server: &ServerProcess, local: &str, email: &str, password: &str) -> String {
+pub(crate) async fn login_from(
+    server: &ServerProcess,
+    local: &str,
+    email: &str,
+    password: &str,
+) -> String {
     let (_ep, _conn, mut send, mut recv) = connect_from(server, local).await;
     let login = Message::Login {
         supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],

@@ -78,6 +78,10 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<ConnectionLimits>,
     /// Which web pages may open WebTransport sessions.
     pub(crate) origins: crate::web::PageOrigins,
+    /// Each tenant's share of plugin time (its hub's re-checks and decisions).
+    pub(crate) plugin_shares: Arc<crate::rules::PluginShares>,
+    /// Each member's rate of `decide-result`.
+    pub(crate) decides: crate::limits::RatePerKey<callsync_core::UserId>,
 }
 
 fn net_error_body(e: &NetError) -> ErrorBody {
@@ -639,9 +643,12 @@ async fn reply(out: &Queue, connection: &Link, message: Message) -> bool {
 }
 
 /// Decides a result form's pick with the tenant's active rule set, for a device
-/// that runs no plugins (the browser). The configuration is read under the
-/// accounts lock, which is released before the plugin runs; at most
-/// `deciding`'s permits run at once, apart from installs' compiles.
+/// that runs no plugins (the browser). In order, so that a flood costs its
+/// sender and no one else: the member's rate of decisions, a decision permit
+/// (at most `deciding`'s at once, apart from installs' compiles), the tenant's
+/// share of plugin time (the same one its hub's re-checks draw on), then the
+/// configuration as kept (read, on a miss, over a connection of its own: no lock
+/// logins and joins wait on), and the plugin.
 async fn decide_result(shared: &Shared, member: &Session, call: wire::RpcCall) -> wire::RpcResult {
     let wire::RpcCall::DecideResult {
         pick,
@@ -662,22 +669,17 @@ async fn decide_result(shared: &Shared, member: &Session, call: wire::RpcCall) -
             detail: "a decision is asked for now, for a call that ended before it".to_owned(),
         });
     }
-    let stored = {
-        let store = shared.accounts.lock().await;
-        tokio::task::block_in_place(|| {
-            callsync_store::ConfigQueries::tenant_config(&*store, &member.tenant)
-        })
+    if !shared.decides.allow(&member.user, Instant::now()) {
+        return refused(Refusal::Busy);
+    }
+    let Ok(_permit) = shared.deciding.acquire().await else {
+        return refused(Refusal::ShuttingDown);
     };
-    let doc = match stored {
-        Ok(Some(bytes)) => {
-            match callsync_core::tenant_config::TenantConfigDoc::load(
-                &bytes,
-                automerge::ActorId::random(),
-            ) {
-                Ok(doc) => doc,
-                Err(e) => return refused(Refusal::Core(e)),
-            }
-        }
+    if !shared.plugin_shares.has_time(&member.tenant, clock::now()) {
+        return refused(Refusal::Busy);
+    }
+    let doc = match shared.hubs.tenant_config(&member.tenant).await {
+        Ok(Some(doc)) => doc,
         Ok(None) => {
             let e = callsync_plugin_host::decide::DecideError::NoRules;
             return refused(Refusal::ResultNotDecided {
@@ -688,16 +690,17 @@ async fn decide_result(shared: &Shared, member: &Session, call: wire::RpcCall) -
         }
         Err(e) => {
             tracing::error!(error = %e, "could not read the tenant configuration");
-            return refused(Refusal::ShuttingDown);
+            return refused(Refusal::ConfigUnreadable);
         }
     };
-    let Ok(_permit) = shared.deciding.acquire().await else {
-        return refused(Refusal::ShuttingDown);
-    };
     let facts = callsync_core::plugin::CallFacts { ended_at, attempt };
+    let started = Instant::now();
     let decided = tokio::task::block_in_place(|| {
         callsync_plugin_host::decide::decide(&shared.plugins, &doc, &pick, facts, saved_at)
     });
+    shared
+        .plugin_shares
+        .charge(&member.tenant, started.elapsed());
     match decided {
         Ok(decided) => wire::RpcResult::Decided(wire::DecidedResult {
             option: decided.option,

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callsync_core::TenantId;
+use callsync_core::tenant_config::TenantConfigDoc;
 use callsync_core::wire::{self, Cursor, ErrorBody, Refusal};
 use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings, Room};
 use callsync_session::rules::ResultRules;
@@ -149,6 +150,42 @@ impl Outbox {
     }
 }
 
+/// Tenants' configurations kept for decisions made off the hub, with a count of
+/// changes so that a copy read while its hub published a change is not kept.
+#[derive(Default)]
+pub(crate) struct ConfigCache(Mutex<(u64, HashMap<TenantId, Arc<TenantConfigDoc>>)>);
+
+impl ConfigCache {
+    fn map(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<TenantId, Arc<TenantConfigDoc>>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The kept copy, or the change count to read one under.
+    fn get(&self, tenant: &TenantId) -> Result<Arc<TenantConfigDoc>, u64> {
+        let map = self.map();
+        map.1.get(tenant).cloned().ok_or(map.0)
+    }
+
+    /// Keeps `doc`, read when the change count was `read_at`, unless a change
+    /// came since.
+    fn keep(&self, tenant: &TenantId, doc: TenantConfigDoc, read_at: u64) -> Arc<TenantConfigDoc> {
+        let doc = Arc::new(doc);
+        let mut map = self.map();
+        if map.0 == read_at {
+            map.1.insert(tenant.clone(), doc.clone());
+        }
+        doc
+    }
+
+    fn forget(&self, tenant: &TenantId) {
+        let mut map = self.map();
+        map.0 += 1;
+        map.1.remove(tenant);
+    }
+}
+
 /// What a hub thread is told.
 #[derive(Debug)]
 pub(crate) enum DriverInput {
@@ -236,6 +273,9 @@ pub(crate) struct Hubs {
     turns: Arc<WriteTurns>,
     /// What all connections' writers have queued.
     gauge: Gauge,
+    /// Each tenant's configuration as last read for a decision made off the hub
+    /// (dropped when its hub publishes a change).
+    configs: Arc<ConfigCache>,
     running: Mutex<HashMap<TenantId, RunningHub>>,
     /// Set at shutdown: no hub starts after it.
     stopping: std::sync::atomic::AtomicBool,
@@ -253,6 +293,7 @@ impl Hubs {
             config,
             turns: Arc::new(WriteTurns::default()),
             gauge: Gauge::default(),
+            configs: Arc::default(),
             running: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
@@ -306,6 +347,7 @@ impl Hubs {
         );
         let driver = Driver {
             store,
+            configs: self.configs.clone(),
             session,
             outboxes: RefCell::new(HashMap::new()),
             turns: self.turns.clone(),
@@ -322,6 +364,34 @@ impl Hubs {
             },
         );
         Ok(inputs)
+    }
+
+    /// The tenant's configuration for a decision made off the hub: as kept, else
+    /// read on a blocking thread over a connection of its own (no lock others
+    /// wait on). `None` when the tenant has none yet.
+    pub(crate) async fn tenant_config(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<Arc<TenantConfigDoc>>, String> {
+        let read_at = match self.configs.get(tenant) {
+            Ok(doc) => return Ok(Some(doc)),
+            Err(read_at) => read_at,
+        };
+        let db = self.config.db_path.clone();
+        let key = tenant.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || -> Result<Option<TenantConfigDoc>, String> {
+                let store = Store::open(&db).map_err(|e| e.to_string())?;
+                let bytes = callsync_store::ConfigQueries::tenant_config(&store, &key)
+                    .map_err(|e| e.to_string())?;
+                bytes
+                    .map(|b| TenantConfigDoc::load(&b, automerge::ActorId::random()))
+                    .transpose()
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+        Ok(loaded.map(|doc| self.configs.keep(tenant, doc, read_at)))
     }
 
     /// A byte gauge for a new connection's queue.
@@ -347,6 +417,7 @@ impl Hubs {
 /// One tenant's hub thread.
 struct Driver {
     store: Store,
+    configs: Arc<ConfigCache>,
     session: HubSession<StoredDoc>,
     /// Each connection's way out. In a cell: the batch reads each queue's room
     /// while inputs add connections.
@@ -479,6 +550,9 @@ impl Driver {
         match result {
             Ok(()) => {
                 let released = self.session.committed(batch);
+                if released.config_changed {
+                    self.configs.forget(self.session.tenant());
+                }
                 self.flush(released);
             }
             Err(e) => {
@@ -615,7 +689,10 @@ mod tests {
                     server_actor: automerge::ActorId::random(),
                     epoch: "e".to_owned(),
                 },
-                rules: Arc::new(crate::rules::HostRules(plugins)),
+                rules: Arc::new(crate::rules::HostRules {
+                    plugins,
+                    shares: Arc::default(),
+                }),
             },
             vec![tenant.clone()],
         )

@@ -51,6 +51,10 @@ pub const DEFAULT_SESSION_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Most customers one tenant may hold by default. The customer list is paged, so
 /// this bounds the database and a new device's catch-up, not a reply.
 pub const DEFAULT_MAX_CUSTOMERS_PER_TENANT: u64 = 200_000;
+/// Result decisions one member may ask of the server in a burst …
+pub const DECIDES_BURST: f64 = 20.0;
+/// … and per second after it (a rep saves a result once per call).
+pub const DECIDES_PER_SEC: f64 = 1.0;
 /// Documents the hub keeps in memory.
 pub const DEFAULT_CACHE_DOCS: usize = 4_096;
 
@@ -300,6 +304,7 @@ impl Server {
             .map_err(|e| ServerError::Invalid(e.to_string()))?,
         );
         let actor_hex = actor.to_hex_string();
+        let plugin_shares = Arc::new(rules::PluginShares::default());
         let tenants = store.tenant_ids()?;
         drop(store);
         let hubs = hub::Hubs::start(
@@ -316,7 +321,10 @@ impl Server {
                     server_actor: actor,
                     epoch,
                 },
-                rules: Arc::new(rules::HostRules(plugins.clone())),
+                rules: Arc::new(rules::HostRules {
+                    plugins: plugins.clone(),
+                    shares: plugin_shares.clone(),
+                }),
             },
             tenants,
         )?;
@@ -338,6 +346,8 @@ impl Server {
             handshake_timeout: config.handshake_timeout,
             plugins,
             limits: Arc::new(limits::ConnectionLimits::default()),
+            plugin_shares,
+            decides: limits::RatePerKey::new(DECIDES_BURST, DECIDES_PER_SEC),
             origins: web::PageOrigins {
                 port: page.addr.port(),
                 https: page.https,

@@ -199,6 +199,52 @@ impl Drop for MemberSlot {
     }
 }
 
+/// A token bucket per key (a member's requests of one kind), with a cap on how
+/// many keys it remembers (the fullest are forgotten first: they are the least
+/// limited).
+pub(crate) struct RatePerKey<K> {
+    burst: f64,
+    per_sec: f64,
+    buckets: Mutex<HashMap<K, (f64, std::time::Instant)>>,
+}
+
+/// Keys a [`RatePerKey`] remembers at most.
+const MAX_RATE_KEYS: usize = 65_536;
+
+impl<K: std::hash::Hash + Eq + Clone> RatePerKey<K> {
+    pub(crate) fn new(burst: f64, per_sec: f64) -> Self {
+        Self {
+            burst,
+            per_sec,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one for `key` at `now`, if it has one.
+    pub(crate) fn allow(&self, key: &K, now: std::time::Instant) -> bool {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= MAX_RATE_KEYS && !buckets.contains_key(key) {
+            let (burst, per_sec) = (self.burst, self.per_sec);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_sec < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(key.clone()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        *at = (*at).max(now);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Connections counted per address and in all, against two caps: for a listener
 /// that keeps no other state per peer (the page's).
 pub(crate) struct AddressCounts {
@@ -329,6 +375,19 @@ mod tests {
         );
         drop(waiting);
         assert_eq!(limits.unauthenticated(), 0);
+    }
+
+    #[test]
+    fn a_key_gets_its_burst_then_its_rate_and_keys_do_not_share() {
+        let rate = RatePerKey::new(3.0, 1.0);
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            assert!(rate.allow(&"a", start));
+        }
+        assert!(!rate.allow(&"a", start));
+        assert!(rate.allow(&"b", start));
+        assert!(rate.allow(&"a", start + std::time::Duration::from_millis(1_001)));
+        assert!(!rate.allow(&"a", start + std::time::Duration::from_millis(1_002)));
     }
 
     #[test]

@@ -168,6 +168,8 @@ pub struct Batch<'r> {
     unsolicited: HashMap<ConnId, u64>,
     /// What this batch has queued per connection so far.
     spent: HashMap<ConnId, Room>,
+    /// A plugin install changed the tenant's configuration.
+    config_changed: bool,
     /// The room in each connection's queue, as the driver reports it.
     room: &'r dyn Fn(ConnId) -> Room,
 }
@@ -197,6 +199,7 @@ impl<'r> Batch<'r> {
             senders: HashSet::new(),
             unsolicited: HashMap::new(),
             spent: HashMap::new(),
+            config_changed: false,
             room,
         }
     }
@@ -240,6 +243,9 @@ pub struct Released {
     /// to them are owed, not counted against its message rate (see
     /// [`crate::connection::ServerConnection::server_started`]).
     pub unsolicited: Vec<(ConnId, u64)>,
+    /// The tenant's configuration changed (a plugin was installed): copies kept
+    /// elsewhere (the server's for browsers' decisions) are stale.
+    pub config_changed: bool,
 }
 
 /// Largest uncompressed size (all its changes' bytes) a device's changes may take
@@ -273,12 +279,6 @@ pub const FULL_RESENDS_BURST: f64 = 2.0;
 pub const FULL_RESEND_EVERY_MS: i64 = 15_000;
 /// How soon the hub looks again at syncs waiting for room in a queue.
 const PENDING_RETRY_MS: i64 = 25;
-/// Plugin time (re-running result decisions) the tenant may use per second, on
-/// average …
-const PLUGIN_MS_PER_SEC: f64 = 250.0;
-/// … and in a burst. Past it, a device sending results is asked to come back
-/// later (`busy`), so a slow plugin cannot hold the hub.
-const PLUGIN_BURST_MS: f64 = 2_000.0;
 /// How soon to try again when every joining device's queue was full.
 const CATCH_UP_RETRY_MS: i64 = 10;
 /// How soon to retry an expiry that found its document unreadable.
@@ -385,13 +385,6 @@ struct Conn {
     resets: HashSet<SyncTarget>,
 }
 
-/// The tenant's allowance of plugin time.
-#[derive(Debug, Clone, Copy)]
-struct PluginBudget {
-    ms: f64,
-    at: Timestamp,
-}
-
 /// One tenant's hub. `D` is the storage's loaded document.
 pub struct HubSession<D> {
     tenant: TenantId,
@@ -421,7 +414,6 @@ pub struct HubSession<D> {
     catch_up_stalled: bool,
     /// When the oldest call awaiting *Start call* expires, as of the last batch.
     next_expiry: Option<Timestamp>,
-    plugin_budget: PluginBudget,
     /// Connections with syncs waiting (see `Conn::pending`).
     pending_conns: BTreeSet<ConnId>,
     /// When the hub should look at waiting syncs again, as of the last batch.
@@ -467,10 +459,6 @@ impl<D: LoadedDoc> HubSession<D> {
             expiry_blocked: false,
             catch_up_stalled: false,
             next_expiry: None,
-            plugin_budget: PluginBudget {
-                ms: PLUGIN_BURST_MS,
-                at: Timestamp::from_millis(0),
-            },
             pending_conns: BTreeSet::new(),
             pending_wake: None,
             resends: HashMap::new(),
@@ -624,6 +612,7 @@ impl<D: LoadedDoc> HubSession<D> {
             sends: batch.sends,
             closes: batch.closes,
             unsolicited,
+            config_changed: batch.config_changed,
         }
     }
 
@@ -1258,20 +1247,6 @@ impl<D: LoadedDoc> HubSession<D> {
             }
         }
         Ok(())
-    }
-
-    /// Whether the tenant may spend plugin time now.
-    fn plugin_time_left(&mut self) -> bool {
-        let budget = &mut self.plugin_budget;
-        let elapsed_ms = (self.now.as_millis() - budget.at.as_millis()).max(0) as f64;
-        budget.ms = (budget.ms + elapsed_ms / 1_000.0 * PLUGIN_MS_PER_SEC).min(PLUGIN_BURST_MS);
-        budget.at = self.now;
-        budget.ms > 0.0
-    }
-
-    /// Charges plugin time to the tenant.
-    fn spend_plugin_time(&mut self, spent: std::time::Duration) {
-        self.plugin_budget.ms -= spent.as_secs_f64() * 1_000.0;
     }
 
     /// Refuses a device's sync message: forgets what it changed (the document

@@ -228,6 +228,7 @@ impl<D: LoadedDoc> HubSession<D> {
         let bytes = doc.save();
         store.put_tenant_config(&self.tenant, &bytes)?;
         self.catalog = None;
+        batch.config_changed = true;
         tracing::info!(tenant = %self.tenant, user = %member.user, plugin = %prepared.ruleset.plugin, "plugin installed");
         self.push_config(batch);
         Ok(RpcResult::PluginInstalled(InstalledSummary {
@@ -300,12 +301,12 @@ impl<D: LoadedDoc> HubSession<D> {
             let EventKind::ResultSaved(fields) = &event.kind else {
                 continue;
             };
-            if !self.plugin_time_left() {
+            if !rules.has_time(&self.tenant, self.now) {
                 return Ok(Err(Verdict::Busy));
             }
             let doc = self.config(store)?;
             let verified = rules.verify(&config, doc, fields, event.stamp.at);
-            self.spend_plugin_time(verified.spent);
+            rules.charge(&self.tenant, verified.spent);
             if let Err(failure) = verified.outcome {
                 return Ok(Err(Verdict::Refused(
                     Refusal::ResultNotVerified {
