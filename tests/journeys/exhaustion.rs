@@ -652,3 +652,195 @@ fn one_tenants_members_flooding_result_decisions_do_not_slow_another_tenants_dec
         "beta's login p99 went from {ql:.1} to {fl:.1} ms"
     );
 }
+
+#[test]
+fn a_sync_message_larger_than_any_document_is_refused_before_automerge_reads_it() {
+    use crate::hardening::{join, saved_session};
+    use callsync_net::framing::write_message;
+
+    let world = World::start(&[]);
+    let (desk, _phone) = world.rep_devices();
+    let session = saved_session(&desk);
+    let limit = callsync_session::hub::MAX_SYNC_MESSAGE_BYTES;
+    let answer = runtime().block_on(async {
+        let (_ep, _c, mut send, mut recv) = join(&world.server, &session).await;
+        // Bytes Automerge would take for a message header and then try to parse.
+        let mut data = vec![0x42u8];
+        data.resize(limit + 1, 0);
+        write_message(
+            &mut send,
+            &Message::Sync {
+                document_id: callsync_core::CustomerId::new("cus-1").unwrap(),
+                data,
+            },
+        )
+        .await
+        .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv)).await {
+                Ok(Ok(Some(Message::Rejected { error, .. }))) => break error,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("no refusal: {other:?}"),
+            }
+        }
+    });
+    assert_eq!(answer.code, "malformed-sync");
+    assert!(answer.message.contains("at most"), "{}", answer.message);
+}
+
+/// Gives tenant `tenant` of a stopped server `customers` customers due for a
+/// recall and `calls` finished calls, written as rows straight into its index
+/// tables (what `recall-list` and `call-stats` read; no document is ever
+/// loaded for them).
+fn write_many_index_rows(
+    db: &std::path::Path,
+    tenant: &str,
+    owner: &str,
+    customers: usize,
+    calls: usize,
+) {
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let tx = conn.transaction().unwrap();
+    {
+        let mut doc = tx
+            .prepare(
+                "INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status, recall_at)
+                 VALUES (?1, ?2, 0, x'', '株式会社索引', '索引 花子', ?3, 'done', ?4)",
+            )
+            .unwrap();
+        for i in 0..customers {
+            doc.execute(rusqlite::params![
+                tenant,
+                format!("idx-{i}"),
+                owner,
+                now + 3_600_000 + i as i64
+            ])
+            .unwrap();
+        }
+        let mut call = tx
+            .prepare(
+                "INSERT INTO calls (tenant_id, call_id, customer_id, user_id, phase, requested_at, result_type)
+                 VALUES (?1, ?2, ?3, ?4, 'completed', ?5, 'no-answer')",
+            )
+            .unwrap();
+        for i in 0..calls {
+            call.execute(rusqlite::params![
+                tenant,
+                format!("idx-call-{i}"),
+                format!("idx-{}", i % customers.max(1)),
+                owner,
+                now - 86_400_000 - i as i64 * 60_000,
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+#[test]
+fn a_tenant_looping_its_most_expensive_reads_does_not_delay_another_tenants_push() {
+    use crate::hardening::{ask, join, reply, saved_session};
+    use crate::tenants::push_latencies;
+    use callsync_core::wire::RpcCall;
+
+    let mut world = World::start(&[]);
+    let (desk, _phone) = world.rep_devices();
+    crate::network::callsync(
+        &world.dir("server"),
+        &[
+            "--tenant",
+            "beta",
+            "add-tenant",
+            "--owner",
+            "owner@beta.example",
+        ],
+    )
+    .ok();
+    let beta_desk = world.dir("beta-desk");
+    world.login(&beta_desk, "desk", "owner@beta.example").ok();
+    let beta = saved_session(&beta_desk);
+    let acme = saved_session(&world.admin_desk);
+    world.server.stop();
+    write_many_index_rows(
+        &world.server.db(),
+        "beta",
+        "owner@beta.example",
+        50_000,
+        200_000,
+    );
+    world.server.restart();
+    let rt = runtime();
+    let samples = 10;
+    let (quiet, loaded, reads) = rt.block_on(async {
+        let (_ep, _c, mut send, mut recv) = join(&world.server, &acme).await;
+        ask(
+            &mut send,
+            1,
+            RpcCall::Subscribe {
+                documents: vec![callsync_core::CustomerId::new("cus-1").unwrap()],
+            },
+        )
+        .await;
+        reply(&mut recv, 1).await;
+        let quiet = push_latencies(&desk, &mut recv, samples).await;
+        // Beta asks for its recalls and its 400-day figures over and over, from
+        // two connections, each asking again as soon as it has its answer.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut loops = Vec::new();
+        for _ in 0..2 {
+            let (ep, c, mut bsend, mut brecv) = join(&world.server, &beta).await;
+            let (stop, reads) = (stop.clone(), reads.clone());
+            loops.push(tokio::spawn(async move {
+                let _keep = (ep, c);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                let mut id = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    id += 1;
+                    let call = if id % 2 == 0 {
+                        RpcCall::RecallList
+                    } else {
+                        RpcCall::CallStats {
+                            from: callsync_core::Timestamp::from_millis(
+                                now - callsync_core::wire::MAX_STATS_PERIOD_MS + 1,
+                            ),
+                            to: callsync_core::Timestamp::from_millis(now),
+                        }
+                    };
+                    ask(&mut bsend, id, call).await;
+                    reply(&mut brecv, id).await;
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let loaded = push_latencies(&desk, &mut recv, samples).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for l in loops {
+            let _ = l.await;
+        }
+        (
+            quiet,
+            loaded,
+            reads.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    });
+    let (quiet_p99, loaded_p99) = (p99(quiet.clone()), p99(loaded.clone()));
+    println!(
+        "{{\"beta_reads\": {reads}, \"push_ms_quiet_p50\": {:.1}, \"push_ms_quiet_p99\": {quiet_p99:.1}, \"push_ms_loaded_p50\": {:.1}, \"push_ms_loaded_p99\": {loaded_p99:.1}}}",
+        crate::tenants::median(quiet),
+        crate::tenants::median(loaded),
+    );
+    assert!(reads >= 10, "beta read only {reads} times");
+    assert!(
+        loaded_p99 <= 2.0 * quiet_p99,
+        "another tenant's push p99 went from {quiet_p99:.1} to {loaded_p99:.1} ms"
+    );
+}

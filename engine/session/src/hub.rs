@@ -254,6 +254,10 @@ pub struct Released {
 /// about 1 MB uncompressed.
 pub const MAX_DOCUMENT_BYTES: u64 = (wire::MAX_FRAME_BYTES / 2) as u64;
 
+/// The largest sync message of a customer document the hub decodes: the most
+/// changes an admissible message can carry (the document's cap) with its summary.
+pub const MAX_SYNC_MESSAGE_BYTES: usize = MAX_DOCUMENT_BYTES as usize + (1 << 20);
+
 /// Most customers an unpaged `customer-list` (an older client's) answers.
 pub const MAX_UNPAGED_CUSTOMERS: u32 = 10_000;
 
@@ -1027,6 +1031,26 @@ impl<D: LoadedDoc> HubSession<D> {
         };
         if !self.may_see(store, &member, &doc)? {
             batch.send(conn, Message::DocUnavailable { document_id: doc });
+            return Ok(());
+        }
+        if data.len() > MAX_SYNC_MESSAGE_BYTES {
+            // Screened before decoding: nothing this large could be admitted (its
+            // changes alone would pass the document's cap), so Automerge is not
+            // asked to parse it.
+            let error = Refusal::MalformedSync {
+                detail: format!(
+                    "a sync message of {} bytes; at most {MAX_SYNC_MESSAGE_BYTES} are read",
+                    data.len()
+                ),
+            }
+            .body();
+            batch.send(
+                conn,
+                Message::Rejected {
+                    document_id: doc,
+                    error,
+                },
+            );
             return Ok(());
         }
         let message = match sync::Message::decode(data) {

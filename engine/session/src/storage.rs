@@ -96,7 +96,12 @@ pub trait HubStore {
         limit: u32,
     ) -> Result<Vec<CustomerSummary>, StorageError>;
     /// The tenant's customers with a recall, soonest first.
-    fn recalls(&mut self, tenant: &TenantId) -> Result<Vec<RecallSummary>, StorageError>;
+    fn recalls(
+        &mut self,
+        tenant: &TenantId,
+        owner: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecallSummary>, StorageError>;
     /// Per user, the tenant's calls requested in `[from, to)` that took place,
     /// with how many have a result and how many of those are of a `reached` type.
     fn call_stats(

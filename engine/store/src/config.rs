@@ -36,14 +36,22 @@ pub trait ConfigQueries: Read {
             .optional()?)
     }
 
-    /// The tenant's customers with a recall, soonest first.
-    fn recalls(&self, tenant: &TenantId) -> Result<Vec<RecallRow>, StoreError> {
+    /// The tenant's customers with a recall (only `owner`'s, if given), soonest
+    /// first, at most `limit`: filtered and cut in the query (the recall index),
+    /// so a tenant with many recalls costs one page, not all of them.
+    fn recalls(
+        &self,
+        tenant: &TenantId,
+        owner: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecallRow>, StoreError> {
         let mut stmt = self.db().prepare_cached(
             "SELECT customer_id, company, owner, recall_at FROM documents
-             WHERE tenant_id = ?1 AND recall_at IS NOT NULL
-             ORDER BY recall_at, customer_id",
+             WHERE tenant_id = ?1 AND recall_at IS NOT NULL AND (?2 IS NULL OR owner = ?2)
+             ORDER BY recall_at, customer_id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![tenant.as_str()], |r| {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![tenant.as_str(), owner, limit], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,

@@ -127,8 +127,13 @@ impl HubStore for WriteTx<'_> {
         Ok(ConfigQueries::call_stats(self, tenant, from, to, reached)?)
     }
 
-    fn recalls(&mut self, tenant: &TenantId) -> Result<Vec<RecallSummary>, StorageError> {
-        Ok(ConfigQueries::recalls(self, tenant)?
+    fn recalls(
+        &mut self,
+        tenant: &TenantId,
+        owner: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecallSummary>, StorageError> {
+        Ok(ConfigQueries::recalls(self, tenant, owner, limit)?
             .into_iter()
             .map(|r| RecallSummary {
                 id: r.id,

@@ -323,12 +323,18 @@ impl HubStore for ServerTx<'_> {
         Ok(per_user.into_values().collect())
     }
 
-    fn recalls(&mut self, _tenant: &TenantId) -> Result<Vec<RecallSummary>, StorageError> {
+    fn recalls(
+        &mut self,
+        _tenant: &TenantId,
+        owner: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RecallSummary>, StorageError> {
         let mut recalls: Vec<RecallSummary> = self
             .work
             .docs
             .rows
             .iter()
+            .filter(|(_, r)| owner.is_none_or(|o| r.owner == o))
             .filter_map(|(id, r)| {
                 r.recall_at.map(|at| RecallSummary {
                     id: id.clone(),
@@ -338,7 +344,8 @@ impl HubStore for ServerTx<'_> {
                 })
             })
             .collect();
-        recalls.sort_by_key(|r| r.recall_at);
+        recalls.sort_by(|a, b| (a.recall_at, &a.id).cmp(&(b.recall_at, &b.id)));
+        recalls.truncate(limit);
         Ok(recalls)
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use automerge::sync::{self, SyncDoc};
 use callsync_core::event::{CallEvent, EventKind};
 use callsync_core::tenant_config::{PreparedInstall, TenantConfigDoc};
-use callsync_core::wire::{ErrorBody, InstalledSummary, RecallSummary, Refusal, RpcResult};
+use callsync_core::wire::{ErrorBody, InstalledSummary, Refusal, RpcResult};
 use callsync_core::{CoreError, ResultCatalog, ResultTypeSpec};
 
 use super::{Batch, HubSession, PendingSync, SyncTarget, contained, unreadable_config};
@@ -329,14 +329,12 @@ impl<D: LoadedDoc> HubSession<D> {
     ) -> Result<RpcResult, StorageError> {
         let restricted = member.role.is_limited_by_assignee_visibility()
             && store.assignee_visibility(&self.tenant)?;
-        Ok(RpcResult::Recalls(
-            store
-                .recalls(&self.tenant)?
-                .into_iter()
-                .filter(|r: &RecallSummary| !restricted || r.owner == member.user.as_str())
-                // The soonest first, and at most a frame's worth.
-                .take(MAX_RECALLS)
-                .collect(),
-        ))
+        // The soonest first, and at most a frame's worth, chosen by the query.
+        let owner = restricted.then_some(member.user.as_str());
+        Ok(RpcResult::Recalls(store.recalls(
+            &self.tenant,
+            owner,
+            MAX_RECALLS,
+        )?))
     }
 }
