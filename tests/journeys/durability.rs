@@ -143,6 +143,7 @@ fn a_server_killed_mid_sync_keeps_every_change_it_acknowledged() {
     let mut run = PhoneRun::start(&phone);
     run.wait_for(|v| v["event"] == "caught-up");
     let mut acknowledged = Vec::new();
+    let mut cancelled = Vec::new();
     let mut lost_answers = 0;
     // From at once to past the server's usual answer (a few milliseconds), so
     // kills land before, during and after its commit.
@@ -166,7 +167,12 @@ fn a_server_killed_mid_sync_keeps_every_change_it_acknowledged() {
             let call =
                 call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
             acknowledged.push(call.clone());
-            run_killing_mid_sync(&desk, &["desk", "cancel", &call], pid, delay)
+            let (cancel, sent) =
+                run_killing_mid_sync(&desk, &["desk", "cancel", &call], pid, delay);
+            if cancel.code == 0 {
+                cancelled.push(call);
+            }
+            (cancel, sent)
         };
         assert!(
             sent,
@@ -178,6 +184,22 @@ fn a_server_killed_mid_sync_keeps_every_change_it_acknowledged() {
         }
         world.server.reap();
         world.server.restart();
+        // An acknowledged cancel survived the kill: checked before anything below
+        // could cancel the call again.
+        {
+            let conn = rusqlite::Connection::open(world.server.db()).unwrap();
+            for call in &cancelled {
+                let phase: String = conn
+                    .query_row("SELECT phase FROM calls WHERE call_id = ?1", [call], |r| {
+                        r.get(0)
+                    })
+                    .unwrap();
+                assert_eq!(
+                    phase, "cancelled",
+                    "round {round}: acknowledged cancel of {call} was lost"
+                );
+            }
+        }
         // A request the desk holds but could not cancel (or whose answer was lost)
         // still blocks new ones: cancel it now, the server being back.
         let held = callsync(&desk, &["desk", "calls"]).ok();
@@ -207,6 +229,8 @@ fn a_server_killed_mid_sync_keeps_every_change_it_acknowledged() {
     eprintln!(
         "server kills: {KILLS}, each after the desk sent its change; {lost_answers} commands lost their answer"
     );
+    // Some cancels were acknowledged before their kill (so the check above ran).
+    assert!(!cancelled.is_empty(), "no cancel was acknowledged");
     // The kills did cut commands off (not all landed after the answer).
     assert!(
         lost_answers > 0,

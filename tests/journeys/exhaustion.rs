@@ -787,6 +787,19 @@ fn a_tenant_looping_its_most_expensive_reads_does_not_delay_another_tenants_push
         .await;
         reply(&mut recv, 1).await;
         let quiet = push_latencies(&desk, &mut recv, samples).await;
+        // The recall list answers the soonest 1,000 of beta's 50,000.
+        {
+            let (_bep, _bc, mut bsend, mut brecv) = join(&world.server, &beta).await;
+            ask(&mut bsend, 1, RpcCall::RecallList).await;
+            match reply(&mut brecv, 1).await {
+                callsync_core::wire::RpcResult::Recalls(recalls) => {
+                    assert_eq!(recalls.len(), 1_000);
+                    assert_eq!(recalls[0].id.as_str(), "idx-0");
+                    assert!(recalls.windows(2).all(|w| w[0].recall_at <= w[1].recall_at));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         // Beta asks for its recalls and its 400-day figures over and over, from
         // two connections, each asking again as soon as it has its answer.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -461,6 +461,61 @@ fn one_unreadable_document_does_not_stop_the_server_for_anyone_else() {
     );
     let shown = callsync(&other_desk, &["desk", "show", &call]).ok();
     assert_eq!(shown["phase"], "awaiting-start", "{shown}");
+    // The broken document itself is answered `doc-unavailable`, both to a
+    // subscription and to a sync, and the same connection is answered for a
+    // readable one (so the answer is about the document, not the connection).
+    let session = saved_session(&desk);
+    let heard = runtime().block_on(async {
+        let (_ep, _c, mut send, mut recv) = join(&server, &session).await;
+        ask(
+            &mut send,
+            1,
+            RpcCall::Subscribe {
+                documents: vec![
+                    CustomerId::new("cus-1").unwrap(),
+                    CustomerId::new("cus-10").unwrap(),
+                ],
+            },
+        )
+        .await;
+        let nothing = automerge::AutoCommit::new()
+            .sync()
+            .generate_sync_message(&mut sync::State::new())
+            .unwrap()
+            .encode();
+        write_message(
+            &mut send,
+            &Message::Sync {
+                document_id: CustomerId::new("cus-1").unwrap(),
+                data: nothing,
+            },
+        )
+        .await
+        .unwrap();
+        drain(&mut recv, Duration::from_secs(3)).await
+    });
+    assert!(
+        heard.iter().any(|m| matches!(
+            m,
+            Message::Reply {
+                id: 1,
+                result: RpcResult::Subscribed(_)
+            }
+        )),
+        "{heard:?}"
+    );
+    let unavailable = heard
+        .iter()
+        .filter(|m| matches!(m, Message::DocUnavailable { document_id } if document_id.as_str() == "cus-1"))
+        .count();
+    // For the join's catch-up, the subscription and the sync.
+    assert_eq!(unavailable, 3, "{heard:?}");
+    assert!(
+        heard.iter().any(
+            |m| matches!(m, Message::Sync { document_id, .. } if document_id.as_str() == "cus-10")
+        ),
+        "{heard:?}"
+    );
 }
 
 /// Everything a joined connection hears within `wait`.
@@ -515,14 +570,18 @@ fn the_assignee_restriction_also_stops_pushes_to_subscriptions_made_before_it() 
         ],
     )
     .ok();
+    // The rep's own customer (the rep's desk is subscribed): the positive
+    // control, pushed on the same connection in the same window.
+    create_customer(&rep_desk, "cus-r", "R社").ok();
     callsync(&world.admin_desk, &["admin", "visibility", "on"]).ok();
     let session = saved_session(&rep_desk);
     let rt = runtime();
     let heard = rt.block_on(async {
         let (_ep, _c, _send, mut recv) = join(&world.server, &session).await;
         drain(&mut recv, Duration::from_millis(1500)).await;
-        // The owner calls both customers; the rep's desk is online and subscribed.
-        for customer in ["cus-z", "cus-x"] {
+        // The owner calls all three customers; the rep's desk is online and
+        // subscribed to each.
+        for customer in ["cus-z", "cus-x", "cus-r"] {
             let call = call_id(
                 &callsync(
                     &world.admin_desk,
@@ -540,8 +599,11 @@ fn the_assignee_restriction_also_stops_pushes_to_subscriptions_made_before_it() 
             "{doc} was pushed to a rep who may not see it: {heard:?}"
         );
     }
+    assert!(
+        !syncs_of(&heard, "cus-r").is_empty(),
+        "the rep's own customer was not pushed on the same connection: {heard:?}"
+    );
     // The rep's own customers still reach the rep's desk.
-    create_customer(&rep_desk, "cus-r", "R社").ok();
     let listed = callsync(&rep_desk, &["desk", "customers"]).ok();
     let ids: Vec<&str> = listed
         .as_array()

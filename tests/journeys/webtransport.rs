@@ -326,6 +326,18 @@ fn the_page_is_served_with_its_security_headers_and_routes_fall_back_to_it() {
             None => assert!(!headers.contains("content-encoding"), "{headers}"),
         }
     }
+    // It may connect to this server's WebTransport origin and its own, no other.
+    let quic_port = server.addr.rsplit(':').next().unwrap();
+    assert!(
+        headers.contains(&format!("connect-src 'self' https://127.0.0.1:{quic_port}"))
+            && !headers.contains("https:;"),
+        "{headers}"
+    );
+    assert!(!headers.contains("strict-transport-security"), "plain HTTP");
+    // A build file that does not exist is 404, not the page under its name.
+    let (status, _, body) = http_get(&server.page, "/assets/missing-0123.js");
+    assert!(status.contains(" 404 "), "{status}");
+    assert!(!body.contains("<title>index</title>"));
     // The page's own routes reload into the page.
     let (status, _, body) = http_get(&server.page, "/customers/cus-1");
     assert!(status.contains(" 200 "), "{status}");
@@ -587,7 +599,8 @@ fn https_get(page: &str, path: &str, cert_der: &[u8]) -> (String, String) {
     let _ = tls.read_to_end(&mut response);
     let response = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
+    // The status line and the headers, lowercase.
+    (head.to_ascii_lowercase(), body.to_owned())
 }
 
 #[test]
@@ -615,6 +628,10 @@ fn with_a_given_certificate_the_page_is_served_over_https_and_no_hash_is_handed_
     assert!(server.page.starts_with("https://"), "{}", server.page);
     let (status, body) = https_get(&server.page, "/api/transport", certified.cert.der());
     assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        status.contains("strict-transport-security: max-age=31536000"),
+        "{status}"
+    );
     let info: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(info["certificateHashes"], serde_json::json!([]));
     // Plain HTTP on the TLS port gets no page.

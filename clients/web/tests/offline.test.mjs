@@ -28,6 +28,20 @@ test('a result saved with the server gone reaches it later; a reload offline sti
     assert.ok(engine.fromServiceWorker(), 'the engine comes from the service worker');
     assert.deepEqual(fetchedByWorker, [], 'the service worker fetched none of the build’s files again');
 
+    // A build file that does not exist is 404 and is not kept under its name;
+    // the worker keeps the page and the build's files, nothing else.
+    const kept = await page.evaluate(async () => {
+      const missing = await fetch('/assets/missing-0123.js');
+      await fetch('/elsewhere/not-a-file');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const cache = await caches.open('callsync-page-v1');
+      const keys = (await cache.keys()).map((request) => new URL(request.url).pathname);
+      return { status: missing.status, keys };
+    });
+    assert.equal(kept.status, 404);
+    assert.ok(!kept.keys.includes('/assets/missing-0123.js'), JSON.stringify(kept.keys));
+    assert.ok(kept.keys.every((key) => key === '/' || key.startsWith('/assets/')), JSON.stringify(kept.keys));
+
     await page.getByRole('link', { name: '株式会社さくら物産' }).click();
     await page.getByTestId('presence').filter({ hasText: 'スマートフォン接続中' }).waitFor({ timeout: 15_000 });
     await page.getByRole('button', { name: '顧客にコール' }).click();

@@ -55,8 +55,13 @@ mod bindings {
 
 use bindings::exports::callsync::rules::result_rules as wit;
 
-/// Most compiled plugins a host keeps loaded.
+/// Most compiled plugins a host keeps loaded …
 const MAX_LOADED: usize = 64;
+/// … and how long one stays loaded unused: a build no tenant has run for this
+/// long is forgotten when another loads (its next use loads it again from the
+/// disk cache, well under a millisecond), so the map shrinks back after a
+/// burst of installs or rollbacks.
+const LOADED_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Memory kept mapped between instances (see `PluginHost::new`).
 const KEEP_RESIDENT_BYTES: usize = 256 << 10;
@@ -102,7 +107,8 @@ pub struct PluginHost {
     engine: Engine,
     limits: Limits,
     cache: Option<cache::DiskCache>,
-    loaded: Mutex<HashMap<ContentHash, Arc<LoadedPlugin>>>,
+    /// Loaded plugins, with when each was last used.
+    loaded: Mutex<HashMap<ContentHash, (Arc<LoadedPlugin>, std::time::Instant)>>,
     /// Components compiled by this host (not found in memory or on disk).
     compiles: std::sync::atomic::AtomicU64,
 }
@@ -318,11 +324,21 @@ impl PluginHost {
 
     /// A plugin already loaded in this process.
     pub fn loaded(&self, hash: &ContentHash) -> Option<Arc<LoadedPlugin>> {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (plugin, used) = loaded.get_mut(hash)?;
+        *used = std::time::Instant::now();
+        Some(plugin.clone())
+    }
+
+    /// How many plugins are loaded.
+    pub fn loaded_count(&self) -> usize {
         self.loaded
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(hash)
-            .cloned()
+            .len()
     }
 
     fn unload(&self, hash: &ContentHash) {
@@ -364,14 +380,20 @@ impl PluginHost {
             .loaded
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        loaded.retain(|_, (_, used)| now.duration_since(*used) < LOADED_IDLE);
         if loaded.len() >= MAX_LOADED {
-            // Bounded: a host serving many tenants forgets some build; its next use
-            // loads it again from the disk cache (well under a millisecond).
-            if let Some(evicted) = loaded.keys().next().copied() {
+            // Bounded: a host serving many tenants forgets the build used least
+            // recently; its next use loads it again from the disk cache.
+            if let Some(evicted) = loaded
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(hash, _)| *hash)
+            {
                 loaded.remove(&evicted);
             }
         }
-        loaded.insert(hash, plugin.clone());
+        loaded.insert(hash, (plugin.clone(), now));
         Ok(plugin)
     }
 }

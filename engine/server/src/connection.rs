@@ -82,6 +82,21 @@ pub(crate) struct Shared {
     pub(crate) plugin_shares: Arc<crate::rules::PluginShares>,
     /// Each member's rate of `decide-result`.
     pub(crate) decides: crate::limits::RatePerKey<callsync_core::UserId>,
+    /// Each tenant's turn at [`Self::compiling`].
+    pub(crate) tenant_compiles:
+        std::sync::Mutex<std::collections::HashMap<callsync_core::TenantId, Arc<Semaphore>>>,
+}
+
+impl Shared {
+    /// The tenant's own compile permit (taken before the server's).
+    fn tenant_compile(&self, tenant: &callsync_core::TenantId) -> Arc<Semaphore> {
+        self.tenant_compiles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(tenant.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone()
+    }
 }
 
 fn net_error_body(e: &NetError) -> ErrorBody {
@@ -553,7 +568,10 @@ async fn run_session(
                 reply(&out, &connection, Message::Reply { id, result }).await
             }
             Step::Install { id, call } => {
-                install(&shared, &hub, &out, &connection, conn, id, call).await
+                let Some(tenant) = protocol.member().map(|m| m.tenant.clone()) else {
+                    break;
+                };
+                install(&shared, &hub, &out, &connection, conn, &tenant, id, call).await
             }
             Step::Decide { id, call } => {
                 let Some(member) = protocol.member().cloned() else {
@@ -723,6 +741,7 @@ async fn install(
     out: &Queue,
     connection: &Link,
     conn: callsync_session::ConnId,
+    tenant: &callsync_core::TenantId,
     id: u64,
     call: wire::RpcCall,
 ) -> bool {
@@ -736,6 +755,10 @@ async fn install(
         return true;
     };
     let prepared = {
+        // One compile per tenant waits for the server's compile permit at a
+        // time, so a tenant's admins queueing installs delay another tenant's
+        // install by one compile at most.
+        let _tenant_permit = shared.tenant_compile(tenant).acquire_owned().await;
         let _permit = shared.compiling.acquire().await;
         let request = callsync_plugin_host::install::InstallRequest {
             file: &file,

@@ -348,6 +348,7 @@ impl Server {
             limits: Arc::new(limits::ConnectionLimits::default()),
             plugin_shares,
             decides: limits::RatePerKey::new(DECIDES_BURST, DECIDES_PER_SEC),
+            tenant_compiles: std::sync::Mutex::default(),
             origins: web::PageOrigins {
                 port: page.addr.port(),
                 https: page.https,

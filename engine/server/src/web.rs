@@ -127,36 +127,110 @@ const NOT_BUILT: &str = "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\
 <p>The page is not built. Run <code>bash clients/web/build.sh</code>, then start the server with \
 <code>--page clients/web/dist</code>.</p></html>";
 
-/// The page may run WebAssembly and reach the server over WebTransport (any
-/// https: origin, since the UDP port's origin differs from the page's when the
-/// HTTP port is moved); nothing else from elsewhere, and it may not be framed.
+/// The page may run WebAssembly and reach this server over WebTransport (the
+/// `connect-src` the policy names per request: see [`content_security_policy`]);
+/// nothing else from elsewhere, and it may not be framed.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
-style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self' https:; \
-worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+style-src 'self' 'unsafe-inline'; img-src 'self' data:; worker-src 'self'; \
+frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
-fn router(config: &WebConfig, state: Arc<WebState>) -> Router {
+/// The page's policy for a request to `host` (its `Host` header): it may connect
+/// to its own origin and to this server's WebTransport origin (the same host, the
+/// UDP port, `https`), nowhere else. A `Host` that is not a plain name or address
+/// gets its own origin only.
+fn content_security_policy(host: Option<&str>, quic_port: u16) -> String {
+    let name = host.map(|h| match h.rsplit_once(':') {
+        // `[::1]:4433`, `example.com:4433`; a bare IPv6 literal has no brackets
+        // only without a port, which a browser never sends.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => h,
+    });
+    let plain = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+    };
+    let transport = match name {
+        Some(name) if plain(name) => format!(" https://{name}:{quic_port}"),
+        _ => String::new(),
+    };
+    format!("{CONTENT_SECURITY_POLICY}; connect-src 'self'{transport}")
+}
+
+/// Sets the page's security headers on every answer: the content security policy
+/// for the request's host, and with HTTPS, HSTS.
+async fn security_headers(
+    State(headers): State<Arc<SecurityHeaders>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let mut response = next.run(request).await;
+    let set = response.headers_mut();
+    if let Ok(policy) =
+        HeaderValue::from_str(&content_security_policy(host.as_deref(), headers.quic_port))
+    {
+        set.entry(header::CONTENT_SECURITY_POLICY).or_insert(policy);
+    }
+    if headers.https {
+        // A year; the page is only ever served over HTTPS once it has a certificate.
+        set.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    response
+}
+
+/// What [`security_headers`] needs to know.
+struct SecurityHeaders {
+    quic_port: u16,
+    https: bool,
+}
+
+fn router(config: &WebConfig, state: Arc<WebState>, https: bool) -> Router {
+    let headers = Arc::new(SecurityHeaders {
+        quic_port: state.quic_port,
+        https,
+    });
     let api = Router::new()
         .route("/api/transport", get(transport))
         .with_state(state);
     let router = match &config.page_dir {
-        Some(dir) => api.fallback_service(
-            // The build writes `.br` and `.gz` copies; a browser that accepts
-            // one gets it (the engine: 2.6 MB as is, about a quarter in brotli).
-            ServeDir::new(dir)
-                .precompressed_br()
-                .precompressed_gzip()
-                .fallback(
-                    ServeFile::new(dir.join("index.html"))
-                        .precompressed_br()
-                        .precompressed_gzip(),
-                ),
-        ),
+        // The build's files are all under /assets/ (named by their content):
+        // a miss there is 404, never the page under a script's name (which a
+        // service worker would keep). Any other path is the page.
+        Some(dir) => api
+            .nest_service(
+                "/assets",
+                ServeDir::new(dir.join("assets"))
+                    .precompressed_br()
+                    .precompressed_gzip(),
+            )
+            .fallback_service(
+                // The build writes `.br` and `.gz` copies; a browser that accepts
+                // one gets it (the engine: 2.6 MB as is, about a quarter in brotli).
+                ServeDir::new(dir)
+                    .precompressed_br()
+                    .precompressed_gzip()
+                    .fallback(
+                        ServeFile::new(dir.join("index.html"))
+                            .precompressed_br()
+                            .precompressed_gzip(),
+                    ),
+            ),
         None => api.fallback(|| async { Html(NOT_BUILT) }),
     };
     router
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        .layer(axum::middleware::from_fn_with_state(
+            headers,
+            security_headers,
         ))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -274,6 +348,7 @@ impl WebServer {
             },
         };
         let addr = listener.local_addr()?;
+        let https = tls.is_some();
         let app = router(
             config,
             Arc::new(WebState {
@@ -281,13 +356,40 @@ impl WebServer {
                 start_limit_ms,
                 certificates,
             }),
+            https,
         );
-        let https = tls.is_some();
         let task = tokio::spawn(serve_page(listener, app, tls.map(TlsAcceptor::from)));
         Ok(Self { addr, https, task })
     }
 
     pub(crate) fn stop(&self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_security_policy;
+
+    #[test]
+    fn the_policy_names_this_servers_webtransport_origin_and_nothing_a_host_header_smuggles() {
+        let policy = content_security_policy(Some("crm.example.com:8443"), 4433);
+        assert!(
+            policy.ends_with("connect-src 'self' https://crm.example.com:4433"),
+            "{policy}"
+        );
+        let policy = content_security_policy(Some("[::1]:4433"), 4433);
+        assert!(
+            policy.ends_with("connect-src 'self' https://[::1]:4433"),
+            "{policy}"
+        );
+        for hostile in ["evil.example; script-src *", "a b", "", "x\"y"] {
+            let policy = content_security_policy(Some(hostile), 4433);
+            assert!(
+                policy.ends_with("connect-src 'self'"),
+                "{hostile}: {policy}"
+            );
+        }
+        assert!(content_security_policy(None, 4433).ends_with("connect-src 'self'"));
     }
 }

@@ -517,3 +517,45 @@ fn upgrading_past_migration_6_fills_in_the_results_of_calls_indexed_before() {
         "results filled in by the upgrade"
     );
 }
+
+#[test]
+fn a_members_seventeenth_session_ends_the_oldest_and_only_it() {
+    use callsync_store::{MAX_SESSIONS_PER_MEMBER, MemberRecord, NewSession};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("callsync.sqlite")).unwrap();
+    let owner = MemberRecord {
+        tenant: tenant(),
+        email: callsync_core::UserId::new("owner@acme.example").unwrap(),
+        password_hash: "not a hash: never checked here".to_owned(),
+        role: callsync_core::Role::Owner,
+        contract: true,
+    };
+    store.create_tenant(&owner, START).unwrap();
+    let tokens: Vec<[u8; 32]> = (0..=MAX_SESSIONS_PER_MEMBER as u8)
+        .map(|i| [i; 32])
+        .collect();
+    for (i, token) in tokens.iter().enumerate() {
+        let device = callsync_core::DeviceId::new(format!("desk-{i}")).unwrap();
+        store
+            .open_session(
+                &owner,
+                &NewSession {
+                    device: &device,
+                    kind: DeviceKind::Desk,
+                    actor: &format!("{i:02x}"),
+                    token_hash: token,
+                    // Each later login's session lasts a little longer.
+                    expires_at: START.plus_millis(86_400_000 + i as i64),
+                },
+                START.plus_millis(i as i64),
+            )
+            .unwrap();
+    }
+    assert!(
+        store.session(&tokens[0]).unwrap().is_none(),
+        "the oldest ended"
+    );
+    for token in &tokens[1..] {
+        assert!(store.session(token).unwrap().is_some());
+    }
+}

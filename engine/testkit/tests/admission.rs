@@ -483,3 +483,36 @@ fn an_event_written_other_than_this_build_writes_it_is_refused() {
         "malformed-event"
     );
 }
+
+#[test]
+fn more_changes_in_one_message_than_the_cap_are_refused_before_any_is_read() {
+    let cap = callsync_core::admission::MAX_NEW_CHANGES;
+    let mut w = World::new();
+    let mut d = w.replica("desk-1");
+    // One tiny entry per change: the count is checked before any entry is read.
+    for i in 0..=cap {
+        put_raw(&mut d, &format!("c/{i}"), "x");
+    }
+    match w.offer(&mut d, &desk()) {
+        Err(AdmissionError::TooLarge { what, limit }) => {
+            assert_eq!((what, limit), ("changes in one message", cap));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_event_over_its_cap_is_refused_by_its_size_within_a_change_under_its_own() {
+    let cap = callsync_core::admission::MAX_EVENT_BYTES;
+    let mut w = World::new();
+    let mut d = w.replica("desk-1");
+    // One operation of a little over the event cap: the change (one op, well
+    // under 64 KiB) passes its own caps, the event's size is what refuses it.
+    put_raw(&mut d, "call-1/ev-1", &"x".repeat(cap + 1));
+    match w.offer(&mut d, &desk()) {
+        Err(AdmissionError::TooLarge { what, limit }) => {
+            assert_eq!((what, limit), ("event bytes", cap));
+        }
+        other => panic!("{other:?}"),
+    }
+}
