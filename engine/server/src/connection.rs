@@ -571,7 +571,12 @@ async fn run_session(
                 let Some(tenant) = protocol.member().map(|m| m.tenant.clone()) else {
                     break;
                 };
-                install(&shared, &hub, &out, &connection, conn, &tenant, id, call).await
+                let asked = Asked {
+                    conn,
+                    tenant: &tenant,
+                    id,
+                };
+                install(&shared, &hub, &out, &connection, asked, call).await
             }
             Step::Decide { id, call } => {
                 let Some(member) = protocol.member().cloned() else {
@@ -733,6 +738,13 @@ async fn decide_result(shared: &Shared, member: &Session, call: wire::RpcCall) -
     }
 }
 
+/// Who asked for an install: the connection, its tenant and the request's id.
+struct Asked<'a> {
+    conn: callsync_session::ConnId,
+    tenant: &'a callsync_core::TenantId,
+    id: u64,
+}
+
 /// Checks and compiles a plugin here, off the hub's thread; only a plugin that
 /// passed goes to the hub to be published. False when the connection is done.
 async fn install(
@@ -740,11 +752,10 @@ async fn install(
     hub: &mpsc::Sender<DriverInput>,
     out: &Queue,
     connection: &Link,
-    conn: callsync_session::ConnId,
-    tenant: &callsync_core::TenantId,
-    id: u64,
+    asked: Asked<'_>,
     call: wire::RpcCall,
 ) -> bool {
+    let Asked { conn, tenant, id } = asked;
     let wire::RpcCall::PluginInstall {
         file,
         settings,
