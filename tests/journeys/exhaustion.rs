@@ -378,7 +378,24 @@ fn a_member_asking_for_a_whole_document_over_and_over_without_reading_holds_litt
         });
         let started = std::time::Instant::now();
         let attacked = push_latencies(&desk, &mut recv, samples).await;
-        // Give the server the 9 s to fill its memory, as it did before.
+        // The hub has handled the whole flood once it answers a later request of
+        // the same tenant (one queue, in order). Before the fix, a debug build
+        // spends most of a second regenerating the 2 MiB document per message:
+        // this waits a minute at most, and fails if the hub is still at it.
+        let (_bep, _bc, mut bsend, mut brecv) = join(&world.server, &attacker).await;
+        ask(
+            &mut bsend,
+            7,
+            RpcCall::CustomerList {
+                after: None,
+                limit: Some(1),
+            },
+        )
+        .await;
+        tokio::time::timeout(Duration::from_secs(60), reply(&mut brecv, 7))
+            .await
+            .expect("the hub was still regenerating the document a minute later");
+        // At least the 9 s, for the queues to fill as they did before.
         tokio::time::sleep(Duration::from_secs(9).saturating_sub(started.elapsed())).await;
         let attacked_peak = peak_rss_mib(&world.server);
         let rss_after = rss_mib(&world.server);
@@ -856,4 +873,46 @@ fn a_tenant_looping_its_most_expensive_reads_does_not_delay_another_tenants_push
         loaded_p99 <= 2.0 * quiet_p99,
         "another tenant's push p99 went from {quiet_p99:.1} to {loaded_p99:.1} ms"
     );
+}
+
+#[test]
+fn a_change_that_would_take_a_customer_past_the_document_cap_is_refused_through_the_hub() {
+    use crate::network::{NUMBER, callsync, create_customer};
+
+    let mut world = World::start(&[]);
+    let (desk, _phone) = world.rep_devices();
+    create_customer(&desk, "cus-2", "株式会社となり").ok();
+    let cap = callsync_session::hub::MAX_DOCUMENT_BYTES as i64;
+    // cus-1 stands 100 bytes under the cap (its stored size, as the store counts
+    // it: what every save has added).
+    world.server.stop();
+    let heads_before: Vec<u8> = {
+        let conn = rusqlite::Connection::open(world.server.db()).unwrap();
+        conn.execute(
+            "UPDATE documents SET raw_bytes = ?1 WHERE customer_id = 'cus-1'",
+            [cap - 100],
+        )
+        .unwrap();
+        conn.query_row(
+            "SELECT heads FROM documents WHERE customer_id = 'cus-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    world.server.restart();
+    // A request (a few hundred bytes of change) is refused for cus-1 …
+    let refused = callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]);
+    refused.refused("document-too-large");
+    let conn = rusqlite::Connection::open(world.server.db()).unwrap();
+    let heads_after: Vec<u8> = conn
+        .query_row(
+            "SELECT heads FROM documents WHERE customer_id = 'cus-1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(heads_after, heads_before, "nothing of it was stored");
+    // … and the same request is taken for a customer under the cap.
+    callsync(&desk, &["desk", "request", "cus-2", "--number", NUMBER]).ok();
 }
