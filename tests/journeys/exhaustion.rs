@@ -916,3 +916,48 @@ fn a_change_that_would_take_a_customer_past_the_document_cap_is_refused_through_
     // … and the same request is taken for a customer under the cap.
     callsync(&desk, &["desk", "request", "cus-2", "--number", NUMBER]).ok();
 }
+
+#[test]
+fn an_address_holds_at_most_64_connections_that_have_not_said_who_they_are() {
+    let world = World::start(&[]);
+    let cap = 64;
+    let (held, refused, other) = runtime().block_on(async {
+        let addr: SocketAddr = world.server.addr.parse().unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.6:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(
+            client_config(&Trust::Fingerprint(world.server.fingerprint.clone())).unwrap(),
+        );
+        // Connections that finish QUIC's handshake and then say nothing.
+        let mut held = Vec::new();
+        for _ in 0..cap {
+            let connection = ep.connect(addr, "localhost").unwrap().await.unwrap();
+            held.push(connection);
+        }
+        // The next from the same address is refused before any state is kept …
+        let refused = match tokio::time::timeout(
+            Duration::from_secs(5),
+            ep.connect(addr, "localhost").unwrap(),
+        )
+        .await
+        {
+            Ok(Ok(_)) => false,
+            Ok(Err(_)) => true,
+            Err(_) => panic!("no answer to the connection past the cap"),
+        };
+        // … while another address logs in.
+        let other = crate::hardening::login_from(
+            &world.server,
+            "127.0.0.7",
+            crate::network::OWNER,
+            crate::network::PASSWORD,
+        )
+        .await;
+        (held.len(), refused, other)
+    });
+    assert_eq!(held, cap);
+    assert!(
+        refused,
+        "the connection past the address's cap was accepted"
+    );
+    assert_eq!(other, "logged-in");
+}

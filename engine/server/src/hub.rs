@@ -667,17 +667,13 @@ mod tests {
         None
     }
 
-    #[test]
-    fn a_hub_whose_thread_died_is_started_again_by_the_tenants_next_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("callsync.sqlite");
+    fn hubs_for(tenant: &TenantId, db: PathBuf) -> Arc<Hubs> {
         drop(Store::open(&db).unwrap());
         let plugins = Arc::new(
             callsync_plugin_host::PluginHost::new(callsync_plugin_host::Limits::default(), None)
                 .unwrap(),
         );
-        let tenant = TenantId::new("acme").unwrap();
-        let hubs = Hubs::start(
+        Hubs::start(
             HubsConfig {
                 db_path: db,
                 settings: HubSettings {
@@ -696,7 +692,60 @@ mod tests {
             },
             vec![tenant.clone()],
         )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_tenants_hub_takes_at_most_its_queue_of_inputs_and_then_pushes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let hubs = hubs_for(&tenant, dir.path().join("callsync.sqlite"));
+        let hub = hubs.sender(&tenant).unwrap();
+        // Hold the write turn: the hub's first batch (a join, which writes the
+        // tenant's first configuration) waits for it, so nothing more is taken.
+        let turn = hubs.turns.take();
+        let (queue, _out) = mpsc::channel(16);
+        let (cut_off, _) = tokio::sync::watch::channel(None);
+        hub.blocking_send(DriverInput::Open {
+            conn: 1,
+            member: member(&tenant),
+            cursor: None,
+            out: Outbox {
+                queue,
+                cut_off,
+                started: Arc::default(),
+                gauge: hubs.gauge(),
+            },
+        })
         .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while hub.capacity() < INPUT_QUEUE && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut taken = 0;
+        while hub
+            .try_send(DriverInput::Session(HubInput::Closed { conn: 99 }))
+            .is_ok()
+        {
+            taken += 1;
+            assert!(taken <= INPUT_QUEUE, "the queue took more than its bound");
+        }
+        assert_eq!(taken, INPUT_QUEUE);
+        // The turn released, the hub drains its queue and takes inputs again.
+        drop(turn);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while hub.capacity() < INPUT_QUEUE && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(hub.capacity(), INPUT_QUEUE);
+        hubs.shutdown();
+    }
+
+    #[test]
+    fn a_hub_whose_thread_died_is_started_again_by_the_tenants_next_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let hubs = hubs_for(&tenant, dir.path().join("callsync.sqlite"));
         let first = hubs.sender(&tenant).unwrap();
         assert!(matches!(
             join(&first, &tenant, &hubs.gauge),

@@ -37,7 +37,7 @@ use callsync_core::{
 use callsync_session::client::{ClientEvent, ClientOutput, ClientSession, Device};
 use callsync_session::connection::{ServerConnection, Step};
 use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings};
-use callsync_session::rules::{ResultRules, Verified};
+use callsync_session::rules::{PluginAllowance, ResultRules, Verified};
 use callsync_session::{Authenticated, ConnId};
 
 use crate::mem::{DeviceDisk, MemDoc, ServerDisk};
@@ -104,11 +104,37 @@ pub const TENANT: &str = "tenant-a";
 /// The server's Automerge actor in every simulation.
 const SERVER_ACTOR: &[u8] = b"server";
 
-/// The simulated server's result rules: the standard result types, and no plugin
-/// to re-run (the simulation's results carry no decision record).
-struct SimRules;
+/// The simulated server's result rules: the standard result types, no plugin to
+/// re-run (the simulation's results carry no decision record), and a cost per
+/// re-checked result a test may set, charged to the tenant's allowance of plugin
+/// time as the server's rules do.
+#[derive(Default)]
+struct SimRules {
+    cost_ms: std::sync::atomic::AtomicU64,
+    allowance: std::sync::Mutex<Option<PluginAllowance>>,
+}
+
+impl SimRules {
+    fn allowance(&self) -> std::sync::MutexGuard<'_, Option<PluginAllowance>> {
+        self.allowance
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 impl ResultRules for SimRules {
+    fn has_time(&self, _tenant: &TenantId, now: Timestamp) -> bool {
+        self.allowance()
+            .get_or_insert_with(|| PluginAllowance::new(now))
+            .has_time(now)
+    }
+
+    fn charge(&self, _tenant: &TenantId, spent: std::time::Duration) {
+        if let Some(allowance) = self.allowance().as_mut() {
+            allowance.charge(spent);
+        }
+    }
+
     fn verify(
         &self,
         _config: &TenantConfig,
@@ -118,7 +144,9 @@ impl ResultRules for SimRules {
     ) -> Verified {
         Verified {
             outcome: Ok(()),
-            spent: std::time::Duration::ZERO,
+            spent: std::time::Duration::from_millis(
+                self.cost_ms.load(std::sync::atomic::Ordering::Relaxed),
+            ),
         }
     }
 
@@ -205,6 +233,8 @@ pub struct SimNetwork {
     now: Timestamp,
     server_disk: ServerDisk,
     hub: HubSession<MemDoc>,
+    /// The hub's result rules (kept across a server crash, like the plugin host).
+    rules: Arc<SimRules>,
     /// The server crashes during its next batch, before committing it.
     crash_in_next_batch: bool,
     devices: Vec<DevicePeer>,
@@ -259,10 +289,12 @@ impl SimNetwork {
             .insert(&mut doc)
             .unwrap_or_else(|e| panic!("sample customer: {e}"));
         let start_limit_ms = callsync_core::time::DEFAULT_START_LIMIT_MS;
+        let rules = Arc::new(SimRules::default());
         Self {
             rng: SplitMix64::new(seed),
             now: START,
-            hub: Self::new_hub(start_limit_ms),
+            hub: Self::new_hub(start_limit_ms, rules.clone()),
+            rules,
             server_disk,
             crash_in_next_batch: false,
             devices: Vec::new(),
@@ -279,7 +311,7 @@ impl SimNetwork {
         }
     }
 
-    fn new_hub(start_limit_ms: i64) -> HubSession<MemDoc> {
+    fn new_hub(start_limit_ms: i64, rules: Arc<SimRules>) -> HubSession<MemDoc> {
         HubSession::new(
             id(TenantId::new(TENANT)),
             HubSettings {
@@ -291,8 +323,16 @@ impl SimNetwork {
                 server_actor: ActorId::from(SERVER_ACTOR),
                 epoch: "sim".to_owned(),
             },
-            Arc::new(SimRules),
+            rules,
         )
+    }
+
+    /// Makes each result the server re-checks cost `ms` of the tenant's plugin
+    /// time (250 ms a second, 2 s in a burst), so a test can run it out.
+    pub fn set_plugin_cost_ms(&mut self, ms: u64) {
+        self.rules
+            .cost_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The server.
@@ -433,7 +473,7 @@ impl SimNetwork {
     /// runs.
     pub fn crash(&mut self, peer: PeerId) {
         if peer == 0 {
-            self.hub = Self::new_hub(self.start_limit_ms);
+            self.hub = Self::new_hub(self.start_limit_ms, self.rules.clone());
             for d in &mut self.devices {
                 d.link.open = None;
             }

@@ -301,3 +301,106 @@ fn a_hub_refuses_a_connection_of_another_tenant_and_changes_nothing() {
     assert_eq!(hub.connections(), 0, "nothing opened");
     assert!(disk.customer_ids().is_empty(), "nothing stored");
 }
+
+/// A hub over `disk` with nobody connected.
+fn hub_over_disk() -> callsync_session::hub::HubSession<callsync_testkit::mem::MemDoc> {
+    use callsync_core::{ActorId, DeviceId, TenantId, UserId};
+    use callsync_session::hub::{HubSession, HubSettings};
+    HubSession::new(
+        TenantId::new("tenant-a").unwrap(),
+        HubSettings {
+            start_limit_ms: 60_000,
+            max_customers: 10_000,
+            cache_docs: 64,
+            server_device: DeviceId::new("server").unwrap(),
+            server_user: UserId::new("system").unwrap(),
+            server_actor: ActorId::from(b"server".as_slice()),
+            epoch: "e".to_owned(),
+        },
+        std::sync::Arc::new(NoRules),
+    )
+}
+
+#[test]
+fn a_joining_devices_catch_up_starts_at_most_256_documents_a_batch_and_only_into_room() {
+    use callsync_core::wire::Message;
+    use callsync_core::{ActorId, CustomerDoc, DeviceId, DeviceKind, Role, TenantId, UserId};
+    use callsync_session::hub::{Batch, CATCH_UP_PER_BATCH, HubInput, Room, SYNC_ROOM_BYTES};
+    use callsync_session::storage::HubStore;
+
+    let tenant = TenantId::new("tenant-a").unwrap();
+    let phone = DeviceId::new("phone-1").unwrap();
+    let mut disk = callsync_testkit::mem::ServerDisk::default();
+    {
+        let mut tx = disk.begin();
+        for i in 0..600 {
+            let mut customer = callsync_testkit::sample_customer();
+            customer.id = CustomerId::new(format!("c-{i:03}")).unwrap();
+            let mut doc = CustomerDoc::create(
+                &customer,
+                callsync_testkit::START,
+                ActorId::from(b"server".as_slice()),
+            )
+            .unwrap();
+            tx.insert(&mut doc).unwrap();
+            tx.subscribe(&phone, &tenant, &customer.id).unwrap();
+        }
+        tx.commit();
+    }
+    let mut hub = hub_over_disk();
+    let member = callsync_session::Authenticated {
+        tenant: tenant.clone(),
+        user: UserId::new(REP).unwrap(),
+        role: Role::User,
+        device: phone,
+        kind: DeviceKind::Phone,
+        expires_at: callsync_testkit::START.plus_millis(86_400_000),
+    };
+    // One batch with the given room in the phone's queue: the syncs it starts.
+    let mut batch_with =
+        |hub: &mut callsync_session::hub::HubSession<_>, input: Option<HubInput>, room: Room| {
+            let room_of = move |_| room;
+            let mut batch = Batch::with_room(&room_of);
+            let mut tx = disk.begin();
+            if let Some(input) = input {
+                hub.handle(callsync_testkit::START, &mut tx, input, &mut batch)
+                    .unwrap();
+            }
+            hub.finish(callsync_testkit::START, &mut tx, &mut batch)
+                .unwrap();
+            tx.commit();
+            hub.committed(batch)
+                .sends
+                .iter()
+                .filter(|(_, m)| matches!(m, Message::Sync { .. }))
+                .count()
+        };
+    let plenty = Room {
+        frames: 4_096,
+        bytes: 1 << 30,
+    };
+    let open = HubInput::Open {
+        conn: 1,
+        member,
+        cursor: None,
+    };
+    assert_eq!(batch_with(&mut hub, Some(open), plenty), CATCH_UP_PER_BATCH);
+    // A queue without room for a slice's frames, or for the largest document's
+    // bytes, starts nothing; the catch-up waits for it.
+    let few_frames = Room {
+        frames: 10,
+        bytes: 1 << 30,
+    };
+    assert_eq!(batch_with(&mut hub, None, few_frames), 0);
+    let few_bytes = Room {
+        frames: 4_096,
+        bytes: SYNC_ROOM_BYTES - 1,
+    };
+    assert_eq!(batch_with(&mut hub, None, few_bytes), 0);
+    // Then the rest, a slice at a time.
+    assert_eq!(batch_with(&mut hub, None, plenty), CATCH_UP_PER_BATCH);
+    assert_eq!(
+        batch_with(&mut hub, None, plenty),
+        600 - 2 * CATCH_UP_PER_BATCH
+    );
+}

@@ -524,3 +524,37 @@ fn a_restriction_kept_for_review_without_a_decision_restricts_nothing_on_any_rep
         );
     }
 }
+
+#[test]
+fn past_the_tenants_share_of_plugin_time_a_result_is_answered_busy_and_arrives_later() {
+    let (mut net, server, desk, phone) = three(31);
+    // Each re-checked result costs a minute of plugin time: the first spends the
+    // 2 s burst and more, the second finds none left.
+    net.set_plugin_cost_ms(60_000);
+    let first = ended_call(&mut net, desk, phone);
+    net.save_result(desk, &first, "no-answer", ResultOption::None)
+        .unwrap();
+    net.run_until_quiescent();
+    assert_eq!(agreed(&net, &first).phase, Phase::Completed);
+    let second = ended_call(&mut net, desk, phone);
+    net.save_result(desk, &second, "no-answer", ResultOption::None)
+        .unwrap();
+    let errors_before = net.delivered().iter().filter(|d| d.kind == "error").count();
+    // The desk sends it, is told to come back later, reconnects and is told again
+    // (the allowance refills at 250 ms a second of the server's clock).
+    net.run_steps(400);
+    let busy = net.delivered().iter().filter(|d| d.kind == "error").count() - errors_before;
+    assert!(busy >= 1, "the desk was not told to come back later");
+    assert_eq!(
+        net.call_state(server, &second).map(|v| v.phase),
+        Some(Phase::AwaitingResult),
+        "a result past the tenant's share was stored"
+    );
+    // Four minutes later the tenant has plugin time again: the result arrives,
+    // nothing of it refused or lost.
+    net.partition(desk, server);
+    net.advance(240_000);
+    net.heal(desk, server);
+    net.run_until_quiescent();
+    assert_eq!(agreed(&net, &second).phase, Phase::Completed);
+}
