@@ -7,9 +7,13 @@
 //! the same code (a native connection is wrapped as a raw session, which adds no
 //! bytes on the wire).
 //!
-//! Owns: the per-connection limits (time to open the stream and send the first
-//! message, message rate, frame size via the framing layer), `login`, checking a
-//! `join`'s token, answering account requests, and carrying the hub's frames out.
+//! Owns: the per-connection limits (one deadline to open the stream and send the
+//! first message, a 4 KiB first frame and a small receive window until `join`,
+//! the caps per member and device, message rate, frame size via the framing
+//! layer, large frames decoded off the async workers, a writer stalled 30 s cut
+//! off), the WebTransport `Origin` check, `login`, checking a `join`'s token,
+//! answering account requests and result decisions, and carrying the hub's
+//! frames out with their bytes counted.
 //! A peer that misbehaves gets one `error` message and is disconnected; nothing
 //! it sent is stored. Nothing here panics on input.
 

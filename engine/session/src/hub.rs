@@ -14,12 +14,15 @@
 //!
 //! The hub works in batches. For each batch the driver:
 //!
-//! 1. opens a write transaction, as a [`HubStore`];
+//! 1. opens a write transaction, as a [`HubStore`] (one that begins when it
+//!    first writes suits: reads and Automerge's work then hold no lock), and a
+//!    [`Batch::with_room`] saying how much each connection's outgoing queue can
+//!    still take, in frames and bytes (the hub generates a sync only into room;
+//!    one that cannot go waits and is generated later, once);
 //! 2. calls [`HubSession::handle`] for each input, in arrival order, with the
 //!    time it reads once for the batch;
-//! 3. calls [`HubSession::finish`] once (catch-up slices, due expiries, sync
-//!    states saved; `room` tells how many messages each connection's outgoing
-//!    queue can still take);
+//! 3. calls [`HubSession::finish`] once (waiting syncs that now fit, catch-up
+//!    slices, due expiries, sync states saved);
 //! 4. commits the transaction, then hands the batch to
 //!    [`HubSession::committed`] and sends what it returns, in order. If any step
 //!    failed (a [`StorageError`] from 2 or 3, or the commit), it hands the batch
