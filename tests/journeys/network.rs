@@ -358,6 +358,15 @@ impl World {
         callsync(dir, &args)
     }
 
+    /// Adds `tenant` with `owner` as its owner (the operator's command).
+    pub(crate) fn add_tenant(&self, tenant: &str, owner: &str) {
+        callsync(
+            &self.dir("server"),
+            &["--tenant", tenant, "add-tenant", "--owner", owner],
+        )
+        .ok();
+    }
+
     /// The rep's desk and phone (`phone-rep`), logged in, and customer `cus-1`
     /// created and opened on the desk.
     pub(crate) fn rep_devices(&self) -> (PathBuf, PathBuf) {

@@ -91,17 +91,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 fn a_tenant_flooding_the_server_with_changes_does_not_delay_another_tenants_push() {
     let world = World::start(&[]);
     let (desk, _phone) = world.rep_devices();
-    callsync(
-        &world.dir("server"),
-        &[
-            "--tenant",
-            "beta",
-            "add-tenant",
-            "--owner",
-            "owner@beta.example",
-        ],
-    )
-    .ok();
+    world.add_tenant("beta", "owner@beta.example");
     let beta_desk = world.dir("beta-desk");
     world.login(&beta_desk, "desk", "owner@beta.example").ok();
     let beta = saved_session(&beta_desk);

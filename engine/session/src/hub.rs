@@ -1036,33 +1036,21 @@ impl<D: LoadedDoc> HubSession<D> {
             batch.send(conn, Message::DocUnavailable { document_id: doc });
             return Ok(());
         }
-        if data.len() > MAX_SYNC_MESSAGE_BYTES {
-            // Screened before decoding: nothing this large could be admitted (its
-            // changes alone would pass the document's cap), so Automerge is not
-            // asked to parse it.
-            let error = Refusal::MalformedSync {
-                detail: format!(
-                    "a sync message of {} bytes; at most {MAX_SYNC_MESSAGE_BYTES} are read",
-                    data.len()
-                ),
-            }
-            .body();
-            batch.send(
-                conn,
-                Message::Rejected {
-                    document_id: doc,
-                    error,
-                },
-            );
-            return Ok(());
-        }
-        let message = match sync::Message::decode(data) {
+        // Screened before decoding: nothing larger than MAX_SYNC_MESSAGE_BYTES
+        // could be admitted (its changes alone would pass the document's cap), so
+        // Automerge is not asked to parse it.
+        let decoded = if data.len() > MAX_SYNC_MESSAGE_BYTES {
+            Err(format!(
+                "a sync message of {} bytes; at most {MAX_SYNC_MESSAGE_BYTES} are read",
+                data.len()
+            ))
+        } else {
+            sync::Message::decode(data).map_err(|e| e.to_string())
+        };
+        let message = match decoded {
             Ok(m) => m,
-            Err(e) => {
-                let error = Refusal::MalformedSync {
-                    detail: e.to_string(),
-                }
-                .body();
+            Err(detail) => {
+                let error = Refusal::MalformedSync { detail }.body();
                 batch.send(
                     conn,
                     Message::Rejected {
