@@ -109,6 +109,7 @@ impl Fleet {
                 device: DeviceId::new("desk-setup").unwrap(),
                 device_kind: DeviceKind::Desk,
                 user: requester,
+                device_at: None,
             },
             kind: EventKind::Requested {
                 destination: PhoneNumber::parse(NUMBER).unwrap(),

@@ -36,6 +36,7 @@ pub fn event(n: u64, step: u64, kind: EventKind) -> CallEvent {
             device: DeviceId::new(device).unwrap(),
             device_kind,
             user: UserId::new("rep@a.example").unwrap(),
+            device_at: None,
         },
         kind,
     }
@@ -54,6 +55,7 @@ pub fn completed_call(n: u64) -> Vec<CallEvent> {
         customer_status: None,
         memo: "不在のため後日".to_owned(),
         decision: None,
+        kept_as_picked: None,
     };
     vec![
         event(

@@ -75,6 +75,7 @@ fn store_writer_process() {
                     device: DeviceId::new("desk-1").unwrap(),
                     device_kind: DeviceKind::Desk,
                     user: UserId::new("rep@a.example").unwrap(),
+                    device_at: None,
                 },
                 kind,
             };

@@ -205,6 +205,7 @@ fn write_large_customer(
         device: device.clone(),
         device_kind: kind,
         user: owner.clone(),
+        device_at: None,
     };
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut memo = || {
@@ -243,6 +244,7 @@ fn write_large_customer(
                     customer_status: None,
                     memo: memo(),
                     decision: None,
+                    kept_as_picked: None,
                 }),
             ),
         ];

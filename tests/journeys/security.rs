@@ -435,6 +435,7 @@ fn a_desk_writing_under_the_phones_actor_is_rejected_and_nothing_is_stored() {
             device: phone_session.device.clone(),
             device_kind: DeviceKind::Phone,
             user: phone_session.user.clone(),
+            device_at: None,
         },
         kind: EventKind::Started,
     };

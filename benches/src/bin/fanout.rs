@@ -149,7 +149,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                 let event = CallEvent {
                     id: EventId::new(format!("st-{k}")).unwrap(),
                     call: CallId::new(format!("call-{i:04}-{k}")).unwrap(),
-                    stamp: Stamp { at: now(), device: me.clone(), device_kind: DeviceKind::Phone, user: FLEET.rep(i) },
+                    stamp: Stamp { at: now(), device: me.clone(), device_kind: DeviceKind::Phone, user: FLEET.rep(i), device_at: None },
                     kind: EventKind::Started,
                 };
                 let ctx = RuleContext { catalog: &catalog, start_limit_ms: i64::MAX / 4, other_open_calls: &[] };

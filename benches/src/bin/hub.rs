@@ -65,6 +65,7 @@ fn stamp(device: &DeviceId, kind: DeviceKind) -> Stamp {
         device: device.clone(),
         device_kind: kind,
         user: UserId::new(OWNER).unwrap(),
+        device_at: None,
     }
 }
 
@@ -156,6 +157,7 @@ fn main() {
             customer_status: None,
             memo: String::new(),
             decision: None,
+            kept_as_picked: None,
         };
         for e in [
             event(format!("rq-{k}"), &call, desk_stamp(), request()),

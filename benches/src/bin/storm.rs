@@ -220,6 +220,7 @@ fn work_offline(i: usize, docs: &mut HashMap<CustomerId, Replica>) {
                     device: FLEET.phone(i),
                     device_kind: DeviceKind::Phone,
                     user: FLEET.rep(i),
+                    device_at: None,
                 },
                 kind,
             };

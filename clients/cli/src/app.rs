@@ -121,6 +121,7 @@ impl App {
             device,
             device_kind: kind,
             user: self.user.clone(),
+            device_at: None,
         }
     }
 
@@ -217,6 +218,7 @@ impl App {
             customer_status,
             memo: args.memo.clone(),
             decision: None,
+            kept_as_picked: None,
         })
     }
 

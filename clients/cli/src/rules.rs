@@ -147,5 +147,6 @@ pub(crate) fn result_fields(
         customer_status: decided.customer_status,
         memo: args.memo.clone(),
         decision: Some(Box::new(decided.record)),
+        kept_as_picked: None,
     })
 }

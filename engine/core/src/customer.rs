@@ -254,6 +254,7 @@ mod tests {
                 device: DeviceId::new("desk-1").unwrap(),
                 device_kind: DeviceKind::Desk,
                 user: UserId::new("rep@a.example").unwrap(),
+                device_at: None,
             },
             kind,
         }
@@ -267,6 +268,7 @@ mod tests {
             customer_status: None,
             memo: String::new(),
             decision: None,
+            kept_as_picked: None,
         });
         // Event ids that sort the other way round.
         let events = [

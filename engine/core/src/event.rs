@@ -36,10 +36,13 @@ impl DeviceKind {
     }
 }
 
-/// Who recorded an event, and when by their own clock.
+/// Who recorded an event, and when, on the server's clock.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
-    /// The device's wall-clock time when it recorded the event.
+    /// When the event was recorded, on the server's clock: the device's own clock
+    /// corrected by the offset it learnt from the server at its last join (see
+    /// `callsync_session::device::ServerClock`). Every rule that compares times of
+    /// different devices compares these.
     pub at: Timestamp,
     /// The device that recorded it.
     pub device: DeviceId,
@@ -47,6 +50,11 @@ pub struct Stamp {
     pub device_kind: DeviceKind,
     /// The user signed in on that device.
     pub user: UserId,
+    /// The device's own wall-clock time when it recorded the event, uncorrected,
+    /// kept for the record (absent when the device knew no offset, or on events
+    /// recorded before devices learnt one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_at: Option<Timestamp>,
 }
 
 /// One recorded event on one call.
@@ -167,6 +175,12 @@ pub struct SavedResultFields {
     /// rule set. Boxed: most events are not results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Box<crate::plugin::DecisionRecord>>,
+    /// Set when the pick was saved as made because the tenant's rules could not be
+    /// asked (the device was offline, the server busy or silent): why, as a code
+    /// (see `callsync_session::device::KeptReason`). The hub re-checks nothing it
+    /// did not decide; the recall list and the dashboard show the pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_as_picked: Option<String>,
 }
 
 /// A reference to a recording the server holds.

@@ -43,7 +43,7 @@ use chrono::NaiveDate;
 
 pub(crate) mod decode;
 mod refusal;
-pub use refusal::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA, Refusal};
+pub use refusal::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA, Refusal, RefusalCode};
 
 /// The QUIC ALPN token of this protocol.
 pub const ALPN: &[u8] = b"callsync/1";
@@ -102,9 +102,9 @@ impl WireError {
     /// A stable code for logs and error replies.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::FrameTooLarge { .. } => "frame-too-large",
-            Self::Malformed(_) => "malformed-message",
-            Self::Encode(_) => "encode-failed",
+            Self::FrameTooLarge { .. } => RefusalCode::FrameTooLarge.as_str(),
+            Self::Malformed(_) => RefusalCode::MalformedMessage.as_str(),
+            Self::Encode(_) => RefusalCode::EncodeFailed.as_str(),
         }
     }
 }
@@ -184,6 +184,10 @@ pub enum Message {
         user: UserId,
         /// The user's role.
         role: Role,
+        /// The server's clock when it answered, for the device's first estimate
+        /// of its offset (see `callsync_session::device::ServerClock`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_time: Option<Timestamp>,
     },
     /// Client → server, first message of a sync connection.
     #[serde(rename_all = "camelCase")]
@@ -222,6 +226,11 @@ pub enum Message {
         /// skips it.
         #[serde(default, deserialize_with = "decode::at_most::<MAX_HEADS, _, _>")]
         config_heads: Vec<String>,
+        /// The server's clock when it answered: with the device's own times of
+        /// sending `join` and receiving this, the device's offset from the server
+        /// (see `callsync_session::device::ServerClock`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_time: Option<Timestamp>,
     },
     /// Either side: a fatal error; the connection closes after it.
     Error(ErrorBody),
@@ -973,6 +982,7 @@ mod tests {
                 },
                 changed: vec![],
                 config_heads: vec![String::new(); n],
+                server_time: None,
             })
             .unwrap();
             decode_body(&frame[FRAME_HEADER_BYTES..])

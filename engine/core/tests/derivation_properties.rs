@@ -27,6 +27,7 @@ fn event(index: usize, kind: u8, device: u8, at: u8) -> CallEvent {
             customer_status: None,
             memo: String::new(),
             decision: None,
+            kept_as_picked: None,
         })
     };
     let kind = match kind % 12 {
@@ -63,6 +64,7 @@ fn event(index: usize, kind: u8, device: u8, at: u8) -> CallEvent {
             device: DeviceId::new(device_name).unwrap(),
             device_kind,
             user: UserId::new("rep@a.example").unwrap(),
+            device_at: None,
         },
         kind,
     }

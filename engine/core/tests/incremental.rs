@@ -45,6 +45,7 @@ fn event(id: &str, call: &str, at: i64, device: &str, kind: EventKind) -> CallEv
                 DeviceKind::Desk
             },
             user: UserId::new("rep@a.example").unwrap(),
+            device_at: None,
         },
         kind,
     }

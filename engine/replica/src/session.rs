@@ -191,6 +191,7 @@ pub async fn login(data_dir: &Path, request: &LoginRequest) -> Result<SavedSessi
             tenant,
             user,
             role,
+            ..
         }) => {
             let session = SavedSession {
                 server: request.server,

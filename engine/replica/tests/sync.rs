@@ -88,6 +88,7 @@ fn record(dir: &Path, session: &SavedSession, customer: &str, call: &str, kind: 
             device: session.device.clone(),
             device_kind: session.kind,
             user: session.user.clone(),
+            device_at: None,
         },
         kind,
     };

@@ -364,6 +364,7 @@ async fn login(
                 tenant: done.member.tenant,
                 user: done.member.email,
                 role: done.member.role,
+                server_time: Some(clock::now()),
             }
         }
         Err(e) => {

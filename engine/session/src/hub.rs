@@ -524,7 +524,7 @@ impl<D: LoadedDoc> HubSession<D> {
                     batch.close(conn, Refusal::WrongTenant.body());
                     return Ok(());
                 }
-                self.open(store, batch, conn, member, cursor)
+                self.open(now, store, batch, conn, member, cursor)
             }
             HubInput::Received { conn, message } => {
                 if !self.conns.contains_key(&conn) {
@@ -655,8 +655,10 @@ impl<D: LoadedDoc> HubSession<D> {
         Some(c)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn open<S: HubStore<Doc = D>>(
         &mut self,
+        now: Timestamp,
         store: &mut S,
         batch: &mut Batch<'_>,
         conn: ConnId,
@@ -712,6 +714,7 @@ impl<D: LoadedDoc> HubSession<D> {
                 cursor: target,
                 changed: changed.clone(),
                 config_heads,
+                server_time: Some(now),
             },
         );
         for (device, kind) in others {
@@ -1547,6 +1550,7 @@ impl<D: LoadedDoc> HubSession<D> {
                     device: self.settings.server_device.clone(),
                     device_kind: DeviceKind::Server,
                     user: self.settings.server_user.clone(),
+                    device_at: None,
                 },
                 kind: EventKind::Expired,
             };

@@ -28,6 +28,7 @@ fn stamp(at: i64, kind: DeviceKind, device: &str) -> Stamp {
         device: DeviceId::new(device).unwrap(),
         device_kind: kind,
         user: UserId::new("rep@a.example").unwrap(),
+        device_at: None,
     }
 }
 
@@ -372,6 +373,7 @@ fn result(result_type: &str) -> EventKind {
         customer_status: None,
         memo: String::new(),
         decision: None,
+        kept_as_picked: None,
     })
 }
 

@@ -780,6 +780,7 @@ impl SimNetwork {
                 device: id(DeviceId::new("server")),
                 device_kind: DeviceKind::Server,
                 user: id(UserId::new("system")),
+                device_at: None,
             };
             return (event, stamp);
         }
@@ -791,6 +792,7 @@ impl SimNetwork {
             device: p.device.clone(),
             device_kind: p.kind,
             user: p.user.clone(),
+            device_at: None,
         };
         (event, stamp)
     }
@@ -974,6 +976,7 @@ impl SimNetwork {
             customer_status,
             memo: String::new(),
             decision: None,
+            kept_as_picked: None,
         };
         self.record(peer, call, EventKind::ResultSaved(fields))
     }

@@ -97,6 +97,7 @@ impl World {
                 device: who.device.clone(),
                 device_kind: who.kind,
                 user: who.user.clone(),
+                device_at: None,
             },
             kind,
         }

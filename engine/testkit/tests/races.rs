@@ -510,6 +510,7 @@ fn a_restriction_kept_for_review_without_a_decision_restricts_nothing_on_any_rep
         customer_status: None,
         memo: String::new(),
         decision: Some(Box::new(decision)),
+        kept_as_picked: None,
     };
     net.record(desk, &call, EventKind::ResultSaved(fields))
         .unwrap();

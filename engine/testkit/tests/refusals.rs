@@ -139,6 +139,7 @@ fn a_memo_over_the_limit_is_refused() {
         customer_status: None,
         memo: "あ".repeat(callsync_core::rules::MAX_MEMO_CHARS + 1),
         decision: None,
+        kept_as_picked: None,
     };
     refused_unchanged(
         &mut net,

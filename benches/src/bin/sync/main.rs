@@ -115,6 +115,7 @@ fn event(session: &SavedSession, call: &str, n: usize, kind: EventKind) -> CallE
             device: session.device.clone(),
             device_kind: session.kind,
             user: session.user.clone(),
+            device_at: None,
         },
         kind,
     }

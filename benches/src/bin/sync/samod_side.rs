@@ -141,6 +141,7 @@ fn event(device: &DeviceId, kind: DeviceKind, call: &str, kind_of: EventKind) ->
             device: device.clone(),
             device_kind: kind,
             user: UserId::new(super::OWNER).unwrap(),
+            device_at: None,
         },
         kind: kind_of,
     }

@@ -402,6 +402,7 @@ impl Replica {
             device: self.me.device.clone(),
             device_kind: DeviceKind::Desk,
             user: self.me.user.clone(),
+            device_at: None,
         }
     }
 
@@ -578,6 +579,7 @@ pub fn login_reply(bytes: &[u8]) -> Result<Option<Value>, PageError> {
             tenant,
             user,
             role,
+            ..
         } => Ok(Some(json!({
             "loggedIn": { "token": token, "expiresAt": expires_at, "tenant": tenant, "user": user, "role": role }
         }))),

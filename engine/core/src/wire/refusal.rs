@@ -242,50 +242,247 @@ impl From<&WireError> for Refusal {
     }
 }
 
-impl Refusal {
-    /// The stable kebab-case code.
-    pub fn code(&self) -> &'static str {
+/// The server's own refusal codes, one variant each: what a device matches on to
+/// decide what a refusal means for it (`callsync_session::device` classifies
+/// every one), and the only place each code is spelled. Codes of the core's,
+/// admission's, the screen's and the plugin host's errors are theirs and are not
+/// listed here: a device reads those as "tell the user".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalCode {
+    /// `malformed-message`: a frame that does not decode.
+    MalformedMessage,
+    /// `frame-too-large`.
+    FrameTooLarge,
+    /// `encode-failed`.
+    EncodeFailed,
+    /// `transport`.
+    Transport,
+    /// `timeout`: no `login` or `join` within the handshake time.
+    Timeout,
+    /// `join-required`.
+    JoinRequired,
+    /// `unsupported-protocol`.
+    UnsupportedProtocol,
+    /// `login-throttled`.
+    LoginThrottled,
+    /// `rate-limited`.
+    RateLimited,
+    /// `unexpected-message`.
+    UnexpectedMessage,
+    /// `shutting-down`.
+    ShuttingDown,
+    /// `reply-too-large`.
+    ReplyTooLarge,
+    /// `internal`: the server failed (save, configuration, anything else).
+    Internal,
+    /// `malformed-sync`.
+    MalformedSync,
+    /// `wrong-tenant`.
+    WrongTenant,
+    /// `customer-limit`.
+    CustomerLimit,
+    /// `too-many-documents`.
+    TooManyDocuments,
+    /// `bad-request`.
+    BadRequest,
+    /// `too-slow`.
+    TooSlow,
+    /// `too-many-connections`.
+    TooManyConnections,
+    /// `busy`.
+    Busy,
+    /// `config-read-only`.
+    ConfigReadOnly,
+    /// `role-required`.
+    RoleRequired,
+    /// `invalid-credentials`.
+    InvalidCredentials,
+    /// `contract-required`.
+    ContractRequired,
+    /// `invalid-session`.
+    InvalidSession,
+    /// `session-expired`.
+    SessionExpired,
+    /// `member-exists`.
+    MemberExists,
+    /// `unknown-member`.
+    UnknownMember,
+    /// `device-taken`.
+    DeviceTaken,
+    /// `actor-taken`.
+    ActorTaken,
+    /// `email-unavailable`.
+    EmailUnavailable,
+    /// `config-too-large`.
+    ConfigTooLarge,
+    /// `result-not-decided`.
+    ResultNotDecided,
+    /// `customer-exists`.
+    CustomerExists,
+    /// `call-on-another-customer`.
+    CallOnAnotherCustomer,
+    /// `document-too-large`.
+    DocumentTooLarge,
+    /// `store-refused`.
+    StoreRefused,
+}
+
+impl RefusalCode {
+    /// Every code, for tests and tables.
+    pub const ALL: [Self; 38] = [
+        Self::MalformedMessage,
+        Self::FrameTooLarge,
+        Self::EncodeFailed,
+        Self::Transport,
+        Self::Timeout,
+        Self::JoinRequired,
+        Self::UnsupportedProtocol,
+        Self::LoginThrottled,
+        Self::RateLimited,
+        Self::UnexpectedMessage,
+        Self::ShuttingDown,
+        Self::ReplyTooLarge,
+        Self::Internal,
+        Self::MalformedSync,
+        Self::WrongTenant,
+        Self::CustomerLimit,
+        Self::TooManyDocuments,
+        Self::BadRequest,
+        Self::TooSlow,
+        Self::TooManyConnections,
+        Self::Busy,
+        Self::ConfigReadOnly,
+        Self::RoleRequired,
+        Self::InvalidCredentials,
+        Self::ContractRequired,
+        Self::InvalidSession,
+        Self::SessionExpired,
+        Self::MemberExists,
+        Self::UnknownMember,
+        Self::DeviceTaken,
+        Self::ActorTaken,
+        Self::EmailUnavailable,
+        Self::ConfigTooLarge,
+        Self::ResultNotDecided,
+        Self::CustomerExists,
+        Self::CallOnAnotherCustomer,
+        Self::DocumentTooLarge,
+        Self::StoreRefused,
+    ];
+
+    /// The kebab-case code on the wire.
+    pub const fn as_str(self) -> &'static str {
         match self {
-            Self::Wire(_, code) => code,
-            Self::Transport { .. } => "transport",
-            Self::HandshakeTimeout => "timeout",
-            Self::JoinRequired { .. } => "join-required",
+            Self::MalformedMessage => "malformed-message",
+            Self::FrameTooLarge => "frame-too-large",
+            Self::EncodeFailed => "encode-failed",
+            Self::Transport => "transport",
+            Self::Timeout => "timeout",
+            Self::JoinRequired => "join-required",
             Self::UnsupportedProtocol => "unsupported-protocol",
-            Self::LoginThrottled { .. } => "login-throttled",
-            Self::RateLimited { .. } => "rate-limited",
-            Self::UnexpectedMessage { .. } => "unexpected-message",
+            Self::LoginThrottled => "login-throttled",
+            Self::RateLimited => "rate-limited",
+            Self::UnexpectedMessage => "unexpected-message",
             Self::ShuttingDown => "shutting-down",
-            Self::ReplyTooLarge { .. } => "reply-too-large",
-            Self::SaveFailed | Self::ConfigUnreadable | Self::ServerTrouble => "internal",
-            Self::MalformedSync { .. } | Self::SyncNotApplied { .. } => "malformed-sync",
+            Self::ReplyTooLarge => "reply-too-large",
+            Self::Internal => "internal",
+            Self::MalformedSync => "malformed-sync",
             Self::WrongTenant => "wrong-tenant",
-            Self::CustomerLimit { .. } => "customer-limit",
+            Self::CustomerLimit => "customer-limit",
             Self::TooManyDocuments => "too-many-documents",
-            Self::BadRequest { .. } => "bad-request",
+            Self::BadRequest => "bad-request",
             Self::TooSlow => "too-slow",
-            Self::TooManyConnections { .. } => "too-many-connections",
+            Self::TooManyConnections => "too-many-connections",
             Self::Busy => "busy",
             Self::ConfigReadOnly => "config-read-only",
-            Self::RoleRequired { .. } => "role-required",
+            Self::RoleRequired => "role-required",
             Self::InvalidCredentials => "invalid-credentials",
             Self::ContractRequired => "contract-required",
             Self::InvalidSession => "invalid-session",
             Self::SessionExpired => "session-expired",
-            Self::MemberExists { .. } => "member-exists",
-            Self::UnknownMember { .. } => "unknown-member",
-            Self::DeviceTaken { .. } => "device-taken",
+            Self::MemberExists => "member-exists",
+            Self::UnknownMember => "unknown-member",
+            Self::DeviceTaken => "device-taken",
             Self::ActorTaken => "actor-taken",
             Self::EmailUnavailable => "email-unavailable",
-            Self::ConfigTooLarge { .. } => "config-too-large",
-            Self::ResultNotVerified { code, .. } | Self::InstallRefused { code, .. } => code,
-            Self::ResultNotDecided { .. } => "result-not-decided",
-            Self::CustomerExists { .. } => "customer-exists",
-            Self::CallOnAnotherCustomer { .. } => "call-on-another-customer",
-            Self::DocumentTooLarge { .. } => "document-too-large",
+            Self::ConfigTooLarge => "config-too-large",
+            Self::ResultNotDecided => "result-not-decided",
+            Self::CustomerExists => "customer-exists",
+            Self::CallOnAnotherCustomer => "call-on-another-customer",
+            Self::DocumentTooLarge => "document-too-large",
             Self::StoreRefused => "store-refused",
+        }
+    }
+
+    /// The code a refusal body carries, if it is one of the server's own.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+}
+
+impl Refusal {
+    /// The server's own code, when the refusal is not the core's, admission's,
+    /// the screen's or the plugin host's (those carry codes of their own).
+    pub fn own_code(&self) -> Option<RefusalCode> {
+        use RefusalCode as C;
+        Some(match self {
+            Self::Wire(_, code) => return RefusalCode::parse(code),
+            Self::Transport { .. } => C::Transport,
+            Self::HandshakeTimeout => C::Timeout,
+            Self::JoinRequired { .. } => C::JoinRequired,
+            Self::UnsupportedProtocol => C::UnsupportedProtocol,
+            Self::LoginThrottled { .. } => C::LoginThrottled,
+            Self::RateLimited { .. } => C::RateLimited,
+            Self::UnexpectedMessage { .. } => C::UnexpectedMessage,
+            Self::ShuttingDown => C::ShuttingDown,
+            Self::ReplyTooLarge { .. } => C::ReplyTooLarge,
+            Self::SaveFailed | Self::ConfigUnreadable | Self::ServerTrouble => C::Internal,
+            Self::MalformedSync { .. } | Self::SyncNotApplied { .. } => C::MalformedSync,
+            Self::WrongTenant => C::WrongTenant,
+            Self::CustomerLimit { .. } => C::CustomerLimit,
+            Self::TooManyDocuments => C::TooManyDocuments,
+            Self::BadRequest { .. } => C::BadRequest,
+            Self::TooSlow => C::TooSlow,
+            Self::TooManyConnections { .. } => C::TooManyConnections,
+            Self::Busy => C::Busy,
+            Self::ConfigReadOnly => C::ConfigReadOnly,
+            Self::RoleRequired { .. } => C::RoleRequired,
+            Self::InvalidCredentials => C::InvalidCredentials,
+            Self::ContractRequired => C::ContractRequired,
+            Self::InvalidSession => C::InvalidSession,
+            Self::SessionExpired => C::SessionExpired,
+            Self::MemberExists { .. } => C::MemberExists,
+            Self::UnknownMember { .. } => C::UnknownMember,
+            Self::DeviceTaken { .. } => C::DeviceTaken,
+            Self::ActorTaken => C::ActorTaken,
+            Self::EmailUnavailable => C::EmailUnavailable,
+            Self::ConfigTooLarge { .. } => C::ConfigTooLarge,
+            Self::ResultNotDecided { .. } => C::ResultNotDecided,
+            Self::CustomerExists { .. } => C::CustomerExists,
+            Self::CallOnAnotherCustomer { .. } => C::CallOnAnotherCustomer,
+            Self::DocumentTooLarge { .. } => C::DocumentTooLarge,
+            Self::StoreRefused => C::StoreRefused,
+            Self::ResultNotVerified { .. }
+            | Self::InstallRefused { .. }
+            | Self::Core(_)
+            | Self::Admission(_)
+            | Self::Screen(_) => return None,
+        })
+    }
+
+    /// The stable kebab-case code.
+    pub fn code(&self) -> &'static str {
+        if let Some(code) = self.own_code() {
+            return code.as_str();
+        }
+        match self {
+            Self::Wire(_, code) => code,
+            Self::ResultNotVerified { code, .. } | Self::InstallRefused { code, .. } => code,
             Self::Core(e) => e.code(),
             Self::Admission(e) => e.code(),
             Self::Screen(e) => e.code(),
+            // Every other variant has a code of the server's own.
+            _ => RefusalCode::Internal.as_str(),
         }
     }
 
@@ -509,6 +706,29 @@ mod tests {
             );
             assert!(is_japanese(&body.message_ja), "{body:?}");
         }
+    }
+
+    #[test]
+    fn every_own_code_is_listed_once_and_reads_back() {
+        let mut seen = std::collections::BTreeSet::new();
+        for code in RefusalCode::ALL {
+            assert!(seen.insert(code.as_str()), "{code:?} spelled twice");
+            assert_eq!(RefusalCode::parse(code.as_str()), Some(code));
+        }
+        for refusal in every_own_refusal() {
+            let own = refusal.own_code();
+            if matches!(
+                refusal,
+                Refusal::ResultNotVerified { .. } | Refusal::InstallRefused { .. }
+            ) {
+                // The plugin host's codes.
+                assert_eq!(own, None);
+                continue;
+            }
+            assert!(own.is_some(), "{refusal:?} has no code of the server's own");
+            assert_eq!(RefusalCode::parse(refusal.code()), own, "{refusal:?}");
+        }
+        assert_eq!(RefusalCode::parse("no-phone-numbers"), None);
     }
 
     #[test]

@@ -47,6 +47,7 @@ fn fields(
         customer_status: decided.customer_status.clone(),
         memo: String::new(),
         decision: Some(Box::new(decided.record.clone())),
+        kept_as_picked: None,
     }
 }
 
