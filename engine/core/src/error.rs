@@ -169,6 +169,12 @@ pub enum CoreError {
         /// The option asked for.
         option: OptionKind,
     },
+    /// A recall or restriction with no time, where no rule set picks one.
+    #[error("pick a time for the {}", option.as_str())]
+    OptionTimeRequired {
+        /// The option.
+        option: OptionKind,
+    },
     /// The option time is not on a 5-minute step.
     #[error("the time {at} is not on a 5-minute step")]
     OptionTimeNotOnStep {
@@ -253,6 +259,7 @@ impl CoreError {
             Self::ResultAlreadySaved { .. } => "result-already-saved",
             Self::UnknownResultType { .. } => "unknown-result-type",
             Self::OptionNotAllowed { .. } => "option-not-allowed",
+            Self::OptionTimeRequired { .. } => "option-time-required",
             Self::OptionTimeNotOnStep { .. } => "option-time-not-on-step",
             Self::OptionTimeInPast { .. } => "option-time-in-past",
             Self::NoRecording { .. } => "no-recording",
@@ -338,6 +345,7 @@ impl CoreError {
                     option_ja(*option)
                 )
             }
+            Self::OptionTimeRequired { .. } => "日時を指定してください".to_owned(),
             Self::OptionTimeNotOnStep { at } => format!("日時 {at} は5分単位で指定してください"),
             Self::OptionTimeInPast { at, .. } => {
                 format!("日時 {at} は現在より後を指定してください")

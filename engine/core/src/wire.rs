@@ -189,6 +189,16 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         server_time: Option<Timestamp>,
     },
+    /// Client → server, first message of a connection of its own: end this
+    /// session on the server (a logout). Answered `logged-out`, also for a token
+    /// that no longer works.
+    #[serde(rename_all = "camelCase")]
+    Logout {
+        /// The session token to end.
+        token: String,
+    },
+    /// Server → client: the session is ended.
+    LoggedOut,
     /// Client → server, first message of a sync connection.
     #[serde(rename_all = "camelCase")]
     Join {
@@ -314,6 +324,8 @@ impl Message {
         match self {
             Self::Login { .. } => "login",
             Self::LoggedIn { .. } => "logged-in",
+            Self::Logout { .. } => "logout",
+            Self::LoggedOut => "logged-out",
             Self::Join { .. } => "join",
             Self::Peer { .. } => "peer",
             Self::Error(_) => "error",

@@ -69,6 +69,7 @@ pub async fn run(
             Err(e) => {
                 on_event(&ClientEvent::Disconnected {
                     reason: e.to_string(),
+                    retry_at: None,
                 });
                 let wait = backoff(options, attempt);
                 attempt = attempt.saturating_add(1);
@@ -111,6 +112,7 @@ pub async fn run(
         }
         on_event(&ClientEvent::Disconnected {
             reason: ended.to_string(),
+            retry_at: None,
         });
         client.abort();
         let wait = backoff(options, attempt);

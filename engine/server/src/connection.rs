@@ -260,6 +260,11 @@ pub(crate) async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, addres
             let _ = write_message(&mut send, &reply).await;
             finish_and_close(&connection, &mut send).await;
         }
+        Step::Logout { token } => {
+            let reply = logout(&shared, &token).await;
+            let _ = write_message(&mut send, &reply).await;
+            finish_and_close(&connection, &mut send).await;
+        }
         Step::Authenticate {
             token,
             device,
@@ -401,6 +406,23 @@ async fn account_request(
     tokio::task::block_in_place(|| {
         accounts::account_call(&mut store, session, call, hashed, clock::now())
     })
+}
+
+/// Ends the session with `token` (a logout): answered `logged-out` whether or not
+/// the token still worked, so a device that logged out offline can end it later.
+async fn logout(shared: &Shared, token: &str) -> Message {
+    let hash = accounts::token_hash(token);
+    let mut store = shared.accounts.lock().await;
+    match tokio::task::block_in_place(|| store.end_session(&hash)) {
+        Ok(ended) => {
+            tracing::info!(ended, "logout");
+            Message::LoggedOut
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a logout could not be stored");
+            Message::Error(Refusal::ServerTrouble.body())
+        }
+    }
 }
 
 async fn authenticate(
@@ -678,6 +700,10 @@ async fn reply(out: &Queue, connection: &Link, message: Message) -> bool {
 /// configuration as kept (read, on a miss, over a connection of its own: no lock
 /// logins and joins wait on), and the plugin.
 async fn decide_result(shared: &Shared, member: &Session, call: wire::RpcCall) -> wire::RpcResult {
+    let refused = |refusal: Refusal| wire::RpcResult::Refused(refusal.body());
+    if let Err(refusal) = callsync_session::connection::check_decide_request(clock::now(), &call) {
+        return refused(refusal);
+    }
     let wire::RpcCall::DecideResult {
         pick,
         ended_at,
@@ -687,16 +713,6 @@ async fn decide_result(shared: &Shared, member: &Session, call: wire::RpcCall) -
     else {
         return wire::RpcResult::Done;
     };
-    let refused = |refusal: Refusal| wire::RpcResult::Refused(refusal.body());
-    let now = clock::now();
-    if saved_at.as_millis().abs_diff(now.as_millis()) > wire::MAX_DECIDE_SKEW_MS.unsigned_abs()
-        || ended_at > saved_at
-        || attempt == 0
-    {
-        return refused(Refusal::BadRequest {
-            detail: "a decision is asked for now, for a call that ended before it".to_owned(),
-        });
-    }
     if !shared.decides.allow(&member.user, Instant::now()) {
         return refused(Refusal::Busy);
     }

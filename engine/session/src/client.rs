@@ -45,7 +45,7 @@ mod config;
 const MAX_KEPT_DOCS: usize = 1_024;
 
 /// Something a device's user (or a script) may want to know, one JSON line each.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum ClientEvent {
     /// Connected; the server listed this many changed documents.
@@ -125,9 +125,83 @@ pub enum ClientEvent {
         plugin: String,
     },
     /// The connection dropped; the client will reconnect.
+    #[serde(rename_all = "camelCase")]
     Disconnected {
         /// Why.
         reason: String,
+        /// When the next attempt is due (device clock), if one is planned.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_at: Option<callsync_core::Timestamp>,
+    },
+    /// The device learnt the server's clock at a join.
+    #[serde(rename_all = "camelCase")]
+    ClockLearned {
+        /// Server time minus device time, in ms.
+        offset_ms: i64,
+        /// How far off that may be, in ms.
+        uncertainty_ms: i64,
+    },
+    /// The server says the member's role is another one now: the screens that
+    /// role may see change.
+    RoleChanged {
+        /// The role now.
+        role: callsync_core::Role,
+    },
+    /// The session stopped; only the user can move it on (see the reason).
+    #[serde(rename_all = "camelCase")]
+    Stopped {
+        /// Why.
+        reason: crate::device::StopReason,
+        /// What to tell the user, in English.
+        message: String,
+        /// … and in Japanese.
+        message_ja: String,
+    },
+    /// The answer to a request the screens made.
+    Reply {
+        /// The request's ticket.
+        ticket: u64,
+        /// The answer (a refusal is one).
+        result: RpcResult,
+    },
+    /// A request the screens made got no answer.
+    #[serde(rename_all = "camelCase")]
+    AskFailed {
+        /// The request's ticket.
+        ticket: u64,
+        /// Why, as a code (`no-answer`, `connection-lost`, `stopped`).
+        code: String,
+        /// English.
+        message: String,
+        /// Japanese.
+        message_ja: String,
+    },
+    /// A call result was saved on this device (and goes to the server with the
+    /// outbox).
+    #[serde(rename_all = "camelCase")]
+    ResultSaved {
+        /// The save's ticket.
+        ticket: u64,
+        /// The customer.
+        customer: CustomerId,
+        /// The call.
+        call: CallId,
+        /// Set when the pick was saved as made, without the tenant's rules: why.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kept_as_picked: Option<String>,
+    },
+    /// A call result was not saved: the rules (or the call's state) refused it;
+    /// the form stays open with these words.
+    #[serde(rename_all = "camelCase")]
+    ResultRefused {
+        /// The save's ticket.
+        ticket: u64,
+        /// The reason's code.
+        code: String,
+        /// English.
+        message: String,
+        /// Japanese.
+        message_ja: String,
     },
 }
 

@@ -20,7 +20,8 @@
 //! [`ServerConnection::rechecked`], which returns the held message's step.
 
 use callsync_core::wire::{
-    Cursor, DeviceRegistration, ErrorBody, Message, PROTOCOL_VERSION, Refusal, RpcCall, RpcResult,
+    self, Cursor, DeviceRegistration, ErrorBody, Message, PROTOCOL_VERSION, Refusal, RpcCall,
+    RpcResult,
 };
 use callsync_core::{DeviceId, Timestamp, UserId};
 
@@ -50,6 +51,12 @@ pub enum Step {
         password: String,
         /// The device to register.
         device: DeviceRegistration,
+    },
+    /// End the session with this token (knowing a token is the right to end it),
+    /// answer `logged-out` whether or not it still worked, then close.
+    Logout {
+        /// The session token.
+        token: String,
     },
     /// Check the `join`'s token for `device`, then call
     /// [`ServerConnection::joined`] (or refuse with the error).
@@ -279,6 +286,7 @@ impl ServerConnection {
                     device,
                 }
             }
+            Message::Logout { token } => Step::Logout { token },
             Message::Join {
                 sender_id,
                 supported_protocol_versions,
@@ -399,6 +407,33 @@ pub fn is_account_call(call: &RpcCall) -> bool {
             | RpcCall::UserList
             | RpcCall::SetAssigneeVisibility { .. }
     )
+}
+
+/// Whether a `decide-result` may be answered at `now` (server clock): its
+/// `saved_at` within [`wire::MAX_DECIDE_SKEW_MS`] of now, a call that ended
+/// before it, an attempt counted from 1. Devices stamp on the server's clock, so
+/// an honest device passes whatever its own clock says.
+pub fn check_decide_request(now: Timestamp, call: &RpcCall) -> Result<(), Refusal> {
+    let RpcCall::DecideResult {
+        ended_at,
+        attempt,
+        saved_at,
+        ..
+    } = call
+    else {
+        return Err(Refusal::UnexpectedMessage {
+            kind: call.method().to_owned(),
+        });
+    };
+    if saved_at.as_millis().abs_diff(now.as_millis()) > wire::MAX_DECIDE_SKEW_MS.unsigned_abs()
+        || ended_at > saved_at
+        || *attempt == 0
+    {
+        return Err(Refusal::BadRequest {
+            detail: "a decision is asked for now, for a call that ended before it".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The member whose live connections a successful account change ends, and what

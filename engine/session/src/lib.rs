@@ -2,7 +2,10 @@
 //! time they happen and answer with effects, and never touch a socket, a clock, a
 //! file or a thread.
 //!
-//! Owns: the device's [`client`] session (join, catch-up cursor, outbox, applying
+//! Owns: the [`device`] session every device kind runs (login, connection phases,
+//! reconnects, the server's clock, requests, refusals, the rep's actions and the
+//! result flow, logout) around the device's [`client`] sync session (join,
+//! catch-up cursor, outbox, applying
 //! the server's sync messages, the configuration document, presence, refusals,
 //! reconnect timing), the server's [`hub`] session (admission, fan-out, subscriptions, catch-up,
 //! expiry, presence, the tenant configuration), the [`connection`] rules every
@@ -16,6 +19,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod device;
 pub mod hub;
 pub mod rules;
 pub mod storage;

@@ -368,6 +368,16 @@ impl Store {
         }))
     }
 
+    /// Ends the session whose token hashes to `token_hash` (a logout); whether
+    /// there was one.
+    pub fn end_session(&mut self, token_hash: &[u8]) -> Result<bool, StoreError> {
+        let ended = self
+            .db()
+            .prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+            .execute(params![token_hash])?;
+        Ok(ended > 0)
+    }
+
     /// Deletes expired sessions; returns how many.
     pub fn purge_sessions(&mut self, now: Timestamp) -> Result<usize, StoreError> {
         Ok(self

@@ -27,15 +27,20 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use callsync_core::tenant_config::{PreparedInstall, Ruleset, TenantConfig, TenantConfigDoc};
-use callsync_core::wire::Message;
+use callsync_core::wire::{Message, RpcCall, RpcResult};
 use callsync_core::{
     ActorId, CallEvent, CallId, CallView, CoreError, Customer, CustomerDoc, CustomerId, DeviceId,
     DeviceKind, EventId, EventKind, NewCustomer, PhoneEntry, PhoneNumber, ResultCatalog,
     ResultOption, ResultTypeId, Role, RuleContext, SavedResultFields, Stamp, TenantId, Timestamp,
     UserId,
 };
-use callsync_session::client::{ClientEvent, ClientOutput, ClientSession, Device};
+use callsync_session::client::ClientEvent;
 use callsync_session::connection::{ServerConnection, Step};
+use callsync_session::device::actions::{ActionError, ResultForm, SaveOutcome};
+use callsync_session::device::{
+    DeviceFailure, DeviceInput, DeviceSession, DeviceSettings, Identity, Phase as LinkPhase,
+    ServerClock, StopReason, Unsent,
+};
 use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings};
 use callsync_session::rules::{PluginAllowance, ResultRules, Verified};
 use callsync_session::{Authenticated, ConnId};
@@ -183,7 +188,12 @@ struct DevicePeer {
     disk: DeviceDisk,
     role: Role,
     clock_skew_ms: i64,
-    next_event: u64,
+    /// The device session (its memory: lost in a crash, rebuilt from the disk).
+    session: DeviceSession<MemDoc>,
+    /// The device's randomness.
+    rng: callsync_session::device::SplitMix64,
+    /// Everything the session told its user, in order.
+    events: Vec<ClientEvent>,
     /// The link to the server.
     link: Link,
 }
@@ -193,21 +203,18 @@ struct DevicePeer {
 struct Link {
     /// The network lets them talk.
     up: bool,
-    /// A connection is open (both sessions exist).
+    /// A connection is open.
     open: Option<Connection>,
 }
 
 struct Connection {
     conn: ConnId,
-    client: ClientSession<MemDoc>,
-    /// The client has handled `peer`.
-    joined: bool,
     server: ServerConnection,
     /// The hub knows this connection.
     in_hub: bool,
     to_server: VecDeque<Message>,
     to_device: VecDeque<Message>,
-    /// The server sent its closing error: the connection ends once it arrives.
+    /// The server sent its closing message: the connection ends once it arrives.
     closing: bool,
 }
 
@@ -240,6 +247,13 @@ pub struct SimNetwork {
     devices: Vec<DevicePeer>,
     catalog: ResultCatalog,
     start_limit_ms: i64,
+    /// The numbers the devices' sessions run by.
+    device_settings: DeviceSettings,
+    /// Session tokens the server knows, and whose they are.
+    tokens: BTreeMap<String, PeerId>,
+    next_token: u64,
+    /// `decide-result` is answered `busy`.
+    decide_busy: bool,
     next_call: u64,
     next_conn: ConnId,
     server_events: u64,
@@ -300,6 +314,17 @@ impl SimNetwork {
             devices: Vec::new(),
             catalog: ResultCatalog::standard(),
             start_limit_ms,
+            device_settings: DeviceSettings {
+                // Reconnect at once unless a test asks for timing: the virtual
+                // clock moves only when a test moves it.
+                backoff_min_ms: 0,
+                backoff_max_ms: 0,
+                start_limit_ms,
+                ..DeviceSettings::default()
+            },
+            tokens: BTreeMap::new(),
+            next_token: 0,
+            decide_busy: false,
             next_call: 0,
             next_conn: 1,
             server_events: 0,
@@ -359,15 +384,33 @@ impl SimNetwork {
         self.server_disk
             .register(device.clone(), kind, user.clone(), actor.clone());
         let mut disk = DeviceDisk::default();
+        let token = self.issue_token(peer);
+        let identity = Identity {
+            tenant: id(TenantId::new(TENANT)),
+            user: user.clone(),
+            role: Role::User,
+            device: device.clone(),
+            kind,
+            actor: actor.to_hex_string(),
+            token: Some(token),
+            expires_at: self.now.plus_millis(365 * 24 * 3_600_000),
+            revoke: None,
+            stopped: None,
+        };
+        // Logged in online a moment ago: the login's answer gave the clock.
+        let clock = ServerClock::learn(self.now, self.now, self.now);
+        let mut tx = disk.begin();
         for customer in self.customers() {
             self.server_disk.subscribe(device.clone(), customer.clone());
             if let Some(mut doc) = self.server_disk.document(&customer) {
-                let mut tx = disk.begin();
                 callsync_session::client::ClientStore::insert(&mut tx, &mut doc)
                     .unwrap_or_else(|e| panic!("seed device: {e}"));
-                tx.commit();
             }
         }
+        let session =
+            DeviceSession::logged_in(self.device_settings.clone(), &mut tx, identity, clock)
+                .unwrap_or_else(|e| panic!("log in: {e}"));
+        tx.commit().unwrap_or_else(|e| panic!("seed device: {e}"));
         self.devices.push(DevicePeer {
             device,
             kind,
@@ -376,13 +419,28 @@ impl SimNetwork {
             disk,
             role: Role::User,
             clock_skew_ms: 0,
-            next_event: 0,
+            session,
+            rng: callsync_session::device::SplitMix64::new(peer as u64 ^ self.rng.next_u64()),
+            events: Vec::new(),
             link: Link {
                 up: true,
                 open: None,
             },
         });
+        self.drive(peer, |s, now, _, _| {
+            s.start(now);
+            Ok::<(), DeviceFailure>(())
+        })
+        .unwrap_or_else(|e| panic!("start: {e}"));
         peer
+    }
+
+    /// A new session token for `peer`, known to the server.
+    fn issue_token(&mut self, peer: PeerId) -> String {
+        self.next_token += 1;
+        let token = format!("token-{peer}-{}", self.next_token);
+        self.tokens.insert(token.clone(), peer);
+        token
     }
 
     /// Every customer the server holds.
@@ -417,7 +475,7 @@ impl SimNetwork {
     /// the server sees it from the device's next connection.
     pub fn set_role(&mut self, peer: PeerId, role: Role) {
         self.devices[peer - 1].role = role;
-        self.disconnect(peer);
+        self.drop_link(peer, "the server restarted the session");
     }
 
     /// The device id of a peer.
@@ -444,6 +502,10 @@ impl SimNetwork {
     /// server restarts with it.
     pub fn set_start_limit(&mut self, ms: i64) {
         self.start_limit_ms = ms;
+        self.device_settings.start_limit_ms = ms;
+        for d in &mut self.devices {
+            d.session.settings_mut().start_limit_ms = ms;
+        }
         self.crash(0);
     }
 
@@ -455,17 +517,18 @@ impl SimNetwork {
             return;
         }
         self.devices[device - 1].link.up = false;
-        self.disconnect(device);
+        self.drop_link(device, "the network is gone");
     }
 
-    /// Restores a cut link; the device reconnects (with its cursor) when the
-    /// network next runs.
+    /// Restores a cut link; the device hears the network is back and reconnects
+    /// (with its cursor).
     pub fn heal(&mut self, a: PeerId, b: PeerId) {
         let device = a.max(b);
         if device == 0 {
             return;
         }
         self.devices[device - 1].link.up = true;
+        self.input(device, DeviceInput::NetworkUp);
     }
 
     /// A peer crashes and restarts: its memory (sessions, caches, what was in
@@ -474,12 +537,48 @@ impl SimNetwork {
     pub fn crash(&mut self, peer: PeerId) {
         if peer == 0 {
             self.hub = Self::new_hub(self.start_limit_ms, self.rules.clone());
-            for d in &mut self.devices {
-                d.link.open = None;
+            for peer in 1..=self.devices.len() {
+                if self.devices[peer - 1].link.open.take().is_some() {
+                    self.lost(peer, "the server went away");
+                }
             }
         } else {
-            self.disconnect(peer);
+            // The device's memory is gone: the hub hears the connection close and
+            // the session is rebuilt from what its disk holds.
+            if let Some(open) = self.devices[peer - 1].link.open.take()
+                && open.in_hub
+            {
+                self.hub_batch(vec![HubInput::Closed { conn: open.conn }]);
+            }
+            let settings = self.device_settings.clone();
+            let d = &mut self.devices[peer - 1];
+            let mut tx = d.disk.begin();
+            d.session = DeviceSession::restore(settings, &mut tx)
+                .unwrap_or_else(|e| panic!("restart: {e}"))
+                .unwrap_or_else(|| panic!("restart: nobody logged in"));
+            drop(tx);
+            self.drive(peer, |s, now, _, _| {
+                s.start(now);
+                Ok::<(), DeviceFailure>(())
+            })
+            .unwrap_or_else(|e| panic!("start: {e}"));
         }
+    }
+
+    /// Sets the devices' reconnect backoff (the simulation reconnects at once
+    /// by default), for tests of reconnect timing in virtual time.
+    pub fn set_backoff(&mut self, min_ms: i64, max_ms: i64) {
+        self.device_settings.backoff_min_ms = min_ms;
+        self.device_settings.backoff_max_ms = max_ms;
+        for d in &mut self.devices {
+            d.session.settings_mut().backoff_min_ms = min_ms;
+            d.session.settings_mut().backoff_max_ms = max_ms;
+        }
+    }
+
+    /// Makes the simulated server answer every `decide-result` with `busy`.
+    pub fn set_decide_busy(&mut self, busy: bool) {
+        self.decide_busy = busy;
     }
 
     /// The server crashes in the middle of its next batch, before the commit:
@@ -498,30 +597,138 @@ impl SimNetwork {
         }
     }
 
+    /// The connection ends under the device: the hub hears it close and the
+    /// device's session is told.
+    fn drop_link(&mut self, peer: PeerId, reason: &str) {
+        if self.devices[peer - 1].link.open.is_some() {
+            self.disconnect(peer);
+            self.lost(peer, reason);
+        }
+    }
+
+    /// Tells a device's session its connection is gone.
+    fn lost(&mut self, peer: PeerId, reason: &str) {
+        self.input(
+            peer,
+            DeviceInput::Disconnected {
+                reason: reason.to_owned(),
+            },
+        );
+    }
+
+    /// The device's own clock: the virtual time plus its skew.
+    fn device_now(&self, peer: PeerId) -> Timestamp {
+        self.now.plus_millis(self.devices[peer - 1].clock_skew_ms)
+    }
+
+    /// Runs one call on a device's session in one transaction, as a host does:
+    /// commit, then carry out the output (close, send, connect, events). A call
+    /// that fails, or a commit that fails, releases nothing and drops the
+    /// connection.
+    fn drive<T, E>(
+        &mut self,
+        peer: PeerId,
+        call: impl FnOnce(
+            &mut DeviceSession<MemDoc>,
+            Timestamp,
+            &mut callsync_session::device::SplitMix64,
+            &mut mem::DeviceTx<'_>,
+        ) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let now = self.device_now(peer);
+        let d = &mut self.devices[peer - 1];
+        let mut tx = d.disk.begin();
+        let result = call(&mut d.session, now, &mut d.rng, &mut tx);
+        let committed = match &result {
+            Ok(_) => tx.commit().is_ok(),
+            Err(_) => {
+                drop(tx);
+                true
+            }
+        };
+        let out = d.session.take_output();
+        self.release(peer, committed, out);
+        result
+    }
+
     /// Opens a connection for a device whose link is up: a new client session
     /// sends `join` with its saved cursor.
-    fn connect(&mut self, peer: PeerId) {
-        let now = self.now;
+    /// Carries out a committed call's output (or, if the commit failed, drops
+    /// it and the connection).
+    fn release(
+        &mut self,
+        peer: PeerId,
+        committed: bool,
+        out: callsync_session::device::DeviceOutput,
+    ) {
+        if !committed {
+            // Nothing the call did is on disk: nothing of it leaves the device.
+            self.devices[peer - 1]
+                .events
+                .push(ClientEvent::Disconnected {
+                    reason: "storage failed".to_owned(),
+                    retry_at: None,
+                });
+            self.drop_link(peer, "storage failed");
+            return;
+        }
+        for event in &out.events {
+            if let ClientEvent::Acknowledged { customer } = event
+                && let Some(doc) = self.devices[peer - 1]
+                    .disk
+                    .document(customer, self.devices[peer - 1].actor.clone())
+            {
+                self.acknowledged.extend(event_keys(&doc));
+            }
+        }
+        self.devices[peer - 1].events.extend(out.events);
+        if out.close {
+            self.disconnect(peer);
+        }
+        if let Some(open) = self.devices[peer - 1].link.open.as_mut() {
+            open.to_server.extend(out.send);
+        }
+        if out.connect {
+            self.disconnect(peer);
+            if self.devices[peer - 1].link.up {
+                self.open_link(peer);
+                self.input(peer, DeviceInput::Connected);
+            } else {
+                self.input(
+                    peer,
+                    DeviceInput::Disconnected {
+                        reason: "no network".to_owned(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Hands `peer`'s session one input, as its host would.
+    fn input(&mut self, peer: PeerId, input: DeviceInput) {
+        let now = self.device_now(peer);
         let d = &mut self.devices[peer - 1];
-        let client = ClientSession::new(Device {
-            tenant: id(TenantId::new(TENANT)),
-            id: d.device.clone(),
-            actor: d.actor.clone(),
-        });
         let mut tx = d.disk.begin();
-        let join = client
-            .join(&mut tx, d.device.as_str())
-            .unwrap_or_else(|e| panic!("join: {e}"));
-        drop(tx);
+        let committed = match d.session.handle(now, &mut d.rng, &mut tx, input) {
+            Ok(()) => tx.commit().is_ok(),
+            Err(_) => {
+                drop(tx);
+                true
+            }
+        };
+        let out = d.session.take_output();
+        self.release(peer, committed, out);
+    }
+
+    fn open_link(&mut self, peer: PeerId) {
+        let now = self.now;
         let conn = self.next_conn;
         self.next_conn += 1;
-        d.link.open = Some(Connection {
+        self.devices[peer - 1].link.open = Some(Connection {
             conn,
-            client,
-            joined: false,
             server: ServerConnection::new(now, 10_000),
             in_hub: false,
-            to_server: VecDeque::from([join]),
+            to_server: VecDeque::new(),
             to_device: VecDeque::new(),
             closing: false,
         });
@@ -552,9 +759,12 @@ impl SimNetwork {
         if failed {
             drop(tx);
             let closes = self.hub.abandoned(batch);
-            for (conn, _) in closes {
-                if let Some(peer) = self.peer_of(conn) {
-                    self.devices[peer - 1].link.open = None;
+            for (conn, body) in closes {
+                if let Some(peer) = self.peer_of(conn)
+                    && let Some(open) = self.devices[peer - 1].link.open.as_mut()
+                {
+                    open.to_device.push_back(Message::Error(body));
+                    open.closing = true;
                 }
             }
             return;
@@ -627,10 +837,20 @@ impl SimNetwork {
     /// delivers one message from a link picked by the seed; false when no message
     /// was waiting.
     fn step(&mut self) -> bool {
+        let mut worked = false;
         for peer in 1..=self.devices.len() {
-            let d = &self.devices[peer - 1];
-            if d.link.up && d.link.open.is_none() {
-                self.connect(peer);
+            // A device cut off waits for the network: its timers run once the
+            // link is back (a heal reads as the network coming back).
+            if !self.devices[peer - 1].link.up {
+                continue;
+            }
+            let due = self.devices[peer - 1]
+                .session
+                .poll_timeout()
+                .is_some_and(|at| at <= self.device_now(peer));
+            if due {
+                worked = true;
+                let _ = self.drive(peer, |s, now, rng, tx| s.handle_timeout(now, rng, tx));
             }
         }
         if self.hub.next_wake().is_some_and(|at| at <= self.now) {
@@ -648,7 +868,7 @@ impl SimNetwork {
             }
         }
         if busy.is_empty() {
-            return false;
+            return worked;
         }
         let (peer, to_server) = busy[self.rng.below(busy.len())];
         if to_server {
@@ -695,10 +915,13 @@ impl SimNetwork {
         }
         match step {
             Step::Authenticate { token, cursor, .. } => {
-                let outcome = if token == member.device.as_str() {
+                let outcome = if self.tokens.get(&token) == Some(&peer) {
                     Ok(member.clone())
                 } else {
                     Err(callsync_core::wire::Refusal::InvalidSession.body())
+                };
+                let Some(open) = self.devices[peer - 1].link.open.as_mut() else {
+                    return;
                 };
                 if let Err(body) = open.server.joined(now, outcome) {
                     open.to_device.push_back(Message::Error(body));
@@ -712,16 +935,99 @@ impl SimNetwork {
                     cursor,
                 }]);
             }
-            Step::Hub(message) => self.hub_batch(vec![HubInput::Received { conn, message }]),
-            Step::Reply(message) => open.to_device.push_back(message),
-            Step::Refuse(body) => {
-                open.to_device.push_back(Message::Error(body));
-                open.closing = true;
+            Step::Logout { token } => {
+                self.tokens.remove(&token);
+                if let Some(open) = self.devices[peer - 1].link.open.as_mut() {
+                    open.to_device.push_back(Message::LoggedOut);
+                    open.closing = true;
+                }
             }
-            Step::Leave => self.disconnect(peer),
+            Step::Decide { id, call } => {
+                let result = self.decide(&call);
+                if let Some(open) = self.devices[peer - 1].link.open.as_mut() {
+                    open.to_device.push_back(Message::Reply { id, result });
+                }
+            }
+            Step::Hub(message) => self.hub_batch(vec![HubInput::Received { conn, message }]),
+            Step::Reply(message) => {
+                if let Some(open) = self.devices[peer - 1].link.open.as_mut() {
+                    open.to_device.push_back(message);
+                }
+            }
+            Step::Refuse(body) => {
+                if let Some(open) = self.devices[peer - 1].link.open.as_mut() {
+                    open.to_device.push_back(Message::Error(body));
+                    open.closing = true;
+                }
+            }
+            Step::Leave => self.drop_link(peer, "left"),
             Step::Continue => {}
             other => panic!("the simulation has no use for {other:?}"),
         }
+    }
+
+    /// The simulated server's `decide-result`: the checks every server makes,
+    /// then the pick as made, with the type's default status, under a decision
+    /// record of the simulation's rule set (its rules verify everything). A test
+    /// may make it answer `busy` instead.
+    fn decide(&self, call: &RpcCall) -> RpcResult {
+        use callsync_core::wire::{DecidedResult, Refusal};
+        if let Err(refusal) = callsync_session::connection::check_decide_request(self.now, call) {
+            return RpcResult::Refused(refusal.body());
+        }
+        if self.decide_busy {
+            return RpcResult::Refused(Refusal::Busy.body());
+        }
+        let RpcCall::DecideResult {
+            pick,
+            ended_at,
+            attempt,
+            ..
+        } = call
+        else {
+            return RpcResult::Refused(Refusal::ServerTrouble.body());
+        };
+        let option = match (pick.option, pick.at) {
+            (callsync_core::OptionKind::None, _) => ResultOption::None,
+            (callsync_core::OptionKind::Recall, Some(at)) => ResultOption::Recall { at },
+            (callsync_core::OptionKind::Restriction, Some(until)) => {
+                ResultOption::Restriction { until }
+            }
+            (_, None) => {
+                return RpcResult::Refused(
+                    Refusal::ResultNotDecided {
+                        reason: "time-required".to_owned(),
+                        en: "Pick a time.".to_owned(),
+                        ja: "日時を選んでください。".to_owned(),
+                    }
+                    .body(),
+                );
+            }
+        };
+        let customer_status = pick.customer_status.clone().or_else(|| {
+            self.catalog
+                .get(&pick.result_type)
+                .and_then(|t| t.default_status.clone())
+        });
+        RpcResult::Decided(DecidedResult {
+            option,
+            customer_status,
+            decision: callsync_core::plugin::DecisionRecord {
+                ruleset: callsync_core::plugin::ContentHash::from_bytes([9; 32]),
+                plugin: callsync_core::plugin::PluginRef {
+                    id: "standard".to_owned(),
+                    version: "1.0.0".to_owned(),
+                    hash: callsync_core::plugin::ContentHash::from_bytes([7; 32]),
+                },
+                picked_option: pick.option,
+                picked_at: pick.at,
+                picked_status: pick.customer_status.clone(),
+                call_ended_at: *ended_at,
+                attempt: *attempt,
+                reason: "the simulation's rules keep the pick".to_owned(),
+                needs_review: None,
+            },
+        })
     }
 
     fn deliver_to_device(&mut self, peer: PeerId) {
@@ -741,57 +1047,31 @@ impl SimNetwork {
             listed: listed_in(&message),
         });
         let closing = open.closing && open.to_device.is_empty();
-        let mut out = ClientOutput::default();
-        let mut tx = d.disk.begin();
-        let handled = if open.joined {
-            open.client.handle(&mut tx, message, &mut out)
-        } else {
-            open.joined = true;
-            open.client.on_peer(&mut tx, message, &mut out)
-        };
-        if handled.is_err() {
-            drop(tx);
-            self.disconnect(peer);
-            return;
-        }
-        tx.commit();
-        let open = d.link.open.as_mut();
-        if let Some(open) = open {
-            open.to_server.extend(out.messages);
-        }
-        for event in &out.events {
-            if let ClientEvent::Acknowledged { customer } = event
-                && let Some(doc) = d.disk.document(customer, d.actor.clone())
-            {
-                self.acknowledged.extend(event_keys(&doc));
-            }
-        }
-        if out.refused.is_some() || closing {
-            self.disconnect(peer);
+        let conn = open.conn;
+        let _ = self.drive(peer, |s, now, rng, tx| {
+            s.handle(now, rng, tx, DeviceInput::Received(message))
+        });
+        // The server closes after its last word: the same connection, if the
+        // session has not dropped it already.
+        if closing
+            && self.devices[peer - 1]
+                .link
+                .open
+                .as_ref()
+                .is_some_and(|o| o.conn == conn)
+        {
+            self.drop_link(peer, "the server closed the connection");
         }
     }
 
-    fn stamp(&mut self, peer: PeerId) -> (EventId, Stamp) {
-        if peer == 0 {
-            self.server_events += 1;
-            let event = id(EventId::new(format!("server-e{}", self.server_events)));
-            let stamp = Stamp {
-                at: self.now,
-                device: id(DeviceId::new("server")),
-                device_kind: DeviceKind::Server,
-                user: id(UserId::new("system")),
-                device_at: None,
-            };
-            return (event, stamp);
-        }
-        let p = &mut self.devices[peer - 1];
-        p.next_event += 1;
-        let event = id(EventId::new(format!("{}-e{}", p.device, p.next_event)));
+    fn server_stamp(&mut self) -> (EventId, Stamp) {
+        self.server_events += 1;
+        let event = id(EventId::new(format!("server-e{}", self.server_events)));
         let stamp = Stamp {
-            at: self.now.plus_millis(p.clock_skew_ms),
-            device: p.device.clone(),
-            device_kind: p.kind,
-            user: p.user.clone(),
+            at: self.now,
+            device: id(DeviceId::new("server")),
+            device_kind: DeviceKind::Server,
+            user: id(UserId::new("system")),
             device_at: None,
         };
         (event, stamp)
@@ -815,22 +1095,34 @@ impl SimNetwork {
         call: &CallId,
         kind: EventKind,
     ) -> Result<CallView, CoreError> {
-        let (event_id, stamp) = self.stamp(peer);
-        let event = CallEvent {
-            id: event_id,
-            call: call.clone(),
-            stamp,
-            kind,
-        };
-        let catalog = self.catalog.clone();
-        let start_limit_ms = self.start_limit_ms;
-        self.with_doc_in(peer, customer, |doc| {
-            let ctx = RuleContext {
-                catalog: &catalog,
-                start_limit_ms,
-                other_open_calls: &[],
+        if peer == 0 {
+            let (event_id, stamp) = self.server_stamp();
+            let event = CallEvent {
+                id: event_id,
+                call: call.clone(),
+                stamp,
+                kind,
             };
-            doc.record(event, &ctx)
+            let catalog = self.catalog.clone();
+            let start_limit_ms = self.start_limit_ms;
+            return self.with_doc_in(peer, customer, |doc| {
+                let ctx = RuleContext {
+                    catalog: &catalog,
+                    start_limit_ms,
+                    other_open_calls: &[],
+                };
+                doc.record(event, &ctx)
+            });
+        }
+        // A device acts through its session: stamped on the server's clock as
+        // the session knows it, checked, saved with the outbox, sent if online.
+        let customer = customer.clone();
+        self.drive(peer, |s, now, rng, tx| {
+            s.call_event(now, rng, tx, Some(&customer), call, kind)
+        })
+        .map_err(|e| match e {
+            ActionError::Refused(e) => e,
+            other => panic!("the device could not act: {other}"),
         })
     }
 
@@ -879,16 +1171,10 @@ impl SimNetwork {
             d.disk
                 .save_local(&mut doc)
                 .unwrap_or_else(|e| panic!("device save: {e}"));
-            if let Some(open) = d.link.open.as_mut()
-                && open.joined
-            {
-                let mut out = ClientOutput::default();
-                let mut tx = d.disk.begin();
-                if open.client.push_local(&mut tx, &mut out).is_ok() {
-                    tx.commit();
-                    open.to_server.extend(out.messages);
-                }
-            }
+            // Written by another process: the running session hears of it.
+            let _ = self.drive(peer, |s, now, rng, tx| {
+                s.handle(now, rng, tx, DeviceInput::LocalChanged)
+            });
         }
         result
     }
@@ -1076,6 +1362,109 @@ impl SimNetwork {
         self.stored(peer, &id(CustomerId::new(CUSTOMER)))
             .map(|d| event_keys(&d))
             .unwrap_or_default()
+    }
+
+    /// Everything `peer`'s session told its user so far, in order.
+    pub fn events(&self, peer: PeerId) -> &[ClientEvent] {
+        &self.devices[peer - 1].events
+    }
+
+    /// Takes (and forgets) what `peer`'s session told its user so far.
+    pub fn take_events(&mut self, peer: PeerId) -> Vec<ClientEvent> {
+        std::mem::take(&mut self.devices[peer - 1].events)
+    }
+
+    /// Where `peer`'s link stands, as its session says.
+    pub fn phase(&self, peer: PeerId) -> LinkPhase {
+        self.devices[peer - 1].session.phase()
+    }
+
+    /// Why `peer`'s session stopped, if it did.
+    pub fn stop_reason(&self, peer: PeerId) -> Option<StopReason> {
+        self.devices[peer - 1].session.stop_reason()
+    }
+
+    /// `peer`'s session (to read its identity, clock, retry time).
+    pub fn session(&self, peer: PeerId) -> &DeviceSession<MemDoc> {
+        &self.devices[peer - 1].session
+    }
+
+    /// `peer`'s screens ask the server something; the answer is a `reply` event.
+    pub fn ask(&mut self, peer: PeerId, call: RpcCall) -> u64 {
+        self.drive(peer, |s, now, _, _| s.ask(now, call))
+            .unwrap_or_else(|e| panic!("ask: {e}"))
+    }
+
+    /// The rep of `peer` saves the result form for `call` through the device
+    /// session's result flow (the server's rules decide when online).
+    pub fn save_result_form(
+        &mut self,
+        peer: PeerId,
+        call: &CallId,
+        form: ResultForm,
+    ) -> Result<SaveOutcome, ActionError> {
+        self.drive(peer, |s, now, rng, tx| {
+            s.save_result(now, rng, tx, None, call, form, None)
+        })
+    }
+
+    /// What a logout of `peer` would leave unsent.
+    pub fn unsent(&mut self, peer: PeerId) -> Unsent {
+        self.drive(peer, |s, _, _, tx| s.unsent(tx))
+            .unwrap_or_else(|e| panic!("unsent: {e}"))
+    }
+
+    /// The user of `peer` logs out.
+    pub fn logout(&mut self, peer: PeerId) {
+        self.drive(peer, |s, now, rng, tx| s.logout(now, rng, tx))
+            .unwrap_or_else(|e| panic!("logout: {e}"));
+    }
+
+    /// The same user logs in again on `peer` (same device id and actor, a new
+    /// token), and the device goes online.
+    pub fn login_again(&mut self, peer: PeerId) {
+        let token = self.issue_token(peer);
+        let settings = self.device_settings.clone();
+        let expires_at = self.now.plus_millis(365 * 24 * 3_600_000);
+        let role = self.devices[peer - 1].role;
+        let now = self.device_now(peer);
+        let server_now = self.now;
+        let d = &mut self.devices[peer - 1];
+        let mut identity = d.session.identity().clone();
+        identity.token = Some(token);
+        identity.expires_at = expires_at;
+        identity.role = role;
+        identity.stopped = None;
+        let clock = ServerClock::learn(now, server_now, now);
+        let mut tx = d.disk.begin();
+        d.session = DeviceSession::logged_in(settings, &mut tx, identity, clock)
+            .unwrap_or_else(|e| panic!("log in: {e}"));
+        tx.commit().unwrap_or_else(|e| panic!("log in: {e}"));
+        self.drive(peer, |s, now, _, _| {
+            s.start(now);
+            Ok::<(), DeviceFailure>(())
+        })
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    }
+
+    /// The server ends every session of `peer`'s user (a password reset, a
+    /// revoked contract): their tokens stop working and their connections close
+    /// with `reason`.
+    pub fn end_sessions(&mut self, peer: PeerId, reason: callsync_core::wire::Refusal) {
+        let user = self.devices[peer - 1].user.clone();
+        let peers: Vec<PeerId> = (1..=self.devices.len())
+            .filter(|p| self.devices[p - 1].user == user)
+            .collect();
+        self.tokens.retain(|_, p| !peers.contains(p));
+        self.hub_batch(vec![HubInput::EndSessions {
+            user,
+            reason: reason.body(),
+        }]);
+    }
+
+    /// Makes `peer`'s disk refuse every write from now on (or accept them again).
+    pub fn set_disk_failing(&mut self, peer: PeerId, failing: bool) {
+        self.devices[peer - 1].disk.set_failing(failing);
     }
 
     /// Documents in `peer`'s outbox (a device's changes the server has not

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use automerge::{ActorId, ChangeHash};
 use callsync_core::wire::{Cursor, CustomerSummary, RecallSummary, Refusal, UserCallStats};
 use callsync_core::{
-    CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, Phase, ResultTypeId, TenantId,
+    CallId, CustomerDoc, CustomerId, DeviceId, DeviceKind, OpenCall, Phase, ResultTypeId, TenantId,
     Timestamp, UserId,
 };
 use callsync_session::client::ClientStore;
+use callsync_session::device::DeviceStore;
 use callsync_session::storage::{HubStore, LoadedDoc, StorageError};
 
 /// A document loaded from an in-memory disk, with the heads it was saved at.
@@ -64,6 +65,11 @@ struct Docs {
     rows: Arc<BTreeMap<CustomerId, Row>>,
     /// Calls awaiting a start: (customer, call) → requested at.
     awaiting: Arc<BTreeMap<(CustomerId, CallId), Timestamp>>,
+    /// Calls that may block a new request: (customer, call) → the call's summary
+    /// and its owner.
+    open: Arc<BTreeMap<(CustomerId, CallId), (UserId, OpenCall)>>,
+    /// Every call's customer.
+    calls: Arc<BTreeMap<CallId, CustomerId>>,
     seq: u64,
 }
 
@@ -107,6 +113,26 @@ impl Docs {
         for call in &customer.calls {
             if call.phase == Phase::AwaitingStart {
                 awaiting.insert((id.clone(), call.call.clone()), call.origin_stamp.at);
+            }
+        }
+        let open = Arc::make_mut(&mut self.open);
+        open.retain(|(c, _), _| c != &id);
+        let calls = Arc::make_mut(&mut self.calls);
+        for call in &customer.calls {
+            calls.insert(call.call.clone(), id.clone());
+            let blocking = matches!(
+                call.phase,
+                Phase::AwaitingStart
+                    | Phase::InCall
+                    | Phase::PhoneEnded
+                    | Phase::BrowserEnded
+                    | Phase::AwaitingResult
+            );
+            if blocking {
+                open.insert(
+                    (id.clone(), call.call.clone()),
+                    (call.owner().clone(), OpenCall::of(call)),
+                );
             }
         }
         Arc::make_mut(&mut self.rows).insert(
@@ -495,9 +521,27 @@ pub struct DeviceDisk {
     outbox: BTreeSet<CustomerId>,
     cursor: Option<Cursor>,
     config: Option<Vec<u8>>,
+    settings: BTreeMap<String, Vec<u8>>,
+    /// Writes fail from now on (a full disk, a quota): nothing is committed.
+    failing: bool,
 }
 
 impl DeviceDisk {
+    /// Makes every later commit fail (or work again).
+    pub fn set_failing(&mut self, failing: bool) {
+        self.failing = failing;
+    }
+
+    /// Whether commits fail.
+    pub fn is_failing(&self) -> bool {
+        self.failing
+    }
+
+    /// A saved setting.
+    pub fn setting(&self, key: &str) -> Option<&[u8]> {
+        self.settings.get(key).map(Vec::as_slice)
+    }
+
     /// The stored document, loaded afresh, writing as `actor`.
     pub fn document(&self, customer: &CustomerId, actor: ActorId) -> Option<CustomerDoc> {
         self.docs
@@ -535,9 +579,57 @@ pub struct DeviceTx<'a> {
 }
 
 impl DeviceTx<'_> {
-    /// Makes the work durable.
-    pub fn commit(self) {
+    /// Makes the work durable; fails (keeping nothing) on a failing disk.
+    pub fn commit(self) -> Result<(), StorageError> {
+        if self.disk.failing {
+            return Err(StorageError::Failed("the disk is full".to_owned()));
+        }
         *self.disk = self.work;
+        Ok(())
+    }
+}
+
+impl DeviceStore for DeviceTx<'_> {
+    fn setting(&mut self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.work.settings.get(key).cloned())
+    }
+
+    fn set_setting(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), StorageError> {
+        match value {
+            Some(v) => self.work.settings.insert(key.to_owned(), v.to_vec()),
+            None => self.work.settings.remove(key),
+        };
+        Ok(())
+    }
+
+    fn save_local(&mut self, doc: &mut MemDoc) -> Result<(), StorageError> {
+        self.work.docs.write(doc)?;
+        self.work.outbox.insert(doc.doc.id().clone());
+        Ok(())
+    }
+
+    fn open_calls(
+        &mut self,
+        _tenant: &TenantId,
+        user: &UserId,
+        except: &CustomerId,
+    ) -> Result<Vec<OpenCall>, StorageError> {
+        Ok(self
+            .work
+            .docs
+            .open
+            .iter()
+            .filter(|((customer, _), (owner, _))| customer != except && owner == user)
+            .map(|(_, (_, call))| call.clone())
+            .collect())
+    }
+
+    fn customer_of_call(
+        &mut self,
+        _tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<CustomerId>, StorageError> {
+        Ok(self.work.docs.calls.get(call).cloned())
     }
 }
 
