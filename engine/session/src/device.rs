@@ -1050,8 +1050,10 @@ impl<D: LoadedDoc> DeviceSession<D> {
         rng: &mut dyn Entropy,
         store: &mut S,
     ) -> Result<(), DeviceFailure> {
-        let online = matches!(self.link, Link::Joined { .. });
-        if online && !unsent_ledger(store)?.is_empty() {
+        // Online or on the way: the unsent work goes first (a join pushes the
+        // outbox), for at most the grace.
+        let reachable = !matches!(self.link, Link::Down | Link::Waiting { .. });
+        if reachable && !unsent_ledger(store)?.is_empty() {
             self.logging_out = Some(now.plus_millis(self.settings.logout_grace_ms));
             if let Link::Joined { client } = &mut self.link {
                 let mut out = ClientOutput::default();

@@ -254,6 +254,10 @@ pub struct SimNetwork {
     next_token: u64,
     /// `decide-result` is answered `busy`.
     decide_busy: bool,
+    /// Connections to the server fail at once (it is down, the link is up).
+    unreachable: bool,
+    /// The server reads nothing and answers nothing.
+    silent: bool,
     next_call: u64,
     next_conn: ConnId,
     server_events: u64,
@@ -325,6 +329,8 @@ impl SimNetwork {
             tokens: BTreeMap::new(),
             next_token: 0,
             decide_busy: false,
+            unreachable: false,
+            silent: false,
             next_call: 0,
             next_conn: 1,
             server_events: 0,
@@ -576,6 +582,17 @@ impl SimNetwork {
         }
     }
 
+    /// Makes every new connection to the server fail at once (the server is
+    /// down; the devices' networks are up).
+    pub fn set_server_unreachable(&mut self, unreachable: bool) {
+        self.unreachable = unreachable;
+    }
+
+    /// Makes the server read nothing and answer nothing (messages to it vanish).
+    pub fn set_server_silent(&mut self, silent: bool) {
+        self.silent = silent;
+    }
+
     /// Makes the simulated server answer every `decide-result` with `busy`.
     pub fn set_decide_busy(&mut self, busy: bool) {
         self.decide_busy = busy;
@@ -690,7 +707,7 @@ impl SimNetwork {
         }
         if out.connect {
             self.disconnect(peer);
-            if self.devices[peer - 1].link.up {
+            if self.devices[peer - 1].link.up && !self.unreachable {
                 self.open_link(peer);
                 self.input(peer, DeviceInput::Connected);
             } else {
@@ -900,6 +917,9 @@ impl SimNetwork {
         let Some(message) = open.to_server.pop_front() else {
             return;
         };
+        if self.silent {
+            return;
+        }
         self.delivered += 1;
         self.log.push(Delivered {
             device: peer,

@@ -229,7 +229,9 @@ pub(super) struct ResultFlow {
 }
 
 /// Whether asking again cannot change anything on the server, so a request
-/// lost with its connection is simply sent again.
+/// lost with its connection is simply sent again. (`decide-result` changes
+/// nothing either, but a rep is not kept waiting for a reconnect: its pick is
+/// saved as made.)
 pub(super) fn is_read(call: &RpcCall) -> bool {
     matches!(
         call,
@@ -239,7 +241,6 @@ pub(super) fn is_read(call: &RpcCall) -> bool {
             | RpcCall::Devices
             | RpcCall::RecallList
             | RpcCall::CallStats { .. }
-            | RpcCall::DecideResult { .. }
     )
 }
 
