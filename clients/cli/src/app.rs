@@ -39,6 +39,12 @@ pub(crate) struct App {
     actor: ActorId,
     /// The device's session, when this data directory has logged in to a server.
     pub(crate) session: Option<SavedSession>,
+    /// Its device session: stamps on the server's clock and records through the
+    /// same checks, outbox and unsent ledger as the running device.
+    device: Option<callsync_replica::client::Session>,
+    /// This machine's own clock (`now` is the server's, once a device has
+    /// learnt its offset).
+    device_now: Timestamp,
     /// The data directory.
     pub(crate) data: PathBuf,
 }
@@ -91,7 +97,28 @@ impl App {
                 _ => desk = s.device.clone(),
             }
         }
+        let device_now = now;
+        let device = match &session {
+            Some(_) => {
+                let mut tx = store.write()?;
+                let restored = callsync_session::device::DeviceSession::restore(
+                    callsync_session::device::DeviceSettings {
+                        start_limit_ms: i64::from(global.start_limit_secs) * 1000,
+                        ..Default::default()
+                    },
+                    &mut tx,
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                drop(tx);
+                restored
+            }
+            None => None,
+        };
+        // Every rule that compares times compares the server's.
+        let now = device.as_ref().map_or(now, |d| d.server_time(device_now));
         let mut app = Self {
+            device,
+            device_now,
             session,
             store,
             tenant,
@@ -111,6 +138,11 @@ impl App {
     }
 
     fn stamp(&self, kind: DeviceKind) -> Stamp {
+        if let Some(device) = &self.device
+            && device.identity().kind == kind
+        {
+            return device.stamp(self.device_now);
+        }
         let device = match kind {
             DeviceKind::Phone => self.phone.clone(),
             DeviceKind::Desk => self.desk.clone(),
@@ -146,6 +178,22 @@ impl App {
         customer: &CustomerId,
         events: Vec<CallEvent>,
     ) -> anyhow::Result<CallView> {
+        let own = |e: &CallEvent| {
+            self.device
+                .as_ref()
+                .is_some_and(|d| d.identity().device == e.stamp.device)
+        };
+        if events.iter().all(own)
+            && let Some(device) = self.device.as_mut()
+        {
+            let mut tx = self.store.write()?;
+            let mut rng = callsync_replica::session::SystemEntropy;
+            let view = device
+                .record(self.device_now, &mut rng, &mut tx, customer, events)
+                .map_err(action_error)?;
+            tx.commit()?;
+            return Ok(view);
+        }
         let rules = RuleSettings {
             tenant: &self.tenant,
             catalog: &self.catalog,
@@ -345,6 +393,22 @@ impl App {
             Some(local) => local.format("%Y-%m-%d %H:%M:%S %Z").to_string(),
             None => t.to_string(),
         }
+    }
+}
+
+/// A device session's refusal as the CLI reports errors (the core's refusals
+/// keep their type, so their codes and Japanese text come through).
+fn action_error(e: callsync_session::device::actions::ActionError) -> anyhow::Error {
+    use callsync_session::device::actions::ActionError;
+    match e {
+        ActionError::Refused(core) => callsync_store::StoreError::Core(core).into(),
+        ActionError::Storage(e) => callsync_replica::ClientError::Storage(e).into(),
+        other => callsync_replica::ClientError::Refused(callsync_core::wire::ErrorBody {
+            code: other.code().to_owned(),
+            message: other.to_string(),
+            message_ja: other.message_ja(),
+        })
+        .into(),
     }
 }
 

@@ -1,13 +1,12 @@
 //! A device's replica: its own SQLite copy of the documents it needs, and the
 //! client that keeps it in sync with the server.
 //!
-//! Owns: logging a device in and keeping its session ([`session`]), and the sync
-//! client ([`client::SyncClient`]), the QUIC and SQLite driver of the client
-//! session in `callsync-session` (which decides: `join` with the saved cursor,
-//! catching up on exactly the documents the server lists, pushing the outbox,
-//! applying what the server sends, saving the new cursor only once every listed
-//! document has caught up). [`run`] keeps a connection up with capped exponential
-//! backoff and jitter.
+//! Owns: carrying a device's login ([`session`]) and its device session
+//! ([`client::SyncClient`]): the QUIC and SQLite host of the device session in
+//! `callsync-session`, which decides everything (when to connect and retry, the
+//! join with the saved cursor, the server's clock, catching up, the outbox,
+//! requests, what a refusal means, the rep's actions). [`run`] is the
+//! long-running loop a phone runs.
 //! Does not own: the rules for acting on a call (the core, through the CLI's local
 //! commands, which work with no connection at all) or the transport (`callsync-net`).
 //!
@@ -68,23 +67,17 @@ impl From<callsync_session::client::ClientFailure> for ClientError {
     }
 }
 
-impl ClientError {
-    /// Whether retrying cannot help (the session is refused): a running client
-    /// stops instead of reconnecting.
-    pub fn is_fatal(&self) -> bool {
-        match self {
-            Self::Refused(body) => matches!(
-                body.code.as_str(),
-                "invalid-session"
-                    | "session-expired"
-                    | "contract-required"
-                    | "invalid-credentials"
-                    | "unsupported-protocol"
-                    | "device-taken"
-                    | "actor-taken"
-            ),
-            Self::NotLoggedIn | Self::Store(_) | Self::Storage(_) => true,
-            _ => false,
-        }
+/// The device's wall clock, for the device session (which corrects it to the
+/// server's).
+pub(crate) mod clock {
+    use callsync_core::Timestamp;
+
+    /// Now, by this device's clock.
+    pub(crate) fn now() -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Timestamp::from_millis(ms)
     }
 }

@@ -152,6 +152,8 @@ pub enum ClientEvent {
     Stopped {
         /// Why.
         reason: crate::device::StopReason,
+        /// The server's refusal code that stopped it (`logged-out` for a logout).
+        code: String,
         /// What to tell the user, in English.
         message: String,
         /// … and in Japanese.

@@ -475,6 +475,22 @@ impl<D: LoadedDoc> DeviceSession<D> {
         }
     }
 
+    /// Says goodbye and lets the connection go without logging out (a one-shot
+    /// command is done; an app goes to the background). The session is idle
+    /// until [`Self::start`]; questions in flight are asked again then.
+    pub fn leave(&mut self) {
+        if let Link::Joined { client } = &self.link {
+            self.out.send.push(client.leave());
+        }
+        if !matches!(self.link, Link::Down | Link::Waiting { .. }) {
+            self.out.close = true;
+        }
+        self.link = Link::Down;
+        for ask in &mut self.asks {
+            ask.sent = None;
+        }
+    }
+
     /// What the host is to do now (after committing this call's writes).
     pub fn take_output(&mut self) -> DeviceOutput {
         std::mem::take(&mut self.out)
@@ -884,7 +900,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
     ) -> Result<(), DeviceFailure> {
         self.out.close = true;
         match classify(body) {
-            Disposition::Stop(reason) => self.stop(now, rng, store, reason),
+            Disposition::Stop(reason) => self.stop(now, rng, store, reason, &body.code),
             Disposition::RetryLater | Disposition::AskUser => {
                 self.lost(now, rng, store, &body.message)
             }
@@ -899,6 +915,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         rng: &mut dyn Entropy,
         store: &mut S,
         reason: StopReason,
+        code: &str,
     ) -> Result<(), DeviceFailure> {
         self.link = Link::Down;
         self.stopped = Some(reason);
@@ -911,6 +928,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         let (message, message_ja) = reason.words();
         self.out.events.push(ClientEvent::Stopped {
             reason,
+            code: code.to_owned(),
             message: message.to_owned(),
             message_ja: message_ja.to_owned(),
         });
@@ -1094,7 +1112,13 @@ impl<D: LoadedDoc> DeviceSession<D> {
             self.identity.revoke = Some(token);
         }
         self.link = Link::Down;
-        self.stop(now, rng, store, StopReason::LoggedOut)?;
+        self.stop(
+            now,
+            rng,
+            store,
+            StopReason::LoggedOut,
+            StopReason::LoggedOut.as_str(),
+        )?;
         if self.identity.revoke.is_some() {
             self.open(now, Purpose::Revoke);
         }

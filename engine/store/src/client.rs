@@ -4,8 +4,10 @@
 
 use automerge::ActorId;
 use callsync_core::wire::Cursor;
+use callsync_core::{CallId, OpenCall, UserId};
 use callsync_core::{CustomerDoc, CustomerId, TenantId};
 use callsync_session::client::ClientStore;
+use callsync_session::device::DeviceStore;
 use callsync_session::storage::StorageError;
 
 use crate::{ConfigQueries, ReplicationQueries, StoreError, StoredDoc, WriteTx, is_current};
@@ -111,5 +113,48 @@ impl ClientStore for WriteTx<'_> {
     fn delete_config(&mut self, tenant: &TenantId) -> Result<(), StorageError> {
         self.delete_tenant_config(tenant)?;
         Ok(())
+    }
+}
+
+impl DeviceStore for WriteTx<'_> {
+    fn setting(&mut self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(WriteTx::setting(self, key)?)
+    }
+
+    fn set_setting(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), StorageError> {
+        match value {
+            Some(value) => WriteTx::set_setting(self, key, value)?,
+            None => self.delete_setting(key)?,
+        }
+        Ok(())
+    }
+
+    fn save_local(&mut self, doc: &mut StoredDoc) -> Result<(), StorageError> {
+        let tenant = doc.doc.tenant().clone();
+        let customer = doc.doc.id().clone();
+        WriteTx::save(self, doc)?;
+        self.mark_outbox(&tenant, &customer)?;
+        Ok(())
+    }
+
+    fn open_calls(
+        &mut self,
+        tenant: &TenantId,
+        user: &UserId,
+        except: &CustomerId,
+    ) -> Result<Vec<OpenCall>, StorageError> {
+        Ok(self.open_calls_of(tenant, user, except)?)
+    }
+
+    fn customer_of_call(
+        &mut self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<CustomerId>, StorageError> {
+        match WriteTx::customer_of_call(self, tenant, call) {
+            Ok(customer) => Ok(Some(customer)),
+            Err(StoreError::UnknownCall { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }

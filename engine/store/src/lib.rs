@@ -994,6 +994,14 @@ impl WriteTx<'_> {
         write_setting(self.writer()?, key, value)
     }
 
+    /// Deletes a setting inside this write.
+    pub fn delete_setting(&mut self, key: &str) -> Result<(), StoreError> {
+        self.writer()?
+            .prepare_cached("DELETE FROM settings WHERE key = ?1")?
+            .execute(params![key])?;
+        Ok(())
+    }
+
     /// Commits: from here on, the write is acknowledged and durable (a write
     /// that never began has nothing to commit).
     pub fn commit(mut self) -> Result<(), StoreError> {

@@ -253,8 +253,9 @@ fn new_id<T>(
 }
 
 impl<D: LoadedDoc> DeviceSession<D> {
-    /// The stamp of an event recorded now: the server's time, the device's beside.
-    fn stamp(&self, now: Timestamp) -> Stamp {
+    /// The stamp of an event this device records when its clock reads `now`:
+    /// the server's time, the device's own beside it (see [`super::clock`]).
+    pub fn stamp(&self, now: Timestamp) -> Stamp {
         Stamp {
             at: self.server_time(now),
             device: self.identity.device.clone(),
@@ -372,6 +373,20 @@ impl<D: LoadedDoc> DeviceSession<D> {
         }
         let _ = (now, rng);
         Ok(view)
+    }
+
+    /// Records events a host built with [`Self::stamp`] (the CLI's commands, whose
+    /// result fields its own plugin host decided) on one customer, as one local
+    /// change, through the same checks, outbox and ledger as every action.
+    pub fn record<S: DeviceStore<Doc = D>>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut dyn Entropy,
+        store: &mut S,
+        customer: &CustomerId,
+        events: Vec<CallEvent>,
+    ) -> Result<CallView, ActionError> {
+        self.act(now, rng, store, customer, events)
     }
 
     /// **顧客にコール** (desk): asks the phone `origin` to dial `number` of

@@ -48,7 +48,8 @@ const MAX_EMAIL_BYTES: usize = 254;
 impl LoginExchange {
     /// Starts a login of `email` at `now` (device clock): the message to send
     /// first on a fresh connection. `previous` is who last logged in on this
-    /// device, if anyone.
+    /// device, if anyone; `wanted`, the device id to register when a new one is
+    /// made (a random one otherwise).
     pub fn start(
         now: Timestamp,
         rng: &mut dyn Entropy,
@@ -56,6 +57,7 @@ impl LoginExchange {
         password: &str,
         kind: DeviceKind,
         previous: Option<&Identity>,
+        wanted: Option<&DeviceId>,
     ) -> Result<(Self, Message), LoginError> {
         let email = email.trim();
         if email.is_empty() || email.len() > MAX_EMAIL_BYTES {
@@ -74,8 +76,11 @@ impl LoginExchange {
         let (device, actor, revoke) = match same_user {
             Some(p) => (p.device.clone(), p.actor.clone(), p.revoke.clone()),
             None => {
-                let device = DeviceId::new(format!("{}-{}", kind.as_str(), rng.hex(6)))
-                    .map_err(|e| LoginError::Input(e.to_string()))?;
+                let device = match wanted {
+                    Some(id) => id.clone(),
+                    None => DeviceId::new(format!("{}-{}", kind.as_str(), rng.hex(6)))
+                        .map_err(|e| LoginError::Input(e.to_string()))?,
+                };
                 (device, rng.hex(16), None)
             }
         };
@@ -180,6 +185,7 @@ mod tests {
             "pw",
             DeviceKind::Desk,
             None,
+            None,
         )
         .unwrap();
         let (mut me, clock) = first
@@ -195,6 +201,7 @@ mod tests {
             "pw",
             DeviceKind::Desk,
             Some(&me),
+            None,
         )
         .unwrap();
         assert_eq!(again.device(), &me.device);
@@ -210,6 +217,7 @@ mod tests {
             "pw",
             DeviceKind::Desk,
             Some(&me),
+            None,
         )
         .unwrap();
         assert_ne!(other.device(), &me.device);
@@ -223,16 +231,31 @@ mod tests {
         let mut rng = SplitMix64::new(2);
         let now = Timestamp::from_millis(0);
         assert!(matches!(
-            LoginExchange::start(now, &mut rng, "  ", "pw", DeviceKind::Phone, None),
+            LoginExchange::start(now, &mut rng, "  ", "pw", DeviceKind::Phone, None, None),
             Err(LoginError::Input(_))
         ));
         assert!(matches!(
-            LoginExchange::start(now, &mut rng, "a@b.example", "", DeviceKind::Phone, None),
+            LoginExchange::start(
+                now,
+                &mut rng,
+                "a@b.example",
+                "",
+                DeviceKind::Phone,
+                None,
+                None
+            ),
             Err(LoginError::Input(_))
         ));
-        let (exchange, _) =
-            LoginExchange::start(now, &mut rng, "a@b.example", "pw", DeviceKind::Phone, None)
-                .unwrap();
+        let (exchange, _) = LoginExchange::start(
+            now,
+            &mut rng,
+            "a@b.example",
+            "pw",
+            DeviceKind::Phone,
+            None,
+            None,
+        )
+        .unwrap();
         let refused = exchange
             .clone()
             .finish(now, Message::Error(Refusal::InvalidCredentials.body()))
