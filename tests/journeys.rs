@@ -4,6 +4,8 @@
 
 #[path = "journeys/call_flow.rs"]
 mod call_flow;
+#[path = "journeys/clocks.rs"]
+mod clocks;
 #[path = "journeys/crash.rs"]
 mod crash;
 #[path = "journeys/durability.rs"]

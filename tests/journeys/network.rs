@@ -190,10 +190,16 @@ pub(crate) struct PhoneRun {
 impl PhoneRun {
     /// Starts `callsync phone run` on `data`.
     pub(crate) fn start(data: &Path) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    /// Starts `callsync phone run` on `data` with extra environment variables.
+    pub(crate) fn start_with(data: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(callsync_bin())
             .arg("--data")
             .arg(data)
             .args(["phone", "run"])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

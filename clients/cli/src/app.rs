@@ -77,7 +77,7 @@ impl App {
             .map_err(|_| InputError::UnknownTimeZone(global.tz.clone()))?;
         let now = match &global.now {
             Some(text) => parse_time(text, tz)?,
-            None => Timestamp::from_millis(chrono::Utc::now().timestamp_millis()),
+            None => callsync_replica::clock::now(),
         };
         callsync_store::create_private_dir(data)
             .with_context(|| format!("cannot create data directory {}", data.display()))?;

@@ -55,6 +55,18 @@ pub(crate) struct Global {
     /// the system clock. For scripted runs and tests.
     #[arg(long, global = true, env = "CALLSYNC_NOW")]
     pub(crate) now: Option<String>,
+    /// Run as if this machine's clock were this many seconds off (negative:
+    /// behind), to try what a device with a wrong clock does. Devices stamp on
+    /// the server's clock, learnt at every join, so this changes only the raw
+    /// times kept beside the stamps.
+    #[arg(
+        long,
+        global = true,
+        env = "CALLSYNC_CLOCK_SKEW_SECS",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub(crate) clock_skew_secs: i64,
     /// How long a phone has to press Start call, in seconds (local mode, the
     /// phone's offline checks, `serve`).
     #[arg(long, env = "CALLSYNC_START_LIMIT_SECS", default_value_t = 60)]

@@ -238,6 +238,7 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run(cli: &Cli) -> anyhow::Result<Option<Report>> {
     let g = &cli.global;
+    callsync_replica::clock::set_skew_ms(g.clock_skew_secs.saturating_mul(1000));
     let data = g.data.clone().unwrap_or_else(app::default_data_dir);
     if let Command::Demo = cli.command {
         let data = match &g.data {

@@ -69,15 +69,25 @@ impl From<callsync_session::client::ClientFailure> for ClientError {
 
 /// The device's wall clock, for the device session (which corrects it to the
 /// server's).
-pub(crate) mod clock {
+pub mod clock {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
     use callsync_core::Timestamp;
 
+    static SKEW_MS: AtomicI64 = AtomicI64::new(0);
+
+    /// Makes this process's clock read `ms` off the system's, as a device whose
+    /// clock is wrong would (`callsync --clock-skew-secs`, to try it).
+    pub fn set_skew_ms(ms: i64) {
+        SKEW_MS.store(ms, Ordering::Relaxed);
+    }
+
     /// Now, by this device's clock.
-    pub(crate) fn now() -> Timestamp {
+    pub fn now() -> Timestamp {
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        Timestamp::from_millis(ms)
+        Timestamp::from_millis(ms).plus_millis(SKEW_MS.load(Ordering::Relaxed))
     }
 }
