@@ -1,46 +1,26 @@
-//! The engine in the page: the core and the client session, compiled to
+//! The engine in the page: the core and the device session, compiled to
 //! WebAssembly and called by the page's TypeScript through `wasm-bindgen`.
 //!
-//! Owns: the bindings ([`WebReplica`] and the login helpers), which pass bytes
-//! and JSON text only, so the page's code stays a drawing and input layer and
-//! every rule runs here, the same code the phone and the server run.
+//! Owns: the bindings ([`WebDevice`]), which pass bytes, numbers and JSON text
+//! only, so the page's code stays a drawing, storage and transport layer and
+//! every decision runs here, the same code the phone and the CLI's desk run.
 //! Does not own: the logic (`replica`, `store`), which builds and is tested
 //! natively too.
 
 pub mod replica;
 pub mod store;
 
-use callsync_core::{ActorId, DeviceId, Role, TenantId, Timestamp, UserId};
+use callsync_core::Timestamp;
 use wasm_bindgen::prelude::*;
 
-use crate::replica::{Identity, PageError, Replica, to_json};
+use crate::replica::{PageError, Replica, Step, to_json};
 
 fn js_error(e: PageError) -> JsError {
     JsError::new(&e.to_json().to_string())
 }
 
-fn input(what: &str, e: impl std::fmt::Display) -> JsError {
-    js_error(PageError::Input(format!("{what}: {e}")))
-}
-
-/// The `login` frame to send on a fresh connection.
-#[wasm_bindgen(js_name = loginFrame)]
-pub fn login_frame(
-    email: &str,
-    password: &str,
-    device: &str,
-    actor: &str,
-) -> Result<Vec<u8>, JsError> {
-    replica::login_frame(email, password, device, actor).map_err(js_error)
-}
-
-/// The server's answer to `login` as JSON text, or `undefined` until a whole
-/// frame has been read.
-#[wasm_bindgen(js_name = loginReply)]
-pub fn login_reply(bytes: &[u8]) -> Result<Option<String>, JsError> {
-    Ok(replica::login_reply(bytes)
-        .map_err(js_error)?
-        .map(|v| v.to_string()))
+fn at(now_ms: f64) -> Timestamp {
+    Timestamp::from_millis(now_ms as i64)
 }
 
 /// What a race flag asks of the rep (`ja`: in Japanese), the same words the
@@ -52,14 +32,25 @@ pub fn race_advice(flag: &str, ja: bool) -> Option<String> {
         .map(|(en, jp)| if ja { jp } else { en }.to_owned())
 }
 
-/// One logged-in page's replica (see `replica::Replica` for the call order).
+/// One page's device (see `replica::Replica` for the call order). Every `now`
+/// is the page's `Date.now()`: the engine corrects it to the server's clock.
 #[wasm_bindgen]
-pub struct WebReplica {
+pub struct WebDevice {
     inner: Replica,
 }
 
-/// A committed write for IndexedDB.
+/// A batch of writes for IndexedDB.
 #[wasm_bindgen(getter_with_clone)]
+pub struct FlushBatch {
+    /// Report it with `flushed`.
+    pub ticket: f64,
+    /// The records.
+    pub records: Vec<FlushRecord>,
+}
+
+/// One record of a batch.
+#[wasm_bindgen(getter_with_clone)]
+#[derive(Clone)]
 pub struct FlushRecord {
     /// The record's key.
     pub key: String,
@@ -67,29 +58,24 @@ pub struct FlushRecord {
     pub value: Option<Vec<u8>>,
 }
 
+/// One transport step: `connect`, `send` (with `bytes`) or `close`.
+#[wasm_bindgen(getter_with_clone)]
+pub struct TransportStep {
+    /// `connect`, `send` or `close`.
+    pub op: String,
+    /// The bytes to write, for `send`.
+    pub bytes: Option<Vec<u8>>,
+}
+
 #[wasm_bindgen]
-impl WebReplica {
-    /// A replica for the logged-in user; `actor` is the device's Automerge actor
-    /// (hex), `start_limit_ms` the server's start limit.
+impl WebDevice {
+    /// An empty device; `seed` is random bits from `crypto.getRandomValues` (as a
+    /// number below 2^53), `start_limit_ms` the server's start limit.
     #[wasm_bindgen(constructor)]
-    pub fn new(
-        tenant: &str,
-        user: &str,
-        role: &str,
-        device: &str,
-        actor: &str,
-        start_limit_ms: f64,
-    ) -> Result<WebReplica, JsError> {
-        let me = Identity {
-            tenant: TenantId::new(tenant).map_err(|e| input("tenant", e))?,
-            user: UserId::new(user).map_err(|e| input("user", e))?,
-            role: Role::parse(role).ok_or_else(|| input("role", role))?,
-            device: DeviceId::new(device).map_err(|e| input("device", e))?,
-            actor: ActorId::try_from(actor).map_err(|e| input("actor", e))?,
-        };
-        Ok(Self {
-            inner: Replica::new(me, start_limit_ms as i64),
-        })
+    pub fn new(seed: f64, start_limit_ms: f64) -> WebDevice {
+        Self {
+            inner: Replica::new(seed as u64, start_limit_ms as i64),
+        }
     }
 
     /// Puts back a record read from IndexedDB (at start-up).
@@ -97,54 +83,211 @@ impl WebReplica {
         self.inner.restore(key, value);
     }
 
-    /// Starts a session on a new connection (queues `join`).
-    pub fn connect(&mut self, token: &str) -> Result<(), JsError> {
-        self.inner.connect(token).map_err(js_error)
+    /// Opens the session saved in the records; false if nobody logged in here.
+    pub fn open(&mut self) -> Result<bool, JsError> {
+        self.inner.open().map_err(js_error)
     }
 
-    /// Whether the server accepted the session.
-    #[wasm_bindgen(getter)]
-    pub fn joined(&self) -> bool {
-        self.inner.is_joined()
-    }
-
-    /// The connection ended.
-    pub fn disconnected(&mut self, reason: &str) {
-        self.inner.disconnected(reason);
-    }
-
-    /// Bytes the stream delivered. An error means: drop the connection.
-    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), JsError> {
-        self.inner.receive(bytes).map_err(js_error)
-    }
-
-    /// Asks the server something (`call`: the wire's JSON); the answer arrives as
-    /// a `reply` event with this id.
-    pub fn ask(&mut self, call: &str) -> Result<f64, JsError> {
-        self.inner.ask(call).map(|id| id as f64).map_err(js_error)
-    }
-
-    /// Committed writes to persist, in one IndexedDB transaction, before
-    /// `takeOutgoing`.
-    #[wasm_bindgen(js_name = takeFlush)]
-    pub fn take_flush(&mut self) -> Vec<FlushRecord> {
+    /// The login frame for a connection of its own.
+    #[wasm_bindgen(js_name = loginStart)]
+    pub fn login_start(
+        &mut self,
+        now_ms: f64,
+        email: &str,
+        password: &str,
+    ) -> Result<Vec<u8>, JsError> {
         self.inner
-            .take_flush()
-            .into_iter()
-            .map(|(key, value)| FlushRecord { key, value })
-            .collect()
+            .login_start(at(now_ms), email, password)
+            .map_err(js_error)
     }
 
-    /// Bytes for the stream.
+    /// Bytes of the login connection: `undefined` until the answer is whole,
+    /// then JSON `{loggedIn}` or `{refused}`.
+    #[wasm_bindgen(js_name = loginReceive)]
+    pub fn login_receive(&mut self, now_ms: f64, bytes: &[u8]) -> Result<Option<String>, JsError> {
+        Ok(self
+            .inner
+            .login_receive(at(now_ms), bytes)
+            .map_err(js_error)?
+            .map(|v| v.to_string()))
+    }
+
+    /// Goes online.
+    pub fn start(&mut self, now_ms: f64) -> Result<(), JsError> {
+        self.inner.start(at(now_ms)).map_err(js_error)
+    }
+
+    /// The connection asked for is open.
+    pub fn connected(&mut self, now_ms: f64) -> Result<(), JsError> {
+        self.inner.connected(at(now_ms)).map_err(js_error)
+    }
+
+    /// The connection failed or closed.
+    pub fn disconnected(&mut self, now_ms: f64, reason: &str) -> Result<(), JsError> {
+        self.inner
+            .disconnected(at(now_ms), reason)
+            .map_err(js_error)
+    }
+
+    /// The browser says the network is back.
+    #[wasm_bindgen(js_name = networkUp)]
+    pub fn network_up(&mut self, now_ms: f64) -> Result<(), JsError> {
+        self.inner.network_up(at(now_ms)).map_err(js_error)
+    }
+
+    /// Bytes the stream delivered.
+    pub fn receive(&mut self, now_ms: f64, bytes: &[u8]) -> Result<(), JsError> {
+        self.inner.receive(at(now_ms), bytes).map_err(js_error)
+    }
+
+    /// When to call `handleTimeout` next (`Date.now()` terms), if ever.
+    #[wasm_bindgen(js_name = pollTimeout)]
+    pub fn poll_timeout(&self) -> Option<f64> {
+        self.inner.poll_timeout().map(|t| t.as_millis() as f64)
+    }
+
+    /// Runs what is due.
+    #[wasm_bindgen(js_name = handleTimeout)]
+    pub fn handle_timeout(&mut self, now_ms: f64) -> Result<(), JsError> {
+        self.inner.handle_timeout(at(now_ms)).map_err(js_error)
+    }
+
+    /// The next batch of writes for IndexedDB, if any.
+    #[wasm_bindgen(js_name = takeFlush)]
+    pub fn take_flush(&mut self) -> Option<FlushBatch> {
+        self.inner.take_flush().map(|(ticket, records)| FlushBatch {
+            ticket: ticket as f64,
+            records: records
+                .into_iter()
+                .map(|(key, value)| FlushRecord { key, value })
+                .collect(),
+        })
+    }
+
+    /// IndexedDB wrote the batch (`ok`), or failed to.
+    pub fn flushed(&mut self, now_ms: f64, ticket: f64, ok: bool) -> Result<(), JsError> {
+        self.inner
+            .flushed(at(now_ms), ticket as u64, ok)
+            .map_err(js_error)
+    }
+
+    /// The transport steps whose writes IndexedDB holds, in order.
     #[wasm_bindgen(js_name = takeOutgoing)]
-    pub fn take_outgoing(&mut self) -> Result<Vec<u8>, JsError> {
-        self.inner.take_outgoing().map_err(js_error)
+    pub fn take_outgoing(&mut self) -> Vec<TransportStep> {
+        self.inner
+            .take_outgoing()
+            .into_iter()
+            .map(|step| match step {
+                Step::Connect => TransportStep {
+                    op: "connect".to_owned(),
+                    bytes: None,
+                },
+                Step::Send(bytes) => TransportStep {
+                    op: "send".to_owned(),
+                    bytes: Some(bytes),
+                },
+                Step::Close => TransportStep {
+                    op: "close".to_owned(),
+                    bytes: None,
+                },
+            })
+            .collect()
     }
 
     /// Events since the last call, as a JSON array.
     #[wasm_bindgen(js_name = takeEvents)]
     pub fn take_events(&mut self) -> String {
         to_json(&self.inner.take_events())
+    }
+
+    /// The link, the login and the clock (JSON).
+    pub fn state(&self, now_ms: f64) -> String {
+        self.inner.state(at(now_ms)).to_string()
+    }
+
+    /// Asks the server something (`call`: a request's JSON); the answer comes as
+    /// a `reply` event with this ticket.
+    pub fn ask(&mut self, now_ms: f64, call: &str) -> Result<f64, JsError> {
+        self.inner
+            .ask(at(now_ms), call)
+            .map(|t| t as f64)
+            .map_err(js_error)
+    }
+
+    /// 顧客にコール. Returns the call (JSON).
+    #[wasm_bindgen(js_name = requestCall)]
+    pub fn request_call(
+        &mut self,
+        now_ms: f64,
+        customer: &str,
+        number: &str,
+        origin: &str,
+        recording: bool,
+    ) -> Result<String, JsError> {
+        let view = self
+            .inner
+            .request_call(at(now_ms), customer, number, origin, recording)
+            .map_err(js_error)?;
+        Ok(to_json(&view))
+    }
+
+    /// コールをキャンセル (`cancelled`) or the end button (`browser-ended`).
+    #[wasm_bindgen(js_name = callEvent)]
+    pub fn call_event(
+        &mut self,
+        now_ms: f64,
+        customer: &str,
+        call: &str,
+        what: &str,
+    ) -> Result<String, JsError> {
+        let view = self
+            .inner
+            .call_event(at(now_ms), customer, call, what)
+            .map_err(js_error)?;
+        Ok(to_json(&view))
+    }
+
+    /// コール結果を保存 (`form`: the result form's JSON). Returns JSON
+    /// `{saved, kept}` or `{deciding: ticket}`.
+    #[wasm_bindgen(js_name = saveResult)]
+    pub fn save_result(
+        &mut self,
+        now_ms: f64,
+        customer: &str,
+        call: &str,
+        form: &str,
+    ) -> Result<String, JsError> {
+        Ok(self
+            .inner
+            .save_result(at(now_ms), customer, call, form)
+            .map_err(js_error)?
+            .to_string())
+    }
+
+    /// 手動コール (`form`: the result form's JSON), as `saveResult`.
+    #[wasm_bindgen(js_name = manualCall)]
+    pub fn manual_call(
+        &mut self,
+        now_ms: f64,
+        customer: &str,
+        number: &str,
+        form: &str,
+    ) -> Result<String, JsError> {
+        Ok(self
+            .inner
+            .manual_call(at(now_ms), customer, number, form)
+            .map_err(js_error)?
+            .to_string())
+    }
+
+    /// What a logout would leave unsent (JSON `{results, events}`).
+    pub fn unsent(&mut self) -> Result<String, JsError> {
+        Ok(self.inner.unsent().map_err(js_error)?.to_string())
+    }
+
+    /// Logs out.
+    pub fn logout(&mut self, now_ms: f64) -> Result<(), JsError> {
+        self.inner.logout(at(now_ms)).map_err(js_error)
     }
 
     /// The last customer list (JSON array).
@@ -157,131 +300,9 @@ impl WebReplica {
         Ok(self.inner.customer(id).map_err(js_error)?.to_string())
     }
 
-    /// 顧客にコール. Returns the call (JSON).
-    #[wasm_bindgen(js_name = requestCall)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn request_call(
-        &mut self,
-        customer: &str,
-        number: &str,
-        origin: &str,
-        recording: bool,
-        now_ms: f64,
-        call: &str,
-        event: &str,
-    ) -> Result<String, JsError> {
-        let view = self
-            .inner
-            .request_call(
-                customer,
-                number,
-                origin,
-                recording,
-                Timestamp::from_millis(now_ms as i64),
-                call,
-                event,
-            )
-            .map_err(js_error)?;
-        Ok(to_json(&view))
-    }
-
-    /// コールをキャンセル (`cancelled`) or the end button (`browser-ended`).
-    #[wasm_bindgen(js_name = callEvent)]
-    pub fn call_event(
-        &mut self,
-        customer: &str,
-        call: &str,
-        what: &str,
-        now_ms: f64,
-        event: &str,
-    ) -> Result<String, JsError> {
-        let view = self
-            .inner
-            .call_event(
-                customer,
-                call,
-                what,
-                Timestamp::from_millis(now_ms as i64),
-                event,
-            )
-            .map_err(js_error)?;
-        Ok(to_json(&view))
-    }
-
-    /// コール結果を保存 (`fields`: the form as the wire's JSON). Returns the call.
-    #[wasm_bindgen(js_name = saveResult)]
-    pub fn save_result(
-        &mut self,
-        customer: &str,
-        call: &str,
-        fields: &str,
-        now_ms: f64,
-        event: &str,
-    ) -> Result<String, JsError> {
-        let view = self
-            .inner
-            .save_result(
-                customer,
-                call,
-                fields,
-                Timestamp::from_millis(now_ms as i64),
-                event,
-            )
-            .map_err(js_error)?;
-        Ok(to_json(&view))
-    }
-
-    /// 手動コール: a call made outside the system and its result (`fields`: the
-    /// form as the wire's JSON), as one change. Returns the call.
-    #[wasm_bindgen(js_name = manualCall)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn manual_call(
-        &mut self,
-        customer: &str,
-        number: &str,
-        fields: &str,
-        now_ms: f64,
-        call: &str,
-        logged_event: &str,
-        result_event: &str,
-    ) -> Result<String, JsError> {
-        let view = self
-            .inner
-            .manual_call(
-                customer,
-                number,
-                fields,
-                Timestamp::from_millis(now_ms as i64),
-                call,
-                [logged_event, result_event],
-            )
-            .map_err(js_error)?;
-        Ok(to_json(&view))
-    }
-
-    /// What the rules see of a call for its result (JSON `{endedAt, attempt}`);
-    /// `call` undefined: a manual call logged now.
-    #[wasm_bindgen(js_name = callFacts)]
-    pub fn call_facts(
-        &self,
-        customer: &str,
-        call: Option<String>,
-        now_ms: f64,
-    ) -> Result<String, JsError> {
-        Ok(self
-            .inner
-            .call_facts(
-                customer,
-                call.as_deref(),
-                Timestamp::from_millis(now_ms as i64),
-            )
-            .map_err(js_error)?
-            .to_string())
-    }
-
-    /// The tenant's result types (JSON array), for the result form.
+    /// The tenant's result types (JSON), for the result form.
     #[wasm_bindgen(js_name = resultTypes)]
-    pub fn result_types(&self) -> String {
-        to_json(&self.inner.catalog())
+    pub fn result_types(&mut self) -> String {
+        self.inner.catalog().to_string()
     }
 }

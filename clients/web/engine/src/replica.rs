@@ -1,61 +1,67 @@
-//! The page's replica: one device's documents, its session with the server, and
-//! the rep's actions, driven by the page's TypeScript.
+//! The page's device: the host of its [`DeviceSession`] (the same session the
+//! phone and the CLI's desk run) over the page's working set, with the stream's
+//! framing, driven by the page's TypeScript.
 //!
 //! Owns: turning the WebTransport stream's bytes into messages and back (the
-//! core's frames), one client session per connection, running each session call
-//! as one transaction over the [`PageStore`] (commit on success, roll back and
-//! drop the connection on failure), replies to requests, and the rep's actions
-//! (request a call, cancel, end) checked by the core's rules on the documents
-//! held here, offline too. Times come in from the page (`now`), so everything
-//! here is deterministic and runs natively in tests.
-//! Does not own: the socket, the clock, IndexedDB or the screens (the page).
+//! core's frames), running each session call as one transaction over the
+//! [`PageStore`] (commit on success, roll back on failure), and holding every
+//! transport step the session asks for (connect, send, close) behind the batch
+//! of IndexedDB writes it depends on: a step is released only once IndexedDB has
+//! confirmed that batch and every earlier one ([`Replica::flushed`]); a batch
+//! that fails to write undoes the working set, drops the steps behind it, drops
+//! the connection and tells the rep. Times come in from the page (`now`, the
+//! device's own clock: the session corrects it), randomness from a seed the
+//! page draws, so everything here is deterministic and runs natively in tests.
+//! Does not own: any protocol decision (the session: connecting, retrying,
+//! the clock, requests, refusals, the rep's actions and the result flow), the
+//! socket, the clock, IndexedDB or the screens (the page).
 //!
-//! Call order, per connection: [`Replica::connect`]; then [`Replica::receive`]
-//! for every chunk the stream delivers; after every call that returns `Ok`, the
-//! page persists [`Replica::take_flush`] and only then writes
-//! [`Replica::take_outgoing`] to the stream and shows [`Replica::take_events`];
-//! [`Replica::disconnected`] when the stream ends. Actions work with or without
-//! a connection; their changes reach the server through the outbox.
+//! Call order: [`Replica::restore`] every record of the user's IndexedDB, then
+//! [`Replica::open`] (or a login: [`Replica::login_start`] on a connection of its
+//! own, then [`Replica::login_receive`]); [`Replica::start`]. After every call,
+//! the page writes [`Replica::take_flush`] to IndexedDB and reports it with
+//! [`Replica::flushed`], carries out [`Replica::take_outgoing`] in order (open a
+//! connection and report [`Replica::connected`] or [`Replica::disconnected`];
+//! write bytes; close), shows [`Replica::take_events`], and sets a timer for
+//! [`Replica::poll_timeout`] that calls [`Replica::handle_timeout`].
 
-use automerge::ActorId;
-use callsync_core::wire::{self, FRAME_HEADER_BYTES, Message, RpcCall, RpcResult};
-use callsync_core::{
-    CallEvent, CallId, CallView, CoreError, CustomerDoc, CustomerId, DeviceId, DeviceKind, EventId,
-    EventKind, PhoneNumber, ResultCatalog, Role, RuleContext, SavedResultFields, Stamp, TenantId,
-    Timestamp, UserId,
+use std::collections::VecDeque;
+
+use callsync_core::wire::{self, FRAME_HEADER_BYTES, Message, RpcCall};
+use callsync_core::{CallId, CallView, CustomerId, DeviceId, DeviceKind, EventKind, Timestamp};
+use callsync_session::device::actions::{ActionError, ResultForm, SaveOutcome};
+use callsync_session::device::login::{LoginError, LoginExchange};
+use callsync_session::device::{
+    DeviceFailure, DeviceInput, DeviceSession, DeviceSettings, IDENTITY_KEY, Identity, SplitMix64,
 };
-use callsync_session::client::{ClientOutput, ClientSession, Device};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use callsync_core::tenant_config::TenantConfigDoc;
-
-use crate::store::{CONFIG_KEY, CUSTOMERS_KEY, PageDoc, PageStore};
+use crate::store::{CUSTOMERS_KEY, PageDoc, PageStore};
 
 /// Why the page's call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
-    /// The rules refused the action; nothing changed.
+    /// The rules (or the session) refused the action; nothing changed.
     #[error("{0}")]
-    Refused(#[from] CoreError),
-    /// The server broke the protocol or refused the session; the page drops the
-    /// connection and reconnects.
-    #[error("{0}")]
-    Connection(String),
+    Refused(#[from] ActionError),
     /// Something the page passed in is not what it should be.
     #[error("{0}")]
     Input(String),
+    /// No user is logged in on this page.
+    #[error("not logged in")]
+    LoggedOut,
+}
+
+impl From<DeviceFailure> for PageError {
+    fn from(e: DeviceFailure) -> Self {
+        Self::Input(e.to_string())
+    }
 }
 
 impl From<callsync_core::id::IdError> for PageError {
     fn from(e: callsync_core::id::IdError) -> Self {
-        Self::Refused(e.into())
-    }
-}
-
-impl From<callsync_core::phone_number::PhoneNumberError> for PageError {
-    fn from(e: callsync_core::phone_number::PhoneNumberError) -> Self {
-        Self::Refused(e.into())
+        Self::Refused(ActionError::Refused(e.into()))
     }
 }
 
@@ -69,63 +75,66 @@ impl PageError {
                 "message": e.to_string(),
                 "messageJa": e.message_ja(),
             }),
-            Self::Connection(m) => json!({ "code": "connection", "message": m, "messageJa": m }),
             Self::Input(m) => json!({ "code": "input", "message": m, "messageJa": m }),
+            Self::LoggedOut => json!({
+                "code": "logged-out",
+                "message": "Please log in.",
+                "messageJa": "ログインしてください。",
+            }),
         }
     }
 }
 
-/// Who the page is logged in as.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// The user.
-    pub user: UserId,
-    /// Their role.
-    pub role: Role,
-    /// This browser's device id.
-    pub device: DeviceId,
-    /// The Automerge actor it writes under.
-    pub actor: ActorId,
+/// A transport step the session asked for, released once IndexedDB holds the
+/// writes before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Open a connection (then report connected or disconnected).
+    Connect,
+    /// Write these bytes to the stream.
+    Send(Vec<u8>),
+    /// Close the connection.
+    Close,
 }
 
-/// One logged-in page's replica.
+/// The words a rep sees when IndexedDB could not save.
+const STORAGE_FAILED_EN: &str =
+    "This device could not save (is its storage full?). Nothing was sent; please try again.";
+const STORAGE_FAILED_JA: &str = "この端末に保存できませんでした（ストレージの空き容量を確認してください）。送信していません。もう一度お試しください。";
+
+/// One page's device.
 pub struct Replica {
-    me: Identity,
-    start_limit_ms: i64,
+    settings: DeviceSettings,
     store: PageStore,
-    session: Option<ClientSession<PageDoc>>,
-    joined: bool,
+    session: Option<DeviceSession<PageDoc>>,
+    rng: SplitMix64,
+    login: Option<LoginExchange>,
     inbound: Vec<u8>,
-    outgoing: Vec<u8>,
+    /// Steps waiting for their batch of writes, with the batch's ticket.
+    outgoing: VecDeque<(u64, Step)>,
     events: Vec<Value>,
-    /// Requests in flight, by id.
-    asked: Vec<u64>,
 }
 
-fn connection(e: impl std::fmt::Display) -> PageError {
-    PageError::Connection(e.to_string())
-}
-
-fn push_frame(out: &mut Vec<u8>, message: &Message) -> Result<(), PageError> {
-    out.extend(wire::encode_frame(message).map_err(connection)?);
-    Ok(())
+fn input(what: &str, e: impl std::fmt::Display) -> PageError {
+    PageError::Input(format!("{what}: {e}"))
 }
 
 impl Replica {
-    /// A replica for `me`, empty until the page restores its records.
-    pub fn new(me: Identity, start_limit_ms: i64) -> Self {
+    /// An empty device: `seed` seeds its randomness (the page draws it from
+    /// `crypto.getRandomValues`), `start_limit_ms` is the server's start limit.
+    pub fn new(seed: u64, start_limit_ms: i64) -> Self {
         Self {
-            me,
-            start_limit_ms,
+            settings: DeviceSettings {
+                start_limit_ms,
+                ..DeviceSettings::default()
+            },
             store: PageStore::default(),
             session: None,
-            joined: false,
+            rng: SplitMix64::new(seed),
+            login: None,
             inbound: Vec::new(),
-            outgoing: Vec::new(),
+            outgoing: VecDeque::new(),
             events: Vec::new(),
-            asked: Vec::new(),
         }
     }
 
@@ -134,125 +143,49 @@ impl Replica {
         self.store.restore(key, value);
     }
 
-    /// Starts a session on a new connection: queues `join` with `token`.
-    pub fn connect(&mut self, token: &str) -> Result<(), PageError> {
-        let session = ClientSession::new(Device {
-            tenant: self.me.tenant.clone(),
-            id: self.me.device.clone(),
-            actor: self.me.actor.clone(),
-        });
-        let join = session.join(&mut self.store, token).map_err(connection)?;
-        self.session = Some(session);
-        self.joined = false;
-        self.inbound.clear();
-        self.outgoing.clear();
-        self.asked.clear();
-        push_frame(&mut self.outgoing, &join)
+    /// Who last logged in with this database, if anyone.
+    pub fn identity(&self) -> Option<Identity> {
+        self.store
+            .get(&format!("setting:{IDENTITY_KEY}"))
+            .and_then(|bytes| serde_json::from_slice(bytes).ok())
     }
 
-    /// Whether the session has been accepted (`peer` arrived).
-    pub fn is_joined(&self) -> bool {
-        self.session.is_some() && self.joined
+    /// Opens the session saved in the records; false if nobody logged in here.
+    pub fn open(&mut self) -> Result<bool, PageError> {
+        let settings = self.settings.clone();
+        let session = self.transact(|_, store| DeviceSession::restore(settings, store))?;
+        self.session = session;
+        Ok(self.session.is_some())
     }
 
-    /// The connection ended: the session is dropped; documents, the outbox and
-    /// the cursor stay.
-    pub fn disconnected(&mut self, reason: &str) {
-        if self.session.take().is_some() {
-            self.events
-                .push(json!({ "event": "disconnected", "reason": reason }));
-        }
-        self.joined = false;
-        self.inbound.clear();
-        self.outgoing.clear();
-        self.asked.clear();
+    /// The session, if a user is logged in.
+    pub fn session(&self) -> Option<&DeviceSession<PageDoc>> {
+        self.session.as_ref()
     }
 
-    /// Feeds bytes the stream delivered; whole frames are handled, a partial one
-    /// waits for the rest.
-    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), PageError> {
-        self.inbound.extend_from_slice(bytes);
-        let mut at = 0;
-        let result = loop {
-            let Some(header) = self.inbound.get(at..at + FRAME_HEADER_BYTES) else {
-                break Ok(());
-            };
-            let mut len = [0u8; FRAME_HEADER_BYTES];
-            len.copy_from_slice(header);
-            let len = match wire::frame_body_len(len) {
-                Ok(len) => len,
-                Err(e) => break Err(connection(e)),
-            };
-            let start = at + FRAME_HEADER_BYTES;
-            let Some(body) = self.inbound.get(start..start + len) else {
-                break Ok(());
-            };
-            let message = match wire::decode_body(body) {
-                Ok(message) => message,
-                Err(e) => break Err(connection(e)),
-            };
-            at = start + len;
-            if let Err(e) = self.handle(message) {
-                break Err(e);
+    /// Runs one call on the working set: commit if it succeeds, roll back if not.
+    fn transact<T, E>(
+        &mut self,
+        call: impl FnOnce(&mut SplitMix64, &mut PageStore) -> Result<T, E>,
+    ) -> Result<T, PageError>
+    where
+        PageError: From<E>,
+    {
+        let result = call(&mut self.rng, &mut self.store);
+        match result {
+            Ok(value) => {
+                self.commit();
+                Ok(value)
             }
-        };
-        self.inbound.drain(..at);
-        result
-    }
-
-    fn handle(&mut self, message: Message) -> Result<(), PageError> {
-        let Some(session) = self.session.as_mut() else {
-            return Err(connection("no session"));
-        };
-        let mut out = ClientOutput::default();
-        let outcome = if self.joined {
-            session.handle(&mut self.store, message, &mut out)
-        } else {
-            session.on_peer(&mut self.store, message, &mut out)
-        };
-        if let Err(e) = outcome {
-            self.store.rollback();
-            return Err(connection(e));
-        }
-        self.joined = true;
-        let mut replies = Vec::new();
-        self.asked.retain(|id| match session.take_reply(*id) {
-            Some(result) => {
-                replies.push((*id, result));
-                false
+            Err(e) => {
+                self.store.rollback();
+                Err(e.into())
             }
-            None => true,
-        });
-        for (id, result) in replies {
-            if let RpcResult::Customers(list) = &result
-                && let Ok(bytes) = serde_json::to_vec(list)
-            {
-                // Kept for offline use: the list opens with no network.
-                self.store.put(CUSTOMERS_KEY.to_owned(), bytes);
-            }
-            self.events
-                .push(json!({ "event": "reply", "id": id, "result": result }));
         }
-        self.commit();
-        for message in &out.messages {
-            push_frame(&mut self.outgoing, message)?;
-        }
-        for event in out.events {
-            self.events
-                .push(serde_json::to_value(event).map_err(connection)?);
-        }
-        if let Some(refused) = out.refused {
-            return Err(PageError::Connection(format!(
-                "{}: {}",
-                refused.code, refused.message
-            )));
-        }
-        Ok(())
     }
 
     /// Commits the store's pending writes; each document written is reported as
-    /// a `document` event, so the screens redraw what changed (a document synced
-    /// from the server reports nothing else).
+    /// a `document` event, so the screens redraw what changed.
     fn commit(&mut self) {
         for customer in self.store.commit() {
             self.events
@@ -260,37 +193,270 @@ impl Replica {
         }
     }
 
-    /// Asks the server something (`call` as the wire's JSON); the answer comes as
-    /// a `reply` event with the returned id.
-    pub fn ask(&mut self, call: &str) -> Result<u64, PageError> {
-        let call: RpcCall =
-            serde_json::from_str(call).map_err(|e| PageError::Input(e.to_string()))?;
-        let Some(session) = self.session.as_mut().filter(|_| self.joined) else {
-            return Err(connection("not connected"));
+    /// Runs a session call in one transaction and queues what it asks for
+    /// behind its writes. A failed call is rolled back; its output holds only
+    /// the close of its connection.
+    fn drive<T>(
+        &mut self,
+        call: impl FnOnce(
+            &mut DeviceSession<PageDoc>,
+            &mut SplitMix64,
+            &mut PageStore,
+        ) -> Result<T, PageError>,
+    ) -> Result<T, PageError> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(PageError::LoggedOut);
         };
-        let mut out = ClientOutput::default();
-        let id = session.send_rpc(call, &mut out);
-        self.asked.push(id);
-        for message in &out.messages {
-            push_frame(&mut self.outgoing, message)?;
+        let result = call(session, &mut self.rng, &mut self.store);
+        match &result {
+            Ok(_) => self.commit(),
+            Err(_) => self.store.rollback(),
         }
-        Ok(id)
+        self.queue_output();
+        result
     }
 
-    /// Committed writes for IndexedDB (`None`: delete). Persist them before
-    /// [`Self::take_outgoing`].
-    pub fn take_flush(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+    /// Queues the session's output behind the writes made so far.
+    fn queue_output(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let out = session.take_output();
+        let ticket = self.store.ticket();
+        for message in &out.send {
+            match wire::encode_frame(message) {
+                Ok(frame) => self.outgoing.push_back((ticket, Step::Send(frame))),
+                Err(e) => self
+                    .events
+                    .push(json!({ "event": "error", "message": e.to_string() })),
+            }
+        }
+        if out.close {
+            self.inbound.clear();
+            self.outgoing.push_back((ticket, Step::Close));
+        }
+        if out.connect {
+            self.inbound.clear();
+            self.outgoing.push_back((ticket, Step::Connect));
+        }
+        for event in out.events {
+            match serde_json::to_value(&event) {
+                Ok(value) => self.events.push(value),
+                Err(e) => self
+                    .events
+                    .push(json!({ "event": "error", "message": e.to_string() })),
+            }
+            if let callsync_session::client::ClientEvent::Reply {
+                result: wire::RpcResult::Customers(list),
+                ..
+            } = &event
+                && let Ok(bytes) = serde_json::to_vec(list)
+            {
+                // Kept for offline use: the list opens with no network.
+                self.store.put(CUSTOMERS_KEY.to_owned(), bytes);
+                self.commit();
+            }
+        }
+    }
+
+    fn handle(&mut self, now: Timestamp, input: DeviceInput) -> Result<(), PageError> {
+        self.drive(|s, rng, store| {
+            s.handle(now, rng, store, input)
+                .map_err(|e| PageError::Input(e.to_string()))
+        })
+    }
+
+    // --- login -----------------------------------------------------------
+
+    /// Starts a login: the frame to send first on a connection of its own.
+    pub fn login_start(
+        &mut self,
+        now: Timestamp,
+        email: &str,
+        password: &str,
+    ) -> Result<Vec<u8>, PageError> {
+        let previous = self.identity();
+        let (exchange, message) = LoginExchange::start(
+            now,
+            &mut self.rng,
+            email,
+            password,
+            DeviceKind::Desk,
+            previous.as_ref(),
+            None,
+        )
+        .map_err(|e| PageError::Input(e.to_string()))?;
+        self.login = Some(exchange);
+        self.inbound.clear();
+        wire::encode_frame(&message).map_err(|e| input("login", e))
+    }
+
+    /// Bytes of the login connection: `None` until a whole frame has arrived,
+    /// then `{"loggedIn": identity}` (the session is open and saved) or
+    /// `{"refused": {code, message, messageJa, disposition}}`.
+    pub fn login_receive(
+        &mut self,
+        now: Timestamp,
+        bytes: &[u8],
+    ) -> Result<Option<Value>, PageError> {
+        self.inbound.extend_from_slice(bytes);
+        let Some(message) = self.next_frame()? else {
+            return Ok(None);
+        };
+        self.inbound.clear();
+        let exchange = self
+            .login
+            .take()
+            .ok_or_else(|| PageError::Input("no login in progress".to_owned()))?;
+        match exchange.finish(now, message) {
+            Ok((identity, clock)) => {
+                let settings = self.settings.clone();
+                let session = self.transact(|_, store| {
+                    DeviceSession::logged_in(settings, store, identity.clone(), clock)
+                        .map_err(|e| PageError::Input(e.to_string()))
+                })?;
+                self.session = Some(session);
+                Ok(Some(json!({ "loggedIn": identity })))
+            }
+            Err(LoginError::Refused { body, disposition }) => Ok(Some(json!({
+                "refused": {
+                    "code": body.code,
+                    "message": body.message,
+                    "messageJa": body.message_ja,
+                    "disposition": disposition,
+                }
+            }))),
+            Err(e) => Err(PageError::Input(e.to_string())),
+        }
+    }
+
+    // --- the connection ----------------------------------------------------
+
+    /// Goes online.
+    pub fn start(&mut self, now: Timestamp) -> Result<(), PageError> {
+        self.drive(|s, _, _| {
+            s.start(now);
+            Ok(())
+        })
+    }
+
+    /// The connection the session asked for is open.
+    pub fn connected(&mut self, now: Timestamp) -> Result<(), PageError> {
+        self.inbound.clear();
+        self.handle(now, DeviceInput::Connected)
+    }
+
+    /// The connection failed or closed.
+    pub fn disconnected(&mut self, now: Timestamp, reason: &str) -> Result<(), PageError> {
+        self.inbound.clear();
+        self.handle(
+            now,
+            DeviceInput::Disconnected {
+                reason: reason.to_owned(),
+            },
+        )
+    }
+
+    /// The browser says the network is back.
+    pub fn network_up(&mut self, now: Timestamp) -> Result<(), PageError> {
+        self.handle(now, DeviceInput::NetworkUp)
+    }
+
+    /// When [`Self::handle_timeout`] is next due (device clock).
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.session.as_ref().and_then(|s| s.poll_timeout())
+    }
+
+    /// Runs what is due.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), PageError> {
+        self.drive(|s, rng, store| {
+            s.handle_timeout(now, rng, store)
+                .map_err(|e| PageError::Input(e.to_string()))
+        })
+    }
+
+    /// The next whole frame of `inbound`, if one has arrived.
+    fn next_frame(&mut self) -> Result<Option<Message>, PageError> {
+        let Some(header) = self.inbound.get(..FRAME_HEADER_BYTES) else {
+            return Ok(None);
+        };
+        let mut len = [0u8; FRAME_HEADER_BYTES];
+        len.copy_from_slice(header);
+        let len = wire::frame_body_len(len).map_err(|e| input("frame", e))?;
+        let Some(body) = self
+            .inbound
+            .get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len)
+        else {
+            return Ok(None);
+        };
+        let message = wire::decode_body(body).map_err(|e| input("frame", e))?;
+        self.inbound.drain(..FRAME_HEADER_BYTES + len);
+        Ok(Some(message))
+    }
+
+    /// Feeds bytes the stream delivered; whole frames are handled, a partial one
+    /// waits for the rest. A frame that does not decode drops the connection.
+    pub fn receive(&mut self, now: Timestamp, bytes: &[u8]) -> Result<(), PageError> {
+        self.inbound.extend_from_slice(bytes);
+        loop {
+            match self.next_frame() {
+                Ok(Some(message)) => self.handle(now, DeviceInput::Received(message))?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.inbound.clear();
+                    self.outgoing.push_back((self.store.ticket(), Step::Close));
+                    self.disconnected(now, &e.to_string())?;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    // --- IndexedDB and the transport ----------------------------------------
+
+    /// The next batch of writes for IndexedDB (`None`: nothing waiting): its
+    /// ticket and records (`None` value: delete).
+    pub fn take_flush(&mut self) -> Option<(u64, Vec<(String, Option<Vec<u8>>)>)> {
         self.store.take_flush()
     }
 
-    /// Bytes for the stream, once IndexedDB holds what produced them.
-    pub fn take_outgoing(&mut self) -> Result<Vec<u8>, PageError> {
-        if self.store.has_flush() {
-            return Err(PageError::Input(
-                "persist the flushed records before sending".to_owned(),
-            ));
+    /// IndexedDB wrote batch `ticket`, or failed to (`ok` false): then the
+    /// working set is put back, every step behind that batch is dropped, the
+    /// connection goes, and the rep is told nothing was sent.
+    pub fn flushed(&mut self, now: Timestamp, ticket: u64, ok: bool) -> Result<(), PageError> {
+        if !self.store.written(ticket, ok) || ok {
+            return Ok(());
         }
-        Ok(std::mem::take(&mut self.outgoing))
+        self.outgoing.retain(|(t, _)| *t < ticket);
+        self.outgoing.push_back((ticket, Step::Close));
+        self.events.push(json!({
+            "event": "storage-failed",
+            "message": STORAGE_FAILED_EN,
+            "messageJa": STORAGE_FAILED_JA,
+        }));
+        if self.session.is_some() {
+            self.disconnected(now, "storage failed")?;
+        }
+        Ok(())
+    }
+
+    /// The transport steps whose writes IndexedDB holds, in order.
+    pub fn take_outgoing(&mut self) -> Vec<Step> {
+        let written = self.store.written_up_to();
+        let mut steps = Vec::new();
+        while let Some((ticket, _)) = self.outgoing.front()
+            && *ticket <= written
+        {
+            if let Some((_, step)) = self.outgoing.pop_front() {
+                steps.push(step);
+            }
+        }
+        steps
+    }
+
+    /// Whether steps are waiting for IndexedDB.
+    pub fn has_held_steps(&self) -> bool {
+        !self.outgoing.is_empty()
     }
 
     /// What happened since the last call, for the screens.
@@ -298,162 +464,61 @@ impl Replica {
         std::mem::take(&mut self.events)
     }
 
-    /// The last customer list the server sent (JSON array), for offline use.
-    pub fn customers(&self) -> Value {
-        self.store
-            .get(CUSTOMERS_KEY)
-            .and_then(|bytes| serde_json::from_slice(bytes).ok())
-            .unwrap_or_else(|| json!([]))
-    }
-
-    /// A customer as held here, with its calls derived (`null` when this device
-    /// does not hold it yet).
-    pub fn customer(&self, id: &str) -> Result<Value, PageError> {
-        let id = CustomerId::new(id)?;
-        let Some(doc) = self
-            .store
-            .load_doc(&id, self.me.actor.clone())
-            .map_err(|e| PageError::Connection(e.to_string()))?
-        else {
-            return Ok(Value::Null);
+    /// The link, the login and the clock, for the screens.
+    pub fn state(&self, now: Timestamp) -> Value {
+        let Some(session) = &self.session else {
+            return json!({ "phase": "logged-out", "identity": self.identity().map(public) });
         };
-        let customer = doc.customer()?;
-        Ok(json!({
-            "customer": customer,
-            "timeline": doc.timeline(),
-        }))
-    }
-
-    /// The tenant's result types: the active rule set's, as synced here (the
-    /// standard ones before the first sync).
-    pub fn catalog(&self) -> ResultCatalog {
-        self.store
-            .get(CONFIG_KEY)
-            .and_then(|bytes| TenantConfigDoc::load(bytes, self.me.actor.clone()).ok())
-            .and_then(|doc| doc.config().ok())
-            .filter(|config| config.active.is_some())
-            .map(|config| config.catalog())
-            .unwrap_or_else(ResultCatalog::standard)
-    }
-
-    /// A document this device holds, to read or act on; refused when it does not
-    /// hold it (yet).
-    fn held(&self, customer: &CustomerId) -> Result<CustomerDoc, PageError> {
-        self.store
-            .load_doc(customer, self.me.actor.clone())
-            .map_err(|e| PageError::Connection(e.to_string()))?
-            .ok_or_else(|| {
-                PageError::Input(format!("customer {customer} is not held on this device"))
-            })
-    }
-
-    /// Records `events` on one customer as one local change, checked by the core's
-    /// rules (the user's open calls on the other customers held here included),
-    /// then offers it to the server if connected.
-    fn act(
-        &mut self,
-        customer: &CustomerId,
-        events: Vec<CallEvent>,
-    ) -> Result<CallView, PageError> {
-        let catalog = self.catalog();
-        let mut others = Vec::new();
-        for held in self.store.customers_held() {
-            if &held == customer {
-                continue;
-            }
-            if let Ok(Some(doc)) = self.store.load_doc(&held, self.me.actor.clone())
-                && let Ok(c) = doc.customer()
-            {
-                others.extend(callsync_core::rules::open_calls_of(&c, &self.me.user));
-            }
-        }
-        let mut doc = self.held(customer)?;
-        let ctx = RuleContext {
-            catalog: &catalog,
-            start_limit_ms: self.start_limit_ms,
-            other_open_calls: &others,
-        };
-        let view = doc.record_all(events, &ctx)?;
-        self.store.save_local(&mut doc);
-        self.commit();
-        if let Some(session) = self.session.as_mut().filter(|_| self.joined) {
-            let mut out = ClientOutput::default();
-            match session.push_local(&mut self.store, &mut out) {
-                Ok(()) => {
-                    self.commit();
-                    for message in &out.messages {
-                        push_frame(&mut self.outgoing, message)?;
-                    }
-                }
-                // The change is saved; the session is not usable: the page
-                // hears `disconnected`, and the next connection pushes it.
-                Err(e) => {
-                    self.store.rollback();
-                    self.disconnected(&e.to_string());
-                }
-            }
-        }
-        Ok(view)
-    }
-
-    fn stamp(&self, now: Timestamp) -> Stamp {
-        Stamp {
-            at: now,
-            device: self.me.device.clone(),
-            device_kind: DeviceKind::Desk,
-            user: self.me.user.clone(),
-            device_at: None,
-        }
-    }
-
-    fn event(
-        &self,
-        call: &CallId,
-        now: Timestamp,
-        id: &str,
-        kind: EventKind,
-    ) -> Result<CallEvent, PageError> {
-        Ok(CallEvent {
-            id: EventId::new(id)?,
-            call: call.clone(),
-            stamp: self.stamp(now),
-            kind,
+        let stop = session.stop_reason().map(|r| {
+            let (en, ja) = r.words();
+            json!({ "reason": r, "message": en, "messageJa": ja, "needsLogin": r.needs_login() })
+        });
+        json!({
+            "phase": session.phase(),
+            "stopped": stop,
+            "retryAt": session.retry_at(),
+            "serverNow": session.server_time(now),
+            "clock": session.clock(),
+            "identity": public(session.identity().clone()),
         })
     }
 
-    /// **顧客にコール**: asks the phone `origin` to dial `number`. `call` and
-    /// `event` are fresh ids from the page (random).
-    #[allow(clippy::too_many_arguments)]
+    // --- requests and actions ----------------------------------------------
+
+    /// Asks the server something (`call`: the wire's JSON of a request); the
+    /// answer comes as a `reply` event with the returned ticket.
+    pub fn ask(&mut self, now: Timestamp, call: &str) -> Result<u64, PageError> {
+        let call: RpcCall = serde_json::from_str(call).map_err(|e| input("request", e))?;
+        self.drive(|s, _, _| {
+            s.ask(now, call)
+                .map_err(|e| PageError::Input(e.to_string()))
+        })
+    }
+
+    /// **顧客にコール**: asks the phone `origin` to dial `number`.
     pub fn request_call(
         &mut self,
+        now: Timestamp,
         customer: &str,
         number: &str,
         origin: &str,
         recording: bool,
-        now: Timestamp,
-        call: &str,
-        event: &str,
     ) -> Result<CallView, PageError> {
         let customer = CustomerId::new(customer)?;
-        let call = CallId::new(call)?;
-        let kind = EventKind::Requested {
-            destination: PhoneNumber::parse(number)?,
-            origin: DeviceId::new(origin)?,
-            recording,
-        };
-        let event = self.event(&call, now, event, kind)?;
-        self.act(&customer, vec![event])
+        let origin = DeviceId::new(origin)?;
+        self.drive(|s, rng, store| {
+            Ok(s.request_call(now, rng, store, &customer, number, &origin, recording)?)
+        })
     }
 
     /// An event on an existing call of `customer`: **コールをキャンセル**
     /// (`cancelled`) or the red end button (`browser-ended`).
     pub fn call_event(
         &mut self,
+        now: Timestamp,
         customer: &str,
         call: &str,
         what: &str,
-        now: Timestamp,
-        event: &str,
     ) -> Result<CallView, PageError> {
         let customer = CustomerId::new(customer)?;
         let call = CallId::new(call)?;
@@ -462,132 +527,117 @@ impl Replica {
             "browser-ended" => EventKind::BrowserEnded,
             other => return Err(PageError::Input(format!("unknown action {other}"))),
         };
-        let event = self.event(&call, now, event, kind)?;
-        self.act(&customer, vec![event])
+        self.drive(|s, rng, store| {
+            Ok(s.call_event(now, rng, store, Some(&customer), &call, kind)?)
+        })
     }
 
-    /// **コール結果を保存**: the result form's fields (`fields`: the wire's JSON of
-    /// the form), checked by the core's rules (the browser must have ended the
-    /// call; the type and option must be the tenant's).
+    /// **コール結果を保存** (`form`: the result form's JSON): saved now (offline,
+    /// or the pick kept) or decided by the server's rules first.
     pub fn save_result(
         &mut self,
+        now: Timestamp,
         customer: &str,
         call: &str,
-        fields: &str,
-        now: Timestamp,
-        event: &str,
-    ) -> Result<CallView, PageError> {
+        form: &str,
+    ) -> Result<Value, PageError> {
         let customer = CustomerId::new(customer)?;
         let call = CallId::new(call)?;
-        // With a connection the fields come decided by the tenant's rules (a
-        // `decide-result` answer, decision record included; the hub re-runs it);
-        // offline they are the rep's pick as made.
-        let fields: SavedResultFields =
-            serde_json::from_str(fields).map_err(|e| PageError::Input(e.to_string()))?;
-        let event = self.event(&call, now, event, EventKind::ResultSaved(fields))?;
-        self.act(&customer, vec![event])
+        let form: ResultForm = serde_json::from_str(form).map_err(|e| input("result form", e))?;
+        let outcome = self.drive(|s, rng, store| {
+            Ok(s.save_result(now, rng, store, Some(&customer), &call, form, None)?)
+        })?;
+        Ok(outcome_json(outcome))
     }
 
-    /// **手動コール**: logs a call made outside the system (with `number`) and its
-    /// result as one change.
-    #[allow(clippy::too_many_arguments)]
+    /// **手動コール**: a call made outside the system and its result.
     pub fn manual_call(
         &mut self,
+        now: Timestamp,
         customer: &str,
         number: &str,
-        fields: &str,
-        now: Timestamp,
-        call: &str,
-        events: [&str; 2],
-    ) -> Result<CallView, PageError> {
-        let customer = CustomerId::new(customer)?;
-        let call = CallId::new(call)?;
-        let fields: SavedResultFields =
-            serde_json::from_str(fields).map_err(|e| PageError::Input(e.to_string()))?;
-        let logged = EventKind::ManualCall {
-            number: PhoneNumber::parse(number)?,
-        };
-        let events = vec![
-            self.event(&call, now, events[0], logged)?,
-            self.event(&call, now, events[1], EventKind::ResultSaved(fields))?,
-        ];
-        self.act(&customer, events)
-    }
-
-    /// What the rules see of a call for its result (`decide-result`'s `endedAt`
-    /// and `attempt`): of `call`, or of a manual call logged now when `call` is
-    /// `None`.
-    pub fn call_facts(
-        &self,
-        customer: &str,
-        call: Option<&str>,
-        now: Timestamp,
+        form: &str,
     ) -> Result<Value, PageError> {
-        let held = self.held(&CustomerId::new(customer)?)?.customer()?;
-        let facts = match call {
-            Some(call) => {
-                let call = CallId::new(call)?;
-                callsync_core::plugin::call_facts(&held, &call)
-                    .ok_or_else(|| PageError::Input(format!("call {call} never took place")))?
-            }
-            None => callsync_core::plugin::CallFacts {
-                ended_at: now,
-                attempt: u32::try_from(held.calls.iter().filter(|c| c.took_place()).count() + 1)
-                    .unwrap_or(u32::MAX),
-            },
+        let customer = CustomerId::new(customer)?;
+        let form: ResultForm = serde_json::from_str(form).map_err(|e| input("result form", e))?;
+        let outcome = self.drive(|s, rng, store| {
+            Ok(s.manual_call(now, rng, store, &customer, number, form, None)?)
+        })?;
+        Ok(outcome_json(outcome))
+    }
+
+    /// What a logout now would leave unsent.
+    pub fn unsent(&mut self) -> Result<Value, PageError> {
+        let unsent =
+            self.drive(|s, _, store| s.unsent(store).map_err(|e| PageError::Input(e.to_string())))?;
+        Ok(json!(unsent))
+    }
+
+    /// Logs out (unsent work is sent first when online, else kept for this
+    /// user's next login here).
+    pub fn logout(&mut self, now: Timestamp) -> Result<(), PageError> {
+        self.drive(|s, rng, store| {
+            s.logout(now, rng, store)
+                .map_err(|e: DeviceFailure| PageError::Input(e.to_string()))
+        })
+    }
+
+    // --- reading -----------------------------------------------------------
+
+    /// The last customer list (JSON array).
+    pub fn customers(&self) -> Value {
+        self.store
+            .get(CUSTOMERS_KEY)
+            .and_then(|bytes| serde_json::from_slice(bytes).ok())
+            .unwrap_or_else(|| json!([]))
+    }
+
+    /// A customer as held here, with calls and timeline (`null` when this device
+    /// does not hold it yet).
+    pub fn customer(&self, id: &str) -> Result<Value, PageError> {
+        let id = CustomerId::new(id)?;
+        let Some(doc) = self
+            .store
+            .load_doc(&id, automerge::ActorId::random())
+            .map_err(|e| PageError::Input(e.to_string()))?
+        else {
+            return Ok(Value::Null);
         };
-        Ok(json!({ "endedAt": facts.ended_at, "attempt": facts.attempt }))
+        let customer = doc
+            .customer()
+            .map_err(|e| PageError::Refused(ActionError::Refused(e)))?;
+        Ok(json!({
+            "customer": customer,
+            "timeline": doc.timeline(),
+        }))
+    }
+
+    /// The tenant's result types as synced here.
+    pub fn catalog(&mut self) -> Value {
+        let catalog = self
+            .session
+            .as_mut()
+            .and_then(|s| s.catalog(&mut self.store).ok())
+            .unwrap_or_else(callsync_core::ResultCatalog::standard);
+        json!(catalog)
     }
 }
 
-/// The `login` frame (sent on its own connection, before any session).
-pub fn login_frame(
-    email: &str,
-    password: &str,
-    device: &str,
-    actor: &str,
-) -> Result<Vec<u8>, PageError> {
-    let message = Message::Login {
-        supported_protocol_versions: vec![wire::PROTOCOL_VERSION.to_owned()],
-        email: email.to_owned(),
-        password: password.to_owned(),
-        device: wire::DeviceRegistration {
-            id: DeviceId::new(device)?,
-            kind: DeviceKind::Desk,
-            actor: actor.to_owned(),
-        },
-    };
-    wire::encode_frame(&message).map_err(connection)
+/// The identity without its token, for the screens.
+fn public(identity: Identity) -> Value {
+    json!({
+        "tenant": identity.tenant,
+        "user": identity.user,
+        "role": identity.role,
+        "device": identity.device,
+        "loggedIn": identity.token.is_some(),
+    })
 }
 
-/// The server's answer to `login`, from the bytes read so far: `None` until a
-/// whole frame has arrived, then the session (`loggedIn`) or the refusal (`error`).
-pub fn login_reply(bytes: &[u8]) -> Result<Option<Value>, PageError> {
-    let Some(header) = bytes.get(..FRAME_HEADER_BYTES) else {
-        return Ok(None);
-    };
-    let mut len = [0u8; FRAME_HEADER_BYTES];
-    len.copy_from_slice(header);
-    let len = wire::frame_body_len(len).map_err(connection)?;
-    let Some(body) = bytes.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len) else {
-        return Ok(None);
-    };
-    match wire::decode_body(body).map_err(connection)? {
-        Message::LoggedIn {
-            token,
-            expires_at,
-            tenant,
-            user,
-            role,
-            ..
-        } => Ok(Some(json!({
-            "loggedIn": { "token": token, "expiresAt": expires_at, "tenant": tenant, "user": user, "role": role }
-        }))),
-        Message::Error(body) => Ok(Some(json!({ "error": body }))),
-        other => Err(connection(format!(
-            "expected 'logged-in', got '{}'",
-            other.kind()
-        ))),
+fn outcome_json(outcome: SaveOutcome) -> Value {
+    match outcome {
+        SaveOutcome::Saved(view, kept) => json!({ "saved": view, "kept": kept }),
+        SaveOutcome::Deciding { ticket } => json!({ "deciding": ticket }),
     }
 }
 
@@ -599,132 +649,211 @@ pub fn to_json(value: &impl Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use callsync_core::{NewCustomer, PhoneEntry};
+    use callsync_core::{
+        CustomerDoc, NewCustomer, PhoneEntry, PhoneNumber, Role, TenantId, UserId,
+    };
 
     const NUMBER: &str = "03-1234-5678";
 
-    fn replica_holding_a_customer() -> Replica {
-        let me = Identity {
-            tenant: TenantId::new("acme").unwrap(),
-            user: UserId::new("rep@acme.example").unwrap(),
-            role: Role::User,
-            device: DeviceId::new("desk-web-1").unwrap(),
-            actor: ActorId::random(),
-        };
+    fn frame(message: &Message) -> Vec<u8> {
+        wire::encode_frame(message).unwrap()
+    }
+
+    /// A page logged in as a rep, holding one customer, online.
+    fn online_page() -> Replica {
+        let mut page = Replica::new(7, 60_000);
         let mut doc = CustomerDoc::create(
             &NewCustomer {
-                tenant: me.tenant.clone(),
+                tenant: TenantId::new("acme").unwrap(),
                 id: CustomerId::new("cus-1").unwrap(),
                 company: "株式会社さくら物産".to_owned(),
                 contact: "佐藤".to_owned(),
-                owner: me.user.clone(),
+                owner: UserId::new("rep@acme.example").unwrap(),
                 phones: vec![PhoneEntry {
                     label: "代表".to_owned(),
                     number: PhoneNumber::parse(NUMBER).unwrap(),
                 }],
             },
             Timestamp::from_millis(1_000),
-            ActorId::random(),
+            automerge::ActorId::random(),
         )
         .unwrap();
-        let mut replica = Replica::new(me, 60_000);
-        replica.restore("doc:cus-1".to_owned(), doc.save());
-        replica
+        page.restore("doc:cus-1".to_owned(), doc.save());
+        let now = Timestamp::from_millis(10_000);
+        page.login_start(now, "rep@acme.example", "pw").unwrap();
+        let answer = page
+            .login_receive(
+                now,
+                &frame(&Message::LoggedIn {
+                    token: "t".to_owned(),
+                    expires_at: Timestamp::from_millis(i64::MAX / 2),
+                    tenant: TenantId::new("acme").unwrap(),
+                    user: UserId::new("rep@acme.example").unwrap(),
+                    role: Role::User,
+                    server_time: Some(now),
+                }),
+            )
+            .unwrap()
+            .unwrap();
+        assert!(answer.get("loggedIn").is_some(), "{answer}");
+        let (ticket, _) = page.take_flush().unwrap();
+        page.flushed(now, ticket, true).unwrap();
+        page.start(now).unwrap();
+        assert_eq!(page.take_outgoing(), vec![Step::Connect]);
+        page.connected(now).unwrap();
+        let steps = page.take_outgoing();
+        assert!(
+            matches!(steps.as_slice(), [Step::Send(_)]),
+            "join: {steps:?}"
+        );
+        page.receive(
+            now,
+            &frame(&Message::Peer {
+                sender_id: "server".to_owned(),
+                selected_protocol_version: wire::PROTOCOL_VERSION.to_owned(),
+                tenant: TenantId::new("acme").unwrap(),
+                user: UserId::new("rep@acme.example").unwrap(),
+                role: Role::User,
+                cursor: wire::Cursor {
+                    epoch: "e".to_owned(),
+                    seq: 1,
+                },
+                changed: Vec::new(),
+                config_heads: Vec::new(),
+                server_time: Some(now),
+            }),
+        )
+        .unwrap();
+        while let Some((ticket, _)) = page.take_flush() {
+            page.flushed(now, ticket, true).unwrap();
+        }
+        page.take_outgoing();
+        page.take_events();
+        page
     }
 
-    fn request(replica: &mut Replica, customer: &str, number: &str) -> Result<CallView, PageError> {
-        replica.request_call(
-            customer,
-            number,
+    fn request(page: &mut Replica) -> Result<CallView, PageError> {
+        page.request_call(
+            Timestamp::from_millis(20_000),
+            "cus-1",
+            NUMBER,
             "phone-1",
             true,
-            Timestamp::from_millis(2_000),
-            "call-1",
-            "ev-1",
         )
     }
 
     #[test]
-    fn nothing_is_sent_before_the_committed_writes_are_persisted() {
-        let mut replica = replica_holding_a_customer();
-        request(&mut replica, "cus-1", NUMBER).unwrap();
-        assert!(matches!(replica.take_outgoing(), Err(PageError::Input(_))));
-        let flushed = replica.take_flush();
-        assert!(flushed.iter().any(|(k, _)| k == "doc:cus-1"));
-        assert!(flushed.iter().any(|(k, _)| k == "outbox:cus-1"));
-        assert!(replica.take_outgoing().is_ok());
+    fn nothing_is_sent_before_indexeddb_confirms_the_writes_it_depends_on() {
+        let mut page = online_page();
+        request(&mut page).unwrap();
+        assert!(page.take_outgoing().is_empty(), "held behind its writes");
+        let (ticket, records) = page.take_flush().unwrap();
+        assert!(records.iter().any(|(k, _)| k == "doc:cus-1"));
+        assert!(records.iter().any(|(k, _)| k == "outbox:cus-1"));
+        assert!(page.take_outgoing().is_empty(), "handed out is not written");
+        page.flushed(Timestamp::from_millis(20_001), ticket, true)
+            .unwrap();
+        let steps = page.take_outgoing();
+        assert!(
+            steps.iter().any(|s| matches!(s, Step::Send(_))),
+            "the change goes once written: {steps:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_indexeddb_write_sends_nothing_undoes_the_change_and_tells_the_rep() {
+        let mut page = online_page();
+        let before = page.customer("cus-1").unwrap();
+        request(&mut page).unwrap();
+        let (ticket, _) = page.take_flush().unwrap();
+        page.flushed(Timestamp::from_millis(20_001), ticket, false)
+            .unwrap();
+        assert_eq!(page.customer("cus-1").unwrap(), before, "undone");
+        let steps = page.take_outgoing();
+        assert!(
+            !steps.iter().any(|s| matches!(s, Step::Send(_))),
+            "nothing sent: {steps:?}"
+        );
+        assert!(steps.contains(&Step::Close));
+        let events = page.take_events();
+        assert!(
+            events.iter().any(|e| e["event"] == "storage-failed"),
+            "{events:?}"
+        );
+        assert_eq!(
+            page.state(Timestamp::from_millis(20_002))["phase"],
+            "offline"
+        );
     }
 
     #[test]
     fn refused_actions_are_typed_and_change_nothing() {
-        let mut replica = replica_holding_a_customer();
-        let before = replica.customer("cus-1").unwrap();
+        let mut page = online_page();
+        let before = page.customer("cus-1").unwrap();
         // A customer this device does not hold.
-        assert!(matches!(
-            request(&mut replica, "cus-2", NUMBER),
-            Err(PageError::Input(_))
-        ));
+        let refused = page
+            .request_call(
+                Timestamp::from_millis(20_000),
+                "cus-2",
+                NUMBER,
+                "phone-1",
+                true,
+            )
+            .unwrap_err();
+        assert_eq!(refused.to_json()["code"], "not-held");
         // A number the customer does not have: the core's rule, with its code.
-        let refused = request(&mut replica, "cus-1", "06-9999-9999").unwrap_err();
-        assert!(matches!(refused, PageError::Refused(_)));
-        assert!(refused.to_json()["messageJa"].as_str().is_some());
-        // A malformed id, an unknown action, a result form that is not one.
-        assert!(matches!(
-            request(&mut replica, "cus 1", NUMBER),
-            Err(PageError::Refused(_))
-        ));
-        assert!(matches!(
-            replica.call_event(
+        let refused = page
+            .request_call(
+                Timestamp::from_millis(20_000),
                 "cus-1",
-                "call-1",
-                "dialed",
-                Timestamp::from_millis(3_000),
-                "ev-2"
-            ),
+                "06-9999-9999",
+                "phone-1",
+                true,
+            )
+            .unwrap_err();
+        assert!(refused.to_json()["messageJa"].as_str().is_some());
+        assert!(matches!(
+            page.call_event(Timestamp::from_millis(3_000), "cus-1", "call-1", "dialed"),
             Err(PageError::Input(_))
         ));
         assert!(matches!(
-            replica.save_result(
+            page.save_result(
+                Timestamp::from_millis(3_000),
                 "cus-1",
                 "call-1",
-                "{not json",
-                Timestamp::from_millis(3_000),
-                "ev-3"
+                "{not json"
             ),
             Err(PageError::Input(_))
         ));
         // A result for a call that never took place: the core refuses it.
-        assert!(matches!(
-            replica.save_result(
+        let refused = page
+            .save_result(
+                Timestamp::from_millis(3_000),
                 "cus-1",
                 "call-9",
-                r#"{"result_type":"appointment","option":{"kind":"none"}}"#,
-                Timestamp::from_millis(3_000),
-                "ev-4",
-            ),
-            Err(PageError::Refused(_))
-        ));
-        assert_eq!(replica.customer("cus-1").unwrap(), before);
-        assert!(replica.take_flush().is_empty(), "nothing to persist");
-        assert!(replica.take_outgoing().unwrap().is_empty());
+                r#"{"resultType":"appointment","option":"none"}"#,
+            )
+            .unwrap_err();
+        assert_eq!(refused.to_json()["code"], "call-never-started");
+        assert_eq!(page.customer("cus-1").unwrap(), before);
+        assert!(page.take_flush().is_none(), "nothing to persist");
+        assert!(page.take_outgoing().is_empty());
     }
 
     #[test]
-    fn a_broken_frame_from_the_server_ends_the_session() {
-        let mut replica = replica_holding_a_customer();
-        replica.connect("token").unwrap();
-        replica.take_outgoing().unwrap();
-        // A length past the frame limit, then garbage.
-        assert!(matches!(
-            replica.receive(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
-            Err(PageError::Connection(_))
-        ));
-        let mut replica = replica_holding_a_customer();
-        replica.connect("token").unwrap();
-        assert!(matches!(
-            replica.receive(&[0, 0, 0, 2, 0xff, 0xff]),
-            Err(PageError::Connection(_))
-        ));
-        assert!(replica.take_flush().is_empty());
+    fn a_broken_frame_from_the_server_drops_the_connection() {
+        let mut page = online_page();
+        assert!(
+            page.receive(
+                Timestamp::from_millis(20_000),
+                &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]
+            )
+            .is_err()
+        );
+        assert!(page.take_outgoing().contains(&Step::Close));
+        assert_eq!(
+            page.state(Timestamp::from_millis(20_000))["phase"],
+            "offline"
+        );
     }
 }

@@ -14,14 +14,20 @@
 //! Keys: `doc:<customer>` (the document, whole), `sync:<customer>` (the sync
 //! state with the server), `outbox:<customer>` (present while the server lacks a
 //! local change), `cursor`, `config` (the tenant configuration document),
-//! `customers` (the last customer list, JSON, for offline use).
+//! `customers` (the last customer list, JSON, for offline use), `setting:<key>`
+//! (the device session's identity, clock and unsent ledger).
+//!
+//! Writes reach IndexedDB in numbered batches ([`PageStore::take_flush`]); the
+//! page reports each as written or failed ([`PageStore::written`]), and a
+//! failure puts the working set back to what IndexedDB holds.
 
 use std::collections::{BTreeMap, HashMap};
 
 use automerge::ActorId;
 use callsync_core::wire::Cursor;
-use callsync_core::{CustomerDoc, CustomerId, TenantId};
+use callsync_core::{CallId, CustomerDoc, CustomerId, OpenCall, TenantId, UserId};
 use callsync_session::client::ClientStore;
+use callsync_session::device::DeviceStore;
 use callsync_session::storage::{LoadedDoc, StorageError};
 
 /// A document as the session holds it, with the generation it was loaded at.
@@ -47,8 +53,16 @@ pub struct PageStore {
     records: BTreeMap<String, Vec<u8>>,
     /// The current call's writes (`None`: delete), read through.
     pending: BTreeMap<String, Option<Vec<u8>>>,
-    /// Committed writes the page has not persisted yet, in order.
+    /// Committed writes the page has not been handed yet, in order.
     flush: BTreeMap<String, Option<Vec<u8>>>,
+    /// What IndexedDB held before each batch handed to the page and not yet
+    /// confirmed written, by ticket: put back if the write fails.
+    unconfirmed: BTreeMap<u64, BTreeMap<String, Option<Vec<u8>>>>,
+    /// Before-images of the writes in `flush`.
+    undo: BTreeMap<String, Option<Vec<u8>>>,
+    /// The last batch ticket handed out, and the last one confirmed written.
+    handed: u64,
+    written: u64,
     /// Bumped on every save of a document, so a copy the session kept can be
     /// checked against the page's own writes.
     generations: HashMap<CustomerId, u64>,
@@ -129,14 +143,11 @@ impl PageStore {
             {
                 written.push(customer);
             }
-            match &value {
-                Some(bytes) => {
-                    self.records.insert(key.clone(), bytes.clone());
-                }
-                None => {
-                    self.records.remove(&key);
-                }
-            }
+            let before = match &value {
+                Some(bytes) => self.records.insert(key.clone(), bytes.clone()),
+                None => self.records.remove(&key),
+            };
+            self.undo.entry(key.clone()).or_insert(before);
             self.flush.insert(key, value);
         }
         written
@@ -155,15 +166,71 @@ impl PageStore {
         }
     }
 
-    /// The committed writes IndexedDB does not hold yet (`None`: delete), oldest
-    /// state first; the page persists them in one transaction.
-    pub fn take_flush(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
-        std::mem::take(&mut self.flush).into_iter().collect()
+    /// The committed writes IndexedDB does not hold yet (`None`: delete), as one
+    /// batch with its ticket (none if nothing is waiting); the page writes them
+    /// in one transaction and reports the ticket to [`Self::written`].
+    pub fn take_flush(&mut self) -> Option<(u64, Vec<(String, Option<Vec<u8>>)>)> {
+        if self.flush.is_empty() {
+            return None;
+        }
+        self.handed += 1;
+        self.unconfirmed
+            .insert(self.handed, std::mem::take(&mut self.undo));
+        Some((
+            self.handed,
+            std::mem::take(&mut self.flush).into_iter().collect(),
+        ))
     }
 
-    /// Whether writes are waiting for IndexedDB.
-    pub fn has_flush(&self) -> bool {
-        !self.flush.is_empty()
+    /// The ticket every write so far belongs to: what was committed goes out in
+    /// the next batch (the next ticket), or went out already.
+    pub fn ticket(&self) -> u64 {
+        if self.flush.is_empty() {
+            self.handed
+        } else {
+            self.handed + 1
+        }
+    }
+
+    /// The last ticket IndexedDB confirmed written (all before it too).
+    pub fn written_up_to(&self) -> u64 {
+        self.written
+    }
+
+    /// IndexedDB wrote batch `ticket` (`ok`), or failed to: then that batch and
+    /// every later one are undone in the working set, which again equals what
+    /// IndexedDB holds; the documents they touched are marked changed. Returns
+    /// whether the report was news.
+    pub fn written(&mut self, ticket: u64, ok: bool) -> bool {
+        if ticket <= self.written || !self.unconfirmed.contains_key(&ticket) {
+            return false;
+        }
+        if ok {
+            self.written = ticket;
+            self.unconfirmed.retain(|t, _| *t > ticket);
+            return true;
+        }
+        let mut undone: Vec<_> = self.unconfirmed.split_off(&ticket).into_iter().collect();
+        // The writes not handed out yet go too: they came after the failure.
+        undone.push((u64::MAX, std::mem::take(&mut self.undo)));
+        self.flush.clear();
+        for (_, batch) in undone.into_iter().rev() {
+            for (key, before) in batch {
+                if let Some(customer) = key.strip_prefix("doc:")
+                    && let Ok(customer) = CustomerId::new(customer)
+                {
+                    self.bump(&customer);
+                }
+                match before {
+                    Some(bytes) => self.records.insert(key, bytes),
+                    None => self.records.remove(&key),
+                };
+            }
+        }
+        // Everything after the failed ticket is gone; tickets go on from here.
+        self.handed = self.handed.max(ticket);
+        self.written = ticket;
+        true
     }
 
     /// Documents held, by id.
@@ -186,14 +253,6 @@ impl PageStore {
             .transpose()
     }
 
-    /// Saves a document the page changed and puts it in the outbox.
-    pub fn save_local(&mut self, doc: &mut CustomerDoc) {
-        let customer = doc.id().clone();
-        self.put(doc_key(&customer), doc.save());
-        self.put(outbox_key(&customer), Vec::new());
-        self.bump(&customer);
-    }
-
     fn bump(&mut self, customer: &CustomerId) -> u64 {
         self.next_generation += 1;
         self.generations
@@ -203,6 +262,66 @@ impl PageStore {
 
     fn generation(&self, customer: &CustomerId) -> u64 {
         self.generations.get(customer).copied().unwrap_or(0)
+    }
+}
+
+fn setting_key(key: &str) -> String {
+    format!("setting:{key}")
+}
+
+impl DeviceStore for PageStore {
+    fn setting(&mut self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.get(&setting_key(key)).map(<[u8]>::to_vec))
+    }
+
+    fn set_setting(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), StorageError> {
+        match value {
+            Some(v) => self.put(setting_key(key), v.to_vec()),
+            None => self.delete(setting_key(key)),
+        }
+        Ok(())
+    }
+
+    fn save_local(&mut self, doc: &mut PageDoc) -> Result<(), StorageError> {
+        self.save(doc)?;
+        self.put(outbox_key(doc.doc.id()), Vec::new());
+        Ok(())
+    }
+
+    fn open_calls(
+        &mut self,
+        _tenant: &TenantId,
+        user: &UserId,
+        except: &CustomerId,
+    ) -> Result<Vec<OpenCall>, StorageError> {
+        // A page holds the few customers its rep opened: a scan is cheap.
+        let mut open = Vec::new();
+        for held in self.customers_held() {
+            if &held == except {
+                continue;
+            }
+            if let Some(doc) = self.load_doc(&held, ActorId::random())?
+                && let Ok(customer) = doc.customer()
+            {
+                open.extend(callsync_core::rules::open_calls_of(&customer, user));
+            }
+        }
+        Ok(open)
+    }
+
+    fn customer_of_call(
+        &mut self,
+        _tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<CustomerId>, StorageError> {
+        for held in self.customers_held() {
+            if let Some(doc) = self.load_doc(&held, ActorId::random())?
+                && doc.call(call).is_some()
+            {
+                return Ok(Some(held));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -335,13 +454,39 @@ mod tests {
             store.sync_state(&tenant(), &customer).unwrap().as_deref(),
             Some(&b"state"[..])
         );
-        assert!(store.take_flush().is_empty(), "nothing before the commit");
+        assert!(store.take_flush().is_none(), "nothing before the commit");
         store.commit();
         assert_eq!(
             store.take_flush(),
-            vec![("sync:cus-1".to_owned(), Some(b"state".to_vec()))]
+            Some((1, vec![("sync:cus-1".to_owned(), Some(b"state".to_vec()))]))
         );
         assert_eq!(store.cursor().unwrap().unwrap().seq, 3);
+    }
+
+    #[test]
+    fn a_batch_indexeddb_failed_to_write_is_undone_with_every_later_one() {
+        let mut store = PageStore::default();
+        store.restore("cursor".to_owned(), b"old".to_vec());
+        store.put("cursor".to_owned(), b"one".to_vec());
+        store.commit();
+        let (first, _) = store.take_flush().unwrap();
+        store.put("cursor".to_owned(), b"two".to_vec());
+        store.put("outbox:cus-1".to_owned(), Vec::new());
+        store.commit();
+        let (second, _) = store.take_flush().unwrap();
+        store.put("sync:cus-1".to_owned(), b"three".to_vec());
+        store.commit();
+        assert!(store.written(first, true));
+        assert_eq!(store.written_up_to(), first);
+        // The second batch failed: it and the one not handed out yet are undone.
+        assert!(store.written(second, false));
+        assert_eq!(store.get("cursor"), Some(&b"one"[..]));
+        assert_eq!(store.get("outbox:cus-1"), None);
+        assert_eq!(store.get("sync:cus-1"), None);
+        assert!(store.take_flush().is_none());
+        // A stale or repeated report changes nothing.
+        assert!(!store.written(first, true));
+        assert!(!store.written(second, true));
     }
 
     #[test]
@@ -377,7 +522,7 @@ mod tests {
         store.rollback();
         assert_eq!(store.outbox(&tenant()).unwrap(), vec![customer.clone()]);
         assert!(store.get(&doc_key(&customer)).is_none());
-        assert!(store.take_flush().is_empty());
+        assert_eq!(store.take_flush().map(|(_, r)| r), None);
         assert!(!store.is_current(&kept).unwrap());
     }
 }
