@@ -416,7 +416,7 @@ impl Replica {
 
     /// The next batch of writes for IndexedDB (`None`: nothing waiting): its
     /// ticket and records (`None` value: delete).
-    pub fn take_flush(&mut self) -> Option<(u64, Vec<(String, Option<Vec<u8>>)>)> {
+    pub fn take_flush(&mut self) -> Option<crate::store::Batch> {
         self.store.take_flush()
     }
 

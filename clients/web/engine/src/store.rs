@@ -169,7 +169,7 @@ impl PageStore {
     /// The committed writes IndexedDB does not hold yet (`None`: delete), as one
     /// batch with its ticket (none if nothing is waiting); the page writes them
     /// in one transaction and reports the ticket to [`Self::written`].
-    pub fn take_flush(&mut self) -> Option<(u64, Vec<(String, Option<Vec<u8>>)>)> {
+    pub fn take_flush(&mut self) -> Option<Batch> {
         if self.flush.is_empty() {
             return None;
         }
@@ -264,6 +264,9 @@ impl PageStore {
         self.generations.get(customer).copied().unwrap_or(0)
     }
 }
+
+/// A batch of writes for IndexedDB: its ticket and records (`None`: delete).
+pub type Batch = (u64, Vec<(String, Option<Vec<u8>>)>);
 
 fn setting_key(key: &str) -> String {
     format!("setting:{key}")
