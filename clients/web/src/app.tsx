@@ -2,7 +2,7 @@
 // is decided here.
 import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import type { ComponentChildren } from 'preact';
-import { LoginRefused, PageSync, asRefusal, logIn, logOut, newId, savedLogin, type EngineEvent, type SavedLogin } from './sync';
+import { LoginRefused, PageSync, asRefusal, type EngineEvent } from './sync';
 import { flagText, formatTime, isRace, phaseText, t, type Key, type Lang } from './i18n';
 import { Dashboard, isManager } from './dashboard';
 import {
@@ -53,8 +53,9 @@ function useEngine(sync: PageSync): number {
 }
 
 /**
- * Asks the server `call` each time the page comes online, and again every 2 s
- * while no answer comes (the reply lost with a dropped connection, or late);
+ * Asks the server `call` each time the page comes online (the engine holds a
+ * question asked offline until it joins, re-sends one lost with a dropped
+ * connection, and gives up on one unanswered: asked again 2 s later);
  * `onResult` gets the answer (a refusal is one). `call` is compared by its
  * JSON, so a literal is fine.
  */
@@ -102,20 +103,50 @@ export function App() {
   const [lang, setLang] = useState<Lang>(() => (localStorage.getItem('lang') === 'en' ? 'en' : 'ja'));
   const [sync, setSync] = useState<PageSync | undefined>();
   const [checked, setChecked] = useState(false);
+  /** Why the last session ended, said on the login screen. */
+  const [ended, setEnded] = useState<{ message: string; messageJa: string } | undefined>();
   useEffect(() => {
     document.documentElement.lang = lang;
     localStorage.setItem('lang', lang);
   }, [lang]);
   useEffect(() => {
-    void savedLogin().then(async (login) => {
-      if (login) setSync(await PageSync.open(login));
+    void PageSync.openCurrent().then((opened) => {
+      if (opened && opened.state.stopped?.needsLogin) {
+        setEnded(opened.state.stopped);
+        opened.close();
+      } else {
+        setSync(opened);
+      }
       setChecked(true);
     });
   }, []);
+  useEffect(() => {
+    if (!sync) return undefined;
+    // The engine stops a session only the rep can move on: back to the login,
+    // saying why, with no customer data on screen (unsent work stays stored).
+    return sync.subscribe(() => {
+      const stopped = sync.state.stopped;
+      if (sync.state.phase === 'stopped' && stopped?.needsLogin && stopped.reason !== 'logged-out') {
+        setEnded(stopped);
+        sync.close();
+        setSync(undefined);
+      }
+    });
+  }, [sync]);
   const toggle = () => setLang(lang === 'ja' ? 'en' : 'ja');
   if (!checked) return <p class="loading">{t(lang, 'loading')}</p>;
   if (!sync) {
-    return <Login lang={lang} toggle={toggle} onLoggedIn={async (login) => setSync(await PageSync.open(login))} />;
+    return (
+      <Login
+        lang={lang}
+        toggle={toggle}
+        ended={ended}
+        onLoggedIn={(opened) => {
+          setEnded(undefined);
+          setSync(opened);
+        }}
+      />
+    );
   }
   return (
     <Shell
@@ -123,8 +154,8 @@ export function App() {
       toggle={toggle}
       sync={sync}
       onLogOut={async () => {
-        sync.stop();
-        await logOut();
+        await sync.logOut();
+        sync.close();
         setSync(undefined);
       }}
     />
@@ -140,7 +171,17 @@ function LangSwitch({ lang, toggle }: { lang: Lang; toggle: () => void }) {
   );
 }
 
-function Login({ lang, toggle, onLoggedIn }: { lang: Lang; toggle: () => void; onLoggedIn: (login: SavedLogin) => Promise<void> }) {
+function Login({
+  lang,
+  toggle,
+  ended,
+  onLoggedIn,
+}: {
+  lang: Lang;
+  toggle: () => void;
+  ended?: { message: string; messageJa: string } | undefined;
+  onLoggedIn: (sync: PageSync) => void;
+}) {
   const [email, setEmail] = useState('');
   const [password, setPassword] = useState('');
   const [busy, setBusy] = useState(false);
@@ -150,20 +191,21 @@ function Login({ lang, toggle, onLoggedIn }: { lang: Lang; toggle: () => void; o
     setBusy(true);
     setError(undefined);
     try {
-      await onLoggedIn(await logIn(email.trim(), password));
+      onLoggedIn(await PageSync.logIn(email.trim(), password));
     } catch (err) {
       const refusal = err instanceof LoginRefused ? err.refusal : asRefusal(err);
       setError(lang === 'ja' ? refusal.messageJa : refusal.message);
       setBusy(false);
     }
   };
+  const shown = error ?? (ended ? (lang === 'ja' ? ended.messageJa : ended.message) : undefined);
   return (
     <main class="login">
       <div class="topline">
         <h1>{t(lang, 'appName')}</h1>
         <LangSwitch lang={lang} toggle={toggle} />
       </div>
-      <form onSubmit={submit} aria-describedby={error ? 'login-error' : undefined}>
+      <form onSubmit={submit} aria-describedby={shown ? 'login-error' : undefined}>
         <label>
           {t(lang, 'email')}
           <input type="email" autocomplete="username" required value={email} onInput={(e) => setEmail(e.currentTarget.value)} />
@@ -175,9 +217,9 @@ function Login({ lang, toggle, onLoggedIn }: { lang: Lang; toggle: () => void; o
         <button type="submit" class="primary" disabled={busy}>
           {busy ? t(lang, 'loggingIn') : t(lang, 'logIn')}
         </button>
-        {error && (
+        {shown && (
           <p id="login-error" class="error" role="alert">
-            {error}
+            {shown}
           </p>
         )}
       </form>
@@ -193,8 +235,34 @@ function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => voi
     return () => removeEventListener('hashchange', onHash);
   }, []);
   useEngine(sync);
+  const [unsent, setUnsent] = useState<number | undefined>();
+  const [leaving, setLeaving] = useState(false);
+  const confirmLogOut = async () => {
+    const { results } = await sync.unsent();
+    if (results > 0) setUnsent(results);
+    else await leave();
+  };
+  const leave = async () => {
+    setLeaving(true);
+    await onLogOut();
+  };
+  const connection = sync.online ? 'online' : sync.state.phase === 'connecting' ? 'connecting' : 'offline';
   return (
     <>
+      {unsent !== undefined && (
+        <div class="result-dialog" role="alertdialog" aria-modal="true" aria-labelledby="unsent-title" aria-describedby="unsent-text">
+          <div class="result-form">
+            <h3 id="unsent-title">{t(lang, 'logOut')}</h3>
+            <p id="unsent-text">{t(lang, sync.online ? 'unsentOnline' : 'unsentOffline').replace('{n}', String(unsent))}</p>
+            <button type="button" class="primary" disabled={leaving} onClick={() => void leave()}>
+              {t(lang, 'logOutAnyway')}
+            </button>
+            <button type="button" onClick={() => setUnsent(undefined)}>
+              {t(lang, 'back')}
+            </button>
+          </div>
+        </div>
+      )}
       <header>
         <nav aria-label={t(lang, 'appName')}>
           <strong>{t(lang, 'appName')}</strong>
@@ -211,12 +279,12 @@ function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => voi
           )}
         </nav>
         <div class="who">
-          <span class={sync.online ? 'badge online' : 'badge offline'} role="status" data-testid="connection">
-            {sync.online ? t(lang, 'online') : t(lang, 'offline')}
+          <span class={`badge ${connection}`} role="status" data-testid="connection">
+            {t(lang, connection)}
           </span>
           <span>{sync.login.user}</span>
           <LangSwitch lang={lang} toggle={toggle} />
-          <button type="button" class="link" onClick={() => void onLogOut()}>
+          <button type="button" class="link" onClick={() => void confirmLogOut()}>
             {t(lang, 'logOut')}
           </button>
         </div>
@@ -236,7 +304,7 @@ function CustomerList({ lang, sync }: { lang: Lang; sync: PageSync }) {
   const [query, setQuery] = useState('');
   // The reply refreshes the list the replica keeps (and `tick` redraws it).
   useAskWhenOnline(sync, { method: 'customer-list' });
-  const customers = useMemo(() => JSON.parse(sync.replica.customers()) as CustomerSummary[], [tick, sync]);
+  const customers = useMemo(() => JSON.parse(sync.device.customers()) as CustomerSummary[], [tick, sync]);
   const q = query.trim().toLowerCase();
   const shown = q
     ? customers.filter((c) => [c.company, c.contact, c.id].some((f) => f.toLowerCase().includes(q)))
@@ -283,7 +351,7 @@ function CustomerScreen({ lang, sync, route }: { lang: Lang; sync: PageSync; rou
   const online = sync.online;
   // Opening a customer replicates its document to this browser from now on.
   useAskWhenOnline(sync, { method: 'subscribe', documents: [route.id] });
-  const detail = useMemo(() => JSON.parse(sync.replica.customer(route.id)) as CustomerDetail | null, [tick, route.id, sync]);
+  const detail = useMemo(() => JSON.parse(sync.device.customer(route.id)) as CustomerDetail | null, [tick, route.id, sync]);
   if (!detail) return <p role="status">{online ? t(lang, 'loading') : t(lang, 'notHeld')}</p>;
   const { customer } = detail;
   const label = resultLabels(lang, sync);
@@ -368,8 +436,7 @@ function CallTab({ lang, sync, detail }: { lang: Lang; sync: PageSync; detail: C
     },
     [lang],
   );
-  const event = (call: CallView, what: string) =>
-    act(() => sync.act((r) => r.callEvent(customer.id, call.call, what, Date.now(), newId('ev'))));
+  const event = (call: CallView, what: string) => act(() => sync.act((d) => d.callEvent(Date.now(), customer.id, call.call, what)));
   const lastEnded = last && !open && (last.phase === 'expired' || last.phase === 'cancelled') ? last : undefined;
   return (
     <div class="call-tab">
@@ -425,8 +492,7 @@ function CallTab({ lang, sync, detail }: { lang: Lang; sync: PageSync; detail: C
         <ResultForm
           lang={lang}
           sync={sync}
-          save={(fields, now) => sync.act((r) => r.saveResult(customer.id, open.call, fields, now, newId('ev')))}
-          facts={(now) => sync.replica.callFacts(customer.id, open.call, now)}
+          save={(form) => sync.saveResult((d) => d.saveResult(Date.now(), customer.id, open.call, form))}
           onSaved={(offline) => setNotice(offline ? 'savedOffline' : 'saved')}
         />
       )}
@@ -475,7 +541,7 @@ function CallForm({
   const submit = (e: Event) => {
     e.preventDefault();
     void act(() =>
-      sync.act((r) => r.requestCall(customer.id, destination, origin, recording, Date.now(), newId('call'), newId('ev'))),
+      sync.act((d) => d.requestCall(Date.now(), customer.id, destination, origin, recording)),
     );
   };
   return (
@@ -538,10 +604,7 @@ function ManualCall({
       lang={lang}
       sync={sync}
       title="manualCall"
-      save={(fields, now) =>
-        sync.act((r) => r.manualCall(customer.id, number, fields, now, newId('call'), newId('ev'), newId('ev')))
-      }
-      facts={(now) => sync.replica.callFacts(customer.id, undefined, now)}
+      save={(form) => sync.saveResult((d) => d.manualCall(Date.now(), customer.id, number, form))}
       onSaved={onDone}
       onCancel={onCancel}
     >
@@ -580,7 +643,6 @@ function ResultForm({
   lang,
   sync,
   save,
-  facts,
   onSaved,
   title = 'resultTitle',
   onCancel,
@@ -588,17 +650,15 @@ function ResultForm({
 }: {
   lang: Lang;
   sync: PageSync;
-  /** Records the form's fields (JSON) on the replica, stamped `now`. */
-  save: (fields: string, now: number) => Promise<unknown>;
-  /** What the rules see of the call (`{endedAt, attempt}` JSON) at `now`. */
-  facts: (now: number) => string;
+  /** Saves the form (its JSON) through the engine's result flow. */
+  save: (form: string) => Promise<{ kept: string | null }>;
   onSaved: (offline: boolean) => void;
   title?: Key;
   /** Given for a form the rep opened by choice (a manual call); a call's result form has none. */
   onCancel?: () => void;
   children?: ComponentChildren;
 }) {
-  const types = useMemo(() => (JSON.parse(sync.replica.resultTypes()) as { types: ResultTypeSpec[] }).types, [sync]);
+  const types = useMemo(() => (JSON.parse(sync.device.resultTypes()) as { types: ResultTypeSpec[] }).types, [sync]);
   const [type, setType] = useState('');
   const [option, setOption] = useState('none');
   const [date, setDate] = useState('');
@@ -621,41 +681,19 @@ function ResultForm({
       return;
     }
     setError(undefined);
-    const now = Date.now();
     const at = option === 'none' ? undefined : tokyoMillis(date, time);
-    let fields: Record<string, unknown> = {
-      result_type: spec.id,
-      option:
-        option === 'recall' ? { kind: 'recall', at } : option === 'restriction' ? { kind: 'restriction', until: at } : { kind: 'none' },
-      ...(status ? { customer_status: status } : {}),
+    // The engine decides the rest: the server's rules when online, the pick as
+    // made (and why) when not.
+    const form = {
+      resultType: spec.id,
+      option,
+      ...(at !== undefined ? { at } : {}),
+      ...(status ? { customerStatus: status } : {}),
       memo,
     };
     try {
-      if (sync.online) {
-        // The tenant's rules decide on the server (the page runs no plugins); the
-        // answer is saved as it is, decision record included.
-        const decided = await sync.ask({
-          method: 'decide-result',
-          pick: { result_type: spec.id, option, ...(at !== undefined ? { at } : {}), ...(status ? { customer_status: status } : {}) },
-          ...JSON.parse(facts(now)),
-          savedAt: now,
-        });
-        if (decided.refused) {
-          const refusal = decided.refused as { message: string; messageJa: string };
-          setError(lang === 'ja' ? refusal.messageJa : refusal.message);
-          return;
-        }
-        const answer = decided.decided as { option: unknown; customerStatus: string | null; decision: unknown };
-        fields = {
-          result_type: spec.id,
-          option: answer.option,
-          ...(answer.customerStatus ? { customer_status: answer.customerStatus } : {}),
-          memo,
-          decision: answer.decision,
-        };
-      }
-      await save(JSON.stringify(fields), now);
-      onSaved(!sync.online);
+      const saved = await save(JSON.stringify(form));
+      onSaved(saved.kept !== null);
     } catch (err) {
       const refusal = asRefusal(err);
       setError(lang === 'ja' ? refusal.messageJa : refusal.message);
@@ -749,7 +787,7 @@ function ResultForm({
 type Labels = (id: string) => string;
 
 function resultLabels(lang: Lang, sync: PageSync): Labels {
-  const types = (JSON.parse(sync.replica.resultTypes()) as { types: ResultTypeSpec[] }).types;
+  const types = (JSON.parse(sync.device.resultTypes()) as { types: ResultTypeSpec[] }).types;
   return (id) => {
     const spec = types.find((s) => s.id === id);
     return spec ? (lang === 'ja' ? spec.label_ja : spec.label_en) : id;

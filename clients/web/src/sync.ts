@@ -1,12 +1,16 @@
-// The page's connection to the server and its replica's storage.
+// The page's pump for its device engine: storage, transport, timers.
 //
-// Owns: the IndexedDB database (the replica's records, and who is logged in on
-// this browser), loading the WebAssembly engine, logging in over WebTransport,
-// the session's connection loop (connect, read, persist-then-send, reconnect
-// with capped backoff), and telling the screens what changed. The engine
-// decides everything; this file only moves bytes and records.
+// Owns: IndexedDB (one database per user who logged in on this browser, so a
+// second user never sees the first one's data and the first one's unsent work
+// waits for their next login; and a small one naming the current user),
+// loading the WebAssembly engine, opening and closing WebTransport connections
+// when the engine says so, writing the bytes it releases, the one timer it asks
+// for, and telling the screens what happened. Every decision (when to connect
+// and retry, the login, the server's clock, request deadlines, what a refusal
+// means, the rep's actions and the result flow, logout) is the engine's:
+// `callsync-session`'s device session, the one the phone runs.
 import { openDB, type IDBPDatabase } from 'idb';
-import init, { WebReplica, loginFrame, loginReply } from './pkg/callsync_web.js';
+import init, { WebDevice } from './pkg/callsync_web.js';
 
 /** What GET /api/transport answers. */
 interface TransportInfo {
@@ -16,17 +20,6 @@ interface TransportInfo {
   startLimitMs: number;
 }
 
-/** The logged-in user, as saved on this browser. */
-export interface SavedLogin {
-  token: string;
-  expiresAt: number;
-  tenant: string;
-  user: string;
-  role: string;
-  device: string;
-  actor: string;
-}
-
 /** A refusal from the engine or the server: a stable code, in two languages. */
 export interface Refusal {
   code: string;
@@ -34,20 +27,45 @@ export interface Refusal {
   messageJa: string;
 }
 
-/** One event from the engine (the session's events, replies, disconnects). */
+/** One event from the engine. */
 export type EngineEvent = { event: string } & Record<string, unknown>;
 
-const DB_NAME = 'callsync';
-const RECORDS = 'records';
+/** Where the device's link stands, as the engine says (`state()`). */
+export interface DeviceState {
+  phase: 'logged-out' | 'idle' | 'connecting' | 'online' | 'offline' | 'stopped';
+  stopped?: { reason: string; message: string; messageJa: string; needsLogin: boolean } | null;
+  retryAt?: number | null;
+  serverNow?: number;
+  identity?: { tenant: string; user: string; role: string; device: string; loggedIn: boolean } | null;
+  /** A logout's token is still to be ended on the server. */
+  revoking?: boolean;
+}
+
+const META_DB = 'callsync';
 const META = 'meta';
+const RECORDS = 'records';
 
 type Db = IDBPDatabase<unknown>;
 
-async function openDatabase(): Promise<Db> {
-  return openDB(DB_NAME, 1, {
+async function openMeta(): Promise<Db> {
+  return openDB(META_DB, 2, {
+    upgrade(db, oldVersion) {
+      if (oldVersion < 1) {
+        db.createObjectStore(RECORDS);
+        db.createObjectStore(META);
+      }
+    },
+  });
+}
+
+function userDbName(email: string): string {
+  return `callsync-user:${email.trim().toLowerCase()}`;
+}
+
+async function openUserDb(email: string): Promise<Db> {
+  return openDB(userDbName(email), 1, {
     upgrade(db) {
       db.createObjectStore(RECORDS);
-      db.createObjectStore(META);
     },
   });
 }
@@ -58,14 +76,10 @@ function hexToBytes(hex: string): Uint8Array<ArrayBuffer> {
   return bytes;
 }
 
-function randomHex(bytes: number): string {
-  const buf = crypto.getRandomValues(new Uint8Array(bytes));
-  return Array.from(buf, (b) => b.toString(16).padStart(2, '0')).join('');
-}
-
-/** A fresh id for a call or an event. */
-export function newId(prefix: string): string {
-  return `${prefix}-${randomHex(12)}`;
+/** 53 random bits, to seed the engine's randomness. */
+function seed(): number {
+  const [a = 0, b = 0] = crypto.getRandomValues(new Uint32Array(2));
+  return (a & 0x1f_ffff) * 2 ** 32 + b;
 }
 
 /** Parses an engine error (thrown as JSON text) into a refusal. */
@@ -93,7 +107,17 @@ export function asRefusal(error: unknown): Refusal {
 async function transportInfo(): Promise<TransportInfo> {
   const response = await fetch('/api/transport', { cache: 'no-store' });
   if (!response.ok) throw new Error(`transport info: HTTP ${response.status}`);
-  return (await response.json()) as TransportInfo;
+  const info = (await response.json()) as TransportInfo;
+  localStorage.setItem('transport', JSON.stringify(info));
+  return info;
+}
+
+function cachedTransport(): TransportInfo | undefined {
+  try {
+    return JSON.parse(localStorage.getItem('transport') ?? 'null') as TransportInfo | undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function openTransport(info: TransportInfo): WebTransport {
@@ -114,55 +138,6 @@ function loadEngine(): Promise<unknown> {
   return engineReady;
 }
 
-/** Logs in over its own WebTransport session; saves the login on success. */
-export async function logIn(email: string, password: string): Promise<SavedLogin> {
-  await loadEngine();
-  const db = await openDatabase();
-  const device = ((await db.get(META, 'device')) as string | undefined) ?? `desk-web-${randomHex(6)}`;
-  const actor = ((await db.get(META, 'actor')) as string | undefined) ?? randomHex(16);
-  await db.put(META, device, 'device');
-  await db.put(META, actor, 'actor');
-  const info = await transportInfo();
-  const transport = openTransport(info);
-  try {
-    await transport.ready;
-    const stream = await transport.createBidirectionalStream();
-    const writer = stream.writable.getWriter();
-    await writer.write(loginFrame(email, password, device, actor));
-    const reader = stream.readable.getReader();
-    let received = new Uint8Array(0);
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error('the server closed without answering');
-      const joined = new Uint8Array(received.length + value.length);
-      joined.set(received);
-      joined.set(value, received.length);
-      received = joined;
-      const reply = loginReply(received);
-      if (reply === undefined) continue;
-      const parsed = JSON.parse(reply) as {
-        loggedIn?: Omit<SavedLogin, 'device' | 'actor'>;
-        error?: Refusal & { message: string };
-      };
-      if (parsed.error) {
-        throw new LoginRefused(parsed.error);
-      }
-      if (!parsed.loggedIn) throw new Error('unexpected answer');
-      const login: SavedLogin = { ...parsed.loggedIn, device, actor };
-      const previous = (await db.get(META, 'login')) as SavedLogin | undefined;
-      if (previous && (previous.user !== login.user || previous.tenant !== login.tenant)) {
-        // Another user's replica must not show through.
-        await db.clear(RECORDS);
-      }
-      await db.put(META, login, 'login');
-      return login;
-    }
-  } finally {
-    transport.close();
-    db.close();
-  }
-}
-
 /** A refused login, with the server's message. */
 export class LoginRefused extends Error {
   constructor(readonly refusal: Refusal) {
@@ -170,63 +145,114 @@ export class LoginRefused extends Error {
   }
 }
 
-/** The login saved on this browser, if any. */
-export async function savedLogin(): Promise<SavedLogin | undefined> {
-  const db = await openDatabase();
-  try {
-    return (await db.get(META, 'login')) as SavedLogin | undefined;
-  } finally {
-    db.close();
+/** Reads every record of a user's database into a new engine. */
+async function deviceFrom(db: Db): Promise<WebDevice> {
+  await loadEngine();
+  const device = new WebDevice(seed(), cachedTransport()?.startLimitMs ?? 60_000);
+  let cursor = await db.transaction(RECORDS).store.openCursor();
+  while (cursor) {
+    device.restore(String(cursor.key), new Uint8Array(cursor.value as ArrayBuffer));
+    cursor = await cursor.continue();
   }
-}
-
-/** Forgets the login and the replica. */
-export async function logOut(): Promise<void> {
-  const db = await openDatabase();
-  await db.delete(META, 'login');
-  await db.clear(RECORDS);
-  db.close();
+  return device;
 }
 
 type Listener = (events: EngineEvent[]) => void;
 
-/** The replica and its connection, for one logged-in page. */
+/** One logged-in user's device engine and the page's pump around it. */
 export class PageSync {
-  private writer: WritableStreamDefaultWriter<Uint8Array> | undefined;
-  private transport: WebTransport | undefined;
   private listeners = new Set<Listener>();
   private chain: Promise<void> = Promise.resolve();
-  private attempt = 0;
-  private stopped = false;
-  online = false;
-  startLimitMs = 60_000;
+  private transport: WebTransport | undefined;
+  private writer: WritableStreamDefaultWriter<Uint8Array> | undefined;
+  /** Counts connections, so a late answer of an old one is ignored. */
+  private generation = 0;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private closed = false;
+  private readonly onOnline = () => this.call((d) => d.networkUp(Date.now()));
+  /** The engine's view of the link (refreshed after every call). */
+  state: DeviceState = { phase: 'idle' };
   /** When the connection was last made ready (ms, for the benchmarks). */
   connectedIn = 0;
   /**
    * Counts the batches emitted so far: a screen that subscribes after a batch
-   * went out (effects run after paint) sees the count moved and redraws, so
-   * an `online` emitted before it subscribed is not missed.
+   * went out (effects run after paint) sees the count moved and redraws.
    */
   version = 0;
 
   private constructor(
-    readonly replica: WebReplica,
+    readonly device: WebDevice,
     private readonly db: Db,
-    readonly login: SavedLogin,
-  ) {}
+    readonly email: string,
+  ) {
+    this.refreshState();
+    addEventListener('online', this.onOnline);
+  }
 
-  /** Opens the replica from IndexedDB (works offline), then starts connecting. */
-  static async open(login: SavedLogin): Promise<PageSync> {
-    await loadEngine();
-    const db = await openDatabase();
-    const replica = new WebReplica(login.tenant, login.user, login.role, login.device, login.actor, 60_000);
-    let cursor = await db.transaction(RECORDS).store.openCursor();
-    while (cursor) {
-      replica.restore(String(cursor.key), new Uint8Array(cursor.value as ArrayBuffer));
-      cursor = await cursor.continue();
+  /** Whether the engine says the device is joined. */
+  get online(): boolean {
+    return this.state.phase === 'online';
+  }
+
+  /** Who is logged in. */
+  get login(): { user: string; role: string; tenant: string } {
+    const id = this.state.identity;
+    return { user: id?.user ?? this.email, role: id?.role ?? 'user', tenant: id?.tenant ?? '' };
+  }
+
+  /** The user who last used this browser, their device opened from IndexedDB (works offline). */
+  static async openCurrent(): Promise<PageSync | undefined> {
+    const meta = await openMeta();
+    const email = (await meta.get(META, 'current')) as string | undefined;
+    meta.close();
+    if (!email) return undefined;
+    const db = await openUserDb(email);
+    const device = await deviceFrom(db);
+    if (!device.open()) {
+      db.close();
+      return undefined;
     }
-    const sync = new PageSync(replica, db, login);
-    void sync.run();
+    const sync = new PageSync(device, db, email);
+    sync.call((d) => d.start(Date.now()));
+    return sync;
+  }
+
+  /** Logs in over a WebTransport connection of its own, then goes online. */
+  static async logIn(email: string, password: string): Promise<PageSync> {
+    const db = await openUserDb(email);
+    const device = await deviceFrom(db);
+    const info = await transportInfo();
+    const transport = openTransport(info);
+    let answer: { loggedIn?: unknown; refused?: Refusal } | undefined;
+    try {
+      await transport.ready;
+      const stream = await transport.createBidirectionalStream();
+      const writer = stream.writable.getWriter();
+      await writer.write(device.loginStart(Date.now(), email, password));
+      const reader = stream.readable.getReader();
+      while (!answer) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error('the server closed without answering');
+        const reply = device.loginReceive(Date.now(), value);
+        if (reply !== undefined) answer = JSON.parse(reply) as typeof answer;
+      }
+    } catch (error) {
+      db.close();
+      throw error;
+    } finally {
+      transport.close();
+    }
+    if (answer?.refused) {
+      db.close();
+      throw new LoginRefused(answer.refused);
+    }
+    const sync = new PageSync(device, db, email);
+    // The identity is written before the session starts.
+    await sync.call(() => undefined);
+    const meta = await openMeta();
+    await meta.put(META, email.trim().toLowerCase(), 'current');
+    meta.close();
+    await sync.call((d) => d.start(Date.now()));
     return sync;
   }
 
@@ -241,80 +267,72 @@ export class PageSync {
     for (const listener of this.listeners) listener(events);
   }
 
+  private refreshState(): void {
+    this.state = JSON.parse(this.device.state(Date.now())) as DeviceState;
+  }
+
   /**
-   * Persists what the engine committed, then sends what it produced, then tells
-   * the screens: in that order, one call at a time. Nothing reaches the server
-   * or the screen as saved before IndexedDB holds it.
+   * Runs one engine call, then, in this order: writes its batches to IndexedDB
+   * (and tells the engine each one is written, or failed), carries out the
+   * transport steps the engine releases (only those whose writes IndexedDB
+   * holds), shows its events, and sets the engine's timer. One call at a time.
    */
-  release(extra: EngineEvent[] = []): Promise<void> {
+  call<T>(action: (device: WebDevice) => T): Promise<T> {
     const step = this.chain.then(async () => {
-      const flush = this.replica.takeFlush();
-      if (flush.length > 0) {
-        const tx = this.db.transaction(RECORDS, 'readwrite');
-        for (const record of flush) {
-          if (record.value === undefined) void tx.store.delete(record.key);
-          else void tx.store.put(record.value.slice().buffer, record.key);
-          record.free();
-        }
-        await tx.done;
-        performance.mark('callsync:persisted');
-      }
-      const outgoing = this.replica.takeOutgoing();
-      if (outgoing.length > 0 && this.writer) {
-        // Queued in order on the stream; the screens need not wait for the
-        // transport to take it (a failed write ends the session, and the outbox
-        // sends the change again on the next one).
-        void this.writer.write(outgoing).catch(() => undefined);
-        performance.mark('callsync:sent');
-      }
-      const events = JSON.parse(this.replica.takeEvents()) as EngineEvent[];
-      events.push(...extra);
-      if (events.length > 0) this.emit(events);
+      if (this.closed) throw new Error('closed');
+      const result = action(this.device);
+      await this.release();
+      return result;
     });
-    this.chain = step.catch(() => undefined);
+    this.chain = step.then(
+      () => undefined,
+      () => undefined,
+    );
     return step;
   }
 
-  private async run(): Promise<void> {
-    while (!this.stopped) {
-      const started = performance.now();
+  private async release(): Promise<void> {
+    for (let batch = this.device.takeFlush(); batch; batch = this.device.takeFlush()) {
+      const ticket = batch.ticket;
+      let ok = true;
       try {
-        const info = await transportInfo();
-        this.startLimitMs = info.startLimitMs;
-        const transport = openTransport(info);
-        this.transport = transport;
-        await transport.ready;
-        const stream = await transport.createBidirectionalStream();
-        this.writer = stream.writable.getWriter();
-        this.connectedIn = performance.now() - started;
-        this.replica.connect(this.login.token);
-        await this.release();
-        const reader = stream.readable.getReader();
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          this.replica.receive(value);
-          if (this.replica.joined && !this.online) {
-            this.online = true;
-            this.attempt = 0;
-            await this.release([{ event: 'online' }]);
-          } else {
-            await this.release();
-          }
+        const tx = this.db.transaction(RECORDS, 'readwrite');
+        for (const record of batch.records) {
+          if (record.value === undefined) void tx.store.delete(record.key);
+          else void tx.store.put(record.value.slice().buffer, record.key);
         }
-        this.drop('the server ended the session');
-      } catch (error) {
-        this.drop(asRefusal(error).message);
+        await tx.done;
+        performance.mark('callsync:persisted');
+      } catch {
+        ok = false;
       }
-      if (this.stopped) break;
-      // Capped exponential backoff with jitter: 0.5 s doubling to 15 s.
-      const wait = Math.min(15_000, 500 * 2 ** this.attempt) * (0.5 + Math.random() / 2);
-      this.attempt = Math.min(this.attempt + 1, 10);
-      await new Promise((resolve) => setTimeout(resolve, wait));
+      this.device.flushed(Date.now(), ticket, ok);
     }
+    for (const step of this.device.takeOutgoing()) {
+      if (step.op === 'send' && step.bytes && this.writer) {
+        // Queued in order on the stream; a failed write ends the connection
+        // (the reader sees it) and the outbox sends again on the next one.
+        void this.writer.write(step.bytes).catch(() => undefined);
+        performance.mark('callsync:sent');
+      } else if (step.op === 'close') {
+        this.closeTransport();
+      } else if (step.op === 'connect') {
+        this.closeTransport();
+        void this.connect(++this.generation);
+      }
+    }
+    const events = JSON.parse(this.device.takeEvents()) as EngineEvent[];
+    this.refreshState();
+    clearTimeout(this.timer);
+    const at = this.device.pollTimeout();
+    if (at !== undefined) {
+      this.timer = setTimeout(() => void this.call((d) => d.handleTimeout(Date.now())), Math.max(0, at - Date.now()));
+    }
+    this.emit(events);
   }
 
-  private drop(reason: string): void {
+  private closeTransport(): void {
+    this.generation += 1;
     this.writer = undefined;
     try {
       this.transport?.close();
@@ -322,44 +340,164 @@ export class PageSync {
       // Already closed.
     }
     this.transport = undefined;
-    this.replica.disconnected(reason);
-    const wasOnline = this.online;
-    this.online = false;
-    void this.release(wasOnline ? [{ event: 'offline' }] : []);
   }
 
-  /** Asks the server something; resolves with the reply's result. */
-  async ask(call: Record<string, unknown>, timeoutMs = 10_000): Promise<Record<string, unknown>> {
-    const id = this.replica.ask(JSON.stringify(call));
+  /** Opens the connection the engine asked for; reports how that went. */
+  private async connect(generation: number): Promise<void> {
+    const started = performance.now();
+    try {
+      const info = await transportInfo();
+      if (generation !== this.generation) return;
+      const transport = openTransport(info);
+      this.transport = transport;
+      await transport.ready;
+      const stream = await transport.createBidirectionalStream();
+      if (generation !== this.generation) {
+        transport.close();
+        return;
+      }
+      this.writer = stream.writable.getWriter();
+      this.connectedIn = performance.now() - started;
+      await this.call((d) => d.connected(Date.now()));
+      const reader = stream.readable.getReader();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || generation !== this.generation) break;
+        await this.call((d) => d.receive(Date.now(), value)).catch(() => undefined);
+      }
+      if (generation === this.generation) {
+        await this.call((d) => d.disconnected(Date.now(), 'the server ended the connection'));
+      }
+    } catch (error) {
+      if (generation === this.generation) {
+        await this.call((d) => d.disconnected(Date.now(), asRefusal(error).message)).catch(() => undefined);
+      }
+    }
+  }
+
+  /** Asks the server something; resolves with the answer (a refusal is one), rejects if none came. */
+  ask(request: Record<string, unknown>): Promise<Record<string, unknown>> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        unsubscribe();
-        reject(new Error('no answer'));
-      }, timeoutMs);
-      const unsubscribe = this.subscribe((events) => {
+      let ticket: number | undefined;
+      const early: EngineEvent[] = [];
+      const settle = (events: EngineEvent[]) => {
         for (const e of events) {
-          if (e.event === 'reply' && e.id === id) {
-            clearTimeout(timer);
+          if (e.ticket !== ticket) continue;
+          if (e.event === 'reply') {
             unsubscribe();
             resolve(e.result as Record<string, unknown>);
+          } else if (e.event === 'ask-failed') {
+            unsubscribe();
+            reject(new Error(JSON.stringify({ code: e.code, message: e.message, messageJa: e.messageJa })));
           }
         }
+      };
+      const unsubscribe = this.subscribe((events) => {
+        if (ticket === undefined) early.push(...events);
+        else settle(events);
       });
-      void this.release();
+      this.call((d) => d.ask(Date.now(), JSON.stringify(request))).then(
+        (t) => {
+          ticket = t;
+          settle(early);
+        },
+        (error: unknown) => {
+          unsubscribe();
+          reject(error instanceof Error ? error : new Error(String(error)));
+        },
+      );
     });
   }
 
-  /** Runs an action on the replica, then persists and sends it. */
-  async act<T>(action: (replica: WebReplica) => string): Promise<T> {
-    const result = JSON.parse(action(this.replica)) as T;
-    await this.release([{ event: 'changed' }]);
-    return result;
+  /** Runs one of the rep's actions; resolves with its JSON answer. */
+  async act<T>(action: (device: WebDevice) => string): Promise<T> {
+    return JSON.parse(await this.call(action)) as T;
   }
 
-  /** Stops connecting (logging out). */
-  stop(): void {
-    this.stopped = true;
-    this.drop('logged out');
+  /**
+   * Saves a result form (`form`: its JSON) through the engine's result flow:
+   * resolves when it is saved on this device (`kept`: why the pick was kept as
+   * made, e.g. offline), rejects with the rules' words if refused.
+   */
+  saveResult(save: (device: WebDevice) => string): Promise<{ kept: string | null }> {
+    return new Promise((resolve, reject) => {
+      let ticket: number | undefined;
+      const early: EngineEvent[] = [];
+      const settle = (events: EngineEvent[]) => {
+        for (const e of events) {
+          if (ticket === undefined || e.ticket !== ticket) continue;
+          if (e.event === 'result-saved') {
+            unsubscribe();
+            resolve({ kept: (e.keptAsPicked as string | undefined) ?? null });
+          } else if (e.event === 'result-refused') {
+            unsubscribe();
+            reject(new Error(JSON.stringify({ code: e.code, message: e.message, messageJa: e.messageJa })));
+          }
+        }
+      };
+      const unsubscribe = this.subscribe((events) => {
+        if (ticket === undefined) early.push(...events);
+        else settle(events);
+      });
+      this.call(save).then(
+        (answer) => {
+          const outcome = JSON.parse(answer) as { saved?: unknown; kept?: string | null; deciding?: number };
+          if (outcome.deciding === undefined) {
+            unsubscribe();
+            resolve({ kept: outcome.kept ?? null });
+          } else {
+            ticket = outcome.deciding;
+            settle(early);
+          }
+        },
+        (error: unknown) => {
+          unsubscribe();
+          reject(error instanceof Error ? error : new Error(String(error)));
+        },
+      );
+    });
+  }
+
+  /** What a logout now would leave unsent. */
+  async unsent(): Promise<{ results: number; events: number }> {
+    return JSON.parse(await this.call((d) => d.unsent())) as { results: number; events: number };
+  }
+
+  /**
+   * Logs out: the engine sends unsent work first when online (else keeps it for
+   * this user's next login here) and ends the session on the server. Resolves
+   * once the engine has stopped.
+   */
+  async logOut(): Promise<void> {
+    await this.call((d) => d.logout(Date.now()));
+    const meta = await openMeta();
+    await meta.delete(META, 'current');
+    meta.close();
+    // Online, unsent work goes first, then the session is ended on the server
+    // over a connection of its own; offline, both wait for this user's next
+    // login here. The page waits a little for the end, not for ever.
+    const done = () => this.state.phase === 'stopped' && !this.state.revoking;
+    if (!done()) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(finish, 5_000);
+        const unsubscribe = this.subscribe(() => {
+          if (done()) finish();
+        });
+        function finish() {
+          clearTimeout(timer);
+          unsubscribe();
+          resolve();
+        }
+      });
+    }
+  }
+
+  /** Stops pumping (the page leaves this user). */
+  close(): void {
+    removeEventListener('online', this.onOnline);
+    clearTimeout(this.timer);
+    this.closeTransport();
+    this.closed = true;
     this.db.close();
   }
 }

@@ -480,6 +480,7 @@ impl Replica {
             "serverNow": session.server_time(now),
             "clock": session.clock(),
             "identity": public(session.identity().clone()),
+            "revoking": session.identity().revoke.is_some(),
         })
     }
 
