@@ -237,6 +237,16 @@ function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => voi
   useEngine(sync);
   const [unsent, setUnsent] = useState<number | undefined>();
   const [leaving, setLeaving] = useState(false);
+  const [storageFailed, setStorageFailed] = useState<{ message: string; messageJa: string } | undefined>();
+  useEffect(
+    () =>
+      sync.subscribe((events) => {
+        for (const e of events) {
+          if (e.event === 'storage-failed') setStorageFailed({ message: String(e.message), messageJa: String(e.messageJa) });
+        }
+      }),
+    [sync],
+  );
   const confirmLogOut = async () => {
     const { results } = await sync.unsent();
     if (results > 0) setUnsent(results);
@@ -290,6 +300,11 @@ function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => voi
         </div>
       </header>
       <main>
+        {storageFailed && (
+          <p class="alert" role="alert" data-testid="storage-failed">
+            {lang === 'ja' ? storageFailed.messageJa : storageFailed.message}
+          </p>
+        )}
         {route.screen === 'customers' && <CustomerList lang={lang} sync={sync} />}
         {route.screen === 'customer' && <CustomerScreen lang={lang} sync={sync} route={route} />}
         {route.screen === 'recalls' && <Recalls lang={lang} sync={sync} />}

@@ -129,9 +129,9 @@ export class World {
     return cli(dir, args);
   }
 
-  /** `callsync phone run` on the rep's phone. */
-  phoneRun() {
-    const child = spawn(BIN, ['--data', this.phone, 'phone', 'run'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  /** `callsync phone run` on the rep's phone (`env`: extra environment, e.g. a clock skew). */
+  phoneRun(env = {}) {
+    const child = spawn(BIN, ['--data', this.phone, 'phone', 'run'], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, ...env } });
     this.running = new JsonLines(child);
     return this.running;
   }
@@ -200,4 +200,24 @@ export async function logInPage(page, world, email, password = PASSWORD) {
   await page.getByLabel('メールアドレス').fill(email);
   await page.getByLabel('パスワード').fill(password);
   await page.getByRole('button', { name: 'ログイン' }).click();
+}
+
+/**
+ * Makes the page's clock run `ms` off (positive: fast), as a computer whose clock
+ * is wrong: `Date` and `Date.now()` are shifted before any of the page's code runs.
+ */
+export async function skewPageClock(page, ms) {
+  await page.addInitScript((skew) => {
+    const RealDate = Date;
+    class SkewedDate extends RealDate {
+      constructor(...args) {
+        if (args.length === 0) super(RealDate.now() + skew);
+        else super(...args);
+      }
+      static now() {
+        return RealDate.now() + skew;
+      }
+    }
+    globalThis.Date = SkewedDate;
+  }, ms);
 }
