@@ -381,6 +381,7 @@ fn a_member_asking_for_a_whole_document_over_and_over_without_reading_holds_litt
             RpcCall::CustomerList {
                 after: None,
                 limit: Some(1),
+                query: None,
             },
         )
         .await;

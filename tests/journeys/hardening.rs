@@ -838,6 +838,7 @@ fn one_customer() -> RpcCall {
     RpcCall::CustomerList {
         after: None,
         limit: Some(1),
+        query: None,
     }
 }
 
@@ -995,6 +996,7 @@ fn subscriptions_customer_lists_and_customer_creation_are_bounded() {
             RpcCall::CustomerList {
                 after: None,
                 limit: Some(2),
+                query: None,
             },
         )
         .await;
@@ -1005,6 +1007,7 @@ fn subscriptions_customer_lists_and_customer_creation_are_bounded() {
             RpcCall::CustomerList {
                 after: Some(CustomerId::new("cus-2").unwrap()),
                 limit: Some(2),
+                query: None,
             },
         )
         .await;
@@ -1016,6 +1019,7 @@ fn subscriptions_customer_lists_and_customer_creation_are_bounded() {
             RpcCall::CustomerList {
                 after: None,
                 limit: None,
+                query: None,
             },
         )
         .await;

@@ -162,6 +162,7 @@ fn a_tenant_flooding_the_server_with_changes_does_not_delay_another_tenants_push
             RpcCall::CustomerList {
                 after: None,
                 limit: Some(1),
+                query: None,
             },
         )
         .await;

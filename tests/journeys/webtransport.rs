@@ -58,10 +58,6 @@ fn certificate_hashes(server: &ServerProcess) -> Vec<String> {
         .collect()
 }
 
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn hex(bytes: &str) -> Vec<u8> {
     (0..bytes.len())
         .step_by(2)
@@ -74,10 +70,19 @@ async fn web_session(
     hashes: &[String],
     path: &str,
 ) -> Result<web_transport_quinn::Session, web_transport_quinn::ClientError> {
+    web_session_at(&server.addr, hashes, path).await
+}
+
+/// A WebTransport session to the server listening at `addr`.
+async fn web_session_at(
+    addr: &str,
+    hashes: &[String],
+    path: &str,
+) -> Result<web_transport_quinn::Session, web_transport_quinn::ClientError> {
     let client = web_transport_quinn::ClientBuilder::new()
         .with_server_certificate_hashes(hashes.iter().map(|h| hex(h)).collect())
         .unwrap();
-    let port = server.addr.rsplit(':').next().unwrap();
+    let port = addr.rsplit(':').next().unwrap();
     let url: url::Url = format!("https://127.0.0.1:{port}{path}").parse().unwrap();
     client.connect(url).await
 }
@@ -347,65 +352,62 @@ fn the_page_is_served_with_its_security_headers_and_routes_fall_back_to_it() {
     assert!(!body.contains("[package]"), "{status}");
 }
 
-/// The page's replica (the same Rust the page runs as WebAssembly), driven the
-/// way the page drives it, over a real WebTransport session.
+/// The page's device (the same Rust the page runs as WebAssembly), driven the
+/// way the page's pump drives it, over real WebTransport sessions.
 struct PageDriver {
     replica: callsync_web::replica::Replica,
-    send: web_transport_quinn::SendStream,
-    recv: web_transport_quinn::RecvStream,
-    _session: web_transport_quinn::Session,
+    server: String,
+    hashes: Vec<String>,
+    link: Option<(
+        web_transport_quinn::Session,
+        web_transport_quinn::SendStream,
+        web_transport_quinn::RecvStream,
+    )>,
     /// What the page would have put in IndexedDB.
     persisted: std::collections::BTreeMap<String, Vec<u8>>,
     events: Vec<Value>,
 }
 
+fn page_now() -> callsync_core::Timestamp {
+    callsync_core::Timestamp::from_millis(chrono_now())
+}
+
 impl PageDriver {
     /// Logs in as the page does (the login frame on its own session), then joins
     /// on a second session and waits for the catch-up.
-    async fn log_in(server: &ServerProcess, hashes: &[String], email: &str, device: &str) -> Self {
-        // Each device its own Automerge actor (the server refuses a shared one).
-        let actor = &format!("{:0>32}", hex_of(device.as_bytes()))[..32];
+    async fn log_in(server: &ServerProcess, hashes: &[String], email: &str) -> Self {
+        // Each page its own randomness (a page draws it from the browser's).
+        let seed = email
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let mut replica = callsync_web::replica::Replica::new(seed, 60_000);
         let session = web_session(server, hashes, "/callsync").await.unwrap();
         let (mut send, mut recv) = session.open_bi().await.unwrap();
-        let frame = callsync_web::replica::login_frame(email, PASSWORD, device, actor).unwrap();
+        let frame = replica.login_start(page_now(), email, PASSWORD).unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut send, &frame)
             .await
             .unwrap();
-        let mut bytes = Vec::new();
         let reply = loop {
             let mut buf = vec![0u8; 4096];
             let n = recv.read(&mut buf).await.unwrap().unwrap();
-            bytes.extend_from_slice(&buf[..n]);
-            if let Some(reply) = callsync_web::replica::login_reply(&bytes).unwrap() {
+            if let Some(reply) = replica.login_receive(page_now(), &buf[..n]).unwrap() {
                 break reply;
             }
         };
-        let logged_in = &reply["loggedIn"];
-        let token = logged_in["token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{email} not logged in: {reply}"))
-            .to_owned();
-        let role = callsync_core::Role::parse(logged_in["role"].as_str().unwrap()).unwrap();
-        let session = web_session(server, hashes, "/callsync").await.unwrap();
-        let (send, recv) = session.open_bi().await.unwrap();
+        assert!(
+            reply.get("loggedIn").is_some(),
+            "{email} not logged in: {reply}"
+        );
         let mut page = PageDriver {
-            replica: callsync_web::replica::Replica::new(
-                callsync_web::replica::Identity {
-                    tenant: "acme".parse().unwrap(),
-                    user: email.parse().unwrap(),
-                    role,
-                    device: device.parse().unwrap(),
-                    actor: callsync_core::ActorId::try_from(actor).unwrap(),
-                },
-                60_000,
-            ),
-            send,
-            recv,
-            _session: session,
+            replica,
+            server: server.addr.clone(),
+            hashes: hashes.to_vec(),
+            link: None,
             persisted: Default::default(),
             events: Vec::new(),
         };
-        page.replica.connect(&token).unwrap();
+        page.release().await;
+        page.replica.start(page_now()).unwrap();
         page.release().await;
         page.until(|e| e["event"] == "caught-up").await;
         page
@@ -413,24 +415,48 @@ impl PageDriver {
 
     /// Asks the server `call` (the wire's JSON) and waits for the answer.
     async fn ask(&mut self, call: &str) -> Value {
-        let id = self.replica.ask(call).unwrap();
+        let ticket = self.replica.ask(page_now(), call).unwrap();
         self.release().await;
-        self.until(|e| e["event"] == "reply" && e["id"] == id).await["result"].clone()
+        self.until(|e| e["event"] == "reply" && e["ticket"] == ticket)
+            .await["result"]
+            .clone()
     }
 
-    /// Persists, then sends: the page's order.
+    /// Persists, then carries out the steps the engine releases: the page's order.
     async fn release(&mut self) {
-        for (key, value) in self.replica.take_flush() {
-            match value {
-                Some(bytes) => self.persisted.insert(key, bytes),
-                None => self.persisted.remove(&key),
-            };
-        }
-        let bytes = self.replica.take_outgoing().unwrap();
-        if !bytes.is_empty() {
-            tokio::io::AsyncWriteExt::write_all(&mut self.send, &bytes)
-                .await
-                .unwrap();
+        loop {
+            while let Some((ticket, records)) = self.replica.take_flush() {
+                for (key, value) in records {
+                    match value {
+                        Some(bytes) => self.persisted.insert(key, bytes),
+                        None => self.persisted.remove(&key),
+                    };
+                }
+                self.replica.flushed(page_now(), ticket, true).unwrap();
+            }
+            let steps = self.replica.take_outgoing();
+            if steps.is_empty() {
+                break;
+            }
+            for step in steps {
+                match step {
+                    callsync_web::replica::Step::Connect => {
+                        let session = web_session_at(&self.server, &self.hashes, "/callsync")
+                            .await
+                            .unwrap();
+                        let (send, recv) = session.open_bi().await.unwrap();
+                        self.link = Some((session, send, recv));
+                        self.replica.connected(page_now()).unwrap();
+                    }
+                    callsync_web::replica::Step::Send(bytes) => {
+                        let (_, send, _) = self.link.as_mut().expect("connected");
+                        tokio::io::AsyncWriteExt::write_all(send, &bytes)
+                            .await
+                            .unwrap();
+                    }
+                    callsync_web::replica::Step::Close => self.link = None,
+                }
+            }
         }
         self.events.extend(self.replica.take_events());
     }
@@ -448,16 +474,15 @@ impl PageDriver {
 
     /// Reads what the stream has and handles it, as the page does per chunk.
     async fn read_once(&mut self, deadline: tokio::time::Instant) {
-        {
-            let mut buf = vec![0u8; 64 * 1024];
-            let read = tokio::time::timeout_at(deadline, self.recv.read(&mut buf))
-                .await
-                .unwrap_or_else(|_| panic!("timed out; events so far: {:?}", self.events))
-                .unwrap()
-                .expect("the server ended the stream");
-            self.replica.receive(&buf[..read]).unwrap();
-            self.release().await;
-        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let (_, _, recv) = self.link.as_mut().expect("connected");
+        let read = tokio::time::timeout_at(deadline, recv.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("timed out; events so far: {:?}", self.events))
+            .unwrap()
+            .expect("the server ended the stream");
+        self.replica.receive(page_now(), &buf[..read]).unwrap();
+        self.release().await;
     }
 }
 
@@ -467,24 +492,22 @@ fn the_pages_replica_catches_up_opens_a_customer_and_requests_a_call_the_phone_g
     let (_desk, phone) = world.rep_devices();
     let mut phone_run = crate::network::PhoneRun::start(&phone);
     let hashes = certificate_hashes(&world.server);
-    runtime().block_on(async {
-        let mut page = PageDriver::log_in(&world.server, &hashes, crate::network::REP, "desk-web-rep")
-            .await;
+    let call = runtime().block_on(async {
+        let mut page = PageDriver::log_in(&world.server, &hashes, crate::network::REP).await;
 
         // The customer list, kept for offline use.
-        let id = page
-            .replica
-            .ask(r#"{"method":"customer-list"}"#)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let ticket = page.replica.list_customers(page_now(), "").unwrap();
         page.release().await;
-        let reply = page.until(|e| e["event"] == "reply" && e["id"] == id).await;
+        let reply = page
+            .until(|e| e["event"] == "reply" && e["ticket"] == ticket)
+            .await;
         assert_eq!(reply["result"]["customers"][0]["id"], "cus-1", "{reply}");
         assert!(page.persisted.contains_key("customers"));
-        assert_eq!(page.replica.customers()[0]["company"], "株式会社さくら物産");
+        assert_eq!(page.replica.local_customers("")[0]["company"], "株式会社さくら物産");
 
         // Opening the customer subscribes to its document, which then syncs here.
         page.replica
-            .ask(r#"{"method":"subscribe","documents":["cus-1"]}"#)
+            .ask(page_now(), r#"{"method":"subscribe","documents":["cus-1"]}"#)
             .unwrap();
         page.release().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -535,16 +558,9 @@ fn the_pages_replica_catches_up_opens_a_customer_and_requests_a_call_the_phone_g
         // 顧客にコール: the phone is asked to dial.
         let view = page
             .replica
-            .request_call(
-                "cus-1",
-                crate::network::NUMBER,
-                "phone-rep",
-                true,
-                callsync_core::Timestamp::from_millis(chrono_now()),
-                "call-web-1",
-                "ev-web-1",
-            )
+            .request_call(page_now(), "cus-1", crate::network::NUMBER, "phone-rep", true)
             .unwrap();
+        let call = view.call.to_string();
         assert_eq!(view.phase.as_str(), "awaiting-start");
         page.release().await;
         assert!(
@@ -554,9 +570,10 @@ fn the_pages_replica_catches_up_opens_a_customer_and_requests_a_call_the_phone_g
         page.until(|e| e["event"] == "acknowledged" && e["customer"] == "cus-1")
             .await;
         assert!(!page.persisted.contains_key("outbox:cus-1"));
+        call
     });
     let requested = phone_run.wait_for(|e| e["event"] == "call-requested");
-    assert_eq!(requested["call"], "call-web-1");
+    assert_eq!(requested["call"], call);
 }
 
 fn chrono_now() -> i64 {
@@ -657,15 +674,14 @@ fn call_stats_need_a_manager_and_a_period_of_at_most_400_days() {
         |from: i64, to: i64| format!(r#"{{"method":"call-stats","from":{from},"to":{to}}}"#);
     let day = 24 * 3600 * 1000;
     runtime().block_on(async {
-        let mut rep =
-            PageDriver::log_in(&world.server, &hashes, crate::network::REP, "desk-web-rep").await;
+        let mut rep = PageDriver::log_in(&world.server, &hashes, crate::network::REP).await;
         let refused = rep.ask(&stats(0, day)).await;
         assert_eq!(refused["refused"]["code"], "role-required", "{refused}");
         assert_eq!(
             refused["refused"]["messageJa"],
             "この操作にはマネージャー以上の権限が必要です"
         );
-        let mut owner = PageDriver::log_in(&world.server, &hashes, OWNER, "desk-web-owner").await;
+        let mut owner = PageDriver::log_in(&world.server, &hashes, OWNER).await;
         for (from, to) in [(day, day), (2 * day, day), (0, 401 * day)] {
             let refused = owner.ask(&stats(from, to)).await;
             assert_eq!(

@@ -434,6 +434,7 @@ pub(crate) fn desk(g: &Global, data: &Path, cmd: &DeskCommand) -> anyhow::Result
                         let page = RpcCall::CustomerList {
                             after: rows.last().map(|r: &wire::CustomerSummary| r.id.clone()),
                             limit: Some(wire::MAX_CUSTOMER_PAGE),
+                            query: None,
                         };
                         let RpcResult::Customers(page) = rpc(client, page).await? else {
                             return Err(anyhow!("unexpected answer"));

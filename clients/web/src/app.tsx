@@ -316,14 +316,23 @@ function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => voi
 
 function CustomerList({ lang, sync }: { lang: Lang; sync: PageSync }) {
   const tick = useEngine(sync);
+  const online = sync.online;
   const [query, setQuery] = useState('');
-  // The reply refreshes the list the replica keeps (and `tick` redraws it).
-  useAskWhenOnline(sync, { method: 'customer-list' });
-  const customers = useMemo(() => JSON.parse(sync.device.customers()) as CustomerSummary[], [tick, sync]);
-  const q = query.trim().toLowerCase();
-  const shown = q
-    ? customers.filter((c) => [c.company, c.contact, c.id].some((f) => f.toLowerCase().includes(q)))
-    : customers;
+  // Online, the server pages and searches (the engine keeps the cursor); a
+  // search waits for the rep to pause typing. Offline, the engine lists what
+  // this device last saw and holds.
+  useEffect(() => {
+    if (!online) return undefined;
+    const timer = setTimeout(() => void sync.call((d) => d.listCustomers(Date.now(), query)), query ? 250 : 0);
+    return () => clearTimeout(timer);
+  }, [online, query, sync]);
+  const listing = useMemo(
+    () => JSON.parse(sync.device.customerListing()) as { rows: CustomerSummary[]; complete: boolean; loading: boolean },
+    [tick, sync],
+  );
+  const local = useMemo(() => JSON.parse(sync.device.localCustomers(query)) as CustomerSummary[], [tick, sync, query]);
+  const fromServer = online && (listing.rows.length > 0 || !listing.loading);
+  const shown = fromServer ? listing.rows : local;
   return (
     <section aria-labelledby="customers-title">
       <h2 id="customers-title">{t(lang, 'customers')}</h2>
@@ -356,6 +365,11 @@ function CustomerList({ lang, sync }: { lang: Lang; sync: PageSync }) {
             ))}
           </tbody>
         </table>
+      )}
+      {fromServer && !listing.complete && (
+        <button type="button" disabled={listing.loading} onClick={() => void sync.call((d) => d.moreCustomers(Date.now()))}>
+          {listing.loading ? t(lang, 'loading') : t(lang, 'moreCustomers')}
+        </button>
       )}
     </section>
   );

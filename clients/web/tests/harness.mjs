@@ -2,7 +2,7 @@
 // `callsync` desk/phone processes on their own data directories, and Debian's
 // Chromium driven by playwright-core (QUIC on: WebTransport needs it).
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -86,10 +86,11 @@ class JsonLines {
 
 /** A server with tenant acme (owner + a rep with the contract), a customer, and the rep's phone. */
 export class World {
-  static async start({ global = [] } = {}) {
+  static async start({ global = [], customers = 0 } = {}) {
     const world = new World();
     world.root = mkdtempSync(path.join(tmpdir(), 'callsync-web-'));
     await world.startServer(global);
+    if (customers > 0) await world.importCustomers(customers);
     world.admin = world.dir('admin-desk');
     world.login(world.admin, 'desk', OWNER);
     cli(world.admin, ['admin', 'add-user', REP, '--role', 'user', '--contract']);
@@ -113,6 +114,23 @@ export class World {
     this.addr = first.listening;
     this.fingerprint = first.fingerprint;
     this.page = first.page;
+  }
+
+  /**
+   * Adds `n` customers (`cus-00000`…, 株式会社テスト00000…) to the tenant: the
+   * server stops, its data directory takes them in one import, and it starts again.
+   */
+  async importCustomers(n) {
+    const rows = ['id,company,contact,owner,phones'];
+    for (let i = 0; i < n; i++) {
+      const id = String(i).padStart(5, '0');
+      rows.push(`cus-${id},株式会社テスト${id},担当${i},${REP},代表:03-${1000 + (i % 9000)}-${String(i % 10000).padStart(4, '0')}`);
+    }
+    const file = path.join(this.root, 'customers.csv');
+    writeFileSync(file, `${rows.join('\n')}\n`);
+    await this.stopServer();
+    execFileSync(BIN, ['--json', '--data', this.dir('server'), '--tenant', 'acme', 'customer', 'import', file], { stdio: 'ignore' });
+    await this.startServer();
   }
 
   async stopServer() {

@@ -407,6 +407,10 @@ pub enum RpcCall {
         /// Most customers in the page.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
+        /// Only customers whose company, contact or id contains this text
+        /// (ASCII letters in any case; at most [`MAX_CUSTOMER_QUERY_CHARS`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        query: Option<String>,
     },
     /// Any member: replicate these documents to this device from now on (at most
     /// [`MAX_SUBSCRIBE`] in one call). Each is answered, then synced like a changed
@@ -492,6 +496,8 @@ impl RpcCall {
 /// Most customers in one page of `customer-list` (about 1.5 MiB at the longest
 /// names a customer may have).
 pub const MAX_CUSTOMER_PAGE: u32 = 1_000;
+/// The longest search text of a `customer-list`, in characters.
+pub const MAX_CUSTOMER_QUERY_CHARS: usize = 100;
 /// Most documents one `subscribe` may name.
 pub const MAX_SUBSCRIBE: usize = 256;
 
@@ -857,6 +863,7 @@ mod tests {
             RpcCall::CustomerList {
                 after: None,
                 limit: Some(3),
+                query: None,
             },
             RpcCall::PluginInstall {
                 file: vec![0, 97, 115, 109],
@@ -913,7 +920,8 @@ mod tests {
             call,
             RpcCall::CustomerList {
                 after: None,
-                limit: Some(5)
+                limit: Some(5),
+                query: None,
             }
         );
         assert!(

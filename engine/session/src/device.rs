@@ -36,6 +36,7 @@
 
 pub mod actions;
 pub mod clock;
+pub mod listing;
 pub mod login;
 pub mod refusal;
 
@@ -343,6 +344,7 @@ pub struct DeviceSession<D> {
     /// A logout is waiting for the unsent work to reach the server, until then.
     logging_out: Option<Timestamp>,
     catalog: Option<ResultCatalog>,
+    listing: listing::CustomerListing,
     out: DeviceOutput,
 }
 
@@ -403,6 +405,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
             next_ticket: 1,
             logging_out: None,
             catalog: None,
+            listing: listing::CustomerListing::default(),
             out: DeviceOutput::default(),
         })
     }

@@ -1463,7 +1463,26 @@ impl<D: LoadedDoc> HubSession<D> {
                 self.start_sync(store, batch, conn, &customer.id, false)?;
                 Ok(RpcResult::Subscribed(vec![customer.id]))
             }
-            RpcCall::CustomerList { after, limit } => {
+            RpcCall::CustomerList {
+                after,
+                limit,
+                query,
+            } => {
+                let query = query.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty());
+                if query
+                    .as_ref()
+                    .is_some_and(|q| q.chars().count() > wire::MAX_CUSTOMER_QUERY_CHARS)
+                {
+                    return Ok(RpcResult::Refused(
+                        Refusal::BadRequest {
+                            detail: format!(
+                                "a search of at most {} characters",
+                                wire::MAX_CUSTOMER_QUERY_CHARS
+                            ),
+                        }
+                        .body(),
+                    ));
+                }
                 let restricted = member.role.is_limited_by_assignee_visibility()
                     && store.assignee_visibility(&self.tenant)?;
                 let owner = restricted.then_some(member.user.as_str());
@@ -1473,7 +1492,13 @@ impl<D: LoadedDoc> HubSession<D> {
                 let page = limit.map_or(MAX_UNPAGED_CUSTOMERS + 1, |l| {
                     l.clamp(1, wire::MAX_CUSTOMER_PAGE)
                 });
-                let rows = store.customers_page(&self.tenant, after.as_ref(), owner, page)?;
+                let rows = store.customers_page(
+                    &self.tenant,
+                    after.as_ref(),
+                    owner,
+                    query.as_deref(),
+                    page,
+                )?;
                 Ok(match limit {
                     Some(_) => RpcResult::Customers(rows),
                     None => unpaged_customers(rows, MAX_UNPAGED_CUSTOMERS),

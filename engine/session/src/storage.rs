@@ -87,12 +87,14 @@ pub trait HubStore {
     /// How many customers the tenant holds.
     fn customer_count(&mut self, tenant: &TenantId) -> Result<u64, StorageError>;
     /// One page of the tenant's customers in id order: after `after`, owned by
-    /// `owner` if given, at most `limit`.
+    /// `owner` if given, whose company, contact or id contains `text` if given
+    /// (ASCII letters in any case), at most `limit`.
     fn customers_page(
         &mut self,
         tenant: &TenantId,
         after: Option<&CustomerId>,
         owner: Option<&str>,
+        text: Option<&str>,
         limit: u32,
     ) -> Result<Vec<CustomerSummary>, StorageError>;
     /// The tenant's customers with a recall, soonest first.

@@ -103,9 +103,10 @@ impl HubStore for WriteTx<'_> {
         tenant: &TenantId,
         after: Option<&CustomerId>,
         owner: Option<&str>,
+        text: Option<&str>,
         limit: u32,
     ) -> Result<Vec<CustomerSummary>, StorageError> {
-        Ok(customers_page(self, tenant, after, owner, limit)?
+        Ok(customers_page(self, tenant, after, owner, text, limit)?
             .into_iter()
             .map(|r| CustomerSummary {
                 id: r.id,

@@ -645,19 +645,26 @@ pub fn customers_page<R: Read + ?Sized>(
     tenant: &TenantId,
     after: Option<&CustomerId>,
     owner: Option<&str>,
+    text: Option<&str>,
     limit: u32,
 ) -> Result<Vec<CustomerRow>, StoreError> {
+    // `instr` rather than LIKE: the rep's text is matched as typed, with no
+    // wildcard of its own; `lower` folds ASCII only (Japanese has no case).
     let mut stmt = reader.db().prepare_cached(
         "SELECT customer_id, company, contact, owner, status FROM documents
          WHERE tenant_id = ?1 AND customer_id > ?2 AND (?3 IS NULL OR owner = ?3)
+           AND (?5 IS NULL OR instr(lower(company), ?5) > 0
+                OR instr(lower(contact), ?5) > 0 OR instr(lower(customer_id), ?5) > 0)
          ORDER BY customer_id LIMIT ?4",
     )?;
+    let text = text.map(str::to_ascii_lowercase);
     let rows = stmt.query_map(
         params![
             tenant.as_str(),
             after.map_or("", CustomerId::as_str),
             owner,
-            i64::from(limit)
+            i64::from(limit),
+            text
         ],
         customer_columns,
     )?;

@@ -1428,6 +1428,27 @@ impl SimNetwork {
         })
     }
 
+    /// `peer`'s screen starts the customer list over, with a search.
+    pub fn list_customers(&mut self, peer: PeerId, query: Option<&str>) -> u64 {
+        let query = query.map(str::to_owned);
+        self.drive(peer, |s, now, _, _| s.list_customers(now, query))
+            .unwrap_or_else(|e| panic!("list: {e}"))
+    }
+
+    /// `peer`'s screen asks the next page of the list.
+    pub fn more_customers(&mut self, peer: PeerId) -> Option<u64> {
+        self.drive(peer, |s, now, _, _| s.more_customers(now))
+            .unwrap_or_else(|e| panic!("more: {e}"))
+    }
+
+    /// The customer list `peer`'s screen shows.
+    pub fn customer_listing(
+        &self,
+        peer: PeerId,
+    ) -> &callsync_session::device::listing::CustomerListing {
+        self.devices[peer - 1].session.customer_listing()
+    }
+
     /// What a logout of `peer` would leave unsent.
     pub fn unsent(&mut self, peer: PeerId) -> Unsent {
         self.drive(peer, |s, _, _, tx| s.unsent(tx))

@@ -296,8 +296,17 @@ impl HubStore for ServerTx<'_> {
         _tenant: &TenantId,
         after: Option<&CustomerId>,
         owner: Option<&str>,
+        text: Option<&str>,
         limit: u32,
     ) -> Result<Vec<CustomerSummary>, StorageError> {
+        let text = text.map(str::to_ascii_lowercase);
+        let matches = |id: &CustomerId, r: &Row| {
+            text.as_deref().is_none_or(|t| {
+                [r.company.as_str(), r.contact.as_str(), id.as_str()]
+                    .iter()
+                    .any(|f| f.to_ascii_lowercase().contains(t))
+            })
+        };
         Ok(self
             .work
             .docs
@@ -305,6 +314,7 @@ impl HubStore for ServerTx<'_> {
             .iter()
             .filter(|(id, _)| after.is_none_or(|a| *id > a))
             .filter(|(_, r)| owner.is_none_or(|o| r.owner == o))
+            .filter(|(id, r)| matches(id, r))
             .take(limit as usize)
             .map(|(id, r)| CustomerSummary {
                 id: id.clone(),

@@ -476,3 +476,70 @@ fn a_failing_disk_sends_nothing_and_says_so() {
     assert_eq!(net.phase(desk), LinkPhase::Online);
     let _ = Timestamp::from_millis(0);
 }
+
+#[test]
+fn the_customer_list_comes_a_page_at_a_time_and_a_search_finds_the_last_customer() {
+    let (mut net, _server, desk, _phone) = three(21);
+    net.add_customers(250);
+    net.list_customers(desk, None);
+    net.run_until_quiescent();
+    let listing = net.customer_listing(desk);
+    assert_eq!(listing.rows.len(), 100);
+    assert!(!listing.complete && !listing.loading);
+    while net.more_customers(desk).is_some() {
+        net.run_until_quiescent();
+    }
+    let listing = net.customer_listing(desk);
+    assert_eq!(listing.rows.len(), 251, "every customer once");
+    assert!(listing.complete);
+    let mut ids: Vec<_> = listing.rows.iter().map(|r| r.id.clone()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 251);
+    // A search goes to the server and starts the list over; case does not matter.
+    let last = listing.rows.last().unwrap().id.to_string();
+    let typed = format!("  {} ", last.to_uppercase());
+    net.list_customers(desk, Some(&typed));
+    net.run_until_quiescent();
+    let listing = net.customer_listing(desk);
+    assert_eq!(listing.query.as_deref(), Some(last.to_uppercase().as_str()));
+    assert_eq!(
+        listing
+            .rows
+            .iter()
+            .map(|r| r.id.to_string())
+            .collect::<Vec<_>>(),
+        [last]
+    );
+    assert!(listing.complete);
+    // Asked offline, the first page waits for the join.
+    net.partition(desk, 0);
+    net.list_customers(desk, Some("さくら"));
+    assert!(net.customer_listing(desk).loading);
+    net.heal(desk, 0);
+    net.run_until_quiescent();
+    let listing = net.customer_listing(desk);
+    assert_eq!(
+        listing.rows.len(),
+        100,
+        "the first page: every sample is さくら"
+    );
+    assert!(!listing.complete);
+}
+
+#[test]
+fn a_search_longer_than_the_limit_is_refused() {
+    let (mut net, _server, desk, _phone) = three(22);
+    let ticket = net.ask(
+        desk,
+        RpcCall::CustomerList {
+            after: None,
+            limit: Some(10),
+            query: Some("あ".repeat(101)),
+        },
+    );
+    net.run_until_quiescent();
+    assert!(net.events(desk).iter().any(|e| matches!(
+        e,
+        ClientEvent::Reply { ticket: t, result: RpcResult::Refused(body) } if *t == ticket && body.code == "bad-request"
+    )));
+}

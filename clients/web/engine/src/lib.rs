@@ -290,9 +290,35 @@ impl WebDevice {
         self.inner.logout(at(now_ms)).map_err(js_error)
     }
 
-    /// The last customer list (JSON array).
-    pub fn customers(&self) -> String {
-        self.inner.customers().to_string()
+    /// Starts the customer list over with `query` (empty: every customer),
+    /// searched on the server; the answer comes as a `reply` event.
+    #[wasm_bindgen(js_name = listCustomers)]
+    pub fn list_customers(&mut self, now_ms: f64, query: &str) -> Result<f64, JsError> {
+        self.inner
+            .list_customers(at(now_ms), query)
+            .map(|t| t as f64)
+            .map_err(js_error)
+    }
+
+    /// Asks the next page of the list, if there is one.
+    #[wasm_bindgen(js_name = moreCustomers)]
+    pub fn more_customers(&mut self, now_ms: f64) -> Result<Option<f64>, JsError> {
+        self.inner
+            .more_customers(at(now_ms))
+            .map(|t| t.map(|t| t as f64))
+            .map_err(js_error)
+    }
+
+    /// The list as the server answered so far (JSON `{query, rows, complete, loading}`).
+    #[wasm_bindgen(js_name = customerListing)]
+    pub fn customer_listing(&self) -> String {
+        self.inner.customer_listing().to_string()
+    }
+
+    /// The list this device can show offline, matching `query` (JSON array).
+    #[wasm_bindgen(js_name = localCustomers)]
+    pub fn local_customers(&self, query: &str) -> String {
+        self.inner.local_customers(query).to_string()
     }
 
     /// A customer as held here, with calls and timeline (JSON; `null` if not held).

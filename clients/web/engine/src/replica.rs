@@ -239,6 +239,7 @@ impl Replica {
             self.inbound.clear();
             self.outgoing.push_back((ticket, Step::Connect));
         }
+        let mut listed = false;
         for event in out.events {
             match serde_json::to_value(&event) {
                 Ok(value) => self.events.push(value),
@@ -246,16 +247,24 @@ impl Replica {
                     .events
                     .push(json!({ "event": "error", "message": e.to_string() })),
             }
-            if let callsync_session::client::ClientEvent::Reply {
-                result: wire::RpcResult::Customers(list),
-                ..
-            } = &event
-                && let Ok(bytes) = serde_json::to_vec(list)
-            {
-                // Kept for offline use: the list opens with no network.
-                self.store.put(CUSTOMERS_KEY.to_owned(), bytes);
-                self.commit();
-            }
+            listed |= matches!(
+                event,
+                callsync_session::client::ClientEvent::Reply {
+                    result: wire::RpcResult::Customers(_),
+                    ..
+                }
+            );
+        }
+        // The unsearched list as far as it was read is kept for offline use: the
+        // list opens with no network.
+        let listing = session.customer_listing();
+        if listed
+            && listing.query.is_none()
+            && !listing.rows.is_empty()
+            && let Ok(bytes) = serde_json::to_vec(&listing.rows)
+        {
+            self.store.put(CUSTOMERS_KEY.to_owned(), bytes);
+            self.commit();
         }
     }
 
@@ -585,12 +594,64 @@ impl Replica {
 
     // --- reading -----------------------------------------------------------
 
-    /// The last customer list (JSON array).
-    pub fn customers(&self) -> Value {
-        self.store
+    /// Starts the customer list over with `query` (a search on the server).
+    pub fn list_customers(&mut self, now: Timestamp, query: &str) -> Result<u64, PageError> {
+        let query = Some(query.to_owned());
+        self.drive(|s, _, _| Ok(s.list_customers(now, query)?))
+    }
+
+    /// Asks the next page of the list, if there is one.
+    pub fn more_customers(&mut self, now: Timestamp) -> Result<Option<u64>, PageError> {
+        self.drive(|s, _, _| Ok(s.more_customers(now)?))
+    }
+
+    /// The list as the server answered so far (JSON `{query, rows, complete,
+    /// loading}`).
+    pub fn customer_listing(&self) -> Value {
+        self.session
+            .as_ref()
+            .map_or_else(|| json!({ "rows": [] }), |s| json!(s.customer_listing()))
+    }
+
+    /// The list this device can show with no network: the customers it last
+    /// listed and those it holds, matching `query` as the server would (company,
+    /// contact or id containing it; ASCII letters in any case), in id order.
+    pub fn local_customers(&self, query: &str) -> Value {
+        let mut rows: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+        if let Some(Value::Array(listed)) = self
+            .store
             .get(CUSTOMERS_KEY)
-            .and_then(|bytes| serde_json::from_slice(bytes).ok())
-            .unwrap_or_else(|| json!([]))
+            .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
+        {
+            for row in listed {
+                if let Some(id) = row["id"].as_str() {
+                    rows.insert(id.to_owned(), row.clone());
+                }
+            }
+        }
+        for held in self.store.customers_held() {
+            if let Ok(Some(doc)) = self.store.load_doc(&held, automerge::ActorId::random())
+                && let Ok(c) = doc.customer()
+            {
+                rows.insert(
+                    held.to_string(),
+                    json!({
+                        "id": held, "company": c.company, "contact": c.contact,
+                        "owner": c.owner, "status": c.status.as_str(),
+                    }),
+                );
+            }
+        }
+        let query = query.trim().to_ascii_lowercase();
+        let matches = |row: &Value| {
+            query.is_empty()
+                || ["company", "contact", "id"].iter().any(|f| {
+                    row[*f]
+                        .as_str()
+                        .is_some_and(|v| v.to_ascii_lowercase().contains(&query))
+                })
+        };
+        Value::Array(rows.into_values().filter(matches).collect())
     }
 
     /// A customer as held here, with calls and timeline (`null` when this device

@@ -677,6 +677,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
     ) -> Result<(), DeviceFailure> {
         let flow = match ask.purpose {
             AskPurpose::Screen => {
+                self.listing_answered(ask.ticket, Some(&result));
                 self.out.events.push(ClientEvent::Reply {
                     ticket: ask.ticket,
                     result,
@@ -722,6 +723,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
     ) -> Result<(), DeviceFailure> {
         match ask.purpose {
             AskPurpose::Screen => {
+                self.listing_answered(ask.ticket, None);
                 let (message, message_ja) = why.words();
                 self.out.events.push(ClientEvent::AskFailed {
                     ticket: ask.ticket,
