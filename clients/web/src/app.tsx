@@ -3,10 +3,9 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import type { ComponentChildren } from 'preact';
 import { LoginRefused, PageSync, asRefusal, type EngineEvent } from './sync';
-import { flagText, formatTime, isRace, phaseText, t, type Key, type Lang } from './i18n';
+import { eventText, flagText, formatTime, isOpenPhase, isRace, optionText, phaseText, t, type Key, type Lang } from './i18n';
 import { Dashboard, isManager } from './dashboard';
 import {
-  OPEN_PHASES,
   eventKind,
   type CallView,
   type CustomerDetail,
@@ -14,6 +13,7 @@ import {
   type DeviceSummary,
   type RecallSummary,
   type ResultTypeSpec,
+  type TimelineEntry,
 } from './types';
 
 type Route =
@@ -394,7 +394,7 @@ function CustomerScreen({ lang, sync, route }: { lang: Lang; sync: PageSync; rou
     <section aria-labelledby="customer-title">
       <h2 id="customer-title">{customer.company}</h2>
       <p class="sub">
-        {customer.contact} ・ {t(lang, 'status')}: {customer.status}
+        {customer.contact}{t(lang, 'sep')}{t(lang, 'status')}: {customer.status}
       </p>
       <div role="tablist" aria-label={customer.company}>
         {tabs.map(([tab, key]) => (
@@ -448,7 +448,7 @@ function Alert({ children }: { children: ComponentChildren }) {
 function CallTab({ lang, sync, detail }: { lang: Lang; sync: PageSync; detail: CustomerDetail }) {
   const { customer } = detail;
   const mine = customer.calls.filter((c) => c.origin_stamp.user === sync.login.user);
-  const open = [...mine].reverse().find((c) => OPEN_PHASES.has(c.phase));
+  const open = [...mine].reverse().find((c) => isOpenPhase(c.phase));
   const last = mine[mine.length - 1];
   const [error, setError] = useState<string | undefined>();
   const [notice, setNotice] = useState<Key | undefined>();
@@ -588,7 +588,7 @@ function CallForm({
       <label>
         {t(lang, 'origin')}
         <select value={origin} onChange={(e) => setOrigin(e.currentTarget.value)} required>
-          {phones.length === 0 && <option value="">{t(lang, 'noPhone')}</option>}
+          {phones.length === 0 && <option value="">{t(lang, sync.online ? 'noPhone' : 'phonesUnknown')}</option>}
           {phones.map((d) => (
             <option key={d.id} value={d.id}>
               {d.id}
@@ -696,6 +696,8 @@ function ResultForm({
   const [memo, setMemo] = useState('');
   const [error, setError] = useState<string | undefined>();
   const spec = types.find((s) => s.id === type);
+  // The tenant's statuses: those its result types set.
+  const statuses = [...new Set(types.map((s) => s.default_status).filter((v): v is string => Boolean(v)))];
   const first = useRef<HTMLSelectElement>(null);
   useEffect(() => first.current?.focus(), []);
   const pick = (id: string) => {
@@ -765,10 +767,10 @@ function ResultForm({
       </label>
       <fieldset disabled={!spec || spec.options.length === 0}>
         <legend>{t(lang, 'resultOption')}</legend>
-        {['none', ...(spec?.options ?? [])].map((o) => (
+        {['none', ...(spec?.options ?? []).filter((o) => o !== 'none')].map((o) => (
           <label key={o} class="inline">
             <input type="radio" name="option" value={o} checked={option === o} onChange={() => setOption(o)} />
-            {t(lang, o === 'recall' ? 'optionRecall' : o === 'restriction' ? 'optionRestriction' : 'optionNone')}
+            {optionText(lang, o)}
           </label>
         ))}
       </fieldset>
@@ -793,7 +795,14 @@ function ResultForm({
       )}
       <label>
         {t(lang, 'customerStatus')}
-        <input type="text" value={status} onInput={(e) => setStatus(e.currentTarget.value)} />
+        <select value={status} onChange={(e) => setStatus(e.currentTarget.value)}>
+          <option value="">{t(lang, 'statusUnchanged')}</option>
+          {statuses.map((v) => (
+            <option key={v} value={v}>
+              {v}
+            </option>
+          ))}
+        </select>
       </label>
       <label>
         {t(lang, 'memo')}
@@ -829,17 +838,38 @@ function Timeline({ lang, detail, label }: { lang: Lang; detail: CustomerDetail;
     <ol class="timeline">
       {[...detail.timeline].reverse().map((entry) => (
         <li key={entry.event}>
-          <time>{formatTime(lang, entry.stamp.at)}</time> {phaseText(lang, eventKind(entry.kind))} ・ {entry.stamp.user} ({entry.stamp.device})
-          {eventKind(entry.kind) === 'result-saved' && (
-            <span>
-              {' '}
-              ・ {t(lang, 'result')}: {label(String((entry.kind as Record<string, { result_type?: string }>)['result-saved']?.result_type ?? ''))}
-            </span>
-          )}
+          <time>{formatTime(lang, entry.stamp.at)}</time> {eventText(lang, eventKind(entry.kind))}
+          <EventDetail lang={lang} kind={entry.kind} label={label} />
+          {t(lang, 'sep')}
+          {entry.stamp.user} ({entry.stamp.device})
         </li>
       ))}
     </ol>
   );
+}
+
+/** What an event carries, in words: the number, the duration, the result and its memo. */
+function EventDetail({ lang, kind, label }: { lang: Lang; kind: TimelineEntry['kind']; label: Labels }) {
+  if (typeof kind === 'string') return null;
+  const [name, fields] = Object.entries(kind)[0] ?? ['', {}];
+  const f = fields as Record<string, unknown>;
+  const sep = t(lang, 'sep');
+  if (name === 'requested') return <span>{sep + String(f.destination ?? '')}</span>;
+  if (name === 'manual-call') return <span>{sep + String(f.number ?? '')}</span>;
+  if (name === 'phone-ended') return <span>{sep + mmss(Number(f.duration_secs ?? 0))}</span>;
+  if (name === 'result-saved') {
+    const option = f.option as { kind?: string; at?: number; until?: number } | undefined;
+    const when = option?.at ?? option?.until;
+    return (
+      <span>
+        {' '}
+        {sep + label(String(f.result_type ?? ''))}
+        {option?.kind && option.kind !== 'none' && `${sep}${optionText(lang, option.kind)}${when ? ` ${formatTime(lang, when)}` : ''}`}
+        {f.memo ? `${sep}${String(f.memo)}` : ''}
+      </span>
+    );
+  }
+  return null;
 }
 
 function History({ lang, detail, base, label }: { lang: Lang; detail: CustomerDetail; base: string; label: Labels }) {
@@ -900,7 +930,7 @@ function CallDetail({ lang, detail, call, back, label }: { lang: Lang; detail: C
           </>
         )}
         <dt>{t(lang, 'result')}</dt>
-        <dd>{result ? `${label(result.result_type)}${result.memo ? ` ・ ${result.memo}` : ''}` : '—'}</dd>
+        <dd>{result ? `${label(result.result_type)}${result.memo ? `${t(lang, 'sep')}${result.memo}` : ''}` : '—'}</dd>
       </dl>
       {view.flags.map((f) => (
         <p key={f}>{flagText(lang, f)}</p>

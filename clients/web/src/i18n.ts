@@ -1,12 +1,13 @@
 // The page's words: Japanese by default (the manual's words), English on the
 // switch. Every string the screens show comes from here.
 
-import { raceAdvice } from './pkg/callsync_web.js';
+import { raceAdvice, vocabulary } from './pkg/callsync_web.js';
 
 export type Lang = 'ja' | 'en';
 
 const ja = {
   appName: 'callsync',
+  sep: ' ・ ',
   email: 'メールアドレス',
   password: 'パスワード',
   logIn: 'ログイン',
@@ -40,6 +41,8 @@ const ja = {
   phoneOnline: 'スマートフォン接続中',
   phoneOffline: 'スマートフォン未接続（スリープを解除してください）',
   noPhone: 'スマートフォンが登録されていません',
+  phonesUnknown: 'オフラインのため、スマートフォンの一覧は接続が戻るまでわかりません',
+  statusUnchanged: '（コール結果の既定のステータス）',
   recording: '録音',
   callCustomer: '顧客にコール',
   cancelCall: 'コールをキャンセル',
@@ -54,9 +57,6 @@ const ja = {
   resultTitle: 'コール結果を保存する',
   resultType: 'コール結果を保存',
   resultOption: 'コール結果オプション',
-  optionNone: 'なし',
-  optionRecall: '再コール',
-  optionRestriction: 'コール制限',
   date: '日時を選択する',
   time: '時刻',
   customerStatus: '顧客ステータスを選択する',
@@ -92,6 +92,7 @@ export type Key = keyof typeof ja;
 
 const en: Record<Key, string> = {
   appName: 'callsync',
+  sep: ' · ',
   email: 'Email',
   password: 'Password',
   logIn: 'Log in',
@@ -125,6 +126,8 @@ const en: Record<Key, string> = {
   phoneOnline: 'Phone connected',
   phoneOffline: 'Phone not connected (wake it up)',
   noPhone: 'No phone registered',
+  phonesUnknown: 'Offline: your phones are known once the connection returns',
+  statusUnchanged: '(the result type\'s default status)',
   recording: 'Record',
   callCustomer: 'Call customer',
   cancelCall: 'Cancel call',
@@ -137,9 +140,6 @@ const en: Record<Key, string> = {
   resultTitle: 'Save the call result',
   resultType: 'Call result',
   resultOption: 'Result option',
-  optionNone: 'None',
-  optionRecall: 'Recall',
-  optionRestriction: 'Call restriction',
   date: 'Date and time',
   time: 'Time',
   customerStatus: 'Customer status',
@@ -171,16 +171,41 @@ const en: Record<Key, string> = {
   refused: 'Not done',
 };
 
-const phases: Record<string, [string, string]> = {
-  'awaiting-start': ['発信待ち', 'Waiting for the phone'],
-  'in-call': ['通話中', 'In call'],
-  'phone-ended': ['スマートフォンで終話（ブラウザで終了してください）', 'Ended on the phone (end it here too)'],
-  'browser-ended': ['ブラウザで終話（スマートフォンで終了してください）', 'Ended here (end it on the phone too)'],
-  'awaiting-result': ['コール結果待ち', 'Awaiting the result'],
-  completed: ['完了', 'Completed'],
-  cancelled: ['キャンセル', 'Cancelled'],
-  expired: ['開始されずにキャンセル', 'Cancelled: not started in time'],
-};
+/** The engine's words (phases, event kinds, result options): the page keeps no list of its own. */
+interface Words {
+  name: string;
+  en: string;
+  ja: string;
+}
+interface Vocabulary {
+  phases: (Words & { open: boolean; adviceEn: string | null; adviceJa: string | null })[];
+  events: Words[];
+  options: Words[];
+}
+let loaded: Vocabulary | undefined;
+function words(): Vocabulary {
+  loaded ??= JSON.parse(vocabulary()) as Vocabulary;
+  return loaded;
+}
+
+function say(lang: Lang, found: Words | undefined, fallback: string): string {
+  return found ? (lang === 'ja' ? found.ja : found.en) : fallback;
+}
+
+/** Whether a call in this phase is still open (the engine's rule). */
+export function isOpenPhase(phase: string): boolean {
+  return words().phases.some((p) => p.name === phase && p.open);
+}
+
+/** An event kind (`requested`, `result-saved`, …) in words. */
+export function eventText(lang: Lang, kind: string): string {
+  return say(lang, words().events.find((e) => e.name === kind), kind);
+}
+
+/** A result option (`none`, `recall`, `restriction`) in words. */
+export function optionText(lang: Lang, option: string): string {
+  return say(lang, words().options.find((o) => o.name === option), option);
+}
 
 /** Conditions without advice (races are said by the engine: `raceAdvice`). */
 const flags: Record<string, [string, string]> = {
@@ -197,9 +222,14 @@ export function t(lang: Lang, key: Key): string {
   return lang === 'ja' ? ja[key] : en[key];
 }
 
+/** A phase in words, with what the desk should do in it, if anything. */
 export function phaseText(lang: Lang, phase: string): string {
-  const words = phases[phase];
-  return words ? words[lang === 'ja' ? 0 : 1] : phase;
+  const found = words().phases.find((p) => p.name === phase);
+  if (!found) return phase;
+  const advice = lang === 'ja' ? found.adviceJa : found.adviceEn;
+  const base = lang === 'ja' ? found.ja : found.en;
+  if (!advice) return base;
+  return lang === 'ja' ? `${base}（${advice}）` : `${base}: ${advice}`;
 }
 
 /** A flag in words: a race's advice from the engine (the phone says the same), or the condition's name. */

@@ -102,5 +102,3 @@ export function eventKind(kind: TimelineEntry['kind']): string {
   return typeof kind === 'string' ? kind : (Object.keys(kind)[0] ?? '');
 }
 
-/** Phases in which the call is still the rep's to finish. */
-export const OPEN_PHASES = new Set(['awaiting-start', 'in-call', 'phone-ended', 'browser-ended', 'awaiting-result']);

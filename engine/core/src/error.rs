@@ -389,23 +389,10 @@ fn device_kind_ja(kind: &str) -> &'static str {
 }
 
 fn option_ja(option: OptionKind) -> &'static str {
-    match option {
-        OptionKind::None => "なし",
-        OptionKind::Recall => "再コール",
-        OptionKind::Restriction => "コール禁止",
-    }
+    option.words().1
 }
 
-/// The phase as the Japanese UI names it.
+/// The phase as the Japanese UI names it (see [`Phase::words`]).
 pub fn phase_ja(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Completed => "完了",
-        Phase::AwaitingResult => "コール結果待ち",
-        Phase::PhoneEnded => "アプリで終了",
-        Phase::BrowserEnded => "ブラウザで終了",
-        Phase::InCall => "通話中",
-        Phase::Cancelled => "キャンセル",
-        Phase::Expired => "期限切れ",
-        Phase::AwaitingStart => "発信開始待ち",
-    }
+    phase.words().1
 }

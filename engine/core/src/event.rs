@@ -126,6 +126,11 @@ impl EventKind {
         }
     }
 
+    /// The event in the rep's words, for timelines: `(English, Japanese)`.
+    pub fn words(&self) -> (&'static str, &'static str) {
+        kind_words(self.name()).unwrap_or((self.name(), self.name()))
+    }
+
     /// Where the event sits in a call's life, to order events recorded at the same
     /// instant (a timeline shows `browser-ended` before the `result-saved` it allowed).
     pub fn lifecycle_rank(&self) -> u8 {
@@ -155,6 +160,38 @@ impl EventKind {
             Self::ResultSaved(_) => &[Desk, Phone],
         }
     }
+}
+
+/// Every event kind's name ([`EventKind::name`]).
+pub const KIND_NAMES: [&str; 10] = [
+    "requested",
+    "cancelled",
+    "expired",
+    "started",
+    "phone-ended",
+    "browser-ended",
+    "result-saved",
+    "recording-attached",
+    "recording-deleted",
+    "manual-call",
+];
+
+/// An event kind in the rep's words, by its name: `(English, Japanese)`. Every
+/// screen's timeline says these.
+pub fn kind_words(name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match name {
+        "requested" => ("Call requested", "コールを依頼"),
+        "cancelled" => ("Call cancelled", "コールをキャンセル"),
+        "expired" => ("Not started in time", "開始されずに期限切れ"),
+        "started" => ("Call started on the phone", "スマートフォンで通話開始"),
+        "phone-ended" => ("Call ended on the phone", "スマートフォンで終話"),
+        "browser-ended" => ("Call ended in the browser", "ブラウザで終話"),
+        "result-saved" => ("Call result saved", "コール結果を保存"),
+        "recording-attached" => ("Recording stored", "録音を保存"),
+        "recording-deleted" => ("Recording deleted", "録音を削除"),
+        "manual-call" => ("Manual call logged", "手動コールを記録"),
+        _ => return None,
+    })
 }
 
 /// The fields of a saved call result (the result form).
@@ -194,4 +231,56 @@ pub struct RecordingRef {
     pub duration_ms: u64,
     /// Container and codec, e.g. `wav/pcm16`.
     pub format: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_japanese(text: &str) -> bool {
+        text.chars()
+            .any(|c| matches!(c, '\u{3040}'..='\u{30ff}' | '\u{4e00}'..='\u{9fff}'))
+    }
+
+    #[test]
+    fn every_event_kind_has_words_in_both_languages() {
+        let fields = SavedResultFields {
+            result_type: ResultTypeId::new("appointment").unwrap(),
+            option: ResultOption::None,
+            customer_status: None,
+            memo: String::new(),
+            decision: None,
+            kept_as_picked: None,
+        };
+        let number = PhoneNumber::parse("03-1234-5678").unwrap();
+        let kinds = [
+            EventKind::Requested {
+                destination: number.clone(),
+                origin: DeviceId::new("phone-1").unwrap(),
+                recording: true,
+            },
+            EventKind::Cancelled,
+            EventKind::Expired,
+            EventKind::Started,
+            EventKind::PhoneEnded { duration_secs: 1 },
+            EventKind::BrowserEnded,
+            EventKind::ResultSaved(fields),
+            EventKind::RecordingAttached(RecordingRef {
+                sha256: String::new(),
+                size: 0,
+                duration_ms: 0,
+                format: String::new(),
+            }),
+            EventKind::RecordingDeleted,
+            EventKind::ManualCall { number },
+        ];
+        let names: Vec<&str> = kinds.iter().map(EventKind::name).collect();
+        assert_eq!(names, KIND_NAMES);
+        for kind in &kinds {
+            let (en, ja) = kind.words();
+            assert!(!en.is_empty() && !is_japanese(en), "{en}");
+            assert!(is_japanese(ja), "{ja}");
+        }
+        assert_eq!(kind_words("no-such-kind"), None);
+    }
 }

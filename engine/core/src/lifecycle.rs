@@ -57,20 +57,58 @@ impl Phase {
         }
     }
 
+    /// Every phase, in the order of a call's life.
+    pub const ALL: [Self; 8] = [
+        Self::AwaitingStart,
+        Self::InCall,
+        Self::PhoneEnded,
+        Self::BrowserEnded,
+        Self::AwaitingResult,
+        Self::Completed,
+        Self::Cancelled,
+        Self::Expired,
+    ];
+
     /// Parses [`Phase::as_str`] back.
     pub fn parse(name: &str) -> Option<Self> {
-        [
-            Self::Completed,
-            Self::AwaitingResult,
-            Self::PhoneEnded,
-            Self::BrowserEnded,
-            Self::InCall,
-            Self::Cancelled,
-            Self::Expired,
-            Self::AwaitingStart,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == name)
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Whether the call is still open: requested and waiting, in progress, or
+    /// waiting for its result. An open call of the user's blocks a new request
+    /// (see `rules::blocking_call`); the page shows it on the call tab.
+    pub fn is_open(self) -> bool {
+        !matches!(self, Self::Completed | Self::Cancelled | Self::Expired)
+    }
+
+    /// The phase in the rep's words: `(English, Japanese)`. Every screen (the
+    /// page, the CLI, refusals) says these.
+    pub fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Self::AwaitingStart => ("Waiting for the phone to start", "発信開始待ち"),
+            Self::InCall => ("In call", "通話中"),
+            Self::PhoneEnded => ("Ended on the phone", "スマートフォンで終話"),
+            Self::BrowserEnded => ("Ended in the browser", "ブラウザで終話"),
+            Self::AwaitingResult => ("Awaiting the result", "コール結果待ち"),
+            Self::Completed => ("Completed", "完了"),
+            Self::Cancelled => ("Cancelled", "キャンセル"),
+            Self::Expired => (
+                "Expired: not started in time",
+                "期限切れ（開始されずにキャンセル）",
+            ),
+        }
+    }
+
+    /// What the desk should do in this phase, if anything: `(English, Japanese)`.
+    pub fn advice(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::PhoneEnded => Some(("End the call here too.", "ブラウザでも終了してください。")),
+            Self::BrowserEnded => Some((
+                "End the call on the phone too.",
+                "スマートフォンでも終了してください。",
+            )),
+            _ => None,
+        }
     }
 
     /// Whether the call really took place and still lacks its (mandatory) result.
@@ -636,4 +674,40 @@ fn earlier<'a, T>(
 
 fn canonical_key(event: &CallEvent) -> String {
     serde_json::to_string(event).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod vocabulary_tests {
+    use super::*;
+
+    #[test]
+    fn every_phase_reads_back_and_has_words_and_five_are_open() {
+        for phase in Phase::ALL {
+            assert_eq!(Phase::parse(phase.as_str()), Some(phase));
+            let (en, ja) = phase.words();
+            assert!(en.is_ascii() && !en.is_empty(), "{en}");
+            assert!(!ja.is_ascii(), "{ja}");
+        }
+        let open: Vec<&str> = Phase::ALL
+            .into_iter()
+            .filter(|p| p.is_open())
+            .map(Phase::as_str)
+            .collect();
+        assert_eq!(
+            open,
+            [
+                "awaiting-start",
+                "in-call",
+                "phone-ended",
+                "browser-ended",
+                "awaiting-result"
+            ]
+        );
+        // A result is due only in open phases of a call that took place.
+        assert!(
+            Phase::ALL
+                .into_iter()
+                .all(|p| !p.result_due() || p.is_open())
+        );
+    }
 }

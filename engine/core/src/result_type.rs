@@ -70,6 +70,18 @@ impl OptionKind {
             Self::Restriction => "restriction",
         }
     }
+
+    /// Every kind, in the result form's order.
+    pub const ALL: [Self; 3] = [Self::None, Self::Recall, Self::Restriction];
+
+    /// The option in the rep's words (コール結果オプション): `(English, Japanese)`.
+    pub fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Self::None => ("No follow-up", "なし"),
+            Self::Recall => ("Recall", "再コール"),
+            Self::Restriction => ("Call restriction", "コール禁止"),
+        }
+    }
 }
 
 /// Whether the result form asks the user for the option's time.

@@ -926,11 +926,7 @@ impl WriteTx<'_> {
         user: &UserId,
         except: &CustomerId,
     ) -> Result<Vec<OpenCall>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT call_id, phase, requested_at FROM calls
-             WHERE tenant_id = ?1 AND user_id = ?2 AND customer_id <> ?3
-               AND phase IN ('awaiting-result', 'phone-ended', 'browser-ended', 'in-call', 'awaiting-start')",
-        )?;
+        let mut stmt = self.conn.prepare_cached(&OPEN_CALLS_SQL)?;
         let rows = stmt.query_map(
             params![tenant.as_str(), user.as_str(), except.as_str()],
             |r| {
@@ -1302,6 +1298,22 @@ fn load(
         indexed: None,
     })
 }
+
+/// The user's open calls on other customers: the phases the core calls open
+/// ([`Phase::is_open`]), so no list of phases is kept here.
+static OPEN_CALLS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let open: Vec<String> = Phase::ALL
+        .into_iter()
+        .filter(|p| p.is_open())
+        .map(|p| format!("'{}'", p.as_str()))
+        .collect();
+    format!(
+        "SELECT call_id, phase, requested_at FROM calls
+         WHERE tenant_id = ?1 AND user_id = ?2 AND customer_id <> ?3
+           AND phase IN ({})",
+        open.join(", ")
+    )
+});
 
 fn customer_of_call(
     conn: &Connection,

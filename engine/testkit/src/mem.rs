@@ -120,15 +120,7 @@ impl Docs {
         let calls = Arc::make_mut(&mut self.calls);
         for call in &customer.calls {
             calls.insert(call.call.clone(), id.clone());
-            let blocking = matches!(
-                call.phase,
-                Phase::AwaitingStart
-                    | Phase::InCall
-                    | Phase::PhoneEnded
-                    | Phase::BrowserEnded
-                    | Phase::AwaitingResult
-            );
-            if blocking {
+            if call.phase.is_open() {
                 open.insert(
                     (id.clone(), call.call.clone()),
                     (call.owner().clone(), OpenCall::of(call)),
