@@ -335,6 +335,14 @@ pub(crate) enum AdminCommand {
         /// The member.
         email: String,
     },
+    /// Give a member another role (their devices reconnect with it).
+    Role {
+        /// The member.
+        email: String,
+        /// The new role.
+        #[arg(value_enum)]
+        role: RoleArg,
+    },
     /// Set a new password (from CALLSYNC_NEW_PASSWORD or stdin); signs them out.
     ResetPassword {
         /// The member.
@@ -386,6 +394,17 @@ pub(crate) enum RoleArg {
     Admin,
     /// オーナー
     Owner,
+}
+
+impl From<RoleArg> for callsync_core::Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::User => Self::User,
+            RoleArg::Manager => Self::Manager,
+            RoleArg::Admin => Self::Admin,
+            RoleArg::Owner => Self::Owner,
+        }
+    }
 }
 
 /// on / off.

@@ -164,6 +164,7 @@ fn classify_local(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
                 StoreError::UnknownTenant { .. } => ("unknown-tenant", 1, None),
                 StoreError::MemberExists { .. } => ("member-exists", 1, None),
                 StoreError::UnknownMember { .. } => ("unknown-member", 1, None),
+                StoreError::LastOwner => ("last-owner", 1, None),
                 StoreError::DeviceTaken { .. } => ("device-taken", 1, None),
                 StoreError::ActorTaken { .. } => ("actor-taken", 1, None),
                 StoreError::DocumentTooLarge { .. } => ("document-too-large", 1, None),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use callsync_core::wire::{self, RpcCall, RpcResult};
-use callsync_core::{CallId, CustomerId, DeviceKind, EventKind, Phase, Role, UserId};
+use callsync_core::{CallId, CustomerId, DeviceKind, EventKind, Phase, UserId};
 use callsync_replica::run::{RunOptions, run};
 use callsync_replica::session::{LoginRequest, SavedTrust};
 use callsync_replica::{ClientError, ClientEvent, SavedSession, SyncClient, login};
@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::app::{App, InputError};
 use crate::args::{
     AdminCommand, CallCommand, DeskCommand, Global, LoginArgs, OnOff, PhoneCommand, PluginCommand,
-    ResultArgs, RoleArg, ServeArgs, Side,
+    ResultArgs, ServeArgs, Side,
 };
 use crate::{Report, render};
 
@@ -708,12 +708,7 @@ pub(crate) fn admin(g: &Global, data: &Path, cmd: &AdminCommand) -> anyhow::Resu
             contract,
         } => RpcCall::UserAdd {
             email: UserId::new(email.trim().to_lowercase())?,
-            role: match role {
-                RoleArg::User => Role::User,
-                RoleArg::Manager => Role::Manager,
-                RoleArg::Admin => Role::Admin,
-                RoleArg::Owner => Role::Owner,
-            },
+            role: (*role).into(),
             password: password("CALLSYNC_NEW_PASSWORD")?,
             contract: *contract,
         },
@@ -723,6 +718,10 @@ pub(crate) fn admin(g: &Global, data: &Path, cmd: &AdminCommand) -> anyhow::Resu
                 contract: matches!(cmd, AdminCommand::Grant { .. }),
             }
         }
+        AdminCommand::Role { email, role } => RpcCall::UserSetRole {
+            email: UserId::new(email.trim().to_lowercase())?,
+            role: (*role).into(),
+        },
         AdminCommand::ResetPassword { email } => RpcCall::UserResetPassword {
             email: UserId::new(email.trim().to_lowercase())?,
             password: password("CALLSYNC_NEW_PASSWORD")?,

@@ -5,6 +5,7 @@ import type { ComponentChildren } from 'preact';
 import { LoginRefused, PageSync, asRefusal, type EngineEvent } from './sync';
 import { eventText, flagText, formatTime, isOpenPhase, isRace, optionText, phaseText, t, type Key, type Lang } from './i18n';
 import { Dashboard, isManager } from './dashboard';
+import { Admin, isAdmin } from './admin';
 import {
   eventKind,
   type CallView,
@@ -20,7 +21,8 @@ type Route =
   | { screen: 'customers' }
   | { screen: 'customer'; id: string; tab: 'call' | 'timeline' | 'history'; call?: string }
   | { screen: 'recalls' }
-  | { screen: 'dashboard' };
+  | { screen: 'dashboard' }
+  | { screen: 'admin' };
 
 function parseRoute(hash: string): Route {
   const parts = hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
@@ -30,6 +32,7 @@ function parseRoute(hash: string): Route {
   }
   if (parts[0] === 'recalls') return { screen: 'recalls' };
   if (parts[0] === 'dashboard') return { screen: 'dashboard' };
+  if (parts[0] === 'admin') return { screen: 'admin' };
   return { screen: 'customers' };
 }
 
@@ -287,6 +290,11 @@ function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => voi
               {t(lang, 'dashboard')}
             </a>
           )}
+          {isAdmin(sync.login.role) && (
+            <a href="#/admin" aria-current={route.screen === 'admin' ? 'page' : undefined}>
+              {t(lang, 'admin')}
+            </a>
+          )}
         </nav>
         <div class="who">
           <span class={`badge ${connection}`} role="status" data-testid="connection">
@@ -309,6 +317,7 @@ function Shell({ lang, toggle, sync, onLogOut }: { lang: Lang; toggle: () => voi
         {route.screen === 'customer' && <CustomerScreen lang={lang} sync={sync} route={route} />}
         {route.screen === 'recalls' && <Recalls lang={lang} sync={sync} />}
         {route.screen === 'dashboard' && <Dashboard lang={lang} sync={sync} />}
+        {route.screen === 'admin' && (isAdmin(sync.login.role) ? <Admin lang={lang} sync={sync} /> : <p role="alert">{t(lang, 'adminOnly')}</p>)}
       </main>
     </>
   );

@@ -378,6 +378,16 @@ pub enum RpcCall {
         /// The new password.
         password: String,
     },
+    /// Admin or above: give a member another role (only an owner gives or takes
+    /// the owner role; a tenant keeps at least one owner). The member's devices
+    /// reconnect and see the screens of the new role.
+    #[serde(rename_all = "camelCase")]
+    UserSetRole {
+        /// The member.
+        email: UserId,
+        /// Their new role.
+        role: Role,
+    },
     /// Admin or above: list the tenant's members.
     UserList,
     /// Admin or above: turn the assignee visibility restriction (担当者閲覧制限) on
@@ -479,6 +489,7 @@ impl RpcCall {
             Self::UserAdd { .. } => "user-add",
             Self::UserSetContract { .. } => "user-set-contract",
             Self::UserResetPassword { .. } => "user-reset-password",
+            Self::UserSetRole { .. } => "user-set-role",
             Self::UserList => "user-list",
             Self::SetAssigneeVisibility { .. } => "set-assignee-visibility",
             Self::CustomerCreate { .. } => "customer-create",

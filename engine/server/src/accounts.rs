@@ -82,6 +82,7 @@ impl AuthError {
                 device: device.to_string(),
             },
             Self::Store(StoreError::ActorTaken { .. }) => Refusal::ActorTaken,
+            Self::Store(StoreError::LastOwner) => Refusal::LastOwner,
             Self::EmailUnavailable => Refusal::EmailUnavailable,
             // Internal details stay in the server's log.
             Self::Store(_) | Self::Hash(_) => Refusal::ServerTrouble,
@@ -363,6 +364,16 @@ pub fn account_call(
         RpcCall::UserSetContract { email, contract } => {
             guard_target(store, session, email)?;
             store.set_contract(&session.tenant, email, *contract)?;
+            Ok(RpcResult::Done)
+        }
+        RpcCall::UserSetRole { email, role } => {
+            guard_target(store, session, email)?;
+            if !session.role.may_grant(*role) {
+                return Err(AuthError::RoleRequired {
+                    needed: Role::Owner,
+                });
+            }
+            store.set_role(&session.tenant, email, *role)?;
             Ok(RpcResult::Done)
         }
         RpcCall::UserResetPassword { email, password } => {

@@ -404,6 +404,7 @@ pub fn is_account_call(call: &RpcCall) -> bool {
         RpcCall::UserAdd { .. }
             | RpcCall::UserSetContract { .. }
             | RpcCall::UserResetPassword { .. }
+            | RpcCall::UserSetRole { .. }
             | RpcCall::UserList
             | RpcCall::SetAssigneeVisibility { .. }
     )
@@ -447,6 +448,8 @@ pub fn sessions_ended_by(call: &RpcCall) -> Option<(UserId, ErrorBody)> {
         RpcCall::UserResetPassword { email, .. } => {
             Some((email.clone(), Refusal::InvalidSession.body()))
         }
+        // The sessions stay; the devices connect again to learn the new role.
+        RpcCall::UserSetRole { email, .. } => Some((email.clone(), Refusal::RoleChanged.body())),
         _ => None,
     }
 }

@@ -249,6 +249,27 @@ impl Store {
         tx.commit()
     }
 
+    /// Gives a member another role; refused if it would leave the tenant with
+    /// no owner.
+    pub fn set_role(
+        &mut self,
+        tenant: &TenantId,
+        email: &UserId,
+        role: Role,
+    ) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        update_member(tx.conn, tenant, email, "role", &role.as_str())?;
+        let owners: i64 = tx.conn.query_row(
+            "SELECT count(*) FROM members WHERE tenant_id = ?1 AND role = ?2",
+            params![tenant.as_str(), Role::Owner.as_str()],
+            |r| r.get(0),
+        )?;
+        if owners == 0 {
+            return Err(StoreError::LastOwner);
+        }
+        tx.commit()
+    }
+
     /// Replaces a member's password hash and ends their sessions.
     pub fn set_password_hash(
         &mut self,

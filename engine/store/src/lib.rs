@@ -253,6 +253,9 @@ pub enum StoreError {
         /// The email.
         email: UserId,
     },
+    /// The change would leave the tenant with no owner.
+    #[error("a tenant keeps at least one owner")]
+    LastOwner,
     /// No member with this email in the tenant.
     #[error("no member {email} in this tenant")]
     UnknownMember {

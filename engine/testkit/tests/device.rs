@@ -543,3 +543,21 @@ fn a_search_longer_than_the_limit_is_refused() {
         ClientEvent::Reply { ticket: t, result: RpcResult::Refused(body) } if *t == ticket && body.code == "bad-request"
     )));
 }
+
+#[test]
+fn a_role_changed_on_the_server_reaches_the_device_at_its_next_join() {
+    let (mut net, _server, desk, _phone) = three(23);
+    net.set_role(desk, callsync_core::Role::Manager);
+    net.run_until_quiescent();
+    assert!(net.events(desk).iter().any(|e| matches!(
+        e,
+        ClientEvent::RoleChanged {
+            role: callsync_core::Role::Manager
+        }
+    )));
+    assert_eq!(
+        net.session(desk).identity().role,
+        callsync_core::Role::Manager
+    );
+    assert_eq!(net.phase(desk), LinkPhase::Online);
+}

@@ -117,6 +117,13 @@ pub enum Refusal {
         /// The cap.
         max: usize,
     },
+    /// The member's role changed: the device connects again and sees its new
+    /// role's screens.
+    #[error("your role has changed; connecting again")]
+    RoleChanged,
+    /// A tenant keeps at least one owner.
+    #[error("a tenant keeps at least one owner")]
+    LastOwner,
     /// The tenant's plugin time is used up: send again later.
     #[error("the server is busy checking this tenant's results; try again shortly")]
     Busy,
@@ -291,6 +298,10 @@ pub enum RefusalCode {
     TooManyConnections,
     /// `busy`.
     Busy,
+    /// `role-changed`.
+    RoleChanged,
+    /// `last-owner`.
+    LastOwner,
     /// `config-read-only`.
     ConfigReadOnly,
     /// `role-required`.
@@ -329,7 +340,7 @@ pub enum RefusalCode {
 
 impl RefusalCode {
     /// Every code, for tests and tables.
-    pub const ALL: [Self; 38] = [
+    pub const ALL: [Self; 40] = [
         Self::MalformedMessage,
         Self::FrameTooLarge,
         Self::EncodeFailed,
@@ -351,6 +362,8 @@ impl RefusalCode {
         Self::TooSlow,
         Self::TooManyConnections,
         Self::Busy,
+        Self::RoleChanged,
+        Self::LastOwner,
         Self::ConfigReadOnly,
         Self::RoleRequired,
         Self::InvalidCredentials,
@@ -394,6 +407,8 @@ impl RefusalCode {
             Self::TooSlow => "too-slow",
             Self::TooManyConnections => "too-many-connections",
             Self::Busy => "busy",
+            Self::RoleChanged => "role-changed",
+            Self::LastOwner => "last-owner",
             Self::ConfigReadOnly => "config-read-only",
             Self::RoleRequired => "role-required",
             Self::InvalidCredentials => "invalid-credentials",
@@ -445,6 +460,8 @@ impl Refusal {
             Self::TooSlow => C::TooSlow,
             Self::TooManyConnections { .. } => C::TooManyConnections,
             Self::Busy => C::Busy,
+            Self::RoleChanged => C::RoleChanged,
+            Self::LastOwner => C::LastOwner,
             Self::ConfigReadOnly => C::ConfigReadOnly,
             Self::RoleRequired { .. } => C::RoleRequired,
             Self::InvalidCredentials => C::InvalidCredentials,
@@ -531,6 +548,8 @@ impl Refusal {
             Self::Busy => {
                 "サーバーが混み合っています。しばらくしてから再度お試しください".to_owned()
             }
+            Self::RoleChanged => "権限が変更されました。再接続します".to_owned(),
+            Self::LastOwner => "オーナーは少なくとも1人必要です".to_owned(),
             Self::ConfigReadOnly => {
                 "テナント設定はプラグインのインストールでのみ変更できます".to_owned()
             }
@@ -612,6 +631,8 @@ mod tests {
                 retry_after_secs: 4,
             },
             Refusal::RateLimited { per_sec: 1_000 },
+            Refusal::RoleChanged,
+            Refusal::LastOwner,
             Refusal::UnexpectedMessage {
                 kind: "login".to_owned(),
             },

@@ -116,6 +116,7 @@ pub fn classify_code(code: RefusalCode) -> Disposition {
         | C::TooSlow
         | C::TooManyConnections
         | C::Busy
+        | C::RoleChanged
         | C::RateLimited
         | C::MalformedMessage
         | C::FrameTooLarge
@@ -135,6 +136,7 @@ pub fn classify_code(code: RefusalCode) -> Disposition {
         | C::TooManyDocuments
         | C::ConfigReadOnly
         | C::MemberExists
+        | C::LastOwner
         | C::UnknownMember
         | C::EmailUnavailable
         | C::ConfigTooLarge
