@@ -45,7 +45,11 @@ impl Timestamp {
         if rem == 0 {
             self
         } else {
-            Self(self.0 - rem + OPTION_TIME_STEP_MS)
+            Self(
+                self.0
+                    .saturating_sub(rem)
+                    .saturating_add(OPTION_TIME_STEP_MS),
+            )
         }
     }
 }

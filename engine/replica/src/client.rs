@@ -179,7 +179,10 @@ impl SyncClient {
                 Ok(())
             }
         };
-        let out = self.device.take_output();
+        let mut out = self.device.take_output();
+        if result.is_err() {
+            out.after_rollback();
+        }
         if let Err(e) = committed {
             // Nothing of the call is on disk: nothing of it leaves the device,
             // and the connection goes (the outbox sends again on the next one).

@@ -26,6 +26,19 @@ impl Default for RunOptions {
     }
 }
 
+/// A failed call's events: none. The session has dropped the connection and
+/// planned the next attempt (a storage error beside a local command is passing
+/// trouble, not a reason to stop syncing).
+fn keep_going(outcome: Result<Vec<ClientEvent>, ClientError>) -> Vec<ClientEvent> {
+    match outcome {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::warn!(error = %e, "a sync step failed; the session retries");
+            Vec::new()
+        }
+    }
+}
+
 /// Stays connected until `shutdown` resolves or the session stops for good (an
 /// expired or ended session, a revoked contract: logging in again is the only
 /// way on; the reason comes back as [`ClientError::Refused`]). Calls `on_event`
@@ -91,16 +104,16 @@ pub async fn run(
                     Ok(events) => events,
                     // A refusal that stops the session: shown at the top of the loop.
                     Err(ClientError::Refused(_)) => Vec::new(),
-                    Err(e) => client.disconnected(&e.to_string()).await?,
+                    Err(e) => keep_going(client.disconnected(&e.to_string()).await),
                 },
-                Err(e) => client.disconnected(&e.to_string()).await?,
+                Err(e) => keep_going(client.disconnected(&e.to_string()).await),
             },
-            () = sleep => client.handle_timeout().await?,
+            () = sleep => keep_going(client.handle_timeout().await),
             _ = poll.tick() => {
-                if client.local_changes()? {
-                    client.push_local().await?
-                } else {
-                    Vec::new()
+                match client.local_changes() {
+                    Ok(true) => keep_going(client.push_local().await),
+                    Ok(false) => Vec::new(),
+                    Err(e) => keep_going(Err(e)),
                 }
             }
             () = &mut shutdown => {

@@ -126,7 +126,7 @@ impl SavedSession {
                     actor,
                     token: Some(legacy.token),
                     expires_at: legacy.expires_at,
-                    revoke: None,
+                    revoke: Vec::new(),
                     stopped: None,
                 }
             }
@@ -323,7 +323,7 @@ fn legacy_device(
         actor: ActorId::from(actor).to_hex_string(),
         token: None,
         expires_at: Timestamp::from_millis(0),
-        revoke: None,
+        revoke: Vec::new(),
         stopped: None,
     }))
 }

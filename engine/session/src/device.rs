@@ -79,9 +79,9 @@ pub struct Identity {
     pub token: Option<String>,
     /// When the token stops working.
     pub expires_at: Timestamp,
-    /// A token to end on the server at the next chance (a logout made offline).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revoke: Option<String>,
+    /// Tokens to end on the server at the next chance (logouts made offline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoke: Vec<String>,
     /// Why the session stopped, kept so a restart shows the same screen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<StopReason>,
@@ -248,6 +248,21 @@ pub struct DeviceOutput {
     pub events: Vec<ClientEvent>,
 }
 
+impl DeviceOutput {
+    /// What may still be carried out of a call whose storage writes were rolled
+    /// back: the close and the reconnect, and the words saying so; nothing it
+    /// would have sent, and no event claiming a write that is gone.
+    pub fn after_rollback(&mut self) {
+        self.send.clear();
+        self.events.retain(|e| {
+            matches!(
+                e,
+                ClientEvent::Disconnected { .. } | ClientEvent::Stopped { .. }
+            )
+        });
+    }
+}
+
 /// Why a session call failed. Its storage writes must be rolled back; the
 /// session has dropped the connection and will retry.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -340,6 +355,9 @@ pub struct DeviceSession<D> {
     /// Failed attempts since the last join.
     attempt: u32,
     asks: Vec<Ask>,
+    /// Results whose question was lost with a connection, saved as picked at the
+    /// next call that has the store.
+    stranded: Vec<Ask>,
     next_ticket: u64,
     /// A logout is waiting for the unsent work to reach the server, until then.
     logging_out: Option<Timestamp>,
@@ -402,6 +420,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
             stopped: None,
             attempt: 0,
             asks: Vec::new(),
+            stranded: Vec::new(),
             next_ticket: 1,
             logging_out: None,
             catalog: None,
@@ -489,9 +508,51 @@ impl<D: LoadedDoc> DeviceSession<D> {
             self.out.close = true;
         }
         self.link = Link::Down;
-        for ask in &mut self.asks {
-            ask.sent = None;
+        self.strand_asks();
+    }
+
+    /// The connection went without the store at hand: reads in flight are sent
+    /// again at the next join; a screen's write in flight is reported as lost
+    /// (it may or may not have been done: never sent twice); a result waiting
+    /// for the server's rules is saved as picked at the next call with the store.
+    fn strand_asks(&mut self) {
+        for mut ask in std::mem::take(&mut self.asks) {
+            match (ask.sent, &ask.purpose) {
+                (Some(_), actions::AskPurpose::Screen) if !actions::is_read(&ask.call) => {
+                    let (message, message_ja) = actions::Failure::ConnectionLost.words();
+                    self.out.events.push(ClientEvent::AskFailed {
+                        ticket: ask.ticket,
+                        code: "connection-lost".to_owned(),
+                        message: message.to_owned(),
+                        message_ja: message_ja.to_owned(),
+                    });
+                    self.listing_answered(ask.ticket, None);
+                }
+                (Some(_), actions::AskPurpose::Result(_)) => self.stranded.push(ask),
+                _ => {
+                    ask.sent = None;
+                    self.asks.push(ask);
+                }
+            }
         }
+    }
+
+    /// Saves the results stranded by a lost connection as picked.
+    fn finish_stranded<S: DeviceStore<Doc = D>>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut dyn Entropy,
+        store: &mut S,
+    ) {
+        for ask in std::mem::take(&mut self.stranded) {
+            self.ask_failed(now, rng, store, ask, actions::Failure::ConnectionLost);
+        }
+    }
+
+    /// The output gathered so far, in place (a host that rolled a call back
+    /// trims it with [`DeviceOutput::after_rollback`]).
+    pub fn take_output_ref(&mut self) -> &mut DeviceOutput {
+        &mut self.out
     }
 
     /// What the host is to do now (after committing this call's writes).
@@ -512,7 +573,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
 
     /// What a new connection would be for, if anything.
     fn next_purpose(&self) -> Option<Purpose> {
-        if self.identity.revoke.is_some() {
+        if !self.identity.revoke.is_empty() {
             Some(Purpose::Revoke)
         } else if self.stopped.is_none() && self.identity.token.is_some() {
             Some(Purpose::Join)
@@ -563,6 +624,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         rng: &mut dyn Entropy,
         store: &mut S,
     ) -> Result<(), DeviceFailure> {
+        self.finish_stranded(now, rng, store);
         let handshake = self.settings.handshake_timeout_ms;
         match &self.link {
             Link::Waiting { until } if *until <= now => {
@@ -592,7 +654,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         for ticket in due {
             if let Some(at) = self.asks.iter().position(|a| a.ticket == ticket) {
                 let ask = self.asks.remove(at);
-                self.ask_failed(now, rng, store, ask, actions::Failure::NoAnswer)?;
+                self.ask_failed(now, rng, store, ask, actions::Failure::NoAnswer);
             }
         }
         if self.logging_out.is_some_and(|until| until <= now) {
@@ -620,6 +682,9 @@ impl<D: LoadedDoc> DeviceSession<D> {
         rng: &mut dyn Entropy,
         f: impl FnOnce(&mut Self, &mut dyn Entropy) -> Result<(), DeviceFailure>,
     ) -> Result<(), DeviceFailure> {
+        // A failed call may have moved the link (to `Down`, while it took it
+        // apart): what counts is whether a connection was up when it began.
+        let was_connected = !matches!(self.link, Link::Down | Link::Waiting { .. });
         let sends = self.out.send.len();
         let events = self.out.events.len();
         match f(self, rng) {
@@ -629,17 +694,13 @@ impl<D: LoadedDoc> DeviceSession<D> {
                 self.out.events.truncate(events);
                 self.catalog = None;
                 let connected = !matches!(self.link, Link::Down | Link::Waiting { .. });
-                if connected {
+                if was_connected || connected {
                     self.out.close = true;
                     self.out.events.push(ClientEvent::Disconnected {
                         reason: e.to_string(),
                         retry_at: None,
                     });
-                    // The asks in flight are lost with the connection; they are
-                    // sent again (reads) or reported (the rest) at the next join.
-                    for ask in &mut self.asks {
-                        ask.sent = None;
-                    }
+                    self.strand_asks();
                     let wait = self.backoff(rng);
                     self.link = Link::Waiting {
                         until: now.plus_millis(wait),
@@ -657,6 +718,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         store: &mut S,
         input: DeviceInput,
     ) -> Result<(), DeviceFailure> {
+        self.finish_stranded(now, rng, store);
         match input {
             DeviceInput::Connected => self.connected(now, store),
             DeviceInput::Received(message) => self.received(now, rng, store, message),
@@ -714,7 +776,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
                 };
             }
             Purpose::Revoke => {
-                let Some(token) = self.identity.revoke.clone() else {
+                let Some(token) = self.identity.revoke.first().cloned() else {
                     self.out.close = true;
                     self.link = Link::Down;
                     return Ok(());
@@ -787,7 +849,9 @@ impl<D: LoadedDoc> DeviceSession<D> {
             }
             Link::Revoking { since } => match message {
                 Message::LoggedOut => {
-                    self.identity.revoke = None;
+                    if !self.identity.revoke.is_empty() {
+                        self.identity.revoke.remove(0);
+                    }
                     self.save_identity(store)?;
                     self.out.close = true;
                     self.link = Link::Down;
@@ -800,7 +864,9 @@ impl<D: LoadedDoc> DeviceSession<D> {
                 Message::Error(body) => {
                     // An unknown or expired token is ended already.
                     if matches!(classify(&body), Disposition::Stop(_)) {
-                        self.identity.revoke = None;
+                        if !self.identity.revoke.is_empty() {
+                            self.identity.revoke.remove(0);
+                        }
                         self.save_identity(store)?;
                         self.out.close = true;
                         if let Some(purpose) = self.next_purpose() {
@@ -859,7 +925,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
             }
         }
         self.collect_replies(now, rng, store)?;
-        if self.logging_out.is_some() && unsent_ledger(store)?.is_empty() {
+        if self.logging_out.is_some() && unsent_ledger(store)?.is_empty() && !self.deciding() {
             self.finish_logout(now, rng, store)?;
         }
         if let Some(body) = out.refused {
@@ -888,7 +954,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         }
         self.asks = waiting;
         for (ask, result) in answered {
-            self.answered(now, rng, store, ask, result)?;
+            self.answered(now, rng, store, ask, result);
         }
         Ok(())
     }
@@ -961,7 +1027,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         for mut ask in std::mem::take(&mut self.asks) {
             match ask.sent {
                 Some(_) if !actions::is_read(&ask.call) => {
-                    self.ask_failed(now, rng, store, ask, actions::Failure::ConnectionLost)?;
+                    self.ask_failed(now, rng, store, ask, actions::Failure::ConnectionLost);
                 }
                 _ => {
                     ask.sent = None;
@@ -984,7 +1050,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         why: actions::Failure,
     ) -> Result<(), DeviceFailure> {
         for ask in std::mem::take(&mut self.asks) {
-            self.ask_failed(now, rng, store, ask, why)?;
+            self.ask_failed(now, rng, store, ask, why);
         }
         Ok(())
     }
@@ -1046,10 +1112,22 @@ impl<D: LoadedDoc> DeviceSession<D> {
         store: &mut S,
     ) -> Result<Unsent, DeviceFailure> {
         let ledger = unsent_ledger(store)?;
+        let deciding = self
+            .asks
+            .iter()
+            .filter(|a| matches!(a.purpose, actions::AskPurpose::Result(_)))
+            .count();
         Ok(Unsent {
-            results: ledger.iter().filter(|e| e.kind == "result-saved").count(),
-            events: ledger.len(),
+            results: ledger.iter().filter(|e| e.kind == "result-saved").count() + deciding,
+            events: ledger.len() + deciding,
         })
+    }
+
+    /// Whether a result is waiting for the server's rules.
+    fn deciding(&self) -> bool {
+        self.asks
+            .iter()
+            .any(|a| matches!(a.purpose, actions::AskPurpose::Result(_)))
     }
 
     /// Logs out. Unsent work is never dropped: online, the session waits (at most
@@ -1074,7 +1152,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         // Online or on the way: the unsent work goes first (a join pushes the
         // outbox), for at most the grace.
         let reachable = !matches!(self.link, Link::Down | Link::Waiting { .. });
-        if reachable && !unsent_ledger(store)?.is_empty() {
+        if reachable && (!unsent_ledger(store)?.is_empty() || self.deciding()) {
             self.logging_out = Some(now.plus_millis(self.settings.logout_grace_ms));
             if let Link::Joined { client } = &mut self.link {
                 let mut out = ClientOutput::default();
@@ -1112,7 +1190,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
             self.out.close = true;
         }
         if let Some(token) = self.identity.token.take() {
-            self.identity.revoke = Some(token);
+            self.identity.revoke.push(token);
         }
         self.link = Link::Down;
         self.stop(
@@ -1122,7 +1200,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
             StopReason::LoggedOut,
             StopReason::LoggedOut.as_str(),
         )?;
-        if self.identity.revoke.is_some() {
+        if !self.identity.revoke.is_empty() {
             self.open(now, Purpose::Revoke);
         }
         Ok(())

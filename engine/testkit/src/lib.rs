@@ -400,7 +400,7 @@ impl SimNetwork {
             actor: actor.to_hex_string(),
             token: Some(token),
             expires_at: self.now.plus_millis(365 * 24 * 3_600_000),
-            revoke: None,
+            revoke: Vec::new(),
             stopped: None,
         };
         // Logged in online a moment ago: the login's answer gave the clock.

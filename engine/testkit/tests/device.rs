@@ -405,14 +405,14 @@ fn logging_out_offline_keeps_unsent_results_for_the_same_user_s_next_login() {
     let identity = net.session(desk).identity().clone();
     assert_eq!(identity.token, None);
     assert!(
-        identity.revoke.is_some(),
+        !identity.revoke.is_empty(),
         "the token is ended at the next chance"
     );
     // Back online: the token is ended on the server; the result is not sent
     // under a session that is over.
     net.heal(desk, 0);
     net.run_until_quiescent();
-    assert!(net.session(desk).identity().revoke.is_none());
+    assert!(net.session(desk).identity().revoke.is_empty());
     assert!(net.delivered().iter().any(|d| d.kind == "logout"));
     assert!(net.call_state(server, &call).unwrap().results.is_empty());
     assert_eq!(net.unsent(desk).results, 1, "kept");
@@ -439,7 +439,7 @@ fn logging_out_online_sends_unsent_work_first_then_ends_the_session() {
     assert_eq!(net.call_state(server, &call).unwrap().results.len(), 1);
     assert_eq!(net.stop_reason(desk), Some(StopReason::LoggedOut));
     assert!(
-        net.session(desk).identity().revoke.is_none(),
+        net.session(desk).identity().revoke.is_empty(),
         "ended on the server"
     );
     // The ended token no longer joins.
@@ -560,4 +560,41 @@ fn a_role_changed_on_the_server_reaches_the_device_at_its_next_join() {
         callsync_core::Role::Manager
     );
     assert_eq!(net.phase(desk), LinkPhase::Online);
+}
+
+#[test]
+fn a_logout_while_the_server_decides_waits_for_the_result_and_sends_it() {
+    let (mut net, server, desk, phone) = three(24);
+    let call = ended_call(&mut net, desk, phone);
+    let outcome = net
+        .save_result_form(desk, &call, form("no-answer"))
+        .unwrap();
+    assert!(matches!(outcome, SaveOutcome::Deciding { .. }));
+    assert_eq!(net.unsent(desk).results, 1, "a result being decided counts");
+    net.logout(desk);
+    net.run_until_quiescent();
+    let view = net.call_state(server, &call).unwrap();
+    let result = view.result_in_force().expect("delivered before the logout");
+    assert!(result.fields.decision.is_some(), "decided by the rules");
+    assert_eq!(net.stop_reason(desk), Some(StopReason::LoggedOut));
+    assert!(net.session(desk).identity().revoke.is_empty());
+}
+
+#[test]
+fn two_logouts_made_offline_end_both_tokens_when_the_network_returns() {
+    let (mut net, _server, desk, _phone) = three(25);
+    net.partition(desk, 0);
+    net.logout(desk);
+    net.login_again(desk);
+    net.logout(desk);
+    assert_eq!(net.session(desk).identity().revoke.len(), 2);
+    net.heal(desk, 0);
+    net.run_until_quiescent();
+    assert!(net.session(desk).identity().revoke.is_empty());
+    let logouts = net
+        .delivered()
+        .iter()
+        .filter(|d| d.kind == "logout")
+        .count();
+    assert_eq!(logouts, 2, "each token ended");
 }

@@ -210,7 +210,10 @@ impl Replica {
         let result = call(session, &mut self.rng, &mut self.store);
         match &result {
             Ok(_) => self.commit(),
-            Err(_) => self.store.rollback(),
+            Err(_) => {
+                self.store.rollback();
+                session.take_output_ref().after_rollback();
+            }
         }
         self.queue_output();
         result
@@ -489,7 +492,7 @@ impl Replica {
             "serverNow": session.server_time(now),
             "clock": session.clock(),
             "identity": public(session.identity().clone()),
-            "revoking": session.identity().revoke.is_some(),
+            "revoking": !session.identity().revoke.is_empty(),
         })
     }
 

@@ -227,9 +227,10 @@ impl PageStore {
                 };
             }
         }
-        // Everything after the failed ticket is gone; tickets go on from here.
+        // Every ticket handed out so far is settled (written, or undone): steps
+        // queued from now on wait only for batches still to come.
         self.handed = self.handed.max(ticket);
-        self.written = ticket;
+        self.written = self.handed;
         true
     }
 

@@ -177,7 +177,7 @@ pub(super) enum Failure {
 }
 
 impl Failure {
-    fn code(self) -> &'static str {
+    pub(super) fn code(self) -> &'static str {
         match self {
             Self::NoAnswer => "no-answer",
             Self::ConnectionLost => "connection-lost",
@@ -185,7 +185,7 @@ impl Failure {
         }
     }
 
-    fn words(self) -> (&'static str, &'static str) {
+    pub(super) fn words(self) -> (&'static str, &'static str) {
         match self {
             Self::NoAnswer => (
                 "The server did not answer. Please try again.",
@@ -674,7 +674,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         store: &mut S,
         ask: Ask,
         result: RpcResult,
-    ) -> Result<(), DeviceFailure> {
+    ) {
         let flow = match ask.purpose {
             AskPurpose::Screen => {
                 self.listing_answered(ask.ticket, Some(&result));
@@ -682,14 +682,14 @@ impl<D: LoadedDoc> DeviceSession<D> {
                     ticket: ask.ticket,
                     result,
                 });
-                return Ok(());
+                return;
             }
             AskPurpose::Result(flow) => flow,
         };
         match result {
             RpcResult::Decided(decided) => {
                 let fields = self.decided_fields(&flow.form, decided);
-                self.finish_flow(now, rng, store, ask.ticket, &flow, Ok(fields))
+                self.finish_flow(now, rng, store, ask.ticket, &flow, Ok(fields));
             }
             RpcResult::Refused(body) if rep_must_mend(&body) => {
                 self.out.events.push(ClientEvent::ResultRefused {
@@ -698,7 +698,6 @@ impl<D: LoadedDoc> DeviceSession<D> {
                     message: body.message,
                     message_ja: body.message_ja,
                 });
-                Ok(())
             }
             // The server's trouble, not the rep's: the pick as made.
             _ => self.finish_flow(
@@ -720,7 +719,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         store: &mut S,
         ask: Ask,
         why: Failure,
-    ) -> Result<(), DeviceFailure> {
+    ) {
         match ask.purpose {
             AskPurpose::Screen => {
                 self.listing_answered(ask.ticket, None);
@@ -731,15 +730,16 @@ impl<D: LoadedDoc> DeviceSession<D> {
                     message: message.to_owned(),
                     message_ja: message_ja.to_owned(),
                 });
-                Ok(())
             }
             AskPurpose::Result(flow) => {
-                self.finish_flow(now, rng, store, ask.ticket, &flow, Err(why.kept()))
+                self.finish_flow(now, rng, store, ask.ticket, &flow, Err(why.kept()));
             }
         }
     }
 
-    /// Saves a flow's result: as decided, or as picked with why.
+    /// Saves a flow's result: as decided, or as picked with why. Whatever goes
+    /// wrong is told as a refused result (storage failing included), so no
+    /// other question is dropped with it.
     fn finish_flow<S: DeviceStore<Doc = D>>(
         &mut self,
         now: Timestamp,
@@ -748,7 +748,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         ticket: u64,
         flow: &ResultFlow,
         fields: Result<SavedResultFields, KeptReason>,
-    ) -> Result<(), DeviceFailure> {
+    ) {
         let (fields, kept) = match fields {
             Ok(fields) => (Ok(fields), None),
             Err(kept) => match self.catalog(store) {
@@ -756,7 +756,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
                     self.picked_fields(&catalog, &flow.form, Some(kept)),
                     Some(kept),
                 ),
-                Err(e) => return Err(e.into()),
+                Err(e) => (Err(ActionError::Storage(e)), Some(kept)),
             },
         };
         // A stopped session still keeps the rep's result: it was pressed while
@@ -772,9 +772,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
                     call: flow.call.clone(),
                     kept_as_picked: kept.map(|k| k.as_str().to_owned()),
                 });
-                Ok(())
             }
-            Err(ActionError::Storage(e)) => Err(e.into()),
             Err(e) => {
                 self.out.events.push(ClientEvent::ResultRefused {
                     ticket,
@@ -782,7 +780,6 @@ impl<D: LoadedDoc> DeviceSession<D> {
                     message: e.to_string(),
                     message_ja: e.message_ja(),
                 });
-                Ok(())
             }
         }
     }

@@ -19,8 +19,8 @@ pub struct LoginExchange {
     device: DeviceId,
     kind: DeviceKind,
     actor: String,
-    /// A token the previous login of the same user here still has to end.
-    revoke: Option<String>,
+    /// Tokens the previous logins of the same user here still have to end.
+    revoke: Vec<String>,
 }
 
 /// Why a login did not succeed.
@@ -81,7 +81,7 @@ impl LoginExchange {
                     None => DeviceId::new(format!("{}-{}", kind.as_str(), rng.hex(6)))
                         .map_err(|e| LoginError::Input(e.to_string()))?,
                 };
-                (device, rng.hex(16), None)
+                (device, rng.hex(16), Vec::new())
             }
         };
         let message = Message::Login {
@@ -193,7 +193,7 @@ mod tests {
             .unwrap();
         // The server's clock is 49 s ahead of this device's.
         assert_eq!(clock.unwrap().offset_ms, 49_000);
-        me.revoke = Some("old".to_owned());
+        me.revoke = vec!["old".to_owned()];
         let (again, message) = LoginExchange::start(
             now,
             &mut rng,
@@ -222,8 +222,8 @@ mod tests {
         .unwrap();
         assert_ne!(other.device(), &me.device);
         assert_ne!(other.actor, me.actor);
-        assert_eq!(other.revoke, None);
-        assert_eq!(again.revoke.as_deref(), Some("old"));
+        assert!(other.revoke.is_empty());
+        assert_eq!(again.revoke, ["old"]);
     }
 
     #[test]
