@@ -112,7 +112,9 @@ pub struct Replica {
     inbound: Vec<u8>,
     /// Steps waiting for their batch of writes, with the batch's ticket.
     outgoing: VecDeque<(u64, Step)>,
-    events: Vec<Value>,
+    /// Events for the screens, held like the steps: nothing is shown as done
+    /// before IndexedDB holds it.
+    events: VecDeque<(u64, Value)>,
 }
 
 fn input(what: &str, e: impl std::fmt::Display) -> PageError {
@@ -134,7 +136,7 @@ impl Replica {
             login: None,
             inbound: Vec::new(),
             outgoing: VecDeque::new(),
-            events: Vec::new(),
+            events: VecDeque::new(),
         }
     }
 
@@ -188,9 +190,14 @@ impl Replica {
     /// a `document` event, so the screens redraw what changed.
     fn commit(&mut self) {
         for customer in self.store.commit() {
-            self.events
-                .push(json!({ "event": "document", "customer": customer }));
+            self.tell(json!({ "event": "document", "customer": customer }));
         }
+    }
+
+    /// Queues an event behind the writes made so far.
+    fn tell(&mut self, event: Value) {
+        let ticket = self.store.ticket();
+        self.events.push_back((ticket, event));
     }
 
     /// Runs a session call in one transaction and queues what it asks for
@@ -229,9 +236,10 @@ impl Replica {
         for message in &out.send {
             match wire::encode_frame(message) {
                 Ok(frame) => self.outgoing.push_back((ticket, Step::Send(frame))),
-                Err(e) => self
-                    .events
-                    .push(json!({ "event": "error", "message": e.to_string() })),
+                Err(e) => self.events.push_back((
+                    ticket,
+                    json!({ "event": "error", "message": e.to_string() }),
+                )),
             }
         }
         if out.close {
@@ -245,10 +253,11 @@ impl Replica {
         let mut listed = false;
         for event in out.events {
             match serde_json::to_value(&event) {
-                Ok(value) => self.events.push(value),
-                Err(e) => self
-                    .events
-                    .push(json!({ "event": "error", "message": e.to_string() })),
+                Ok(value) => self.events.push_back((ticket, value)),
+                Err(e) => self.events.push_back((
+                    ticket,
+                    json!({ "event": "error", "message": e.to_string() }),
+                )),
             }
             listed |= matches!(
                 event,
@@ -440,8 +449,9 @@ impl Replica {
             return Ok(());
         }
         self.outgoing.retain(|(t, _)| *t < ticket);
+        self.events.retain(|(t, _)| *t < ticket);
         self.outgoing.push_back((ticket, Step::Close));
-        self.events.push(json!({
+        self.tell(json!({
             "event": "storage-failed",
             "message": STORAGE_FAILED_EN,
             "messageJa": STORAGE_FAILED_JA,
@@ -471,9 +481,18 @@ impl Replica {
         !self.outgoing.is_empty()
     }
 
-    /// What happened since the last call, for the screens.
+    /// What happened, for the screens: the events whose writes IndexedDB holds.
     pub fn take_events(&mut self) -> Vec<Value> {
-        std::mem::take(&mut self.events)
+        let written = self.store.written_up_to();
+        let mut events = Vec::new();
+        while let Some((ticket, _)) = self.events.front()
+            && *ticket <= written
+        {
+            if let Some((_, event)) = self.events.pop_front() {
+                events.push(event);
+            }
+        }
+        events
     }
 
     /// The link, the login and the clock, for the screens.
@@ -844,6 +863,10 @@ mod tests {
         assert!(
             events.iter().any(|e| e["event"] == "storage-failed"),
             "{events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| e["event"] == "document"),
+            "nothing of the failed batch is shown: {events:?}"
         );
         assert_eq!(
             page.state(Timestamp::from_millis(20_002))["phase"],
