@@ -194,3 +194,45 @@ fn a_tenant_flooding_the_server_with_changes_does_not_delay_another_tenants_push
         "acme's push took {flooded:.1} ms under beta's flood, {quiet:.1} ms without"
     );
 }
+
+#[test]
+fn a_role_change_is_refused_for_the_last_owner_and_above_the_admins_rights_and_changes_nothing() {
+    let world = World::start(&[]);
+    let role_of = |email: &str| {
+        let users = callsync(&world.admin_desk, &["admin", "users"]).ok();
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["email"] == email)
+            .map(|m| m["role"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    // The tenant's only owner cannot stop being one.
+    callsync(
+        &world.admin_desk,
+        &["admin", "role", crate::network::OWNER, "user"],
+    )
+    .refused("last-owner");
+    assert_eq!(role_of(crate::network::OWNER), "owner");
+    // An admin may not make an owner.
+    callsync(
+        &world.admin_desk,
+        &[
+            "admin",
+            "add-user",
+            "boss@acme.example",
+            "--role",
+            "admin",
+            "--contract",
+        ],
+    )
+    .ok();
+    let boss = world.dir("boss-desk");
+    world.login(&boss, "desk", "boss@acme.example").ok();
+    callsync(&boss, &["admin", "role", crate::network::REP, "owner"]).refused("role-required");
+    assert_eq!(role_of(crate::network::REP), "user");
+    // Within their rights it is done.
+    callsync(&boss, &["admin", "role", crate::network::REP, "manager"]).ok();
+    assert_eq!(role_of(crate::network::REP), "manager");
+}
