@@ -158,6 +158,32 @@ fn a_phone_decides_offline_with_the_installed_plugin_and_the_server_agrees_after
     let list = callsync(&world.admin_desk, &["admin", "plugin", "list"]).ok();
     assert_eq!(list["installs"].as_array().unwrap().len(), 3, "{list}");
     assert_eq!(list["rulesets"].as_array().unwrap().len(), 2, "{list}");
+
+    // A rollback by rule set id (a prefix, as the list shows it), with the plugin
+    // and settings the desk holds: the same request the admin screen sends.
+    let hours_id = list["rulesets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["plugin"]["id"] == "business-hours")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    callsync(
+        &world.admin_desk,
+        &["admin", "plugin", "rollback", &hours_id[..12]],
+    )
+    .ok();
+    assert_eq!(active_plugin(&world.admin_desk), "business-hours@1.0.0");
+    callsync(
+        &world.admin_desk,
+        &["admin", "plugin", "rollback", "ffffffffffff"],
+    )
+    .refused("unknown-ruleset");
+    let list = callsync(&world.admin_desk, &["admin", "plugin", "list"]).ok();
+    assert_eq!(list["installs"].as_array().unwrap().len(), 4, "{list}");
+    assert_eq!(list["rulesets"][0]["active"], true, "{list}");
 }
 
 #[test]

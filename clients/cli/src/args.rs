@@ -381,6 +381,12 @@ pub(crate) enum PluginCommand {
     },
     /// The installed rule sets, the active one first, and the install history.
     List,
+    /// Make an installed rule set active again (its plugin, settings, holidays
+    /// and zone as installed), checked again like any install.
+    Rollback {
+        /// The rule set's id, or a prefix of it (as `plugin list` shows it).
+        ruleset: String,
+    },
 }
 
 /// A role on the command line.

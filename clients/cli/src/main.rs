@@ -221,12 +221,8 @@ fn classify_local(e: &anyhow::Error) -> (&'static str, u8, Option<String>) {
         if let Some(e) = cause.downcast_ref::<callsync_plugin_host::install::InstallError>() {
             return (e.code(), 1, None);
         }
-        if let Some(e) = cause.downcast_ref::<callsync_plugin_host::holidays::HolidayError>() {
-            return (
-                "bad-holidays",
-                1,
-                Some(format!("休日の表を読み取れません: {e}")),
-            );
+        if let Some(e) = cause.downcast_ref::<callsync_core::tenant_config::InstallRequestError>() {
+            return (e.code(), 1, Some(e.message_ja()));
         }
     }
     ("error", 3, None)

@@ -614,15 +614,20 @@ fn plugin_list(g: &Global, data: &Path) -> anyhow::Result<Report> {
             json: json!({ "active": null, "rulesets": [], "installs": [] }),
         });
     };
-    let config = doc.config()?;
+    let listing = doc.config()?.listing();
     let mut lines = Vec::new();
-    if let Some((id, ruleset)) = config.active_ruleset() {
+    for ruleset in &listing.rulesets {
         lines.push(format!(
-            "active  {}  rule set {}  zone {}  {} holidays  types: {}",
+            "{}  {}  rule set {}  zone {}  {} holidays  types: {}",
+            if ruleset.active {
+                "active   "
+            } else {
+                "installed"
+            },
             ruleset.plugin,
-            id.short(),
+            ruleset.id.short(),
             ruleset.time_zone,
-            ruleset.holidays.len(),
+            ruleset.holidays,
             ruleset
                 .result_types
                 .iter()
@@ -631,31 +636,22 @@ fn plugin_list(g: &Global, data: &Path) -> anyhow::Result<Report> {
                 .join(", ")
         ));
     }
-    for install in &config.installs {
-        let plugin = config
-            .rulesets
-            .get(&install.ruleset)
-            .map_or_else(|| "?".to_owned(), |r| r.plugin.to_string());
+    for install in &listing.installs {
         lines.push(format!(
-            "installed  {}  {}  by {}  (rule set {})",
+            "history  {}  rule set {}  by {}",
             app.fmt_time(install.at),
-            plugin,
+            install.ruleset.short(),
             install.by,
-            install.ruleset.short()
         ));
     }
-    let rulesets: Vec<serde_json::Value> = config
-        .rulesets
-        .iter()
-        .map(|(id, r)| json!({ "id": id, "plugin": r.plugin, "settings": r.settings, "timeZone": r.time_zone, "holidays": r.holidays.len(), "resultTypes": r.result_types }))
-        .collect();
     Ok(Report {
         text: lines.join("\n"),
-        json: json!({ "active": config.active, "rulesets": rulesets, "installs": config.installs }),
+        json: serde_json::to_value(&listing)?,
     })
 }
 
-/// The `plugin-install` request for `callsync admin plugin install`.
+/// The `plugin-install` request for `callsync admin plugin install` (built by the
+/// core, as the admin screen's is).
 fn plugin_install_call(
     file: &Path,
     settings: &[String],
@@ -663,30 +659,35 @@ fn plugin_install_call(
     time_zone: &str,
 ) -> anyhow::Result<RpcCall> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let settings = settings
-        .iter()
-        .map(|pair| match pair.split_once('=') {
-            Some((key, value)) => Ok(callsync_core::plugin::Setting {
-                key: key.trim().to_owned(),
-                value: value.trim().to_owned(),
-            }),
-            None => Err(anyhow!("--setting {pair:?}: expected KEY=VALUE")),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let holidays = match holidays {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            callsync_plugin_host::holidays::parse(&text)?
-        }
-        None => callsync_plugin_host::holidays::japan(),
+    let table = match holidays {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        ),
+        None => None,
     };
-    Ok(RpcCall::PluginInstall {
-        file: bytes,
+    Ok(callsync_core::tenant_config::install_request(
+        bytes,
         settings,
-        holidays,
-        time_zone: time_zone.to_owned(),
-    })
+        table.as_deref(),
+        time_zone,
+    )?)
+}
+
+/// The `plugin-install` request that makes an installed rule set active again.
+fn plugin_rollback_call(g: &Global, data: &Path, ruleset: &str) -> anyhow::Result<RpcCall> {
+    runtime()?.block_on(within(
+        g,
+        online(data, async |_client: &mut SyncClient| Ok(())),
+    ))?;
+    let app = App::open(g, data)?;
+    let Some(doc) = crate::rules::stored_config(&app)? else {
+        return Err(
+            callsync_core::tenant_config::InstallRequestError::UnknownRuleset(ruleset.to_owned())
+                .into(),
+        );
+    };
+    Ok(doc.reinstall_request(ruleset)?)
 }
 
 /// `callsync admin …`, through this data directory's desk session.
@@ -702,6 +703,9 @@ pub(crate) fn admin(g: &Global, data: &Path, cmd: &AdminCommand) -> anyhow::Resu
             holidays,
             time_zone,
         }) => plugin_install_call(file, settings, holidays.as_deref(), time_zone)?,
+        AdminCommand::Plugin(PluginCommand::Rollback { ruleset }) => {
+            plugin_rollback_call(g, data, ruleset)?
+        }
         AdminCommand::AddUser {
             email,
             role,

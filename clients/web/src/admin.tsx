@@ -1,9 +1,12 @@
 // The admin screens (admins and owners): members — add, role, the calling
-// contract, password reset — and 担当者閲覧制限. The same requests the CLI's
-// `admin` commands send; the refusals are the server's, in the manual's register.
+// contract, password reset —, 担当者閲覧制限 and the result-rule plugins
+// (install from a file, the one in use, roll back). The same requests the CLI's
+// `admin` commands send (the engine builds the plugin ones, as it does the
+// CLI's); the refusals are the server's, in the manual's register.
 import { useEffect, useState } from 'preact/hooks';
 import { asRefusal, type PageSync } from './sync';
-import { t, type Lang } from './i18n';
+import { formatTime, t, type Lang } from './i18n';
+import type { ResultTypeSpec } from './types';
 
 interface Member {
   email: string;
@@ -18,23 +21,43 @@ export function isAdmin(role: string): boolean {
   return role === 'admin' || role === 'owner';
 }
 
+interface RulesetListing {
+  id: string;
+  plugin: { id: string; version: string; hash: string };
+  settings: { key: string; value: string }[];
+  holidays: number;
+  timeZone: string;
+  resultTypes: ResultTypeSpec[];
+  active: boolean;
+  installedAt: number | null;
+  installedBy: string | null;
+}
+
+interface PluginListing {
+  active: string | null;
+  rulesets: RulesetListing[];
+}
+
 export function Admin({ lang, sync }: { lang: Lang; sync: PageSync }) {
   const [members, setMembers] = useState<Member[] | undefined>();
   const [message, setMessage] = useState<{ text: string; error: boolean } | undefined>();
   const [reload, setReload] = useState(0);
   const online = sync.online;
 
-  /** Sends a request; says what came of it (done, or the server's refusal in words). */
-  const send = async (request: Record<string, unknown>, done: string) => {
+  /**
+   * Runs a request (`ask` sends it); says what came of it: `done` (or what it
+   * makes of the answer), or the server's refusal in words.
+   */
+  const run = async (ask: () => Promise<Record<string, unknown>>, done: string | ((result: Record<string, unknown>) => string)) => {
     setMessage(undefined);
     try {
-      const result = await sync.ask(request);
+      const result = await ask();
       const refused = result.refused as { message: string; messageJa: string } | undefined;
       if (refused) {
         setMessage({ text: lang === 'ja' ? refused.messageJa : refused.message, error: true });
         return false;
       }
-      setMessage({ text: done, error: false });
+      setMessage({ text: typeof done === 'string' ? done : done(result), error: false });
       setReload((n) => n + 1);
       return true;
     } catch (err) {
@@ -43,6 +66,7 @@ export function Admin({ lang, sync }: { lang: Lang; sync: PageSync }) {
       return false;
     }
   };
+  const send = (request: Record<string, unknown>, done: string) => run(() => sync.ask(request), done);
 
   useEffect(() => {
     if (!online) return;
@@ -192,6 +216,112 @@ export function Admin({ lang, sync }: { lang: Lang; sync: PageSync }) {
       <button type="button" onClick={() => void send({ method: 'set-assignee-visibility', restricted: false }, t(lang, 'visibilityOff'))}>
         {t(lang, 'turnOff')}
       </button>
+      <Plugins lang={lang} sync={sync} run={run} />
     </section>
+  );
+}
+
+type Run = (ask: () => Promise<Record<string, unknown>>, done: string | ((result: Record<string, unknown>) => string)) => Promise<boolean>;
+
+/** The result-rule plugins: the rule sets this page holds (synced from the server), install, roll back. */
+function Plugins({ lang, sync, run }: { lang: Lang; sync: PageSync; run: Run }) {
+  // Redraw when the configuration document syncs (an install shows once it has arrived).
+  const [, setTick] = useState(0);
+  useEffect(() => sync.subscribe(() => setTick((n) => n + 1)), [sync]);
+  const listing = JSON.parse(sync.device.plugins()) as PluginListing;
+  const [file, setFile] = useState<File | undefined>();
+  const [settings, setSettings] = useState('');
+  const [timeZone, setTimeZone] = useState('Asia/Tokyo');
+  const [holidays, setHolidays] = useState<File | undefined>();
+  const [busy, setBusy] = useState(false);
+  const label = (spec: ResultTypeSpec) => (lang === 'ja' ? spec.label_ja : spec.label_en);
+
+  /** The verdict of an install that passed the server's checks, in words. */
+  const installed = (result: Record<string, unknown>) => {
+    const summary = result['plugin-installed'] as { plugin: { id: string; version: string }; resultTypes: string[] } | undefined;
+    if (!summary) return t(lang, 'pluginInstalled');
+    return `${t(lang, 'pluginInstalled')}: ${summary.plugin.id}@${summary.plugin.version}${t(lang, 'sep')}${t(lang, 'pluginTypes')}: ${summary.resultTypes.length}`;
+  };
+
+  return (
+    <>
+      <h3>{t(lang, 'plugins')}</h3>
+      {listing.rulesets.length === 0 ? (
+        <p>{t(lang, 'pluginsNone')}</p>
+      ) : (
+        <table data-testid="plugins">
+          <thead>
+            <tr>
+              <th scope="col">{t(lang, 'pluginVersion')}</th>
+              <th scope="col">{t(lang, 'pluginTypes')}</th>
+              <th scope="col">{t(lang, 'pluginInstalledAt')}</th>
+              <th scope="col">{t(lang, 'pluginRuleset')}</th>
+            </tr>
+          </thead>
+          <tbody>
+            {listing.rulesets.map((r) => (
+              <tr key={r.id} data-active={r.active ? 'true' : 'false'}>
+                <th scope="row">
+                  {r.plugin.id}@{r.plugin.version}
+                </th>
+                <td>{r.resultTypes.map(label).join('、')}</td>
+                <td>{r.installedAt !== null ? `${formatTime(lang, r.installedAt)} ${r.installedBy ?? ''}` : ''}</td>
+                <td>
+                  <code title={r.id}>{r.id.slice(0, 12)}</code>{' '}
+                  {r.active ? (
+                    <strong>{t(lang, 'pluginActive')}</strong>
+                  ) : (
+                    <button
+                      type="button"
+                      disabled={busy}
+                      onClick={() => {
+                        setBusy(true);
+                        void run(() => sync.rollBackPlugin(r.id), t(lang, 'pluginRolledBack')).finally(() => setBusy(false));
+                      }}
+                    >
+                      {t(lang, 'pluginRollBack')}
+                    </button>
+                  )}
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <form
+        class="admin-add"
+        onSubmit={(e) => {
+          e.preventDefault();
+          if (!file) return;
+          setBusy(true);
+          void (async () => {
+            const bytes = new Uint8Array(await file.arrayBuffer());
+            const table = holidays ? await holidays.text() : undefined;
+            await run(() => sync.installPlugin(bytes, settings, table, timeZone), installed);
+          })().finally(() => setBusy(false));
+        }}
+      >
+        <h4>{t(lang, 'pluginInstall')}</h4>
+        <label>
+          {t(lang, 'pluginFile')}
+          <input type="file" accept=".wasm,application/wasm" required onChange={(e) => setFile(e.currentTarget.files?.[0])} />
+        </label>
+        <label>
+          {t(lang, 'pluginSettings')}
+          <textarea rows={3} value={settings} onInput={(e) => setSettings(e.currentTarget.value)} />
+        </label>
+        <label>
+          {t(lang, 'pluginTimeZone')}
+          <input value={timeZone} onInput={(e) => setTimeZone(e.currentTarget.value)} />
+        </label>
+        <label>
+          {t(lang, 'pluginHolidays')}
+          <input type="file" accept=".csv,text/csv,text/plain" onChange={(e) => setHolidays(e.currentTarget.files?.[0])} />
+        </label>
+        <button type="submit" class="primary" disabled={busy || !file}>
+          {t(lang, 'pluginInstall')}
+        </button>
+      </form>
+    </>
   );
 }

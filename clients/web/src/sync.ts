@@ -377,6 +377,21 @@ export class PageSync {
 
   /** Asks the server something; resolves with the answer (a refusal is one), rejects if none came. */
   ask(request: Record<string, unknown>): Promise<Record<string, unknown>> {
+    return this.askWith((d) => d.ask(Date.now(), JSON.stringify(request)));
+  }
+
+  /** Installs a plugin file (the engine builds the request, as the CLI's); resolves with the server's verdict. */
+  installPlugin(file: Uint8Array, settings: string, holidays: string | undefined, timeZone: string): Promise<Record<string, unknown>> {
+    return this.askWith((d) => d.installPlugin(Date.now(), file, settings, holidays, timeZone));
+  }
+
+  /** Makes an installed rule set active again; resolves with the server's verdict. */
+  rollBackPlugin(ruleset: string): Promise<Record<string, unknown>> {
+    return this.askWith((d) => d.rollBackPlugin(Date.now(), ruleset));
+  }
+
+  /** Runs `issue` (which asks the engine something and returns its ticket) and waits for its answer. */
+  private askWith(issue: (device: WebDevice) => number): Promise<Record<string, unknown>> {
     return new Promise((resolve, reject) => {
       let ticket: number | undefined;
       const early: EngineEvent[] = [];
@@ -396,7 +411,7 @@ export class PageSync {
         if (ticket === undefined) early.push(...events);
         else settle(events);
       });
-      this.call((d) => d.ask(Date.now(), JSON.stringify(request))).then(
+      this.call(issue).then(
         (t) => {
           ticket = t;
           settle(early);

@@ -2,7 +2,7 @@
 // `callsync` desk/phone processes on their own data directories, and Debian's
 // Chromium driven by playwright-core (QUIC on: WebTransport needs it).
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -21,6 +21,22 @@ export const REP = 'rep@acme.example';
 export const PASSWORD = 'correct horse battery';
 export const NUMBER = '03-1234-5678';
 export const CONTRACT_REQUIRED_JA = 'このデータへのアクセスには認証が必要です';
+
+/**
+ * The path of a plugin module callsync ships (`standard`, `business_hours`,
+ * `hostile_wasi`, …) as the build of `BIN` made it: the newest of the
+ * `callsync-shipped-plugins` build script's outputs.
+ */
+export function shippedPlugin(name) {
+  const build = path.join(path.dirname(BIN), 'build');
+  const found = readdirSync(build)
+    .filter((dir) => dir.startsWith('callsync-shipped-plugins-'))
+    .map((dir) => path.join(build, dir, 'out', 'plugins-target', 'wasm32-unknown-unknown', 'release', `callsync_plugin_${name}.wasm`))
+    .filter((file) => existsSync(file))
+    .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs);
+  if (found.length === 0) throw new Error(`no built callsync_plugin_${name}.wasm under ${build}`);
+  return found[0];
+}
 
 /** Runs `callsync --json --data DIR ARGS…`; returns the parsed JSON (or throws with stderr). */
 export function cli(dir, args, env = {}) {

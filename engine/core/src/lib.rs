@@ -60,6 +60,7 @@ pub mod customer;
 pub mod document;
 pub mod error;
 pub mod event;
+pub mod holidays;
 pub mod id;
 pub mod lifecycle;
 pub mod phone_number;

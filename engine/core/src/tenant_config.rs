@@ -31,10 +31,12 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoreError;
+use crate::holidays::{self, HolidayError};
 use crate::id::{TenantId, UserId};
 use crate::plugin::{ContentHash, PluginRef, Setting};
 use crate::result_type::{ResultCatalog, ResultTypeSpec};
 use crate::time::Timestamp;
+use crate::wire::RpcCall;
 
 /// The schema version this build writes and reads.
 pub const CONFIG_SCHEMA_VERSION: u64 = 1;
@@ -161,6 +163,172 @@ impl TenantConfig {
             .map(|(_, r)| r.catalog())
             .unwrap_or_else(|| ResultCatalog::new(Vec::new()))
     }
+
+    /// What `callsync admin plugin list` and the admin screen show: every rule
+    /// set, the one most recently installed first, and the install history.
+    pub fn listing(&self) -> PluginListing {
+        let mut rulesets: Vec<RulesetListing> = self
+            .rulesets
+            .iter()
+            .map(|(id, ruleset)| {
+                let last = self.installs.iter().rev().find(|i| i.ruleset == *id);
+                RulesetListing {
+                    id: *id,
+                    plugin: ruleset.plugin.clone(),
+                    settings: ruleset.settings.clone(),
+                    holidays: ruleset.holidays.len(),
+                    time_zone: ruleset.time_zone.clone(),
+                    result_types: ruleset.result_types.clone(),
+                    active: self.active == Some(*id),
+                    installed_at: last.map(|i| i.at),
+                    installed_by: last.map(|i| i.by.clone()),
+                }
+            })
+            .collect();
+        rulesets.sort_by(|a, b| {
+            (b.active, b.installed_at)
+                .cmp(&(a.active, a.installed_at))
+                .then(a.id.cmp(&b.id))
+        });
+        PluginListing {
+            active: self.active,
+            rulesets,
+            installs: self.installs.clone(),
+        }
+    }
+}
+
+/// The installed rule sets and their history, as an admin reads them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginListing {
+    /// The rule set in force.
+    pub active: Option<ContentHash>,
+    /// Every rule set: the active one first, then the most recently installed.
+    pub rulesets: Vec<RulesetListing>,
+    /// Installs, oldest first.
+    pub installs: Vec<Install>,
+}
+
+/// One installed rule set, as an admin reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RulesetListing {
+    /// Its id.
+    pub id: ContentHash,
+    /// Its plugin build.
+    pub plugin: PluginRef,
+    /// The settings it runs with.
+    pub settings: Vec<Setting>,
+    /// How many days off it knows.
+    pub holidays: usize,
+    /// Its time zone.
+    pub time_zone: String,
+    /// The result types it declares.
+    pub result_types: Vec<ResultTypeSpec>,
+    /// Whether it is in force.
+    pub active: bool,
+    /// When it was last installed (an upgrade or a rollback installs again).
+    pub installed_at: Option<Timestamp>,
+    /// By whom.
+    pub installed_by: Option<UserId>,
+}
+
+/// Why a `plugin-install` request could not even be built (nothing was sent).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstallRequestError {
+    /// A setting that is not `KEY=VALUE`.
+    #[error("setting {0:?}: expected KEY=VALUE")]
+    BadSetting(String),
+    /// The holiday table does not parse.
+    #[error("holiday table: {0}")]
+    Holidays(#[from] HolidayError),
+    /// Larger than one message may carry.
+    #[error("the plugin file is {size} bytes; at most {max} can be sent")]
+    FileTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No installed rule set has this id (or the prefix names several).
+    #[error("no single installed rule set has id {0}")]
+    UnknownRuleset(String),
+    /// The configuration document does not read.
+    #[error(transparent)]
+    Config(#[from] CoreError),
+}
+
+impl InstallRequestError {
+    /// A stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadSetting(_) => "bad-setting",
+            Self::Holidays(_) => "bad-holidays",
+            Self::FileTooLarge { .. } => "plugin-too-large",
+            Self::UnknownRuleset(_) => "unknown-ruleset",
+            Self::Config(e) => e.code(),
+        }
+    }
+
+    /// The message in Japanese.
+    pub fn message_ja(&self) -> String {
+        match self {
+            Self::BadSetting(text) => format!("設定「{text}」は KEY=VALUE の形ではありません"),
+            Self::Holidays(e) => format!("休日の表を読み取れません: {}", e.message_ja()),
+            Self::FileTooLarge { size, max } => {
+                format!("プラグインが大きすぎます（{size} バイト、上限 {max} バイト）")
+            }
+            Self::UnknownRuleset(id) => format!("ルールセット {id} はインストールされていません"),
+            Self::Config(e) => e.message_ja(),
+        }
+    }
+}
+
+/// The largest plugin file a `plugin-install` can carry: one message, less room
+/// for the rest of the request.
+pub const MAX_INSTALL_FILE_BYTES: usize = crate::wire::MAX_FRAME_BYTES - 256 * 1024;
+
+/// The `plugin-install` request for a plugin file, its settings as `KEY=VALUE`
+/// lines, a `date,name` holiday table (Japanese public holidays when `None`) and
+/// the tenant's time zone: built here so the CLI and the admin screen send the
+/// same request.
+pub fn install_request(
+    file: Vec<u8>,
+    settings: &[String],
+    holidays: Option<&str>,
+    time_zone: &str,
+) -> Result<RpcCall, InstallRequestError> {
+    if file.len() > MAX_INSTALL_FILE_BYTES {
+        return Err(InstallRequestError::FileTooLarge {
+            size: file.len(),
+            max: MAX_INSTALL_FILE_BYTES,
+        });
+    }
+    let settings = settings
+        .iter()
+        .map(|pair| pair.trim())
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(Setting {
+                key: key.trim().to_owned(),
+                value: value.trim().to_owned(),
+            }),
+            _ => Err(InstallRequestError::BadSetting(
+                pair.chars().take(80).collect(),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let holidays = match holidays {
+        Some(table) => holidays::parse(table)?,
+        None => holidays::japan(),
+    };
+    Ok(RpcCall::PluginInstall {
+        file,
+        settings,
+        holidays,
+        time_zone: time_zone.trim().to_owned(),
+    })
 }
 
 /// A tenant's configuration document.
@@ -327,6 +495,32 @@ impl TenantConfigDoc {
         Ok(config)
     }
 
+    /// The `plugin-install` request that makes an installed rule set active again
+    /// (a rollback): its plugin's component, settings, holidays and zone, as this
+    /// document holds them. `id` is the rule set's id or a prefix naming one.
+    pub fn reinstall_request(&self, id: &str) -> Result<RpcCall, InstallRequestError> {
+        let config = self.config()?;
+        let id = id.trim();
+        let mut matching = config
+            .rulesets
+            .iter()
+            .filter(|(ruleset_id, _)| !id.is_empty() && ruleset_id.to_string().starts_with(id));
+        let (Some((_, ruleset)), None) = (matching.next(), matching.next()) else {
+            return Err(InstallRequestError::UnknownRuleset(
+                id.chars().take(64).collect(),
+            ));
+        };
+        let file = self
+            .component(&ruleset.plugin.hash)?
+            .ok_or_else(|| InstallRequestError::UnknownRuleset(id.to_owned()))?;
+        Ok(RpcCall::PluginInstall {
+            file,
+            settings: ruleset.settings.clone(),
+            holidays: ruleset.holidays.clone(),
+            time_zone: ruleset.time_zone.clone(),
+        })
+    }
+
     /// The plugin component with this hash, if the document holds it.
     pub fn component(&self, hash: &ContentHash) -> Result<Option<Vec<u8>>, CoreError> {
         let components = self.map(key::COMPONENTS)?;
@@ -424,6 +618,119 @@ mod tests {
             b"two"
         );
         assert_eq!(config.catalog().types().len(), 5);
+    }
+
+    #[test]
+    fn the_listing_puts_the_rule_set_in_use_first_and_a_rollback_resends_what_was_installed() {
+        let tenant = TenantId::new("acme").unwrap();
+        let mut doc =
+            TenantConfigDoc::create(&tenant, Timestamp::from_millis(1_000), ActorId::random())
+                .unwrap();
+        assert_eq!(doc.config().unwrap().listing(), PluginListing::default());
+        let by = UserId::new("admin@acme.example").unwrap();
+        let (mut v1, v2) = (ruleset("1.0.0", 1), ruleset("1.1.0", 2));
+        v1.settings = vec![Setting {
+            key: "hours".to_owned(),
+            value: "10:00-17:00".to_owned(),
+        }];
+        let (id1, id2) = (
+            ContentHash::from_bytes([0xa1; 32]),
+            ContentHash::from_bytes([0xb2; 32]),
+        );
+        for (at, id, ruleset, component) in [
+            (2_000, id1, &v1, b"one".as_slice()),
+            (3_000, id2, &v2, b"two"),
+        ] {
+            let install = Install {
+                ruleset: id,
+                at: Timestamp::from_millis(at),
+                by: by.clone(),
+            };
+            doc.install(id, ruleset, component, &install).unwrap();
+        }
+        let listing = doc.config().unwrap().listing();
+        assert_eq!(listing.active, Some(id2));
+        assert_eq!(
+            listing
+                .rulesets
+                .iter()
+                .map(|r| (r.id, r.active, r.installed_at))
+                .collect::<Vec<_>>(),
+            [
+                (id2, true, Some(Timestamp::from_millis(3_000))),
+                (id1, false, Some(Timestamp::from_millis(2_000)))
+            ]
+        );
+        assert_eq!(listing.rulesets[1].installed_by, Some(by));
+        assert_eq!(listing.installs.len(), 2);
+
+        // A rollback by a prefix of the id sends the first install's file and setup.
+        let prefix = &id1.to_string()[..8];
+        assert_eq!(
+            doc.reinstall_request(prefix).unwrap(),
+            RpcCall::PluginInstall {
+                file: b"one".to_vec(),
+                settings: v1.settings.clone(),
+                holidays: v1.holidays.clone(),
+                time_zone: "Asia/Tokyo".to_owned(),
+            }
+        );
+        for unknown in ["", "ffff", "zz"] {
+            let err = doc.reinstall_request(unknown).unwrap_err();
+            assert_eq!(err.code(), "unknown-ruleset", "{unknown:?}");
+            assert!(err.message_ja().contains("インストールされていません"));
+        }
+    }
+
+    #[test]
+    fn an_install_request_refuses_what_it_cannot_send_and_defaults_to_japans_holidays() {
+        let call = install_request(
+            b"\0asm".to_vec(),
+            &[" hours = 10:00-17:00 ".to_owned(), String::new()],
+            None,
+            " Asia/Tokyo ",
+        )
+        .unwrap();
+        let RpcCall::PluginInstall {
+            settings,
+            holidays,
+            time_zone,
+            ..
+        } = call
+        else {
+            panic!("not an install: {call:?}");
+        };
+        assert_eq!(
+            settings,
+            [Setting {
+                key: "hours".to_owned(),
+                value: "10:00-17:00".to_owned()
+            }]
+        );
+        assert_eq!(holidays, holidays::japan());
+        assert_eq!(time_zone, "Asia/Tokyo");
+
+        let refusals = [
+            install_request(Vec::new(), &["hours".to_owned()], None, "Asia/Tokyo"),
+            install_request(Vec::new(), &["=x".to_owned()], None, "Asia/Tokyo"),
+            install_request(Vec::new(), &[], Some("2026-13-01,nope"), "Asia/Tokyo"),
+            install_request(vec![0; MAX_INSTALL_FILE_BYTES + 1], &[], None, "Asia/Tokyo"),
+        ];
+        let codes: Vec<&str> = refusals
+            .iter()
+            .map(|r| r.as_ref().unwrap_err().code())
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "bad-setting",
+                "bad-setting",
+                "bad-holidays",
+                "plugin-too-large"
+            ]
+        );
+        let holidays_ja = refusals[2].as_ref().unwrap_err().message_ja();
+        assert!(holidays_ja.contains("1 行目"), "{holidays_ja}");
     }
 
     #[test]

@@ -73,6 +73,44 @@ impl PluginError {
             Self::Failed { failure, .. } => failure.code(),
         }
     }
+
+    /// The verdict in Japanese, for the admin screen (the data it names, such as
+    /// import names, stays as it is).
+    pub fn message_ja(&self) -> String {
+        match self {
+            Self::NotWasm => {
+                "WebAssembly のモジュールまたはコンポーネントではありません".to_owned()
+            }
+            Self::TooLarge { size, max } => {
+                format!("プラグインが大きすぎます（{size} バイト、上限 {max} バイト）")
+            }
+            Self::Invalid(_) => {
+                "WebAssembly として正しくありません（壊れているか途中で切れています）".to_owned()
+            }
+            Self::Imports(names) => format!(
+                "プラグインは何もインポートできませんが、このプラグインはインポートしています: {}",
+                names.join(", ")
+            ),
+            Self::UnsupportedApi { found } => format!(
+                "プラグイン API {found} 向けに作られています（このサーバーが対応するのは {}）",
+                SUPPORTED_API_VERSIONS.join(", ")
+            ),
+            Self::NoRulesExport(_) => {
+                "結果ルールのインターフェース（callsync:rules/result-rules）がありません".to_owned()
+            }
+            Self::SettingsRefused { plugin, refusal } => {
+                format!(
+                    "プラグイン {plugin} が設定を受け付けませんでした: {}",
+                    refusal.message_ja
+                )
+            }
+            Self::Failed {
+                plugin, failure, ..
+            } => {
+                format!("プラグイン {plugin} の確認中に{}", failure.message_ja())
+            }
+        }
+    }
 }
 
 /// What went wrong inside one plugin call.
@@ -112,6 +150,19 @@ impl Failure {
             Self::Trapped(_) => "plugin-trapped",
             Self::InvalidAnswer(_) => "plugin-invalid-answer",
             Self::Instantiate(_) => "plugin-instantiate",
+        }
+    }
+
+    /// What went wrong, in Japanese (follows "…の確認中に").
+    pub fn message_ja(&self) -> String {
+        match self {
+            Self::OutOfFuel(_) => "計算量の上限を超えました".to_owned(),
+            Self::Deadline(ms) => format!("制限時間（{ms} ミリ秒）を超えました"),
+            Self::OutOfMemory(bytes) => format!("メモリの上限（{bytes} バイト）を超えました"),
+            Self::StackOverflow => "スタックを使い果たしました".to_owned(),
+            Self::Trapped(_) => "異常終了しました".to_owned(),
+            Self::InvalidAnswer(_) => "不正な答えを返しました".to_owned(),
+            Self::Instantiate(_) => "起動できませんでした".to_owned(),
         }
     }
 }

@@ -54,6 +54,18 @@ impl InstallError {
             Self::TooLarge(_) => "install-too-large",
         }
     }
+
+    /// The verdict in Japanese, for the admin screen.
+    pub fn message_ja(&self) -> String {
+        match self {
+            Self::Plugin(e) => e.message_ja(),
+            Self::UnknownTimeZone(zone) => {
+                format!("「{zone}」はタイムゾーン名ではありません（例: Asia/Tokyo）")
+            }
+            Self::TooLarge("holidays") => "休日が多すぎます".to_owned(),
+            Self::TooLarge(_) => "設定が多すぎるか長すぎます".to_owned(),
+        }
+    }
 }
 
 /// A checked install, ready to publish (see [`PreparedInstall`]).

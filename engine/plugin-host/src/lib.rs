@@ -23,7 +23,7 @@ pub use cache::MAX_CACHED_FILES;
 mod convert;
 pub mod decide;
 mod error;
-pub mod holidays;
+pub use callsync_core::holidays;
 pub mod install;
 mod package;
 pub mod zone;

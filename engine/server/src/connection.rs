@@ -820,6 +820,7 @@ async fn install(
             let error = Refusal::InstallRefused {
                 code: err.code(),
                 detail: err.to_string(),
+                ja: err.message_ja(),
             }
             .body();
             reply(

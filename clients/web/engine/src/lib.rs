@@ -247,6 +247,38 @@ impl WebDevice {
             .map_err(js_error)
     }
 
+    /// Installs a plugin file (`settings`: `KEY=VALUE` lines; `holidays`: a
+    /// `date,name` table, or `undefined` for Japan's); the verdict comes as a
+    /// `reply` event with the returned ticket.
+    #[wasm_bindgen(js_name = installPlugin)]
+    pub fn install_plugin(
+        &mut self,
+        now_ms: f64,
+        file: Vec<u8>,
+        settings: &str,
+        holidays: Option<String>,
+        time_zone: &str,
+    ) -> Result<f64, JsError> {
+        self.inner
+            .install_plugin(at(now_ms), file, settings, holidays.as_deref(), time_zone)
+            .map(|t| t as f64)
+            .map_err(js_error)
+    }
+
+    /// Makes an installed rule set active again; the verdict comes as a `reply`.
+    #[wasm_bindgen(js_name = rollBackPlugin)]
+    pub fn roll_back_plugin(&mut self, now_ms: f64, ruleset: &str) -> Result<f64, JsError> {
+        self.inner
+            .roll_back_plugin(at(now_ms), ruleset)
+            .map(|t| t as f64)
+            .map_err(js_error)
+    }
+
+    /// The installed rule sets, the active one first, and the history (JSON).
+    pub fn plugins(&mut self) -> String {
+        self.inner.plugins().to_string()
+    }
+
     /// 顧客にコール. Returns the call (JSON).
     #[wasm_bindgen(js_name = requestCall)]
     pub fn request_call(

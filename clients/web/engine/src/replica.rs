@@ -527,6 +527,34 @@ impl Replica {
         })
     }
 
+    /// Asks the server to install a plugin file (settings as `KEY=VALUE` lines,
+    /// a `date,name` holiday table or the Japanese one); the verdict comes as a
+    /// `reply` event with the returned ticket.
+    pub fn install_plugin(
+        &mut self,
+        now: Timestamp,
+        file: Vec<u8>,
+        settings: &str,
+        holidays: Option<&str>,
+        time_zone: &str,
+    ) -> Result<u64, PageError> {
+        let settings: Vec<String> = settings.lines().map(str::to_owned).collect();
+        self.drive(|s, _, _| Ok(s.install_plugin(now, file, &settings, holidays, time_zone)?))
+    }
+
+    /// Asks the server to make an installed rule set active again.
+    pub fn roll_back_plugin(&mut self, now: Timestamp, ruleset: &str) -> Result<u64, PageError> {
+        self.drive(|s, _, store| Ok(s.roll_back_plugin(now, store, ruleset)?))
+    }
+
+    /// The installed rule sets and their history as synced here (JSON).
+    pub fn plugins(&mut self) -> Value {
+        let Some(session) = self.session.as_mut() else {
+            return json!(callsync_core::tenant_config::PluginListing::default());
+        };
+        json!(session.plugin_listing(&mut self.store).unwrap_or_default())
+    }
+
     /// **顧客にコール**: asks the phone `origin` to dial `number`.
     pub fn request_call(
         &mut self,

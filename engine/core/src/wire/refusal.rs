@@ -210,6 +210,8 @@ pub enum Refusal {
         code: &'static str,
         /// Why.
         detail: String,
+        /// Why, in Japanese (the host's verdict in the admin's words).
+        ja: String,
     },
     /// The customer exists already.
     #[error("customer {customer} already exists")]
@@ -579,7 +581,7 @@ impl Refusal {
             Self::ResultNotVerified { call, .. } => {
                 format!("コール {call} の結果の判定がルールと一致しません")
             }
-            Self::InstallRefused { .. } => "プラグインをインストールできません".to_owned(),
+            Self::InstallRefused { ja, .. } => format!("プラグインをインストールできません: {ja}"),
             Self::ResultNotDecided { ja, .. } => ja.clone(),
             Self::CustomerExists { customer } => format!("顧客 {customer} はすでに存在します"),
             Self::CallOnAnotherCustomer { call } => {
@@ -692,6 +694,7 @@ mod tests {
             Refusal::InstallRefused {
                 code: "plugin-invalid",
                 detail: "not a component".to_owned(),
+                ja: "WebAssembly として正しくありません".to_owned(),
             },
             Refusal::CustomerExists {
                 customer: "cus-1".to_owned(),

@@ -15,7 +15,9 @@
 
 use callsync_core::plugin::{CallFacts, Pick, call_facts};
 use callsync_core::rules::check_option_time;
-use callsync_core::tenant_config::TenantConfigDoc;
+use callsync_core::tenant_config::{
+    InstallRequestError, PluginListing, TenantConfigDoc, install_request,
+};
 use callsync_core::wire::{DecidedResult, ErrorBody, RefusalCode, RpcCall, RpcResult};
 use callsync_core::{
     CallEvent, CallId, CallView, CoreError, CustomerId, CustomerStatus, DeviceId, EventId,
@@ -50,6 +52,10 @@ pub enum ActionError {
     /// Storage failed; the host rolls back.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A plugin install could not be asked as given (a setting, the holiday
+    /// table, the file's size, an unknown rule set).
+    #[error(transparent)]
+    Install(#[from] InstallRequestError),
 }
 
 impl ActionError {
@@ -61,6 +67,7 @@ impl ActionError {
             Self::Stopped(reason) => reason.as_str(),
             Self::Rules(body) => &body.code,
             Self::Storage(_) => "storage",
+            Self::Install(e) => e.code(),
         }
     }
 
@@ -72,7 +79,16 @@ impl ActionError {
             Self::Stopped(reason) => reason.words().1.to_owned(),
             Self::Rules(body) => body.message_ja.clone(),
             Self::Storage(_) => "端末への保存に失敗しました".to_owned(),
+            Self::Install(e) => e.message_ja(),
         }
+    }
+}
+
+/// A session failure while acting: storage (the host rolls back) either way.
+fn action_failure(e: DeviceFailure) -> ActionError {
+    match e {
+        DeviceFailure::Storage(e) => ActionError::Storage(e),
+        DeviceFailure::Protocol(p) => ActionError::Storage(StorageError::Failed(p)),
     }
 }
 
@@ -299,6 +315,53 @@ impl<D: LoadedDoc> DeviceSession<D> {
         Ok(catalog)
     }
 
+    /// The tenant's installed rule sets and their history as synced here, for
+    /// the admin screen (empty before the first install).
+    pub fn plugin_listing<S: DeviceStore<Doc = D>>(
+        &mut self,
+        store: &mut S,
+    ) -> Result<PluginListing, StorageError> {
+        Ok(self
+            .config_doc(store)?
+            .and_then(|doc| doc.config().ok())
+            .map(|config| config.listing())
+            .unwrap_or_default())
+    }
+
+    /// Asks the server to install a plugin file with its settings (`KEY=VALUE`
+    /// lines), holiday table (the Japanese one when `None`) and time zone: the
+    /// request `callsync admin plugin install` sends. The verdict comes as a
+    /// reply with the returned ticket.
+    pub fn install_plugin(
+        &mut self,
+        now: Timestamp,
+        file: Vec<u8>,
+        settings: &[String],
+        holidays: Option<&str>,
+        time_zone: &str,
+    ) -> Result<u64, ActionError> {
+        let call = install_request(file, settings, holidays, time_zone)?;
+        self.ask(now, call).map_err(action_failure)
+    }
+
+    /// Asks the server to make an installed rule set active again (a rollback),
+    /// sending the plugin, settings, holidays and zone this device holds for it:
+    /// the request `callsync admin plugin rollback` sends.
+    pub fn roll_back_plugin<S: DeviceStore<Doc = D>>(
+        &mut self,
+        now: Timestamp,
+        store: &mut S,
+        ruleset: &str,
+    ) -> Result<u64, ActionError> {
+        let call = match self.config_doc(store)? {
+            Some(doc) => doc.reinstall_request(ruleset)?,
+            None => {
+                return Err(InstallRequestError::UnknownRuleset(ruleset.to_owned()).into());
+            }
+        };
+        self.ask(now, call).map_err(action_failure)
+    }
+
     fn config_doc<S: DeviceStore<Doc = D>>(
         &mut self,
         store: &mut S,
@@ -365,10 +428,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
             let mut out = ClientOutput::default();
             client
                 .push_local(store, &mut out)
-                .map_err(|e| match DeviceFailure::from(e) {
-                    DeviceFailure::Storage(e) => ActionError::Storage(e),
-                    DeviceFailure::Protocol(p) => ActionError::Storage(StorageError::Failed(p)),
-                })?;
+                .map_err(|e| action_failure(DeviceFailure::from(e)))?;
             self.out.send.extend(out.messages);
         }
         let _ = (now, rng);
@@ -565,10 +625,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
             };
             let ticket = self
                 .push_ask(now, call, AskPurpose::Result(Box::new(flow)))
-                .map_err(|e| match e {
-                    DeviceFailure::Storage(e) => ActionError::Storage(e),
-                    DeviceFailure::Protocol(p) => ActionError::Storage(StorageError::Failed(p)),
-                })?;
+                .map_err(action_failure)?;
             return Ok(SaveOutcome::Deciding { ticket });
         }
         let fields = self.picked_fields(&catalog, &flow.form, Some(KeptReason::Offline))?;

@@ -28,6 +28,18 @@ pub enum HolidayError {
     TooMany,
 }
 
+impl HolidayError {
+    /// The message in Japanese.
+    pub fn message_ja(&self) -> String {
+        match self {
+            Self::BadLine { line, text } => {
+                format!("{line} 行目「{text}」は YYYY-MM-DD,名前 の形ではありません")
+            }
+            Self::TooMany => format!("休日が {MAX_HOLIDAYS} 件を超えています"),
+        }
+    }
+}
+
 /// The dates of a holiday table, sorted and without repeats.
 pub fn parse(table: &str) -> Result<Vec<NaiveDate>, HolidayError> {
     let mut dates = Vec::new();
