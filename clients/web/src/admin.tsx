@@ -6,13 +6,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import { asRefusal, type PageSync } from './sync';
 import { formatTime, t, type Lang } from './i18n';
-import type { ResultTypeSpec } from './types';
-
-interface Member {
-  email: string;
-  role: string;
-  contract: boolean;
-}
+import { answerOf, refusalOf, type MemberSummary, type PluginListing, type ResultTypeSpec, type Role, type RpcCall, type RpcResult } from './types';
 
 const ROLES = ['user', 'manager', 'admin', 'owner'] as const;
 
@@ -21,25 +15,8 @@ export function isAdmin(role: string): boolean {
   return role === 'admin' || role === 'owner';
 }
 
-interface RulesetListing {
-  id: string;
-  plugin: { id: string; version: string; hash: string };
-  settings: { key: string; value: string }[];
-  holidays: number;
-  timeZone: string;
-  resultTypes: ResultTypeSpec[];
-  active: boolean;
-  installedAt: number | null;
-  installedBy: string | null;
-}
-
-interface PluginListing {
-  active: string | null;
-  rulesets: RulesetListing[];
-}
-
 export function Admin({ lang, sync }: { lang: Lang; sync: PageSync }) {
-  const [members, setMembers] = useState<Member[] | undefined>();
+  const [members, setMembers] = useState<MemberSummary[] | undefined>();
   const [message, setMessage] = useState<{ text: string; error: boolean } | undefined>();
   const [reload, setReload] = useState(0);
   const online = sync.online;
@@ -48,11 +25,11 @@ export function Admin({ lang, sync }: { lang: Lang; sync: PageSync }) {
    * Runs a request (`ask` sends it); says what came of it: `done` (or what it
    * makes of the answer), or the server's refusal in words.
    */
-  const run = async (ask: () => Promise<Record<string, unknown>>, done: string | ((result: Record<string, unknown>) => string)) => {
+  const run = async (ask: () => Promise<RpcResult>, done: string | ((result: RpcResult) => string)) => {
     setMessage(undefined);
     try {
       const result = await ask();
-      const refused = result.refused as { message: string; messageJa: string } | undefined;
+      const refused = refusalOf(result);
       if (refused) {
         setMessage({ text: lang === 'ja' ? refused.messageJa : refused.message, error: true });
         return false;
@@ -66,22 +43,22 @@ export function Admin({ lang, sync }: { lang: Lang; sync: PageSync }) {
       return false;
     }
   };
-  const send = (request: Record<string, unknown>, done: string) => run(() => sync.ask(request), done);
+  const send = (request: RpcCall, done: string) => run(() => sync.ask(request), done);
 
   useEffect(() => {
     if (!online) return;
     void sync.ask({ method: 'user-list' }).then(
       (result) => {
-        const refused = result.refused as { message: string; messageJa: string } | undefined;
+        const refused = refusalOf(result);
         if (refused) setMessage({ text: lang === 'ja' ? refused.messageJa : refused.message, error: true });
-        else setMembers((result.users as Member[] | undefined) ?? []);
+        else setMembers(answerOf(result, 'users') ?? []);
       },
       () => undefined,
     );
   }, [online, reload, sync, lang]);
 
   const [email, setEmail] = useState('');
-  const [role, setRole] = useState<string>('user');
+  const [role, setRole] = useState<Role>('user');
   const [password, setPassword] = useState('');
   const [contract, setContract] = useState(true);
   const [resets, setResets] = useState<Record<string, string>>({});
@@ -117,7 +94,7 @@ export function Admin({ lang, sync }: { lang: Lang; sync: PageSync }) {
                     aria-label={`${t(lang, 'role')}: ${m.email}`}
                     value={m.role}
                     onChange={(e) =>
-                      void send({ method: 'user-set-role', email: m.email, role: e.currentTarget.value }, t(lang, 'roleChanged'))
+                      void send({ method: 'user-set-role', email: m.email, role: e.currentTarget.value as Role }, t(lang, 'roleChanged'))
                     }
                   >
                     {ROLES.map((r) => (
@@ -188,7 +165,7 @@ export function Admin({ lang, sync }: { lang: Lang; sync: PageSync }) {
         </label>
         <label>
           {t(lang, 'role')}
-          <select value={role} onChange={(e) => setRole(e.currentTarget.value)}>
+          <select value={role} onChange={(e) => setRole(e.currentTarget.value as Role)}>
             {ROLES.map((r) => (
               <option key={r} value={r}>
                 {t(lang, `role_${r}`)}
@@ -221,7 +198,7 @@ export function Admin({ lang, sync }: { lang: Lang; sync: PageSync }) {
   );
 }
 
-type Run = (ask: () => Promise<Record<string, unknown>>, done: string | ((result: Record<string, unknown>) => string)) => Promise<boolean>;
+type Run = (ask: () => Promise<RpcResult>, done: string | ((result: RpcResult) => string)) => Promise<boolean>;
 
 /** The result-rule plugins: the rule sets this page holds (synced from the server), install, roll back. */
 function Plugins({ lang, sync, run }: { lang: Lang; sync: PageSync; run: Run }) {
@@ -237,8 +214,8 @@ function Plugins({ lang, sync, run }: { lang: Lang; sync: PageSync; run: Run }) 
   const label = (spec: ResultTypeSpec) => (lang === 'ja' ? spec.label_ja : spec.label_en);
 
   /** The verdict of an install that passed the server's checks, in words. */
-  const installed = (result: Record<string, unknown>) => {
-    const summary = result['plugin-installed'] as { plugin: { id: string; version: string }; resultTypes: string[] } | undefined;
+  const installed = (result: RpcResult) => {
+    const summary = answerOf(result, 'plugin-installed');
     if (!summary) return t(lang, 'pluginInstalled');
     return `${t(lang, 'pluginInstalled')}: ${summary.plugin.id}@${summary.plugin.version}${t(lang, 'sep')}${t(lang, 'pluginTypes')}: ${summary.resultTypes.length}`;
   };

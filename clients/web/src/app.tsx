@@ -7,10 +7,17 @@ import { eventText, flagText, formatTime, isOpenPhase, isRace, optionText, phase
 import { Dashboard, isManager } from './dashboard';
 import { Admin, isAdmin } from './admin';
 import {
+  answerOf,
   eventKind,
+  type RpcCall,
+  type RpcResult,
   type CallView,
   type CustomerDetail,
+  type CustomerListing,
   type CustomerSummary,
+  type ResultCatalog,
+  type ResultForm,
+  type OptionKind,
   type DeviceSummary,
   type RecallSummary,
   type ResultTypeSpec,
@@ -62,7 +69,7 @@ function useEngine(sync: PageSync): number {
  * `onResult` gets the answer (a refusal is one). `call` is compared by its
  * JSON, so a literal is fine.
  */
-function useAskWhenOnline(sync: PageSync, call: Record<string, unknown>, onResult?: (result: Record<string, unknown>) => void): void {
+function useAskWhenOnline(sync: PageSync, call: RpcCall, onResult?: (result: RpcResult) => void): void {
   const online = sync.online;
   const key = JSON.stringify(call);
   const handle = useRef(onResult);
@@ -72,7 +79,7 @@ function useAskWhenOnline(sync: PageSync, call: Record<string, unknown>, onResul
     if (!online) return undefined;
     let live = true;
     let retry: ReturnType<typeof setTimeout> | undefined;
-    sync.ask(JSON.parse(key) as Record<string, unknown>).then(
+    sync.ask(JSON.parse(key) as RpcCall).then(
       (result) => {
         if (live) handle.current?.(result);
       },
@@ -336,7 +343,7 @@ function CustomerList({ lang, sync }: { lang: Lang; sync: PageSync }) {
     return () => clearTimeout(timer);
   }, [online, query, sync]);
   const listing = useMemo(
-    () => JSON.parse(sync.device.customerListing()) as { rows: CustomerSummary[]; complete: boolean; loading: boolean },
+    () => JSON.parse(sync.device.customerListing()) as CustomerListing,
     [tick, sync],
   );
   const local = useMemo(() => JSON.parse(sync.device.localCustomers(query)) as CustomerSummary[], [tick, sync, query]);
@@ -555,7 +562,7 @@ function CallForm({
   const [recording, setRecording] = useState(true);
   const [phones, setPhones] = useState<DeviceSummary[]>([]);
   useAskWhenOnline(sync, { method: 'devices' }, (result) => {
-    const devices = ((result.devices as DeviceSummary[] | undefined) ?? []).filter((d) => d.kind === 'phone');
+    const devices = (answerOf(result, 'devices') ?? []).filter((d) => d.kind === 'phone');
     setPhones(devices);
     setOrigin((current) => current || devices[0]?.id || '');
   });
@@ -696,9 +703,9 @@ function ResultForm({
   onCancel?: () => void;
   children?: ComponentChildren;
 }) {
-  const types = useMemo(() => (JSON.parse(sync.device.resultTypes()) as { types: ResultTypeSpec[] }).types, [sync]);
+  const types = useMemo(() => (JSON.parse(sync.device.resultTypes()) as ResultCatalog).types, [sync]);
   const [type, setType] = useState('');
-  const [option, setOption] = useState('none');
+  const [option, setOption] = useState<OptionKind>('none');
   const [date, setDate] = useState('');
   const [time, setTime] = useState('10:00');
   const [status, setStatus] = useState('');
@@ -724,11 +731,11 @@ function ResultForm({
     const at = option === 'none' ? undefined : tokyoMillis(date, time);
     // The engine decides the rest: the server's rules when online, the pick as
     // made (and why) when not.
-    const form = {
+    const form: ResultForm = {
       resultType: spec.id,
       option,
-      ...(at !== undefined ? { at } : {}),
-      ...(status ? { customerStatus: status } : {}),
+      at: at ?? null,
+      customerStatus: status || null,
       memo,
     };
     try {
@@ -776,7 +783,7 @@ function ResultForm({
       </label>
       <fieldset disabled={!spec || spec.options.length === 0}>
         <legend>{t(lang, 'resultOption')}</legend>
-        {['none', ...(spec?.options ?? []).filter((o) => o !== 'none')].map((o) => (
+        {(['none', ...(spec?.options ?? []).filter((o) => o !== 'none')] as OptionKind[]).map((o) => (
           <label key={o} class="inline">
             <input type="radio" name="option" value={o} checked={option === o} onChange={() => setOption(o)} />
             {optionText(lang, o)}
@@ -834,7 +841,7 @@ function ResultForm({
 type Labels = (id: string) => string;
 
 function resultLabels(lang: Lang, sync: PageSync): Labels {
-  const types = (JSON.parse(sync.device.resultTypes()) as { types: ResultTypeSpec[] }).types;
+  const types = (JSON.parse(sync.device.resultTypes()) as ResultCatalog).types;
   return (id) => {
     const spec = types.find((s) => s.id === id);
     return spec ? (lang === 'ja' ? spec.label_ja : spec.label_en) : id;
@@ -860,21 +867,20 @@ function Timeline({ lang, detail, label }: { lang: Lang; detail: CustomerDetail;
 /** What an event carries, in words: the number, the duration, the result and its memo. */
 function EventDetail({ lang, kind, label }: { lang: Lang; kind: TimelineEntry['kind']; label: Labels }) {
   if (typeof kind === 'string') return null;
-  const [name, fields] = Object.entries(kind)[0] ?? ['', {}];
-  const f = fields as Record<string, unknown>;
   const sep = t(lang, 'sep');
-  if (name === 'requested') return <span>{sep + String(f.destination ?? '')}</span>;
-  if (name === 'manual-call') return <span>{sep + String(f.number ?? '')}</span>;
-  if (name === 'phone-ended') return <span>{sep + mmss(Number(f.duration_secs ?? 0))}</span>;
-  if (name === 'result-saved') {
-    const option = f.option as { kind?: string; at?: number; until?: number } | undefined;
-    const when = option?.at ?? option?.until;
+  if ('requested' in kind) return <span>{sep + kind.requested.destination}</span>;
+  if ('manual-call' in kind) return <span>{sep + kind['manual-call'].number}</span>;
+  if ('phone-ended' in kind) return <span>{sep + mmss(kind['phone-ended'].duration_secs)}</span>;
+  if ('result-saved' in kind) {
+    const saved = kind['result-saved'];
+    const option = saved.option;
+    const when = option.kind === 'recall' ? option.at : option.kind === 'restriction' ? option.until : undefined;
     return (
       <span>
         {' '}
-        {sep + label(String(f.result_type ?? ''))}
-        {option?.kind && option.kind !== 'none' && `${sep}${optionText(lang, option.kind)}${when ? ` ${formatTime(lang, when)}` : ''}`}
-        {f.memo ? `${sep}${String(f.memo)}` : ''}
+        {sep + label(saved.result_type)}
+        {option.kind !== 'none' && `${sep}${optionText(lang, option.kind)}${when !== undefined ? ` ${formatTime(lang, when)}` : ''}`}
+        {saved.memo ? `${sep}${saved.memo}` : ''}
       </span>
     );
   }
@@ -952,7 +958,7 @@ function CallDetail({ lang, detail, call, back, label }: { lang: Lang; detail: C
 function Recalls({ lang, sync }: { lang: Lang; sync: PageSync }) {
   const [recalls, setRecalls] = useState<RecallSummary[] | undefined>();
   const online = sync.online;
-  useAskWhenOnline(sync, { method: 'recall-list' }, (result) => setRecalls((result.recalls as RecallSummary[] | undefined) ?? []));
+  useAskWhenOnline(sync, { method: 'recall-list' }, (result) => setRecalls(answerOf(result, 'recalls') ?? []));
   return (
     <section aria-labelledby="recalls-title">
       <h2 id="recalls-title">{t(lang, 'recalls')}</h2>

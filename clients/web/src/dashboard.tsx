@@ -6,7 +6,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import type { Chart } from 'chart.js';
 import { asRefusal, type PageSync } from './sync';
 import { t, type Lang } from './i18n';
-import type { UserCallStats } from './types';
+import { answerOf, refusalOf, type UserCallStats } from './types';
 
 let chartModule: Promise<typeof Chart> | undefined;
 /** Chart.js, loaded the first time a dashboard draws: only managers open it. */
@@ -48,12 +48,12 @@ export function Dashboard({ lang, sync }: { lang: Lang; sync: PageSync }) {
     try {
       // The period runs to the end of the `to` day.
       const result = await sync.ask({ method: 'call-stats', from: tokyoMidnight(from), to: tokyoMidnight(to) + 24 * 3600 * 1000 });
-      if (result.refused) {
-        const refusal = result.refused as { message: string; messageJa: string };
+      const refusal = refusalOf(result);
+      if (refusal) {
         setError(lang === 'ja' ? refusal.messageJa : refusal.message);
         return;
       }
-      setStats((result['call-stats'] as UserCallStats[] | undefined) ?? []);
+      setStats(answerOf(result, 'call-stats') ?? []);
     } catch (err) {
       const refusal = asRefusal(err);
       setError(lang === 'ja' ? refusal.messageJa : refusal.message);

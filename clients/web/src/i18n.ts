@@ -2,6 +2,7 @@
 // switch. Every string the screens show comes from here.
 
 import { raceAdvice, vocabulary } from './pkg/callsync_web.js';
+import type { Vocabulary } from './types';
 
 export type Lang = 'ja' | 'en';
 
@@ -258,23 +259,13 @@ const en: Record<Key, string> = {
 };
 
 /** The engine's words (phases, event kinds, result options): the page keeps no list of its own. */
-interface Words {
-  name: string;
-  en: string;
-  ja: string;
-}
-interface Vocabulary {
-  phases: (Words & { open: boolean; adviceEn: string | null; adviceJa: string | null })[];
-  events: Words[];
-  options: Words[];
-}
 let loaded: Vocabulary | undefined;
 function words(): Vocabulary {
   loaded ??= JSON.parse(vocabulary()) as Vocabulary;
   return loaded;
 }
 
-function say(lang: Lang, found: Words | undefined, fallback: string): string {
+function say(lang: Lang, found: { en: string; ja: string } | undefined, fallback: string): string {
   return found ? (lang === 'ja' ? found.ja : found.en) : fallback;
 }
 

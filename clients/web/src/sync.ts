@@ -10,6 +10,9 @@
 // means, the rep's actions and the result flow, logout) is the engine's:
 // `callsync-session`'s device session, the one the phone runs.
 import { openDB, type IDBPDatabase } from 'idb';
+import type { EngineEvent, ErrorView, LoginAnswer, PageState, RpcCall, RpcResult, SaveOutcomeView, Unsent } from './types';
+
+export type { EngineEvent } from './types';
 import init, { WebDevice } from './pkg/callsync_web.js';
 
 /** What GET /api/transport answers. */
@@ -21,25 +24,10 @@ interface TransportInfo {
 }
 
 /** A refusal from the engine or the server: a stable code, in two languages. */
-export interface Refusal {
-  code: string;
-  message: string;
-  messageJa: string;
-}
-
-/** One event from the engine. */
-export type EngineEvent = { event: string } & Record<string, unknown>;
+export type Refusal = ErrorView;
 
 /** Where the device's link stands, as the engine says (`state()`). */
-export interface DeviceState {
-  phase: 'logged-out' | 'idle' | 'connecting' | 'online' | 'offline' | 'stopped';
-  stopped?: { reason: string; message: string; messageJa: string; needsLogin: boolean } | null;
-  retryAt?: number | null;
-  serverNow?: number;
-  identity?: { tenant: string; user: string; role: string; device: string; loggedIn: boolean } | null;
-  /** A logout's token is still to be ended on the server. */
-  revoking?: boolean;
-}
+export type DeviceState = PageState;
 
 const META_DB = 'callsync';
 const META = 'meta';
@@ -171,7 +159,7 @@ export class PageSync {
   private closed = false;
   private readonly onOnline = () => this.call((d) => d.networkUp(Date.now()));
   /** The engine's view of the link (refreshed after every call). */
-  state: DeviceState = { phase: 'idle' };
+  state: DeviceState = { phase: 'idle', stopped: null, retryAt: null, serverNow: null, clock: null, identity: null, revoking: false };
   /** When the connection was last made ready (ms, for the benchmarks). */
   connectedIn = 0;
   /**
@@ -223,7 +211,7 @@ export class PageSync {
     const device = await deviceFrom(db);
     const info = await transportInfo();
     const transport = openTransport(info);
-    let answer: { loggedIn?: unknown; refused?: Refusal } | undefined;
+    let answer: LoginAnswer | undefined;
     try {
       await transport.ready;
       const stream = await transport.createBidirectionalStream();
@@ -242,7 +230,7 @@ export class PageSync {
     } finally {
       transport.close();
     }
-    if (answer?.refused) {
+    if (answer && 'refused' in answer) {
       db.close();
       throw new LoginRefused(answer.refused);
     }
@@ -376,31 +364,31 @@ export class PageSync {
   }
 
   /** Asks the server something; resolves with the answer (a refusal is one), rejects if none came. */
-  ask(request: Record<string, unknown>): Promise<Record<string, unknown>> {
+  ask(request: RpcCall): Promise<RpcResult> {
     return this.askWith((d) => d.ask(Date.now(), JSON.stringify(request)));
   }
 
   /** Installs a plugin file (the engine builds the request, as the CLI's); resolves with the server's verdict. */
-  installPlugin(file: Uint8Array, settings: string, holidays: string | undefined, timeZone: string): Promise<Record<string, unknown>> {
+  installPlugin(file: Uint8Array, settings: string, holidays: string | undefined, timeZone: string): Promise<RpcResult> {
     return this.askWith((d) => d.installPlugin(Date.now(), file, settings, holidays, timeZone));
   }
 
   /** Makes an installed rule set active again; resolves with the server's verdict. */
-  rollBackPlugin(ruleset: string): Promise<Record<string, unknown>> {
+  rollBackPlugin(ruleset: string): Promise<RpcResult> {
     return this.askWith((d) => d.rollBackPlugin(Date.now(), ruleset));
   }
 
   /** Runs `issue` (which asks the engine something and returns its ticket) and waits for its answer. */
-  private askWith(issue: (device: WebDevice) => number): Promise<Record<string, unknown>> {
+  private askWith(issue: (device: WebDevice) => number): Promise<RpcResult> {
     return new Promise((resolve, reject) => {
       let ticket: number | undefined;
       const early: EngineEvent[] = [];
       const settle = (events: EngineEvent[]) => {
         for (const e of events) {
-          if (e.ticket !== ticket) continue;
+          if (!('ticket' in e) || e.ticket !== ticket) continue;
           if (e.event === 'reply') {
             unsubscribe();
-            resolve(e.result as Record<string, unknown>);
+            resolve(e.result);
           } else if (e.event === 'ask-failed') {
             unsubscribe();
             reject(new Error(JSON.stringify({ code: e.code, message: e.message, messageJa: e.messageJa })));
@@ -440,10 +428,10 @@ export class PageSync {
       const early: EngineEvent[] = [];
       const settle = (events: EngineEvent[]) => {
         for (const e of events) {
-          if (ticket === undefined || e.ticket !== ticket) continue;
+          if (ticket === undefined || !('ticket' in e) || e.ticket !== ticket) continue;
           if (e.event === 'result-saved') {
             unsubscribe();
-            resolve({ kept: (e.keptAsPicked as string | undefined) ?? null });
+            resolve({ kept: e.keptAsPicked ?? null });
           } else if (e.event === 'result-refused') {
             unsubscribe();
             reject(new Error(JSON.stringify({ code: e.code, message: e.message, messageJa: e.messageJa })));
@@ -456,8 +444,8 @@ export class PageSync {
       });
       this.call(save).then(
         (answer) => {
-          const outcome = JSON.parse(answer) as { saved?: unknown; kept?: string | null; deciding?: number };
-          if (outcome.deciding === undefined) {
+          const outcome = JSON.parse(answer) as SaveOutcomeView;
+          if (outcome.deciding === undefined || outcome.deciding === null) {
             unsubscribe();
             resolve({ kept: outcome.kept ?? null });
           } else {
@@ -474,8 +462,8 @@ export class PageSync {
   }
 
   /** What a logout now would leave unsent. */
-  async unsent(): Promise<{ results: number; events: number }> {
-    return JSON.parse(await this.call((d) => d.unsent())) as { results: number; events: number };
+  async unsent(): Promise<Unsent> {
+    return JSON.parse(await this.call((d) => d.unsent())) as Unsent;
   }
 
   /**

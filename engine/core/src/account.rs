@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A member's role in a tenant, highest first.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {

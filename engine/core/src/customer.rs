@@ -16,6 +16,7 @@ use crate::result_type::ResultOption;
 use crate::time::Timestamp;
 
 /// A customer status (tenant-defined words; two are built in).
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CustomerStatus(String);
@@ -44,6 +45,7 @@ impl std::fmt::Display for CustomerStatus {
 }
 
 /// One of the customer's phone numbers.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhoneEntry {
     /// A label such as 代表 (main line) or 携帯 (mobile).
@@ -57,6 +59,7 @@ pub struct PhoneEntry {
 const MAX_PHONES_DECODED: usize = 256;
 
 /// The editable profile of a new customer.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewCustomer {
     /// The tenant that owns the customer.
@@ -75,6 +78,7 @@ pub struct NewCustomer {
 }
 
 /// A customer as every reader sees it.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Customer {
     /// The tenant.
@@ -190,6 +194,7 @@ pub(crate) fn derive_follow_up(calls: &[Arc<CallView>]) -> FollowUp {
 }
 
 /// One line of a customer's timeline: an event, in time order.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TimelineEntry {
     /// The call.

@@ -14,6 +14,7 @@ use crate::time::Timestamp;
 
 /// The kind of device that recorded an event. Which kinds may record which events
 /// is fixed here; the sync layer binds each device to its kind.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceKind {
@@ -37,6 +38,7 @@ impl DeviceKind {
 }
 
 /// Who recorded an event, and when, on the server's clock.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     /// When the event was recorded, on the server's clock: the device's own clock
@@ -71,6 +73,7 @@ pub struct CallEvent {
 }
 
 /// What happened, with what each kind carries.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
@@ -195,6 +198,7 @@ pub fn kind_words(name: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// The fields of a saved call result (the result form).
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SavedResultFields {
     /// One of the tenant's result types.
@@ -221,6 +225,7 @@ pub struct SavedResultFields {
 }
 
 /// A reference to a recording the server holds.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RecordingRef {
     /// Lowercase hex SHA-256 of the bytes.

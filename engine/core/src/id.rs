@@ -103,6 +103,7 @@ pub(crate) fn check_id(kind: &'static str, value: &str) -> Result<(), IdError> {
 macro_rules! string_id {
     ($(#[$meta:meta])* $name:ident, $kind:literal) => {
         $(#[$meta])*
+        #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
         #[serde(transparent)]
         pub struct $name(String);

@@ -21,6 +21,7 @@ use crate::phone_number::PhoneNumber;
 use crate::time::Timestamp;
 
 /// Where a call stands. Exactly one at a time; first match wins in the order below.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -121,6 +122,7 @@ impl Phase {
 }
 
 /// The state of a call's recording.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecordingState {
@@ -135,6 +137,7 @@ pub enum RecordingState {
 }
 
 /// A named race or condition, kept in the call's history for ever.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Flag {
@@ -211,6 +214,7 @@ impl Flag {
 }
 
 /// An event kept out of derivation, and why.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Anomaly {
     /// The event.
@@ -220,6 +224,7 @@ pub struct Anomaly {
 }
 
 /// Why an event was kept out of derivation.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AnomalyReason {
@@ -258,6 +263,7 @@ impl AnomalyReason {
 }
 
 /// How the call came to be.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum CallOrigin {
@@ -278,6 +284,7 @@ pub enum CallOrigin {
 }
 
 /// One saved result, as shown in the call's history.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SavedResult {
     /// The event that saved it.
@@ -298,6 +305,7 @@ impl SavedResult {
 }
 
 /// Everything derived about one call.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CallView {
     /// The call.

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A phone number as written, with its normal form (domestic digits, leading `0`).
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS), ts(type = "string"))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct PhoneNumber {

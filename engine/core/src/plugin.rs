@@ -36,6 +36,7 @@ pub const MAX_REASON_CHARS: usize = 500;
 pub const MAX_LABEL_CHARS: usize = 100;
 
 /// A SHA-256 digest naming content: a plugin component, a rule set.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS), ts(type = "string"))]
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContentHash([u8; 32]);
 
@@ -110,6 +111,7 @@ impl<'de> Deserialize<'de> for ContentHash {
 }
 
 /// Which plugin build made a decision or declared a result type.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PluginRef {
     /// The plugin's id, e.g. `business-hours`.
@@ -127,6 +129,7 @@ impl fmt::Display for PluginRef {
 }
 
 /// One plugin setting as the admin gave it.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Setting {
     /// The name, e.g. `hours`.
@@ -145,6 +148,7 @@ pub struct UtcOffset {
 }
 
 /// What the user picked on the result form.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Pick {
     /// The result type.
@@ -190,6 +194,7 @@ pub struct Decision {
 /// `result-saved` event beside the decided option and status, so every device can
 /// tell which plugin version decided, and the server can run the same rule set on
 /// the same inputs and compare.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DecisionRecord {
     /// The rule set (see [`crate::tenant_config::Ruleset`]).

@@ -12,6 +12,7 @@ pub use crate::id::ResultTypeId;
 use crate::time::Timestamp;
 
 /// The option a saved result carries.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ResultOption {
@@ -50,6 +51,7 @@ impl ResultOption {
 }
 
 /// The kinds of option, without their times.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OptionKind {
@@ -85,6 +87,7 @@ impl OptionKind {
 }
 
 /// Whether the result form asks the user for the option's time.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TimeEntry {
@@ -98,6 +101,7 @@ pub enum TimeEntry {
 }
 
 /// One result type of the tenant.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultTypeSpec {
     /// Stable id.
@@ -118,6 +122,7 @@ pub struct ResultTypeSpec {
 }
 
 /// The tenant's result types.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultCatalog {
     types: Vec<ResultTypeSpec>,

@@ -98,6 +98,7 @@ impl Ruleset {
 
 /// One install (or upgrade, or rollback): which rule set became active, when, by
 /// whom.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Install {
     /// The rule set.
@@ -199,6 +200,7 @@ impl TenantConfig {
 }
 
 /// The installed rule sets and their history, as an admin reads them.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginListing {
@@ -211,6 +213,7 @@ pub struct PluginListing {
 }
 
 /// One installed rule set, as an admin reads it.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RulesetListing {

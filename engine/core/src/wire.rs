@@ -135,6 +135,7 @@ pub struct DeviceRegistration {
 }
 
 /// What a refusal says, in a form every client can show.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
@@ -346,6 +347,7 @@ decode::tag_first_enum! {
 tag = "method", remote = "RpcCall", mirror = RpcCallFields;
 /// A request outside document sync. Each names the least role it needs in its
 /// docs; the server checks it.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub enum RpcCall {
@@ -440,6 +442,7 @@ pub enum RpcCall {
     PluginInstall {
         /// The plugin: a component, or a module built with `wit-bindgen`.
         #[serde(with = "serde_bytes")]
+        #[cfg_attr(feature = "typescript", ts(type = "Array<number>"))]
         file: Vec<u8>,
         /// The plugin's settings.
         #[serde(deserialize_with = "decode::at_most::<MAX_SETTINGS_DECODED, _, _>")]
@@ -513,6 +516,7 @@ pub const MAX_CUSTOMER_QUERY_CHARS: usize = 100;
 pub const MAX_SUBSCRIBE: usize = 256;
 
 /// The answer to an [`RpcCall`].
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RpcResult {
@@ -557,6 +561,7 @@ pub enum RpcResult {
 }
 
 /// One member, as an admin sees them.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberSummary {
@@ -569,6 +574,7 @@ pub struct MemberSummary {
 }
 
 /// A rule set an install made active.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstalledSummary {
@@ -587,6 +593,7 @@ pub const MAX_DECIDE_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// A result form's fields as the tenant's rules decided them, to be saved as they
 /// are (the decision record lets the hub check them).
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DecidedResult {
@@ -602,6 +609,7 @@ pub struct DecidedResult {
 pub const MAX_STATS_PERIOD_MS: i64 = 400 * 24 * 3600 * 1000;
 
 /// One user's calls in a period, for the call-performance dashboard.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UserCallStats {
@@ -616,6 +624,7 @@ pub struct UserCallStats {
 }
 
 /// A customer due for a call again.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecallSummary {
@@ -630,6 +639,7 @@ pub struct RecallSummary {
 }
 
 /// One customer in a list.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerSummary {
@@ -646,6 +656,7 @@ pub struct CustomerSummary {
 }
 
 /// One of the user's devices.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceSummary {

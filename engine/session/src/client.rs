@@ -45,6 +45,7 @@ mod config;
 const MAX_KEPT_DOCS: usize = 1_024;
 
 /// Something a device's user (or a script) may want to know, one JSON line each.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum ClientEvent {
@@ -80,10 +81,10 @@ pub enum ClientEvent {
         /// Its flags.
         flags: Vec<String>,
         /// What the races among the flags ask of the rep, in English.
-        #[serde(skip_serializing_if = "Vec::is_empty")]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         advice_en: Vec<String>,
         /// The same, in Japanese.
-        #[serde(skip_serializing_if = "Vec::is_empty")]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         advice_ja: Vec<String>,
     },
     /// The server holds every local change of this document.
@@ -130,7 +131,7 @@ pub enum ClientEvent {
         /// Why.
         reason: String,
         /// When the next attempt is due (device clock), if one is planned.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_at: Option<callsync_core::Timestamp>,
     },
     /// The device learnt the server's clock at a join.
@@ -189,7 +190,7 @@ pub enum ClientEvent {
         /// The call.
         call: CallId,
         /// Set when the pick was saved as made, without the tenant's rules: why.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         kept_as_picked: Option<String>,
     },
     /// A call result was not saved: the rules (or the call's state) refused it;

@@ -199,6 +199,7 @@ impl Default for DeviceSettings {
 }
 
 /// Where the device's link to the server stands, for the screens.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS), ts(rename = "LinkPhase"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -322,6 +323,7 @@ struct Ask {
 }
 
 /// One local event the server has not confirmed yet.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnsentEvent {
@@ -334,6 +336,7 @@ pub struct UnsentEvent {
 }
 
 /// What a logout would leave unsent.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Unsent {

@@ -9,6 +9,7 @@
 
 pub mod replica;
 pub mod store;
+pub mod views;
 
 use callsync_core::Timestamp;
 use wasm_bindgen::prelude::*;
@@ -37,32 +38,7 @@ pub fn race_advice(flag: &str, ja: bool) -> Option<String> {
 /// and every result option, so the page keeps no list of its own.
 #[wasm_bindgen]
 pub fn vocabulary() -> String {
-    let phases: Vec<serde_json::Value> = callsync_core::Phase::ALL
-        .into_iter()
-        .map(|p| {
-            let (en, ja) = p.words();
-            let advice = p.advice();
-            serde_json::json!({
-                "name": p.as_str(), "en": en, "ja": ja, "open": p.is_open(),
-                "adviceEn": advice.map(|a| a.0), "adviceJa": advice.map(|a| a.1),
-            })
-        })
-        .collect();
-    let events: Vec<serde_json::Value> = callsync_core::event::KIND_NAMES
-        .into_iter()
-        .filter_map(|name| {
-            callsync_core::event::kind_words(name)
-                .map(|(en, ja)| serde_json::json!({ "name": name, "en": en, "ja": ja }))
-        })
-        .collect();
-    let options: Vec<serde_json::Value> = callsync_core::OptionKind::ALL
-        .into_iter()
-        .map(|o| {
-            let (en, ja) = o.words();
-            serde_json::json!({ "name": o.as_str(), "en": en, "ja": ja })
-        })
-        .collect();
-    serde_json::json!({ "phases": phases, "events": events, "options": options }).to_string()
+    to_json(&views::Vocabulary::of_the_core())
 }
 
 /// One page's device (see `replica::Replica` for the call order). Every `now`

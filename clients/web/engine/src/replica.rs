@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 
-use callsync_core::wire::{self, FRAME_HEADER_BYTES, Message, RpcCall};
+use callsync_core::wire::{self, CustomerSummary, FRAME_HEADER_BYTES, Message, RpcCall};
 use callsync_core::{CallId, CallView, CustomerId, DeviceId, DeviceKind, EventKind, Timestamp};
 use callsync_session::device::actions::{ActionError, ResultForm, SaveOutcome};
 use callsync_session::device::login::{LoginError, LoginExchange};
@@ -38,6 +38,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::store::{CUSTOMERS_KEY, PageDoc, PageStore};
+use crate::views::{
+    CustomerDetail, ErrorView, LoginAnswer, LoginRefusal, PageEvent, PagePhase, PageState,
+    PublicIdentity, SaveOutcomeView, StopView,
+};
 
 /// Why the page's call failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,16 +74,20 @@ impl PageError {
     /// languages.
     pub fn to_json(&self) -> Value {
         match self {
-            Self::Refused(e) => json!({
-                "code": e.code(),
-                "message": e.to_string(),
-                "messageJa": e.message_ja(),
+            Self::Refused(e) => json!(ErrorView {
+                code: e.code().to_owned(),
+                message: e.to_string(),
+                message_ja: e.message_ja(),
             }),
-            Self::Input(m) => json!({ "code": "input", "message": m, "messageJa": m }),
-            Self::LoggedOut => json!({
-                "code": "logged-out",
-                "message": "Please log in.",
-                "messageJa": "ログインしてください。",
+            Self::Input(m) => json!(ErrorView {
+                code: "input".to_owned(),
+                message: m.clone(),
+                message_ja: m.clone(),
+            }),
+            Self::LoggedOut => json!(ErrorView {
+                code: "logged-out".to_owned(),
+                message: "Please log in.".to_owned(),
+                message_ja: "ログインしてください。".to_owned(),
             }),
         }
     }
@@ -190,14 +198,14 @@ impl Replica {
     /// a `document` event, so the screens redraw what changed.
     fn commit(&mut self) {
         for customer in self.store.commit() {
-            self.tell(json!({ "event": "document", "customer": customer }));
+            self.tell(PageEvent::Document { customer });
         }
     }
 
     /// Queues an event behind the writes made so far.
-    fn tell(&mut self, event: Value) {
+    fn tell(&mut self, event: PageEvent) {
         let ticket = self.store.ticket();
-        self.events.push_back((ticket, event));
+        self.events.push_back((ticket, json!(event)));
     }
 
     /// Runs a session call in one transaction and queues what it asks for
@@ -238,7 +246,9 @@ impl Replica {
                 Ok(frame) => self.outgoing.push_back((ticket, Step::Send(frame))),
                 Err(e) => self.events.push_back((
                     ticket,
-                    json!({ "event": "error", "message": e.to_string() }),
+                    json!(PageEvent::Error {
+                        message: e.to_string()
+                    }),
                 )),
             }
         }
@@ -256,7 +266,9 @@ impl Replica {
                 Ok(value) => self.events.push_back((ticket, value)),
                 Err(e) => self.events.push_back((
                     ticket,
-                    json!({ "event": "error", "message": e.to_string() }),
+                    json!(PageEvent::Error {
+                        message: e.to_string()
+                    }),
                 )),
             }
             listed |= matches!(
@@ -337,16 +349,18 @@ impl Replica {
                         .map_err(|e| PageError::Input(e.to_string()))
                 })?;
                 self.session = Some(session);
-                Ok(Some(json!({ "loggedIn": identity })))
+                Ok(Some(json!(LoginAnswer::LoggedIn(PublicIdentity::from(
+                    &identity
+                )))))
             }
-            Err(LoginError::Refused { body, disposition }) => Ok(Some(json!({
-                "refused": {
-                    "code": body.code,
-                    "message": body.message,
-                    "messageJa": body.message_ja,
-                    "disposition": disposition,
-                }
-            }))),
+            Err(LoginError::Refused { body, disposition }) => {
+                Ok(Some(json!(LoginAnswer::Refused(LoginRefusal {
+                    code: body.code,
+                    message: body.message,
+                    message_ja: body.message_ja,
+                    disposition,
+                }))))
+            }
             Err(e) => Err(PageError::Input(e.to_string())),
         }
     }
@@ -451,11 +465,10 @@ impl Replica {
         self.outgoing.retain(|(t, _)| *t < ticket);
         self.events.retain(|(t, _)| *t < ticket);
         self.outgoing.push_back((ticket, Step::Close));
-        self.tell(json!({
-            "event": "storage-failed",
-            "message": STORAGE_FAILED_EN,
-            "messageJa": STORAGE_FAILED_JA,
-        }));
+        self.tell(PageEvent::StorageFailed {
+            message: STORAGE_FAILED_EN.to_owned(),
+            message_ja: STORAGE_FAILED_JA.to_owned(),
+        });
         if self.session.is_some() {
             self.disconnected(now, "storage failed")?;
         }
@@ -498,20 +511,24 @@ impl Replica {
     /// The link, the login and the clock, for the screens.
     pub fn state(&self, now: Timestamp) -> Value {
         let Some(session) = &self.session else {
-            return json!({ "phase": "logged-out", "identity": self.identity().map(public) });
+            return json!(PageState {
+                phase: PagePhase::LoggedOut,
+                stopped: None,
+                retry_at: None,
+                server_now: None,
+                clock: None,
+                identity: self.identity().as_ref().map(PublicIdentity::from),
+                revoking: false,
+            });
         };
-        let stop = session.stop_reason().map(|r| {
-            let (en, ja) = r.words();
-            json!({ "reason": r, "message": en, "messageJa": ja, "needsLogin": r.needs_login() })
-        });
-        json!({
-            "phase": session.phase(),
-            "stopped": stop,
-            "retryAt": session.retry_at(),
-            "serverNow": session.server_time(now),
-            "clock": session.clock(),
-            "identity": public(session.identity().clone()),
-            "revoking": !session.identity().revoke.is_empty(),
+        json!(PageState {
+            phase: session.phase().into(),
+            stopped: session.stop_reason().map(StopView::from),
+            retry_at: session.retry_at(),
+            server_now: Some(session.server_time(now)),
+            clock: session.clock().copied(),
+            identity: Some(PublicIdentity::from(session.identity())),
+            revoking: !session.identity().revoke.is_empty(),
         })
     }
 
@@ -685,9 +702,12 @@ impl Replica {
             {
                 rows.insert(
                     held.to_string(),
-                    json!({
-                        "id": held, "company": c.company, "contact": c.contact,
-                        "owner": c.owner, "status": c.status.as_str(),
+                    json!(CustomerSummary {
+                        id: held.clone(),
+                        company: c.company,
+                        contact: c.contact,
+                        owner: c.owner.to_string(),
+                        status: c.status.as_str().to_owned(),
                     }),
                 );
             }
@@ -718,9 +738,9 @@ impl Replica {
         let customer = doc
             .customer()
             .map_err(|e| PageError::Refused(ActionError::Refused(e)))?;
-        Ok(json!({
-            "customer": customer,
-            "timeline": doc.timeline(),
+        Ok(json!(CustomerDetail {
+            customer,
+            timeline: doc.timeline(),
         }))
     }
 
@@ -735,21 +755,18 @@ impl Replica {
     }
 }
 
-/// The identity without its token, for the screens.
-fn public(identity: Identity) -> Value {
-    json!({
-        "tenant": identity.tenant,
-        "user": identity.user,
-        "role": identity.role,
-        "device": identity.device,
-        "loggedIn": identity.token.is_some(),
-    })
-}
-
 fn outcome_json(outcome: SaveOutcome) -> Value {
     match outcome {
-        SaveOutcome::Saved(view, kept) => json!({ "saved": view, "kept": kept }),
-        SaveOutcome::Deciding { ticket } => json!({ "deciding": ticket }),
+        SaveOutcome::Saved(view, kept) => json!(SaveOutcomeView {
+            saved: Some(*view),
+            kept,
+            deciding: None,
+        }),
+        SaveOutcome::Deciding { ticket } => json!(SaveOutcomeView {
+            saved: None,
+            kept: None,
+            deciding: Some(ticket),
+        }),
     }
 }
 

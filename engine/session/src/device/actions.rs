@@ -99,6 +99,7 @@ impl From<callsync_core::id::IdError> for ActionError {
 }
 
 /// The result form as the rep filled it in.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResultForm {
@@ -129,6 +130,7 @@ impl ResultForm {
 }
 
 /// Why a result was saved as picked rather than as the tenant's rules decide.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeptReason {

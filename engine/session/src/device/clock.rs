@@ -28,6 +28,7 @@ use callsync_core::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// The offset from a device's wall clock to the server's.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerClock {

@@ -17,6 +17,7 @@ use crate::storage::LoadedDoc;
 pub const CUSTOMER_PAGE: u32 = 100;
 
 /// The customer list a screen shows.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerListing {

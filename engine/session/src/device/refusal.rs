@@ -10,6 +10,7 @@ use callsync_core::wire::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA, ErrorBody,
 use serde::{Deserialize, Serialize};
 
 /// What a device does about a refusal.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Disposition {
@@ -23,6 +24,7 @@ pub enum Disposition {
 
 /// Why a device stopped connecting. Only the user can move it on (by logging in
 /// again, or an admin by granting the contract).
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StopReason {
