@@ -57,3 +57,38 @@ test('the timeline, the result form and English mode speak in words', async () =
     assert.ok(origin.some((o) => o.includes('接続が戻るまでわかりません')), `${origin}`);
   });
 });
+
+test('a recall picked in the result form is on the 再コール list, in either language', async () => {
+  await inWorld('words-recall', {}, async (world, browser) => {
+    const page = await browser.newPage();
+    await logInPage(page, world, 'rep@acme.example');
+    await page.getByRole('link', { name: '再コール' }).click();
+    await page.getByText('再コール予定はありません。').waitFor({ timeout: 15_000 });
+
+    await page.getByRole('link', { name: '顧客情報' }).click();
+    await page.getByRole('link', { name: '株式会社さくら物産' }).click();
+    await page.getByRole('button', { name: '手動コール' }).click();
+    const dialog = page.getByRole('dialog', { name: '手動コール' });
+    await dialog.getByRole('combobox', { name: 'コール結果を保存' }).selectOption('no-answer');
+    await dialog.getByRole('radio', { name: '再コール' }).check();
+    // Two days ahead in Japan, at 14:00.
+    const day = new Date(Date.now() + 2 * 86_400_000).toLocaleDateString('sv-SE', { timeZone: 'Asia/Tokyo' });
+    await dialog.getByLabel('日時を選択する', { exact: true }).fill(day);
+    await dialog.getByLabel('時刻').selectOption('14:00');
+    await dialog.getByRole('button', { name: 'コール結果を保存' }).click();
+    await page.getByRole('status').filter({ hasText: 'コール結果を保存しました' }).waitFor();
+
+    await page.getByRole('link', { name: '再コール' }).click();
+    const row = page.getByRole('row', { name: /株式会社さくら物産/ });
+    await row.waitFor({ timeout: 15_000 });
+    const [year, month, date] = day.split('-').map(Number);
+    assert.match(await row.textContent(), new RegExp(`${year}/${String(month).padStart(2, '0')}/${String(date).padStart(2, '0')} 14:00`));
+    await screenshot(page, '23-recalls');
+
+    await page.getByRole('button', { name: 'English' }).click();
+    await page.getByRole('heading', { name: 'Recalls' }).waitFor();
+    await page.getByRole('columnheader', { name: 'Recall at' }).waitFor();
+    assert.match(await row.textContent(), /14:00/);
+    await page.getByRole('button', { name: '日本語' }).click();
+  });
+});

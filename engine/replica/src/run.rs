@@ -29,15 +29,27 @@ impl Default for RunOptions {
 /// A failed call's events: none. The session has dropped the connection and
 /// planned the next attempt (a storage error beside a local command is passing
 /// trouble, not a reason to stop syncing).
-fn keep_going(outcome: Result<Vec<ClientEvent>, ClientError>) -> Vec<ClientEvent> {
+fn keep_going(
+    outcome: Result<Vec<ClientEvent>, ClientError>,
+    failed: &mut bool,
+) -> Vec<ClientEvent> {
     match outcome {
-        Ok(events) => events,
+        Ok(events) => {
+            *failed = false;
+            events
+        }
         Err(e) => {
             tracing::warn!(error = %e, "a sync step failed; the session retries");
+            *failed = true;
             Vec::new()
         }
     }
 }
+
+/// After a failed step the loop waits at least this long before the session's
+/// next timeout, so a step that keeps failing (a disk that refuses every write)
+/// cannot spin the loop on a deadline already past.
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(250);
 
 /// Stays connected until `shutdown` resolves or the session stops for good (an
 /// expired or ended session, a revoked contract: logging in again is the only
@@ -53,6 +65,7 @@ pub async fn run(
     let mut client = SyncClient::open(data_dir)?;
     let mut events = client.start().await?;
     let mut poll = tokio::time::interval(options.poll);
+    let mut failed = false;
     loop {
         events.iter().for_each(&mut on_event);
         if client.device().phase() == Phase::Stopped {
@@ -88,9 +101,14 @@ pub async fn run(
                 },
             );
         }
+        let floor = if failed {
+            PAUSE_AFTER_FAILURE
+        } else {
+            Duration::ZERO
+        };
         let wake = client.next_timeout().map(|at| {
             let wait = at.as_millis().saturating_sub(now().as_millis()).max(0);
-            tokio::time::Instant::now() + Duration::from_millis(wait as u64)
+            tokio::time::Instant::now() + Duration::from_millis(wait as u64).max(floor)
         });
         let sleep = async {
             match wake {
@@ -101,19 +119,22 @@ pub async fn run(
         events = tokio::select! {
             message = client.recv(), if client.device().phase() != Phase::Offline => match message {
                 Ok(message) => match client.handle_arrived(message).await {
-                    Ok(events) => events,
+                    Ok(events) => {
+                        failed = false;
+                        events
+                    }
                     // A refusal that stops the session: shown at the top of the loop.
                     Err(ClientError::Refused(_)) => Vec::new(),
-                    Err(e) => keep_going(client.disconnected(&e.to_string()).await),
+                    Err(e) => keep_going(client.disconnected(&e.to_string()).await, &mut failed),
                 },
-                Err(e) => keep_going(client.disconnected(&e.to_string()).await),
+                Err(e) => keep_going(client.disconnected(&e.to_string()).await, &mut failed),
             },
-            () = sleep => keep_going(client.handle_timeout().await),
+            () = sleep => keep_going(client.handle_timeout().await, &mut failed),
             _ = poll.tick() => {
                 match client.local_changes() {
-                    Ok(true) => keep_going(client.push_local().await),
+                    Ok(true) => keep_going(client.push_local().await, &mut failed),
                     Ok(false) => Vec::new(),
-                    Err(e) => keep_going(Err(e)),
+                    Err(e) => keep_going(Err(e), &mut failed),
                 }
             }
             () = &mut shutdown => {

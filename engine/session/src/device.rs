@@ -33,6 +33,16 @@
 //!
 //! `now` is always the device's own wall clock; the session turns it into the
 //! server's with the offset it learnt.
+//!
+//! # Embedding it in a new host
+//! This is the API a native host (an Android app through bindings) embeds, as
+//! the two hosts here do: implement [`DeviceStore`] over the device's database
+//! (a transaction per call, committed before the output is carried out), carry
+//! the bytes of [`DeviceOutput::send`] on the connection the session asked for,
+//! keep one timer for [`DeviceSession::poll_timeout`], pass the wall clock and a
+//! source of randomness ([`Entropy`]) into every call, and draw the events. The
+//! page's engine (`clients/web/engine/src/replica.rs`) is the smallest example;
+//! `callsync-replica`'s `SyncClient` is the one over QUIC and SQLite.
 
 pub mod actions;
 pub mod clock;

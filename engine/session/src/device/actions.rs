@@ -373,6 +373,17 @@ impl<D: LoadedDoc> DeviceSession<D> {
             .and_then(|bytes| TenantConfigDoc::load(&bytes, self.actor.clone()).ok()))
     }
 
+    /// The document of a customer this device holds, for an action on it.
+    fn held_doc<S: DeviceStore<Doc = D>>(
+        &self,
+        store: &mut S,
+        customer: &CustomerId,
+    ) -> Result<D, ActionError> {
+        store
+            .load(&self.identity.tenant, customer, self.actor.clone())?
+            .ok_or_else(|| ActionError::NotHeld(format!("customer {customer}")))
+    }
+
     fn customer_of<S: DeviceStore<Doc = D>>(
         &mut self,
         store: &mut S,
@@ -405,9 +416,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         let catalog = self.catalog(store)?;
         let tenant = self.identity.tenant.clone();
         let others = store.open_calls(&tenant, &self.identity.user, customer)?;
-        let mut doc = store
-            .load(&tenant, customer, self.actor.clone())?
-            .ok_or_else(|| ActionError::NotHeld(format!("customer {customer}")))?;
+        let mut doc = self.held_doc(store, customer)?;
         let ctx = RuleContext {
             catalog: &catalog,
             start_limit_ms: self.settings.start_limit_ms,
@@ -505,11 +514,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         rules: Option<&dyn LocalRules>,
     ) -> Result<SaveOutcome, ActionError> {
         let customer = self.customer_of(store, customer, call)?;
-        let held = store
-            .load(&self.identity.tenant, &customer, self.actor.clone())?
-            .ok_or_else(|| ActionError::NotHeld(format!("customer {customer}")))?
-            .doc()
-            .customer()?;
+        let held = self.held_doc(store, &customer)?.doc().customer()?;
         let facts =
             call_facts(&held, call).ok_or(CoreError::CallNeverStarted { call: call.clone() })?;
         self.result(
@@ -538,11 +543,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         form: ResultForm,
         rules: Option<&dyn LocalRules>,
     ) -> Result<SaveOutcome, ActionError> {
-        let held = store
-            .load(&self.identity.tenant, customer, self.actor.clone())?
-            .ok_or_else(|| ActionError::NotHeld(format!("customer {customer}")))?
-            .doc()
-            .customer()?;
+        let held = self.held_doc(store, customer)?.doc().customer()?;
         let call = new_id(rng, "call", CallId::new)?;
         let logged = EventKind::ManualCall {
             number: PhoneNumber::parse(number).map_err(CoreError::from)?,
@@ -687,9 +688,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
         fields: SavedResultFields,
     ) -> Result<(), ActionError> {
         let tenant = self.identity.tenant.clone();
-        let mut doc = store
-            .load(&tenant, &flow.customer, self.actor.clone())?
-            .ok_or_else(|| ActionError::NotHeld(format!("customer {}", flow.customer)))?;
+        let mut doc = self.held_doc(store, &flow.customer)?;
         let others = store.open_calls(&tenant, &self.identity.user, &flow.customer)?;
         let ctx = RuleContext {
             catalog,
