@@ -3,7 +3,7 @@
 // (install from a file, the one in use, roll back). The same requests the CLI's
 // `admin` commands send (the engine builds the plugin ones, as it does the
 // CLI's); the refusals are the server's, in the manual's register.
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useMemo, useState } from 'preact/hooks';
 import { asRefusal, type PageSync } from './sync';
 import { formatTime, t, type Lang } from './i18n';
 import { answerOf, refusalOf, type MemberSummary, type PluginListing, type ResultTypeSpec, type Role, type RpcCall, type RpcResult } from './types';
@@ -202,10 +202,18 @@ type Run = (ask: () => Promise<RpcResult>, done: string | ((result: RpcResult) =
 
 /** The result-rule plugins: the rule sets this page holds (synced from the server), install, roll back. */
 function Plugins({ lang, sync, run }: { lang: Lang; sync: PageSync; run: Run }) {
-  // Redraw when the configuration document syncs (an install shows once it has arrived).
-  const [, setTick] = useState(0);
-  useEffect(() => sync.subscribe(() => setTick((n) => n + 1)), [sync]);
-  const listing = JSON.parse(sync.device.plugins()) as PluginListing;
+  // Read again when the configuration document may have changed (an install
+  // shows once it has synced): reading it loads every stored plugin, so not on
+  // every keystroke or unrelated event.
+  const [version, setVersion] = useState(0);
+  useEffect(
+    () =>
+      sync.subscribe((events) => {
+        if (events.some((e) => e.event === 'config-changed' || e.event === 'joined' || e.event === 'reply')) setVersion((n) => n + 1);
+      }),
+    [sync],
+  );
+  const listing = useMemo(() => JSON.parse(sync.device.plugins()) as PluginListing, [sync, version]);
   const [file, setFile] = useState<File | undefined>();
   const [settings, setSettings] = useState('');
   const [timeZone, setTimeZone] = useState('Asia/Tokyo');
@@ -271,11 +279,12 @@ function Plugins({ lang, sync, run }: { lang: Lang; sync: PageSync; run: Run }) 
           e.preventDefault();
           if (!file) return;
           setBusy(true);
-          void (async () => {
-            const bytes = new Uint8Array(await file.arrayBuffer());
-            const table = holidays ? await holidays.text() : undefined;
-            await run(() => sync.installPlugin(bytes, settings, table, timeZone), installed);
-          })().finally(() => setBusy(false));
+          // The files are read inside the request, so a file gone since it was
+          // picked is said like any other failure.
+          void run(
+            async () => sync.installPlugin(new Uint8Array(await file.arrayBuffer()), settings, holidays ? await holidays.text() : undefined, timeZone),
+            installed,
+          ).finally(() => setBusy(false));
         }}
       >
         <h4>{t(lang, 'pluginInstall')}</h4>

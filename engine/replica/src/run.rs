@@ -46,9 +46,9 @@ fn keep_going(
     }
 }
 
-/// After a failed step the loop waits at least this long before the session's
-/// next timeout, so a step that keeps failing (a disk that refuses every write)
-/// cannot spin the loop on a deadline already past.
+/// After a failed step the loop waits this long before anything else, so a step
+/// that keeps failing (a disk that refuses every write, a deadline already past,
+/// a connection the session cannot be told is gone) cannot spin it.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(250);
 
 /// Stays connected until `shutdown` resolves or the session stops for good (an
@@ -101,14 +101,20 @@ pub async fn run(
                 },
             );
         }
-        let floor = if failed {
-            PAUSE_AFTER_FAILURE
-        } else {
-            Duration::ZERO
-        };
+        if failed {
+            // Whatever failed (a timeout step, a disconnect the disk could not
+            // record) is tried again only after a pause.
+            tokio::select! {
+                () = tokio::time::sleep(PAUSE_AFTER_FAILURE) => {}
+                () = &mut shutdown => {
+                    client.leave().await;
+                    return Ok(());
+                }
+            }
+        }
         let wake = client.next_timeout().map(|at| {
             let wait = at.as_millis().saturating_sub(now().as_millis()).max(0);
-            tokio::time::Instant::now() + Duration::from_millis(wait as u64).max(floor)
+            tokio::time::Instant::now() + Duration::from_millis(wait as u64)
         });
         let sleep = async {
             match wake {

@@ -675,9 +675,10 @@ impl Replica {
     /// The list as the server answered so far (JSON `{query, rows, complete,
     /// loading}`).
     pub fn customer_listing(&self) -> Value {
-        self.session
-            .as_ref()
-            .map_or_else(|| json!({ "rows": [] }), |s| json!(s.customer_listing()))
+        self.session.as_ref().map_or_else(
+            || json!(callsync_session::device::listing::CustomerListing::default()),
+            |s| json!(s.customer_listing()),
+        )
     }
 
     /// The list this device can show with no network: the customers it last
