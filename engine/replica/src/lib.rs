@@ -16,6 +16,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod capture;
 pub mod client;
 pub mod run;
 pub mod session;
