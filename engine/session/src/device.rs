@@ -49,6 +49,7 @@ pub mod clock;
 pub mod listing;
 pub mod login;
 pub mod refusal;
+pub mod uploads;
 
 use automerge::ActorId;
 use callsync_core::wire::{ErrorBody, Message, RpcCall};

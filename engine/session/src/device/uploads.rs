@@ -1,0 +1,736 @@
+//! The recordings' upload queue, sans-IO: which recording a phone uploads,
+//! when, and from which byte.
+//!
+//! Owns: the durable queue of recordings waiting to upload (oldest first), the
+//! network policy (uploads run on Wi-Fi only; on cellular or offline they wait),
+//! one upload at a time, offered first so the server says how much of it it
+//! holds already (a cut upload resumes there, not at 0), sent in chunks of
+//! [`CHUNK_BYTES`] with at most [`CHUNKS_IN_FLIGHT`] unacknowledged, retries
+//! with capped backoff and jitter (randomness passed in), refusals that end an
+//! upload (not a recording, too large) and those that wait (the quota), a
+//! recording deleted while queued or uploading (dropped, never uploaded
+//! afterwards), and each recording's state for the screens.
+//! Does not own: the bytes (the host reads the chunks it is told to send from
+//! the file), the streams, or the clock: time, the network kind and the
+//! server's answers are passed in, and the queue is saved by the host with the
+//! rest of the device's storage ([`UploadQueue::to_bytes`]).
+
+use callsync_core::{CallId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::Entropy;
+
+/// The bytes of one chunk.
+pub const CHUNK_BYTES: u64 = 256 * 1024;
+/// Most chunks sent and not yet acknowledged.
+pub const CHUNKS_IN_FLIGHT: u64 = 4;
+/// The first retry's wait; it doubles up to [`MAX_RETRY_MS`].
+pub const FIRST_RETRY_MS: i64 = 1_000;
+/// The longest wait between tries.
+pub const MAX_RETRY_MS: i64 = 5 * 60 * 1_000;
+/// How long a recording waits when the tenant's storage is full.
+pub const QUOTA_RETRY_MS: i64 = 60 * 60 * 1_000;
+
+/// The network a phone is on, as its connectivity callbacks say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkKind {
+    /// Wi-Fi: uploads run.
+    Wifi,
+    /// Mobile data: uploads wait.
+    Cellular,
+    /// No network.
+    Offline,
+}
+
+/// A recording's upload, as the screens show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum UploadState {
+    /// Queued; the phone is not on Wi-Fi.
+    WaitingForWifi,
+    /// Queued; waiting to try again (after a failure, or a full quota).
+    WaitingToRetry {
+        /// When.
+        at: Timestamp,
+    },
+    /// Uploading: this share of it is on the server.
+    Uploading {
+        /// 0–100.
+        percent: u8,
+    },
+}
+
+/// One recording waiting to upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedUpload {
+    /// The call it recorded.
+    pub call: CallId,
+    /// SHA-256 of the file, hex.
+    pub hash: String,
+    /// The file's size.
+    pub bytes: u64,
+    /// How much of it the server has confirmed.
+    pub acked: u64,
+    /// Failed tries in a row.
+    pub failures: u32,
+    /// Not before this time.
+    pub not_before: Option<Timestamp>,
+}
+
+/// What the server or the link said about the upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadInput {
+    /// The phone's network changed.
+    Network(NetworkKind),
+    /// A finished recording joins the queue.
+    Queued {
+        /// The call.
+        call: CallId,
+        /// SHA-256 of the file, hex.
+        hash: String,
+        /// Its size.
+        bytes: u64,
+    },
+    /// The server holds the first `held` bytes of the recording offered.
+    Offered {
+        /// The call.
+        call: CallId,
+        /// Bytes it holds already.
+        held: u64,
+    },
+    /// The server has written the recording's bytes up to `upto`.
+    Acked {
+        /// The call.
+        call: CallId,
+        /// Bytes confirmed.
+        upto: u64,
+    },
+    /// The server verified and stored the recording, and referenced it in the
+    /// customer's document.
+    Stored {
+        /// The call.
+        call: CallId,
+    },
+    /// The server refused the upload.
+    Refused {
+        /// The call.
+        call: CallId,
+        /// Its code (`recording-not-wav`, `recording-quota-full`, …).
+        code: String,
+    },
+    /// The stream or the connection broke mid-upload.
+    Broken,
+    /// The recording was deleted (its tombstone arrived): never upload it.
+    Deleted {
+        /// The call.
+        call: CallId,
+    },
+}
+
+/// What the host is to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadCommand {
+    /// Open an upload stream and offer the recording (the server answers
+    /// [`UploadInput::Offered`]).
+    Offer {
+        /// The call.
+        call: CallId,
+        /// SHA-256, hex.
+        hash: String,
+        /// Its size.
+        bytes: u64,
+    },
+    /// Send bytes `offset..offset + len` of the call's file.
+    Send {
+        /// The call.
+        call: CallId,
+        /// Where the chunk starts.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Stop uploading the call: close its stream (the network left Wi-Fi, or
+    /// the recording was deleted).
+    Abort {
+        /// The call.
+        call: CallId,
+    },
+    /// The upload is over (stored on the server, the recording deleted, or
+    /// refused for good): the host removes it from its own queue's files.
+    Done {
+        /// The call.
+        call: CallId,
+        /// Why, as a code: `stored`, `deleted`, or the refusal's.
+        outcome: String,
+    },
+}
+
+/// The refusals that end an upload for good (the recording will never be
+/// accepted as it is); any other waits and tries again.
+const FINAL_REFUSALS: [&str; 4] = [
+    "recording-not-wav",
+    "recording-too-large",
+    "recording-too-long",
+    "recording-not-found",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Flight {
+    /// Offered; waiting for the server to say what it holds.
+    Offered,
+    /// Sending; `sent` bytes handed to the stream so far.
+    Sending { sent: u64 },
+}
+
+/// The queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadQueue {
+    queue: Vec<QueuedUpload>,
+    network: NetworkKind,
+    /// The upload in progress: the first of the queue. Not saved: after a
+    /// restart the recording is offered again and resumes where the server is.
+    #[serde(skip)]
+    flight: Option<Flight>,
+}
+
+impl Default for UploadQueue {
+    fn default() -> Self {
+        Self {
+            queue: Vec::new(),
+            network: NetworkKind::Offline,
+            flight: None,
+        }
+    }
+}
+
+impl UploadQueue {
+    /// The queue as saved by [`UploadQueue::to_bytes`] (an empty one for no
+    /// bytes; bytes that do not read are an error, never an empty queue).
+    pub fn from_bytes(bytes: Option<&[u8]>) -> Result<Self, serde_json::Error> {
+        match bytes {
+            None => Ok(Self::default()),
+            Some(bytes) => serde_json::from_slice(bytes),
+        }
+    }
+
+    /// The queue to save.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The recordings waiting, oldest first.
+    pub fn queued(&self) -> &[QueuedUpload] {
+        &self.queue
+    }
+
+    /// The call's upload as the screens show it (`None`: not queued).
+    pub fn state(&self, call: &CallId) -> Option<UploadState> {
+        let (index, entry) = self
+            .queue
+            .iter()
+            .enumerate()
+            .find(|(_, e)| &e.call == call)?;
+        if index == 0 && self.flight.is_some() {
+            let percent = (entry.acked * 100).checked_div(entry.bytes).unwrap_or(100);
+            return Some(UploadState::Uploading {
+                percent: percent.min(100) as u8,
+            });
+        }
+        if let Some(at) = entry.not_before {
+            return Some(UploadState::WaitingToRetry { at });
+        }
+        Some(UploadState::WaitingForWifi)
+    }
+
+    /// When the queue next wants [`UploadQueue::poll`] to be called.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.flight.is_some() || self.network != NetworkKind::Wifi {
+            return None;
+        }
+        self.queue
+            .first()
+            .map(|e| e.not_before.unwrap_or(Timestamp::from_millis(0)))
+    }
+
+    /// Takes in what happened; returns what the host is to do.
+    pub fn handle(
+        &mut self,
+        now: Timestamp,
+        rng: &mut dyn Entropy,
+        input: UploadInput,
+    ) -> Vec<UploadCommand> {
+        let mut out = Vec::new();
+        match input {
+            UploadInput::Network(kind) => {
+                self.network = kind;
+                if kind != NetworkKind::Wifi {
+                    self.abort(&mut out);
+                }
+            }
+            UploadInput::Queued { call, hash, bytes } => {
+                if !self.queue.iter().any(|e| e.call == call) {
+                    self.queue.push(QueuedUpload {
+                        call,
+                        hash,
+                        bytes,
+                        acked: 0,
+                        failures: 0,
+                        not_before: None,
+                    });
+                }
+            }
+            UploadInput::Offered { call, held } => {
+                if self.is_current(&call)
+                    && self.flight == Some(Flight::Offered)
+                    && let Some(entry) = self.queue.first_mut()
+                {
+                    // The server's word wins: a smaller figure than ours
+                    // means it lost bytes it had confirmed.
+                    entry.acked = held.min(entry.bytes);
+                    self.flight = Some(Flight::Sending { sent: entry.acked });
+                }
+            }
+            UploadInput::Acked { call, upto } => {
+                if self.is_current(&call)
+                    && let Some(entry) = self.queue.first_mut()
+                {
+                    entry.acked = entry.acked.max(upto.min(entry.bytes));
+                    entry.failures = 0;
+                }
+            }
+            UploadInput::Stored { call } => {
+                if let Some(index) = self.queue.iter().position(|e| e.call == call) {
+                    self.queue.remove(index);
+                    if index == 0 {
+                        self.flight = None;
+                    }
+                    out.push(UploadCommand::Done {
+                        call,
+                        outcome: "stored".to_owned(),
+                    });
+                }
+            }
+            UploadInput::Refused { call, code } => {
+                if self.is_current(&call) {
+                    self.flight = None;
+                    if FINAL_REFUSALS.contains(&code.as_str()) {
+                        self.queue.remove(0);
+                        out.push(UploadCommand::Done {
+                            call,
+                            outcome: code,
+                        });
+                    } else if let Some(entry) = self.queue.first_mut() {
+                        let wait = if code == "recording-quota-full" {
+                            QUOTA_RETRY_MS
+                        } else {
+                            backoff(entry.failures, rng)
+                        };
+                        entry.failures = entry.failures.saturating_add(1);
+                        entry.not_before = Some(now.plus_millis(wait));
+                        // A corrupted chunk is sent again from what the
+                        // server confirmed; the offer asks again.
+                        self.requeue_last();
+                    }
+                }
+            }
+            UploadInput::Broken => {
+                if self.flight.take().is_some()
+                    && let Some(entry) = self.queue.first_mut()
+                {
+                    let wait = backoff(entry.failures, rng);
+                    entry.failures = entry.failures.saturating_add(1);
+                    entry.not_before = Some(now.plus_millis(wait));
+                }
+            }
+            UploadInput::Deleted { call } => {
+                if let Some(index) = self.queue.iter().position(|e| e.call == call) {
+                    if index == 0 && self.flight.take().is_some() {
+                        out.push(UploadCommand::Abort { call: call.clone() });
+                    }
+                    self.queue.remove(index);
+                    out.push(UploadCommand::Done {
+                        call,
+                        outcome: "deleted".to_owned(),
+                    });
+                }
+            }
+        }
+        out.extend(self.poll(now));
+        out
+    }
+
+    /// Starts the next upload when the policy allows, and sends what the
+    /// in-flight window has room for.
+    pub fn poll(&mut self, now: Timestamp) -> Vec<UploadCommand> {
+        let mut out = Vec::new();
+        if self.network != NetworkKind::Wifi {
+            return out;
+        }
+        let Some(entry) = self.queue.first_mut() else {
+            return out;
+        };
+        match &mut self.flight {
+            None => {
+                if entry.not_before.is_some_and(|at| at > now) {
+                    return out;
+                }
+                entry.not_before = None;
+                self.flight = Some(Flight::Offered);
+                out.push(UploadCommand::Offer {
+                    call: entry.call.clone(),
+                    hash: entry.hash.clone(),
+                    bytes: entry.bytes,
+                });
+            }
+            Some(Flight::Offered) => {}
+            Some(Flight::Sending { sent }) => {
+                let window_end = entry
+                    .acked
+                    .saturating_add(CHUNKS_IN_FLIGHT * CHUNK_BYTES)
+                    .min(entry.bytes);
+                while *sent < window_end {
+                    let len = CHUNK_BYTES.min(entry.bytes - *sent);
+                    out.push(UploadCommand::Send {
+                        call: entry.call.clone(),
+                        offset: *sent,
+                        len,
+                    });
+                    *sent += len;
+                }
+            }
+        }
+        out
+    }
+
+    fn is_current(&self, call: &CallId) -> bool {
+        self.flight.is_some() && self.queue.first().is_some_and(|e| &e.call == call)
+    }
+
+    /// Stops the upload in progress, keeping what the server confirmed.
+    fn abort(&mut self, out: &mut Vec<UploadCommand>) {
+        if self.flight.take().is_some()
+            && let Some(entry) = self.queue.first()
+        {
+            out.push(UploadCommand::Abort {
+                call: entry.call.clone(),
+            });
+        }
+    }
+
+    /// Moves the first recording behind the others, so one that keeps failing
+    /// does not hold up the rest.
+    fn requeue_last(&mut self) {
+        if self.queue.len() > 1 {
+            let first = self.queue.remove(0);
+            self.queue.push(first);
+        }
+    }
+}
+
+/// The wait before try `failures + 1`: doubling from [`FIRST_RETRY_MS`] to
+/// [`MAX_RETRY_MS`], with full jitter.
+fn backoff(failures: u32, rng: &mut dyn Entropy) -> i64 {
+    let cap = FIRST_RETRY_MS
+        .saturating_mul(1i64 << failures.min(20))
+        .min(MAX_RETRY_MS);
+    (cap as f64 * rng.unit()).max(FIRST_RETRY_MS as f64 / 2.0) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::SplitMix64;
+
+    const MB: u64 = 1024 * 1024;
+
+    fn call(id: &str) -> CallId {
+        CallId::new(id).unwrap()
+    }
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    fn queued(id: &str, bytes: u64) -> UploadInput {
+        UploadInput::Queued {
+            call: call(id),
+            hash: format!("hash-of-{id}"),
+            bytes,
+        }
+    }
+
+    /// Plays the server: answers an offer with `held`, acknowledges every chunk
+    /// in order, stops at the first chunk past `cut`; returns the bytes sent
+    /// and whether the recording was stored.
+    fn serve(
+        queue: &mut UploadQueue,
+        rng: &mut SplitMix64,
+        commands: Vec<UploadCommand>,
+        held: u64,
+        cut: Option<u64>,
+    ) -> (u64, bool) {
+        let mut pending: std::collections::VecDeque<UploadCommand> = commands.into();
+        let (mut sent, mut stored, mut total) = (0, false, 0);
+        while let Some(command) = pending.pop_front() {
+            let next = match command {
+                UploadCommand::Offer { call, bytes, .. } => {
+                    total = bytes;
+                    queue.handle(at(0), rng, UploadInput::Offered { call, held })
+                }
+                UploadCommand::Send { call, offset, len } => {
+                    if cut.is_some_and(|c| offset + len > c) {
+                        return (sent, stored);
+                    }
+                    sent += len;
+                    let upto = offset + len;
+                    let mut next = queue.handle(
+                        at(0),
+                        rng,
+                        UploadInput::Acked {
+                            call: call.clone(),
+                            upto,
+                        },
+                    );
+                    if upto == total {
+                        next.extend(queue.handle(at(0), rng, UploadInput::Stored { call }));
+                    }
+                    next
+                }
+                UploadCommand::Done { outcome, .. } => {
+                    stored |= outcome == "stored";
+                    Vec::new()
+                }
+                UploadCommand::Abort { .. } => Vec::new(),
+            };
+            pending.extend(next);
+        }
+        (sent, stored)
+    }
+
+    #[test]
+    fn on_cellular_nothing_uploads_and_on_wifi_it_starts_at_once() {
+        let mut rng = SplitMix64::new(1);
+        let mut queue = UploadQueue::default();
+        assert!(
+            queue
+                .handle(at(0), &mut rng, UploadInput::Network(NetworkKind::Cellular))
+                .is_empty()
+        );
+        assert!(
+            queue
+                .handle(at(0), &mut rng, queued("call-1", 3 * MB))
+                .is_empty()
+        );
+        assert_eq!(
+            queue.state(&call("call-1")),
+            Some(UploadState::WaitingForWifi)
+        );
+        assert_eq!(queue.poll(at(1_000_000)), Vec::new());
+
+        let commands = queue.handle(at(0), &mut rng, UploadInput::Network(NetworkKind::Wifi));
+        assert!(matches!(&commands[..], [UploadCommand::Offer { bytes, .. }] if *bytes == 3 * MB));
+        let (sent, stored) = serve(&mut queue, &mut rng, commands, 0, None);
+        assert_eq!(sent, 3 * MB);
+        assert!(stored);
+        assert!(queue.queued().is_empty());
+    }
+
+    #[test]
+    fn a_connection_cut_at_90_percent_resumes_there_and_resends_at_most_one_chunk() {
+        let mut rng = SplitMix64::new(2);
+        let mut queue = UploadQueue::default();
+        queue.handle(at(0), &mut rng, UploadInput::Network(NetworkKind::Wifi));
+        let total = 40 * CHUNK_BYTES;
+        let commands = queue.handle(at(0), &mut rng, queued("call-2", total));
+        let cut = total * 9 / 10;
+        let (first, stored) = serve(&mut queue, &mut rng, commands, 0, Some(cut));
+        assert!(!stored);
+        assert_eq!(first, 36 * CHUNK_BYTES);
+        assert_eq!(
+            queue.state(&call("call-2")),
+            Some(UploadState::Uploading { percent: 90 })
+        );
+
+        // The link breaks; the retry waits, then offers again and the server
+        // says how much it holds.
+        assert!(
+            queue
+                .handle(at(10), &mut rng, UploadInput::Broken)
+                .is_empty()
+        );
+        let retry = queue.poll_timeout().unwrap();
+        assert!(retry > at(10));
+        assert!(queue.poll(at(10)).is_empty(), "not before the backoff");
+        let commands = queue.poll(retry);
+        let (second, stored) = serve(&mut queue, &mut rng, commands, first, None);
+        assert!(stored);
+        assert_eq!(
+            first + second,
+            total,
+            "no byte sent twice when the server held all it confirmed"
+        );
+
+        // Had the server lost the last unconfirmed chunk, at most one is re-sent.
+        let mut queue = UploadQueue::default();
+        queue.handle(at(0), &mut rng, UploadInput::Network(NetworkKind::Wifi));
+        let commands = queue.handle(at(0), &mut rng, queued("call-3", total));
+        let (first, _) = serve(&mut queue, &mut rng, commands, 0, Some(cut));
+        queue.handle(at(10), &mut rng, UploadInput::Broken);
+        let commands = queue.poll(queue.poll_timeout().unwrap());
+        let (second, stored) = serve(&mut queue, &mut rng, commands, first - CHUNK_BYTES, None);
+        assert!(stored);
+        assert_eq!(first + second - total, CHUNK_BYTES);
+    }
+
+    #[test]
+    fn leaving_wifi_stops_the_upload_and_wifi_again_resumes_it() {
+        let mut rng = SplitMix64::new(3);
+        let mut queue = UploadQueue::default();
+        queue.handle(at(0), &mut rng, UploadInput::Network(NetworkKind::Wifi));
+        let commands = queue.handle(at(0), &mut rng, queued("call-4", 20 * CHUNK_BYTES));
+        let (first, _) = serve(&mut queue, &mut rng, commands, 0, Some(10 * CHUNK_BYTES));
+        let out = queue.handle(at(5), &mut rng, UploadInput::Network(NetworkKind::Cellular));
+        assert_eq!(
+            out,
+            vec![UploadCommand::Abort {
+                call: call("call-4")
+            }]
+        );
+        assert_eq!(
+            queue.state(&call("call-4")),
+            Some(UploadState::WaitingForWifi)
+        );
+        let commands = queue.handle(at(6), &mut rng, UploadInput::Network(NetworkKind::Wifi));
+        let (second, stored) = serve(&mut queue, &mut rng, commands, first, None);
+        assert!(stored);
+        assert_eq!(first + second, 20 * CHUNK_BYTES);
+    }
+
+    #[test]
+    fn a_recording_deleted_while_queued_or_uploading_is_never_uploaded() {
+        let mut rng = SplitMix64::new(4);
+        let mut queue = UploadQueue::default();
+        queue.handle(at(0), &mut rng, queued("call-5", MB));
+        let out = queue.handle(
+            at(1),
+            &mut rng,
+            UploadInput::Deleted {
+                call: call("call-5"),
+            },
+        );
+        assert_eq!(
+            out,
+            vec![UploadCommand::Done {
+                call: call("call-5"),
+                outcome: "deleted".to_owned()
+            }]
+        );
+        assert!(
+            queue
+                .handle(at(2), &mut rng, UploadInput::Network(NetworkKind::Wifi))
+                .is_empty()
+        );
+
+        let commands = queue.handle(at(3), &mut rng, queued("call-6", MB));
+        assert!(matches!(&commands[..], [UploadCommand::Offer { .. }]));
+        queue.handle(
+            at(4),
+            &mut rng,
+            UploadInput::Offered {
+                call: call("call-6"),
+                held: 0,
+            },
+        );
+        let out = queue.handle(
+            at(5),
+            &mut rng,
+            UploadInput::Deleted {
+                call: call("call-6"),
+            },
+        );
+        assert_eq!(
+            out,
+            vec![
+                UploadCommand::Abort {
+                    call: call("call-6")
+                },
+                UploadCommand::Done {
+                    call: call("call-6"),
+                    outcome: "deleted".to_owned()
+                },
+            ]
+        );
+        assert!(queue.queued().is_empty());
+        // A late answer for it changes nothing.
+        assert!(
+            queue
+                .handle(
+                    at(6),
+                    &mut rng,
+                    UploadInput::Acked {
+                        call: call("call-6"),
+                        upto: MB
+                    }
+                )
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn refusals_end_an_upload_or_make_it_wait_and_a_restart_keeps_the_queue() {
+        let mut rng = SplitMix64::new(5);
+        let mut queue = UploadQueue::default();
+        queue.handle(at(0), &mut rng, UploadInput::Network(NetworkKind::Wifi));
+        queue.handle(at(0), &mut rng, queued("call-7", MB));
+        queue.handle(at(0), &mut rng, queued("call-8", MB));
+        let out = queue.handle(
+            at(1),
+            &mut rng,
+            UploadInput::Refused {
+                call: call("call-7"),
+                code: "recording-not-wav".to_owned(),
+            },
+        );
+        assert_eq!(
+            out[0],
+            UploadCommand::Done {
+                call: call("call-7"),
+                outcome: "recording-not-wav".to_owned()
+            }
+        );
+        assert!(
+            matches!(&out[1], UploadCommand::Offer { call, .. } if call == &self::call("call-8"))
+        );
+        let out = queue.handle(
+            at(2),
+            &mut rng,
+            UploadInput::Refused {
+                call: call("call-8"),
+                code: "recording-quota-full".to_owned(),
+            },
+        );
+        assert!(out.is_empty());
+        assert_eq!(
+            queue.state(&call("call-8")),
+            Some(UploadState::WaitingToRetry {
+                at: at(2 + QUOTA_RETRY_MS)
+            })
+        );
+
+        // A restart: the queue comes back from its bytes; what was in flight
+        // is offered again.
+        let saved = queue.to_bytes();
+        let mut restarted = UploadQueue::from_bytes(Some(&saved)).unwrap();
+        assert_eq!(restarted.queued(), queue.queued());
+        restarted.handle(at(3), &mut rng, UploadInput::Network(NetworkKind::Wifi));
+        let commands = restarted.poll(at(3 + QUOTA_RETRY_MS));
+        assert!(matches!(&commands[..], [UploadCommand::Offer { .. }]));
+        assert!(UploadQueue::from_bytes(Some(b"not json")).is_err());
+        assert_eq!(
+            UploadQueue::from_bytes(None).unwrap(),
+            UploadQueue::default()
+        );
+    }
+}
