@@ -8,7 +8,11 @@
 //! a temporary file and renames it, so no half-written blob is ever readable
 //! under its name); storing a blob twice stores it once; per-tenant quotas,
 //! checked and written under that tenant's own lock so two uploads cannot both
-//! pass a quota only one fits; reading a byte range; deleting for real.
+//! pass a quota only one fits; reading a byte range; deleting for real; and the
+//! staging area a resumable upload grows in ([`BlobStore::staged`],
+//! [`BlobStore::append`], [`BlobStore::complete`]): local files on the server,
+//! appended only at the offset they have reached, verified and stored whole at
+//! the end.
 //! Refusals are typed, with a stable code and Japanese text.
 //! Does not own: the upload protocol, who may read or delete a recording (the
 //! server checks the member and 担当者閲覧制限 first), or the recording's
@@ -17,7 +21,7 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -117,6 +121,17 @@ pub enum BlobError {
     /// No such blob (or not this tenant's).
     #[error("no such recording")]
     NotFound,
+    /// A chunk that does not start where the staged upload has reached.
+    #[error("the upload holds {held} bytes; a chunk at {offset} does not follow")]
+    OffsetMismatch {
+        /// Where the chunk starts.
+        offset: u64,
+        /// What the staging area holds.
+        held: u64,
+    },
+    /// More uploads in progress for the tenant than it may have.
+    #[error("at most {0} uploads may be in progress for a tenant")]
+    TooManyUploads(usize),
     /// The store failed.
     #[error("blob store: {0}")]
     Store(#[from] object_store::Error),
@@ -132,6 +147,8 @@ impl BlobError {
             Self::TooLong { .. } => "recording-too-long",
             Self::QuotaFull { .. } => "recording-quota-full",
             Self::NotFound => "recording-not-found",
+            Self::OffsetMismatch { .. } => "upload-offset-mismatch",
+            Self::TooManyUploads(_) => "too-many-uploads",
             Self::Store(_) => "recording-store-failed",
         }
     }
@@ -153,6 +170,14 @@ impl BlobError {
             ),
             Self::QuotaFull { .. } => "録音の保存容量の上限に達しています".to_owned(),
             Self::NotFound => "録音が見つかりません".to_owned(),
+            Self::OffsetMismatch { held, .. } => {
+                format!(
+                    "アップロードの位置が一致しません（サーバーは {held} バイトまで受信済みです）"
+                )
+            }
+            Self::TooManyUploads(max) => {
+                format!("同時に進行できるアップロードは {max} 件までです")
+            }
             Self::Store(_) => "録音を保存できませんでした".to_owned(),
         }
     }
@@ -184,6 +209,8 @@ pub fn wav_duration_ms(bytes: &[u8]) -> Result<u64, BlobError> {
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
     limits: BlobLimits,
+    /// Where uploads in progress grow, one file per tenant and recording.
+    staging: PathBuf,
     /// One lock per tenant: a quota check and the write it allows are one step.
     tenants: Arc<Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -196,6 +223,16 @@ impl std::fmt::Debug for BlobStore {
             .finish()
     }
 }
+
+fn io(e: std::io::Error) -> BlobError {
+    BlobError::Store(object_store::Error::Generic {
+        store: "staging",
+        source: Box::new(e),
+    })
+}
+
+/// Most uploads in progress for one tenant.
+pub const MAX_STAGED_PER_TENANT: usize = 64;
 
 fn path(tenant: &TenantId, hash: &BlobHash) -> StorePath {
     StorePath::from(format!(
@@ -210,23 +247,22 @@ fn prefix(tenant: &TenantId) -> StorePath {
 }
 
 impl BlobStore {
-    /// A store on the local filesystem under `dir` (created if missing).
+    /// A store on the local filesystem under `dir/blobs` (created if
+    /// missing), staging uploads under `dir/staging`.
     pub fn local(dir: &Path, limits: BlobLimits) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            BlobError::Store(object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(e),
-            })
-        })?;
-        let store = LocalFileSystem::new_with_prefix(dir)?;
-        Ok(Self::new(Arc::new(store), limits))
+        let blobs = dir.join("blobs");
+        std::fs::create_dir_all(&blobs).map_err(io)?;
+        let store = LocalFileSystem::new_with_prefix(&blobs)?;
+        Ok(Self::new(Arc::new(store), &dir.join("staging"), limits))
     }
 
-    /// A store over any `object_store` backend.
-    pub fn new(store: Arc<dyn ObjectStore>, limits: BlobLimits) -> Self {
+    /// A store over any `object_store` backend, staging uploads in `staging`
+    /// (a local directory of the server's).
+    pub fn new(store: Arc<dyn ObjectStore>, staging: &Path, limits: BlobLimits) -> Self {
         Self {
             store,
             limits,
+            staging: staging.to_owned(),
             tenants: Arc::default(),
         }
     }
@@ -332,6 +368,111 @@ impl BlobStore {
             Err(object_store::Error::NotFound { .. }) => Err(BlobError::NotFound),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn staged_path(&self, tenant: &TenantId, hash: &BlobHash) -> PathBuf {
+        self.staging
+            .join(tenant.as_str())
+            .join(format!("{}.part", hash.hex()))
+    }
+
+    /// How many bytes of the recording `hash` are held: all of it if stored,
+    /// else what its upload in progress has reached (0 for none). An upload
+    /// offered again resumes there.
+    pub async fn staged(&self, tenant: &TenantId, hash: &BlobHash) -> Result<u64, BlobError> {
+        if let Ok(size) = self.size(tenant, hash).await {
+            return Ok(size);
+        }
+        match tokio::fs::metadata(self.staged_path(tenant, hash)).await {
+            Ok(meta) => Ok(meta.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Appends a chunk at `offset` to the upload of a recording of `total`
+    /// bytes; returns the bytes now held. A chunk that does not start where the
+    /// upload has reached, or that would pass `total` or the size limit, is
+    /// refused and changes nothing.
+    pub async fn append(
+        &self,
+        tenant: &TenantId,
+        hash: &BlobHash,
+        total: u64,
+        offset: u64,
+        chunk: &[u8],
+    ) -> Result<u64, BlobError> {
+        if total > self.limits.max_bytes {
+            return Err(BlobError::TooLarge {
+                bytes: total,
+                max: self.limits.max_bytes,
+            });
+        }
+        let lock = self.tenant_lock(tenant);
+        let _turn = lock.lock().await;
+        let file = self.staged_path(tenant, hash);
+        let held = match tokio::fs::metadata(&file).await {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = self.staging.join(tenant.as_str());
+                tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+                let mut in_progress = tokio::fs::read_dir(&dir).await.map_err(io)?;
+                let mut count = 0;
+                while in_progress.next_entry().await.map_err(io)?.is_some() {
+                    count += 1;
+                }
+                if count >= MAX_STAGED_PER_TENANT {
+                    return Err(BlobError::TooManyUploads(MAX_STAGED_PER_TENANT));
+                }
+                0
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if offset != held {
+            return Err(BlobError::OffsetMismatch { offset, held });
+        }
+        let end = held + chunk.len() as u64;
+        if end > total {
+            return Err(BlobError::TooLarge {
+                bytes: end,
+                max: total,
+            });
+        }
+        use tokio::io::AsyncWriteExt;
+        let mut out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .await
+            .map_err(io)?;
+        out.write_all(chunk).await.map_err(io)?;
+        out.sync_data().await.map_err(io)?;
+        Ok(end)
+    }
+
+    /// Ends an upload whose staged bytes are complete: verified and stored like
+    /// [`BlobStore::put`] (a hash that does not match throws the staged bytes
+    /// away, so the upload starts again from 0), then the staged file removed.
+    pub async fn complete(
+        &self,
+        tenant: &TenantId,
+        hash: &BlobHash,
+    ) -> Result<StoredBlob, BlobError> {
+        let file = self.staged_path(tenant, hash);
+        let bytes = match tokio::fs::read(&file).await {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotFound),
+            Err(e) => return Err(io(e)),
+        };
+        let outcome = self.put(tenant, *hash, bytes).await;
+        match &outcome {
+            // A full quota may pass: the staged bytes wait for the next try.
+            Err(BlobError::QuotaFull { .. } | BlobError::Store(_)) => {}
+            _ => {
+                tokio::fs::remove_file(&file).await.map_err(io)?;
+            }
+        }
+        outcome
     }
 
     /// Deletes a blob: its bytes are gone from the store, not hidden.
@@ -528,6 +669,95 @@ mod tests {
             }
             assert_eq!(stored, 1, "only one fits the quota");
             assert_eq!(files(dir.path()).len(), 1);
+        });
+    }
+    #[test]
+    fn an_upload_grows_in_order_resumes_where_it_reached_and_is_verified_at_the_end() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
+            let bytes = wav(40_000, 8_000);
+            let hash = BlobHash::of(&bytes);
+            let total = bytes.len() as u64;
+            assert_eq!(store.staged(&acme(), &hash).await.unwrap(), 0);
+            let chunk = 16_384usize;
+            let mut offset = 0u64;
+            // Half of it, then the connection is cut.
+            while offset < total / 2 {
+                let end = (offset as usize + chunk).min(bytes.len());
+                offset = store
+                    .append(&acme(), &hash, total, offset, &bytes[offset as usize..end])
+                    .await
+                    .unwrap();
+            }
+            // Offered again: the server says where it reached.
+            let held = store.staged(&acme(), &hash).await.unwrap();
+            assert_eq!(held, offset);
+            // A chunk that does not follow changes nothing.
+            let err = store
+                .append(&acme(), &hash, total, 0, &bytes[..chunk])
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), "upload-offset-mismatch");
+            assert_eq!(store.staged(&acme(), &hash).await.unwrap(), held);
+            // Past the announced size: refused.
+            let err = store
+                .append(
+                    &acme(),
+                    &hash,
+                    held + 10,
+                    held,
+                    &bytes[held as usize..held as usize + 100],
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), "recording-too-large");
+            let mut offset = held;
+            while offset < total {
+                let end = (offset as usize + chunk).min(bytes.len());
+                offset = store
+                    .append(&acme(), &hash, total, offset, &bytes[offset as usize..end])
+                    .await
+                    .unwrap();
+            }
+            let stored = store.complete(&acme(), &hash).await.unwrap();
+            assert!(stored.written);
+            assert_eq!(stored.duration_ms, 5_000);
+            assert_eq!(store.read(&acme(), &hash, 0..total).await.unwrap(), bytes);
+            assert_eq!(
+                files(&dir.path().join("staging")).len(),
+                0,
+                "the staged file is gone"
+            );
+            assert_eq!(store.staged(&acme(), &hash).await.unwrap(), total);
+        });
+    }
+
+    #[test]
+    fn a_corrupted_upload_is_refused_at_the_end_and_starts_again_from_zero() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
+            let bytes = wav(8_000, 8_000);
+            let hash = BlobHash::of(&bytes);
+            let mut corrupted = bytes.to_vec();
+            corrupted[1_000] ^= 0xff;
+            let total = bytes.len() as u64;
+            store
+                .append(&acme(), &hash, total, 0, &corrupted)
+                .await
+                .unwrap();
+            let err = store.complete(&acme(), &hash).await.unwrap_err();
+            assert_eq!(err.code(), "recording-hash-mismatch");
+            assert_eq!(store.staged(&acme(), &hash).await.unwrap(), 0);
+            assert!(
+                files(dir.path()).is_empty(),
+                "nothing stored, nothing staged"
+            );
+            assert!(matches!(
+                store.complete(&acme(), &hash).await,
+                Err(BlobError::NotFound)
+            ));
         });
     }
 }
