@@ -20,6 +20,8 @@ mod import;
 mod network;
 #[path = "journeys/plugins.rs"]
 mod plugins;
+#[path = "journeys/recordings.rs"]
+mod recordings;
 #[path = "journeys/refusals.rs"]
 mod refusals;
 #[path = "journeys/security.rs"]

@@ -195,10 +195,20 @@ impl PhoneRun {
 
     /// Starts `callsync phone run` on `data` with extra environment variables.
     pub(crate) fn start_with(data: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_full(data, &[], env)
+    }
+
+    /// Starts `callsync phone run ARGS` on `data` (e.g. `--network cellular`).
+    pub(crate) fn start_args(data: &Path, args: &[&str]) -> Self {
+        Self::start_full(data, args, &[])
+    }
+
+    fn start_full(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(callsync_bin())
             .arg("--data")
             .arg(data)
             .args(["phone", "run"])
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -197,8 +197,15 @@ pub(crate) struct LoginArgs {
 pub(crate) enum PhoneCommand {
     /// Log this phone in (once per data directory).
     Login(LoginArgs),
-    /// Stay connected and in sync; print one JSON line per event until Ctrl-C.
-    Run,
+    /// Stay connected and in sync, record recorded calls and upload them on
+    /// Wi-Fi; print one JSON line per event until Ctrl-C.
+    Run(PhoneRunArgs),
+    /// Set the network the phone is on (what Android's connectivity
+    /// callbacks say); a running `phone run` follows at once.
+    Network {
+        /// wifi, cellular or offline.
+        kind: NetworkArg,
+    },
     /// Calls waiting for Start call on this phone (local, works offline).
     Requests,
     /// Press Start call (local, works offline).
@@ -230,6 +237,51 @@ pub(crate) enum PhoneCommand {
     Calls,
     /// The tenant's result types (local, works offline).
     Types,
+}
+
+/// The phone's network, as its connectivity callbacks say.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum NetworkArg {
+    /// Wi-Fi: recordings upload.
+    Wifi,
+    /// Mobile data: recordings wait.
+    Cellular,
+    /// No network.
+    Offline,
+}
+
+/// `phone run`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct PhoneRunArgs {
+    /// The network the phone is on at start (changed later with `phone network`).
+    #[arg(long)]
+    pub(crate) network: Option<NetworkArg>,
+    /// Audio for recorded calls: a mono 16-bit WAV file (looped), standing in
+    /// for the microphone; a 440 Hz tone when not given.
+    #[arg(long)]
+    pub(crate) audio: Option<std::path::PathBuf>,
+    /// Samples per second of recordings: 8000 or 16000.
+    #[arg(long, default_value_t = 16_000)]
+    pub(crate) sample_rate: u32,
+}
+
+/// What the desk does with a call's recording.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RecordingCommand {
+    /// Download the recording to a file (a cut download resumes).
+    Get {
+        /// The call.
+        call: String,
+        /// The file to write.
+        #[arg(short = 'o', long = "output")]
+        output: std::path::PathBuf,
+    },
+    /// Delete the recording (manager or above): its bytes leave the server,
+    /// and the call keeps a tombstone of who deleted it and when.
+    Delete {
+        /// The call.
+        call: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -310,6 +362,9 @@ pub(crate) enum DeskCommand {
     Recalls,
     /// The tenant's result types, as the result form offers them.
     Types,
+    /// A call's recording: download or delete it.
+    #[command(subcommand)]
+    Recording(RecordingCommand),
 }
 
 #[derive(Debug, Subcommand)]

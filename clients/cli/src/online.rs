@@ -23,8 +23,8 @@ use serde_json::json;
 
 use crate::app::{App, InputError};
 use crate::args::{
-    AdminCommand, CallCommand, DeskCommand, Global, LoginArgs, OnOff, PhoneCommand, PluginCommand,
-    ResultArgs, ServeArgs, Side,
+    AdminCommand, CallCommand, DeskCommand, Global, LoginArgs, NetworkArg, OnOff, PhoneCommand,
+    PluginCommand, RecordingCommand, ResultArgs, ServeArgs, Side,
 };
 use crate::{Report, render};
 
@@ -191,7 +191,10 @@ fn logged_in(session: &SavedSession) -> Report {
 
 /// Whether a phone command needs the network (the others are local).
 pub(crate) fn phone_is_online(cmd: &PhoneCommand) -> bool {
-    matches!(cmd, PhoneCommand::Login(_) | PhoneCommand::Run)
+    matches!(
+        cmd,
+        PhoneCommand::Login(_) | PhoneCommand::Run(_) | PhoneCommand::Network { .. }
+    )
 }
 
 /// `callsync phone login|run`.
@@ -202,12 +205,31 @@ pub(crate) fn phone(_g: &Global, data: &Path, cmd: &PhoneCommand) -> anyhow::Res
             let session = runtime()?.block_on(login(data, &request))?;
             Ok(logged_in(&session))
         }
-        PhoneCommand::Run => {
+        PhoneCommand::Run(args) => {
+            if !callsync_replica::capture::SAMPLE_RATES.contains(&args.sample_rate) {
+                return Err(anyhow!(
+                    "--sample-rate is 8000 or 16000, not {}",
+                    args.sample_rate
+                ));
+            }
+            if let Some(kind) = args.network {
+                callsync_replica::recorder::set_network_kind(data, network_kind(kind))?;
+            }
+            let options = RunOptions {
+                recorder: callsync_replica::recorder::RecorderOptions {
+                    sample_rate: args.sample_rate,
+                    audio: match &args.audio {
+                        Some(path) => callsync_replica::recorder::Audio::File(path.clone()),
+                        None => callsync_replica::recorder::Audio::Tone(440.0),
+                    },
+                },
+                ..RunOptions::default()
+            };
             runtime()?.block_on(run(
                 data,
-                &RunOptions::default(),
+                &options,
                 |event| {
-                    if let Ok(line) = serde_json::to_string(event) {
+                    if let Ok(line) = serde_json::to_string(&event) {
                         let mut out = std::io::stdout().lock();
                         let _ = writeln!(out, "{line}");
                         let _ = out.flush();
@@ -220,7 +242,30 @@ pub(crate) fn phone(_g: &Global, data: &Path, cmd: &PhoneCommand) -> anyhow::Res
                 json: json!({ "event": "stopped" }),
             })
         }
+        PhoneCommand::Network { kind } => {
+            if !data.exists() {
+                return Err(ClientError::NotLoggedIn.into());
+            }
+            let kind = network_kind(*kind);
+            callsync_replica::recorder::set_network_kind(data, kind)?;
+            Ok(Report {
+                text: format!(
+                    "network: {}",
+                    serde_json::to_value(kind)?.as_str().unwrap_or("")
+                ),
+                json: json!({ "event": "network", "kind": kind }),
+            })
+        }
         _ => Err(anyhow!("unreachable: a local phone command")),
+    }
+}
+
+fn network_kind(arg: NetworkArg) -> callsync_session::device::uploads::NetworkKind {
+    use callsync_session::device::uploads::NetworkKind;
+    match arg {
+        NetworkArg::Wifi => NetworkKind::Wifi,
+        NetworkArg::Cellular => NetworkKind::Cellular,
+        NetworkArg::Offline => NetworkKind::Offline,
     }
 }
 
@@ -288,7 +333,7 @@ pub(crate) fn phone_local(app: &mut App, cmd: &PhoneCommand) -> anyhow::Result<R
                 json: serde_json::to_value(&views)?,
             })
         }
-        PhoneCommand::Login(_) | PhoneCommand::Run => {
+        PhoneCommand::Login(_) | PhoneCommand::Run(_) | PhoneCommand::Network { .. } => {
             Err(anyhow!("unreachable: an online phone command"))
         }
     }
@@ -577,6 +622,41 @@ pub(crate) fn desk(g: &Global, data: &Path, cmd: &DeskCommand) -> anyhow::Result
                     },
                 )?,
                 DeskCommand::Show { call } => {
+                    crate::call(&mut app, &CallCommand::Show { call: call.clone() })?
+                }
+                DeskCommand::Recording(RecordingCommand::Get { call, output }) => {
+                    let call = CallId::new(call)?;
+                    let connection = client
+                        .connection()
+                        .cloned()
+                        .ok_or_else(|| anyhow!("not connected"))?;
+                    let done =
+                        callsync_replica::download::download_recording(&connection, &call, output)
+                            .await?;
+                    Report {
+                        text: format!(
+                            "{}: {} bytes, {:.1} s, sha256 {} -> {}",
+                            done.call,
+                            done.recording.size,
+                            done.recording.duration_ms as f64 / 1_000.0,
+                            done.recording.sha256,
+                            done.path.display()
+                        ),
+                        json: serde_json::to_value(&done)?,
+                    }
+                }
+                DeskCommand::Recording(RecordingCommand::Delete { call }) => {
+                    let role = app.session.as_ref().map(|s| s.role);
+                    if !role.is_some_and(|r| r.is_manager()) {
+                        return Err(ClientError::Refused(
+                            wire::Refusal::RoleRequired {
+                                needed: callsync_core::Role::Manager,
+                            }
+                            .body(),
+                        )
+                        .into());
+                    }
+                    app.act_on_call(call, DeviceKind::Desk, EventKind::RecordingDeleted)?;
                     crate::call(&mut app, &CallCommand::Show { call: call.clone() })?
                 }
                 DeskCommand::Calls { pending } => {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use callsync_core::TenantId;
+use callsync_core::{RecordingCode, TenantId};
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
@@ -64,6 +64,19 @@ impl BlobHash {
         let mut out = [0u8; 32];
         out.copy_from_slice(digest.as_ref());
         Self(out)
+    }
+
+    /// The digest a lower-case hex string names (`None` if it names none).
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if !callsync_core::wire::stream::is_sha256_hex(hex) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            let text = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(text, 16).ok()?;
+        }
+        Some(Self(out))
     }
 
     /// Lower-case hex.
@@ -138,18 +151,31 @@ pub enum BlobError {
 }
 
 impl BlobError {
+    /// The code every device matches on.
+    pub fn recording_code(&self) -> RecordingCode {
+        match self {
+            Self::HashMismatch => RecordingCode::HashMismatch,
+            Self::NotWav(_) => RecordingCode::NotWav,
+            Self::TooLarge { .. } => RecordingCode::TooLarge,
+            Self::TooLong { .. } => RecordingCode::TooLong,
+            Self::QuotaFull { .. } => RecordingCode::QuotaFull,
+            Self::NotFound => RecordingCode::NotFound,
+            Self::OffsetMismatch { .. } => RecordingCode::OffsetMismatch,
+            Self::TooManyUploads(_) => RecordingCode::TooManyUploads,
+            Self::Store(_) => RecordingCode::StoreFailed,
+        }
+    }
+
     /// A stable code.
     pub fn code(&self) -> &'static str {
-        match self {
-            Self::HashMismatch => "recording-hash-mismatch",
-            Self::NotWav(_) => "recording-not-wav",
-            Self::TooLarge { .. } => "recording-too-large",
-            Self::TooLong { .. } => "recording-too-long",
-            Self::QuotaFull { .. } => "recording-quota-full",
-            Self::NotFound => "recording-not-found",
-            Self::OffsetMismatch { .. } => "upload-offset-mismatch",
-            Self::TooManyUploads(_) => "too-many-uploads",
-            Self::Store(_) => "recording-store-failed",
+        self.recording_code().as_str()
+    }
+
+    /// The refusal a device is sent.
+    pub fn refusal(&self) -> callsync_core::wire::Refusal {
+        callsync_core::wire::Refusal::RecordingRefused {
+            code: self.recording_code(),
+            detail: self.to_string(),
         }
     }
 
@@ -265,6 +291,11 @@ impl BlobStore {
             staging: staging.to_owned(),
             tenants: Arc::default(),
         }
+    }
+
+    /// The limits every recording is held to.
+    pub fn limits(&self) -> BlobLimits {
+        self.limits
     }
 
     fn tenant_lock(&self, tenant: &TenantId) -> Arc<tokio::sync::Mutex<()>> {
@@ -475,6 +506,22 @@ impl BlobStore {
         outcome
     }
 
+    /// Throws away an upload in progress (its recording was deleted, or will
+    /// never be accepted); none in progress is not an error.
+    pub async fn discard_staged(
+        &self,
+        tenant: &TenantId,
+        hash: &BlobHash,
+    ) -> Result<(), BlobError> {
+        let lock = self.tenant_lock(tenant);
+        let _turn = lock.lock().await;
+        match tokio::fs::remove_file(self.staged_path(tenant, hash)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e)),
+        }
+    }
+
     /// Deletes a blob: its bytes are gone from the store, not hidden.
     pub async fn delete(&self, tenant: &TenantId, hash: &BlobHash) -> Result<(), BlobError> {
         let lock = self.tenant_lock(tenant);
@@ -543,6 +590,9 @@ mod tests {
             let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
             let bytes = wav(16_000, 8_000);
             let hash = BlobHash::of(&bytes);
+            assert_eq!(BlobHash::from_hex(&hash.hex()), Some(hash));
+            assert_eq!(BlobHash::from_hex(&hash.hex().to_uppercase()), None);
+            assert_eq!(BlobHash::from_hex("00"), None);
             let first = store.put(&acme(), hash, bytes.clone()).await.unwrap();
             assert!(first.written);
             assert_eq!(first.duration_ms, 2_000);

@@ -65,6 +65,7 @@ pub mod id;
 pub mod lifecycle;
 pub mod phone_number;
 pub mod plugin;
+pub mod recording;
 pub mod result_type;
 pub mod rules;
 pub mod screen;
@@ -83,6 +84,7 @@ pub use lifecycle::{
     Anomaly, AnomalyReason, CallOrigin, CallView, Flag, Phase, RecordingState, SavedResult,
 };
 pub use phone_number::PhoneNumber;
+pub use recording::RecordingCode;
 pub use result_type::{OptionKind, ResultCatalog, ResultOption, ResultTypeSpec, TimeEntry};
 pub use rules::{OpenCall, RuleContext};
 pub use time::Timestamp;

@@ -43,6 +43,7 @@ use chrono::NaiveDate;
 
 pub(crate) mod decode;
 mod refusal;
+pub mod stream;
 pub use refusal::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA, Refusal, RefusalCode};
 
 /// The QUIC ALPN token of this protocol.

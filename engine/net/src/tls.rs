@@ -28,9 +28,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often an idle client pings, well inside [`IDLE_TIMEOUT`].
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Bidirectional streams a client may have open at once. The protocol uses one
-/// (a browser's WebTransport session one more, its HTTP/3 CONNECT request); the
-/// slack covers a reconnect racing the old stream's close.
-pub const MAX_STREAMS: u32 = 3;
+/// for sync (a browser's WebTransport session one more, its HTTP/3 CONNECT
+/// request) and up to two for recordings' uploads and downloads; the slack
+/// covers a reconnect racing the old stream's close.
+pub const MAX_STREAMS: u32 = 5;
 /// Unidirectional streams a client may open: HTTP/3's control stream and QPACK's
 /// two, which a browser opens. A native client has no use for them; the server
 /// stops any it opens.

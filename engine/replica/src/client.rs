@@ -372,6 +372,15 @@ impl SyncClient {
         }
     }
 
+    /// The QUIC connection while the session is online: recordings' uploads
+    /// and downloads open their own streams beside the sync stream on it.
+    pub fn connection(&self) -> Option<&quinn::Connection> {
+        match self.device.phase() {
+            Phase::Online => self.link.as_ref().map(|l| &l.connection),
+            _ => None,
+        }
+    }
+
     /// The session this client runs under.
     pub fn session(&self) -> &SavedSession {
         &self.saved

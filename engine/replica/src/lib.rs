@@ -18,6 +18,8 @@
 
 pub mod capture;
 pub mod client;
+pub mod download;
+pub mod recorder;
 pub mod run;
 pub mod session;
 

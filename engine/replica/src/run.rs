@@ -1,30 +1,53 @@
 //! Keeping a device connected: the device session decides when to connect,
 //! retry (capped exponential backoff with jitter) and stop; this loop only
 //! carries messages, the session's wake-ups and local commands' writes to it.
+//! On a phone it also runs the recorder (`crate::recorder`): captures while
+//! recorded calls run, and uploads on streams beside the sync stream as the
+//! session's upload queue decides.
 
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
+use callsync_core::DeviceKind;
 use callsync_session::device::Phase;
+use serde::Serialize;
 
 use crate::ClientError;
 use crate::client::{ClientEvent, SyncClient, now};
+use crate::recorder::{Recorder, RecorderOptions, RecordingEvent};
 
 /// How [`run`] behaves.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// How often to look for changes written by local commands.
     pub poll: Duration,
+    /// How a phone records its recorded calls (a desk records nothing).
+    pub recorder: RecorderOptions,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
             poll: Duration::from_millis(20),
+            recorder: RecorderOptions::default(),
         }
     }
 }
+
+/// Something [`run`] tells: the sync session's events and the recorder's,
+/// each one JSON object.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum RunEvent<'a> {
+    /// The sync session's.
+    Sync(&'a ClientEvent),
+    /// The recorder's.
+    Recording(&'a RecordingEvent),
+}
+
+/// How often the recorder looks at the calls even when nothing arrived.
+const RECORDER_LOOK: Duration = Duration::from_secs(1);
 
 /// A failed call's events: none. The session has dropped the connection and
 /// planned the next attempt (a storage error beside a local command is passing
@@ -58,16 +81,45 @@ const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(250);
 pub async fn run(
     data_dir: &Path,
     options: &RunOptions,
-    mut on_event: impl FnMut(&ClientEvent),
+    mut on_event: impl FnMut(RunEvent<'_>),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClientError> {
     tokio::pin!(shutdown);
     let mut client = SyncClient::open(data_dir)?;
+    let mut recorder = match client.session().kind {
+        DeviceKind::Phone => {
+            let saved = client.session();
+            let (recorder, events) = Recorder::open(
+                data_dir,
+                saved.tenant.clone(),
+                saved.device.clone(),
+                options.recorder.clone(),
+            )?;
+            events.iter().for_each(|e| on_event(RunEvent::Recording(e)));
+            Some(recorder)
+        }
+        _ => None,
+    };
     let mut events = client.start().await?;
     let mut poll = tokio::time::interval(options.poll);
+    let mut look = tokio::time::interval(RECORDER_LOOK);
     let mut failed = false;
     loop {
-        events.iter().for_each(&mut on_event);
+        events.iter().for_each(|e| on_event(RunEvent::Sync(e)));
+        if let Some(recorder) = recorder.as_mut() {
+            let mut told = Vec::new();
+            if client.connection().is_none() {
+                recorder.disconnected(now())?;
+            } else {
+                told.extend(recorder.step(now(), client.connection())?);
+            }
+            if !events.is_empty() {
+                // A document changed: a call may have started, ended or had
+                // its recording deleted.
+                told.extend(recorder.plan(now())?);
+            }
+            told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
+        }
         if client.device().phase() == Phase::Stopped {
             let reason = client
                 .device()
@@ -112,10 +164,18 @@ pub async fn run(
                 }
             }
         }
-        let wake = client.next_timeout().map(|at| {
-            let wait = at.as_millis().saturating_sub(now().as_millis()).max(0);
-            tokio::time::Instant::now() + Duration::from_millis(wait as u64)
-        });
+        let upload_wake = recorder
+            .as_ref()
+            .filter(|_| client.connection().is_some())
+            .and_then(Recorder::next_wake);
+        let wake = [client.next_timeout(), upload_wake]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| {
+                let wait = at.as_millis().saturating_sub(now().as_millis()).max(0);
+                tokio::time::Instant::now() + Duration::from_millis(wait as u64)
+            });
         let sleep = async {
             match wake {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -135,10 +195,43 @@ pub async fn run(
                 },
                 Err(e) => keep_going(client.disconnected(&e.to_string()).await, &mut failed),
             },
-            () = sleep => keep_going(client.handle_timeout().await, &mut failed),
+            () = sleep => {
+                if let Some(recorder) = recorder.as_mut() {
+                    let told = recorder.step(now(), client.connection())?;
+                    told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
+                }
+                if client.next_timeout().is_some_and(|at| at <= now()) {
+                    keep_going(client.handle_timeout().await, &mut failed)
+                } else {
+                    Vec::new()
+                }
+            }
+            news = next_news(recorder.as_mut()) => {
+                if let (Some(recorder), Some(news)) = (recorder.as_mut(), news) {
+                    let told = recorder.handle_news(now(), news, client.connection())?;
+                    told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
+                }
+                Vec::new()
+            }
+            _ = look.tick(), if recorder.is_some() => {
+                if let Some(recorder) = recorder.as_mut() {
+                    let told = recorder.plan(now())?;
+                    told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
+                }
+                Vec::new()
+            }
             _ = poll.tick() => {
                 match client.local_changes() {
-                    Ok(true) => keep_going(client.push_local().await, &mut failed),
+                    Ok(true) => {
+                        // Another process wrote: a local command (the call
+                        // started or ended), or the network kind changed.
+                        if let Some(recorder) = recorder.as_mut() {
+                            let mut told = recorder.network_changed()?;
+                            told.extend(recorder.plan(now())?);
+                            told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
+                        }
+                        keep_going(client.push_local().await, &mut failed)
+                    }
                     Ok(false) => Vec::new(),
                     Err(e) => keep_going(Err(e), &mut failed),
                 }
@@ -148,5 +241,13 @@ pub async fn run(
                 return Ok(());
             }
         };
+    }
+}
+
+/// The recorder's next news, or never for a desk.
+async fn next_news(recorder: Option<&mut Recorder>) -> Option<crate::recorder::StreamNews> {
+    match recorder {
+        Some(recorder) => recorder.news().await,
+        None => std::future::pending().await,
     }
 }

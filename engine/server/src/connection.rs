@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) plugin_shares: Arc<crate::rules::PluginShares>,
     /// Each member's rate of `decide-result`.
     pub(crate) decides: crate::limits::RatePerKey<callsync_core::UserId>,
+    /// The recordings' blob store and the rates of their streams.
+    pub(crate) recordings: crate::recordings::Recordings,
     /// Each tenant's turn at [`Self::compiling`].
     pub(crate) tenant_compiles:
         std::sync::Mutex<std::collections::HashMap<callsync_core::TenantId, Arc<Semaphore>>>,
@@ -472,7 +474,7 @@ async fn run_session(
     if hub
         .send(DriverInput::Open {
             conn,
-            member,
+            member: member.clone(),
             cursor,
             out: Outbox {
                 queue: out.sender.clone(),
@@ -504,6 +506,13 @@ async fn run_session(
             _ = watched.closed() => {}
         }
     });
+    // Recordings travel on streams of their own beside this one.
+    let streams = tokio::spawn(crate::recordings::accept_streams(
+        connection.clone(),
+        shared.clone(),
+        conn,
+        member.clone(),
+    ));
     let writer_connection = connection.clone();
     let writer = tokio::spawn(async move {
         while let Some(item) = outgoing.recv().await {
@@ -629,6 +638,7 @@ async fn run_session(
             break;
         }
     }
+    streams.abort();
     let _ = hub
         .send(DriverInput::Session(HubInput::Closed { conn }))
         .await;

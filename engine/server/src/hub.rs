@@ -24,7 +24,9 @@ use std::time::Duration;
 use callsync_core::TenantId;
 use callsync_core::tenant_config::TenantConfigDoc;
 use callsync_core::wire::{self, Cursor, ErrorBody, Refusal};
-use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings, Room};
+use callsync_session::hub::{
+    Batch, HubInput, HubSession, HubSettings, RecordingAsk, RecordingVerdict, Room,
+};
 use callsync_session::rules::ResultRules;
 use callsync_session::{Authenticated, ConnId};
 use callsync_store::{Store, StoredDoc};
@@ -198,6 +200,14 @@ pub(crate) enum DriverInput {
     },
     /// Anything else for the session.
     Session(HubInput),
+    /// A question about a recording from a stream of connection `conn`: the
+    /// driver numbers it and answers on `reply` once its batch commits (a
+    /// failed batch drops `reply`).
+    Recording {
+        conn: ConnId,
+        ask: RecordingAsk,
+        reply: tokio::sync::oneshot::Sender<Result<RecordingVerdict, ErrorBody>>,
+    },
     /// Finish the current batch and stop.
     Shutdown,
     /// Panics on the hub's thread: how a test stands in for a bug no
@@ -351,6 +361,8 @@ impl Hubs {
             session,
             outboxes: RefCell::new(HashMap::new()),
             turns: self.turns.clone(),
+            recording_answers: HashMap::new(),
+            next_ticket: 0,
         };
         let thread = std::thread::Builder::new()
             .name(format!("hub-{tenant}"))
@@ -394,6 +406,27 @@ impl Hubs {
         Ok(loaded.map(|doc| self.configs.keep(tenant, doc, read_at)))
     }
 
+    /// Asks the tenant's hub about a recording, for a stream of connection
+    /// `conn`, and waits for the answer (given once its batch commits).
+    pub(crate) async fn recording(
+        &self,
+        tenant: &TenantId,
+        conn: ConnId,
+        ask: RecordingAsk,
+    ) -> Result<RecordingVerdict, ErrorBody> {
+        let hub = self
+            .sender(tenant)
+            .map_err(|_| Refusal::ShuttingDown.body())?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        hub.send(DriverInput::Recording { conn, ask, reply })
+            .await
+            .map_err(|_| Refusal::ShuttingDown.body())?;
+        // A batch that failed dropped the answer: nothing was written.
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Refusal::SaveFailed.body()))
+    }
+
     /// A byte gauge for a new connection's queue.
     pub(crate) fn gauge(&self) -> Gauge {
         self.gauge.for_connection()
@@ -423,7 +456,12 @@ struct Driver {
     /// while inputs add connections.
     outboxes: RefCell<HashMap<ConnId, Outbox>>,
     turns: Arc<WriteTurns>,
+    /// Where each recording question's answer goes, by ticket.
+    recording_answers: HashMap<u64, RecordingReply>,
+    next_ticket: u64,
 }
+
+type RecordingReply = tokio::sync::oneshot::Sender<Result<RecordingVerdict, ErrorBody>>;
 
 impl Driver {
     /// Runs until [`DriverInput::Shutdown`] or every sender is gone.
@@ -483,6 +521,9 @@ impl Driver {
         };
         let mut batch = Batch::with_room(&room);
         let mut stop = false;
+        let answers = &mut self.recording_answers;
+        let next_ticket = &mut self.next_ticket;
+        let mut tickets = Vec::new();
         let session = &mut self.session;
         let turns = self.turns.clone();
         let now = clock::now();
@@ -524,6 +565,16 @@ impl Driver {
                         }
                     }
                     DriverInput::Session(input) => input,
+                    DriverInput::Recording { conn, ask, reply } => {
+                        *next_ticket += 1;
+                        answers.insert(*next_ticket, reply);
+                        tickets.push(*next_ticket);
+                        HubInput::Recording {
+                            conn,
+                            ticket: *next_ticket,
+                            ask,
+                        }
+                    }
                     DriverInput::Shutdown => {
                         stop = true;
                         break;
@@ -549,7 +600,12 @@ impl Driver {
         })();
         match result {
             Ok(()) => {
-                let released = self.session.committed(batch);
+                let mut released = self.session.committed(batch);
+                for (ticket, answer) in std::mem::take(&mut released.recordings) {
+                    if let Some(reply) = self.recording_answers.remove(&ticket) {
+                        let _ = reply.send(answer);
+                    }
+                }
                 if released.config_changed {
                     self.configs.forget(self.session.tenant());
                 }
@@ -557,6 +613,10 @@ impl Driver {
             }
             Err(e) => {
                 tracing::error!(tenant = %self.session.tenant(), error = %e, "hub batch failed; nothing of it was acknowledged");
+                for ticket in &tickets {
+                    // Dropped: the stream that asked hears that nothing was written.
+                    self.recording_answers.remove(ticket);
+                }
                 for (conn, body) in self.session.abandoned(batch) {
                     if let Some(out) = self.outboxes.borrow_mut().remove(&conn) {
                         out.close(body);

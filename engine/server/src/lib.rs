@@ -18,6 +18,7 @@ mod connection;
 
 mod hub;
 pub mod limits;
+pub mod recordings;
 mod rules;
 pub mod throttle;
 pub mod web;
@@ -46,6 +47,9 @@ pub const PLUGIN_CACHE_DIR: &str = "plugin-cache";
 
 /// The database file in a data directory (the same file the local CLI uses).
 pub const DB_FILE: &str = "callsync.sqlite";
+/// The recordings' directory in the data directory: the local blob store
+/// (`blobs/`) and uploads in progress (`staging/`).
+pub const RECORDINGS_DIR: &str = "recordings";
 /// How long a session token lasts by default: 30 days.
 pub const DEFAULT_SESSION_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Most customers one tenant may hold by default. The customer list is paged, so
@@ -99,6 +103,8 @@ pub struct ServerConfig {
     pub max_customers_per_tenant: u64,
     /// The page and its HTTP listener.
     pub web: web::WebConfig,
+    /// What a recording may be, per recording and per tenant.
+    pub recording_limits: callsync_blobs::BlobLimits,
 }
 
 impl ServerConfig {
@@ -118,6 +124,7 @@ impl ServerConfig {
                 listen: None,
                 allowed_origins: Vec::new(),
             },
+            recording_limits: callsync_blobs::BlobLimits::default(),
         }
     }
 }
@@ -246,6 +253,7 @@ pub struct Server {
     local_addr: SocketAddr,
     page: web::WebServer,
     rotation: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -328,7 +336,19 @@ impl Server {
             },
             tenants,
         )?;
+        let blobs = Arc::new(
+            callsync_blobs::BlobStore::local(
+                &config.data_dir.join(RECORDINGS_DIR),
+                config.recording_limits,
+            )
+            .map_err(|e| ServerError::Invalid(e.to_string()))?,
+        );
+        let sweeper = tokio::spawn(recordings::sweep_deletions(
+            Store::open(&config.data_dir.join(DB_FILE))?,
+            blobs.clone(),
+        ));
         let shared = Arc::new(connection::Shared {
+            recordings: recordings::Recordings::new(blobs),
             hubs: hubs.clone(),
             accounts: Mutex::new(accounts_store),
             next_conn: AtomicU64::new(1),
@@ -391,6 +411,7 @@ impl Server {
             local_addr,
             page,
             rotation,
+            sweeper,
         })
     }
 
@@ -423,6 +444,7 @@ impl Server {
         self.accept.abort();
         self.page.stop();
         self.rotation.abort();
+        self.sweeper.abort();
         let hubs = self.hubs.clone();
         let _ = tokio::task::spawn_blocking(move || hubs.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;

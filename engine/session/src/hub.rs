@@ -58,10 +58,12 @@ use crate::{Authenticated, ConnId};
 
 mod cache;
 mod config;
+mod recordings;
 
 use cache::DocCache;
 
 pub use config::install_needs_admin;
+pub use recordings::{RecordingAsk, RecordingVerdict};
 
 /// Fixed settings of a hub.
 #[derive(Debug, Clone)]
@@ -131,6 +133,17 @@ pub enum HubInput {
         /// The checked install.
         prepared: Box<PreparedInstall>,
     },
+    /// A question about a call's recording, from a stream of connection
+    /// `conn` (its member is the connection's): answered in
+    /// [`Released::recordings`] under `ticket`.
+    Recording {
+        /// The connection whose stream asks.
+        conn: ConnId,
+        /// The driver's number for the answer.
+        ticket: u64,
+        /// What is asked.
+        ask: RecordingAsk,
+    },
 }
 
 /// How much more a connection's outgoing queue can take, as its driver sees it
@@ -173,6 +186,8 @@ pub struct Batch<'r> {
     spent: HashMap<ConnId, Room>,
     /// A plugin install changed the tenant's configuration.
     config_changed: bool,
+    /// Answers about recordings, by ticket.
+    recordings: Vec<(u64, Result<RecordingVerdict, ErrorBody>)>,
     /// The room in each connection's queue, as the driver reports it.
     room: &'r dyn Fn(ConnId) -> Room,
 }
@@ -203,6 +218,7 @@ impl<'r> Batch<'r> {
             unsolicited: HashMap::new(),
             spent: HashMap::new(),
             config_changed: false,
+            recordings: Vec::new(),
             room,
         }
     }
@@ -249,6 +265,8 @@ pub struct Released {
     /// The tenant's configuration changed (a plugin was installed): copies kept
     /// elsewhere (the server's for browsers' decisions) are stale.
     pub config_changed: bool,
+    /// Answers about recordings, by the ticket they were asked under.
+    pub recordings: Vec<(u64, Result<RecordingVerdict, ErrorBody>)>,
 }
 
 /// Largest uncompressed size (all its changes' bytes) a device's changes may take
@@ -588,6 +606,9 @@ impl<D: LoadedDoc> HubSession<D> {
                 }
                 Ok(())
             }
+            HubInput::Recording { conn, ticket, ask } => {
+                self.recording(store, batch, conn, ticket, ask)
+            }
         }
     }
 
@@ -620,6 +641,7 @@ impl<D: LoadedDoc> HubSession<D> {
             closes: batch.closes,
             unsolicited,
             config_changed: batch.config_changed,
+            recordings: batch.recordings,
         }
     }
 

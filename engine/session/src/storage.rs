@@ -177,6 +177,18 @@ pub trait HubStore {
         tenant: &TenantId,
     ) -> Result<Option<Timestamp>, StorageError>;
 
+    /// The customer whose document holds `call`, as the call index knows it.
+    fn customer_of_call(
+        &mut self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<CustomerId>, StorageError>;
+    /// Marks a recording's bytes to be removed from the blob store once this
+    /// batch commits (its call was deleted, or bytes were stored for a call
+    /// that cannot take them): durable with the batch, so a crash before the
+    /// bytes go only delays it.
+    fn queue_blob_deletion(&mut self, tenant: &TenantId, sha256: &str) -> Result<(), StorageError>;
+
     /// The tenant's configuration document, if stored.
     fn tenant_config(&mut self, tenant: &TenantId) -> Result<Option<Vec<u8>>, StorageError>;
     /// Stores the tenant's configuration document (whole).

@@ -241,6 +241,23 @@ impl HubStore for WriteTx<'_> {
         Ok(ReplicationQueries::oldest_awaiting_start(self, tenant)?)
     }
 
+    fn customer_of_call(
+        &mut self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<CustomerId>, StorageError> {
+        match WriteTx::customer_of_call(self, tenant, call) {
+            Ok(customer) => Ok(Some(customer)),
+            Err(StoreError::UnknownCall { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn queue_blob_deletion(&mut self, tenant: &TenantId, sha256: &str) -> Result<(), StorageError> {
+        WriteTx::queue_blob_deletion(self, tenant, sha256)?;
+        Ok(())
+    }
+
     fn tenant_config(&mut self, tenant: &TenantId) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(ConfigQueries::tenant_config(self, tenant)?)
     }

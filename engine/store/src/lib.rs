@@ -36,7 +36,7 @@ use std::time::Duration;
 use automerge::{ActorId, ChangeHash};
 use callsync_core::{
     CallEvent, CallId, CallView, CoreError, Customer, CustomerDoc, CustomerId, DeviceId, OpenCall,
-    Phase, ResultCatalog, RuleContext, TenantId, Timestamp, UserId,
+    Phase, RecordingState, ResultCatalog, RuleContext, TenantId, Timestamp, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -184,6 +184,24 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE calls ADD COLUMN result_type TEXT;
     CREATE INDEX calls_by_tenant_time ON calls (tenant_id, requested_at);
     "#,
+    // 7: each call's recording (its state and, once stored, its SHA-256), so
+    // uploads, playback and deletion find it without reading the document; and
+    // the recordings whose bytes are to leave the blob store, written in the
+    // same transaction as the tombstone that deletes them (the server removes
+    // the bytes after the commit, and the row once they are gone). Calls indexed
+    // before have no recording column until their document is next saved: no
+    // build before this one uploaded a recording.
+    r#"
+    ALTER TABLE calls ADD COLUMN recording TEXT;
+    ALTER TABLE calls ADD COLUMN recording_sha256 TEXT;
+    CREATE INDEX calls_by_recording ON calls (tenant_id, recording_sha256)
+        WHERE recording_sha256 IS NOT NULL;
+    CREATE TABLE blob_deletions (
+        tenant_id TEXT NOT NULL,
+        sha256    TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, sha256)
+    );
+    "#,
 ];
 
 /// Why a store operation failed. A failed write changes nothing.
@@ -316,6 +334,21 @@ pub struct StoredDoc {
 struct IndexedCall {
     phase: Phase,
     result: Option<String>,
+    /// The recording's state (`pending`, `stored`, `deleted`; none when the
+    /// call is not recorded).
+    recording: Option<&'static str>,
+    /// The stored recording's SHA-256.
+    recording_sha256: Option<String>,
+}
+
+/// How the call index spells a recording's state.
+fn recording_column(state: RecordingState) -> Option<&'static str> {
+    match state {
+        RecordingState::None => None,
+        RecordingState::Pending => Some("pending"),
+        RecordingState::Stored => Some("stored"),
+        RecordingState::Deleted => Some("deleted"),
+    }
 }
 
 impl IndexedCall {
@@ -325,6 +358,8 @@ impl IndexedCall {
             result: call
                 .result_in_force()
                 .map(|r| r.fields.result_type.as_str().to_owned()),
+            recording: recording_column(call.recording_state),
+            recording_sha256: call.recording.as_ref().map(|r| r.sha256.clone()),
         }
     }
 }
@@ -551,6 +586,97 @@ impl Store {
     /// A setting, if set.
     pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         read_setting(&self.conn, key)
+    }
+
+    /// On a phone: the calls whose recording may need the recorder: those on
+    /// the line (started, not ended on the phone) and those whose recording
+    /// was deleted.
+    pub fn recording_candidates(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(CallId, CustomerId)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT call_id, customer_id FROM calls
+             WHERE tenant_id = ?1 AND (phase IN ('in-call', 'browser-ended') OR recording = 'deleted')",
+        )?;
+        let rows = stmt.query_map(params![tenant.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (call, customer) = row?;
+            out.push((
+                CallId::new(call).map_err(CoreError::from)?,
+                CustomerId::new(customer).map_err(CoreError::from)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Recordings whose bytes are to leave the blob store (their tombstones
+    /// committed), at most `limit`.
+    pub fn pending_blob_deletions(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(TenantId, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT tenant_id, sha256 FROM blob_deletions LIMIT ?1")?;
+        let rows = stmt.query_map(params![limit], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (tenant, sha256) = row?;
+            out.push((TenantId::new(tenant).map_err(CoreError::from)?, sha256));
+        }
+        Ok(out)
+    }
+
+    /// Whether another call of the tenant still holds the bytes `sha256` as
+    /// its stored recording (the same audio uploaded for two calls is stored
+    /// once: deleting one call's recording must leave the other's).
+    pub fn recording_in_use(&self, tenant: &TenantId, sha256: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM calls WHERE tenant_id = ?1 AND recording_sha256 = ?2
+                   AND recording = 'stored' LIMIT 1",
+            )?
+            .query_row(params![tenant.as_str(), sha256], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// The bytes `sha256` have left the blob store (or were still in use).
+    pub fn blob_deletion_done(
+        &mut self,
+        tenant: &TenantId,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM blob_deletions WHERE tenant_id = ?1 AND sha256 = ?2")?
+            .execute(params![tenant.as_str(), sha256])?;
+        Ok(())
+    }
+
+    /// The call's recording as the call index holds it: its state (`pending`,
+    /// `stored`, `deleted`) and, once stored, its SHA-256.
+    pub fn recording_of_call(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT recording, recording_sha256 FROM calls
+                 WHERE tenant_id = ?1 AND call_id = ?2 AND recording IS NOT NULL",
+            )?
+            .query_row(params![tenant.as_str(), call.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
     }
 
     /// Sets a setting (its own small transaction).
@@ -964,6 +1090,21 @@ impl WriteTx<'_> {
         customer_of_call(self.conn, tenant, call)
     }
 
+    /// Marks the bytes `sha256` to leave the blob store once this transaction
+    /// commits.
+    pub fn queue_blob_deletion(
+        &mut self,
+        tenant: &TenantId,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
+        self.writer()?
+            .prepare_cached(
+                "INSERT OR IGNORE INTO blob_deletions (tenant_id, sha256) VALUES (?1, ?2)",
+            )?
+            .execute(params![tenant.as_str(), sha256])?;
+        Ok(())
+    }
+
     /// Forgets a document on a device: its rows, chunks, call index entries, sync
     /// states and outbox entry (the server refused its local changes; the device
     /// fetches the server's copy again).
@@ -1078,7 +1219,8 @@ fn indexed_calls(
     customer: &Customer,
 ) -> Result<HashMap<CallId, IndexedCall>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT call_id, phase, result_type FROM calls WHERE tenant_id = ?1 AND customer_id = ?2",
+        "SELECT call_id, phase, result_type, recording, recording_sha256
+         FROM calls WHERE tenant_id = ?1 AND customer_id = ?2",
     )?;
     let rows = stmt.query_map(
         params![customer.tenant.as_str(), customer.id.as_str()],
@@ -1087,14 +1229,30 @@ fn indexed_calls(
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         },
     )?;
     let mut indexed = HashMap::new();
     for row in rows {
-        let (call, phase, result) = row?;
+        let (call, phase, result, recording, recording_sha256) = row?;
+        let recording = match recording.as_deref() {
+            Some("pending") => Some("pending"),
+            Some("stored") => Some("stored"),
+            Some("deleted") => Some("deleted"),
+            _ => None,
+        };
         if let (Ok(call), Some(phase)) = (CallId::new(call), Phase::parse(&phase)) {
-            indexed.insert(call, IndexedCall { phase, result });
+            indexed.insert(
+                call,
+                IndexedCall {
+                    phase,
+                    result,
+                    recording,
+                    recording_sha256,
+                },
+            );
         }
     }
     Ok(indexed)
@@ -1110,17 +1268,34 @@ fn index(
     mut indexed: HashMap<CallId, IndexedCall>,
 ) -> Result<HashMap<CallId, IndexedCall>, StoreError> {
     let mut upsert = conn.prepare_cached(
-        "INSERT INTO calls (tenant_id, call_id, customer_id, user_id, phase, requested_at, result_type)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO calls (tenant_id, call_id, customer_id, user_id, phase, requested_at,
+                            result_type, recording, recording_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (tenant_id, call_id) DO UPDATE
            SET phase = excluded.phase, user_id = excluded.user_id,
-               requested_at = excluded.requested_at, result_type = excluded.result_type
+               requested_at = excluded.requested_at, result_type = excluded.result_type,
+               recording = excluded.recording, recording_sha256 = excluded.recording_sha256
            WHERE calls.customer_id = excluded.customer_id",
+    )?;
+    let mut delete_bytes = conn.prepare_cached(
+        "INSERT OR IGNORE INTO blob_deletions (tenant_id, sha256) VALUES (?1, ?2)",
     )?;
     for call in &customer.calls {
         let now = IndexedCall::of(call);
-        if indexed.get(&call.call) == Some(&now) {
+        let before = indexed.get(&call.call);
+        if before == Some(&now) {
             continue;
+        }
+        // A tombstone that arrives (here, or on a device) sends the bytes it
+        // names out of the blob store once this transaction commits.
+        let deleted_before = before.is_some_and(|b| {
+            b.recording == Some("deleted") && b.recording_sha256 == now.recording_sha256
+        });
+        if now.recording == Some("deleted")
+            && !deleted_before
+            && let Some(sha256) = &now.recording_sha256
+        {
+            delete_bytes.execute(params![customer.tenant.as_str(), sha256])?;
         }
         let changed = upsert.execute(params![
             customer.tenant.as_str(),
@@ -1130,6 +1305,8 @@ fn index(
             call.phase.as_str(),
             call.origin_stamp.at.as_millis(),
             now.result,
+            now.recording,
+            now.recording_sha256,
         ])?;
         if changed == 0 {
             return Err(StoreError::CallOnAnotherCustomer {
@@ -1241,9 +1418,24 @@ fn backfill_follow_up(conn: &Connection) -> Result<(), StoreError> {
 /// otherwise count those calls without their results until each customer's next
 /// save). Costs one parse of every document.
 fn backfill_result_types(conn: &Connection) -> Result<(), StoreError> {
+    // Only the column this migration adds: later migrations' columns do not
+    // exist yet while it runs.
+    let mut fill = conn.prepare(
+        "UPDATE calls SET result_type = ?3 WHERE tenant_id = ?1 AND call_id = ?2
+           AND customer_id = ?4",
+    )?;
     for_each_stored_customer(conn, "results", |derived| {
-        let indexed = indexed_calls(conn, derived)?;
-        index(conn, derived, indexed).map(|_| ())
+        for call in &derived.calls {
+            if let Some(result) = call.result_in_force() {
+                fill.execute(params![
+                    derived.tenant.as_str(),
+                    call.call.as_str(),
+                    result.fields.result_type.as_str(),
+                    derived.id.as_str(),
+                ])?;
+            }
+        }
+        Ok(())
     })
 }
 

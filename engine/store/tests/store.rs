@@ -506,7 +506,9 @@ fn upgrading_past_migration_6_fills_in_the_results_of_calls_indexed_before() {
     let path = dir.path().join("callsync.sqlite");
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP INDEX calls_by_tenant_time; ALTER TABLE calls DROP COLUMN result_type;
+        "DROP INDEX calls_by_recording; DROP TABLE blob_deletions;
+         ALTER TABLE calls DROP COLUMN recording; ALTER TABLE calls DROP COLUMN recording_sha256;
+         DROP INDEX calls_by_tenant_time; ALTER TABLE calls DROP COLUMN result_type;
          PRAGMA user_version = 5;",
     )
     .unwrap();
@@ -518,6 +520,64 @@ fn upgrading_past_migration_6_fills_in_the_results_of_calls_indexed_before() {
         (2, 2, 1),
         "results filled in by the upgrade"
     );
+}
+
+/// The server's `recording-attached` for `call`, of bytes hashing to `sha256`.
+fn attached(call: &str, at: i64, sha256: &str) -> CallEvent {
+    CallEvent {
+        id: EventId::new(format!("recording-{call}")).unwrap(),
+        call: CallId::new(call).unwrap(),
+        stamp: stamp(at, DeviceKind::Server, "server"),
+        kind: EventKind::RecordingAttached(callsync_core::RecordingRef {
+            sha256: sha256.to_owned(),
+            size: 16_044,
+            duration_ms: 1_000,
+            format: "wav/pcm16".to_owned(),
+        }),
+    }
+}
+
+#[test]
+fn a_recordings_tombstone_marks_its_bytes_for_deletion_in_the_same_transaction() {
+    let (_dir, mut store) = new_store();
+    let (a, b) = ("a".repeat(64), "b".repeat(64));
+    finished_call(&mut store, "call-1", 0, Some("appointment"));
+    let call = |id: &str| CallId::new(id).unwrap();
+    assert_eq!(
+        store.recording_of_call(&tenant(), &call("call-1")).unwrap(),
+        Some(("pending".to_owned(), None))
+    );
+    record(&mut store, attached("call-1", 90_000, &a)).unwrap();
+    assert_eq!(
+        store.recording_of_call(&tenant(), &call("call-1")).unwrap(),
+        Some(("stored".to_owned(), Some(a.clone())))
+    );
+    assert!(store.recording_in_use(&tenant(), &a).unwrap());
+    assert!(store.pending_blob_deletions(10).unwrap().is_empty());
+
+    // A second call holding other bytes, deleted: only its bytes are marked.
+    finished_call(&mut store, "call-2", 600_000, Some("no-answer"));
+    record(&mut store, attached("call-2", 690_000, &b)).unwrap();
+    record(
+        &mut store,
+        event("call-2", "del", 700_000, EventKind::RecordingDeleted),
+    )
+    .unwrap();
+    assert_eq!(
+        store.recording_of_call(&tenant(), &call("call-2")).unwrap(),
+        Some(("deleted".to_owned(), Some(b.clone())))
+    );
+    assert_eq!(
+        store.pending_blob_deletions(10).unwrap(),
+        [(tenant(), b.clone())]
+    );
+    assert!(!store.recording_in_use(&tenant(), &b).unwrap());
+    // The document saved again: marked once, not again.
+    store.blob_deletion_done(&tenant(), &b).unwrap();
+    record(&mut store, request("call-3", 720_000)).unwrap();
+    assert!(store.pending_blob_deletions(10).unwrap().is_empty());
+    // The first call's bytes are still in use.
+    assert!(store.recording_in_use(&tenant(), &a).unwrap());
 }
 
 #[test]

@@ -174,6 +174,8 @@ pub struct ServerDisk {
     actors: Arc<BTreeMap<ActorId, DeviceId>>,
     devices: Arc<BTreeMap<DeviceId, (DeviceKind, UserId)>>,
     config: Option<Vec<u8>>,
+    /// Recordings' bytes marked for deletion from the blob store.
+    blob_deletions: BTreeSet<String>,
     /// Commits so far (a crash test counts them).
     pub commits: u64,
 }
@@ -193,6 +195,11 @@ impl ServerDisk {
     /// Subscribes a device to a document.
     pub fn subscribe(&mut self, device: DeviceId, customer: CustomerId) {
         Arc::make_mut(&mut self.subscriptions).insert((device, customer));
+    }
+
+    /// Recordings' bytes the hub marked for deletion from the blob store.
+    pub fn blob_deletions(&self) -> &BTreeSet<String> {
+        &self.blob_deletions
     }
 
     /// Every stored document's id.
@@ -277,6 +284,23 @@ impl HubStore for ServerTx<'_> {
 
     fn assignee_visibility(&mut self, _tenant: &TenantId) -> Result<bool, StorageError> {
         Ok(false)
+    }
+
+    fn customer_of_call(
+        &mut self,
+        _tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<CustomerId>, StorageError> {
+        Ok(self.work.docs.calls.get(call).cloned())
+    }
+
+    fn queue_blob_deletion(
+        &mut self,
+        _tenant: &TenantId,
+        sha256: &str,
+    ) -> Result<(), StorageError> {
+        self.work.blob_deletions.insert(sha256.to_owned());
+        Ok(())
     }
 
     fn customer_count(&mut self, _tenant: &TenantId) -> Result<u64, StorageError> {

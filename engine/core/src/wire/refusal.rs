@@ -213,6 +213,14 @@ pub enum Refusal {
         /// Why, in Japanese (the host's verdict in the admin's words).
         ja: String,
     },
+    /// A recording's upload or download was refused.
+    #[error("{detail}")]
+    RecordingRefused {
+        /// Why, as the code every device matches on.
+        code: crate::recording::RecordingCode,
+        /// Why, in detail (for the log and the screens' English).
+        detail: String,
+    },
     /// The customer exists already.
     #[error("customer {customer} already exists")]
     CustomerExists {
@@ -483,6 +491,7 @@ impl Refusal {
             Self::StoreRefused => C::StoreRefused,
             Self::ResultNotVerified { .. }
             | Self::InstallRefused { .. }
+            | Self::RecordingRefused { .. }
             | Self::Core(_)
             | Self::Admission(_)
             | Self::Screen(_) => return None,
@@ -497,6 +506,7 @@ impl Refusal {
         match self {
             Self::Wire(_, code) => code,
             Self::ResultNotVerified { code, .. } | Self::InstallRefused { code, .. } => code,
+            Self::RecordingRefused { code, .. } => code.as_str(),
             Self::Core(e) => e.code(),
             Self::Admission(e) => e.code(),
             Self::Screen(e) => e.code(),
@@ -583,6 +593,7 @@ impl Refusal {
             }
             Self::InstallRefused { ja, .. } => format!("プラグインをインストールできません: {ja}"),
             Self::ResultNotDecided { ja, .. } => ja.clone(),
+            Self::RecordingRefused { code, .. } => code.words().1.to_owned(),
             Self::CustomerExists { customer } => format!("顧客 {customer} はすでに存在します"),
             Self::CallOnAnotherCustomer { call } => {
                 format!("コール {call} は別の顧客のコールです")
@@ -704,6 +715,10 @@ mod tests {
             },
             Refusal::DocumentTooLarge { limit: 4 << 20 },
             Refusal::StoreRefused,
+            Refusal::RecordingRefused {
+                code: crate::recording::RecordingCode::QuotaFull,
+                detail: "the tenant's recordings would use 2 of its 1 bytes".to_owned(),
+            },
         ]
     }
 
@@ -743,9 +758,11 @@ mod tests {
             let own = refusal.own_code();
             if matches!(
                 refusal,
-                Refusal::ResultNotVerified { .. } | Refusal::InstallRefused { .. }
+                Refusal::ResultNotVerified { .. }
+                    | Refusal::InstallRefused { .. }
+                    | Refusal::RecordingRefused { .. }
             ) {
-                // The plugin host's codes.
+                // The plugin host's codes, and the recordings' own.
                 assert_eq!(own, None);
                 continue;
             }

@@ -15,7 +15,9 @@
 //! server's answers are passed in, and the queue is saved by the host with the
 //! rest of the device's storage ([`UploadQueue::to_bytes`]).
 
-use callsync_core::{CallId, Timestamp};
+use callsync_core::{
+    CallId, CallOrigin, CallView, DeviceId, Phase, RecordingCode, RecordingState, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 
 use super::Entropy;
@@ -167,15 +169,6 @@ pub enum UploadCommand {
     },
 }
 
-/// The refusals that end an upload for good (the recording will never be
-/// accepted as it is); any other waits and tries again.
-const FINAL_REFUSALS: [&str; 4] = [
-    "recording-not-wav",
-    "recording-too-large",
-    "recording-too-long",
-    "recording-not-found",
-];
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Flight {
     /// Offered; waiting for the server to say what it holds.
@@ -263,24 +256,8 @@ impl UploadQueue {
     ) -> Vec<UploadCommand> {
         let mut out = Vec::new();
         match input {
-            UploadInput::Network(kind) => {
-                self.network = kind;
-                if kind != NetworkKind::Wifi {
-                    self.abort(&mut out);
-                }
-            }
-            UploadInput::Queued { call, hash, bytes } => {
-                if !self.queue.iter().any(|e| e.call == call) {
-                    self.queue.push(QueuedUpload {
-                        call,
-                        hash,
-                        bytes,
-                        acked: 0,
-                        failures: 0,
-                        not_before: None,
-                    });
-                }
-            }
+            UploadInput::Network(kind) => out.extend(self.set_network(kind)),
+            UploadInput::Queued { call, hash, bytes } => self.enqueue(call, hash, bytes),
             UploadInput::Offered { call, held } => {
                 if self.is_current(&call)
                     && self.flight == Some(Flight::Offered)
@@ -315,14 +292,15 @@ impl UploadQueue {
             UploadInput::Refused { call, code } => {
                 if self.is_current(&call) {
                     self.flight = None;
-                    if FINAL_REFUSALS.contains(&code.as_str()) {
+                    let known = RecordingCode::parse(&code);
+                    if known.is_some_and(RecordingCode::is_final) {
                         self.queue.remove(0);
                         out.push(UploadCommand::Done {
                             call,
                             outcome: code,
                         });
                     } else if let Some(entry) = self.queue.first_mut() {
-                        let wait = if code == "recording-quota-full" {
+                        let wait = if known == Some(RecordingCode::QuotaFull) {
                             QUOTA_RETRY_MS
                         } else {
                             backoff(entry.failures, rng)
@@ -359,6 +337,33 @@ impl UploadQueue {
         }
         out.extend(self.poll(now));
         out
+    }
+
+    /// The phone's network changed: leaving Wi-Fi stops the upload in
+    /// progress (keeping what the server confirmed). Starts nothing: the next
+    /// [`UploadQueue::poll`] does, once the host can open a stream.
+    pub fn set_network(&mut self, kind: NetworkKind) -> Vec<UploadCommand> {
+        let mut out = Vec::new();
+        self.network = kind;
+        if kind != NetworkKind::Wifi {
+            self.abort(&mut out);
+        }
+        out
+    }
+
+    /// A finished recording joins the queue (once: a call already queued is
+    /// not queued twice). Starts nothing: see [`UploadQueue::poll`].
+    pub fn enqueue(&mut self, call: CallId, hash: String, bytes: u64) {
+        if !self.queue.iter().any(|e| e.call == call) {
+            self.queue.push(QueuedUpload {
+                call,
+                hash,
+                bytes,
+                acked: 0,
+                failures: 0,
+                not_before: None,
+            });
+        }
     }
 
     /// Starts the next upload when the policy allows, and sends what the
@@ -427,6 +432,70 @@ impl UploadQueue {
             self.queue.push(first);
         }
     }
+}
+
+/// What the phone's recorder is to do, given the calls that may need it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapturePlan {
+    /// Start recording these calls.
+    pub start: Vec<CallId>,
+    /// Stop recording these (and queue their files).
+    pub stop: Vec<CallId>,
+    /// Their recordings were deleted: drop the files and never upload them.
+    pub deleted: Vec<CallId>,
+}
+
+/// Whether the phone is on the call: started and not yet ended on the phone
+/// (the desk ending first leaves the phone on the line until it hangs up).
+fn on_the_line(view: &CallView) -> bool {
+    matches!(view.phase, Phase::InCall | Phase::BrowserEnded)
+}
+
+/// Decides which recordings the phone `me` captures: a call this phone dialed
+/// with the recording switch on is recorded from its start until the phone
+/// ends it; with the switch off there is no recording at all. `calls` are the
+/// calls that may need it (the host's candidates: those on the line, those
+/// being captured, and those whose recording was deleted); `capturing` are
+/// those being recorded now, `captured` those with a file already (a phone
+/// restarted after a crash mid-call keeps what it captured and does not start
+/// the call's recording again).
+pub fn capture_plan(
+    calls: &[CallView],
+    me: &DeviceId,
+    capturing: &[CallId],
+    captured: &dyn Fn(&CallId) -> bool,
+) -> CapturePlan {
+    let mut plan = CapturePlan::default();
+    for view in calls {
+        let recorded_here = matches!(
+            &view.origin,
+            CallOrigin::Dialed { origin, recording: true, .. } if origin == me
+        );
+        if !recorded_here {
+            continue;
+        }
+        let is_capturing = capturing.contains(&view.call);
+        if view.recording_state == RecordingState::Deleted {
+            if is_capturing {
+                plan.stop.push(view.call.clone());
+            }
+            plan.deleted.push(view.call.clone());
+        } else if on_the_line(view) {
+            if !is_capturing && !captured(&view.call) {
+                plan.start.push(view.call.clone());
+            }
+        } else if is_capturing {
+            plan.stop.push(view.call.clone());
+        }
+    }
+    // A call being recorded that is no longer among the candidates (its
+    // document was forgotten) stops too.
+    for call in capturing {
+        if !calls.iter().any(|v| &v.call == call) {
+            plan.stop.push(call.clone());
+        }
+    }
+    plan
 }
 
 /// The wait before try `failures + 1`: doubling from [`FIRST_RETRY_MS`] to
@@ -731,6 +800,97 @@ mod tests {
         assert_eq!(
             UploadQueue::from_bytes(None).unwrap(),
             UploadQueue::default()
+        );
+    }
+
+    /// A call dialed by `origin` with the switch as given, after `events`
+    /// (`started`, `phone-ended`, `deleted`).
+    fn view(id: &str, origin: &str, recording: bool, events: &[&str]) -> CallView {
+        use callsync_core::{
+            CallEvent, DeviceKind, EventId, EventKind, PhoneNumber, Stamp, UserId,
+        };
+        let stamp = |ms: i64, kind: DeviceKind| Stamp {
+            at: at(ms),
+            device: DeviceId::new(if kind == DeviceKind::Desk {
+                "desk-1"
+            } else {
+                origin
+            })
+            .unwrap(),
+            device_kind: kind,
+            user: UserId::new("rep@acme.example").unwrap(),
+            device_at: None,
+        };
+        let mut all = vec![CallEvent {
+            id: EventId::new(format!("{id}-requested")).unwrap(),
+            call: call(id),
+            stamp: stamp(0, DeviceKind::Desk),
+            kind: EventKind::Requested {
+                destination: PhoneNumber::parse("03-1234-5678").unwrap(),
+                origin: DeviceId::new(origin).unwrap(),
+                recording,
+            },
+        }];
+        for (n, name) in events.iter().enumerate() {
+            let (kind, device) = match *name {
+                "started" => (EventKind::Started, DeviceKind::Phone),
+                "phone-ended" => (
+                    EventKind::PhoneEnded { duration_secs: 3 },
+                    DeviceKind::Phone,
+                ),
+                "deleted" => (EventKind::RecordingDeleted, DeviceKind::Desk),
+                other => panic!("no event {other}"),
+            };
+            all.push(CallEvent {
+                id: EventId::new(format!("{id}-{name}")).unwrap(),
+                call: call(id),
+                stamp: stamp(1_000 * (n as i64 + 1), device),
+                kind,
+            });
+        }
+        callsync_core::lifecycle::derive_call(&call(id), &all).unwrap()
+    }
+
+    #[test]
+    fn only_this_phones_recorded_calls_are_captured_from_start_to_the_phones_end() {
+        let me = DeviceId::new("phone-1").unwrap();
+        let none = |_: &CallId| false;
+        let calls = [
+            view("on", "phone-1", true, &["started"]),
+            view("off", "phone-1", false, &["started"]),
+            view("other", "phone-2", true, &["started"]),
+            view("waiting", "phone-1", true, &[]),
+        ];
+        let plan = capture_plan(&calls, &me, &[], &none);
+        assert_eq!(
+            plan.start,
+            [call("on")],
+            "switch off, another phone or not started: none"
+        );
+        assert!(plan.stop.is_empty() && plan.deleted.is_empty());
+        // Being captured, or captured before a restart: not started again.
+        assert!(
+            capture_plan(&calls, &me, &[call("on")], &none)
+                .start
+                .is_empty()
+        );
+        assert!(
+            capture_plan(&calls, &me, &[], &|c: &CallId| c == &call("on"))
+                .start
+                .is_empty()
+        );
+        // The phone's end stops it; so does a deletion, which also drops it.
+        let ended = [view("on", "phone-1", true, &["started", "phone-ended"])];
+        let plan = capture_plan(&ended, &me, &[call("on")], &none);
+        assert_eq!((plan.start.len(), plan.stop.clone()), (0, vec![call("on")]));
+        let deleted = [view("on", "phone-1", true, &["started", "deleted"])];
+        let plan = capture_plan(&deleted, &me, &[call("on")], &none);
+        assert_eq!(plan.stop, [call("on")]);
+        assert_eq!(plan.deleted, [call("on")]);
+        // A capture whose call is gone from the candidates stops.
+        assert_eq!(
+            capture_plan(&[], &me, &[call("gone")], &none).stop,
+            [call("gone")]
         );
     }
 }

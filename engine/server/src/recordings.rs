@@ -1,0 +1,454 @@
+//! Recordings on the server: the upload and download streams beside a
+//! connection's sync stream, and removing deleted recordings' bytes.
+//!
+//! Owns: accepting a joined connection's extra bidirectional streams (at most
+//! [`STREAMS_PER_CONNECTION`] at once), each one upload or one download (see
+//! `callsync_core::wire::stream`); the per-device rates of offers and
+//! downloads; carrying chunks into the blob store's staging area (each written
+//! and synced before it is acknowledged); completing an upload (the blob
+//! store verifies the hash, that it is a WAV, the size and duration limits
+//! and the tenant's quota, and stores it whole) before the hub references it
+//! in the customer's document; and the sweeper that removes the bytes of
+//! recordings whose tombstones have committed.
+//! Does not own: who may upload, attach or read (the hub session decides,
+//! from the document: `callsync_session::hub::RecordingAsk`), or the bytes'
+//! verification (`callsync-blobs`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use callsync_blobs::{BlobError, BlobHash, BlobStore, wav_duration_ms};
+use callsync_core::wire::stream::{
+    self, MAX_OPEN_FRAME_BYTES, MAX_STREAM_FRAME_BYTES, StreamOpen, StreamReply,
+};
+use callsync_core::wire::{ErrorBody, Refusal};
+use callsync_core::{CallId, CustomerId, RecordingCode, RecordingRef, TenantId};
+use callsync_net::framing::{read_frame_within, write_frame};
+use callsync_session::hub::{RecordingAsk, RecordingVerdict};
+use callsync_session::{Authenticated, ConnId};
+use callsync_store::Store;
+use tokio::sync::Semaphore;
+use web_transport_quinn::{RecvStream, SendStream, Session as Link};
+
+use crate::connection::Shared;
+
+/// Recording streams one connection may have open at once; another is
+/// refused (`too-many-uploads`) until one ends.
+pub const STREAMS_PER_CONNECTION: usize = 2;
+/// How long a stream may stay silent (no first frame, no next chunk) before
+/// the server ends it.
+pub const STREAM_IDLE: Duration = Duration::from_secs(30);
+/// Upload offers a device may make at once, then one per second: an honest
+/// phone offers one recording after each call, and again after a cut.
+pub const OFFERS_BURST: f64 = 20.0;
+/// See [`OFFERS_BURST`].
+pub const OFFERS_PER_SEC: f64 = 1.0;
+/// Downloads a member may start at once, then one per second.
+pub const DOWNLOADS_BURST: f64 = 20.0;
+/// See [`DOWNLOADS_BURST`].
+pub const DOWNLOADS_PER_SEC: f64 = 1.0;
+/// Bytes of a recording sent per download chunk.
+const DOWNLOAD_CHUNK: u64 = 256 * 1024;
+/// The format every recording has (the blob store admits nothing else).
+pub const FORMAT: &str = "wav/pcm16";
+/// How often the sweeper looks for recordings to remove.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// What the recording streams share.
+pub(crate) struct Recordings {
+    /// The blob store.
+    pub(crate) blobs: Arc<BlobStore>,
+    /// Offers per device.
+    pub(crate) offers: crate::limits::RatePerKey<callsync_core::DeviceId>,
+    /// Downloads per member.
+    pub(crate) downloads: crate::limits::RatePerKey<callsync_core::UserId>,
+}
+
+impl Recordings {
+    pub(crate) fn new(blobs: Arc<BlobStore>) -> Self {
+        Self {
+            blobs,
+            offers: crate::limits::RatePerKey::new(OFFERS_BURST, OFFERS_PER_SEC),
+            downloads: crate::limits::RatePerKey::new(DOWNLOADS_BURST, DOWNLOADS_PER_SEC),
+        }
+    }
+}
+
+/// Who a stream serves.
+#[derive(Clone)]
+struct Asker {
+    conn: ConnId,
+    member: Authenticated,
+}
+
+/// Accepts the connection's recording streams until it closes.
+pub(crate) async fn accept_streams(
+    connection: Link,
+    shared: Arc<Shared>,
+    conn: ConnId,
+    member: Authenticated,
+) {
+    let permits = Arc::new(Semaphore::new(STREAMS_PER_CONNECTION));
+    let asker = Asker { conn, member };
+    while let Ok((mut send, recv)) = connection.accept_bi().await {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let body = refusal(RecordingCode::TooManyUploads, "too many recording streams");
+            let _ = reply(&mut send, &StreamReply::Refused(body)).await;
+            let _ = send.finish();
+            continue;
+        };
+        let shared = shared.clone();
+        let asker = asker.clone();
+        tokio::spawn(async move {
+            serve_stream(&shared, &asker, send, recv).await;
+            drop(permit);
+        });
+    }
+}
+
+fn refusal(code: RecordingCode, detail: impl Into<String>) -> ErrorBody {
+    Refusal::RecordingRefused {
+        code,
+        detail: detail.into(),
+    }
+    .body()
+}
+
+async fn reply(send: &mut SendStream, message: &StreamReply) -> Result<(), ()> {
+    let frame = stream::encode_stream_frame(message).map_err(|_| ())?;
+    write_frame(send, &frame).await.map_err(|_| ())
+}
+
+/// Answers `refused` and ends the stream.
+async fn refuse(send: &mut SendStream, body: ErrorBody) {
+    tracing::info!(code = %body.code, "recording stream refused");
+    let _ = reply(send, &StreamReply::Refused(body)).await;
+    let _ = send.finish();
+}
+
+async fn serve_stream(shared: &Shared, asker: &Asker, mut send: SendStream, mut recv: RecvStream) {
+    let first = tokio::time::timeout(
+        STREAM_IDLE,
+        read_frame_within(&mut recv, MAX_OPEN_FRAME_BYTES),
+    )
+    .await;
+    let open = match first {
+        Ok(Ok(Some(body))) => match stream::decode_stream_frame::<StreamOpen>(&body) {
+            Ok(open) => open,
+            Err(e) => return refuse(&mut send, Refusal::from(&e).body()).await,
+        },
+        Ok(Ok(None)) | Err(_) => return,
+        Ok(Err(e)) => {
+            let body = Refusal::BadRequest {
+                detail: e.to_string(),
+            }
+            .body();
+            return refuse(&mut send, body).await;
+        }
+    };
+    match open {
+        StreamOpen::Upload {
+            customer,
+            call,
+            sha256,
+            bytes,
+        } => {
+            let offer = Offer {
+                customer,
+                call,
+                sha256,
+                bytes,
+            };
+            if let Err(body) = upload(shared, asker, offer, &mut send, &mut recv).await {
+                refuse(&mut send, body).await;
+            }
+        }
+        StreamOpen::Download { call, offset } => {
+            if let Err(body) = download(shared, asker, call, offset, &mut send).await {
+                refuse(&mut send, body).await;
+            }
+        }
+    }
+}
+
+/// Asks the tenant's hub about a recording.
+async fn ask_hub(
+    shared: &Shared,
+    asker: &Asker,
+    ask: RecordingAsk,
+) -> Result<RecordingVerdict, ErrorBody> {
+    shared
+        .hubs
+        .recording(&asker.member.tenant, asker.conn, ask)
+        .await
+}
+
+struct Offer {
+    customer: CustomerId,
+    call: CallId,
+    sha256: String,
+    bytes: u64,
+}
+
+async fn upload(
+    shared: &Shared,
+    asker: &Asker,
+    offer: Offer,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Result<(), ErrorBody> {
+    let recordings = &shared.recordings;
+    let tenant = &asker.member.tenant;
+    if !recordings
+        .offers
+        .allow(&asker.member.device, Instant::now())
+    {
+        return Err(Refusal::Busy.body());
+    }
+    let Some(hash) = BlobHash::from_hex(&offer.sha256) else {
+        return Err(Refusal::BadRequest {
+            detail: "sha256 is not a lower-case hex SHA-256".to_owned(),
+        }
+        .body());
+    };
+    let limits = recordings.blobs.limits();
+    if offer.bytes > limits.max_bytes || offer.bytes == 0 {
+        let e = BlobError::TooLarge {
+            bytes: offer.bytes,
+            max: limits.max_bytes,
+        };
+        return Err(e.refusal().body());
+    }
+    let verdict = ask_hub(
+        shared,
+        asker,
+        RecordingAsk::Upload {
+            customer: offer.customer.clone(),
+            call: offer.call.clone(),
+        },
+    )
+    .await;
+    match verdict {
+        Ok(RecordingVerdict::Stored(recording)) => {
+            let _ = reply(send, &StreamReply::Stored { recording }).await;
+            let _ = send.finish();
+            return Ok(());
+        }
+        Ok(RecordingVerdict::MayUpload) => {}
+        Ok(RecordingVerdict::Readable { .. }) => return Err(Refusal::ServerTrouble.body()),
+        Err(body) => {
+            if body.code == RecordingCode::Deleted.as_str() {
+                // Bytes staged before the deletion are not kept either.
+                let _ = recordings.blobs.discard_staged(tenant, &hash).await;
+            }
+            return Err(body);
+        }
+    }
+    let mut held = recordings
+        .blobs
+        .staged(tenant, &hash)
+        .await
+        .map_err(|e| e.refusal().body())?;
+    reply(send, &StreamReply::Held { held })
+        .await
+        .map_err(|()| Refusal::ShuttingDown.body())?;
+    let stored_already = held >= offer.bytes && recordings.blobs.size(tenant, &hash).await.is_ok();
+    while held < offer.bytes {
+        let frame =
+            tokio::time::timeout(STREAM_IDLE, read_frame_within(recv, MAX_STREAM_FRAME_BYTES))
+                .await;
+        let body = match frame {
+            Ok(Ok(Some(body))) => body,
+            // The phone went (or went quiet): what is staged waits for its
+            // next offer.
+            Ok(Ok(None)) | Err(_) => return Ok(()),
+            Ok(Err(e)) => {
+                return Err(Refusal::BadRequest {
+                    detail: e.to_string(),
+                }
+                .body());
+            }
+        };
+        let (offset, data) = stream::decode_chunk(&body).map_err(|e| Refusal::from(&e).body())?;
+        held = recordings
+            .blobs
+            .append(tenant, &hash, offer.bytes, offset, data)
+            .await
+            .map_err(|e| e.refusal().body())?;
+        reply(send, &StreamReply::Acked { upto: held })
+            .await
+            .map_err(|()| Refusal::ShuttingDown.body())?;
+    }
+    let stored = if stored_already {
+        let bytes = recordings
+            .blobs
+            .read(tenant, &hash, 0..offer.bytes)
+            .await
+            .map_err(|e| e.refusal().body())?;
+        callsync_blobs::StoredBlob {
+            hash,
+            bytes: offer.bytes,
+            duration_ms: wav_duration_ms(&bytes).map_err(|e| e.refusal().body())?,
+            written: false,
+        }
+    } else {
+        recordings
+            .blobs
+            .complete(tenant, &hash)
+            .await
+            .map_err(|e| e.refusal().body())?
+    };
+    let recording = RecordingRef {
+        sha256: hash.hex(),
+        size: stored.bytes,
+        duration_ms: stored.duration_ms,
+        format: FORMAT.to_owned(),
+    };
+    let verdict = ask_hub(
+        shared,
+        asker,
+        RecordingAsk::Attach {
+            customer: offer.customer,
+            call: offer.call,
+            recording,
+        },
+    )
+    .await?;
+    match verdict {
+        RecordingVerdict::Stored(recording) => {
+            let _ = reply(send, &StreamReply::Stored { recording }).await;
+            let _ = send.finish();
+            Ok(())
+        }
+        _ => Err(Refusal::ServerTrouble.body()),
+    }
+}
+
+async fn download(
+    shared: &Shared,
+    asker: &Asker,
+    call: CallId,
+    offset: u64,
+    send: &mut SendStream,
+) -> Result<(), ErrorBody> {
+    if !shared
+        .recordings
+        .downloads
+        .allow(&asker.member.user, Instant::now())
+    {
+        return Err(Refusal::Busy.body());
+    }
+    let (customer, recording) = match ask_hub(shared, asker, RecordingAsk::Read { call }).await? {
+        RecordingVerdict::Readable {
+            customer,
+            recording,
+        } => (customer, recording),
+        _ => return Err(Refusal::ServerTrouble.body()),
+    };
+    let Some(hash) = BlobHash::from_hex(&recording.sha256) else {
+        return Err(refusal(RecordingCode::NotFound, "no such recording"));
+    };
+    if offset > recording.size {
+        return Err(Refusal::BadRequest {
+            detail: format!(
+                "offset {offset} is past the recording's {} bytes",
+                recording.size
+            ),
+        }
+        .body());
+    }
+    let size = recording.size;
+    reply(
+        send,
+        &StreamReply::Found {
+            recording,
+            customer,
+            offset,
+        },
+    )
+    .await
+    .map_err(|()| Refusal::ShuttingDown.body())?;
+    let tenant = &asker.member.tenant;
+    let mut at = offset;
+    while at < size {
+        let end = (at + DOWNLOAD_CHUNK).min(size);
+        let bytes: Bytes = shared
+            .recordings
+            .blobs
+            .read(tenant, &hash, at..end)
+            .await
+            .map_err(|e| e.refusal().body())?;
+        let frame = stream::encode_chunk(at, &bytes).map_err(|e| Refusal::from(&e).body())?;
+        if tokio::time::timeout(STREAM_IDLE, write_frame(send, &frame))
+            .await
+            .map_or(true, |written| written.is_err())
+        {
+            return Ok(());
+        }
+        at = end;
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Removes the bytes of recordings whose tombstones have committed, until the
+/// server stops: each row is cleared only once its bytes are gone (or still
+/// held by another call's stored recording), so a crash in between only
+/// delays the removal to the next start.
+pub(crate) async fn sweep_deletions(store: Store, blobs: Arc<BlobStore>) {
+    let store = Arc::new(std::sync::Mutex::new(store));
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = sweep_once(&store, &blobs).await {
+            tracing::warn!(error = %e, "could not remove deleted recordings; trying again");
+        }
+    }
+}
+
+type SharedStore = Arc<std::sync::Mutex<Store>>;
+
+async fn with_store<T: Send + 'static>(
+    store: &SharedStore,
+    work: impl FnOnce(&mut Store) -> Result<T, callsync_store::StoreError> + Send + 'static,
+) -> Result<T, String> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        work(&mut store).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// One pass of the sweeper: the deletions pending now.
+pub(crate) async fn sweep_once(store: &SharedStore, blobs: &BlobStore) -> Result<usize, String> {
+    let pending = with_store(store, |s| s.pending_blob_deletions(100)).await?;
+    let mut removed = 0;
+    for (tenant, sha256) in pending {
+        let key = (tenant.clone(), sha256.clone());
+        let in_use = with_store(store, move |s| s.recording_in_use(&key.0, &key.1)).await?;
+        if !in_use && let Some(hash) = BlobHash::from_hex(&sha256) {
+            remove_bytes(blobs, &tenant, &hash).await?;
+            removed += 1;
+            tracing::info!(tenant = %tenant, %sha256, "a deleted recording's bytes were removed");
+        }
+        with_store(store, move |s| s.blob_deletion_done(&tenant, &sha256)).await?;
+    }
+    Ok(removed)
+}
+
+async fn remove_bytes(blobs: &BlobStore, tenant: &TenantId, hash: &BlobHash) -> Result<(), String> {
+    match blobs.delete(tenant, hash).await {
+        Ok(()) | Err(BlobError::NotFound) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    blobs
+        .discard_staged(tenant, hash)
+        .await
+        .map_err(|e| e.to_string())
+}
