@@ -12,6 +12,10 @@ use serde_json::Value;
 use crate::network::{NUMBER, PhoneRun, World, call_id, callsync};
 use crate::support::{Run, callsync_bin};
 
+/// The phone stays on cellular: its recording waits, so the replicas compared
+/// here hold the same events (an upload would attach one on the server first).
+const CELLULAR: &[&str] = &["--network", "cellular"];
+
 /// How many of each event kind a replica's timeline holds for `call`.
 fn kinds(timeline: &Value, call: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -33,7 +37,7 @@ fn kinds(timeline: &Value, call: &str) -> BTreeMap<String, usize> {
 fn work_done_on_both_sides_while_the_phone_is_cut_off_converges_once() {
     let world = World::start(&[]);
     let (desk, phone) = world.rep_devices();
-    let mut run = PhoneRun::start(&phone);
+    let mut run = PhoneRun::start_args(&phone, CELLULAR);
     let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
     run.wait_for(|v| v["event"] == "call-requested");
     callsync(&phone, &["phone", "start", &call]).ok();
@@ -44,7 +48,7 @@ fn work_done_on_both_sides_while_the_phone_is_cut_off_converges_once() {
     callsync(&phone, &["phone", "end", &call, "--duration", "61"]).ok();
     callsync(&desk, &["desk", "end", &call]).ok();
 
-    let mut run = PhoneRun::start(&phone);
+    let mut run = PhoneRun::start_args(&phone, CELLULAR);
     run.wait_for(|v| v["event"] == "acknowledged");
     run.wait_for(|v| v["event"] == "caught-up");
     let on_phone = callsync(&phone, &["phone", "show", &call]).ok();

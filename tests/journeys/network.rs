@@ -235,10 +235,19 @@ impl PhoneRun {
 
     /// Waits for an event matching `what` (seen before or arriving within 20 s).
     pub(crate) fn wait_for(&mut self, what: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_within(Duration::from_secs(20), what)
+    }
+
+    /// Waits for an event matching `what`, seen before or arriving within `limit`.
+    pub(crate) fn wait_for_within(
+        &mut self,
+        limit: Duration,
+        what: impl Fn(&Value) -> bool,
+    ) -> Value {
         if let Some(v) = self.seen.iter().find(|v| what(v)) {
             return v.clone();
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
@@ -319,12 +328,19 @@ impl World {
     /// Starts a server (with extra global flags such as `--start-limit-secs 2`)
     /// and adds the rep.
     pub(crate) fn start(extra: &[&str]) -> Self {
+        Self::start_serving(extra, &[])
+    }
+
+    /// [`World::start`] with extra `serve` flags (e.g. a recording quota).
+    pub(crate) fn start_serving(extra: &[&str], serve: &[&str]) -> Self {
         let root = tempfile::tempdir().expect("temp dir");
+        let mut serve_flags = vec!["--init-owner", OWNER];
+        serve_flags.extend_from_slice(serve);
         let server = ServerProcess::start(
             &root.path().join("server"),
             "127.0.0.1:0",
             extra,
-            &["--init-owner", OWNER],
+            &serve_flags,
         );
         let world = Self {
             admin_desk: root.path().join("admin-desk"),

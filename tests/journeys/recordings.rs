@@ -283,3 +283,252 @@ fn a_call_recorded_with_the_switch_off_has_no_file_and_other_members_cannot_fetc
     )
     .refused("recording-not-found");
 }
+
+/// Writes a mono 16-bit WAV of `secs` seconds of a tone at `rate`, in one
+/// go (a long file written sample by sample would take a debug build long).
+fn tone_wav(path: &Path, secs: u32, rate: u32) -> u64 {
+    let second: Vec<u8> = (0..rate)
+        .flat_map(|i| {
+            let t = f64::from(i) / f64::from(rate);
+            (((t * 440.0 * std::f64::consts::TAU).sin() * 8_000.0) as i16).to_le_bytes()
+        })
+        .collect();
+    let data = second.len() as u32 * secs;
+    let mut bytes = Vec::with_capacity(44 + data as usize);
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
+    bytes.extend_from_slice(&rate.to_le_bytes());
+    bytes.extend_from_slice(&(rate * 2).to_le_bytes());
+    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data.to_le_bytes());
+    for _ in 0..secs {
+        bytes.extend_from_slice(&second);
+    }
+    std::fs::write(path, &bytes).unwrap();
+    bytes.len() as u64
+}
+
+/// A recorded call made while `phone run` was not running (so nothing was
+/// captured), with `file` then left in the phone's recordings directory as a
+/// host's own recorder would: the next `phone run` queues it.
+fn call_with_file(world: &World, file: impl FnOnce(&Path)) -> (PathBuf, PathBuf, String) {
+    let (desk, phone) = world.rep_devices();
+    let mut run = PhoneRun::start_args(&phone, &["--network", "cellular"]);
+    run.wait_for(|v| v["event"] == "caught-up");
+    let requested = callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok();
+    let call = call_id(&requested);
+    run.wait_for(event(&call, "call-requested"));
+    run.stop();
+    callsync(&phone, &["phone", "start", &call]).ok();
+    callsync(&phone, &["phone", "end", &call, "--duration", "60"]).ok();
+    let dir = phone.join("recordings");
+    std::fs::create_dir_all(&dir).unwrap();
+    file(&dir.join(format!("{call}.wav")));
+    (desk, phone, call)
+}
+
+fn percent(v: &Value) -> u64 {
+    v["percent"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn an_upload_cut_midway_resumes_where_the_server_is_and_sends_again_at_most_its_window() {
+    let mut world = World::start(&[]);
+    let mut size = 0;
+    let (desk, phone, call) = call_with_file(&world, |path| size = tone_wav(path, 30 * 60, 16_000));
+    let sha256 = callsync_replica::recorder::file_sha256(
+        &phone.join("recordings").join(format!("{call}.wav")),
+    )
+    .unwrap();
+    let mut run = PhoneRun::start_args(&phone, &["--network", "wifi"]);
+    let cut_at = run.wait_for(|v| event(&call, "upload")(v) && percent(v) >= 10);
+    // The server dies mid-upload, and comes back.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &world.server.pid().to_string()])
+        .status();
+    world.server.reap();
+    assert_eq!(
+        run.count(event(&call, "recording-uploaded")),
+        0,
+        "cut before the end"
+    );
+    let staged = world
+        .dir("server")
+        .join("recordings")
+        .join("staging")
+        .join("acme")
+        .join(format!("{sha256}.part"));
+    let held = std::fs::metadata(&staged).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        held >= size * percent(&cut_at) / 100,
+        "what was acknowledged is kept: {held} of {size}"
+    );
+    world.server.restart();
+    // A server killed without a word is noticed when the connection goes
+    // silent (QUIC's idle timeout, 30 s): the new process cannot reset a
+    // connection it never knew.
+    let uploaded = run.wait_for_within(Duration::from_secs(90), event(&call, "recording-uploaded"));
+    let sent = uploaded["sent_bytes"].as_u64().unwrap();
+    let window = 4 * 256 * 1024;
+    assert!(
+        sent >= size && sent <= size + window,
+        "sent {sent} for {size}: resumed, not restarted"
+    );
+    let shown = callsync(&desk, &["desk", "show", &call]).ok();
+    assert_eq!(shown["recording"]["sha256"], sha256.as_str());
+    assert_eq!(shown["recording"]["duration_ms"], 30 * 60 * 1_000);
+    assert!(!staged.exists(), "the staging area is emptied");
+}
+
+#[test]
+fn a_corrupted_upload_is_refused_by_its_hash_and_sent_again_whole() {
+    let world = World::start(&[]);
+    let mut size = 0;
+    let (desk, phone, call) = call_with_file(&world, |path| size = tone_wav(path, 10 * 60, 16_000));
+    let sha256 = callsync_replica::recorder::file_sha256(
+        &phone.join("recordings").join(format!("{call}.wav")),
+    )
+    .unwrap();
+    let staged = world
+        .dir("server")
+        .join("recordings")
+        .join("staging")
+        .join("acme")
+        .join(format!("{sha256}.part"));
+    let mut run = PhoneRun::start_args(&phone, &["--network", "wifi"]);
+    run.wait_for(|v| event(&call, "upload")(v) && percent(v) >= 1);
+    // A byte the server acknowledged goes bad on its way to the store.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&staged)
+            .unwrap();
+        file.seek(SeekFrom::Start(1_000)).unwrap();
+        file.write_all(&[0x5a]).unwrap();
+    }
+    let refused = run.wait_for(|v| v["event"] == "upload-refused" && v["call"] == call.as_str());
+    assert_eq!(refused["code"], "recording-hash-mismatch");
+    assert!(refused["message_ja"].as_str().unwrap().contains("破損"));
+    let uploaded = run.wait_for(event(&call, "recording-uploaded"));
+    assert!(
+        uploaded["sent_bytes"].as_u64().unwrap() >= 2 * size - 4 * 256 * 1024,
+        "sent again from zero"
+    );
+    let blobs = stored_blobs(&world);
+    assert_eq!(blobs.len(), 1);
+    assert_eq!(
+        callsync_replica::recorder::file_sha256(&blobs[0]).unwrap(),
+        sha256,
+        "the good bytes are stored"
+    );
+    let shown = callsync(&desk, &["desk", "show", &call]).ok();
+    assert_eq!(shown["recording_state"], "stored");
+}
+
+#[test]
+fn a_full_quota_keeps_the_recording_waiting_on_the_phone() {
+    let world = World::start_serving(&[], &["--recording-quota-bytes", "50000"]);
+    let (_desk, phone, call) = call_with_file(&world, |path| {
+        tone_wav(path, 5, 8_000);
+    });
+    let mut run = PhoneRun::start_args(&phone, &["--network", "wifi"]);
+    let refused = run.wait_for(|v| v["event"] == "upload-refused" && v["call"] == call.as_str());
+    assert_eq!(refused["code"], "recording-quota-full");
+    assert!(refused["message_ja"].as_str().unwrap().contains("上限"));
+    let waiting = run.wait_for(|v| event(&call, "upload")(v) && v["state"] == "waiting-to-retry");
+    assert!(waiting["at"].as_i64().is_some(), "{waiting}");
+    assert!(stored_blobs(&world).is_empty());
+    assert!(
+        phone
+            .join("recordings")
+            .join(format!("{call}.wav"))
+            .exists(),
+        "kept on the phone"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_wav_is_refused_for_good_and_kept_aside_on_the_phone() {
+    let world = World::start(&[]);
+    let (desk, phone, call) = call_with_file(&world, |path| {
+        std::fs::write(path, "this is not audio\n".repeat(2_000)).unwrap();
+    });
+    let mut run = PhoneRun::start_args(&phone, &["--network", "wifi"]);
+    let ended = run.wait_for(event(&call, "upload-ended"));
+    assert_eq!(ended["outcome"], "recording-not-wav");
+    assert!(stored_blobs(&world).is_empty());
+    let aside = phone
+        .join("recordings")
+        .join("refused")
+        .join(format!("{call}.wav"));
+    assert!(
+        aside.exists(),
+        "the phone keeps the file it could not upload"
+    );
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        run.count(event(&call, "upload-ended")),
+        1,
+        "never offered again"
+    );
+    let shown = callsync(&desk, &["desk", "show", &call]).ok();
+    assert_eq!(shown["recording_state"], "pending");
+}
+
+#[test]
+fn an_upload_for_another_tenants_call_is_refused_and_stores_nothing() {
+    use callsync_core::wire::stream::{self, StreamOpen, StreamReply};
+    let world = World::start(&[]);
+    let (desk, phone) = world.rep_devices();
+    let mut run = PhoneRun::start_args(&phone, &["--network", "cellular"]);
+    run.wait_for(|v| v["event"] == "caught-up");
+    let call = call_id(&callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok());
+    run.wait_for(event(&call, "call-requested"));
+    world.add_tenant("beta", "owner@beta.example");
+    let beta_phone = world.dir("beta-phone");
+    world.login(&beta_phone, "phone", "owner@beta.example").ok();
+    let wav = world.dir("some.wav");
+    let size = tone_wav(&wav, 1, 8_000);
+    let sha256 = callsync_replica::recorder::file_sha256(&wav).unwrap();
+    let reply = crate::support::runtime().block_on(async {
+        let (client, _) = callsync_replica::SyncClient::connect(&beta_phone)
+            .await
+            .unwrap();
+        let (mut send, mut recv) = client.connection().unwrap().open_bi().await.unwrap();
+        let open = StreamOpen::Upload {
+            customer: callsync_core::CustomerId::new("cus-1").unwrap(),
+            call: callsync_core::CallId::new(&call).unwrap(),
+            sha256,
+            bytes: size,
+        };
+        let frame = stream::encode_stream_frame(&open).unwrap();
+        callsync_net::framing::write_frame(&mut send, &frame)
+            .await
+            .unwrap();
+        let body = callsync_net::framing::read_frame_within(&mut recv, 4096)
+            .await
+            .unwrap()
+            .unwrap();
+        stream::decode_stream_frame::<StreamReply>(&body).unwrap()
+    });
+    let StreamReply::Refused(body) = reply else {
+        panic!("not refused: {reply:?}");
+    };
+    assert_eq!(body.code, "recording-not-found");
+    assert!(stored_blobs(&world).is_empty());
+    assert!(
+        !world
+            .dir("server")
+            .join("recordings")
+            .join("staging")
+            .join("beta")
+            .exists()
+    );
+}

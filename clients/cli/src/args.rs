@@ -168,6 +168,12 @@ pub(crate) struct ServeArgs {
     /// elsewhere); repeatable.
     #[arg(long, value_name = "ORIGIN")]
     pub(crate) allow_origin: Vec<String>,
+    /// Most bytes of recordings one tenant may store (50 GiB by default).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) recording_quota_bytes: Option<u64>,
+    /// Most bytes one recording may have (128 MiB by default).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_recording_bytes: Option<u64>,
 }
 
 /// How a device reaches and trusts the server.

@@ -122,6 +122,12 @@ pub(crate) fn serve(g: &Global, data: &Path, args: &ServeArgs) -> anyhow::Result
     config.web.page_dir = args.page.clone();
     config.web.listen = args.http;
     config.web.allowed_origins = args.allow_origin.clone();
+    if let Some(quota) = args.recording_quota_bytes {
+        config.recording_limits.tenant_quota_bytes = quota;
+    }
+    if let Some(max) = args.max_recording_bytes {
+        config.recording_limits.max_bytes = max;
+    }
     runtime()?.block_on(async {
         let server = Server::start(config).await?;
         let line = if g.json {

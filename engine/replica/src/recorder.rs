@@ -36,6 +36,9 @@ use crate::{ClientError, DB_FILE};
 
 /// The store setting holding the upload queue.
 pub const QUEUE_KEY: &str = "upload-queue";
+/// Where recordings the server refused for good are kept, under the
+/// recordings directory.
+pub const REFUSED_DIR: &str = "refused";
 /// The store setting holding the phone's network kind.
 pub const NETWORK_KEY: &str = "network-kind";
 
@@ -261,8 +264,62 @@ impl Recorder {
                 }),
             }
         }
+        events.extend(recorder.adopt_files()?);
         recorder.save()?;
         Ok((recorder, events))
+    }
+
+    /// Queues every finished file the queue does not hold: a crash between a
+    /// capture's end (its file named) and the queue's save, or a file an
+    /// outside recorder (a host's own) left for a recorded call. A file whose
+    /// call's recording is stored or deleted already is removed; one for a
+    /// call this phone does not know yet waits.
+    fn adopt_files(&mut self) -> Result<Vec<RecordingEvent>, ClientError> {
+        let dir = self.data_dir.join(RECORDINGS_DIR);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut events = Vec::new();
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "wav"))
+            .collect();
+        found.sort();
+        for path in found {
+            let Some(call) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| CallId::new(s).ok())
+            else {
+                continue;
+            };
+            if self.running.contains_key(&call) || self.queue.state(&call).is_some() {
+                continue;
+            }
+            match self.store.recording_of_call(&self.tenant, &call)? {
+                Some((state, _)) if state == "pending" => {
+                    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    let (samples, rate) = hound::WavReader::open(&path)
+                        .map(|r| (u64::from(r.duration()), r.spec().sample_rate))
+                        .unwrap_or((0, 1));
+                    events.extend(self.queue_captured(Captured {
+                        call: call.to_string(),
+                        path,
+                        bytes,
+                        sample_rate: rate,
+                        samples,
+                        cut_short: false,
+                    })?);
+                }
+                Some(_) => {
+                    // Stored on the server, or deleted: the phone's copy goes.
+                    let _ = std::fs::remove_file(&path);
+                }
+                None => {}
+            }
+        }
+        Ok(events)
     }
 
     /// The upload queue.
@@ -381,6 +438,7 @@ impl Recorder {
                 }),
             }
         }
+        events.extend(self.adopt_files()?);
         self.save()?;
         Ok(events)
     }
@@ -575,6 +633,20 @@ impl Recorder {
                             sent_bytes: sent,
                         });
                     } else {
+                        // Refused for good (or deleted, already removed): the
+                        // file is kept aside, never offered again.
+                        let file = file_of(&self.data_dir, &call);
+                        if outcome == "deleted" {
+                            let _ = std::fs::remove_file(&file);
+                        } else if file.exists() {
+                            let aside = self.data_dir.join(RECORDINGS_DIR).join(REFUSED_DIR);
+                            let kept = std::fs::create_dir_all(&aside).and_then(|()| {
+                                std::fs::rename(&file, aside.join(format!("{call}.wav")))
+                            });
+                            if let Err(e) = kept {
+                                tracing::warn!(%call, error = %e, "a refused recording could not be set aside");
+                            }
+                        }
                         events.push(RecordingEvent::UploadEnded { call, outcome });
                     }
                 }
