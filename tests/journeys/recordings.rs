@@ -440,7 +440,7 @@ fn a_full_quota_keeps_the_recording_waiting_on_the_phone() {
     });
     let mut run = PhoneRun::start_args(&phone, &["--network", "wifi"]);
     let refused = run.wait_for(|v| v["event"] == "upload-refused" && v["call"] == call.as_str());
-    assert_eq!(refused["code"], "recording-quota-full");
+    assert_eq!(refused["code"], "recording-quota-full", "{:#?}", run.seen);
     assert!(refused["message_ja"].as_str().unwrap().contains("上限"));
     let waiting = run.wait_for(|v| event(&call, "upload")(v) && v["state"] == "waiting-to-retry");
     assert!(waiting["at"].as_i64().is_some(), "{waiting}");

@@ -34,6 +34,9 @@ use crate::capture::{
 use crate::session::SystemEntropy;
 use crate::{ClientError, DB_FILE};
 
+/// How soon an upload held back until its call's events are sent is looked at
+/// again.
+const HELD_BACK_LOOK_MS: i64 = 200;
 /// The store setting holding the upload queue.
 pub const QUEUE_KEY: &str = "upload-queue";
 /// Where recordings the server refused for good are kept, under the
@@ -144,11 +147,13 @@ struct Running {
     thread: std::thread::JoinHandle<Result<Captured, CaptureError>>,
 }
 
-/// An upload stream in progress.
+/// An upload stream in progress. Its news comes on a channel of its own, so
+/// news of a stream given up (aborted, replaced) is dropped with it.
 struct Flight {
     call: CallId,
     chunks: mpsc::UnboundedSender<(u64, u64)>,
     task: tokio::task::JoinHandle<()>,
+    news: mpsc::UnboundedReceiver<StreamNews>,
 }
 
 /// What an upload stream's task reports.
@@ -166,8 +171,8 @@ pub struct Recorder {
     network: NetworkKind,
     running: HashMap<CallId, Running>,
     flight: Option<Flight>,
-    news: mpsc::UnboundedReceiver<StreamNews>,
-    news_sender: mpsc::UnboundedSender<StreamNews>,
+    /// The last step held an upload back (its call's events still unsent).
+    held_back: bool,
     sent: HashMap<CallId, u64>,
     rng: SystemEntropy,
 }
@@ -232,7 +237,6 @@ impl Recorder {
         let queue = UploadQueue::from_bytes((!saved.is_empty()).then_some(saved.as_slice()))
             .map_err(|e| ClientError::Protocol(format!("the upload queue does not read: {e}")))?;
         let network = network_kind(&store)?;
-        let (news_sender, news) = mpsc::unbounded_channel();
         let mut recorder = Self {
             data_dir: data_dir.to_owned(),
             tenant,
@@ -244,8 +248,7 @@ impl Recorder {
             network,
             running: HashMap::new(),
             flight: None,
-            news,
-            news_sender,
+            held_back: false,
             sent: HashMap::new(),
             rng: SystemEntropy,
         };
@@ -463,14 +466,31 @@ impl Recorder {
         self.network
     }
 
-    /// When the queue next wants [`Self::step`].
+    /// When the queue next wants [`Self::step`] (a little later when the
+    /// last step held an upload back until the call's events are sent).
     pub fn next_wake(&self) -> Option<Timestamp> {
-        self.queue.poll_timeout()
+        let at = self.queue.poll_timeout()?;
+        Some(if self.held_back {
+            at.max(crate::clock::now().plus_millis(HELD_BACK_LOOK_MS))
+        } else {
+            at
+        })
     }
 
-    /// Waits for news from the upload stream (cancel-safe, for `select!`).
+    /// Waits for news from the upload stream in progress (cancel-safe, for
+    /// `select!`; never, while none is). A stream whose task ended without a
+    /// last word counts as broken.
     pub async fn news(&mut self) -> Option<StreamNews> {
-        self.news.recv().await
+        match self.flight.as_mut() {
+            Some(flight) => Some(
+                flight
+                    .news
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| (flight.call.clone(), UploadInput::Broken, None)),
+            ),
+            None => std::future::pending().await,
+        }
     }
 
     /// Takes in news from the upload stream.
@@ -550,7 +570,18 @@ impl Recorder {
         if self.flight.is_some() {
             return Vec::new();
         }
-        let commands = self.queue.poll(now);
+        use callsync_store::ReplicationQueries;
+        let unsent = self.store.outbox(&self.tenant).unwrap_or_default();
+        let store = &self.store;
+        let tenant = &self.tenant;
+        let synced = |call: &CallId| {
+            store
+                .customer_of_call(tenant, call)
+                .is_ok_and(|customer| !unsent.contains(&customer))
+        };
+        let commands = self.queue.poll_when(now, &synced);
+        self.held_back =
+            commands.is_empty() && self.queue.poll_timeout().is_some_and(|at| at <= now);
         let mut events = Vec::new();
         for command in commands {
             match command {
@@ -570,6 +601,7 @@ impl Recorder {
                         continue;
                     };
                     let (chunks, orders) = mpsc::unbounded_channel();
+                    let (news_sender, news) = mpsc::unbounded_channel();
                     let open = StreamOpen::Upload {
                         customer,
                         call: call.clone(),
@@ -581,12 +613,13 @@ impl Recorder {
                         open,
                         file_of(&self.data_dir, &call),
                         orders,
-                        self.news_sender.clone(),
+                        news_sender,
                     ));
                     self.flight = Some(Flight {
                         call: call.clone(),
                         chunks,
                         task,
+                        news,
                     });
                     if let Some(state) = self.queue.state(&call) {
                         events.push(RecordingEvent::Upload { call, state });
@@ -747,7 +780,8 @@ async fn upload_stream(
     }
     let reader_news = news.clone();
     let reader_call = call.clone();
-    let reader = tokio::spawn(async move {
+    // Aborted with this task (the upload given up), not left reading.
+    let reader = AbortOnDrop(tokio::spawn(async move {
         loop {
             let body = match read_frame_within(&mut recv, stream::MAX_OPEN_FRAME_BYTES).await {
                 Ok(Some(body)) => body,
@@ -783,11 +817,11 @@ async fn upload_stream(
                 return;
             }
         }
-    });
+    }));
     let mut handle = match std::fs::File::open(&file) {
         Ok(handle) => handle,
         Err(_) => {
-            reader.abort();
+            drop(reader);
             return broken(&news);
         }
     };
@@ -802,7 +836,7 @@ async fn upload_stream(
         {
             Some(frame) => frame,
             None => {
-                reader.abort();
+                drop(reader);
                 return broken(&news);
             }
         };
@@ -811,5 +845,15 @@ async fn upload_stream(
             break;
         }
     }
-    let _ = reader.await;
+    let mut reader = reader;
+    let _ = (&mut reader.0).await;
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

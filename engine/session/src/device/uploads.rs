@@ -369,6 +369,18 @@ impl UploadQueue {
     /// Starts the next upload when the policy allows, and sends what the
     /// in-flight window has room for.
     pub fn poll(&mut self, now: Timestamp) -> Vec<UploadCommand> {
+        self.poll_when(now, &|_| true)
+    }
+
+    /// [`UploadQueue::poll`], starting no upload whose call `synced` says the
+    /// server does not hold yet (the device's own events of it still unsent):
+    /// the server would refuse it (`recording-call-not-started`) and the queue
+    /// would back off for nothing. The host asks again once its outbox moved.
+    pub fn poll_when(
+        &mut self,
+        now: Timestamp,
+        synced: &dyn Fn(&CallId) -> bool,
+    ) -> Vec<UploadCommand> {
         let mut out = Vec::new();
         if self.network != NetworkKind::Wifi {
             return out;
@@ -378,7 +390,7 @@ impl UploadQueue {
         };
         match &mut self.flight {
             None => {
-                if entry.not_before.is_some_and(|at| at > now) {
+                if entry.not_before.is_some_and(|at| at > now) || !synced(&entry.call) {
                     return out;
                 }
                 entry.not_before = None;
@@ -892,5 +904,19 @@ mod tests {
             capture_plan(&[], &me, &[call("gone")], &none).stop,
             [call("gone")]
         );
+    }
+
+    #[test]
+    fn no_upload_starts_before_the_server_holds_its_calls_events() {
+        let mut queue = UploadQueue::default();
+        queue.set_network(NetworkKind::Wifi);
+        queue.enqueue(call("c1"), "hash".to_owned(), 10);
+        assert!(queue.poll_when(at(0), &|_| false).is_empty(), "held back");
+        assert_eq!(queue.state(&call("c1")), Some(UploadState::WaitingForWifi));
+        let offered = queue.poll_when(at(1), &|_| true);
+        assert!(matches!(
+            offered.as_slice(),
+            [UploadCommand::Offer { bytes: 10, .. }]
+        ));
     }
 }
