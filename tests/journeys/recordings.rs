@@ -532,3 +532,76 @@ fn an_upload_for_another_tenants_call_is_refused_and_stores_nothing() {
             .exists()
     );
 }
+
+#[test]
+fn a_third_recording_stream_and_offers_or_downloads_past_their_rate_are_refused() {
+    use callsync_core::wire::stream::{self, StreamOpen, StreamReply};
+    let world = World::start(&[]);
+    let (desk, phone) = world.rep_devices();
+    let refused_code = |reply: StreamReply| match reply {
+        StreamReply::Refused(body) => body.code,
+        other => panic!("not refused: {other:?}"),
+    };
+    crate::support::runtime().block_on(async {
+        async fn ask(connection: &quinn::Connection, open: &StreamOpen) -> StreamReply {
+            let (mut send, mut recv) = connection.open_bi().await.unwrap();
+            let frame = stream::encode_stream_frame(open).unwrap();
+            callsync_net::framing::write_frame(&mut send, &frame)
+                .await
+                .unwrap();
+            let body = callsync_net::framing::read_frame_within(&mut recv, 4096)
+                .await
+                .unwrap()
+                .unwrap();
+            stream::decode_stream_frame::<StreamReply>(&body).unwrap()
+        }
+        let offer = StreamOpen::Upload {
+            customer: callsync_core::CustomerId::new("cus-1").unwrap(),
+            call: callsync_core::CallId::new("call-none").unwrap(),
+            sha256: "ab".repeat(32),
+            bytes: 1_000,
+        };
+        let (client, _) = callsync_replica::SyncClient::connect(&phone).await.unwrap();
+        let connection = client.connection().unwrap().clone();
+        // Two streams that say nothing hold the connection's two places.
+        let idle_a = connection.open_bi().await.unwrap();
+        let idle_b = connection.open_bi().await.unwrap();
+        for (mut send, _) in [idle_a, idle_b] {
+            // A stream is seen by the server once it carries a byte.
+            send.write_all(&[0]).await.unwrap();
+            std::mem::forget(send);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            refused_code(ask(&connection, &offer).await),
+            "too-many-uploads"
+        );
+        connection.close(0u32.into(), b"done");
+
+        let (client, _) = callsync_replica::SyncClient::connect(&phone).await.unwrap();
+        let connection = client.connection().unwrap().clone();
+        // Offers: 20 at once (each answered: no such call), then one a second.
+        for _ in 0..20 {
+            assert_eq!(
+                refused_code(ask(&connection, &offer).await),
+                "recording-not-found"
+            );
+        }
+        assert_eq!(refused_code(ask(&connection, &offer).await), "busy");
+
+        let (client, _) = callsync_replica::SyncClient::connect(&desk).await.unwrap();
+        let connection = client.connection().unwrap().clone();
+        let download = StreamOpen::Download {
+            call: callsync_core::CallId::new("call-none").unwrap(),
+            offset: 0,
+        };
+        for _ in 0..20 {
+            assert_eq!(
+                refused_code(ask(&connection, &download).await),
+                "recording-not-found"
+            );
+        }
+        assert_eq!(refused_code(ask(&connection, &download).await), "busy");
+    });
+    assert!(stored_blobs(&world).is_empty());
+}
