@@ -31,6 +31,21 @@ fn stored_blobs(world: &World) -> Vec<PathBuf> {
     found
 }
 
+/// `desk recording get CALL -o OUT` on `desk`.
+fn get_recording(desk: &Path, call: &str, out: &Path) -> crate::support::Run {
+    callsync(
+        desk,
+        &[
+            "desk",
+            "recording",
+            "get",
+            call,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    )
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -111,18 +126,7 @@ fn a_recorded_call_waits_for_wifi_uploads_plays_on_the_desk_and_is_really_delete
 
     // The desk downloads identical bytes.
     let out = world.dir("played.wav");
-    let got = callsync(
-        &desk,
-        &[
-            "desk",
-            "recording",
-            "get",
-            &call,
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    let got = get_recording(&desk, &call, &out).ok();
     assert_eq!(got["recording"]["sha256"], sha256.as_str());
     assert_eq!(std::fs::read(&out).unwrap(), stored);
 
@@ -143,18 +147,7 @@ fn a_recorded_call_waits_for_wifi_uploads_plays_on_the_desk_and_is_really_delete
         callsync(&phone, &["phone", "show", &call]).ok()["recording_state"] == "deleted"
     });
     let again = world.dir("again.wav");
-    callsync(
-        &desk,
-        &[
-            "desk",
-            "recording",
-            "get",
-            &call,
-            "-o",
-            again.to_str().unwrap(),
-        ],
-    )
-    .refused("recording-deleted");
+    get_recording(&desk, &call, &again).refused("recording-deleted");
     assert!(!again.exists());
 }
 
@@ -253,63 +246,18 @@ fn a_call_recorded_with_the_switch_off_has_no_file_and_other_members_cannot_fetc
             .exists()
     );
     let out = world.dir("none.wav");
-    callsync(
-        &desk,
-        &[
-            "desk",
-            "recording",
-            "get",
-            &call,
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    )
-    .refused("recording-not-found");
+    get_recording(&desk, &call, &out).refused("recording-not-found");
 
     // Another tenant's member asking for this tenant's call hears of nothing.
     world.add_tenant("beta", "owner@beta.example");
     let beta = world.dir("beta-desk");
     world.login(&beta, "desk", "owner@beta.example").ok();
-    callsync(
-        &beta,
-        &[
-            "desk",
-            "recording",
-            "get",
-            &call,
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    )
-    .refused("recording-not-found");
+    get_recording(&beta, &call, &out).refused("recording-not-found");
 }
 
-/// Writes a mono 16-bit WAV of `secs` seconds of a tone at `rate`, in one
-/// go (a long file written sample by sample would take a debug build long).
+/// Writes a mono 16-bit WAV of `secs` seconds of a tone at `rate`.
 fn tone_wav(path: &Path, secs: u32, rate: u32) -> u64 {
-    let second: Vec<u8> = (0..rate)
-        .flat_map(|i| {
-            let t = f64::from(i) / f64::from(rate);
-            (((t * 440.0 * std::f64::consts::TAU).sin() * 8_000.0) as i16).to_le_bytes()
-        })
-        .collect();
-    let data = second.len() as u32 * secs;
-    let mut bytes = Vec::with_capacity(44 + data as usize);
-    bytes.extend_from_slice(b"RIFF");
-    bytes.extend_from_slice(&(36 + data).to_le_bytes());
-    bytes.extend_from_slice(b"WAVEfmt ");
-    bytes.extend_from_slice(&16u32.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
-    bytes.extend_from_slice(&rate.to_le_bytes());
-    bytes.extend_from_slice(&(rate * 2).to_le_bytes());
-    bytes.extend_from_slice(&2u16.to_le_bytes());
-    bytes.extend_from_slice(&16u16.to_le_bytes());
-    bytes.extend_from_slice(b"data");
-    bytes.extend_from_slice(&data.to_le_bytes());
-    for _ in 0..secs {
-        bytes.extend_from_slice(&second);
-    }
+    let bytes = callsync_testkit::tone_wav(secs, rate, 440.0);
     std::fs::write(path, &bytes).unwrap();
     bytes.len() as u64
 }

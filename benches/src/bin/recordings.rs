@@ -78,30 +78,7 @@ fn stamp(session: &SavedSession, kind: DeviceKind) -> Stamp {
 /// A mono 16-bit WAV of `SECONDS` of a tone whose pitch `n` picks, so that
 /// every recording's bytes differ.
 fn wav(path: &Path, n: usize) -> u64 {
-    let hertz = 300.0 + n as f64 * 7.0;
-    let second: Vec<u8> = (0..RATE)
-        .flat_map(|i| {
-            let t = f64::from(i) / f64::from(RATE);
-            (((t * hertz * std::f64::consts::TAU).sin() * 8_000.0) as i16).to_le_bytes()
-        })
-        .collect();
-    let data = second.len() as u32 * SECONDS;
-    let mut bytes = Vec::with_capacity(44 + data as usize);
-    bytes.extend_from_slice(b"RIFF");
-    bytes.extend_from_slice(&(36 + data).to_le_bytes());
-    bytes.extend_from_slice(b"WAVEfmt ");
-    bytes.extend_from_slice(&16u32.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes());
-    bytes.extend_from_slice(&RATE.to_le_bytes());
-    bytes.extend_from_slice(&(RATE * 2).to_le_bytes());
-    bytes.extend_from_slice(&2u16.to_le_bytes());
-    bytes.extend_from_slice(&16u16.to_le_bytes());
-    bytes.extend_from_slice(b"data");
-    bytes.extend_from_slice(&data.to_le_bytes());
-    for _ in 0..SECONDS {
-        bytes.extend_from_slice(&second);
-    }
+    let bytes = callsync_testkit::tone_wav(SECONDS, RATE, 300.0 + n as f64 * 7.0);
     std::fs::write(path, &bytes).unwrap();
     bytes.len() as u64
 }

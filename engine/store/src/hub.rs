@@ -246,11 +246,7 @@ impl HubStore for WriteTx<'_> {
         tenant: &TenantId,
         call: &CallId,
     ) -> Result<Option<CustomerId>, StorageError> {
-        match WriteTx::customer_of_call(self, tenant, call) {
-            Ok(customer) => Ok(Some(customer)),
-            Err(StoreError::UnknownCall { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(WriteTx::known_customer_of_call(self, tenant, call)?)
     }
 
     fn queue_blob_deletion(&mut self, tenant: &TenantId, sha256: &str) -> Result<(), StorageError> {

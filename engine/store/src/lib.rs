@@ -1090,6 +1090,19 @@ impl WriteTx<'_> {
         customer_of_call(self.conn, tenant, call)
     }
 
+    /// The customer a call belongs to, if the call index knows the call.
+    pub fn known_customer_of_call(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<CustomerId>, StoreError> {
+        match customer_of_call(self.conn, tenant, call) {
+            Ok(customer) => Ok(Some(customer)),
+            Err(StoreError::UnknownCall { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Marks the bytes `sha256` to leave the blob store once this transaction
     /// commits.
     pub fn queue_blob_deletion(

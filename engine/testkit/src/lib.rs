@@ -1519,3 +1519,33 @@ impl SimNetwork {
             .collect()
     }
 }
+
+/// A mono 16-bit PCM WAV of `secs` seconds of a `hertz` tone at `rate`
+/// samples a second, built in one go (a recording's stand-in for tests and
+/// benches: a long file written sample by sample takes a debug build long).
+pub fn tone_wav(secs: u32, rate: u32, hertz: f64) -> Vec<u8> {
+    let second: Vec<u8> = (0..rate)
+        .flat_map(|i| {
+            let t = f64::from(i) / f64::from(rate);
+            (((t * hertz * std::f64::consts::TAU).sin() * 8_000.0) as i16).to_le_bytes()
+        })
+        .collect();
+    let data = second.len() as u32 * secs;
+    let mut bytes = Vec::with_capacity(44 + data as usize);
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
+    bytes.extend_from_slice(&rate.to_le_bytes());
+    bytes.extend_from_slice(&(rate * 2).to_le_bytes());
+    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data.to_le_bytes());
+    for _ in 0..secs {
+        bytes.extend_from_slice(&second);
+    }
+    bytes
+}
