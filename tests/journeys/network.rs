@@ -211,7 +211,12 @@ impl PhoneRun {
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // CALLSYNC_TEST_PHONE_LOG=1 shows the phones' logs when debugging a test.
+            .stderr(if std::env::var_os("CALLSYNC_TEST_PHONE_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("start phone run");
         let stdout = child.stdout.take().expect("stdout");

@@ -142,6 +142,10 @@ pub enum BlobError {
         /// What the staging area holds.
         held: u64,
     },
+    /// Nothing is staged for this upload (another stream completed it, or
+    /// it was thrown away): the device offers again.
+    #[error("no upload of this recording is in progress")]
+    NothingStaged,
     /// More uploads in progress for the tenant than it may have.
     #[error("at most {0} uploads may be in progress for a tenant")]
     TooManyUploads(usize),
@@ -160,7 +164,7 @@ impl BlobError {
             Self::TooLong { .. } => RecordingCode::TooLong,
             Self::QuotaFull { .. } => RecordingCode::QuotaFull,
             Self::NotFound => RecordingCode::NotFound,
-            Self::OffsetMismatch { .. } => RecordingCode::OffsetMismatch,
+            Self::OffsetMismatch { .. } | Self::NothingStaged => RecordingCode::OffsetMismatch,
             Self::TooManyUploads(_) => RecordingCode::TooManyUploads,
             Self::Store(_) => RecordingCode::StoreFailed,
         }
@@ -201,6 +205,7 @@ impl BlobError {
                     "アップロードの位置が一致しません（サーバーは {held} バイトまで受信済みです）"
                 )
             }
+            Self::NothingStaged => "進行中のアップロードがありません".to_owned(),
             Self::TooManyUploads(max) => {
                 format!("同時に進行できるアップロードは {max} 件までです")
             }
@@ -538,6 +543,49 @@ impl BlobStore {
         }
     }
 
+    /// How many bytes the upload in progress of `hash` holds (0 for none),
+    /// whether or not the recording is stored already: a device proves it
+    /// holds a recording by sending its bytes, never by naming its hash.
+    pub async fn staged_bytes(&self, tenant: &TenantId, hash: &BlobHash) -> Result<u64, BlobError> {
+        match tokio::fs::metadata(self.staged_path(tenant, hash)).await {
+            Ok(meta) => Ok(meta.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Removes uploads in progress untouched for `idle` (a recording deleted
+    /// mid-upload, a phone that never came back): they would otherwise hold
+    /// disk and a tenant's places for good. Returns how many went.
+    pub async fn prune_staged(&self, idle: std::time::Duration) -> Result<usize, BlobError> {
+        let staging = self.staging.clone();
+        tokio::task::spawn_blocking(move || -> Result<usize, BlobError> {
+            let Ok(tenants) = std::fs::read_dir(&staging) else {
+                return Ok(0);
+            };
+            let mut removed = 0;
+            for tenant in tenants.filter_map(Result::ok) {
+                let Ok(files) = std::fs::read_dir(tenant.path()) else {
+                    continue;
+                };
+                for file in files.filter_map(Result::ok) {
+                    let stale = file
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|at| at.elapsed().ok())
+                        .is_some_and(|age| age > idle);
+                    if stale && std::fs::remove_file(file.path()).is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+    }
+
     /// Appends a chunk at `offset` to the upload of a recording of `total`
     /// bytes; returns the bytes now held. A chunk that does not start where the
     /// upload has reached, or that would pass `total` or the size limit, is
@@ -579,7 +627,9 @@ impl BlobStore {
         let file = self.staged_path(tenant, hash);
         let bytes = match tokio::fs::read(&file).await {
             Ok(bytes) => Bytes::from(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotFound),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BlobError::NothingStaged);
+            }
             Err(e) => return Err(io(e)),
         };
         let outcome = match &self.local_root {
@@ -910,10 +960,11 @@ mod tests {
                 files(dir.path()).is_empty(),
                 "nothing stored, nothing staged"
             );
-            assert!(matches!(
-                store.complete(&acme(), &hash).await,
-                Err(BlobError::NotFound)
-            ));
+            // Nothing staged is not "no such recording": the device offers
+            // again (a retryable code).
+            let nothing = store.complete(&acme(), &hash).await.unwrap_err();
+            assert!(matches!(nothing, BlobError::NothingStaged));
+            assert!(!nothing.recording_code().is_final());
         });
     }
 }

@@ -325,6 +325,16 @@ impl Recorder {
         Ok(events)
     }
 
+    /// Whether the phone still holds anything of the call's recording: a
+    /// capture, a queued upload, its file, or its file set aside.
+    fn holds(&self, call: &CallId) -> bool {
+        let dir = self.data_dir.join(RECORDINGS_DIR);
+        self.running.contains_key(call)
+            || self.queue.state(call).is_some()
+            || file_of(&self.data_dir, call).exists()
+            || dir.join(REFUSED_DIR).join(format!("{call}.wav")).exists()
+    }
+
     /// The upload queue.
     pub fn queue(&self) -> &UploadQueue {
         &self.queue
@@ -370,7 +380,12 @@ impl Recorder {
     /// store holds now.
     pub fn plan(&mut self, now: Timestamp) -> Result<Vec<RecordingEvent>, ClientError> {
         let mut views = Vec::new();
-        for (call, customer) in self.store.recording_candidates(&self.tenant)? {
+        for (call, customer, deleted) in self.store.recording_candidates(&self.tenant)? {
+            // A deletion long dealt with (no file, not queued) costs nothing:
+            // the document is not even read.
+            if deleted && !self.holds(&call) {
+                continue;
+            }
             let doc = match self
                 .store
                 .load(&self.tenant, &customer, automerge::ActorId::random())
@@ -410,8 +425,13 @@ impl Recorder {
         }
         for call in deleted {
             let file = file_of(&self.data_dir, &call);
+            let aside = self
+                .data_dir
+                .join(RECORDINGS_DIR)
+                .join(REFUSED_DIR)
+                .join(format!("{call}.wav"));
             let queued = self.queue.state(&call).is_some();
-            if !file.exists() && !queued {
+            if !file.exists() && !aside.exists() && !queued {
                 continue;
             }
             let commands = self.queue.handle(
@@ -420,8 +440,15 @@ impl Recorder {
                 UploadInput::Deleted { call: call.clone() },
             );
             events.extend(self.carry_out(commands));
-            // The phone's copy goes too: deleted means gone everywhere.
+            // The phone's copy goes too (and one set aside): deleted means
+            // gone everywhere.
             let _ = std::fs::remove_file(&file);
+            let _ = std::fs::remove_file(
+                self.data_dir
+                    .join(RECORDINGS_DIR)
+                    .join(REFUSED_DIR)
+                    .join(format!("{call}.wav")),
+            );
         }
         for call in start {
             match self.source().and_then(|source| {
@@ -575,9 +602,12 @@ impl Recorder {
         let store = &self.store;
         let tenant = &self.tenant;
         let synced = |call: &CallId| {
-            store
-                .customer_of_call(tenant, call)
-                .is_ok_and(|customer| !unsent.contains(&customer))
+            match store.known_customer_of_call(tenant, call) {
+                Ok(Some(customer)) => !unsent.contains(&customer),
+                // Not in this phone's store: the offer finds out it is gone.
+                Ok(None) => true,
+                Err(_) => false,
+            }
         };
         let commands = self.queue.poll_when(now, &synced);
         self.held_back =
@@ -586,7 +616,16 @@ impl Recorder {
         for command in commands {
             match command {
                 UploadCommand::Offer { call, hash, bytes } => {
-                    let Ok(customer) = self.store.customer_of_call(&self.tenant, &call) else {
+                    let customer = match self.store.known_customer_of_call(&self.tenant, &call) {
+                        Ok(found) => found,
+                        Err(e) => {
+                            // The phone's own storage failed: try later.
+                            tracing::warn!(%call, error = %e, "a queued recording's call could not be read");
+                            self.queue.withdraw();
+                            continue;
+                        }
+                    };
+                    let Some(customer) = customer else {
                         // The call is not in this phone's store any more:
                         // nothing can be offered for it.
                         let commands = self.queue.handle(
@@ -638,7 +677,9 @@ impl Recorder {
         for command in commands {
             match command {
                 UploadCommand::Offer { .. } => {
-                    // Offers start from `start_flights`, with a connection.
+                    // A stream opens only in `start_flights`, with a
+                    // connection: the offer is taken back, and made there.
+                    self.queue.withdraw();
                 }
                 UploadCommand::Send { call, offset, len } => {
                     *self.sent.entry(call.clone()).or_default() += len;
@@ -659,7 +700,13 @@ impl Recorder {
                     let sent = self.sent.remove(&call).unwrap_or(0);
                     if outcome == "stored" {
                         // The server holds it, verified and referenced: the
-                        // phone's copy is no longer needed.
+                        // phone's copy is no longer needed. The queue is saved
+                        // first, so a crash in between never leaves an entry
+                        // whose file is gone.
+                        if let Err(e) = self.save() {
+                            tracing::warn!(%call, error = %e, "the upload queue could not be saved; the file stays");
+                            continue;
+                        }
                         let _ = std::fs::remove_file(file_of(&self.data_dir, &call));
                         events.push(RecordingEvent::RecordingUploaded {
                             call,
@@ -669,7 +716,7 @@ impl Recorder {
                         // Refused for good (or deleted, already removed): the
                         // file is kept aside, never offered again.
                         let file = file_of(&self.data_dir, &call);
-                        if outcome == "deleted" {
+                        if outcome == "deleted" || outcome == RecordingCode::Deleted.as_str() {
                             let _ = std::fs::remove_file(&file);
                         } else if file.exists() {
                             let aside = self.data_dir.join(RECORDINGS_DIR).join(REFUSED_DIR);
@@ -818,14 +865,36 @@ async fn upload_stream(
             }
         }
     }));
-    let mut handle = match std::fs::File::open(&file) {
-        Ok(handle) => handle,
-        Err(_) => {
-            drop(reader);
-            return broken(&news);
-        }
-    };
+    // Opened at the first chunk: an offer the server answers `stored` (a
+    // restart after it stored the recording) needs no file.
+    let mut handle: Option<std::fs::File> = None;
     while let Some((offset, len)) = orders.recv().await {
+        if handle.is_none() {
+            match std::fs::File::open(&file) {
+                Ok(opened) => handle = Some(opened),
+                Err(e) => {
+                    // The file is gone from the phone: no retry can send it.
+                    drop(reader);
+                    let code = RecordingCode::NotFound.as_str().to_owned();
+                    let _ = news.send((
+                        call.clone(),
+                        UploadInput::Refused {
+                            call: call.clone(),
+                            code: code.clone(),
+                        },
+                        Some((
+                            code,
+                            format!("the recording's file is gone from the phone: {e}"),
+                            "端末に録音ファイルがありません".to_owned(),
+                        )),
+                    ));
+                    return;
+                }
+            }
+        }
+        let Some(handle) = handle.as_mut() else {
+            break;
+        };
         let mut chunk = vec![0u8; len as usize];
         let read = handle
             .seek(SeekFrom::Start(offset))

@@ -109,14 +109,14 @@ pub async fn run(
         if let Some(recorder) = recorder.as_mut() {
             let mut told = Vec::new();
             if client.connection().is_none() {
-                recorder.disconnected(now())?;
+                told.extend(kept(recorder.disconnected(now()).map(|()| Vec::new())));
             } else {
-                told.extend(recorder.step(now(), client.connection())?);
+                told.extend(kept(recorder.step(now(), client.connection())));
             }
             if !events.is_empty() {
                 // A document changed: a call may have started, ended or had
                 // its recording deleted.
-                told.extend(recorder.plan(now())?);
+                told.extend(kept(recorder.plan(now())));
             }
             told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
         }
@@ -197,7 +197,7 @@ pub async fn run(
             },
             () = sleep => {
                 if let Some(recorder) = recorder.as_mut() {
-                    let told = recorder.step(now(), client.connection())?;
+                    let told = kept(recorder.step(now(), client.connection()));
                     told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
                 }
                 if client.next_timeout().is_some_and(|at| at <= now()) {
@@ -208,14 +208,14 @@ pub async fn run(
             }
             news = next_news(recorder.as_mut()) => {
                 if let (Some(recorder), Some(news)) = (recorder.as_mut(), news) {
-                    let told = recorder.handle_news(now(), news, client.connection())?;
+                    let told = kept(recorder.handle_news(now(), news, client.connection()));
                     told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
                 }
                 Vec::new()
             }
             _ = look.tick(), if recorder.is_some() => {
                 if let Some(recorder) = recorder.as_mut() {
-                    let told = recorder.plan(now())?;
+                    let told = kept(recorder.plan(now()));
                     told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
                 }
                 Vec::new()
@@ -226,8 +226,8 @@ pub async fn run(
                         // Another process wrote: a local command (the call
                         // started or ended), or the network kind changed.
                         if let Some(recorder) = recorder.as_mut() {
-                            let mut told = recorder.network_changed()?;
-                            told.extend(recorder.plan(now())?);
+                            let mut told = kept(recorder.network_changed());
+                            told.extend(kept(recorder.plan(now())));
                             told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
                         }
                         keep_going(client.push_local().await, &mut failed)
@@ -242,6 +242,18 @@ pub async fn run(
             }
         };
     }
+}
+
+/// The recorder's events, or, when it failed (its storage, a file), the
+/// failure as an event: a recording's trouble never stops the phone's sync.
+fn kept(result: Result<Vec<RecordingEvent>, ClientError>) -> Vec<RecordingEvent> {
+    result.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the recorder failed a step; it tries again");
+        vec![RecordingEvent::RecordingFailed {
+            call: None,
+            reason: e.to_string(),
+        }]
+    })
 }
 
 /// The recorder's next news, or never for a desk.

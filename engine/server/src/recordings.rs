@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use callsync_blobs::{BlobError, BlobHash, BlobStore, wav_duration_ms};
+use callsync_blobs::{BlobError, BlobHash, BlobStore};
 use callsync_core::wire::stream::{
     self, MAX_OPEN_FRAME_BYTES, MAX_STREAM_FRAME_BYTES, StreamOpen, StreamReply,
 };
@@ -52,6 +52,13 @@ pub const DOWNLOADS_PER_SEC: f64 = 1.0;
 const DOWNLOAD_CHUNK: u64 = 256 * 1024;
 /// The format every recording has (the blob store admits nothing else).
 pub const FORMAT: &str = "wav/pcm16";
+/// Uploads completed (read whole, hashed, checked) at once, server-wide: each
+/// holds the recording in memory, up to its size limit.
+const COMPLETING_AT_ONCE: usize = 2;
+/// An upload in progress untouched this long is thrown away.
+pub const STAGED_IDLE: Duration = Duration::from_secs(24 * 3600);
+/// How often the sweeper looks for stale uploads in progress.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often the sweeper looks for recordings to remove.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
@@ -63,6 +70,26 @@ pub(crate) struct Recordings {
     pub(crate) offers: crate::limits::RatePerKey<callsync_core::DeviceId>,
     /// Downloads per member.
     pub(crate) downloads: crate::limits::RatePerKey<callsync_core::UserId>,
+    /// Uploads being received, one stream per recording at a time.
+    uploading: Arc<std::sync::Mutex<std::collections::HashSet<(TenantId, BlobHash)>>>,
+    /// Uploads being completed (read whole and checked) at once.
+    completing: Semaphore,
+}
+
+/// An upload being received; its recording is free for another stream once
+/// this drops.
+struct Uploading {
+    key: (TenantId, BlobHash),
+    set: Arc<std::sync::Mutex<std::collections::HashSet<(TenantId, BlobHash)>>>,
+}
+
+impl Drop for Uploading {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
+    }
 }
 
 impl Recordings {
@@ -71,7 +98,23 @@ impl Recordings {
             blobs,
             offers: crate::limits::RatePerKey::new(OFFERS_BURST, OFFERS_PER_SEC),
             downloads: crate::limits::RatePerKey::new(DOWNLOADS_BURST, DOWNLOADS_PER_SEC),
+            uploading: Arc::default(),
+            completing: Semaphore::new(COMPLETING_AT_ONCE),
         }
+    }
+
+    /// Marks the upload of `hash` as being received, unless another stream
+    /// is receiving it.
+    fn begin(&self, tenant: &TenantId, hash: &BlobHash) -> Option<Uploading> {
+        let key = (tenant.clone(), *hash);
+        let mut set = self
+            .uploading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.insert(key.clone()).then(|| Uploading {
+            key,
+            set: self.uploading.clone(),
+        })
     }
 }
 
@@ -245,15 +288,19 @@ async fn upload(
             return Err(body);
         }
     }
+    // One stream at a time per recording: a phone that reconnects while its
+    // old stream is still being completed waits for it.
+    let Some(_uploading) = recordings.begin(tenant, &hash) else {
+        return Err(Refusal::Busy.body());
+    };
     let mut held = recordings
         .blobs
-        .staged(tenant, &hash)
+        .staged_bytes(tenant, &hash)
         .await
         .map_err(|e| e.refusal().body())?;
     reply(send, &StreamReply::Held { held })
         .await
         .map_err(|()| Refusal::ShuttingDown.body())?;
-    let stored_already = held >= offer.bytes && recordings.blobs.size(tenant, &hash).await.is_ok();
     while held < offer.bytes {
         let frame =
             tokio::time::timeout(STREAM_IDLE, read_frame_within(recv, MAX_STREAM_FRAME_BYTES))
@@ -280,19 +327,11 @@ async fn upload(
             .await
             .map_err(|()| Refusal::ShuttingDown.body())?;
     }
-    let stored = if stored_already {
-        let bytes = recordings
-            .blobs
-            .read(tenant, &hash, 0..offer.bytes)
-            .await
-            .map_err(|e| e.refusal().body())?;
-        callsync_blobs::StoredBlob {
-            hash,
-            bytes: offer.bytes,
-            duration_ms: wav_duration_ms(&bytes).map_err(|e| e.refusal().body())?,
-            written: false,
-        }
-    } else {
+    // The whole is read and checked in memory: at most two at once.
+    let stored = {
+        let Ok(_permit) = recordings.completing.acquire().await else {
+            return Err(Refusal::ShuttingDown.body());
+        };
         recordings
             .blobs
             .complete(tenant, &hash)
@@ -400,10 +439,19 @@ pub(crate) async fn sweep_deletions(store: Store, blobs: Arc<BlobStore>) {
     let store = Arc::new(std::sync::Mutex::new(store));
     let mut ticks = tokio::time::interval(SWEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned_at = Instant::now();
     loop {
         ticks.tick().await;
         if let Err(e) = sweep_once(&store, &blobs).await {
             tracing::warn!(error = %e, "could not remove deleted recordings; trying again");
+        }
+        if pruned_at.elapsed() >= PRUNE_EVERY {
+            pruned_at = Instant::now();
+            match blobs.prune_staged(STAGED_IDLE).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "stale uploads in progress removed"),
+                Err(e) => tracing::warn!(error = %e, "could not prune uploads in progress"),
+            }
         }
     }
 }

@@ -583,6 +583,19 @@ impl Store {
         customer_of_call(&self.conn, tenant, call)
     }
 
+    /// The customer a call belongs to, if the call index knows the call.
+    pub fn known_customer_of_call(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<CustomerId>, StoreError> {
+        match customer_of_call(&self.conn, tenant, call) {
+            Ok(customer) => Ok(Some(customer)),
+            Err(StoreError::UnknownCall { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A setting, if set.
     pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         read_setting(&self.conn, key)
@@ -591,23 +604,29 @@ impl Store {
     /// On a phone: the calls whose recording may need the recorder: those on
     /// the line (started, not ended on the phone) and those whose recording
     /// was deleted.
+    /// Each with whether its recording was deleted.
     pub fn recording_candidates(
         &self,
         tenant: &TenantId,
-    ) -> Result<Vec<(CallId, CustomerId)>, StoreError> {
+    ) -> Result<Vec<(CallId, CustomerId, bool)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT call_id, customer_id FROM calls
+            "SELECT call_id, customer_id, recording = 'deleted' FROM calls
              WHERE tenant_id = ?1 AND (phase IN ('in-call', 'browser-ended') OR recording = 'deleted')",
         )?;
         let rows = stmt.query_map(params![tenant.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<bool>>(2)?.unwrap_or(false),
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (call, customer) = row?;
+            let (call, customer, deleted) = row?;
             out.push((
                 CallId::new(call).map_err(CoreError::from)?,
                 CustomerId::new(customer).map_err(CoreError::from)?,
+                deleted,
             ));
         }
         Ok(out)

@@ -339,6 +339,15 @@ impl UploadQueue {
         out
     }
 
+    /// Takes back an offer the host could not make (no connection to open a
+    /// stream on yet): nothing was sent, so no failure is counted; the next
+    /// [`UploadQueue::poll`] offers again.
+    pub fn withdraw(&mut self) {
+        if self.flight == Some(Flight::Offered) {
+            self.flight = None;
+        }
+    }
+
     /// The phone's network changed: leaving Wi-Fi stops the upload in
     /// progress (keeping what the server confirmed). Starts nothing: the next
     /// [`UploadQueue::poll`] does, once the host can open a stream.
