@@ -46,6 +46,16 @@ fn get_recording(desk: &Path, call: &str, out: &Path) -> crate::support::Run {
     )
 }
 
+/// The call as `desk` shows it, once its recording is stored there.
+fn shown_stored(desk: &Path, call: &str) -> Value {
+    let mut shown = Value::Null;
+    wait_until("the desk to show the recording stored", || {
+        shown = callsync(desk, &["desk", "show", call]).ok();
+        shown["recording_state"] == "stored"
+    });
+    shown
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -106,11 +116,7 @@ fn a_recorded_call_waits_for_wifi_uploads_plays_on_the_desk_and_is_really_delete
     assert_eq!(stored.len() as u64, bytes);
 
     // The reference reaches every replica: the desk's and the phone's.
-    let mut shown = Value::Null;
-    wait_until("the desk to show the recording stored", || {
-        shown = callsync(&desk, &["desk", "show", &call]).ok();
-        shown["recording_state"] == "stored"
-    });
+    let shown = shown_stored(&desk, &call);
     let sha256 = shown["recording"]["sha256"].as_str().unwrap().to_owned();
     assert_eq!(
         blobs[0].file_name().unwrap().to_str(),
@@ -202,11 +208,7 @@ fn a_phone_killed_mid_recording_keeps_what_it_captured_and_uploads_it_after_rest
         "{captured}"
     );
     run.wait_for(event(&call, "recording-uploaded"));
-    let mut shown = Value::Null;
-    wait_until("the desk to show the recording stored", || {
-        shown = callsync(&desk, &["desk", "show", &call]).ok();
-        shown["recording_state"] == "stored"
-    });
+    let shown = shown_stored(&desk, &call);
     assert_eq!(
         shown["recording"]["size"].as_u64(),
         captured["bytes"].as_u64()
@@ -604,11 +606,7 @@ fn two_recordings_waiting_for_wifi_both_upload_one_after_the_other() {
     run.wait_for(event(&second, "recording-uploaded"));
     let mut hashes = Vec::new();
     for call in [&first, &second] {
-        let mut shown = Value::Null;
-        wait_until("the desk to show the recording stored", || {
-            shown = callsync(&desk, &["desk", "show", call]).ok();
-            shown["recording_state"] == "stored"
-        });
+        let shown = shown_stored(&desk, call);
         hashes.push(shown["recording"]["sha256"].as_str().unwrap().to_owned());
     }
     // The same tone for the same time can make the same bytes: stored once.

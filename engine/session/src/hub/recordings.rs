@@ -107,14 +107,7 @@ impl<D: LoadedDoc> HubSession<D> {
                 not_found()
             }
             RecordingAsk::Upload { customer, call } => {
-                if !self.load(store, &customer)? {
-                    return not_found();
-                }
-                let Some(view) = self
-                    .docs
-                    .get_mut(&customer)
-                    .and_then(|d| d.doc().call(&call))
-                else {
+                let Some(view) = self.call_view(store, &customer, &call)? else {
                     return not_found();
                 };
                 if !dialed_by(&view.origin, &member.device) {
@@ -146,14 +139,10 @@ impl<D: LoadedDoc> HubSession<D> {
                 };
                 // A customer the member may not see is answered as no such
                 // recording: nothing says it exists.
-                if !self.may_see(store, &member, &customer)? || !self.load(store, &customer)? {
+                if !self.may_see(store, &member, &customer)? {
                     return not_found();
                 }
-                let Some(view) = self
-                    .docs
-                    .get_mut(&customer)
-                    .and_then(|d| d.doc().call(&call))
-                else {
+                let Some(view) = self.call_view(store, &customer, &call)? else {
                     return not_found();
                 };
                 Ok(match (view.recording_state, view.recording) {
@@ -171,6 +160,20 @@ impl<D: LoadedDoc> HubSession<D> {
                 })
             }
         }
+    }
+
+    /// The call as the customer's document derives it (`None`: no such
+    /// customer or call, or a document that does not load).
+    fn call_view<S: HubStore<Doc = D>>(
+        &mut self,
+        store: &mut S,
+        customer: &CustomerId,
+        call: &CallId,
+    ) -> Result<Option<callsync_core::CallView>, StorageError> {
+        if !self.load(store, customer)? {
+            return Ok(None);
+        }
+        Ok(self.docs.get_mut(customer).and_then(|d| d.doc().call(call)))
     }
 
     /// Writes `recording-attached` for bytes the server has verified and
@@ -209,6 +212,12 @@ impl<D: LoadedDoc> HubSession<D> {
         }
         match (view.recording_state, view.recording) {
             (RecordingState::Stored, Some(existing)) => {
+                if existing.sha256 != recording.sha256 {
+                    // The call keeps the recording it has: these other bytes
+                    // are referenced by nothing (unless another call holds
+                    // them, which the sweeper checks).
+                    store.queue_blob_deletion(&self.tenant, &recording.sha256)?;
+                }
                 return Ok(Ok(RecordingVerdict::Stored(existing)));
             }
             (RecordingState::Deleted, _) => {
