@@ -56,6 +56,63 @@ fn shown_stored(desk: &Path, call: &str) -> Value {
     shown
 }
 
+/// `GET path` on the server's page listener with `headers` (CRLF-ended lines):
+/// the status line, the headers (lowercase) and the body's bytes.
+fn http_get(page: &str, path: &str, headers: &str) -> (String, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let host = page
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8(response[..split].to_vec()).unwrap();
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head.as_str(), ""));
+    let mut body = response[split + 4..].to_vec();
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = unchunk(&body);
+    }
+    (status.to_owned(), headers.to_ascii_lowercase(), body)
+}
+
+/// The payload of a chunked HTTP/1.1 body.
+fn unchunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[..line]).unwrap().trim(), 16).unwrap();
+        body = &body[line + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
+
+/// `desk recording link CALL`: the path to play the recording from.
+fn recording_link(desk: &Path, call: &str) -> String {
+    let link = callsync(desk, &["desk", "recording", "link", call]).ok();
+    link["path"].as_str().expect("a path").to_owned()
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -136,6 +193,46 @@ fn a_recorded_call_waits_for_wifi_uploads_plays_on_the_desk_and_is_really_delete
     assert_eq!(got["recording"]["sha256"], sha256.as_str());
     assert_eq!(std::fs::read(&out).unwrap(), stored);
 
+    // It plays over HTTP from a signed link, whole or by range (as the page's
+    // player asks), and a link changed in any way plays nothing.
+    let link = recording_link(&desk, &call);
+    let (status, headers, body) = http_get(&world.server.page, &link, "");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(headers.contains("content-type: audio/wav"), "{headers}");
+    assert!(headers.contains("accept-ranges: bytes"), "{headers}");
+    assert_eq!(body, stored);
+    let (status, headers, body) = http_get(&world.server.page, &link, "Range: bytes=100-1123\r\n");
+    assert!(status.contains(" 206 "), "{status}");
+    assert!(
+        headers.contains(&format!("content-range: bytes 100-1123/{bytes}")),
+        "{headers}"
+    );
+    assert_eq!(body, stored[100..1124]);
+    let (status, _, body) = http_get(&world.server.page, &link, "Range: bytes=-44\r\n");
+    assert!(status.contains(" 206 "), "{status}");
+    assert_eq!(body, stored[stored.len() - 44..]);
+    let (status, headers, _) = http_get(
+        &world.server.page,
+        &link,
+        &format!("Range: bytes={bytes}-\r\n"),
+    );
+    assert!(status.contains(" 416 "), "{status}");
+    assert!(
+        headers.contains(&format!("content-range: bytes */{bytes}")),
+        "{headers}"
+    );
+    let mut forged = link.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    let (status, _, body) = http_get(&world.server.page, &forged, "");
+    assert!(status.contains(" 403 "), "{status}");
+    assert!(!body.starts_with(b"RIFF"));
+    // Another tenant's member gets no link to this tenant's recording.
+    world.add_tenant("beta", "owner@beta.example");
+    let beta = world.dir("beta-desk");
+    world.login(&beta, "desk", "owner@beta.example").ok();
+    callsync(&beta, &["desk", "recording", "link", &call]).refused("recording-not-found");
+
     // A rep may not delete; a manager or above may, and the bytes go.
     callsync(&desk, &["desk", "recording", "delete", &call]).refused("role-required");
     assert_eq!(stored_blobs(&world).len(), 1);
@@ -155,6 +252,10 @@ fn a_recorded_call_waits_for_wifi_uploads_plays_on_the_desk_and_is_really_delete
     let again = world.dir("again.wav");
     get_recording(&desk, &call, &again).refused("recording-deleted");
     assert!(!again.exists());
+    // The link signed before plays nothing now, and no new one is given.
+    let (status, _, _) = http_get(&world.server.page, &link, "");
+    assert!(status.contains(" 404 "), "{status}");
+    callsync(&desk, &["desk", "recording", "link", &call]).refused("recording-deleted");
 }
 
 #[test]

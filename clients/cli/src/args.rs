@@ -282,6 +282,12 @@ pub(crate) enum RecordingCommand {
         #[arg(short = 'o', long = "output")]
         output: std::path::PathBuf,
     },
+    /// A short-lived link that plays the recording over HTTP (range requests,
+    /// as the page's player uses): a path on the server's page origin.
+    Link {
+        /// The call.
+        call: String,
+    },
     /// Delete the recording (manager or above): its bytes leave the server,
     /// and the call keeps a tombstone of who deleted it and when.
     Delete {

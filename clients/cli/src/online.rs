@@ -651,6 +651,18 @@ pub(crate) fn desk(g: &Global, data: &Path, cmd: &DeskCommand) -> anyhow::Result
                         json: serde_json::to_value(&done)?,
                     }
                 }
+                DeskCommand::Recording(RecordingCommand::Link { call }) => {
+                    let call = CallId::new(call)?;
+                    let RpcResult::RecordingLink(link) =
+                        rpc(client, RpcCall::RecordingLink { call }).await?
+                    else {
+                        return Err(anyhow!("unexpected answer"));
+                    };
+                    Report {
+                        text: format!("{} (until {})", link.path, app.fmt_time(link.expires_at)),
+                        json: serde_json::to_value(&link)?,
+                    }
+                }
                 DeskCommand::Recording(RecordingCommand::Delete { call }) => {
                     let role = app.session.as_ref().map(|s| s.role);
                     if !role.is_some_and(|r| r.is_manager()) {

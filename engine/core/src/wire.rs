@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::account::Role;
 use crate::customer::NewCustomer;
-use crate::event::DeviceKind;
-use crate::id::{CustomerId, DeviceId, TenantId, UserId};
+use crate::event::{DeviceKind, RecordingRef};
+use crate::id::{CallId, CustomerId, DeviceId, TenantId, UserId};
 use crate::plugin::{ContentHash, PluginRef, Setting};
 use crate::time::Timestamp;
 use chrono::NaiveDate;
@@ -483,6 +483,14 @@ pub enum RpcCall {
         /// [`MAX_DECIDE_SKEW_MS`] from the server's clock.
         saved_at: Timestamp,
     },
+    /// Any member who may see the call's customer: a short-lived link to play
+    /// the call's stored recording over HTTP (range requests, so a player can
+    /// seek), for a page that cannot open a recording stream of its own.
+    #[serde(rename_all = "camelCase")]
+    RecordingLink {
+        /// The call.
+        call: CallId,
+    },
 }
 }
 
@@ -504,6 +512,7 @@ impl RpcCall {
             Self::RecallList => "recall-list",
             Self::CallStats { .. } => "call-stats",
             Self::DecideResult { .. } => "decide-result",
+            Self::RecordingLink { .. } => "recording-link",
         }
     }
 }
@@ -557,8 +566,24 @@ pub enum RpcResult {
     ),
     /// A result form's pick, decided by the tenant's rules.
     Decided(DecidedResult),
+    /// Where to play a recording from.
+    RecordingLink(RecordingLink),
     /// Refused; nothing changed.
     Refused(ErrorBody),
+}
+
+/// A link to play one recording: a path on the server's page origin, signed
+/// for the recording and valid until `expires_at` (the server's clock).
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingLink {
+    /// The path to `GET` (absolute, on the page's origin).
+    pub path: String,
+    /// When the link stops working.
+    pub expires_at: Timestamp,
+    /// The recording it plays.
+    pub recording: RecordingRef,
 }
 
 /// One member, as an admin sees them.

@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) decides: crate::limits::RatePerKey<callsync_core::UserId>,
     /// The recordings' blob store and the rates of their streams.
     pub(crate) recordings: crate::recordings::Recordings,
+    /// Signs the links recordings play from in the page.
+    pub(crate) playback: Arc<crate::playback::Playback>,
     /// Each tenant's turn at [`Self::compiling`].
     pub(crate) tenant_compiles:
         std::sync::Mutex<std::collections::HashMap<callsync_core::TenantId, Arc<Semaphore>>>,
@@ -619,6 +621,10 @@ async fn run_session(
                     break;
                 };
                 let result = decide_result(&shared, &member, call).await;
+                reply(&out, &connection, Message::Reply { id, result }).await
+            }
+            Step::RecordingLink { id, call } => {
+                let result = crate::recordings::link(&shared, conn, &member, call).await;
                 reply(&out, &connection, Message::Reply { id, result }).await
             }
             Step::Reply(message) => reply(&out, &connection, message).await,

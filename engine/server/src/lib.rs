@@ -18,6 +18,7 @@ mod connection;
 
 mod hub;
 pub mod limits;
+pub mod playback;
 pub mod recordings;
 mod rules;
 pub mod throttle;
@@ -143,11 +144,11 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], ServerError> {
 }
 
 /// A setting, created once from random bytes.
-fn persistent_random(store: &mut Store, key: &str) -> Result<Vec<u8>, ServerError> {
+fn persistent_random<const N: usize>(store: &mut Store, key: &str) -> Result<Vec<u8>, ServerError> {
     if let Some(bytes) = store.setting(key)? {
         return Ok(bytes);
     }
-    let bytes = random_bytes::<16>()?.to_vec();
+    let bytes = random_bytes::<N>()?.to_vec();
     store.set_setting(key, &bytes)?;
     Ok(bytes)
 }
@@ -263,8 +264,8 @@ impl Server {
         raise_open_file_limit();
         let mut store = open_store(&config.data_dir)?;
         let accounts_store = Store::open(&config.data_dir.join(DB_FILE))?;
-        let actor = ActorId::from(persistent_random(&mut store, "actor")?);
-        let epoch: String = persistent_random(&mut store, "epoch")?
+        let actor = ActorId::from(persistent_random::<16>(&mut store, "actor")?);
+        let epoch: String = persistent_random::<16>(&mut store, "epoch")?
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -292,10 +293,22 @@ impl Server {
         let endpoint =
             endpoint::bind_server(config.listen, tls::server_config(certificates.clone())?)?;
         let local_addr = endpoint.local_addr()?;
+        let blobs = Arc::new(
+            callsync_blobs::BlobStore::local(
+                &config.data_dir.join(RECORDINGS_DIR),
+                config.recording_limits,
+            )
+            .map_err(|e| ServerError::Invalid(e.to_string()))?,
+        );
+        let playback = Arc::new(playback::Playback::new(
+            &persistent_random::<32>(&mut store, playback::KEY_SETTING)?,
+            blobs.clone(),
+        ));
         let page = web::WebServer::start(
             &config.web,
             local_addr,
             certificates.clone(),
+            playback.clone(),
             config.start_limit_ms,
             match &config.certificate {
                 Some(_) => Some(tls::https_config(&identity)?),
@@ -336,19 +349,13 @@ impl Server {
             },
             tenants,
         )?;
-        let blobs = Arc::new(
-            callsync_blobs::BlobStore::local(
-                &config.data_dir.join(RECORDINGS_DIR),
-                config.recording_limits,
-            )
-            .map_err(|e| ServerError::Invalid(e.to_string()))?,
-        );
         let sweeper = tokio::spawn(recordings::sweep_deletions(
             Store::open(&config.data_dir.join(DB_FILE))?,
             blobs.clone(),
         ));
         let shared = Arc::new(connection::Shared {
             recordings: recordings::Recordings::new(blobs),
+            playback,
             hubs: hubs.clone(),
             accounts: Mutex::new(accounts_store),
             next_conn: AtomicU64::new(1),

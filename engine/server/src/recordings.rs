@@ -22,7 +22,7 @@ use callsync_blobs::{BlobError, BlobHash, BlobStore};
 use callsync_core::wire::stream::{
     self, MAX_OPEN_FRAME_BYTES, MAX_STREAM_FRAME_BYTES, StreamOpen, StreamReply,
 };
-use callsync_core::wire::{ErrorBody, Refusal};
+use callsync_core::wire::{self, ErrorBody, Refusal};
 use callsync_core::{CallId, CustomerId, RecordingCode, RecordingRef, TenantId};
 use callsync_net::framing::{read_frame_within, write_frame};
 use callsync_session::hub::{RecordingAsk, RecordingVerdict};
@@ -361,6 +361,37 @@ async fn upload(
             Ok(())
         }
         _ => Err(Refusal::ServerTrouble.body()),
+    }
+}
+
+/// Answers `recording-link`: the hub decides whether the member may read the
+/// call's recording (as for a download stream, under the same rate), then a
+/// link to play it is signed.
+pub(crate) async fn link(
+    shared: &Shared,
+    conn: ConnId,
+    member: &Authenticated,
+    call: CallId,
+) -> wire::RpcResult {
+    if !shared
+        .recordings
+        .downloads
+        .allow(&member.user, Instant::now())
+    {
+        return wire::RpcResult::Refused(Refusal::Busy.body());
+    }
+    let asker = Asker {
+        conn,
+        member: member.clone(),
+    };
+    match ask_hub(shared, &asker, RecordingAsk::Read { call }).await {
+        Ok(RecordingVerdict::Readable { recording, .. }) => wire::RpcResult::RecordingLink(
+            shared
+                .playback
+                .link(&member.tenant, recording, crate::clock::now()),
+        ),
+        Ok(_) => wire::RpcResult::Refused(Refusal::ServerTrouble.body()),
+        Err(body) => wire::RpcResult::Refused(body),
     }
 }
 

@@ -11,8 +11,10 @@
 //! that is not a file gets `index.html`, so the page's own routes reload), the
 //! security headers, and `GET /api/transport`: the UDP port, the WebTransport
 //! path and the development certificate's hashes (the page passes them as
-//! `serverCertificateHashes`). Nothing here is authenticated and nothing here
-//! reads the database: logging in and all data go over WebTransport.
+//! `serverCertificateHashes`), and the route that plays recordings by signed
+//! link ([`crate::playback`]). Nothing here reads the database and nothing
+//! but a link's signature is checked: logging in and all data go over
+//! WebTransport.
 //! Does not own: the certificates ([`callsync_net::web`]) or the sessions
 //! (`connection`).
 
@@ -194,14 +196,26 @@ struct SecurityHeaders {
     https: bool,
 }
 
-fn router(config: &WebConfig, state: Arc<WebState>, https: bool) -> Router {
+fn router(
+    config: &WebConfig,
+    state: Arc<WebState>,
+    playback: Arc<crate::playback::Playback>,
+    https: bool,
+) -> Router {
     let headers = Arc::new(SecurityHeaders {
         quic_port: state.quic_port,
         https,
     });
+    let recordings = Router::new()
+        .route(
+            "/api/recordings/{tenant}/{sha256}/{expires}/{mac}",
+            get(crate::playback::play),
+        )
+        .with_state(playback);
     let api = Router::new()
         .route("/api/transport", get(transport))
-        .with_state(state);
+        .with_state(state)
+        .merge(recordings);
     let router = match &config.page_dir {
         // The build's files are all under /assets/ (named by their content):
         // a miss there is 404, never the page under a script's name (which a
@@ -337,6 +351,7 @@ impl WebServer {
         config: &WebConfig,
         quic: SocketAddr,
         certificates: Arc<CertificateResolver>,
+        playback: Arc<crate::playback::Playback>,
         start_limit_ms: i64,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<Self> {
@@ -356,6 +371,7 @@ impl WebServer {
                 start_limit_ms,
                 certificates,
             }),
+            playback,
             https,
         );
         let task = tokio::spawn(serve_page(listener, app, tls.map(TlsAcceptor::from)));

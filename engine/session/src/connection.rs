@@ -102,6 +102,14 @@ pub enum Step {
         /// The request, as sent.
         call: RpcCall,
     },
+    /// Ask the hub whether the member may read the call's recording (as a
+    /// download stream would), then answer a signed link to play it over HTTP.
+    RecordingLink {
+        /// The request id.
+        id: u64,
+        /// The call.
+        call: callsync_core::CallId,
+    },
     /// Send this reply; the connection stays open.
     Reply(Message),
     /// Send this error and close.
@@ -382,6 +390,10 @@ fn route(member: &Authenticated, message: Message) -> Step {
             id,
             call: call @ RpcCall::DecideResult { .. },
         } => Step::Decide { id, call },
+        Message::Rpc {
+            id,
+            call: RpcCall::RecordingLink { call },
+        } => Step::RecordingLink { id, call },
         Message::Leave { .. } => Step::Leave,
         message @ (Message::Sync { .. }
         | Message::Request { .. }

@@ -259,6 +259,7 @@ pub(super) fn is_read(call: &RpcCall) -> bool {
             | RpcCall::Devices
             | RpcCall::RecallList
             | RpcCall::CallStats { .. }
+            | RpcCall::RecordingLink { .. }
     )
 }
 

@@ -1,0 +1,338 @@
+//! Playing recordings in the page: the signed, short-lived links that
+//! `recording-link` answers and the HTTP range requests an `<audio>` element
+//! makes with one.
+//!
+//! Owns: the link's form (`/api/recordings/{tenant}/{sha256}/{expires}/{mac}`,
+//! an HMAC-SHA256 under a key the server keeps in its store, so links outlive
+//! a restart), checking a link (its MAC in constant time, then its expiry on
+//! the server's clock), and answering `GET` with the whole recording or one
+//! byte range (`206`, `416` past the end), streamed from the blob store in
+//! pieces.
+//! Does not own: who may play what (the hub decides before a link is signed,
+//! as for a download stream: `recordings::link`) or the bytes (`callsync-blobs`).
+//!
+//! Why a signed link: an `<audio>` element fetches by URL, sends no header a
+//! page could add, and the page holds no cookie (its session lives in the
+//! engine, over WebTransport). A link signed for one recording and valid for
+//! [`LINK_TTL`] lets the browser's own player seek with range requests while
+//! the server decides nothing at request time but "is this signature mine and
+//! fresh". A link that leaks plays that one recording until it expires; a
+//! deleted recording stops playing once its bytes are swept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use callsync_blobs::{BlobError, BlobHash, BlobStore};
+use callsync_core::wire::RecordingLink;
+use callsync_core::{RecordingRef, TenantId, Timestamp};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use ring::hmac;
+
+/// How long a link plays: long enough to listen to a long call with pauses,
+/// short enough that a copied link is soon worthless. The page asks again
+/// when a link has expired.
+pub const LINK_TTL: Duration = Duration::from_secs(15 * 60);
+/// Bytes read from the blob store per piece of a response.
+const PIECE: u64 = 256 * 1024;
+/// The setting holding the links' key.
+pub(crate) const KEY_SETTING: &str = "recording-link-key";
+/// What a link's MAC covers before its fields, so that no other signature
+/// the key might ever make can pass for a link.
+const DOMAIN: &[u8] = b"callsync recording link v1\0";
+
+/// Signs and checks links, and serves what they name.
+pub(crate) struct Playback {
+    key: hmac::Key,
+    blobs: Arc<BlobStore>,
+}
+
+/// Why a link does not play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkError {
+    /// The link is not one this server signed (or was changed).
+    Forged,
+    /// The link was signed but its time is up.
+    Expired,
+}
+
+impl Playback {
+    pub(crate) fn new(secret: &[u8], blobs: Arc<BlobStore>) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            blobs,
+        }
+    }
+
+    fn message(tenant: &str, sha256: &str, expires: &str) -> Vec<u8> {
+        let mut message = DOMAIN.to_vec();
+        for field in [tenant, sha256, expires] {
+            message.extend_from_slice(field.as_bytes());
+            message.push(0);
+        }
+        message
+    }
+
+    /// A link to play `recording` of `tenant`, valid from `now` for [`LINK_TTL`].
+    pub(crate) fn link(
+        &self,
+        tenant: &TenantId,
+        recording: RecordingRef,
+        now: Timestamp,
+    ) -> RecordingLink {
+        let expires_at = now.plus_millis(LINK_TTL.as_millis() as i64);
+        let expires = expires_at.as_millis().to_string();
+        let sha256 = recording.sha256.to_ascii_lowercase();
+        let tag = hmac::sign(
+            &self.key,
+            &Self::message(tenant.as_str(), &sha256, &expires),
+        );
+        RecordingLink {
+            path: format!(
+                "/api/recordings/{}/{sha256}/{expires}/{}",
+                tenant.as_str(),
+                hex(tag.as_ref())
+            ),
+            expires_at,
+            recording,
+        }
+    }
+
+    /// Checks a link's fields (as in its path) at `now`: the recording it names.
+    pub(crate) fn check(
+        &self,
+        tenant: &str,
+        sha256: &str,
+        expires: &str,
+        mac: &str,
+        now: Timestamp,
+    ) -> Result<(TenantId, BlobHash), LinkError> {
+        let tag = unhex(mac).ok_or(LinkError::Forged)?;
+        hmac::verify(&self.key, &Self::message(tenant, sha256, expires), &tag)
+            .map_err(|_| LinkError::Forged)?;
+        // Signed by this server, so the fields are as it wrote them; parsed
+        // all the same, since the key could one day sign something else.
+        let expires: i64 = expires.parse().map_err(|_| LinkError::Forged)?;
+        if now.as_millis() >= expires {
+            return Err(LinkError::Expired);
+        }
+        let tenant = TenantId::new(tenant).map_err(|_| LinkError::Forged)?;
+        let hash = BlobHash::from_hex(sha256).ok_or(LinkError::Forged)?;
+        Ok((tenant, hash))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || text.len() > 128 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+/// `GET /api/recordings/{tenant}/{sha256}/{expires}/{mac}`: the recording, or
+/// the byte range asked for.
+pub(crate) async fn play(
+    State(playback): State<Arc<Playback>>,
+    Path((tenant, sha256, expires, mac)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let (tenant, hash) = match playback.check(&tenant, &sha256, &expires, &mac, crate::clock::now())
+    {
+        Ok(named) => named,
+        Err(LinkError::Forged) => {
+            return plain(StatusCode::FORBIDDEN, "this link is not valid\n");
+        }
+        Err(LinkError::Expired) => {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "this link has expired: ask for the recording again\n",
+            );
+        }
+    };
+    let size = match playback.blobs.size(&tenant, &hash).await {
+        Ok(size) => size,
+        Err(BlobError::NotFound) => {
+            return plain(StatusCode::NOT_FOUND, "the recording is not stored\n");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading a recording's size failed");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the recording cannot be read now\n",
+            );
+        }
+    };
+    let range = match headers.get(header::RANGE).map(|r| r.to_str()) {
+        None => None,
+        Some(Ok(range)) => match http_range_header::parse_range_header(range)
+            .and_then(|ranges| ranges.validate(size))
+        {
+            // One range is what players ask for; several are answered with
+            // the first (a server may send less than asked).
+            Ok(ranges) => ranges.first().map(|r| (*r.start(), *r.end() + 1)),
+            Err(_) => return unsatisfiable(size),
+        },
+        Some(Err(_)) => return unsatisfiable(size),
+    };
+    let (start, end) = range.unwrap_or((0, size));
+    let mut response = Response::new(body(playback.clone(), tenant, hash, start..end));
+    let set = response.headers_mut();
+    set.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
+    set.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // The browser may keep what it fetched while the link lives; nothing
+    // between it and the server may.
+    set.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=900"),
+    );
+    set.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if range.is_some() {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(value) =
+            HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end.saturating_sub(1)))
+        {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+    }
+    response
+}
+
+fn unsatisfiable(size: u64) -> Response {
+    let mut response = plain(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "the range is not within the recording\n",
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+        response.headers_mut().insert(header::CONTENT_RANGE, value);
+    }
+    response
+}
+
+/// The bytes `range` of a recording, read in pieces as the client takes them.
+fn body(
+    playback: Arc<Playback>,
+    tenant: TenantId,
+    hash: BlobHash,
+    range: std::ops::Range<u64>,
+) -> Body {
+    let pieces = futures::stream::unfold(range.start, move |at| {
+        let (playback, tenant) = (playback.clone(), tenant.clone());
+        let end = range.end;
+        async move {
+            if at >= end {
+                return None;
+            }
+            let until = (at + PIECE).min(end);
+            match playback.blobs.read(&tenant, &hash, at..until).await {
+                Ok(bytes) => Some((Ok(bytes), until)),
+                // Gone or unreadable mid-response (deleted meanwhile): the
+                // response ends short, which the client sees as an error.
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), end)),
+            }
+        }
+    });
+    Body::from_stream(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn playback() -> (tempfile::TempDir, Playback) {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::local(dir.path(), callsync_blobs::BlobLimits::default()).unwrap();
+        (dir, Playback::new(&[7; 32], Arc::new(blobs)))
+    }
+
+    fn recording() -> RecordingRef {
+        RecordingRef {
+            sha256: "ab".repeat(32),
+            size: 10,
+            duration_ms: 1,
+            format: "wav/pcm16".to_owned(),
+        }
+    }
+
+    fn fields(path: &str) -> Vec<String> {
+        path.trim_start_matches("/api/recordings/")
+            .split('/')
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_link_plays_until_it_expires_and_not_a_moment_after() {
+        let (_dir, playback) = playback();
+        let tenant = TenantId::new("acme").unwrap();
+        let now = Timestamp::from_millis(1_000_000);
+        let link = playback.link(&tenant, recording(), now);
+        assert_eq!(
+            link.expires_at,
+            now.plus_millis(LINK_TTL.as_millis() as i64)
+        );
+        let f = fields(&link.path);
+        let (named, hash) = playback.check(&f[0], &f[1], &f[2], &f[3], now).unwrap();
+        assert_eq!(named, tenant);
+        assert_eq!(hash.hex(), "ab".repeat(32));
+        let last = link.expires_at.plus_millis(-1);
+        assert!(playback.check(&f[0], &f[1], &f[2], &f[3], last).is_ok());
+        assert_eq!(
+            playback.check(&f[0], &f[1], &f[2], &f[3], link.expires_at),
+            Err(LinkError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_changed_field_or_another_servers_key_is_forged() {
+        let (_dir, playback) = playback();
+        let tenant = TenantId::new("acme").unwrap();
+        let now = Timestamp::from_millis(1_000_000);
+        let f = fields(&playback.link(&tenant, recording(), now).path);
+        let later = (f[2].parse::<i64>().unwrap() + 3_600_000).to_string();
+        let other_sha = "cd".repeat(32);
+        let mut flipped = f[3].clone();
+        flipped.replace_range(0..1, if flipped.starts_with('0') { "1" } else { "0" });
+        for (tenant, sha, expires, mac) in [
+            ("other", f[1].as_str(), f[2].as_str(), f[3].as_str()),
+            (&f[0], other_sha.as_str(), &f[2], &f[3]),
+            (&f[0], &f[1], later.as_str(), &f[3]),
+            (&f[0], &f[1], &f[2], flipped.as_str()),
+            (&f[0], &f[1], &f[2], "zz"),
+            (&f[0], &f[1], &f[2], ""),
+            (&f[0], &f[1], &f[2], &f[3][..10]),
+        ] {
+            assert_eq!(
+                playback.check(tenant, sha, expires, mac, now),
+                Err(LinkError::Forged),
+                "{tenant} {sha} {expires} {mac}"
+            );
+        }
+        let (_other_dir, other) = self::playback();
+        let other = Playback::new(&[8; 32], other.blobs.clone());
+        assert_eq!(
+            other.check(&f[0], &f[1], &f[2], &f[3], now),
+            Err(LinkError::Forged)
+        );
+    }
+}
