@@ -664,13 +664,13 @@ pub(crate) fn desk(g: &Global, data: &Path, cmd: &DeskCommand) -> anyhow::Result
                     }
                 }
                 DeskCommand::Recording(RecordingCommand::Delete { call }) => {
+                    // The core's rule, checked here before recording what the
+                    // server would refuse.
+                    let needed = EventKind::RecordingDeleted.role_needed();
                     let role = app.session.as_ref().map(|s| s.role);
-                    if !role.is_some_and(|r| r.is_manager()) {
+                    if !role.is_some_and(|r| r >= needed) {
                         return Err(ClientError::Refused(
-                            wire::Refusal::RoleRequired {
-                                needed: callsync_core::Role::Manager,
-                            }
-                            .body(),
+                            wire::Refusal::RoleRequired { needed }.body(),
                         )
                         .into());
                     }

@@ -490,12 +490,13 @@ fn check_reference(
                     .into()),
                 },
                 EventKind::RecordingDeleted => {
-                    if sender.role.is_manager() {
+                    let needed = kind.role_needed();
+                    if sender.role >= needed {
                         Ok(())
                     } else {
                         Err(AdmissionError::RoleRequired {
                             event: kind.name(),
-                            needed: Role::Manager.as_str(),
+                            needed: needed.as_str(),
                         })
                     }
                 }

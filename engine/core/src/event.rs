@@ -163,6 +163,15 @@ impl EventKind {
             Self::ResultSaved(_) => &[Desk, Phone],
         }
     }
+
+    /// The least role whose member may record this kind of event (the server
+    /// admits nothing less; a device refuses it before recording).
+    pub fn role_needed(&self) -> crate::account::Role {
+        match self {
+            Self::RecordingDeleted => crate::account::Role::Manager,
+            _ => crate::account::Role::User,
+        }
+    }
 }
 
 /// Every event kind's name ([`EventKind::name`]).

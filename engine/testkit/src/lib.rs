@@ -1136,13 +1136,24 @@ impl SimNetwork {
         }
         // A device acts through its session: stamped on the server's clock as
         // the session knows it, checked, saved with the outbox, sent if online.
+        self.act_in(peer, customer, call, kind).map_err(|e| match e {
+            ActionError::Refused(e) => e,
+            other => panic!("the device could not act: {other}"),
+        })
+    }
+
+    /// Records an event on `customer` through device `peer`'s session, with
+    /// whatever the session says if it refuses.
+    pub fn act_in(
+        &mut self,
+        peer: PeerId,
+        customer: &CustomerId,
+        call: &CallId,
+        kind: EventKind,
+    ) -> Result<CallView, ActionError> {
         let customer = customer.clone();
         self.drive(peer, |s, now, rng, tx| {
             s.call_event(now, rng, tx, Some(&customer), call, kind)
-        })
-        .map_err(|e| match e {
-            ActionError::Refused(e) => e,
-            other => panic!("the device could not act: {other}"),
         })
     }
 

@@ -98,6 +98,7 @@ fn reusing_a_call_id_or_an_event_id_is_refused() {
 fn recordings_are_refused_on_calls_not_recorded_or_without_one() {
     let mut net = SimNetwork::seeded(3);
     let (desk, phone) = (net.desk(REP), net.phone(REP));
+    net.set_role(desk, callsync_core::Role::Manager);
     let call = CallId::new("quiet-call").unwrap();
     let kind = request(&net, phone, false);
     net.record(desk, &call, kind).unwrap();
@@ -222,4 +223,35 @@ fn a_batch_with_an_event_for_another_call_is_refused_whole() {
         net.call_state(desk, &call).unwrap().phase,
         callsync_core::Phase::AwaitingStart
     );
+}
+
+#[test]
+fn a_rep_s_device_refuses_to_delete_a_recording_and_records_nothing() {
+    let mut net = SimNetwork::seeded(5);
+    let (desk, phone) = (net.desk(REP), net.phone(REP));
+    let call = CallId::new("recorded-call").unwrap();
+    let kind = request(&net, phone, true);
+    net.record(desk, &call, kind).unwrap();
+    net.run_until_quiescent();
+    net.phone_starts(phone, &call).unwrap();
+    net.run_until_quiescent();
+    let heads = net.heads(desk);
+    let customer = net.customer(desk);
+    let refused = net
+        .act_in(
+            desk,
+            &callsync_core::CustomerId::new(callsync_testkit::CUSTOMER).unwrap(),
+            &call,
+            EventKind::RecordingDeleted,
+        )
+        .unwrap_err();
+    assert_eq!(refused.code(), "role-required", "{refused}");
+    assert!(refused.message_ja().contains("マネージャー"), "{}", refused.message_ja());
+    assert_eq!(net.heads(desk), heads);
+    assert_eq!(net.customer(desk), customer);
+    // A manager's device records it (the role arrives with the next join).
+    net.set_role(desk, callsync_core::Role::Manager);
+    net.run_until_quiescent();
+    let view = net.record(desk, &call, EventKind::RecordingDeleted).unwrap();
+    assert!(view.has(callsync_core::Flag::RecordingDeleted));
 }

@@ -272,7 +272,8 @@ impl WebDevice {
         Ok(to_json(&view))
     }
 
-    /// コールをキャンセル (`cancelled`) or the end button (`browser-ended`).
+    /// コールをキャンセル (`cancelled`), the end button (`browser-ended`), or
+    /// 録音を削除 (`recording-deleted`, manager or above).
     #[wasm_bindgen(js_name = callEvent)]
     pub fn call_event(
         &mut self,

@@ -602,6 +602,7 @@ impl Replica {
         let kind = match what {
             "cancelled" => EventKind::Cancelled,
             "browser-ended" => EventKind::BrowserEnded,
+            "recording-deleted" => EventKind::RecordingDeleted,
             other => return Err(PageError::Input(format!("unknown action {other}"))),
         };
         self.drive(|s, rng, store| {

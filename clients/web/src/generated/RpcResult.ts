@@ -7,9 +7,10 @@ import type { ErrorBody } from "./ErrorBody";
 import type { InstalledSummary } from "./InstalledSummary";
 import type { MemberSummary } from "./MemberSummary";
 import type { RecallSummary } from "./RecallSummary";
+import type { RecordingLink } from "./RecordingLink";
 import type { UserCallStats } from "./UserCallStats";
 
 /**
  * The answer to an [`RpcCall`].
  */
-export type RpcResult = "done" | { "users": Array<MemberSummary> } | { "customers": Array<CustomerSummary> } | { "subscribed": Array<CustomerId> } | { "devices": Array<DeviceSummary> } | { "plugin-installed": InstalledSummary } | { "recalls": Array<RecallSummary> } | { "call-stats": Array<UserCallStats> } | { "decided": DecidedResult } | { "refused": ErrorBody };
+export type RpcResult = "done" | { "users": Array<MemberSummary> } | { "customers": Array<CustomerSummary> } | { "subscribed": Array<CustomerId> } | { "devices": Array<DeviceSummary> } | { "plugin-installed": InstalledSummary } | { "recalls": Array<RecallSummary> } | { "call-stats": Array<UserCallStats> } | { "decided": DecidedResult } | { "recording-link": RecordingLink } | { "refused": ErrorBody };

@@ -49,6 +49,10 @@ pub enum ActionError {
     /// The tenant's rules (run on this device) refused the pick, in their words.
     #[error("{}", .0.message)]
     Rules(ErrorBody),
+    /// The server would not admit it from this member (e.g. a rep deleting
+    /// a recording, which needs a manager or above).
+    #[error(transparent)]
+    Admission(#[from] callsync_core::admission::AdmissionError),
     /// Storage failed; the host rolls back.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -66,6 +70,7 @@ impl ActionError {
             Self::NotHeld(_) => "not-held",
             Self::Stopped(reason) => reason.as_str(),
             Self::Rules(body) => &body.code,
+            Self::Admission(e) => e.code(),
             Self::Storage(_) => "storage",
             Self::Install(e) => e.code(),
         }
@@ -78,6 +83,7 @@ impl ActionError {
             Self::NotHeld(what) => format!("{what} はこの端末にありません"),
             Self::Stopped(reason) => reason.words().1.to_owned(),
             Self::Rules(body) => body.message_ja.clone(),
+            Self::Admission(e) => e.message_ja(),
             Self::Storage(_) => "端末への保存に失敗しました".to_owned(),
             Self::Install(e) => e.message_ja(),
         }
@@ -413,6 +419,14 @@ impl<D: LoadedDoc> DeviceSession<D> {
             && reason != StopReason::UpdateRequired
         {
             return Err(ActionError::Stopped(reason));
+        }
+        let role = self.identity.role;
+        if let Some(e) = events.iter().find(|e| e.kind.role_needed() > role) {
+            return Err(callsync_core::admission::AdmissionError::RoleRequired {
+                event: e.kind.name(),
+                needed: e.kind.role_needed().as_str(),
+            }
+            .into());
         }
         let catalog = self.catalog(store)?;
         let tenant = self.identity.tenant.clone();
