@@ -200,6 +200,7 @@ fn a_recorded_call_waits_for_wifi_uploads_plays_on_the_desk_and_is_really_delete
     assert!(status.contains(" 200 "), "{status}");
     assert!(headers.contains("content-type: audio/wav"), "{headers}");
     assert!(headers.contains("accept-ranges: bytes"), "{headers}");
+    assert!(headers.contains("cache-control: no-store"), "{headers}");
     assert_eq!(body, stored);
     let (status, headers, body) = http_get(&world.server.page, &link, "Range: bytes=100-1123\r\n");
     assert!(status.contains(" 206 "), "{status}");

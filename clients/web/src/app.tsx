@@ -6,6 +6,7 @@ import { LoginRefused, PageSync, asRefusal, type EngineEvent } from './sync';
 import { eventText, flagText, formatTime, isOpenPhase, isRace, optionText, phaseText, t, type Key, type Lang } from './i18n';
 import { Dashboard, isManager } from './dashboard';
 import { Admin, isAdmin } from './admin';
+import { Recording } from './recording';
 import {
   answerOf,
   eventKind,
@@ -441,10 +442,10 @@ function CustomerScreen({ lang, sync, route }: { lang: Lang; sync: PageSync; rou
       </div>
       <div role="tabpanel" id={`panel-${route.tab}`} aria-labelledby={`tab-${route.tab}`}>
         {route.tab === 'call' && <CallTab lang={lang} sync={sync} detail={detail} />}
-        {route.tab === 'timeline' && <Timeline lang={lang} detail={detail} label={label} />}
+        {route.tab === 'timeline' && <Timeline lang={lang} sync={sync} detail={detail} label={label} />}
         {route.tab === 'history' &&
           (route.call ? (
-            <CallDetail lang={lang} detail={detail} call={route.call} back={`${base}/history`} label={label} />
+            <CallDetail lang={lang} sync={sync} detail={detail} call={route.call} back={`${base}/history`} label={label} />
           ) : (
             <History lang={lang} detail={detail} base={base} label={label} />
           ))}
@@ -848,18 +849,26 @@ function resultLabels(lang: Lang, sync: PageSync): Labels {
   };
 }
 
-function Timeline({ lang, detail, label }: { lang: Lang; detail: CustomerDetail; label: Labels }) {
+function Timeline({ lang, sync, detail, label }: { lang: Lang; sync: PageSync; detail: CustomerDetail; label: Labels }) {
   if (detail.timeline.length === 0) return <p>{t(lang, 'noCalls')}</p>;
+  // Each recorded call's recording (its state, its player) shows once, at the
+  // call's latest event.
+  const shown = new Set<string>();
   return (
     <ol class="timeline">
-      {[...detail.timeline].reverse().map((entry) => (
-        <li key={entry.event}>
-          <time>{formatTime(lang, entry.stamp.at)}</time> {eventText(lang, eventKind(entry.kind))}
-          <EventDetail lang={lang} kind={entry.kind} label={label} />
-          {t(lang, 'sep')}
-          {entry.stamp.user} ({entry.stamp.device})
-        </li>
-      ))}
+      {[...detail.timeline].reverse().map((entry) => {
+        const view = shown.has(entry.call) ? undefined : detail.customer.calls.find((c) => c.call === entry.call);
+        shown.add(entry.call);
+        return (
+          <li key={entry.event}>
+            <time>{formatTime(lang, entry.stamp.at)}</time> {eventText(lang, eventKind(entry.kind))}
+            <EventDetail lang={lang} kind={entry.kind} label={label} />
+            {t(lang, 'sep')}
+            {entry.stamp.user} ({entry.stamp.device})
+            {view && <Recording lang={lang} sync={sync} detail={detail} view={view} />}
+          </li>
+        );
+      })}
     </ol>
   );
 }
@@ -914,7 +923,21 @@ function History({ lang, detail, base, label }: { lang: Lang; detail: CustomerDe
   );
 }
 
-function CallDetail({ lang, detail, call, back, label }: { lang: Lang; detail: CustomerDetail; call: string; back: string; label: Labels }) {
+function CallDetail({
+  lang,
+  sync,
+  detail,
+  call,
+  back,
+  label,
+}: {
+  lang: Lang;
+  sync: PageSync;
+  detail: CustomerDetail;
+  call: string;
+  back: string;
+  label: Labels;
+}) {
   const view = detail.customer.calls.find((c) => c.call === call);
   if (!view) return <p>{t(lang, 'noCalls')}</p>;
   const result = view.results[view.results.length - 1];
@@ -947,9 +970,12 @@ function CallDetail({ lang, detail, call, back, label }: { lang: Lang; detail: C
         <dt>{t(lang, 'result')}</dt>
         <dd>{result ? `${label(result.result_type)}${result.memo ? `${t(lang, 'sep')}${result.memo}` : ''}` : '—'}</dd>
       </dl>
-      {view.flags.map((f) => (
-        <p key={f}>{flagText(lang, f)}</p>
-      ))}
+      {view.flags
+        .filter((f) => !f.startsWith('recording-'))
+        .map((f) => (
+          <p key={f}>{flagText(lang, f)}</p>
+        ))}
+      <Recording lang={lang} sync={sync} detail={detail} view={view} />
       <a href={`#/${back}`}>{t(lang, 'back')}</a>
     </article>
   );

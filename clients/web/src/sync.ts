@@ -10,7 +10,7 @@
 // means, the rep's actions and the result flow, logout) is the engine's:
 // `callsync-session`'s device session, the one the phone runs.
 import { openDB, type IDBPDatabase } from 'idb';
-import type { EngineEvent, ErrorView, LoginAnswer, PageState, RpcCall, RpcResult, SaveOutcomeView, Unsent } from './types';
+import type { EngineEvent, ErrorView, LoginAnswer, PageState, RpcCall, RpcResult, SaveOutcomeView, Unsent, UploadState } from './types';
 
 export type { EngineEvent } from './types';
 import init, { WebDevice } from './pkg/callsync_web.js';
@@ -361,6 +361,11 @@ export class PageSync {
         await this.call((d) => d.disconnected(Date.now(), asRefusal(error).message)).catch(() => undefined);
       }
     }
+  }
+
+  /** Where the upload of `call`'s recording stands, as the user's phone said last (null: no connected phone holds it). */
+  uploadOf(call: string): UploadState | null {
+    return JSON.parse(this.device.uploadOf(call)) as UploadState | null;
   }
 
   /** Asks the server something; resolves with the answer (a refusal is one), rejects if none came. */

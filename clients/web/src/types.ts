@@ -18,6 +18,7 @@ export type { PageState } from './generated/PageState';
 export type { PhoneEntry } from './generated/PhoneEntry';
 export type { PluginListing } from './generated/PluginListing';
 export type { RecallSummary } from './generated/RecallSummary';
+export type { RecordingLink } from './generated/RecordingLink';
 export type { ResultCatalog } from './generated/ResultCatalog';
 export type { ResultForm } from './generated/ResultForm';
 export type { ResultTypeSpec } from './generated/ResultTypeSpec';
@@ -29,6 +30,7 @@ export type { SaveOutcomeView } from './generated/SaveOutcomeView';
 export type { Stamp } from './generated/Stamp';
 export type { TimelineEntry } from './generated/TimelineEntry';
 export type { Unsent } from './generated/Unsent';
+export type { UploadState } from './generated/UploadState';
 export type { UserCallStats } from './generated/UserCallStats';
 export type { Vocabulary } from './generated/Vocabulary';
 

@@ -163,9 +163,9 @@ export class World {
     return cli(dir, args);
   }
 
-  /** `callsync phone run` on the rep's phone (`env`: extra environment, e.g. a clock skew). */
-  phoneRun(env = {}) {
-    const child = spawn(BIN, ['--data', this.phone, 'phone', 'run'], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, ...env } });
+  /** `callsync phone run` on the rep's phone (`env`: extra environment, e.g. a clock skew; `args`: e.g. the network kind). */
+  phoneRun(env = {}, args = []) {
+    const child = spawn(BIN, ['--data', this.phone, 'phone', 'run', ...args], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, ...env } });
     this.running = new JsonLines(child);
     return this.running;
   }

@@ -84,7 +84,7 @@ pub use lifecycle::{
     Anomaly, AnomalyReason, CallOrigin, CallView, Flag, Phase, RecordingState, SavedResult,
 };
 pub use phone_number::PhoneNumber;
-pub use recording::RecordingCode;
+pub use recording::{RecordingCode, UploadState, UploadStatus};
 pub use result_type::{OptionKind, ResultCatalog, ResultOption, ResultTypeSpec, TimeEntry};
 pub use rules::{OpenCall, RuleContext};
 pub use time::Timestamp;

@@ -4,9 +4,54 @@
 //! Owns: [`RecordingCode`], the one list of recording refusal codes that the
 //! server's blob store and upload handler produce and every device's upload
 //! queue matches on (never on code strings), with each code's words in both
-//! languages and whether retrying could ever help.
+//! languages and whether retrying could ever help; and [`UploadStatus`], what
+//! a phone says of each recording it still holds (the phone shows it, and
+//! the server relays it to the user's other devices so a page shows it too).
 //! Does not own: the bytes (the server's `callsync-blobs`, the phone's capture)
 //! or the queue (`callsync_session::device::uploads`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::CallId;
+use crate::time::Timestamp;
+
+/// A recording's upload while the phone still holds it, as the screens show it.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum UploadState {
+    /// Queued; the phone is not on Wi-Fi (uploads run on Wi-Fi only).
+    WaitingForWifi,
+    /// Queued on Wi-Fi: waiting for its turn, or for its call to reach the
+    /// server first.
+    Queued,
+    /// Queued; waiting to try again (after a failure, or a full quota).
+    WaitingToRetry {
+        /// When (the phone's corrected clock).
+        at: Timestamp,
+    },
+    /// Uploading: this share of it is on the server.
+    Uploading {
+        /// 0–100.
+        percent: u8,
+    },
+}
+
+/// One recording a phone still holds, and where its upload stands.
+#[cfg_attr(feature = "typescript", derive(ts_rs::TS))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadStatus {
+    /// The call it recorded.
+    pub call: CallId,
+    /// Where its upload stands.
+    #[serde(flatten)]
+    #[cfg_attr(feature = "typescript", ts(flatten))]
+    pub state: UploadState,
+}
+
+/// Most recordings one phone's status names (a phone holding more says the
+/// oldest ones).
+pub const MAX_UPLOAD_STATUSES: usize = 64;
 
 /// Why the server refused a recording's upload or download.
 #[cfg_attr(feature = "typescript", derive(ts_rs::TS))]

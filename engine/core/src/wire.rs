@@ -38,6 +38,7 @@ use crate::customer::NewCustomer;
 use crate::event::{DeviceKind, RecordingRef};
 use crate::id::{CallId, CustomerId, DeviceId, TenantId, UserId};
 use crate::plugin::{ContentHash, PluginRef, Setting};
+use crate::recording::{MAX_UPLOAD_STATUSES, UploadStatus};
 use crate::time::Timestamp;
 use chrono::NaiveDate;
 
@@ -303,6 +304,16 @@ pub enum Message {
         /// Whether it is connected now.
         online: bool,
     },
+    /// Server → client: what a phone of the same user said last of the
+    /// recordings it still holds (empty when it holds none, or went away).
+    #[serde(rename_all = "camelCase")]
+    PhoneUploads {
+        /// The phone.
+        device: DeviceId,
+        /// Its recordings, oldest first.
+        #[serde(deserialize_with = "decode::at_most::<MAX_UPLOAD_STATUSES, _, _>")]
+        uploads: Vec<UploadStatus>,
+    },
     /// Client → server: a request outside document sync.
     Rpc {
         /// Chosen by the client; the reply carries it back.
@@ -338,6 +349,7 @@ impl Message {
             Self::DocUnavailable { .. } => "doc-unavailable",
             Self::Rejected { .. } => "rejected",
             Self::Presence { .. } => "presence",
+            Self::PhoneUploads { .. } => "phone-uploads",
             Self::Rpc { .. } => "rpc",
             Self::Reply { .. } => "reply",
         }
@@ -483,6 +495,15 @@ pub enum RpcCall {
         /// [`MAX_DECIDE_SKEW_MS`] from the server's clock.
         saved_at: Timestamp,
     },
+    /// A phone: the recordings it still holds and where each upload stands
+    /// (all of them, oldest first, at most [`MAX_UPLOAD_STATUSES`]; an empty
+    /// list when none). The server relays it to the user's other devices.
+    #[serde(rename_all = "camelCase")]
+    UploadStatus {
+        /// The recordings.
+        #[serde(deserialize_with = "decode::at_most::<MAX_UPLOAD_STATUSES, _, _>")]
+        uploads: Vec<UploadStatus>,
+    },
     /// Any member who may see the call's customer: a short-lived link to play
     /// the call's stored recording over HTTP (range requests, so a player can
     /// seek), for a page that cannot open a recording stream of its own.
@@ -513,6 +534,7 @@ impl RpcCall {
             Self::CallStats { .. } => "call-stats",
             Self::DecideResult { .. } => "decide-result",
             Self::RecordingLink { .. } => "recording-link",
+            Self::UploadStatus { .. } => "upload-status",
         }
     }
 }

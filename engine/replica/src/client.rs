@@ -465,6 +465,12 @@ impl SyncClient {
         self.replies.remove(&ticket)
     }
 
+    /// Whether request `ticket` has ended (answered, refused or lost with its
+    /// connection), forgetting how: for a request whose answer nobody awaits.
+    pub fn take_ended(&mut self, ticket: u64) -> bool {
+        self.replies.remove(&ticket).is_some() || self.failed.remove(&ticket).is_some()
+    }
+
     /// Sends a request and handles messages until its answer arrives.
     pub async fn rpc(
         &mut self,

@@ -335,6 +335,11 @@ impl Recorder {
             || dir.join(REFUSED_DIR).join(format!("{call}.wav")).exists()
     }
 
+    /// Each queued recording's upload state, oldest first.
+    pub fn statuses(&self) -> Vec<callsync_core::UploadStatus> {
+        self.queue.statuses()
+    }
+
     /// The upload queue.
     pub fn queue(&self) -> &UploadQueue {
         &self.queue

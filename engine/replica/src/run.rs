@@ -3,14 +3,18 @@
 //! carries messages, the session's wake-ups and local commands' writes to it.
 //! On a phone it also runs the recorder (`crate::recorder`): captures while
 //! recorded calls run, and uploads on streams beside the sync stream as the
-//! session's upload queue decides.
+//! session's upload queue decides, and tells the server where those uploads
+//! stand (`upload-status`, when the session's `StatusReporter` says) so the
+//! user's other devices can show it.
 
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
 use callsync_core::DeviceKind;
+use callsync_core::wire::RpcCall;
 use callsync_session::device::Phase;
+use callsync_session::device::uploads::StatusReporter;
 use serde::Serialize;
 
 use crate::ClientError;
@@ -104,6 +108,9 @@ pub async fn run(
     let mut poll = tokio::time::interval(options.poll);
     let mut look = tokio::time::interval(RECORDER_LOOK);
     let mut failed = false;
+    let mut reporter = StatusReporter::default();
+    // Statuses sent whose answer nobody awaits (forgotten as they end).
+    let mut status_asks: Vec<u64> = Vec::new();
     loop {
         events.iter().for_each(|e| on_event(RunEvent::Sync(e)));
         if let Some(recorder) = recorder.as_mut() {
@@ -119,6 +126,15 @@ pub async fn run(
                 told.extend(kept(recorder.plan(now())));
             }
             told.iter().for_each(|e| on_event(RunEvent::Recording(e)));
+            // Where the uploads stand, for the user's other devices.
+            let online = client.device().phase() == Phase::Online;
+            if let Some(uploads) = reporter.due(now(), online, recorder.statuses()) {
+                match client.send_rpc(RpcCall::UploadStatus { uploads }).await {
+                    Ok(ticket) => status_asks.push(ticket),
+                    Err(e) => tracing::debug!(error = %e, "telling the uploads' status failed"),
+                }
+            }
+            status_asks.retain(|ticket| !client.take_ended(*ticket));
         }
         if client.device().phase() == Phase::Stopped {
             let reason = client

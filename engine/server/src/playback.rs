@@ -200,12 +200,10 @@ pub(crate) async fn play(
     let set = response.headers_mut();
     set.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
     set.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // The browser may keep what it fetched while the link lives; nothing
-    // between it and the server may.
-    set.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=900"),
-    );
+    // Kept nowhere, the browser's cache included: a deleted recording must
+    // not outlive its bytes on the server in a shared PC's disk cache. The
+    // player asks again by range for what it needs.
+    set.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     set.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if range.is_some() {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;

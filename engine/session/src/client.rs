@@ -101,6 +101,14 @@ pub enum ClientEvent {
         /// Whether it is connected.
         online: bool,
     },
+    /// What a phone of the same user said last of the recordings it still
+    /// holds (empty: none, or the phone went away).
+    PhoneUploads {
+        /// The phone.
+        device: DeviceId,
+        /// Its recordings, oldest first.
+        uploads: Vec<callsync_core::UploadStatus>,
+    },
     /// The server refused this device's changes to a document.
     Rejected {
         /// The customer.
@@ -574,6 +582,9 @@ impl<D: LoadedDoc> ClientSession<D> {
                 kind,
                 online,
             }),
+            Message::PhoneUploads { device, uploads } => out
+                .events
+                .push(ClientEvent::PhoneUploads { device, uploads }),
             Message::Reply { id, result } => {
                 if let RpcResult::Subscribed(documents) = &result {
                     // A subscribed (or created) document syncs like a changed one:

@@ -377,6 +377,9 @@ pub struct DeviceSession<D> {
     logging_out: Option<Timestamp>,
     catalog: Option<ResultCatalog>,
     listing: listing::CustomerListing,
+    /// What each of the user's phones said last of the recordings it holds
+    /// (while this device is connected: the server says it again at a join).
+    phone_uploads: std::collections::BTreeMap<DeviceId, Vec<callsync_core::UploadStatus>>,
     out: DeviceOutput,
 }
 
@@ -439,6 +442,7 @@ impl<D: LoadedDoc> DeviceSession<D> {
             logging_out: None,
             catalog: None,
             listing: listing::CustomerListing::default(),
+            phone_uploads: std::collections::BTreeMap::new(),
             out: DeviceOutput::default(),
         })
     }
@@ -462,6 +466,16 @@ impl<D: LoadedDoc> DeviceSession<D> {
     /// when it has never learnt an offset).
     pub fn server_time(&self, now: Timestamp) -> Timestamp {
         self.clock.map_or(now, |c| c.server_time(now))
+    }
+
+    /// Where the upload of `call`'s recording stands, as the phone holding it
+    /// said last (`None`: no connected phone of this user holds it).
+    pub fn upload_of(&self, call: &CallId) -> Option<callsync_core::UploadState> {
+        self.phone_uploads
+            .values()
+            .flatten()
+            .find(|s| &s.call == call)
+            .map(|s| s.state)
     }
 
     /// Where the link stands.
@@ -926,6 +940,13 @@ impl<D: LoadedDoc> DeviceSession<D> {
                     settled.push(customer.clone());
                 }
                 ClientEvent::ConfigChanged { .. } => self.catalog = None,
+                ClientEvent::PhoneUploads { device, uploads } => {
+                    if uploads.is_empty() {
+                        self.phone_uploads.remove(device);
+                    } else {
+                        self.phone_uploads.insert(device.clone(), uploads.clone());
+                    }
+                }
                 _ => {}
             }
         }
@@ -1028,6 +1049,8 @@ impl<D: LoadedDoc> DeviceSession<D> {
         reason: &str,
     ) -> Result<(), DeviceFailure> {
         let was_revoking = matches!(self.link, Link::Revoking { .. });
+        // Offline, nothing says how the phones' uploads go on.
+        self.phone_uploads.clear();
         let wait = self.backoff(rng);
         let until = now.plus_millis(wait);
         self.link = Link::Waiting { until };

@@ -63,7 +63,7 @@ mod recordings;
 use cache::DocCache;
 
 pub use config::install_needs_admin;
-pub use recordings::{RecordingAsk, RecordingVerdict};
+pub use recordings::{RecordingAsk, RecordingVerdict, UPLOAD_STATUS_GAP_MS};
 
 /// Fixed settings of a hub.
 #[derive(Debug, Clone)]
@@ -446,6 +446,8 @@ pub struct HubSession<D> {
     /// Each device's allowance of full re-sends per document (only while in use:
     /// allowances that have refilled are dropped).
     resends: HashMap<(DeviceId, SyncTarget), Allowance>,
+    /// What each connected phone said last of the recordings it holds.
+    phone_uploads: HashMap<DeviceId, recordings::PhoneUploads>,
 }
 
 /// Admission's questions, answered by storage (a failed read answers no).
@@ -487,6 +489,7 @@ impl<D: LoadedDoc> HubSession<D> {
             pending_conns: BTreeSet::new(),
             pending_wake: None,
             resends: HashMap::new(),
+            phone_uploads: HashMap::new(),
         }
     }
 
@@ -578,6 +581,7 @@ impl<D: LoadedDoc> HubSession<D> {
                     let still_online = self.by_device.contains_key(&c.member.device);
                     if !still_online {
                         self.presence(batch, &c.member, false);
+                        self.phone_went_away(batch, &c.member.device);
                     }
                 }
                 Ok(())
@@ -758,6 +762,7 @@ impl<D: LoadedDoc> HubSession<D> {
         if !was_online {
             self.presence(batch, &member, true);
         }
+        self.uploads_for_joined(batch, conn, &member.user);
         tracing::info!(device = %member.device, user = %member.user, "device joined");
         Ok(())
     }
@@ -1421,6 +1426,7 @@ impl<D: LoadedDoc> HubSession<D> {
         };
         match call {
             RpcCall::RecallList => self.recalls(store, &member),
+            RpcCall::UploadStatus { uploads } => Ok(self.upload_status(batch, conn, uploads)),
             RpcCall::CallStats { from, to } => {
                 // The dashboard is for managers and above, whom the assignee
                 // restriction (which limits the user role) never narrows.

@@ -1136,10 +1136,11 @@ impl SimNetwork {
         }
         // A device acts through its session: stamped on the server's clock as
         // the session knows it, checked, saved with the outbox, sent if online.
-        self.act_in(peer, customer, call, kind).map_err(|e| match e {
-            ActionError::Refused(e) => e,
-            other => panic!("the device could not act: {other}"),
-        })
+        self.act_in(peer, customer, call, kind)
+            .map_err(|e| match e {
+                ActionError::Refused(e) => e,
+                other => panic!("the device could not act: {other}"),
+            })
     }
 
     /// Records an event on `customer` through device `peer`'s session, with

@@ -246,12 +246,18 @@ fn a_rep_s_device_refuses_to_delete_a_recording_and_records_nothing() {
         )
         .unwrap_err();
     assert_eq!(refused.code(), "role-required", "{refused}");
-    assert!(refused.message_ja().contains("マネージャー"), "{}", refused.message_ja());
+    assert!(
+        refused.message_ja().contains("マネージャー"),
+        "{}",
+        refused.message_ja()
+    );
     assert_eq!(net.heads(desk), heads);
     assert_eq!(net.customer(desk), customer);
     // A manager's device records it (the role arrives with the next join).
     net.set_role(desk, callsync_core::Role::Manager);
     net.run_until_quiescent();
-    let view = net.record(desk, &call, EventKind::RecordingDeleted).unwrap();
+    let view = net
+        .record(desk, &call, EventKind::RecordingDeleted)
+        .unwrap();
     assert!(view.has(callsync_core::Flag::RecordingDeleted));
 }

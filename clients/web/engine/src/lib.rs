@@ -255,6 +255,16 @@ impl WebDevice {
         self.inner.plugins().to_string()
     }
 
+    /// Where the upload of `call`'s recording stands, as the user's phone said
+    /// last (JSON `UploadState`, or `null`).
+    #[wasm_bindgen(js_name = uploadOf)]
+    pub fn upload_of(&self, call: &str) -> Result<String, JsError> {
+        self.inner
+            .upload_of(call)
+            .map(|v| v.to_string())
+            .map_err(js_error)
+    }
+
     /// 顧客にコール. Returns the call (JSON).
     #[wasm_bindgen(js_name = requestCall)]
     pub fn request_call(

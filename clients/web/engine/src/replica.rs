@@ -572,6 +572,15 @@ impl Replica {
         json!(session.plugin_listing(&mut self.store).unwrap_or_default())
     }
 
+    /// Where the upload of `call`'s recording stands, as the user's phone said
+    /// last (`null`: no connected phone holds it).
+    pub fn upload_of(&self, call: &str) -> Result<Value, PageError> {
+        let call = CallId::new(call)?;
+        Ok(json!(
+            self.session.as_ref().and_then(|s| s.upload_of(&call))
+        ))
+    }
+
     /// **顧客にコール**: asks the phone `origin` to dial `number`.
     pub fn request_call(
         &mut self,

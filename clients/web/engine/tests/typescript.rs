@@ -45,6 +45,7 @@ fn export_into(dir: &Path) {
     CustomerDetail::export_all(&config).unwrap();
     ErrorView::export_all(&config).unwrap();
     Vocabulary::export_all(&config).unwrap();
+    callsync_core::UploadState::export_all(&config).unwrap();
 }
 
 fn files(dir: &Path) -> BTreeMap<String, String> {

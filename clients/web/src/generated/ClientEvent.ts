@@ -7,6 +7,7 @@ import type { Role } from "./Role";
 import type { RpcResult } from "./RpcResult";
 import type { StopReason } from "./StopReason";
 import type { Timestamp } from "./Timestamp";
+import type { UploadStatus } from "./UploadStatus";
 
 /**
  * Something a device's user (or a script) may want to know, one JSON line each.
@@ -75,7 +76,15 @@ kind: DeviceKind,
 /**
  * Whether it is connected.
  */
-online: boolean, } | { "event": "rejected", 
+online: boolean, } | { "event": "phone-uploads", 
+/**
+ * The phone.
+ */
+device: DeviceId, 
+/**
+ * Its recordings, oldest first.
+ */
+uploads: Array<UploadStatus>, } | { "event": "rejected", 
 /**
  * The customer.
  */

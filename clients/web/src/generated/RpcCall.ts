@@ -6,6 +6,7 @@ import type { Pick } from "./Pick";
 import type { Role } from "./Role";
 import type { Setting } from "./Setting";
 import type { Timestamp } from "./Timestamp";
+import type { UploadStatus } from "./UploadStatus";
 import type { UserId } from "./UserId";
 
 /**
@@ -119,7 +120,11 @@ attempt: number,
  * When the result is saved (the event's time); at most
  * [`MAX_DECIDE_SKEW_MS`] from the server's clock.
  */
-savedAt: Timestamp, } | { "method": "recording-link", 
+savedAt: Timestamp, } | { "method": "upload-status", 
+/**
+ * The recordings.
+ */
+uploads: Array<UploadStatus>, } | { "method": "recording-link", 
 /**
  * The call.
  */

@@ -45,23 +45,7 @@ pub enum NetworkKind {
     Offline,
 }
 
-/// A recording's upload, as the screens show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
-pub enum UploadState {
-    /// Queued; the phone is not on Wi-Fi.
-    WaitingForWifi,
-    /// Queued; waiting to try again (after a failure, or a full quota).
-    WaitingToRetry {
-        /// When.
-        at: Timestamp,
-    },
-    /// Uploading: this share of it is on the server.
-    Uploading {
-        /// 0–100.
-        percent: u8,
-    },
-}
+pub use callsync_core::recording::{UploadState, UploadStatus};
 
 /// One recording waiting to upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,7 +218,26 @@ impl UploadQueue {
         if let Some(at) = entry.not_before {
             return Some(UploadState::WaitingToRetry { at });
         }
-        Some(UploadState::WaitingForWifi)
+        Some(match self.network {
+            NetworkKind::Wifi => UploadState::Queued,
+            NetworkKind::Cellular | NetworkKind::Offline => UploadState::WaitingForWifi,
+        })
+    }
+
+    /// Every queued recording's state, oldest first (at most
+    /// [`callsync_core::recording::MAX_UPLOAD_STATUSES`]): what the phone
+    /// tells the server for the user's other devices.
+    pub fn statuses(&self) -> Vec<UploadStatus> {
+        self.queue
+            .iter()
+            .take(callsync_core::recording::MAX_UPLOAD_STATUSES)
+            .filter_map(|e| {
+                Some(UploadStatus {
+                    call: e.call.clone(),
+                    state: self.state(&e.call)?,
+                })
+            })
+            .collect()
     }
 
     /// When the queue next wants [`UploadQueue::poll`] to be called.
@@ -526,6 +529,55 @@ fn backoff(failures: u32, rng: &mut dyn Entropy) -> i64 {
         .saturating_mul(1i64 << failures.min(20))
         .min(MAX_RETRY_MS);
     (cap as f64 * rng.unit()).max(FIRST_RETRY_MS as f64 / 2.0) as i64
+}
+
+/// The least time between two statuses whose only news is a percentage.
+pub const STATUS_EVERY_MS: i64 = 1_000;
+
+/// When a phone tells the server where its uploads stand (`upload-status`,
+/// relayed to the user's other devices): at once when a recording joins or
+/// leaves the queue or changes stage, at most once per [`STATUS_EVERY_MS`]
+/// for a percentage, again after every reconnect (the server forgets a
+/// phone's status when it goes away), and never twice the same.
+#[derive(Debug, Default)]
+pub struct StatusReporter {
+    /// What the server holds from this connection, and when it was sent.
+    sent: Option<(Vec<UploadStatus>, Timestamp)>,
+}
+
+impl StatusReporter {
+    /// The status to send now, if any (`connected`: a connection is up).
+    pub fn due(
+        &mut self,
+        now: Timestamp,
+        connected: bool,
+        statuses: Vec<UploadStatus>,
+    ) -> Option<Vec<UploadStatus>> {
+        if !connected {
+            self.sent = None;
+            return None;
+        }
+        let due = match &self.sent {
+            // Nothing to say to a server that heard nothing yet.
+            None => !statuses.is_empty(),
+            Some((sent, _)) if *sent == statuses => false,
+            Some((sent, at)) => {
+                let stages =
+                    |list: &[UploadStatus]| -> Vec<(CallId, std::mem::Discriminant<UploadState>)> {
+                        list.iter()
+                            .map(|s| (s.call.clone(), std::mem::discriminant(&s.state)))
+                            .collect()
+                    };
+                stages(sent) != stages(&statuses)
+                    || now.as_millis() - at.as_millis() >= STATUS_EVERY_MS
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.sent = Some((statuses.clone(), now));
+        Some(statuses)
+    }
 }
 
 #[cfg(test)]
@@ -921,11 +973,54 @@ mod tests {
         queue.set_network(NetworkKind::Wifi);
         queue.enqueue(call("c1"), "hash".to_owned(), 10);
         assert!(queue.poll_when(at(0), &|_| false).is_empty(), "held back");
-        assert_eq!(queue.state(&call("c1")), Some(UploadState::WaitingForWifi));
+        assert_eq!(queue.state(&call("c1")), Some(UploadState::Queued));
         let offered = queue.poll_when(at(1), &|_| true);
         assert!(matches!(
             offered.as_slice(),
             [UploadCommand::Offer { bytes: 10, .. }]
         ));
+    }
+
+    fn status(call_id: &str, state: UploadState) -> UploadStatus {
+        UploadStatus {
+            call: call(call_id),
+            state,
+        }
+    }
+
+    #[test]
+    fn a_status_is_sent_on_a_new_stage_at_once_and_on_a_percentage_at_most_once_a_second() {
+        let mut reporter = StatusReporter::default();
+        let t = Timestamp::from_millis;
+        assert_eq!(reporter.due(t(0), true, vec![]), None, "nothing to say");
+        let waiting = vec![status("c1", UploadState::WaitingForWifi)];
+        assert_eq!(reporter.due(t(1), false, waiting.clone()), None, "offline");
+        assert_eq!(
+            reporter.due(t(2), true, waiting.clone()),
+            Some(waiting.clone())
+        );
+        assert_eq!(
+            reporter.due(t(3), true, waiting.clone()),
+            None,
+            "said already"
+        );
+        let at = |percent| vec![status("c1", UploadState::Uploading { percent })];
+        assert_eq!(
+            reporter.due(t(4), true, at(10)),
+            Some(at(10)),
+            "a new stage"
+        );
+        assert_eq!(reporter.due(t(500), true, at(50)), None, "too soon");
+        assert_eq!(reporter.due(t(1_004), true, at(90)), Some(at(90)));
+        assert_eq!(
+            reporter.due(t(1_100), true, vec![]),
+            Some(vec![]),
+            "left the queue"
+        );
+        // A reconnect: the server forgot; an empty queue needs no word.
+        assert_eq!(reporter.due(t(1_200), false, at(5)), None);
+        assert_eq!(reporter.due(t(1_300), true, at(5)), Some(at(5)));
+        reporter.due(t(1_400), false, vec![]);
+        assert_eq!(reporter.due(t(1_500), true, vec![]), None);
     }
 }

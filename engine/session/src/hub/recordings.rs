@@ -5,14 +5,19 @@
 //! it, it was recorded and has started, the recording is not deleted), the
 //! `recording-attached` event (the server's, one per call: its id is the
 //! call's, so a repeated attach collapses), and marking bytes for deletion
-//! when they were stored for a call that cannot take them.
+//! when they were stored for a call that cannot take them; and relaying what a
+//! phone says of the recordings it still holds (`upload-status`) to the
+//! user's other devices, at most one status per [`UPLOAD_STATUS_GAP_MS`] per
+//! phone, kept while the phone is connected so a device joining later hears
+//! it too.
 //! Does not own: the bytes (the server's blob store, driven off the hub), or
 //! the upload's order and resumption (the device's upload queue).
 
-use callsync_core::wire::{ErrorBody, Refusal};
+use callsync_core::wire::{ErrorBody, Message, Refusal, RpcResult};
 use callsync_core::{
-    CallEvent, CallId, CallOrigin, CustomerId, DeviceKind, EventId, EventKind, RecordingCode,
-    RecordingRef, RecordingState, ResultCatalog, RuleContext, Stamp,
+    CallEvent, CallId, CallOrigin, CustomerId, DeviceId, DeviceKind, EventId, EventKind,
+    RecordingCode, RecordingRef, RecordingState, ResultCatalog, RuleContext, Stamp, Timestamp,
+    UploadStatus, UserId,
 };
 
 use super::{Batch, HubSession};
@@ -61,6 +66,18 @@ pub enum RecordingVerdict {
     },
 }
 
+/// The shortest time between two upload statuses of one phone the hub relays
+/// (a phone sends one when a state changes, at most about once a second).
+pub const UPLOAD_STATUS_GAP_MS: i64 = 250;
+
+/// What a connected phone said last of its recordings.
+#[derive(Debug, Clone)]
+pub(super) struct PhoneUploads {
+    user: UserId,
+    uploads: Vec<UploadStatus>,
+    at: Timestamp,
+}
+
 /// A refusal of the recordings' own.
 fn refused(code: RecordingCode, detail: impl Into<String>) -> ErrorBody {
     Refusal::RecordingRefused {
@@ -71,6 +88,99 @@ fn refused(code: RecordingCode, detail: impl Into<String>) -> ErrorBody {
 }
 
 impl<D: LoadedDoc> HubSession<D> {
+    /// `upload-status` from connection `conn`: kept and relayed to the user's
+    /// other connections. Only a phone says it; only its own user hears it.
+    pub(super) fn upload_status(
+        &mut self,
+        batch: &mut Batch<'_>,
+        conn: ConnId,
+        uploads: Vec<UploadStatus>,
+    ) -> RpcResult {
+        let Some(member) = self.conns.get(&conn).map(|c| c.member.clone()) else {
+            return RpcResult::Done;
+        };
+        if member.kind != DeviceKind::Phone {
+            return RpcResult::Refused(
+                Refusal::BadRequest {
+                    detail: "only a phone holds recordings to upload".to_owned(),
+                }
+                .body(),
+            );
+        }
+        let now = self.now;
+        if let Some(last) = self.phone_uploads.get(&member.device)
+            && now.as_millis() - last.at.as_millis() < UPLOAD_STATUS_GAP_MS
+        {
+            return RpcResult::Refused(Refusal::Busy.body());
+        }
+        self.relay_uploads(batch, &member.user, &member.device, &uploads);
+        self.phone_uploads.insert(
+            member.device.clone(),
+            PhoneUploads {
+                user: member.user,
+                uploads,
+                at: now,
+            },
+        );
+        RpcResult::Done
+    }
+
+    /// Tells `user`'s connections other than `device`'s what it holds.
+    fn relay_uploads(
+        &self,
+        batch: &mut Batch<'_>,
+        user: &UserId,
+        device: &DeviceId,
+        uploads: &[UploadStatus],
+    ) {
+        let mut targets: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| &c.member.user == user && &c.member.device != device)
+            .map(|(id, _)| *id)
+            .collect();
+        targets.sort_unstable();
+        for target in targets {
+            batch.send(
+                target,
+                Message::PhoneUploads {
+                    device: device.clone(),
+                    uploads: uploads.to_vec(),
+                },
+            );
+        }
+    }
+
+    /// A device of `user` joined on `conn`: what each of the user's connected
+    /// phones said last.
+    pub(super) fn uploads_for_joined(&self, batch: &mut Batch<'_>, conn: ConnId, user: &UserId) {
+        let mut said: Vec<(&DeviceId, &PhoneUploads)> = self
+            .phone_uploads
+            .iter()
+            .filter(|(_, p)| &p.user == user && !p.uploads.is_empty())
+            .collect();
+        said.sort_unstable_by_key(|(device, _)| *device);
+        for (device, phone) in said {
+            batch.send(
+                conn,
+                Message::PhoneUploads {
+                    device: device.clone(),
+                    uploads: phone.uploads.clone(),
+                },
+            );
+        }
+    }
+
+    /// A phone's last connection closed: what it said is forgotten, and the
+    /// user's other devices hear it holds nothing they can follow.
+    pub(super) fn phone_went_away(&mut self, batch: &mut Batch<'_>, device: &DeviceId) {
+        if let Some(phone) = self.phone_uploads.remove(device)
+            && !phone.uploads.is_empty()
+        {
+            self.relay_uploads(batch, &phone.user, device, &[]);
+        }
+    }
+
     /// Answers `ask` from connection `conn`; the answer is released with the
     /// batch (after its commit: an attach's event is durable before the phone
     /// hears "stored" and forgets its file).
