@@ -1001,6 +1001,76 @@ mod tests {
     }
 
     #[test]
+    fn upload_statuses_survive_a_roundtrip_and_are_bounded_while_decoding() {
+        use crate::recording::{UploadState, UploadStatus};
+        let statuses = |n: usize| {
+            (0..n)
+                .map(|i| UploadStatus {
+                    call: CallId::new(format!("call-{i}")).unwrap(),
+                    state: match i % 4 {
+                        0 => UploadState::WaitingForWifi,
+                        1 => UploadState::Queued,
+                        2 => UploadState::WaitingToRetry {
+                            at: Timestamp::from_millis(7),
+                        },
+                        _ => UploadState::Uploading { percent: 42 },
+                    },
+                })
+                .collect::<Vec<_>>()
+        };
+        roundtrip(Message::Rpc {
+            id: 3,
+            call: RpcCall::UploadStatus {
+                uploads: statuses(4),
+            },
+        });
+        roundtrip(Message::PhoneUploads {
+            device: DeviceId::new("phone-1").unwrap(),
+            uploads: statuses(MAX_UPLOAD_STATUSES),
+        });
+        let frame = encode_frame(&Message::PhoneUploads {
+            device: DeviceId::new("phone-1").unwrap(),
+            uploads: statuses(MAX_UPLOAD_STATUSES + 1),
+        })
+        .unwrap();
+        assert!(matches!(
+            decode_body(&frame[FRAME_HEADER_BYTES..]),
+            Err(WireError::Malformed(_))
+        ));
+        let frame = encode_frame(&Message::Rpc {
+            id: 1,
+            call: RpcCall::UploadStatus {
+                uploads: statuses(MAX_UPLOAD_STATUSES + 1),
+            },
+        })
+        .unwrap();
+        assert!(matches!(
+            decode_body(&frame[FRAME_HEADER_BYTES..]),
+            Err(WireError::Malformed(_))
+        ));
+        // A percentage past a byte, or a stage nobody knows, is malformed.
+        let body = encode_frame(&Message::Rpc {
+            id: 1,
+            call: RpcCall::UploadStatus {
+                uploads: statuses(4),
+            },
+        })
+        .unwrap()[FRAME_HEADER_BYTES..]
+            .to_vec();
+        let replace = |from: &[u8], to: &[u8]| {
+            let at = body.windows(from.len()).position(|w| w == from).unwrap();
+            [&body[..at], to, &body[at + from.len()..]].concat()
+        };
+        // CBOR: 42 is 0x18 0x2a; 420 is 0x19 0x01 0xa4.
+        for bad in [
+            replace(b"percent\x18\x2a", b"percent\x19\x01\xa4"),
+            replace(b"queued", b"lost!!"),
+        ] {
+            assert!(decode_body(&bad).is_err());
+        }
+    }
+
+    #[test]
     fn every_list_is_bounded_while_decoding() {
         let ids = |n: usize| {
             (0..n)

@@ -598,3 +598,77 @@ fn two_logouts_made_offline_end_both_tokens_when_the_network_returns() {
         .count();
     assert_eq!(logouts, 2, "each token ended");
 }
+
+fn reply_to(net: &SimNetwork, peer: PeerId, ticket: u64) -> Option<RpcResult> {
+    net.events(peer).iter().find_map(|e| match e {
+        ClientEvent::Reply { ticket: t, result } if *t == ticket => Some(result.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_phone_s_upload_status_reaches_its_user_s_other_devices_only_and_goes_with_the_phone() {
+    use callsync_core::{UploadState, UploadStatus};
+    let (mut net, _server, desk, phone) = three(31);
+    let boss = net.desk("boss@a.example");
+    net.run_until_quiescent();
+    let c1 = CallId::new("call-rec-1").unwrap();
+    let said = |state| RpcCall::UploadStatus {
+        uploads: vec![UploadStatus {
+            call: c1.clone(),
+            state,
+        }],
+    };
+    let ticket = net.ask(phone, said(UploadState::WaitingForWifi));
+    net.run_until_quiescent();
+    assert_eq!(reply_to(&net, phone, ticket), Some(RpcResult::Done));
+    assert_eq!(
+        net.session(desk).upload_of(&c1),
+        Some(UploadState::WaitingForWifi)
+    );
+    assert_eq!(net.session(boss).upload_of(&c1), None, "another user hears nothing");
+    assert!(
+        !net.events(boss)
+            .iter()
+            .any(|e| matches!(e, ClientEvent::PhoneUploads { .. }))
+    );
+
+    // Too soon after the last: refused, and the desk keeps what it heard.
+    let ticket = net.ask(phone, said(UploadState::Uploading { percent: 40 }));
+    net.run_until_quiescent();
+    let refused = reply_to(&net, phone, ticket);
+    assert!(
+        matches!(&refused, Some(RpcResult::Refused(body)) if body.code == "busy"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        net.session(desk).upload_of(&c1),
+        Some(UploadState::WaitingForWifi)
+    );
+    net.advance(callsync_session::hub::UPLOAD_STATUS_GAP_MS);
+    net.ask(phone, said(UploadState::Uploading { percent: 40 }));
+    net.run_until_quiescent();
+    let uploading = Some(UploadState::Uploading { percent: 40 });
+    assert_eq!(net.session(desk).upload_of(&c1), uploading);
+
+    // Only a phone says it.
+    let ticket = net.ask(desk, said(UploadState::Queued));
+    net.run_until_quiescent();
+    let refused = reply_to(&net, desk, ticket);
+    assert!(
+        matches!(&refused, Some(RpcResult::Refused(body)) if body.code == "bad-request"),
+        "{refused:?}"
+    );
+
+    // A desk that reconnects forgets, then hears it again at its join.
+    net.partition(desk, 0);
+    assert_eq!(net.session(desk).upload_of(&c1), None, "offline, nothing is known");
+    net.heal(desk, 0);
+    net.run_until_quiescent();
+    assert_eq!(net.session(desk).upload_of(&c1), uploading);
+
+    // The phone goes away: its user's devices hear it holds nothing they can follow.
+    net.partition(phone, 0);
+    net.run_until_quiescent();
+    assert_eq!(net.session(desk).upload_of(&c1), None);
+}
