@@ -585,9 +585,92 @@ fn an_upload_for_another_tenants_call_is_refused_and_stores_nothing() {
     );
 }
 
+/// Opens a recording stream on `connection`, says `open` and reads the
+/// first answer; the stream stays open for more.
+async fn stream_ask(
+    connection: &quinn::Connection,
+    open: &callsync_core::wire::stream::StreamOpen,
+) -> (
+    quinn::SendStream,
+    quinn::RecvStream,
+    callsync_core::wire::stream::StreamReply,
+) {
+    use callsync_core::wire::stream;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    let frame = stream::encode_stream_frame(open).unwrap();
+    callsync_net::framing::write_frame(&mut send, &frame)
+        .await
+        .unwrap();
+    let reply = read_reply(&mut recv).await;
+    (send, recv, reply)
+}
+
+async fn read_reply(recv: &mut quinn::RecvStream) -> callsync_core::wire::stream::StreamReply {
+    let body = callsync_net::framing::read_frame_within(recv, 4096)
+        .await
+        .unwrap()
+        .unwrap();
+    callsync_core::wire::stream::decode_stream_frame(&body).unwrap()
+}
+
+#[test]
+fn offers_before_the_call_started_past_the_size_limit_or_chunks_out_of_place_store_nothing() {
+    use callsync_core::wire::stream::{self, StreamOpen, StreamReply};
+    let world = World::start_serving(&[], &["--max-recording-bytes", "100000"]);
+    let (desk, phone) = world.rep_devices();
+    let requested = callsync(&desk, &["desk", "request", "cus-1", "--number", NUMBER]).ok();
+    let call = call_id(&requested);
+    let refused_code = |reply: StreamReply| match reply {
+        StreamReply::Refused(body) => body.code,
+        other => panic!("not refused: {other:?}"),
+    };
+    let offer = |bytes: u64| StreamOpen::Upload {
+        customer: callsync_core::CustomerId::new("cus-1").unwrap(),
+        call: callsync_core::CallId::new(call.as_str()).unwrap(),
+        sha256: "ab".repeat(32),
+        bytes,
+    };
+    crate::support::runtime().block_on(async {
+        let (mut client, _) = callsync_replica::SyncClient::connect(&phone).await.unwrap();
+        client.settle(Duration::from_secs(10)).await.unwrap();
+        let connection = client.connection().unwrap().clone();
+        // The phone has not started the call: nothing may be uploaded for it.
+        let (_, _, reply) = stream_ask(&connection, &offer(1_000)).await;
+        assert_eq!(refused_code(reply), "recording-call-not-started");
+        connection.close(0u32.into(), b"done");
+    });
+    callsync(&phone, &["phone", "start", &call]).ok();
+    crate::support::runtime().block_on(async {
+        let (mut client, _) = callsync_replica::SyncClient::connect(&phone).await.unwrap();
+        client.settle(Duration::from_secs(10)).await.unwrap();
+        let connection = client.connection().unwrap().clone();
+        // Larger than the server's limit: refused before a byte is sent.
+        let (_, _, reply) = stream_ask(&connection, &offer(100_001)).await;
+        assert_eq!(refused_code(reply), "recording-too-large");
+        // A chunk that does not follow what the server holds ends the stream.
+        let (mut send, mut recv, reply) = stream_ask(&connection, &offer(1_000)).await;
+        assert_eq!(reply, StreamReply::Held { held: 0 });
+        let chunk = stream::encode_chunk(512, &[0; 100]).unwrap();
+        callsync_net::framing::write_frame(&mut send, &chunk)
+            .await
+            .unwrap();
+        assert_eq!(
+            refused_code(read_reply(&mut recv).await),
+            "upload-offset-mismatch"
+        );
+        connection.close(0u32.into(), b"done");
+    });
+    assert!(stored_blobs(&world).is_empty());
+    assert_eq!(
+        callsync(&desk, &["desk", "show", &call]).ok()["recording_state"],
+        "pending",
+        "the call still waits for its recording"
+    );
+}
+
 #[test]
 fn a_third_recording_stream_and_offers_or_downloads_past_their_rate_are_refused() {
-    use callsync_core::wire::stream::{self, StreamOpen, StreamReply};
+    use callsync_core::wire::stream::{StreamOpen, StreamReply};
     let world = World::start(&[]);
     let (desk, phone) = world.rep_devices();
     let refused_code = |reply: StreamReply| match reply {
@@ -595,18 +678,9 @@ fn a_third_recording_stream_and_offers_or_downloads_past_their_rate_are_refused(
         other => panic!("not refused: {other:?}"),
     };
     crate::support::runtime().block_on(async {
-        async fn ask(connection: &quinn::Connection, open: &StreamOpen) -> StreamReply {
-            let (mut send, mut recv) = connection.open_bi().await.unwrap();
-            let frame = stream::encode_stream_frame(open).unwrap();
-            callsync_net::framing::write_frame(&mut send, &frame)
-                .await
-                .unwrap();
-            let body = callsync_net::framing::read_frame_within(&mut recv, 4096)
-                .await
-                .unwrap()
-                .unwrap();
-            stream::decode_stream_frame::<StreamReply>(&body).unwrap()
-        }
+        let ask = async |connection: &quinn::Connection, open: &StreamOpen| {
+            stream_ask(connection, open).await.2
+        };
         let offer = StreamOpen::Upload {
             customer: callsync_core::CustomerId::new("cus-1").unwrap(),
             call: callsync_core::CallId::new("call-none").unwrap(),

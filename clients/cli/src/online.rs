@@ -668,7 +668,7 @@ pub(crate) fn desk(g: &Global, data: &Path, cmd: &DeskCommand) -> anyhow::Result
                     // server would refuse.
                     let needed = EventKind::RecordingDeleted.role_needed();
                     let role = app.session.as_ref().map(|s| s.role);
-                    if !role.is_some_and(|r| r >= needed) {
+                    if role.is_none_or(|r| r < needed) {
                         return Err(ClientError::Refused(
                             wire::Refusal::RoleRequired { needed }.body(),
                         )

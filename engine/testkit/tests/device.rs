@@ -626,7 +626,11 @@ fn a_phone_s_upload_status_reaches_its_user_s_other_devices_only_and_goes_with_t
         net.session(desk).upload_of(&c1),
         Some(UploadState::WaitingForWifi)
     );
-    assert_eq!(net.session(boss).upload_of(&c1), None, "another user hears nothing");
+    assert_eq!(
+        net.session(boss).upload_of(&c1),
+        None,
+        "another user hears nothing"
+    );
     assert!(
         !net.events(boss)
             .iter()
@@ -662,7 +666,11 @@ fn a_phone_s_upload_status_reaches_its_user_s_other_devices_only_and_goes_with_t
 
     // A desk that reconnects forgets, then hears it again at its join.
     net.partition(desk, 0);
-    assert_eq!(net.session(desk).upload_of(&c1), None, "offline, nothing is known");
+    assert_eq!(
+        net.session(desk).upload_of(&c1),
+        None,
+        "offline, nothing is known"
+    );
     net.heal(desk, 0);
     net.run_until_quiescent();
     assert_eq!(net.session(desk).upload_of(&c1), uploading);
