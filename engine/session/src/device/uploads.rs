@@ -246,8 +246,9 @@ impl UploadQueue {
             return None;
         }
         self.queue
-            .first()
+            .iter()
             .map(|e| e.not_before.unwrap_or(Timestamp::from_millis(0)))
+            .min()
     }
 
     /// Takes in what happened; returns what the host is to do.
@@ -397,14 +398,25 @@ impl UploadQueue {
         if self.network != NetworkKind::Wifi {
             return out;
         }
+        if self.flight.is_none() {
+            // The oldest recording ready to go: one waiting to retry, or whose
+            // call the server does not hold yet, does not hold up those behind
+            // it. The upload in progress is always the queue's first.
+            let Some(ready) = self
+                .queue
+                .iter()
+                .position(|e| e.not_before.is_none_or(|at| at <= now) && synced(&e.call))
+            else {
+                return out;
+            };
+            let entry = self.queue.remove(ready);
+            self.queue.insert(0, entry);
+        }
         let Some(entry) = self.queue.first_mut() else {
             return out;
         };
         match &mut self.flight {
             None => {
-                if entry.not_before.is_some_and(|at| at > now) || !synced(&entry.call) {
-                    return out;
-                }
                 entry.not_before = None;
                 self.flight = Some(Flight::Offered);
                 out.push(UploadCommand::Offer {
@@ -1022,5 +1034,23 @@ mod tests {
         assert_eq!(reporter.due(t(1_300), true, at(5)), Some(at(5)));
         reporter.due(t(1_400), false, vec![]);
         assert_eq!(reporter.due(t(1_500), true, vec![]), None);
+    }
+
+    #[test]
+    fn a_recording_whose_call_has_not_synced_does_not_hold_up_those_behind_it() {
+        let mut queue = UploadQueue::default();
+        queue.set_network(NetworkKind::Wifi);
+        queue.enqueue(call("c1"), "h1".to_owned(), 10);
+        queue.enqueue(call("c2"), "h2".to_owned(), 10);
+        let offered = queue.poll_when(at(0), &|c| c != &call("c1"));
+        assert!(
+            matches!(offered.as_slice(), [UploadCommand::Offer { call: c, .. }] if c == &call("c2")),
+            "{offered:?}"
+        );
+        assert!(matches!(
+            queue.state(&call("c2")),
+            Some(UploadState::Uploading { .. })
+        ));
+        assert_eq!(queue.state(&call("c1")), Some(UploadState::Queued));
     }
 }
