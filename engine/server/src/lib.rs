@@ -349,12 +349,14 @@ impl Server {
             },
             tenants,
         )?;
+        let attach_gate = Arc::new(recordings::AttachGate::default());
         let sweeper = tokio::spawn(recordings::sweep_deletions(
             Store::open(&config.data_dir.join(DB_FILE))?,
             blobs.clone(),
+            attach_gate.clone(),
         ));
         let shared = Arc::new(connection::Shared {
-            recordings: recordings::Recordings::new(blobs),
+            recordings: recordings::Recordings::new(blobs, attach_gate),
             playback,
             hubs: hubs.clone(),
             accounts: Mutex::new(accounts_store),

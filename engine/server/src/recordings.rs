@@ -9,7 +9,8 @@
 //! store verifies the hash, that it is a WAV, the size and duration limits
 //! and the tenant's quota, and stores it whole) before the hub references it
 //! in the customer's document; and the sweeper that removes the bytes of
-//! recordings whose tombstones have committed.
+//! recordings whose tombstones have committed (never bytes an upload has just
+//! stored for a call the hub is still referencing: [`AttachGate`]).
 //! Does not own: who may upload, attach or read (the hub session decides,
 //! from the document: `callsync_session::hub::RecordingAsk`), or the bytes'
 //! verification (`callsync-blobs`).
@@ -62,6 +63,63 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often the sweeper looks for recordings to remove.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
+/// Keeps the sweeper from removing bytes an upload has just stored for a
+/// call the hub has not referenced yet: an upload completes under a read
+/// guard and marks its recording as being attached until the hub answers;
+/// the sweeper checks and removes each recording under the write guard and
+/// leaves a marked one for its next pass (by then the reference has
+/// committed, and the bytes are in use).
+#[derive(Default)]
+pub(crate) struct AttachGate {
+    gate: tokio::sync::RwLock<()>,
+    attaching: std::sync::Mutex<std::collections::HashMap<(TenantId, BlobHash), usize>>,
+}
+
+/// A recording being attached; unmarked when this drops.
+struct Attaching {
+    key: (TenantId, BlobHash),
+    gate: Arc<AttachGate>,
+}
+
+impl Drop for Attaching {
+    fn drop(&mut self) {
+        let mut marks = self
+            .gate
+            .attaching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = marks.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                marks.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl AttachGate {
+    fn mark(self: &Arc<Self>, tenant: &TenantId, hash: &BlobHash) -> Attaching {
+        let key = (tenant.clone(), *hash);
+        *self
+            .attaching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default() += 1;
+        Attaching {
+            key,
+            gate: self.clone(),
+        }
+    }
+
+    fn is_attaching(&self, tenant: &TenantId, hash: &BlobHash) -> bool {
+        self.attaching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&(tenant.clone(), *hash))
+    }
+}
+
 /// What the recording streams share.
 pub(crate) struct Recordings {
     /// The blob store.
@@ -74,6 +132,8 @@ pub(crate) struct Recordings {
     uploading: Arc<std::sync::Mutex<std::collections::HashSet<(TenantId, BlobHash)>>>,
     /// Uploads being completed (read whole and checked) at once.
     completing: Semaphore,
+    /// Shared with the sweeper.
+    attach_gate: Arc<AttachGate>,
 }
 
 /// An upload being received; its recording is free for another stream once
@@ -93,8 +153,9 @@ impl Drop for Uploading {
 }
 
 impl Recordings {
-    pub(crate) fn new(blobs: Arc<BlobStore>) -> Self {
+    pub(crate) fn new(blobs: Arc<BlobStore>, attach_gate: Arc<AttachGate>) -> Self {
         Self {
+            attach_gate,
             blobs,
             offers: crate::limits::RatePerKey::new(OFFERS_BURST, OFFERS_PER_SEC),
             downloads: crate::limits::RatePerKey::new(DOWNLOADS_BURST, DOWNLOADS_PER_SEC),
@@ -328,15 +389,17 @@ async fn upload(
             .map_err(|()| Refusal::ShuttingDown.body())?;
     }
     // The whole is read and checked in memory: at most two at once.
-    let stored = {
+    let (stored, _attaching) = {
         let Ok(_permit) = recordings.completing.acquire().await else {
             return Err(Refusal::ShuttingDown.body());
         };
-        recordings
+        let _no_sweeping = recordings.attach_gate.gate.read().await;
+        let stored = recordings
             .blobs
             .complete(tenant, &hash)
             .await
-            .map_err(|e| e.refusal().body())?
+            .map_err(|e| e.refusal().body())?;
+        (stored, recordings.attach_gate.mark(tenant, &hash))
     };
     let recording = RecordingRef {
         sha256: hash.hex(),
@@ -466,14 +529,14 @@ async fn download(
 /// server stops: each row is cleared only once its bytes are gone (or still
 /// held by another call's stored recording), so a crash in between only
 /// delays the removal to the next start.
-pub(crate) async fn sweep_deletions(store: Store, blobs: Arc<BlobStore>) {
+pub(crate) async fn sweep_deletions(store: Store, blobs: Arc<BlobStore>, gate: Arc<AttachGate>) {
     let store = Arc::new(std::sync::Mutex::new(store));
     let mut ticks = tokio::time::interval(SWEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pruned_at = Instant::now();
     loop {
         ticks.tick().await;
-        if let Err(e) = sweep_once(&store, &blobs).await {
+        if let Err(e) = sweep_once(&store, &blobs, &gate).await {
             tracing::warn!(error = %e, "could not remove deleted recordings; trying again");
         }
         if pruned_at.elapsed() >= PRUNE_EVERY {
@@ -505,13 +568,25 @@ async fn with_store<T: Send + 'static>(
 }
 
 /// One pass of the sweeper: the deletions pending now.
-pub(crate) async fn sweep_once(store: &SharedStore, blobs: &BlobStore) -> Result<usize, String> {
+pub(crate) async fn sweep_once(
+    store: &SharedStore,
+    blobs: &BlobStore,
+    gate: &AttachGate,
+) -> Result<usize, String> {
     let pending = with_store(store, |s| s.pending_blob_deletions(100)).await?;
     let mut removed = 0;
     for (tenant, sha256) in pending {
+        let hash = BlobHash::from_hex(&sha256);
+        // No upload completes while this recording is looked at and removed.
+        let _sweeping = gate.gate.write().await;
+        if hash.is_some_and(|h| gate.is_attaching(&tenant, &h)) {
+            // Just stored again for a call the hub is referencing now: the
+            // next pass finds it in use.
+            continue;
+        }
         let key = (tenant.clone(), sha256.clone());
         let in_use = with_store(store, move |s| s.recording_in_use(&key.0, &key.1)).await?;
-        if !in_use && let Some(hash) = BlobHash::from_hex(&sha256) {
+        if !in_use && let Some(hash) = hash {
             remove_bytes(blobs, &tenant, &hash).await?;
             removed += 1;
             tracing::info!(tenant = %tenant, %sha256, "a deleted recording's bytes were removed");
@@ -530,4 +605,64 @@ async fn remove_bytes(blobs: &BlobStore, tenant: &TenantId, hash: &BlobHash) -> 
         .discard_staged(tenant, hash)
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_stored_again_for_a_call_being_attached_outlive_a_sweep_of_their_old_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(std::sync::Mutex::new(
+            Store::open(&dir.path().join("callsync.db")).unwrap(),
+        ));
+        let blobs = BlobStore::local(
+            &dir.path().join("recordings"),
+            callsync_blobs::BlobLimits::default(),
+        )
+        .unwrap();
+        let gate = Arc::new(AttachGate::default());
+        let tenant = TenantId::new("acme").unwrap();
+        let wav = callsync_testkit::tone_wav(1, 8_000, 440.0);
+        let hash = BlobHash::of(&wav);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // One call's recording was deleted; the same audio is stored again
+            // for another call, which the hub is referencing right now.
+            let mut s = store.lock().unwrap();
+            let mut tx = s.write().unwrap();
+            tx.queue_blob_deletion(&tenant, &hash.hex()).unwrap();
+            tx.commit().unwrap();
+            drop(s);
+            blobs
+                .put(&tenant, hash, Bytes::from(wav.clone()))
+                .await
+                .unwrap();
+            let attaching = gate.mark(&tenant, &hash);
+            assert_eq!(sweep_once(&store, &blobs, &gate).await.unwrap(), 0);
+            assert_eq!(blobs.size(&tenant, &hash).await.unwrap(), wav.len() as u64);
+            let pending = store.lock().unwrap().pending_blob_deletions(10).unwrap();
+            assert_eq!(pending.len(), 1, "looked at again next pass");
+            // Once no upload holds it (here: its attach failed, so nothing
+            // references it), the next pass removes it.
+            drop(attaching);
+            assert_eq!(sweep_once(&store, &blobs, &gate).await.unwrap(), 1);
+            assert!(matches!(
+                blobs.size(&tenant, &hash).await,
+                Err(BlobError::NotFound)
+            ));
+            assert!(
+                store
+                    .lock()
+                    .unwrap()
+                    .pending_blob_deletions(10)
+                    .unwrap()
+                    .is_empty()
+            );
+        });
+    }
 }
