@@ -633,11 +633,12 @@ mod tests {
         runtime.block_on(async {
             // One call's recording was deleted; the same audio is stored again
             // for another call, which the hub is referencing right now.
-            let mut s = store.lock().unwrap();
-            let mut tx = s.write().unwrap();
-            tx.queue_blob_deletion(&tenant, &hash.hex()).unwrap();
-            tx.commit().unwrap();
-            drop(s);
+            {
+                let mut s = store.lock().unwrap();
+                let mut tx = s.write().unwrap();
+                tx.queue_blob_deletion(&tenant, &hash.hex()).unwrap();
+                tx.commit().unwrap();
+            }
             blobs
                 .put(&tenant, hash, Bytes::from(wav.clone()))
                 .await
