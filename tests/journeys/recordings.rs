@@ -56,57 +56,6 @@ fn shown_stored(desk: &Path, call: &str) -> Value {
     shown
 }
 
-/// `GET path` on the server's page listener with `headers` (CRLF-ended lines):
-/// the status line, the headers (lowercase) and the body's bytes.
-fn http_get(page: &str, path: &str, headers: &str) -> (String, String, Vec<u8>) {
-    use std::io::{Read, Write};
-    let host = page
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let mut stream = std::net::TcpStream::connect(&host).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8(response[..split].to_vec()).unwrap();
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head.as_str(), ""));
-    let mut body = response[split + 4..].to_vec();
-    if headers
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = unchunk(&body);
-    }
-    (status.to_owned(), headers.to_ascii_lowercase(), body)
-}
-
-/// The payload of a chunked HTTP/1.1 body.
-fn unchunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line = body.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&body[..line]).unwrap().trim(), 16).unwrap();
-        body = &body[line + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
-}
-
 /// `desk recording link CALL`: the path to play the recording from.
 fn recording_link(desk: &Path, call: &str) -> String {
     let link = callsync(desk, &["desk", "recording", "link", call]).ok();
@@ -196,23 +145,25 @@ fn a_recorded_call_waits_for_wifi_uploads_plays_on_the_desk_and_is_really_delete
     // It plays over HTTP from a signed link, whole or by range (as the page's
     // player asks), and a link changed in any way plays nothing.
     let link = recording_link(&desk, &call);
-    let (status, headers, body) = http_get(&world.server.page, &link, "");
+    let (status, headers, body) = crate::support::http_get(&world.server.page, &link, "");
     assert!(status.contains(" 200 "), "{status}");
     assert!(headers.contains("content-type: audio/wav"), "{headers}");
     assert!(headers.contains("accept-ranges: bytes"), "{headers}");
     assert!(headers.contains("cache-control: no-store"), "{headers}");
     assert_eq!(body, stored);
-    let (status, headers, body) = http_get(&world.server.page, &link, "Range: bytes=100-1123\r\n");
+    let (status, headers, body) =
+        crate::support::http_get(&world.server.page, &link, "Range: bytes=100-1123\r\n");
     assert!(status.contains(" 206 "), "{status}");
     assert!(
         headers.contains(&format!("content-range: bytes 100-1123/{bytes}")),
         "{headers}"
     );
     assert_eq!(body, stored[100..1124]);
-    let (status, _, body) = http_get(&world.server.page, &link, "Range: bytes=-44\r\n");
+    let (status, _, body) =
+        crate::support::http_get(&world.server.page, &link, "Range: bytes=-44\r\n");
     assert!(status.contains(" 206 "), "{status}");
     assert_eq!(body, stored[stored.len() - 44..]);
-    let (status, headers, _) = http_get(
+    let (status, headers, _) = crate::support::http_get(
         &world.server.page,
         &link,
         &format!("Range: bytes={bytes}-\r\n"),
@@ -225,7 +176,7 @@ fn a_recorded_call_waits_for_wifi_uploads_plays_on_the_desk_and_is_really_delete
     let mut forged = link.clone();
     let last = forged.pop().unwrap();
     forged.push(if last == '0' { '1' } else { '0' });
-    let (status, _, body) = http_get(&world.server.page, &forged, "");
+    let (status, _, body) = crate::support::http_get(&world.server.page, &forged, "");
     assert!(status.contains(" 403 "), "{status}");
     assert!(!body.starts_with(b"RIFF"));
     // Another tenant's member gets no link to this tenant's recording.
@@ -254,7 +205,7 @@ fn a_recorded_call_waits_for_wifi_uploads_plays_on_the_desk_and_is_really_delete
     get_recording(&desk, &call, &again).refused("recording-deleted");
     assert!(!again.exists());
     // The link signed before plays nothing now, and no new one is given.
-    let (status, _, _) = http_get(&world.server.page, &link, "");
+    let (status, _, _) = crate::support::http_get(&world.server.page, &link, "");
     assert!(status.contains(" 404 "), "{status}");
     callsync(&desk, &["desk", "recording", "link", &call]).refused("recording-deleted");
 }

@@ -20,30 +20,11 @@ fn http_get(page: &str, path: &str) -> (String, String, String) {
     http_get_with(page, path, "")
 }
 
-/// As [`http_get`], with `headers` (each line ending in CRLF) added.
+/// As [`http_get`], with `headers` (each line ending in CRLF) added; the body
+/// as text.
 fn http_get_with(page: &str, path: &str, headers: &str) -> (String, String, String) {
-    let host = page
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let mut stream = TcpStream::connect(&host).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let (status, headers) = head.split_once("\r\n").unwrap();
-    (
-        status.to_owned(),
-        headers.to_ascii_lowercase(),
-        body.to_owned(),
-    )
+    let (status, headers, body) = crate::support::http_get(page, path, headers);
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The development certificate's hashes `/api/transport` hands the page.

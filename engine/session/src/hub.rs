@@ -767,16 +767,21 @@ impl<D: LoadedDoc> HubSession<D> {
         Ok(())
     }
 
-    /// Tells the user's other connections that `member`'s device came or went.
-    fn presence(&mut self, batch: &mut Batch<'_>, member: &Authenticated, online: bool) {
+    /// The connections of `user`'s devices other than `device`, in order.
+    fn other_devices_of(&self, user: &UserId, device: &DeviceId) -> Vec<ConnId> {
         let mut targets: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.member.user == member.user && c.member.device != member.device)
+            .filter(|(_, c)| &c.member.user == user && &c.member.device != device)
             .map(|(id, _)| *id)
             .collect();
         targets.sort_unstable();
-        for conn in targets {
+        targets
+    }
+
+    /// Tells the user's other connections that `member`'s device came or went.
+    fn presence(&mut self, batch: &mut Batch<'_>, member: &Authenticated, online: bool) {
+        for conn in self.other_devices_of(&member.user, &member.device) {
             batch.send(
                 conn,
                 Message::Presence {

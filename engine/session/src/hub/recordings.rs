@@ -133,14 +133,7 @@ impl<D: LoadedDoc> HubSession<D> {
         device: &DeviceId,
         uploads: &[UploadStatus],
     ) {
-        let mut targets: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| &c.member.user == user && &c.member.device != device)
-            .map(|(id, _)| *id)
-            .collect();
-        targets.sort_unstable();
-        for target in targets {
+        for target in self.other_devices_of(user, device) {
             batch.send(
                 target,
                 Message::PhoneUploads {
