@@ -851,14 +851,21 @@ function resultLabels(lang: Lang, sync: PageSync): Labels {
 
 function Timeline({ lang, sync, detail, label }: { lang: Lang; sync: PageSync; detail: CustomerDetail; label: Labels }) {
   if (detail.timeline.length === 0) return <p>{t(lang, 'noCalls')}</p>;
-  // Each recorded call's recording (its state, its player) shows once, at the
-  // call's latest event.
-  const shown = new Set<string>();
+  // Each recorded call's recording (its state, its player) shows once: at its
+  // `recording-attached` event once stored (an entry that stays put while
+  // later events arrive, so a player keeps playing), else at the call's
+  // latest event.
+  const anchors = new Map<string, string>();
+  const attached = new Set<string>();
+  for (const entry of detail.timeline) {
+    if (attached.has(entry.call)) continue;
+    anchors.set(entry.call, entry.event);
+    if (eventKind(entry.kind) === 'recording-attached') attached.add(entry.call);
+  }
   return (
     <ol class="timeline">
       {[...detail.timeline].reverse().map((entry) => {
-        const view = shown.has(entry.call) ? undefined : detail.customer.calls.find((c) => c.call === entry.call);
-        shown.add(entry.call);
+        const view = anchors.get(entry.call) === entry.event ? detail.customer.calls.find((c) => c.call === entry.call) : undefined;
         return (
           <li key={entry.event}>
             <time>{formatTime(lang, entry.stamp.at)}</time> {eventText(lang, eventKind(entry.kind))}

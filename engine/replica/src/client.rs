@@ -465,10 +465,13 @@ impl SyncClient {
         self.replies.remove(&ticket)
     }
 
-    /// Whether request `ticket` has ended (answered, refused or lost with its
-    /// connection), forgetting how: for a request whose answer nobody awaits.
-    pub fn take_ended(&mut self, ticket: u64) -> bool {
-        self.replies.remove(&ticket).is_some() || self.failed.remove(&ticket).is_some()
+    /// How request `ticket` ended, once it has: its answer, or why none will
+    /// come (lost with its connection, or given up on).
+    pub fn take_outcome(&mut self, ticket: u64) -> Option<Result<RpcResult, ErrorBody>> {
+        if let Some(result) = self.replies.remove(&ticket) {
+            return Some(Ok(result));
+        }
+        self.failed.remove(&ticket).map(Err)
     }
 
     /// Sends a request and handles messages until its answer arrives.

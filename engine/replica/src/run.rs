@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use callsync_core::DeviceKind;
-use callsync_core::wire::RpcCall;
+use callsync_core::wire::{RpcCall, RpcResult};
 use callsync_session::device::Phase;
 use callsync_session::device::uploads::StatusReporter;
 use serde::Serialize;
@@ -131,10 +131,20 @@ pub async fn run(
             if let Some(uploads) = reporter.due(now(), online, recorder.statuses()) {
                 match client.send_rpc(RpcCall::UploadStatus { uploads }).await {
                     Ok(ticket) => status_asks.push(ticket),
-                    Err(e) => tracing::debug!(error = %e, "telling the uploads' status failed"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "telling the uploads' status failed");
+                        reporter.not_heard();
+                    }
                 }
             }
-            status_asks.retain(|ticket| !client.take_ended(*ticket));
+            status_asks.retain(|ticket| match client.take_outcome(*ticket) {
+                None => true,
+                Some(Ok(RpcResult::Refused(_)) | Err(_)) => {
+                    reporter.not_heard();
+                    false
+                }
+                Some(Ok(_)) => false,
+            });
         }
         if client.device().phase() == Phase::Stopped {
             let reason = client

@@ -3,6 +3,7 @@
 //! makes with one.
 //!
 //! Owns: the link's form (`/api/recordings/{tenant}/{sha256}/{expires}/{mac}`,
+//! the tenant in hex so that no id character means anything in a URL,
 //! an HMAC-SHA256 under a key the server keeps in its store, so links outlive
 //! a restart), checking a link (its MAC in constant time, then its expiry on
 //! the server's clock), and answering `GET` with the whole recording or one
@@ -85,14 +86,12 @@ impl Playback {
         let expires_at = now.plus_millis(LINK_TTL.as_millis() as i64);
         let expires = expires_at.as_millis().to_string();
         let sha256 = recording.sha256.to_ascii_lowercase();
-        let tag = hmac::sign(
-            &self.key,
-            &Self::message(tenant.as_str(), &sha256, &expires),
-        );
+        let tenant_hex = hex(tenant.as_str().as_bytes());
+        let tag = hmac::sign(&self.key, &Self::message(&tenant_hex, &sha256, &expires));
         RecordingLink {
             path: format!(
                 "/api/recordings/{}/{sha256}/{expires}/{}",
-                tenant.as_str(),
+                hex(tenant.as_str().as_bytes()),
                 hex(tag.as_ref())
             ),
             expires_at,
@@ -118,7 +117,10 @@ impl Playback {
         if now.as_millis() >= expires {
             return Err(LinkError::Expired);
         }
-        let tenant = TenantId::new(tenant).map_err(|_| LinkError::Forged)?;
+        let tenant = unhex(tenant)
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|name| TenantId::new(name).ok())
+            .ok_or(LinkError::Forged)?;
         let hash = BlobHash::from_hex(sha256).ok_or(LinkError::Forged)?;
         Ok((tenant, hash))
     }
@@ -128,14 +130,47 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Lowercase hex only (one spelling per link), at most 256 digits.
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 128 {
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    if !text.len().is_multiple_of(2) || text.len() > 256 {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
         .collect()
+}
+
+/// The longest `Range` header read: one range of two 20-digit numbers fits
+/// many times over. A longer one, or one naming several ranges, is ignored
+/// (the whole recording is sent), so no header makes the parser compare
+/// thousands of ranges with each other.
+const MAX_RANGE_HEADER: usize = 100;
+
+/// The bytes a `Range` header asks of a recording of `size` bytes: `Ok(None)`
+/// for the whole (no header, or one this server ignores: another unit,
+/// malformed, several ranges, too long), `Err` when it lies past the end.
+fn asked_range(header: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(text) = header.and_then(|h| h.to_str().ok()) else {
+        return Ok(None);
+    };
+    if text.len() > MAX_RANGE_HEADER || text.contains(',') {
+        return Ok(None);
+    }
+    let Ok(parsed) = http_range_header::parse_range_header(text) else {
+        return Ok(None);
+    };
+    match parsed.validate(size) {
+        Ok(ranges) => Ok(ranges.first().map(|r| (*r.start(), *r.end() + 1))),
+        // A suffix longer than the recording asks for all of it (RFC 9110).
+        Err(_) if text.trim().starts_with("bytes=-") && size > 0 => Ok(Some((0, size))),
+        Err(_) => Err(()),
+    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
@@ -183,17 +218,8 @@ pub(crate) async fn play(
             );
         }
     };
-    let range = match headers.get(header::RANGE).map(|r| r.to_str()) {
-        None => None,
-        Some(Ok(range)) => match http_range_header::parse_range_header(range)
-            .and_then(|ranges| ranges.validate(size))
-        {
-            // One range is what players ask for; several are answered with
-            // the first (a server may send less than asked).
-            Ok(ranges) => ranges.first().map(|r| (*r.start(), *r.end() + 1)),
-            Err(_) => return unsatisfiable(size),
-        },
-        Some(Err(_)) => return unsatisfiable(size),
+    let Ok(range) = asked_range(headers.get(header::RANGE), size) else {
+        return unsatisfiable(size);
     };
     let (start, end) = range.unwrap_or((0, size));
     let mut response = Response::new(body(playback.clone(), tenant, hash, start..end));
@@ -312,7 +338,7 @@ mod tests {
         let mut flipped = f[3].clone();
         flipped.replace_range(0..1, if flipped.starts_with('0') { "1" } else { "0" });
         for (tenant, sha, expires, mac) in [
-            ("other", f[1].as_str(), f[2].as_str(), f[3].as_str()),
+            ("6f74686572", f[1].as_str(), f[2].as_str(), f[3].as_str()),
             (&f[0], other_sha.as_str(), &f[2], &f[3]),
             (&f[0], &f[1], later.as_str(), &f[3]),
             (&f[0], &f[1], &f[2], flipped.as_str()),
@@ -332,5 +358,63 @@ mod tests {
             other.check(&f[0], &f[1], &f[2], &f[3], now),
             Err(LinkError::Forged)
         );
+    }
+
+    #[test]
+    fn a_range_is_read_strictly_and_anything_else_gets_the_whole_recording() {
+        let ask = |text: &str| asked_range(Some(&HeaderValue::from_str(text).unwrap()), 1_000);
+        assert_eq!(asked_range(None, 1_000), Ok(None));
+        assert_eq!(ask("bytes=0-"), Ok(Some((0, 1_000))));
+        assert_eq!(ask("bytes=100-199"), Ok(Some((100, 200))));
+        assert_eq!(ask("bytes=-44"), Ok(Some((956, 1_000))));
+        assert_eq!(
+            ask("bytes=-5000"),
+            Ok(Some((0, 1_000))),
+            "a suffix past the start"
+        );
+        assert_eq!(ask("bytes=1000-"), Err(()));
+        assert_eq!(ask("bytes=2000-3000"), Err(()));
+        for ignored in [
+            "items=0-10",
+            "bytes=a-b",
+            "bytes=0-1,5-6",
+            &format!("bytes=0-{}", "9".repeat(200)),
+        ] {
+            assert_eq!(ask(ignored), Ok(None), "{ignored}");
+        }
+        // Thousands of ranges are never handed to the parser.
+        let many = (0..30_000)
+            .map(|i| format!("{}-{}", i * 3, i * 3 + 1))
+            .collect::<Vec<_>>();
+        assert_eq!(ask(&format!("bytes={}", many.join(","))), Ok(None));
+    }
+
+    #[test]
+    fn hex_has_one_spelling() {
+        assert_eq!(unhex("0aff"), Some(vec![0x0a, 0xff]));
+        for other in ["+a", "0A", "0g", "abc", " 0a"] {
+            assert_eq!(unhex(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_whose_name_means_something_in_a_url_still_gets_a_working_link() {
+        let (_dir, playback) = playback();
+        let now = Timestamp::from_millis(1_000_000);
+        for name in ["a%2Fb", "q?x", "h#x", "..", "テナント"] {
+            let tenant = TenantId::new(name).unwrap();
+            let link = playback.link(&tenant, recording(), now);
+            let f = fields(&link.path);
+            assert_eq!(f.len(), 4, "{}", link.path);
+            assert!(
+                link.path
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'/' || b == b'_'),
+                "{}",
+                link.path
+            );
+            let (named, _) = playback.check(&f[0], &f[1], &f[2], &f[3], now).unwrap();
+            assert_eq!(named, tenant);
+        }
     }
 }

@@ -660,7 +660,12 @@ impl<D: LoadedDoc> HubSession<D> {
         let body = Refusal::SaveFailed.body();
         let mut closes = Vec::new();
         for conn in batch.senders {
-            if self.remove_conn(conn).is_some() {
+            if let Some(c) = self.remove_conn(conn) {
+                if !self.by_device.contains_key(&c.member.device) {
+                    // Nobody can be told here (the batch is gone); devices
+                    // that join later are not told a status that went with it.
+                    self.phone_uploads.remove(&c.member.device);
+                }
                 closes.push((conn, body.clone()));
             }
         }

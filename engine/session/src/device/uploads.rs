@@ -545,20 +545,30 @@ fn backoff(failures: u32, rng: &mut dyn Entropy) -> i64 {
 
 /// The least time between two statuses whose only news is a percentage.
 pub const STATUS_EVERY_MS: i64 = 1_000;
+/// The least time between any two statuses: twice the hub's
+/// `UPLOAD_STATUS_GAP_MS`, so the device's clock (the server's, corrected
+/// by an offset known within half a round trip) never sends one the hub
+/// finds too soon.
+pub const STATUS_GAP_MS: i64 = 500;
 
 /// When a phone tells the server where its uploads stand (`upload-status`,
-/// relayed to the user's other devices): at once when a recording joins or
-/// leaves the queue or changes stage, at most once per [`STATUS_EVERY_MS`]
-/// for a percentage, again after every reconnect (the server forgets a
-/// phone's status when it goes away), and never twice the same.
+/// relayed to the user's other devices): as soon as [`STATUS_GAP_MS`] allows
+/// when a recording joins or leaves the queue or changes stage, at most once
+/// per [`STATUS_EVERY_MS`] for a percentage, again after every reconnect (the
+/// server forgets a phone's status when it goes away) and after a status the
+/// server refused or that was lost, and never twice the same.
 #[derive(Debug, Default)]
 pub struct StatusReporter {
-    /// What the server holds from this connection, and when it was sent.
-    sent: Option<(Vec<UploadStatus>, Timestamp)>,
+    /// What the server holds from this connection (`None`: nothing, or not
+    /// known to have arrived).
+    sent: Option<Vec<UploadStatus>>,
+    /// When the last status was sent.
+    at: Option<Timestamp>,
 }
 
 impl StatusReporter {
     /// The status to send now, if any (`connected`: a connection is up).
+    /// What is not due yet is due at a later call with the same statuses.
     pub fn due(
         &mut self,
         now: Timestamp,
@@ -569,26 +579,35 @@ impl StatusReporter {
             self.sent = None;
             return None;
         }
+        let since = self.at.map(|at| now.as_millis() - at.as_millis());
+        if since.is_some_and(|ms| ms < STATUS_GAP_MS) {
+            return None;
+        }
         let due = match &self.sent {
             // Nothing to say to a server that heard nothing yet.
             None => !statuses.is_empty(),
-            Some((sent, _)) if *sent == statuses => false,
-            Some((sent, at)) => {
+            Some(sent) if *sent == statuses => false,
+            Some(sent) => {
                 let stages =
                     |list: &[UploadStatus]| -> Vec<(CallId, std::mem::Discriminant<UploadState>)> {
                         list.iter()
                             .map(|s| (s.call.clone(), std::mem::discriminant(&s.state)))
                             .collect()
                     };
-                stages(sent) != stages(&statuses)
-                    || now.as_millis() - at.as_millis() >= STATUS_EVERY_MS
+                stages(sent) != stages(&statuses) || since.is_none_or(|ms| ms >= STATUS_EVERY_MS)
             }
         };
         if !due {
             return None;
         }
-        self.sent = Some((statuses.clone(), now));
+        self.sent = Some(statuses.clone());
+        self.at = Some(now);
         Some(statuses)
+    }
+
+    /// The last status was refused or lost: it is said again when due.
+    pub fn not_heard(&mut self) {
+        self.sent = None;
     }
 }
 
@@ -1001,7 +1020,7 @@ mod tests {
     }
 
     #[test]
-    fn a_status_is_sent_on_a_new_stage_at_once_and_on_a_percentage_at_most_once_a_second() {
+    fn a_status_is_sent_on_a_new_stage_soon_and_on_a_percentage_at_most_once_a_second() {
         let mut reporter = StatusReporter::default();
         let t = Timestamp::from_millis;
         assert_eq!(reporter.due(t(0), true, vec![]), None, "nothing to say");
@@ -1012,28 +1031,46 @@ mod tests {
             Some(waiting.clone())
         );
         assert_eq!(
-            reporter.due(t(3), true, waiting.clone()),
+            reporter.due(t(600), true, waiting.clone()),
             None,
             "said already"
         );
         let at = |percent| vec![status("c1", UploadState::Uploading { percent })];
         assert_eq!(
-            reporter.due(t(4), true, at(10)),
+            reporter.due(t(700), true, at(10)),
             Some(at(10)),
             "a new stage"
         );
-        assert_eq!(reporter.due(t(500), true, at(50)), None, "too soon");
-        assert_eq!(reporter.due(t(1_004), true, at(90)), Some(at(90)));
         assert_eq!(
-            reporter.due(t(1_100), true, vec![]),
+            reporter.due(t(1_300), true, at(50)),
+            None,
+            "too soon for a percentage"
+        );
+        assert_eq!(reporter.due(t(1_700), true, at(90)), Some(at(90)));
+        // A new stage within the gap waits for the gap, then goes.
+        assert_eq!(reporter.due(t(1_800), true, vec![]), None);
+        assert_eq!(
+            reporter.due(t(2_200), true, vec![]),
             Some(vec![]),
             "left the queue"
         );
         // A reconnect: the server forgot; an empty queue needs no word.
-        assert_eq!(reporter.due(t(1_200), false, at(5)), None);
-        assert_eq!(reporter.due(t(1_300), true, at(5)), Some(at(5)));
-        reporter.due(t(1_400), false, vec![]);
-        assert_eq!(reporter.due(t(1_500), true, vec![]), None);
+        assert_eq!(reporter.due(t(3_000), false, at(5)), None);
+        assert_eq!(reporter.due(t(3_100), true, at(5)), Some(at(5)));
+        reporter.due(t(4_000), false, vec![]);
+        assert_eq!(reporter.due(t(5_000), true, vec![]), None);
+        // A status the server refused (or lost) is said again once the gap allows.
+        assert_eq!(
+            reporter.due(t(6_000), true, waiting.clone()),
+            Some(waiting.clone())
+        );
+        reporter.not_heard();
+        assert_eq!(
+            reporter.due(t(6_100), true, waiting.clone()),
+            None,
+            "within the gap"
+        );
+        assert_eq!(reporter.due(t(6_500), true, waiting.clone()), Some(waiting));
     }
 
     #[test]
