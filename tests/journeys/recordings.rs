@@ -390,10 +390,10 @@ fn an_upload_cut_midway_resumes_where_the_server_is_and_sends_again_at_most_its_
 }
 
 #[test]
-fn a_corrupted_upload_is_refused_by_its_hash_and_sent_again_whole() {
-    let world = World::start(&[]);
+fn a_staged_upload_damaged_while_the_server_was_down_is_refused_by_its_hash_and_sent_again_whole() {
+    let mut world = World::start(&[]);
     let mut size = 0;
-    let (desk, phone, call) = call_with_file(&world, |path| size = tone_wav(path, 10 * 60, 16_000));
+    let (desk, phone, call) = call_with_file(&world, |path| size = tone_wav(path, 30 * 60, 16_000));
     let sha256 = callsync_replica::recorder::file_sha256(
         &phone.join("recordings").join(format!("{call}.wav")),
     )
@@ -405,8 +405,15 @@ fn a_corrupted_upload_is_refused_by_its_hash_and_sent_again_whole() {
         .join("acme")
         .join(format!("{sha256}.part"));
     let mut run = PhoneRun::start_args(&phone, &["--network", "wifi"]);
-    run.wait_for(|v| event(&call, "upload")(v) && percent(v) >= 1);
-    // A byte the server acknowledged goes bad on its way to the store.
+    run.wait_for(|v| event(&call, "upload")(v) && percent(v) >= 5);
+    // The server stops mid-upload; a byte it had acknowledged goes bad on its
+    // disk meanwhile.
+    world.server.stop();
+    assert_eq!(
+        run.count(event(&call, "recording-uploaded")),
+        0,
+        "stopped before the end"
+    );
     {
         use std::io::{Seek, SeekFrom, Write};
         let mut file = std::fs::OpenOptions::new()
@@ -416,10 +423,15 @@ fn a_corrupted_upload_is_refused_by_its_hash_and_sent_again_whole() {
         file.seek(SeekFrom::Start(1_000)).unwrap();
         file.write_all(&[0x5a]).unwrap();
     }
-    let refused = run.wait_for(|v| v["event"] == "upload-refused" && v["call"] == call.as_str());
+    world.server.restart();
+    // The upload resumes where the staging area reached (what it holds is
+    // read back and hashed), and the whole fails its hash.
+    let refused = run.wait_for_within(Duration::from_secs(60), |v| {
+        v["event"] == "upload-refused" && v["call"] == call.as_str()
+    });
     assert_eq!(refused["code"], "recording-hash-mismatch");
     assert!(refused["message_ja"].as_str().unwrap().contains("破損"));
-    let uploaded = run.wait_for(event(&call, "recording-uploaded"));
+    let uploaded = run.wait_for_within(Duration::from_secs(60), event(&call, "recording-uploaded"));
     assert!(
         uploaded["sent_bytes"].as_u64().unwrap() >= 2 * size - 4 * 256 * 1024,
         "sent again from zero"
@@ -431,6 +443,7 @@ fn a_corrupted_upload_is_refused_by_its_hash_and_sent_again_whole() {
         sha256,
         "the good bytes are stored"
     );
+    assert!(!staged.exists(), "the damaged staging is gone");
     let shown = callsync(&desk, &["desk", "show", &call]).ok();
     assert_eq!(shown["recording_state"], "stored");
 }

@@ -201,9 +201,29 @@ async fn drive(
     }
 }
 
+/// CPU time this process has used, in milliseconds (every thread's, from the
+/// scheduler's own count): what an upload costs beside its wall time.
+fn cpu_ms() -> f64 {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e6
+}
+
 /// The same bytes over one QUIC stream to a bare endpoint with the server's TLS
 /// and transport settings: the machine's own ceiling.
-async fn raw_quic(dir: &Path, file: &Path) -> f64 {
+async fn raw_quic(dir: &Path, file: &Path) -> (f64, f64) {
     std::fs::create_dir_all(dir).unwrap();
     let (identity, _) = callsync_net::tls::Identity::load_or_create(dir).unwrap();
     let resolver = Arc::new(
@@ -237,6 +257,7 @@ async fn raw_quic(dir: &Path, file: &Path) -> f64 {
     )
     .unwrap();
     let bytes = std::fs::read(file).unwrap();
+    let cpu = cpu_ms();
     let t = Instant::now();
     let connection = client.connect(addr, "localhost").unwrap().await.unwrap();
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
@@ -247,9 +268,10 @@ async fn raw_quic(dir: &Path, file: &Path) -> f64 {
     let mut ack = [0u8; 1];
     recv.read_exact(&mut ack).await.unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_ms() - cpu;
     connection.close(0u32.into(), b"done");
     assert_eq!(accept.await.unwrap(), bytes.len());
-    bytes.len() as f64 / secs / 1e6
+    (bytes.len() as f64 / secs / 1e6, cpu)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -292,13 +314,16 @@ async fn main() {
     // Uploads, one at a time, each beside a raw QUIC transfer of the same bytes.
     let mut upload_mbps = Vec::new();
     let mut raw_mbps = Vec::new();
+    let (mut upload_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
     let mut size = 0;
     for i in 0..RUNS {
         size = wav(&file(i), i);
         let copy = root.path().join("raw.wav");
         std::fs::copy(file(i), &copy).unwrap();
         eprintln!("run {i}: raw QUIC");
-        raw_mbps.push(raw_quic(&root.path().join(format!("raw-{i}")), &copy).await);
+        let (mbps, cpu) = raw_quic(&root.path().join(format!("raw-{i}")), &copy).await;
+        raw_mbps.push(mbps);
+        raw_cpu.push(cpu);
         eprintln!("run {i}: upload");
         // Opening the recorder queues the file (hashing it, as at a call's
         // end); the upload is timed from there to `stored`.
@@ -309,12 +334,14 @@ async fn main() {
             options.clone(),
         )
         .unwrap();
+        let cpu = cpu_ms();
         let t = Instant::now();
         drive(&mut client, &mut recorder, |e| {
             matches!(e, RecordingEvent::RecordingUploaded { .. })
         })
         .await;
         upload_mbps.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
+        upload_cpu.push(cpu_ms() - cpu);
     }
 
     eprintln!("resume");
@@ -464,6 +491,12 @@ async fn main() {
                 "raw_quic_median_mb_per_s": raw,
                 "ratio_to_raw": upload / raw,
                 "target_ratio": 0.8,
+                // Both ends run in this process on the machine's cores: the
+                // CPU each transfer used, server and phone together.
+                "cpu_ms": upload_cpu,
+                "median_cpu_ms": median(&upload_cpu),
+                "raw_quic_cpu_ms": raw_cpu,
+                "raw_quic_median_cpu_ms": median(&raw_cpu),
             },
             "resume": {
                 "connect_ms": connect_ms,

@@ -900,21 +900,20 @@ async fn upload_stream(
         let Some(handle) = handle.as_mut() else {
             break;
         };
-        let mut chunk = vec![0u8; len as usize];
+        // Read straight into the frame, handed to QUIC without a copy.
+        let mut frame = stream::begin_chunk(offset, len as usize);
         let read = handle
             .seek(SeekFrom::Start(offset))
-            .and_then(|_| handle.read_exact(&mut chunk));
-        let frame = match read
-            .ok()
-            .and_then(|()| stream::encode_chunk(offset, &chunk).ok())
-        {
-            Some(frame) => frame,
-            None => {
-                drop(reader);
-                return broken(&news);
-            }
+            .and_then(|_| Read::by_ref(handle).take(len).read_to_end(&mut frame));
+        let frame = match read {
+            Ok(got) if got as u64 == len => stream::end_chunk(frame).ok(),
+            _ => None,
         };
-        if write_frame(&mut send, &frame).await.is_err() {
+        let Some(frame) = frame else {
+            drop(reader);
+            return broken(&news);
+        };
+        if send.write_chunk(frame.into()).await.is_err() {
             // The reader reports the break.
             break;
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use callsync_blobs::{BlobError, BlobHash, BlobStore};
+use callsync_blobs::{BlobError, BlobHash, BlobStore, StagedUpload};
 use callsync_core::wire::stream::{
     self, MAX_OPEN_FRAME_BYTES, MAX_STREAM_FRAME_BYTES, StreamOpen, StreamReply,
 };
@@ -53,9 +53,15 @@ pub const DOWNLOADS_PER_SEC: f64 = 1.0;
 const DOWNLOAD_CHUNK: u64 = 256 * 1024;
 /// The format every recording has (the blob store admits nothing else).
 pub const FORMAT: &str = "wav/pcm16";
-/// Uploads completed (read whole, hashed, checked) at once, server-wide: each
-/// holds the recording in memory, up to its size limit.
+/// Uploads completed (checked and stored) at once, server-wide: on another
+/// backend than the local disk each holds the recording in memory, up to its
+/// size limit.
 const COMPLETING_AT_ONCE: usize = 2;
+
+/// Chunks of an upload read from its stream but not yet written: the disk
+/// may fall this far behind the network before the stream stops reading
+/// (the phone's window is four).
+const CHUNKS_QUEUED_TO_DISK: usize = 4;
 /// An upload in progress untouched this long is thrown away.
 pub const STAGED_IDLE: Duration = Duration::from_secs(24 * 3600);
 /// How often the sweeper looks for stale uploads in progress.
@@ -354,41 +360,22 @@ async fn upload(
     let Some(_uploading) = recordings.begin(tenant, &hash) else {
         return Err(Refusal::Busy.body());
     };
-    let mut held = recordings
+    let mut staged = recordings
         .blobs
-        .staged_bytes(tenant, &hash)
+        .stage(tenant, &hash, offer.bytes)
         .await
         .map_err(|e| e.refusal().body())?;
+    let held = staged.held();
     reply(send, &StreamReply::Held { held })
         .await
         .map_err(|()| Refusal::ShuttingDown.body())?;
-    while held < offer.bytes {
-        let frame =
-            tokio::time::timeout(STREAM_IDLE, read_frame_within(recv, MAX_STREAM_FRAME_BYTES))
-                .await;
-        let body = match frame {
-            Ok(Ok(Some(body))) => body,
-            // The phone went (or went quiet): what is staged waits for its
-            // next offer.
-            Ok(Ok(None)) | Err(_) => return Ok(()),
-            Ok(Err(e)) => {
-                return Err(Refusal::BadRequest {
-                    detail: e.to_string(),
-                }
-                .body());
-            }
-        };
-        let (offset, data) = stream::decode_chunk(&body).map_err(|e| Refusal::from(&e).body())?;
-        held = recordings
-            .blobs
-            .append(tenant, &hash, offer.bytes, offset, data)
-            .await
-            .map_err(|e| e.refusal().body())?;
-        reply(send, &StreamReply::Acked { upto: held })
-            .await
-            .map_err(|()| Refusal::ShuttingDown.body())?;
+    if held < offer.bytes && !receive_chunks(recv, send, &mut staged, offer.bytes).await? {
+        // The phone went (or went quiet): what is staged waits for its next
+        // offer.
+        return Ok(());
     }
-    // The whole is read and checked in memory: at most two at once.
+    // At most two at once: another backend than the local disk reads the
+    // whole into memory.
     let (stored, _attaching) = {
         let Ok(_permit) = recordings.completing.acquire().await else {
             return Err(Refusal::ShuttingDown.body());
@@ -396,7 +383,7 @@ async fn upload(
         let _no_sweeping = recordings.attach_gate.gate.read().await;
         let stored = recordings
             .blobs
-            .complete(tenant, &hash)
+            .complete(tenant, staged)
             .await
             .map_err(|e| e.refusal().body())?;
         (stored, recordings.attach_gate.mark(tenant, &hash))
@@ -425,6 +412,75 @@ async fn upload(
         }
         _ => Err(Refusal::ServerTrouble.body()),
     }
+}
+
+/// Receives an upload's chunks until `total` bytes are staged (true) or the
+/// phone goes (false). Reading from the stream and writing to the disk
+/// overlap: the chunks that arrive while the last are written go to the disk
+/// together, and each write is acknowledged (the staging area holds it), so
+/// the phone's window of chunks in flight stays full. Chunks read when the
+/// phone goes are still written, so a cut connection sends again only what
+/// the network held.
+async fn receive_chunks(
+    recv: &mut RecvStream,
+    send: &mut SendStream,
+    staged: &mut StagedUpload,
+    total: u64,
+) -> Result<bool, ErrorBody> {
+    let (queue, mut queued) = tokio::sync::mpsc::channel::<(u64, Bytes)>(CHUNKS_QUEUED_TO_DISK);
+    let mut next = staged.held();
+    let read = async move {
+        while next < total {
+            let frame =
+                tokio::time::timeout(STREAM_IDLE, read_frame_within(recv, MAX_STREAM_FRAME_BYTES))
+                    .await;
+            let body = match frame {
+                Ok(Ok(Some(body))) => Bytes::from(body),
+                Ok(Ok(None)) | Err(_) => return Ok(()),
+                Ok(Err(e)) => {
+                    return Err(Refusal::BadRequest {
+                        detail: e.to_string(),
+                    }
+                    .body());
+                }
+            };
+            let (offset, data) =
+                stream::decode_chunk(&body).map_err(|e| Refusal::from(&e).body())?;
+            if offset != next {
+                let held = next;
+                return Err(BlobError::OffsetMismatch { offset, held }.refusal().body());
+            }
+            let data = body.slice(body.len() - data.len()..);
+            next = offset.saturating_add(data.len() as u64);
+            // The writer ended on a refusal, which the stream carries.
+            if queue.send((offset, data)).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    };
+    let write = async {
+        while let Some(first) = queued.recv().await {
+            // With those that arrived while the last were written.
+            let mut chunks = vec![first];
+            while let Ok(next) = queued.try_recv() {
+                chunks.push(next);
+            }
+            let held = staged
+                .append_all(chunks)
+                .await
+                .map_err(|e| e.refusal().body())?;
+            reply(send, &StreamReply::Acked { upto: held })
+                .await
+                .map_err(|()| Refusal::ShuttingDown.body())?;
+            if held >= total {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    let ((), all) = tokio::try_join!(read, write)?;
+    Ok(all)
 }
 
 /// Answers `recording-link`: the hub decides whether the member may read the

@@ -115,10 +115,30 @@ pub fn encode_chunk(offset: u64, data: &[u8]) -> Result<Vec<u8>, WireError> {
             max: MAX_CHUNK_BYTES,
         });
     }
-    let mut frame = Vec::with_capacity(super::FRAME_HEADER_BYTES + 8 + data.len());
+    let mut frame = begin_chunk(offset, data.len());
+    frame.extend_from_slice(data);
+    end_chunk(frame)
+}
+
+/// A chunk frame begun: its header written and room for `len` bytes, which
+/// the caller appends (a file's bytes read straight into the frame, not
+/// copied twice) before [`end_chunk`].
+pub fn begin_chunk(offset: u64, len: usize) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(super::FRAME_HEADER_BYTES + 8 + len.min(MAX_CHUNK_BYTES));
     frame.extend_from_slice(&[0; super::FRAME_HEADER_BYTES]);
     frame.extend_from_slice(&offset.to_be_bytes());
-    frame.extend_from_slice(data);
+    frame
+}
+
+/// Ends a chunk frame [`begin_chunk`] began and the bytes appended to it.
+pub fn end_chunk(frame: Vec<u8>) -> Result<Vec<u8>, WireError> {
+    let data = frame.len().saturating_sub(super::FRAME_HEADER_BYTES + 8);
+    if data > MAX_CHUNK_BYTES {
+        return Err(WireError::FrameTooLarge {
+            len: data,
+            max: MAX_CHUNK_BYTES,
+        });
+    }
     finish_frame(frame, MAX_STREAM_FRAME_BYTES)
 }
 
@@ -180,6 +200,10 @@ mod tests {
         let frame = encode_chunk(42, b"audio").unwrap();
         assert_eq!(&frame[..4], &13u32.to_be_bytes());
         assert_eq!(decode_chunk(&frame[4..]).unwrap(), (42, &b"audio"[..]));
+        // A frame filled in place is the same frame.
+        let mut begun = begin_chunk(42, 5);
+        begun.extend_from_slice(b"audio");
+        assert_eq!(end_chunk(begun).unwrap(), frame);
     }
 
     #[test]
@@ -187,6 +211,9 @@ mod tests {
         assert!(decode_chunk(&[0; 8]).is_err(), "no bytes after the offset");
         assert!(decode_chunk(&[1, 2]).is_err(), "no offset");
         assert!(encode_chunk(0, &vec![0; MAX_CHUNK_BYTES + 1]).is_err());
+        let mut begun = begin_chunk(0, MAX_CHUNK_BYTES + 1);
+        begun.resize(begun.len() + MAX_CHUNK_BYTES + 1, 0);
+        assert!(end_chunk(begun).is_err(), "filled past the limit");
         assert!(decode_stream_frame::<StreamOpen>(b"\xa1\x64type\x64nope").is_err());
         assert!(decode_stream_frame::<StreamOpen>(&[0xff, 0x00]).is_err());
         assert!(is_sha256_hex(&"0f".repeat(32)));
