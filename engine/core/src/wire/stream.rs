@@ -8,7 +8,9 @@
 //! - **upload**: the server answers [`StreamReply::Held`] (how much of these
 //!   bytes it holds already: the upload resumes there), the device sends chunk
 //!   frames ([`encode_chunk`]: the offset, then the bytes) in order, the server
-//!   answers [`StreamReply::Acked`] as each is written and synced, and
+//!   answers [`StreamReply::Acked`] as chunks are written to its staging area
+//!   (a progress mark and the device's window; the device keeps its file until
+//!   `stored`, and a later offer resumes from what the server says it holds), and
 //!   [`StreamReply::Stored`] once the whole is verified, stored and referenced
 //!   in the customer's document; or [`StreamReply::Refused`] at any point.
 //! - **download**: the server answers [`StreamReply::Found`] (the recording,
@@ -70,7 +72,7 @@ pub enum StreamReply {
         /// Bytes held (the whole, when the recording is stored already).
         held: u64,
     },
-    /// Upload: the bytes up to `upto` are written and synced.
+    /// Upload: the bytes up to `upto` are written to the staging area.
     Acked {
         /// Bytes confirmed.
         upto: u64,
