@@ -250,9 +250,11 @@ fn wav_duration_of<R: std::io::Read>(reader: R, size: u64) -> Result<u64, BlobEr
 /// The bytes are hashed as they are written, and what the file held before
 /// this stream (a resumed upload, a restarted server) is read back and hashed
 /// when it opens: bytes a crash or the disk damaged while no stream held them
-/// fail the hash at the end. Only the server writes the staging area, so the
-/// end does not read the whole again (on a 19 MB recording that second read
-/// was 14 of the 18 ms the end took).
+/// fail the hash at the end. So the end does not read the whole again (on a
+/// 19 MB recording that second read was 14 of the 18 ms the end took). Each
+/// chunk is written at its own offset, never appended, so a write an earlier
+/// stream left running can only put the recording's own bytes in their own
+/// place; and the end checks that the file holds exactly the bytes hashed.
 pub struct StagedUpload {
     hash: BlobHash,
     /// The size the device announced.
@@ -293,7 +295,7 @@ fn resume_staged(path: &Path) -> Result<Option<(u64, Writer)>, BlobError> {
     use std::io::Read;
     let mut file = match std::fs::OpenOptions::new()
         .read(true)
-        .append(true)
+        .write(true)
         .open(path)
     {
         Ok(file) => file,
@@ -357,10 +359,15 @@ impl StagedUpload {
         };
         // Until the writes are known to have happened whole.
         self.failed = true;
-        // One trip to the blocking pool: the writes and the hash.
+        // One trip to the blocking pool: the writes (at their offset) and the
+        // hash.
+        let start = self.held;
         let (writer, written) = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
+            use std::io::{Seek, Write};
             let mut writer = writer;
+            if let Err(e) = writer.file.seek(std::io::SeekFrom::Start(start)) {
+                return (writer, Err(e));
+            }
             for (_, chunk) in &chunks {
                 if let Err(e) = writer.file.write_all(chunk) {
                     return (writer, Err(e));
@@ -394,7 +401,7 @@ impl StagedUpload {
             }
             let file = std::fs::OpenOptions::new()
                 .read(true)
-                .append(true)
+                .write(true)
                 .create_new(true)
                 .open(&path)
                 .map_err(io)?;
@@ -452,6 +459,9 @@ pub struct BlobStore {
     staging: PathBuf,
     /// One lock per tenant: a quota check and the write it allows are one step.
     tenants: Arc<Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Streams reading back a resumed upload's staged bytes at once,
+    /// server-wide (each reads up to the size limit from the disk).
+    rehashing: Arc<tokio::sync::Semaphore>,
     /// The directory a local filesystem store writes under: `object_store`'s
     /// local backend does not sync what it writes, so a stored blob is synced
     /// here before the phone is told it may forget its copy.
@@ -492,6 +502,9 @@ fn joined(e: tokio::task::JoinError) -> BlobError {
 /// background.
 const BACKGROUND_SYNC_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Resumed uploads whose staged bytes are read back and hashed at once.
+const REHASHING_AT_ONCE: usize = 2;
+
 /// Most uploads in progress for one tenant.
 pub const MAX_STAGED_PER_TENANT: usize = 64;
 
@@ -527,6 +540,7 @@ impl BlobStore {
             limits,
             staging: staging.to_owned(),
             tenants: Arc::default(),
+            rehashing: Arc::new(tokio::sync::Semaphore::new(REHASHING_AT_ONCE)),
             local_root: None,
         }
     }
@@ -612,7 +626,9 @@ impl BlobStore {
         let _turn = lock.lock().await;
         let location = path(tenant, &claimed);
         match self.store.head(&location).await {
-            Ok(_) => {
+            // Stored already. One of another size was cut short (a crash
+            // before its sync): the checked bytes replace it.
+            Ok(meta) if meta.size == size => {
                 return Ok(StoredBlob {
                     hash: claimed,
                     bytes: size,
@@ -620,7 +636,7 @@ impl BlobStore {
                     written: false,
                 });
             }
-            Err(object_store::Error::NotFound { .. }) => {}
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         let needed = self.usage(tenant).await? + size;
@@ -630,29 +646,40 @@ impl BlobStore {
                 quota: self.limits.tenant_quota_bytes,
             });
         }
-        let written = match how {
+        // The tenant's first recording creates its directories: their names
+        // are synced too, up to the store's root.
+        let target = self
+            .local_root
+            .as_ref()
+            .map(|root| (root.clone(), root.join(location.as_ref())));
+        let fresh_dirs = match target.as_ref().and_then(|(_, file)| file.parent()) {
+            Some(dir) => !tokio::fs::try_exists(dir).await.map_err(io)?,
+            None => false,
+        };
+        match how {
             Admit::Put(bytes) => {
                 self.store.put(&location, PutPayload::from(bytes)).await?;
-                self.local_root
-                    .as_ref()
-                    .map(|root| root.join(location.as_ref()))
             }
             Admit::Rename { from, to } => {
                 if let Some(dir) = to.parent() {
                     tokio::fs::create_dir_all(dir).await.map_err(io)?;
                 }
                 tokio::fs::rename(from, to).await.map_err(staged_io)?;
-                Some(to.to_owned())
             }
-        };
-        if let Some(file) = written {
+        }
+        if let Some((root, file)) = target {
             // On the disk before anyone hears it is stored (`object_store`'s
             // local backend does not sync): the file, and the directory
             // holding its name.
             let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                 std::fs::File::open(&file)?.sync_all()?;
-                if let Some(dir) = file.parent() {
-                    std::fs::File::open(dir)?.sync_all()?;
+                let mut dir = file.parent();
+                while let Some(d) = dir {
+                    std::fs::File::open(d)?.sync_all()?;
+                    if !fresh_dirs || d == root {
+                        break;
+                    }
+                    dir = d.parent();
                 }
                 Ok(())
             })
@@ -698,20 +725,6 @@ impl BlobStore {
             .join(format!("{}.part", hash.hex()))
     }
 
-    /// How many bytes of the recording `hash` are held: all of it if stored,
-    /// else what its upload in progress has reached (0 for none). An upload
-    /// offered again resumes there.
-    pub async fn staged(&self, tenant: &TenantId, hash: &BlobHash) -> Result<u64, BlobError> {
-        if let Ok(size) = self.size(tenant, hash).await {
-            return Ok(size);
-        }
-        match tokio::fs::metadata(self.staged_path(tenant, hash)).await {
-            Ok(meta) => Ok(meta.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(io(e)),
-        }
-    }
-
     /// Opens the upload of a recording of `total` bytes named `hash`, for one
     /// stream to append to. It resumes at what is staged (0 for none), whether
     /// or not the recording is stored already: a device proves it holds a
@@ -726,6 +739,9 @@ impl BlobStore {
         self.within_size(total)?;
         let path = self.staged_path(tenant, hash);
         let resumed = {
+            let Ok(_turn) = self.rehashing.acquire().await else {
+                return Err(io(std::io::Error::other("the blob store is closing")));
+            };
             let path = path.clone();
             tokio::task::spawn_blocking(move || resume_staged(&path))
                 .await
@@ -792,10 +808,24 @@ impl BlobStore {
         let Some(Writer { file, digest }) = staged.writer.take() else {
             return Err(BlobError::NothingStaged);
         };
-        drop(file);
-        let outcome = self
-            .store_staged(tenant, &staged, BlobHash::of_digest(&digest.finish()))
-            .await;
+        // The file holds exactly the bytes hashed, and they are on the disk
+        // before the file takes the recording's name.
+        let held = staged.held;
+        let whole = tokio::task::spawn_blocking(move || -> Result<bool, BlobError> {
+            if file.metadata().map_err(io)?.len() != held {
+                return Ok(false);
+            }
+            file.sync_data().map_err(io)?;
+            Ok(true)
+        })
+        .await
+        .map_err(joined)??;
+        let outcome = if whole {
+            self.store_staged(tenant, &staged, BlobHash::of_digest(&digest.finish()))
+                .await
+        } else {
+            Err(BlobError::HashMismatch)
+        };
         match &outcome {
             // A full quota may pass: the staged bytes wait for the next try.
             Err(BlobError::QuotaFull { .. } | BlobError::Store(_)) => {}
@@ -925,6 +955,15 @@ mod tests {
             }
         }
         out
+    }
+
+    /// How many bytes of the recording `hash` are held: all of it if stored,
+    /// else what its upload in progress has reached (0 for none).
+    async fn held_by(store: &BlobStore, tenant: &TenantId, hash: &BlobHash) -> u64 {
+        if let Ok(size) = store.size(tenant, hash).await {
+            return size;
+        }
+        std::fs::metadata(store.staged_path(tenant, hash)).map_or(0, |meta| meta.len())
     }
 
     #[test]
@@ -1093,16 +1132,16 @@ mod tests {
             let mut upload = store.stage(&acme(), &hash, total).await.unwrap();
             let held = upload.held();
             assert_eq!(held, offset);
-            assert_eq!(store.staged(&acme(), &hash).await.unwrap(), held);
+            assert_eq!(held_by(&store, &acme(), &hash).await, held);
             // A chunk that does not follow changes nothing.
             let err = upload.append(0, piece(0)).await.unwrap_err();
             assert_eq!(err.code(), "upload-offset-mismatch");
-            assert_eq!(store.staged(&acme(), &hash).await.unwrap(), held);
+            assert_eq!(held_by(&store, &acme(), &hash).await, held);
             // Past the announced size: refused, and nothing changes.
             let mut smaller = store.stage(&acme(), &hash, held + 10).await.unwrap();
             let err = smaller.append(held, piece(held)).await.unwrap_err();
             assert_eq!(err.code(), "recording-too-large");
-            assert_eq!(store.staged(&acme(), &hash).await.unwrap(), held);
+            assert_eq!(held_by(&store, &acme(), &hash).await, held);
             // Past the size limit: refused at the offer.
             let err = store
                 .stage(&acme(), &hash, BlobLimits::default().max_bytes + 1)
@@ -1122,7 +1161,7 @@ mod tests {
                 0,
                 "the staged file is gone"
             );
-            assert_eq!(store.staged(&acme(), &hash).await.unwrap(), total);
+            assert_eq!(held_by(&store, &acme(), &hash).await, total);
         });
     }
 
@@ -1140,7 +1179,7 @@ mod tests {
             upload.append(0, Bytes::from(corrupted)).await.unwrap();
             let err = store.complete(&acme(), upload).await.unwrap_err();
             assert_eq!(err.code(), "recording-hash-mismatch");
-            assert_eq!(store.staged(&acme(), &hash).await.unwrap(), 0);
+            assert_eq!(held_by(&store, &acme(), &hash).await, 0);
             assert!(
                 files(dir.path()).is_empty(),
                 "nothing stored, nothing staged"
@@ -1208,6 +1247,104 @@ mod tests {
             assert!(
                 files(dir.path()).is_empty(),
                 "nothing stored, nothing staged"
+            );
+        });
+    }
+
+    #[test]
+    fn a_write_an_earlier_stream_left_running_puts_only_the_recording_s_own_bytes_in_place() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
+            let bytes = wav(40_000, 8_000);
+            let hash = BlobHash::of(&bytes);
+            let total = bytes.len() as u64;
+            let (chunk, half) = (16_384usize, 32_768usize);
+            let mut earlier = store.stage(&acme(), &hash, total).await.unwrap();
+            earlier.append(0, bytes.slice(..half)).await.unwrap();
+            // The phone offers again while the earlier stream's last write
+            // has not landed yet: the new stream resumes at half.
+            let mut later = store.stage(&acme(), &hash, total).await.unwrap();
+            assert_eq!(later.held(), half as u64);
+            // The earlier write lands now, over what the new stream sends.
+            earlier
+                .append(half as u64, bytes.slice(half..half + chunk))
+                .await
+                .unwrap();
+            let mut offset = later.held();
+            while offset < total {
+                let end = (offset + chunk as u64).min(total) as usize;
+                offset = later
+                    .append(offset, bytes.slice(offset as usize..end))
+                    .await
+                    .unwrap();
+            }
+            let stored = store.complete(&acme(), later).await.unwrap();
+            assert!(stored.written);
+            assert_eq!(store.read(&acme(), &hash, 0..total).await.unwrap(), bytes);
+        });
+    }
+
+    #[test]
+    fn a_staged_file_that_does_not_hold_exactly_the_bytes_hashed_is_refused_at_the_end() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
+            let bytes = wav(8_000, 8_000);
+            let hash = BlobHash::of(&bytes);
+            let total = bytes.len() as u64;
+            let mut upload = store.stage(&acme(), &hash, total).await.unwrap();
+            upload.append(0, bytes.clone()).await.unwrap();
+            let staged = files(&dir.path().join("staging")).remove(0);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&staged)
+                .unwrap()
+                .set_len(total - 1)
+                .unwrap();
+            let err = store.complete(&acme(), upload).await.unwrap_err();
+            assert_eq!(err.code(), "recording-hash-mismatch");
+            assert!(
+                files(dir.path()).is_empty(),
+                "nothing stored, nothing staged"
+            );
+        });
+    }
+
+    #[test]
+    fn a_stored_recording_a_crash_cut_short_is_replaced_by_the_next_upload_of_it() {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
+            let bytes = wav(8_000, 8_000);
+            let hash = BlobHash::of(&bytes);
+            let total = bytes.len() as u64;
+            assert!(
+                store
+                    .put(&acme(), hash, bytes.clone())
+                    .await
+                    .unwrap()
+                    .written
+            );
+            let stored = files(&dir.path().join("blobs")).remove(0);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&stored)
+                .unwrap()
+                .set_len(total / 2)
+                .unwrap();
+            // Whole again, through the staging area: written, not "stored already".
+            let mut upload = store.stage(&acme(), &hash, total).await.unwrap();
+            upload.append(0, bytes.clone()).await.unwrap();
+            assert!(store.complete(&acme(), upload).await.unwrap().written);
+            assert_eq!(store.read(&acme(), &hash, 0..total).await.unwrap(), bytes);
+            // And one of the right size is stored once.
+            assert!(
+                !store
+                    .put(&acme(), hash, bytes.clone())
+                    .await
+                    .unwrap()
+                    .written
             );
         });
     }

@@ -4,8 +4,9 @@
 //! Owns: accepting a joined connection's extra bidirectional streams (at most
 //! [`STREAMS_PER_CONNECTION`] at once), each one upload or one download (see
 //! `callsync_core::wire::stream`); the per-device rates of offers and
-//! downloads; carrying chunks into the blob store's staging area (each written
-//! and synced before it is acknowledged); completing an upload (the blob
+//! downloads; carrying chunks into the blob store's staging area (each
+//! acknowledged once written there; the phone keeps its file until `stored`);
+//! completing an upload (the blob
 //! store verifies the hash, that it is a WAV, the size and duration limits
 //! and the tenant's quota, and stores it whole) before the hub references it
 //! in the customer's document; and the sweeper that removes the bytes of
@@ -136,7 +137,7 @@ pub(crate) struct Recordings {
     pub(crate) downloads: crate::limits::RatePerKey<callsync_core::UserId>,
     /// Uploads being received, one stream per recording at a time.
     uploading: Arc<std::sync::Mutex<std::collections::HashSet<(TenantId, BlobHash)>>>,
-    /// Uploads being completed (read whole and checked) at once.
+    /// Uploads being completed (checked and stored) at once.
     completing: Semaphore,
     /// Shared with the sweeper.
     attach_gate: Arc<AttachGate>,
@@ -479,8 +480,22 @@ async fn receive_chunks(
         }
         Ok(false)
     };
-    let ((), all) = tokio::try_join!(read, write)?;
-    Ok(all)
+    // A write under way is never cancelled: a reader that ends (the phone
+    // went, or sent something refused) only closes the queue, and what it
+    // queued is written before its answer is given. A refused write ends the
+    // reader at once, which is only ever waiting on the network.
+    tokio::pin!(read, write);
+    let mut read_outcome = None;
+    let written: Result<bool, ErrorBody> = loop {
+        tokio::select! {
+            outcome = &mut read, if read_outcome.is_none() => read_outcome = Some(outcome),
+            written = &mut write => break written,
+        }
+    };
+    match written? {
+        true => Ok(true),
+        false => read_outcome.unwrap_or(Ok(())).map(|()| false),
+    }
 }
 
 /// Answers `recording-link`: the hub decides whether the member may read the

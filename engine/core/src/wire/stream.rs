@@ -69,7 +69,8 @@ tag = "type", remote = "StreamReply", mirror = StreamReplyFields;
 pub enum StreamReply {
     /// Upload: the server holds the first `held` bytes already.
     Held {
-        /// Bytes held (the whole, when the recording is stored already).
+        /// Bytes of this upload the server's staging area holds (0 for
+        /// none): the device sends from there.
         held: u64,
     },
     /// Upload: the bytes up to `upto` are written to the staging area.
