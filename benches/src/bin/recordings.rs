@@ -4,9 +4,10 @@
 //! A server in-process (`callsync_server::Server`, its blob store on the local
 //! filesystem) and a phone (its own SQLite file and recordings directory)
 //! running the product's recorder (`callsync_replica::recorder`): the upload
-//! queue, one stream beside the sync stream, 256 KiB chunks, each appended and
-//! synced on the server before it is acknowledged, then verified (SHA-256, a
-//! WAV, limits, quota) and referenced in the customer's document.
+//! queue, one stream beside the sync stream, 256 KiB chunks, each written to
+//! the server's staging area (and hashed there) before it is acknowledged, then
+//! verified (SHA-256, a WAV, limits, quota), synced, stored and referenced in
+//! the customer's document.
 //! - `upload`: a 10-minute recording (16 kHz, 19.2 MB), from the upload's start
 //!   to `stored`, per run; against `raw_quic`, the same bytes written on one
 //!   QUIC stream to a bare endpoint with the server's TLS and transport

@@ -251,10 +251,12 @@ fn wav_duration_of<R: std::io::Read>(reader: R, size: u64) -> Result<u64, BlobEr
 /// this stream (a resumed upload, a restarted server) is read back and hashed
 /// when it opens: bytes a crash or the disk damaged while no stream held them
 /// fail the hash at the end. So the end does not read the whole again (on a
-/// 19 MB recording that second read was 14 of the 18 ms the end took). Each
-/// chunk is written at its own offset, never appended, so a write an earlier
-/// stream left running can only put the recording's own bytes in their own
-/// place; and the end checks that the file holds exactly the bytes hashed.
+/// 19 MB recording that second read was 14 of the 18 ms the end took). That
+/// rests on one writer per staged file: the server runs one stream per
+/// recording and never cancels a write under way. As a second line, each
+/// chunk is written at its own offset (never appended, so a stray write could
+/// not shift the bytes after it) and the end checks that the file holds
+/// exactly as many bytes as were hashed.
 pub struct StagedUpload {
     hash: BlobHash,
     /// The size the device announced.
@@ -272,7 +274,7 @@ pub struct StagedUpload {
     background_sync: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The staged file open for appending, and the digest of what it holds.
+/// The staged file open for writing, and the digest of what it holds.
 struct Writer {
     file: std::fs::File,
     digest: ring::digest::Context,
@@ -288,7 +290,7 @@ impl std::fmt::Debug for StagedUpload {
     }
 }
 
-/// Opens a staged file to append to and hashes what it holds (`None` if
+/// Opens a staged file to write to and hashes what it holds (`None` if
 /// there is none). A file a crash cut short resumes from its length; bytes a
 /// crash mangled fail the hash at the end, so they are never stored.
 fn resume_staged(path: &Path) -> Result<Option<(u64, Writer)>, BlobError> {
@@ -625,10 +627,11 @@ impl BlobStore {
         let lock = self.tenant_lock(tenant);
         let _turn = lock.lock().await;
         let location = path(tenant, &claimed);
-        match self.store.head(&location).await {
-            // Stored already. One of another size was cut short (a crash
-            // before its sync): the checked bytes replace it.
+        let replaced = match self.store.head(&location).await {
             Ok(meta) if meta.size == size => {
+                // Stored already, and confirmed on the disk again before
+                // anyone hears so (an earlier sync may have failed).
+                self.sync_stored(&location, true).await?;
                 return Ok(StoredBlob {
                     hash: claimed,
                     bytes: size,
@@ -636,10 +639,13 @@ impl BlobStore {
                     written: false,
                 });
             }
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            // One of another size was cut short (a crash before its sync):
+            // the checked bytes replace it, and it does not count twice.
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => 0,
             Err(e) => return Err(e.into()),
-        }
-        let needed = self.usage(tenant).await? + size;
+        };
+        let needed = self.usage(tenant).await?.saturating_sub(replaced) + size;
         if needed > self.limits.tenant_quota_bytes {
             return Err(BlobError::QuotaFull {
                 needed,
@@ -648,12 +654,11 @@ impl BlobStore {
         }
         // The tenant's first recording creates its directories: their names
         // are synced too, up to the store's root.
-        let target = self
-            .local_root
-            .as_ref()
-            .map(|root| (root.clone(), root.join(location.as_ref())));
-        let fresh_dirs = match target.as_ref().and_then(|(_, file)| file.parent()) {
-            Some(dir) => !tokio::fs::try_exists(dir).await.map_err(io)?,
+        let fresh_dirs = match self.local_root.as_ref() {
+            Some(root) => match root.join(location.as_ref()).parent() {
+                Some(dir) => !tokio::fs::try_exists(dir).await.map_err(io)?,
+                None => false,
+            },
             None => false,
         };
         match how {
@@ -667,25 +672,12 @@ impl BlobStore {
                 tokio::fs::rename(from, to).await.map_err(staged_io)?;
             }
         }
-        if let Some((root, file)) = target {
-            // On the disk before anyone hears it is stored (`object_store`'s
-            // local backend does not sync): the file, and the directory
-            // holding its name.
-            let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                std::fs::File::open(&file)?.sync_all()?;
-                let mut dir = file.parent();
-                while let Some(d) = dir {
-                    std::fs::File::open(d)?.sync_all()?;
-                    if !fresh_dirs || d == root {
-                        break;
-                    }
-                    dir = d.parent();
-                }
-                Ok(())
-            })
-            .await
-            .map_err(joined)?;
-            synced.map_err(io)?;
+        if let Err(e) = self.sync_stored(&location, fresh_dirs).await {
+            // Not confirmed on the disk, so not left under its name: the next
+            // upload writes it again. Removing it is best effort; if that
+            // fails too, the next upload's "stored already" syncs it first.
+            let _ = self.store.delete(&location).await;
+            return Err(e);
         }
         Ok(StoredBlob {
             hash: claimed,
@@ -693,6 +685,32 @@ impl BlobStore {
             duration_ms,
             written: true,
         })
+    }
+
+    /// Puts a stored blob on the local disk (`object_store`'s local backend
+    /// does not sync): the file and the directory holding its name, and with
+    /// `up_to_root` every directory up to the store's root. Nothing to do on
+    /// another backend.
+    async fn sync_stored(&self, location: &StorePath, up_to_root: bool) -> Result<(), BlobError> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(());
+        };
+        let file = root.join(location.as_ref());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            let mut dir = file.parent();
+            while let Some(d) = dir {
+                std::fs::File::open(d)?.sync_all()?;
+                if !up_to_root || d == root {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(())
+        })
+        .await
+        .map_err(joined)?
+        .map_err(io)
     }
 
     /// The blob's size.
@@ -738,7 +756,11 @@ impl BlobStore {
     ) -> Result<StagedUpload, BlobError> {
         self.within_size(total)?;
         let path = self.staged_path(tenant, hash);
-        let resumed = {
+        // A fresh offer waits for nobody: only reading back a resumed upload
+        // takes a turn.
+        let resumed = if !tokio::fs::try_exists(&path).await.map_err(io)? {
+            None
+        } else {
             let Ok(_turn) = self.rehashing.acquire().await else {
                 return Err(io(std::io::Error::other("the blob store is closing")));
             };
@@ -1315,10 +1337,16 @@ mod tests {
     fn a_stored_recording_a_crash_cut_short_is_replaced_by_the_next_upload_of_it() {
         runtime().block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
             let bytes = wav(8_000, 8_000);
             let hash = BlobHash::of(&bytes);
             let total = bytes.len() as u64;
+            // A quota this one recording fills: the cut-short copy it
+            // replaces does not count against it.
+            let limits = BlobLimits {
+                tenant_quota_bytes: total + 10,
+                ..BlobLimits::default()
+            };
+            let store = BlobStore::local(dir.path(), limits).unwrap();
             assert!(
                 store
                     .put(&acme(), hash, bytes.clone())

@@ -453,7 +453,8 @@ async fn receive_chunks(
             }
             let data = body.slice(body.len() - data.len()..);
             next = offset.saturating_add(data.len() as u64);
-            // The writer ended on a refusal, which the stream carries.
+            // The receiver outlives this reader: a closed queue only means
+            // the upload is over.
             if queue.send((offset, data)).await.is_err() {
                 return Ok(());
             }
@@ -471,9 +472,14 @@ async fn receive_chunks(
                 .append_all(chunks)
                 .await
                 .map_err(|e| e.refusal().body())?;
-            reply(send, &StreamReply::Acked { upto: held })
+            // A phone that stops reading its acknowledgements has gone.
+            match tokio::time::timeout(STREAM_IDLE, reply(send, &StreamReply::Acked { upto: held }))
                 .await
-                .map_err(|()| Refusal::ShuttingDown.body())?;
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(())) => return Err(Refusal::ShuttingDown.body()),
+                Err(_) => return Ok(false),
+            }
             if held >= total {
                 return Ok(true);
             }
