@@ -988,13 +988,45 @@ mod tests {
         std::fs::metadata(store.staged_path(tenant, hash)).map_or(0, |meta| meta.len())
     }
 
+    /// A local store in a fresh directory, and one recording of `samples` at
+    /// 8 kHz: its bytes, name and size.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        store: BlobStore,
+        bytes: Bytes,
+        hash: BlobHash,
+        total: u64,
+    }
+
+    impl Fixture {
+        fn new(samples: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
+            let bytes = wav(samples, 8_000);
+            Self {
+                dir,
+                store,
+                hash: BlobHash::of(&bytes),
+                total: bytes.len() as u64,
+                bytes,
+            }
+        }
+    }
+
+    fn assert_nothing_kept(dir: &Path) {
+        assert!(files(dir).is_empty(), "nothing stored, nothing staged");
+    }
+
     #[test]
     fn a_recording_is_stored_once_read_by_range_and_really_deleted() {
         runtime().block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
-            let bytes = wav(16_000, 8_000);
-            let hash = BlobHash::of(&bytes);
+            let Fixture {
+                dir,
+                store,
+                bytes,
+                hash,
+                ..
+            } = Fixture::new(16_000);
             assert_eq!(BlobHash::from_hex(&hash.hex()), Some(hash));
             assert_eq!(BlobHash::from_hex(&hash.hex().to_uppercase()), None);
             assert_eq!(BlobHash::from_hex("00"), None);
@@ -1129,11 +1161,13 @@ mod tests {
     #[test]
     fn an_upload_grows_in_order_resumes_where_it_reached_and_is_verified_at_the_end() {
         runtime().block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
-            let bytes = wav(40_000, 8_000);
-            let hash = BlobHash::of(&bytes);
-            let total = bytes.len() as u64;
+            let Fixture {
+                dir,
+                store,
+                bytes,
+                hash,
+                total,
+            } = Fixture::new(40_000);
             let chunk = 16_384u64;
             let piece =
                 |offset: u64| bytes.slice(offset as usize..(offset + chunk).min(total) as usize);
@@ -1190,10 +1224,13 @@ mod tests {
     #[test]
     fn a_corrupted_upload_is_refused_at_the_end_and_starts_again_from_zero() {
         runtime().block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
-            let bytes = wav(8_000, 8_000);
-            let hash = BlobHash::of(&bytes);
+            let Fixture {
+                dir,
+                store,
+                bytes,
+                hash,
+                ..
+            } = Fixture::new(8_000);
             let mut corrupted = bytes.to_vec();
             corrupted[1_000] ^= 0xff;
             let total = bytes.len() as u64;
@@ -1202,10 +1239,7 @@ mod tests {
             let err = store.complete(&acme(), upload).await.unwrap_err();
             assert_eq!(err.code(), "recording-hash-mismatch");
             assert_eq!(held_by(&store, &acme(), &hash).await, 0);
-            assert!(
-                files(dir.path()).is_empty(),
-                "nothing stored, nothing staged"
-            );
+            assert_nothing_kept(dir.path());
             // Nothing staged is not "no such recording": the device offers
             // again (a retryable code).
             let upload = store.stage(&acme(), &hash, total).await.unwrap();
@@ -1218,11 +1252,13 @@ mod tests {
     #[test]
     fn bytes_mangled_on_the_disk_between_two_streams_fail_the_hash_and_are_never_stored() {
         runtime().block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
-            let bytes = wav(8_000, 8_000);
-            let hash = BlobHash::of(&bytes);
-            let total = bytes.len() as u64;
+            let Fixture {
+                dir,
+                store,
+                bytes,
+                hash,
+                total,
+            } = Fixture::new(8_000);
             let half = total / 2;
             let mut upload = store.stage(&acme(), &hash, total).await.unwrap();
             upload
@@ -1243,20 +1279,20 @@ mod tests {
                 .unwrap();
             let err = store.complete(&acme(), upload).await.unwrap_err();
             assert_eq!(err.code(), "recording-hash-mismatch");
-            assert!(
-                files(dir.path()).is_empty(),
-                "nothing stored, nothing staged"
-            );
+            assert_nothing_kept(dir.path());
         });
     }
 
     #[test]
     fn an_upload_thrown_away_while_its_stream_runs_is_not_stored() {
         runtime().block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
-            let bytes = wav(8_000, 8_000);
-            let hash = BlobHash::of(&bytes);
+            let Fixture {
+                dir,
+                store,
+                bytes,
+                hash,
+                ..
+            } = Fixture::new(8_000);
             let mut upload = store
                 .stage(&acme(), &hash, bytes.len() as u64)
                 .await
@@ -1266,21 +1302,20 @@ mod tests {
             store.discard_staged(&acme(), &hash).await.unwrap();
             let err = store.complete(&acme(), upload).await.unwrap_err();
             assert!(matches!(err, BlobError::NothingStaged), "{err:?}");
-            assert!(
-                files(dir.path()).is_empty(),
-                "nothing stored, nothing staged"
-            );
+            assert_nothing_kept(dir.path());
         });
     }
 
     #[test]
     fn a_write_an_earlier_stream_left_running_puts_only_the_recording_s_own_bytes_in_place() {
         runtime().block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
-            let bytes = wav(40_000, 8_000);
-            let hash = BlobHash::of(&bytes);
-            let total = bytes.len() as u64;
+            let Fixture {
+                dir: _dir,
+                store,
+                bytes,
+                hash,
+                total,
+            } = Fixture::new(40_000);
             let (chunk, half) = (16_384usize, 32_768usize);
             let mut earlier = store.stage(&acme(), &hash, total).await.unwrap();
             earlier.append(0, bytes.slice(..half)).await.unwrap();
@@ -1310,11 +1345,13 @@ mod tests {
     #[test]
     fn a_staged_file_that_does_not_hold_exactly_the_bytes_hashed_is_refused_at_the_end() {
         runtime().block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let store = BlobStore::local(dir.path(), BlobLimits::default()).unwrap();
-            let bytes = wav(8_000, 8_000);
-            let hash = BlobHash::of(&bytes);
-            let total = bytes.len() as u64;
+            let Fixture {
+                dir,
+                store,
+                bytes,
+                hash,
+                total,
+            } = Fixture::new(8_000);
             let mut upload = store.stage(&acme(), &hash, total).await.unwrap();
             upload.append(0, bytes.clone()).await.unwrap();
             let staged = files(&dir.path().join("staging")).remove(0);
@@ -1326,10 +1363,7 @@ mod tests {
                 .unwrap();
             let err = store.complete(&acme(), upload).await.unwrap_err();
             assert_eq!(err.code(), "recording-hash-mismatch");
-            assert!(
-                files(dir.path()).is_empty(),
-                "nothing stored, nothing staged"
-            );
+            assert_nothing_kept(dir.path());
         });
     }
 
