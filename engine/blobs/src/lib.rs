@@ -1017,6 +1017,13 @@ mod tests {
         assert!(files(dir).is_empty(), "nothing stored, nothing staged");
     }
 
+    /// The upload ends refused by its hash, and neither stored nor staged.
+    async fn assert_refused_for_its_hash(store: &BlobStore, upload: StagedUpload, dir: &Path) {
+        let err = store.complete(&acme(), upload).await.unwrap_err();
+        assert_eq!(err.code(), "recording-hash-mismatch");
+        assert_nothing_kept(dir);
+    }
+
     #[test]
     fn a_recording_is_stored_once_read_by_range_and_really_deleted() {
         runtime().block_on(async {
@@ -1277,9 +1284,7 @@ mod tests {
                 .append(half, bytes.slice(half as usize..))
                 .await
                 .unwrap();
-            let err = store.complete(&acme(), upload).await.unwrap_err();
-            assert_eq!(err.code(), "recording-hash-mismatch");
-            assert_nothing_kept(dir.path());
+            assert_refused_for_its_hash(&store, upload, dir.path()).await;
         });
     }
 
@@ -1361,9 +1366,7 @@ mod tests {
                 .unwrap()
                 .set_len(total - 1)
                 .unwrap();
-            let err = store.complete(&acme(), upload).await.unwrap_err();
-            assert_eq!(err.code(), "recording-hash-mismatch");
-            assert_nothing_kept(dir.path());
+            assert_refused_for_its_hash(&store, upload, dir.path()).await;
         });
     }
 
