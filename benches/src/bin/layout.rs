@@ -35,16 +35,70 @@ fn event_json(call: usize, step: usize) -> String {
     .to_string()
 }
 
-/// A document of `calls` calls in the flat layout (`nested` false) or per call.
-fn document(calls: usize, nested: bool) -> AutoCommit {
+/// Where a document keeps its events.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// One `events` map keyed `<call>/<event>` (schema v1).
+    Flat,
+    /// A map per call under one `calls` map.
+    PerCall,
+    /// A map per call, in one of `n` bucket maps (by the call's hash) created with
+    /// the document.
+    Buckets(usize),
+}
+
+fn bucket_of(call: usize, n: usize) -> String {
+    format!("b{:02}", (call.wrapping_mul(2_654_435_761)) % n)
+}
+
+/// The map a call's map lives in (creating nothing).
+fn container(doc: &AutoCommit, layout: Layout, call: usize) -> automerge::ObjId {
+    let (_, top) = automerge::ReadDoc::get(
+        doc,
+        ROOT,
+        match layout {
+            Layout::Flat => "events",
+            _ => "calls",
+        },
+    )
+    .unwrap()
+    .unwrap();
+    match layout {
+        Layout::Buckets(n) => {
+            automerge::ReadDoc::get(doc, &top, bucket_of(call, n))
+                .unwrap()
+                .unwrap()
+                .1
+        }
+        _ => top,
+    }
+}
+
+/// A document of `calls` calls in `layout`.
+fn document(calls: usize, layout: Layout) -> AutoCommit {
     let mut doc = AutoCommit::new().with_actor(ActorId::from(b"server".as_slice()));
-    let root = doc
-        .put_object(ROOT, if nested { "calls" } else { "events" }, ObjType::Map)
+    let top = doc
+        .put_object(
+            ROOT,
+            if matches!(layout, Layout::Flat) {
+                "events"
+            } else {
+                "calls"
+            },
+            ObjType::Map,
+        )
         .unwrap();
+    if let Layout::Buckets(n) = layout {
+        for b in 0..n {
+            doc.put_object(&top, format!("b{b:02}"), ObjType::Map)
+                .unwrap();
+        }
+    }
     doc.commit();
     for call in 0..calls {
-        let call_map = nested.then(|| {
-            doc.put_object(&root, format!("call-{call:05}"), ObjType::Map)
+        let parent = container(&doc, layout, call);
+        let call_map = (!matches!(layout, Layout::Flat)).then(|| {
+            doc.put_object(&parent, format!("call-{call:05}"), ObjType::Map)
                 .unwrap()
         });
         for step in 0..EVENTS_PER_CALL {
@@ -52,7 +106,7 @@ fn document(calls: usize, nested: bool) -> AutoCommit {
             match &call_map {
                 Some(map) => doc.put(map, format!("e{step}"), value).unwrap(),
                 None => doc
-                    .put(&root, format!("call-{call:05}/e{step}"), value)
+                    .put(&parent, format!("call-{call:05}/e{step}"), value)
                     .unwrap(),
             }
             // One change per event, as devices write them.
@@ -64,32 +118,33 @@ fn document(calls: usize, nested: bool) -> AutoCommit {
 
 /// One device's change adding an event: the first of a new call, or (`existing`)
 /// a sixth to the last call (a call's later events: started, ended, result).
-fn new_event_change(base: &mut AutoCommit, calls: usize, nested: bool, existing: bool) -> Change {
+fn new_event_change(base: &mut AutoCommit, calls: usize, layout: Layout, existing: bool) -> Change {
     let mut device = base.fork().with_actor(ActorId::from(b"phone".as_slice()));
-    let key = if nested { "calls" } else { "events" };
-    let (_, root) = automerge::ReadDoc::get(&device, ROOT, key)
-        .unwrap()
-        .unwrap();
     let (call, step) = if existing {
         (calls - 1, EVENTS_PER_CALL)
     } else {
         (calls, 0)
     };
+    let parent = container(&device, layout, call);
     let value = event_json(call, step);
-    if nested && existing {
-        let (_, map) = automerge::ReadDoc::get(&device, &root, format!("call-{call:05}"))
-            .unwrap()
-            .unwrap();
-        device.put(&map, format!("e{step}"), value).unwrap();
-    } else if nested {
-        let map = device
-            .put_object(&root, format!("call-{call:05}"), ObjType::Map)
-            .unwrap();
-        device.put(&map, format!("e{step}"), value).unwrap();
-    } else {
-        device
-            .put(&root, format!("call-{call:05}/e{step}"), value)
-            .unwrap();
+    match (layout, existing) {
+        (Layout::Flat, _) => {
+            device
+                .put(&parent, format!("call-{call:05}/e{step}"), value)
+                .unwrap();
+        }
+        (_, true) => {
+            let (_, map) = automerge::ReadDoc::get(&device, &parent, format!("call-{call:05}"))
+                .unwrap()
+                .unwrap();
+            device.put(&map, format!("e{step}"), value).unwrap();
+        }
+        (_, false) => {
+            let map = device
+                .put_object(&parent, format!("call-{call:05}"), ObjType::Map)
+                .unwrap();
+            device.put(&map, format!("e{step}"), value).unwrap();
+        }
     }
     device.commit();
     let heads = base.get_heads();
@@ -101,15 +156,20 @@ fn new_event_change(base: &mut AutoCommit, calls: usize, nested: bool, existing:
         .clone()
 }
 
-fn median_apply_us(calls: usize, nested: bool, existing: bool) -> (f64, usize) {
-    let mut base = document(calls, nested);
-    let change = new_event_change(&mut base, calls, nested, existing);
+#[inline(never)]
+fn measured_apply(doc: &mut AutoCommit, change: &Change) {
+    doc.apply_changes([change.clone()]).unwrap();
+}
+
+fn median_apply_us(calls: usize, layout: Layout, existing: bool) -> (f64, usize) {
+    let mut base = document(calls, layout);
+    let change = new_event_change(&mut base, calls, layout, existing);
     let bytes = base.save().len();
     let mut times = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let mut copy = base.clone();
         let started = Instant::now();
-        copy.apply_changes([change.clone()]).unwrap();
+        measured_apply(&mut copy, &change);
         times.push(started.elapsed().as_secs_f64() * 1e6);
     }
     times.sort_by(f64::total_cmp);
@@ -128,24 +188,26 @@ fn main() {
     };
     let mut rows = Vec::new();
     for calls in sizes {
-        let (flat_new, flat_bytes) = median_apply_us(calls, false, false);
-        let (flat_existing, _) = median_apply_us(calls, false, true);
-        let (nested_new, nested_bytes) = median_apply_us(calls, true, false);
-        let (nested_existing, _) = median_apply_us(calls, true, true);
-        rows.push(json!({
-            "calls": calls,
-            "events": calls * EVENTS_PER_CALL,
-            "flat": {
-                "apply_new_call_median_us": flat_new,
-                "apply_event_of_existing_call_median_us": flat_existing,
-                "saved_bytes": flat_bytes,
-            },
-            "per_call_maps": {
-                "apply_new_call_median_us": nested_new,
-                "apply_event_of_existing_call_median_us": nested_existing,
-                "saved_bytes": nested_bytes,
-            },
-        }));
+        let mut row = serde_json::Map::new();
+        row.insert("calls".into(), json!(calls));
+        row.insert("events".into(), json!(calls * EVENTS_PER_CALL));
+        for (name, layout) in [
+            ("flat", Layout::Flat),
+            ("per_call_maps", Layout::PerCall),
+            ("per_call_maps_in_16_buckets", Layout::Buckets(16)),
+        ] {
+            let (new, bytes) = median_apply_us(calls, layout, false);
+            let (existing, _) = median_apply_us(calls, layout, true);
+            row.insert(
+                name.into(),
+                json!({
+                    "apply_new_call_median_us": new,
+                    "apply_event_of_existing_call_median_us": existing,
+                    "saved_bytes": bytes,
+                }),
+            );
+        }
+        rows.push(serde_json::Value::Object(row));
     }
     println!("{}", json!({ "runs": RUNS, "layouts": rows }));
 }

@@ -20,7 +20,7 @@
 use automerge::{ActorId, ChangeHash, ReadDoc};
 
 use crate::account::Role;
-use crate::document::CustomerDoc;
+use crate::document::{CustomerDoc, bucket_map, call_bucket, call_map};
 use crate::error::CoreError;
 use crate::event::{CallEvent, DeviceKind, EventKind};
 use crate::id::{CallId, DeviceId, TenantId, UserId};
@@ -221,14 +221,27 @@ pub fn admit(
             });
         }
     }
-    let entries = new_entries(doc, &new_changes, before)?;
-    let mut events = Vec::with_capacity(entries.len());
-    let mut keys = Vec::with_capacity(entries.len());
-    for (key, json) in entries {
-        let event = parse_event(&key, &json)?;
+    let written = new_entries(doc, &new_changes)?;
+    let mut entries = Vec::with_capacity(written.entries.len());
+    for entry in written.entries {
+        let event = parse_event(&entry.key, &entry.json)?;
+        let key = match &entry.place {
+            Written::Flat => entry.key,
+            Written::CallMap(map) => {
+                // A call's events go in that call's own map, and nowhere else.
+                check_call_map(doc, &event.call, map, &entry.key)?;
+                format!("{}/{}", event.call, entry.key)
+            }
+        };
         if key != format!("{}/{}", event.call, event.id) {
             return Err(AdmissionError::MalformedEvent { key });
         }
+        entries.push((key, entry.place, entry.new_map, event));
+    }
+    check_new_places(doc, before, &mut entries, &written.new_maps)?;
+    let mut events = Vec::with_capacity(entries.len());
+    let mut keys = Vec::with_capacity(entries.len());
+    for (key, _, _, event) in entries {
         check_stamp(&key, &event, sender)?;
         events.push(event);
         keys.push(key);
@@ -301,25 +314,83 @@ fn unknown_field(raw: &serde_json::Value, known: &serde_json::Value, path: &str)
     }
 }
 
-/// The `(key, json)` of every entry the new changes add, read from the changes'
-/// own operations: each must be a put of a string into the `events` map under a
-/// key nobody wrote before, with no predecessor; anything else is refused.
+/// An object id as a change names it: counter and actor.
+type RawObj = (u64, ActorId);
+
+/// Where a new entry was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Written {
+    /// Schema 1's flat `events` map, under `<call>/<event>`.
+    Flat,
+    /// A call's map, under `<event>`.
+    CallMap(RawObj),
+}
+
+/// One new entry, as a change's operation wrote it.
+struct NewEntry {
+    /// The operation's key: `<call>/<event>` (flat) or `<event>` (a call's map).
+    key: String,
+    json: String,
+    place: Written,
+    /// Whether the map it was written into was created by the same changes.
+    new_map: bool,
+}
+
+/// A call's map created by the new changes.
+struct NewMap {
+    call: CallId,
+    bucket: String,
+    obj: RawObj,
+}
+
+struct WrittenEntries {
+    entries: Vec<NewEntry>,
+    new_maps: Vec<NewMap>,
+}
+
+fn raw_obj(obj: &automerge::ObjId) -> Option<RawObj> {
+    match obj {
+        automerge::ObjId::Id(counter, actor, _) => Some((*counter, actor.clone())),
+        automerge::ObjId::Root => None,
+    }
+}
+
+/// Every entry the new changes add and every call map they create, read from
+/// the changes' own operations. A device may only:
+/// - put a string into schema 1's flat `events` map, under a new key;
+/// - create a call's map (a new key of the call's bucket, schema 2);
+/// - put a string into a call's map (checked to be that call's by the caller).
+///
+/// None with a predecessor (nothing overwritten or deleted); anything else is
+/// refused.
 fn new_entries(
     doc: &mut CustomerDoc,
     new_changes: &[automerge::Change],
-    before: &[ChangeHash],
-) -> Result<Vec<(String, String)>, AdmissionError> {
+) -> Result<WrittenEntries, AdmissionError> {
     use automerge::legacy::{Key, ObjectId, OpType};
-    let events_obj = doc.events_object().clone();
-    let events_id = match &events_obj {
-        automerge::ObjId::Id(counter, actor, _) => (*counter, actor.clone()),
-        automerge::ObjId::Root => {
-            return Err(AdmissionError::ForbiddenEdit {
-                what: "the document root".to_owned(),
-            });
-        }
+    let Some(events_id) = raw_obj(doc.events_object()) else {
+        return Err(AdmissionError::ForbiddenEdit {
+            what: "the document root".to_owned(),
+        });
     };
-    let mut entries: Vec<(String, String)> = Vec::new();
+    let am = doc.automerge();
+    // The buckets (schema 2), by object id.
+    let mut buckets: Vec<(RawObj, String)> = Vec::new();
+    let mut calls_map = None;
+    if let Some((automerge::Value::Object(automerge::ObjType::Map), calls)) =
+        am.get(automerge::ROOT, "calls").map_err(CoreError::from)?
+    {
+        for item in am.map_range(&calls, ..) {
+            if let Some(id) = raw_obj(&item.id()) {
+                buckets.push((id, item.key.to_string()));
+            }
+        }
+        calls_map = raw_obj(&calls);
+    }
+    let mut written = WrittenEntries {
+        entries: Vec::new(),
+        new_maps: Vec::new(),
+    };
     for change in new_changes {
         if change.message().is_some_and(|m| !m.is_empty()) {
             return Err(AdmissionError::ForbiddenEdit {
@@ -348,37 +419,130 @@ fn new_entries(
                 limit: MAX_CHANGE_BYTES,
             });
         }
-        for op in change.decode().operations {
-            let in_events = matches!(&op.obj, ObjectId::Id(id) if id.counter() == events_id.0 && id.actor() == &events_id.1);
-            let place = match &op.obj {
-                ObjectId::Root => "the document root",
-                _ if in_events => "the events map",
-                _ => "the customer profile or numbers",
+        let start_op = change.start_op().get();
+        let actor = change.actor_id().clone();
+        for (i, op) in change.decode().operations.into_iter().enumerate() {
+            let obj: Option<RawObj> = match &op.obj {
+                ObjectId::Root => None,
+                ObjectId::Id(id) => Some((id.counter(), id.actor().clone())),
+            };
+            let bucket = obj
+                .as_ref()
+                .and_then(|o| buckets.iter().find(|(b, _)| b == o))
+                .map(|(_, key)| key.clone());
+            let place = match (&obj, &bucket) {
+                (None, _) => "the document root",
+                (Some(o), _) if *o == events_id => "the events map",
+                (Some(o), _) if Some(o) == calls_map.as_ref() => "the calls map",
+                (_, Some(_)) => "a calls bucket",
+                (Some(_), None) => "an object",
             };
             let key = match &op.key {
                 Key::Map(key) => key.to_string(),
                 Key::Seq(_) => "a list position".to_owned(),
             };
-            let json = match (&op.action, in_events, op.insert, op.pred.is_empty()) {
-                (OpType::Put(automerge::ScalarValue::Str(json)), true, false, true) => json,
-                (OpType::Put(_), true, false, true) => {
-                    return Err(AdmissionError::MalformedEvent { key });
-                }
-                (OpType::Delete, ..) | (_, true, false, false) => {
-                    return Err(AdmissionError::ForbiddenEdit {
-                        what: format!("the existing entry {key} in {place}"),
+            if op.insert || !op.pred.is_empty() || matches!(op.key, Key::Seq(_)) {
+                return Err(AdmissionError::ForbiddenEdit {
+                    what: if op.pred.is_empty() {
+                        format!("{key} in {place}")
+                    } else {
+                        format!("the existing entry {key} in {place}")
+                    },
+                });
+            }
+            match (&op.action, place, &bucket) {
+                (OpType::Make(automerge::ObjType::Map), "a calls bucket", Some(bucket)) => {
+                    let Ok(call) = CallId::new(key.clone()) else {
+                        return Err(AdmissionError::MalformedEvent { key });
+                    };
+                    if call_bucket(&call) != bucket {
+                        return Err(AdmissionError::ForbiddenEdit {
+                            what: format!("call {key}'s map in bucket {bucket}"),
+                        });
+                    }
+                    written.new_maps.push(NewMap {
+                        call,
+                        bucket: bucket.clone(),
+                        obj: (start_op + i as u64, actor.clone()),
                     });
+                }
+                (OpType::Put(automerge::ScalarValue::Str(json)), "the events map", _) => {
+                    written.entries.push(NewEntry {
+                        key,
+                        json: json.to_string(),
+                        place: Written::Flat,
+                        new_map: false,
+                    });
+                }
+                (OpType::Put(automerge::ScalarValue::Str(json)), "an object", _) => {
+                    let Some(obj) = obj else {
+                        return Err(AdmissionError::ForbiddenEdit {
+                            what: format!("{key} in {place}"),
+                        });
+                    };
+                    let new_map = written.new_maps.iter().any(|m| m.obj == obj);
+                    written.entries.push(NewEntry {
+                        key,
+                        json: json.to_string(),
+                        place: Written::CallMap(obj),
+                        new_map,
+                    });
+                }
+                (OpType::Put(_), "the events map" | "an object", _) => {
+                    return Err(AdmissionError::MalformedEvent { key });
                 }
                 _ => {
                     return Err(AdmissionError::ForbiddenEdit {
                         what: format!("{key} in {place}"),
                     });
                 }
-            };
-            entries.push((key, json.to_string()));
+            }
         }
     }
-    entries.sort();
+    Ok(written)
+}
+
+/// Checks that `map` is the one map of `call` (in its bucket, with no rival: a
+/// second map created concurrently would hide the first, or be hidden by it).
+fn check_call_map(
+    doc: &CustomerDoc,
+    call: &CallId,
+    map: &RawObj,
+    key: &str,
+) -> Result<(), AdmissionError> {
+    let am = doc.automerge();
+    let maps = match bucket_map(am, call)? {
+        Some(bucket) => am
+            .get_all(&bucket, call.as_str())
+            .map_err(CoreError::from)?,
+        None => Vec::new(),
+    };
+    match maps.as_slice() {
+        [(automerge::Value::Object(automerge::ObjType::Map), id)]
+            if raw_obj(id).as_ref() == Some(map) =>
+        {
+            Ok(())
+        }
+        [_, _, ..] => Err(AdmissionError::ForbiddenEdit {
+            what: format!("a second map of call {call}"),
+        }),
+        _ => Err(AdmissionError::ForbiddenEdit {
+            what: format!("{key} in a map that is not call {call}'s"),
+        }),
+    }
+}
+
+/// The checks on where the new entries landed, against the document before and
+/// after the changes: no key written twice or written before, a call's map
+/// created once, only for a call not already kept in the flat map and only with
+/// events of its own, and no flat entry for a call that has a map.
+fn check_new_places(
+    doc: &CustomerDoc,
+    before: &[ChangeHash],
+    entries: &mut [(String, Written, bool, CallEvent)],
+    new_maps: &[NewMap],
+) -> Result<(), AdmissionError> {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
     for pair in entries.windows(2) {
         if pair[0].0 == pair[1].0 {
             return Err(AdmissionError::ForbiddenEdit {
@@ -387,22 +551,91 @@ fn new_entries(
         }
     }
     let am = doc.automerge();
-    for (key, _) in &entries {
+    let events_obj = doc.events_object();
+    let has_buckets = matches!(
+        am.get(automerge::ROOT, "calls").map_err(CoreError::from)?,
+        Some((automerge::Value::Object(automerge::ObjType::Map), _))
+    );
+    for map in new_maps {
+        let call = &map.call;
+        let Some(bucket) = bucket_map(am, call)? else {
+            return Err(AdmissionError::ForbiddenEdit {
+                what: format!("call {call}'s map"),
+            });
+        };
         let existed = am
-            .get_at(&events_obj, key.as_str(), before)
+            .get_at(&bucket, call.as_str(), before)
             .map_err(CoreError::from)?
             .is_some();
         let versions = am
-            .get_all(&events_obj, key.as_str())
+            .get_all(&bucket, call.as_str())
             .map_err(CoreError::from)?
             .len();
+        if existed || versions != 1 || map.bucket != call_bucket(call) {
+            return Err(AdmissionError::ForbiddenEdit {
+                what: format!("the existing map of call {call}"),
+            });
+        }
+        if has_flat_entries(doc, call) {
+            return Err(AdmissionError::ForbiddenEdit {
+                what: format!("a map for call {call}, whose events are in the events map"),
+            });
+        }
+        if !entries
+            .iter()
+            .any(|(_, place, _, _)| *place == Written::CallMap(map.obj.clone()))
+        {
+            return Err(AdmissionError::ForbiddenEdit {
+                what: format!("an empty map for call {call}"),
+            });
+        }
+    }
+    for (key, place, new_map, event) in entries.iter() {
+        let (obj, prop) = match place {
+            Written::Flat => {
+                if has_buckets && call_map(am, &event.call)?.is_some() {
+                    return Err(AdmissionError::ForbiddenEdit {
+                        what: format!(
+                            "{key} in the events map: call {} has its own map",
+                            event.call
+                        ),
+                    });
+                }
+                (events_obj.clone(), key.as_str())
+            }
+            Written::CallMap(_) => {
+                let Some(map) = call_map(am, &event.call)? else {
+                    return Err(AdmissionError::ForbiddenEdit {
+                        what: format!("{key} outside call {}'s map", event.call),
+                    });
+                };
+                (map, event.id.as_str())
+            }
+        };
+        // A map created by these changes had no entries before them.
+        let existed = !new_map
+            && am
+                .get_at(&obj, prop, before)
+                .map_err(CoreError::from)?
+                .is_some();
+        let versions = am.get_all(&obj, prop).map_err(CoreError::from)?.len();
         if existed || versions != 1 {
             return Err(AdmissionError::ForbiddenEdit {
                 what: format!("the existing event {key}"),
             });
         }
     }
-    Ok(entries)
+    Ok(())
+}
+
+/// Whether schema 1's flat map holds events of `call`.
+fn has_flat_entries(doc: &CustomerDoc, call: &CallId) -> bool {
+    // Keys are "<call>/<event>"; '0' is the character after '/'.
+    let (from, to) = (format!("{call}/"), format!("{call}0"));
+    doc.automerge()
+        .map_range(doc.events_object(), from..to)
+        .next()
+        .is_some()
 }
 
 fn check_stamp(key: &str, event: &CallEvent, sender: &Sender) -> Result<(), AdmissionError> {

@@ -32,7 +32,28 @@ use crate::rules::{RuleContext, check_event};
 use crate::time::Timestamp;
 
 /// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// How many bucket maps the `calls` map holds (schema 2): a new call's map lands
+/// in a bucket of about 1/16 of the customer's calls, so creating it walks that
+/// many keys instead of every call (Automerge merges an op into its object by
+/// walking the object's ops).
+pub const CALL_BUCKETS: usize = 16;
+
+/// The key of the bucket a call's map lives in: one lowercase hex digit, the
+/// call id's FNV-1a hash modulo [`CALL_BUCKETS`]. Every replica computes the same,
+/// so a call's place never depends on who writes.
+pub fn call_bucket(call: &CallId) -> &'static str {
+    const KEYS: [&str; CALL_BUCKETS] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
+    ];
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in call.as_str().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    KEYS[(hash % CALL_BUCKETS as u64) as usize]
+}
 
 /// Longest company or contact name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -52,9 +73,11 @@ mod key {
     pub(super) const LABEL: &str = "label";
     pub(super) const NUMBER: &str = "number";
     pub(super) const EVENTS: &str = "events";
+    pub(super) const CALLS: &str = "calls";
 }
 
-/// A customer document: an Automerge document in the v1 schema.
+/// A customer document: an Automerge document in schema 2 (or 1, read as it is
+/// until the server upgrades it; see the crate docs).
 #[derive(Debug, Clone)]
 pub struct CustomerDoc {
     doc: AutoCommit,
@@ -106,6 +129,7 @@ impl CustomerDoc {
             doc.put(&entry, key::NUMBER, phone.number.as_written())?;
         }
         let events = doc.put_object(ROOT, key::EVENTS, ObjType::Map)?;
+        put_call_buckets(&mut doc)?;
         doc.commit_with(
             automerge::transaction::CommitOptions::default().with_time(at.as_millis() / 1000),
         );
@@ -136,6 +160,43 @@ impl CustomerDoc {
             events,
             derived: RefCell::default(),
         })
+    }
+
+    /// Brings a schema 1 document to schema 2 by adding the `calls` map and its
+    /// buckets, as one change stamped `at`; events already recorded stay where
+    /// they are. Returns whether anything was written (false on schema 2).
+    ///
+    /// **Only the server calls this** (its store, when it first opens a document):
+    /// the buckets are objects, and two replicas each creating "the" buckets would
+    /// have one set hidden by the other. Devices read and write schema 1 documents
+    /// as they are until the server's upgrade reaches them by sync.
+    pub fn upgrade(&mut self, at: Timestamp) -> Result<bool, CoreError> {
+        if read_buckets(&self.doc)?.is_some() {
+            return Ok(false);
+        }
+        let written = self
+            .doc
+            .put(ROOT, key::SCHEMA, ScalarValue::Uint(SCHEMA_VERSION))
+            .and_then(|()| put_call_buckets(&mut self.doc));
+        if let Err(e) = written {
+            self.doc.rollback();
+            return Err(e.into());
+        }
+        self.doc.commit_with(
+            automerge::transaction::CommitOptions::default().with_time(at.as_millis() / 1000),
+        );
+        // Nothing an event reader sees changed: the kept derivation stays exact.
+        let heads = sorted_heads(&mut self.doc);
+        let derived = self.derived.get_mut();
+        if derived.fresh {
+            derived.heads = Some(heads);
+        }
+        Ok(true)
+    }
+
+    /// The schema version the document declares (1 or 2).
+    pub fn schema(&self) -> Result<u64, CoreError> {
+        read_schema(&self.doc)
     }
 
     /// The tenant that owns the customer.
@@ -203,7 +264,13 @@ impl CustomerDoc {
     /// the same id (its `events` map is another object, and merging would hide one
     /// of the two maps).
     pub fn merge(&mut self, other: &mut CustomerDoc) -> Result<(), CoreError> {
-        if other.tenant != self.tenant || other.id != self.id || other.events != self.events {
+        let (ours, theirs) = (read_buckets(&self.doc)?, read_buckets(&other.doc)?);
+        let other_buckets = matches!((&ours, &theirs), (Some(a), Some(b)) if a != b);
+        if other.tenant != self.tenant
+            || other.id != self.id
+            || other.events != self.events
+            || other_buckets
+        {
             return Err(CoreError::DifferentDocument {
                 ours: format!("{}/{}", self.tenant, self.id),
                 theirs: format!("{}/{}", other.tenant, other.id),
@@ -219,8 +286,8 @@ impl CustomerDoc {
         let derived = self.derived();
         let mut events = Vec::with_capacity(derived.entries.len());
         let mut unreadable = Vec::new();
-        for (key, (_, event)) in &derived.entries {
-            match event {
+        for (key, entry) in &derived.entries {
+            match &entry.event {
                 Some(event) => events.push(event.clone()),
                 None => unreadable.push(key.clone()),
             }
@@ -308,7 +375,7 @@ impl CustomerDoc {
         let unreadable_events = derived
             .entries
             .iter()
-            .filter(|(_, (_, e))| e.is_none())
+            .filter(|(_, entry)| entry.event.is_none())
             .map(|(k, _)| k.clone())
             .collect();
         drop(derived);
@@ -393,7 +460,8 @@ impl CustomerDoc {
         let mut customer = self.customer()?;
         let mut call_events = self.call_events(&call);
         let known = call_events.len();
-        let mut checked: Vec<(String, String, Timestamp)> = Vec::with_capacity(events.len());
+        let mut checked: Vec<(String, EventId, String, Timestamp)> =
+            Vec::with_capacity(events.len());
         for event in events {
             if event.call != call {
                 return Err(CoreError::UnknownCall { call: event.call });
@@ -407,7 +475,7 @@ impl CustomerDoc {
             check_event(&customer, &event, ctx)?;
             let json =
                 serde_json::to_string(&event).map_err(|e| CoreError::Automerge(e.to_string()))?;
-            checked.push((key, json, event.stamp.at));
+            checked.push((key, event.id.clone(), json, event.stamp.at));
             // The next event of the batch is checked against the call with this one.
             call_events.push(event);
             if let Some(view) = derive_call(&call, call_events.iter()) {
@@ -416,19 +484,34 @@ impl CustomerDoc {
             }
         }
         let mut at = Timestamp::from_millis(0);
-        for (key, json, event_at) in &checked {
-            at = at.max(*event_at);
-            if let Err(e) = self.doc.put(&self.events, key.as_str(), json.as_str()) {
-                self.doc.rollback();
-                self.derived.get_mut().fresh = false;
-                return Err(e.into());
+        let written = self.place_for(&call, known > 0).and_then(|place| {
+            for (key, event_id, json, event_at) in &checked {
+                at = at.max(*event_at);
+                match &place {
+                    Place::CallMap(map) => self.doc.put(map, event_id.as_str(), json.as_str())?,
+                    Place::Flat => self.doc.put(&self.events, key.as_str(), json.as_str())?,
+                }
             }
+            Ok(())
+        });
+        if let Err(e) = written {
+            self.doc.rollback();
+            self.derived.get_mut().fresh = false;
+            return Err(e.into());
         }
         // Keep the derived cache exact: these entries are all that changed.
         let derived = self.derived.get_mut();
+        let generation = derived.generation;
         let new_events = call_events.split_off(known);
-        for ((key, _, _), event) in checked.into_iter().zip(new_events) {
-            derived.entries.insert(key, (None, Some(event)));
+        for ((key, ..), event) in checked.into_iter().zip(new_events) {
+            derived.entries.insert(
+                key,
+                Entry {
+                    op: None,
+                    event: Some(event),
+                    generation,
+                },
+            );
         }
         derived.dirty.insert(call.clone());
         derived.rederive();
@@ -438,6 +521,38 @@ impl CustomerDoc {
         let heads = sorted_heads(&mut self.doc);
         self.derived.get_mut().heads = Some(heads);
         self.call(&call).ok_or(CoreError::UnknownCall { call })
+    }
+
+    /// Where the events of `call` are written (inside the open transaction):
+    /// - its own map, if it has one;
+    /// - schema 1's flat map, if the call is known there (`known`: it has events
+    ///   but no map) or the document has no buckets yet (schema 1);
+    /// - otherwise a new map in the call's bucket, created by this change, which
+    ///   carries the call's origin event: a call is created by one replica only
+    ///   (its ids are drawn by the device that requests or logs it), so no other
+    ///   replica ever creates the same call's map.
+    fn place_for(
+        &mut self,
+        call: &CallId,
+        known: bool,
+    ) -> Result<Place, automerge::AutomergeError> {
+        let Some(calls) = map_at(&self.doc, &ROOT, key::CALLS)? else {
+            return Ok(Place::Flat);
+        };
+        let Some(bucket) = map_at(&self.doc, &calls, call_bucket(call))? else {
+            return Ok(Place::Flat);
+        };
+        if let Some(map) = map_at(&self.doc, &bucket, call.as_str())? {
+            return Ok(Place::CallMap(map));
+        }
+        if known {
+            return Ok(Place::Flat);
+        }
+        Ok(Place::CallMap(self.doc.put_object(
+            &bucket,
+            call.as_str(),
+            ObjType::Map,
+        )?))
     }
 
     /// Tells the kept derivation that the document changed since `before` by
@@ -458,9 +573,17 @@ impl CustomerDoc {
         if derived.identity_error.is_some() || derived.heads.as_ref() != Some(&before) {
             return false;
         }
+        let generation = derived.generation;
         for (key, event) in entries {
             derived.mark_dirty(&key);
-            derived.entries.insert(key, (None, event));
+            derived.entries.insert(
+                key,
+                Entry {
+                    op: None,
+                    event,
+                    generation,
+                },
+            );
         }
         derived.rederive();
         derived.fresh = true;
@@ -475,16 +598,85 @@ fn sorted_heads(doc: &mut AutoCommit) -> Vec<automerge::ChangeHash> {
     heads
 }
 
+/// Where a call's events are written (see [`CustomerDoc::place_for`]).
+enum Place {
+    /// The call's own map (schema 2).
+    CallMap(ObjId),
+    /// Schema 1's flat `events` map, keyed `<call>/<event>`.
+    Flat,
+}
+
+/// The `calls` map with its [`CALL_BUCKETS`] bucket maps, written with a schema 2
+/// document or by [`CustomerDoc::upgrade`] (inside the caller's transaction).
+fn put_call_buckets(doc: &mut AutoCommit) -> Result<(), automerge::AutomergeError> {
+    let calls = doc.put_object(ROOT, key::CALLS, ObjType::Map)?;
+    for bucket in 0..CALL_BUCKETS {
+        doc.put_object(&calls, format!("{bucket:x}"), ObjType::Map)?;
+    }
+    Ok(())
+}
+
+/// The map under `prop` of `obj` (the winning value), if there is one.
+fn map_at(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    prop: &str,
+) -> Result<Option<ObjId>, automerge::AutomergeError> {
+    Ok(match doc.get(obj, prop)? {
+        Some((Value::Object(ObjType::Map), id)) => Some(id),
+        _ => None,
+    })
+}
+
+/// Every map under `prop` of `obj`, conflicting ones included: a reader unions
+/// them, so no write can hide another's events.
+fn maps_at(doc: &AutoCommit, obj: &ObjId, prop: &str) -> Vec<ObjId> {
+    doc.get_all(obj, prop)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(value, id)| matches!(value, Value::Object(ObjType::Map)).then_some(id))
+        .collect()
+}
+
+/// The `calls` map's buckets, if the document has them (schema 2).
+fn read_buckets(doc: &AutoCommit) -> Result<Option<ObjId>, CoreError> {
+    Ok(map_at(doc, &ROOT, key::CALLS)?)
+}
+
+/// The schema version a document declares.
+fn read_schema(doc: &AutoCommit) -> Result<u64, CoreError> {
+    match doc.get(ROOT, key::SCHEMA)? {
+        Some((Value::Scalar(v), _)) => match v.as_ref() {
+            ScalarValue::Uint(n) => Ok(*n),
+            ScalarValue::Int(n) if *n >= 0 => Ok(*n as u64),
+            _ => Err(malformed(key::SCHEMA, "not a number")),
+        },
+        _ => Err(malformed(key::SCHEMA, "missing")),
+    }
+}
+
+/// The map of `call`'s events, if it has one (the winner, as writers pick it).
+pub(crate) fn call_map(doc: &AutoCommit, call: &CallId) -> Result<Option<ObjId>, CoreError> {
+    let Some(calls) = map_at(doc, &ROOT, key::CALLS)? else {
+        return Ok(None);
+    };
+    let Some(bucket) = map_at(doc, &calls, call_bucket(call))? else {
+        return Ok(None);
+    };
+    Ok(map_at(doc, &bucket, call.as_str())?)
+}
+
+/// The bucket map `call`'s map belongs in, if the document has buckets.
+pub(crate) fn bucket_map(doc: &AutoCommit, call: &CallId) -> Result<Option<ObjId>, CoreError> {
+    let Some(calls) = map_at(doc, &ROOT, key::CALLS)? else {
+        return Ok(None);
+    };
+    Ok(map_at(doc, &calls, call_bucket(call))?)
+}
+
 /// The schema version, tenant, customer and `events` map of a document, checked.
 fn read_identity(doc: &AutoCommit) -> Result<(TenantId, CustomerId, ObjId), CoreError> {
-    let schema = match doc.get(ROOT, key::SCHEMA)? {
-        Some((Value::Scalar(v), _)) => match v.as_ref() {
-            ScalarValue::Uint(n) => *n,
-            ScalarValue::Int(n) if *n >= 0 => *n as u64,
-            _ => return Err(malformed(key::SCHEMA, "not a number")),
-        },
-        _ => return Err(malformed(key::SCHEMA, "missing")),
-    };
+    let schema = read_schema(doc)?;
     if schema > SCHEMA_VERSION {
         return Err(CoreError::UnsupportedSchema {
             found: schema,
@@ -548,12 +740,12 @@ struct Derived {
     /// Whether `entries` matches the document. False until the first scan, and
     /// after anything but `record` may have changed the document.
     fresh: bool,
-    /// Every entry of the `events` map: the Automerge op that wrote its value (a
-    /// new write is a new op, so this tells changed entries exactly), and the event
-    /// if the entry is one (under its own key).
-    /// (`None` for entries this replica just wrote: the next scan learns their op
-    /// and parses them once more, which is cheaper than asking Automerge now.)
-    entries: BTreeMap<String, (Option<ObjId>, Option<CallEvent>)>,
+    /// Every event entry by its key `<call>/<event>` (where it is stored: a call's
+    /// map or schema 1's flat map).
+    entries: BTreeMap<String, Entry>,
+    /// Counts scans: an entry visited twice in one scan (the same event id in both
+    /// places, only from a misbehaving writer) is told from one kept from before.
+    generation: u64,
     /// Every call's derived view, or the anomalies of a call with no origin.
     views: BTreeMap<CallId, Result<Arc<CallView>, Vec<Anomaly>>>,
     /// Calls whose events changed since they were last derived.
@@ -568,41 +760,68 @@ struct Derived {
     heads: Option<Vec<automerge::ChangeHash>>,
 }
 
+/// One event entry as a scan last saw it.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The Automerge op that wrote the value (a new write is a new op, so this
+    /// tells changed entries exactly); `None` for entries this replica just wrote
+    /// (the next scan learns their op and parses them once more, which is cheaper
+    /// than asking Automerge now).
+    op: Option<ObjId>,
+    /// The event, if the entry is one (under its own key).
+    event: Option<CallEvent>,
+    /// The scan that last saw it.
+    generation: u64,
+}
+
+/// The maps a map entry holds: its value, or every conflicting value if writers
+/// raced (each is read, so none hides another).
+fn objects(doc: &AutoCommit, obj: &ObjId, item: &automerge::iter::MapRangeItem<'_>) -> Vec<ObjId> {
+    if item.conflict {
+        maps_at(doc, obj, &item.key)
+    } else if let automerge::ValueRef::Object(ObjType::Map) = item.value {
+        vec![item.id()]
+    } else {
+        Vec::new()
+    }
+}
+
 impl Derived {
-    /// Brings `entries` up to date, parsing only entries whose text changed.
+    /// Brings `entries` up to date, parsing only entries whose text changed:
+    /// schema 1's flat map first, then every call's map (so an event id found in
+    /// both reads as the per-call one, the same on every replica).
     fn rescan(&mut self, doc: &AutoCommit, events: &ObjId) {
+        self.generation = self.generation.wrapping_add(1);
         let mut seen = 0usize;
         for item in doc.map_range(events, ..) {
-            seen += 1;
-            let text = match &item.value {
-                automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(text)) => {
-                    Some(text.as_ref())
+            seen += self.visit(item.key.as_ref(), item.id(), &item.value);
+        }
+        let mut key = String::new();
+        for calls in maps_at(doc, &ROOT, key::CALLS) {
+            for bucket in doc.map_range(&calls, ..) {
+                for bucket in objects(doc, &calls, &bucket) {
+                    for call in doc.map_range(&bucket, ..) {
+                        for call_map in objects(doc, &bucket, &call) {
+                            for item in doc.map_range(&call_map, ..) {
+                                key.clear();
+                                key.push_str(&call.key);
+                                key.push('/');
+                                key.push_str(&item.key);
+                                seen += self.visit(&key, item.id(), &item.value);
+                            }
+                        }
+                    }
                 }
-                _ => None,
-            };
-            let op = item.id();
-            if matches!(self.entries.get(item.key.as_ref()), Some((Some(known), _)) if *known == op)
-            {
-                continue;
             }
-            let event = text
-                .and_then(|t| serde_json::from_str::<CallEvent>(t).ok())
-                .filter(|e| event_key(&e.call, e) == item.key.as_ref());
-            self.mark_dirty(&item.key);
-            self.entries
-                .insert(item.key.into_owned(), (Some(op), event));
         }
         if seen != self.entries.len() {
-            // Entries vanished (only a misbehaving writer deletes): find which.
-            let present: BTreeSet<String> = doc
-                .map_range(events, ..)
-                .map(|i| i.key.into_owned())
-                .collect();
+            // Entries vanished (only a misbehaving writer deletes).
+            let generation = self.generation;
             let gone: Vec<String> = self
                 .entries
-                .keys()
-                .filter(|k| !present.contains(*k))
-                .cloned()
+                .iter()
+                .filter(|(_, e)| e.generation != generation)
+                .map(|(k, _)| k.clone())
                 .collect();
             for key in gone {
                 self.mark_dirty(&key);
@@ -610,6 +829,38 @@ impl Derived {
             }
         }
         self.fresh = true;
+    }
+
+    /// Takes one entry seen by a scan; returns 1 if its key is new to this scan.
+    fn visit(&mut self, key: &str, op: ObjId, value: &automerge::ValueRef<'_>) -> usize {
+        let generation = self.generation;
+        let (first_visit, known) = match self.entries.get_mut(key) {
+            Some(entry) => {
+                let first = entry.generation != generation;
+                entry.generation = generation;
+                (first, entry.op.as_ref() == Some(&op))
+            }
+            None => (true, false),
+        };
+        if !known {
+            let event = match value {
+                automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(text)) => {
+                    serde_json::from_str::<CallEvent>(text).ok()
+                }
+                _ => None,
+            }
+            .filter(|e| event_key(&e.call, e) == key);
+            self.mark_dirty(key);
+            self.entries.insert(
+                key.to_owned(),
+                Entry {
+                    op: Some(op),
+                    event,
+                    generation,
+                },
+            );
+        }
+        usize::from(first_visit)
     }
 
     fn mark_dirty(&mut self, key: &str) {
@@ -628,7 +879,7 @@ impl Derived {
         let (from, to) = (format!("{call}/"), format!("{call}0"));
         self.entries
             .range(from..to)
-            .filter_map(|(_, (_, e))| e.as_ref())
+            .filter_map(|(_, entry)| entry.event.as_ref())
             .collect()
     }
 

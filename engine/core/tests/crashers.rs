@@ -54,7 +54,7 @@ fn a_document_from_a_newer_version_names_both_versions() {
         err,
         CoreError::UnsupportedSchema {
             found: 99,
-            supported: 1
+            supported: 2
         }
     );
     assert!(err.message_ja().contains("99"));

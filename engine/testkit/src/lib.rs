@@ -100,6 +100,37 @@ pub fn sample_customer() -> NewCustomer {
     }
 }
 
+/// A customer document exactly as schema 1 (the build before schema 2) created
+/// it: the same root keys, the flat `events` map, no `calls` map, `schema` 1.
+pub fn schema_one_customer(new: &NewCustomer, at: Timestamp, actor: ActorId) -> CustomerDoc {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ObjType, ROOT, ScalarValue};
+    let build = || -> Result<AutoCommit, automerge::AutomergeError> {
+        let mut doc = AutoCommit::new().with_actor(actor);
+        doc.put(ROOT, "schema", ScalarValue::Uint(1))?;
+        doc.put(ROOT, "tenant", new.tenant.as_str())?;
+        doc.put(ROOT, "customer", new.id.as_str())?;
+        doc.put(ROOT, "created_at", ScalarValue::Timestamp(at.as_millis()))?;
+        let profile = doc.put_object(ROOT, "profile", ObjType::Map)?;
+        doc.put(&profile, "company", new.company.trim())?;
+        doc.put(&profile, "contact", new.contact.trim())?;
+        doc.put(&profile, "owner", new.owner.as_str())?;
+        let phones = doc.put_object(ROOT, "phones", ObjType::Map)?;
+        for phone in &new.phones {
+            let entry = doc.put_object(&phones, phone.number.digits(), ObjType::Map)?;
+            doc.put(&entry, "label", phone.label.trim())?;
+            doc.put(&entry, "number", phone.number.as_written())?;
+        }
+        doc.put_object(ROOT, "events", ObjType::Map)?;
+        doc.commit_with(
+            automerge::transaction::CommitOptions::default().with_time(at.as_millis() / 1000),
+        );
+        Ok(doc)
+    };
+    let doc = build().unwrap_or_else(|e| panic!("schema 1 fixture: {e}"));
+    CustomerDoc::from_automerge(doc).unwrap_or_else(|e| panic!("schema 1 fixture: {e}"))
+}
+
 fn id<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("fixture id: {e}"))
 }

@@ -6,11 +6,12 @@ use std::collections::{HashMap, HashSet};
 
 use automerge::transaction::Transactable;
 use callsync_core::admission::{AdmissionError, Directory, Sender, admit};
+use callsync_core::document::call_bucket;
 use callsync_core::{
     ActorId, CallEvent, CallId, CustomerDoc, DeviceId, DeviceKind, EventId, EventKind, PhoneNumber,
     ResultCatalog, Role, RuleContext, Stamp, TenantId, UserId,
 };
-use callsync_testkit::{NUMBER, START, sample_customer};
+use callsync_testkit::{NUMBER, START, sample_customer, schema_one_customer};
 
 const REP: &str = "rep@a.example";
 const OTHER: &str = "other@a.example";
@@ -111,7 +112,9 @@ impl World {
     ) -> Result<Vec<CallEvent>, AdmissionError> {
         let mut copy = self.server.clone();
         let before = copy.heads();
-        copy.merge(replica).unwrap();
+        // As the hub takes a sync message: Automerge's own merge, whatever the
+        // changes touch (admission is what refuses them).
+        copy.automerge_mut().merge(replica.automerge_mut()).unwrap();
         let admitted = admit(&mut copy, &before, from, &self.devices, &self.catalog);
         if admitted.is_ok() {
             self.server = copy;
@@ -143,15 +146,40 @@ fn request(origin: &str) -> EventKind {
 }
 
 /// Writes an entry straight into the document, bypassing the rules, as a
-/// modified client could.
+/// modified client could: `key` is `<call>/<event>`, written into the call's map
+/// if it has one (schema 2), else into the flat `events` map.
 fn put_raw(doc: &mut CustomerDoc, key: &str, value: &str) {
     let am = doc.automerge_mut();
-    let events = match automerge::ReadDoc::get(am, automerge::ROOT, "events").unwrap() {
+    let (call, event) = key.split_once('/').unwrap_or((key, ""));
+    match call_map(am, call) {
+        Some(map) => am.put(&map, event, value).unwrap(),
+        None => am.put(flat_events(am), key, value).unwrap(),
+    }
+    am.commit();
+}
+
+/// Schema 1's flat `events` map.
+fn flat_events(am: &automerge::AutoCommit) -> automerge::ObjId {
+    match automerge::ReadDoc::get(am, automerge::ROOT, "events").unwrap() {
         Some((_, id)) => id,
         None => panic!("no events map"),
-    };
-    am.put(&events, key, value).unwrap();
-    am.commit();
+    }
+}
+
+/// The bucket map `call`'s map belongs in.
+fn bucket(am: &automerge::AutoCommit, call: &str) -> automerge::ObjId {
+    let (_, calls) = automerge::ReadDoc::get(am, automerge::ROOT, "calls")
+        .unwrap()
+        .unwrap();
+    let key = call_bucket(&CallId::new(call).unwrap());
+    automerge::ReadDoc::get(am, &calls, key).unwrap().unwrap().1
+}
+
+/// `call`'s own map, if it has one.
+fn call_map(am: &automerge::AutoCommit, call: &str) -> Option<automerge::ObjId> {
+    automerge::ReadDoc::get(am, bucket(am, call), call)
+        .unwrap()
+        .map(|(_, id)| id)
 }
 
 fn put_event(doc: &mut CustomerDoc, event: &CallEvent) {
@@ -369,11 +397,10 @@ fn operations_that_cancel_out_are_refused_although_nothing_would_show() {
 
     // The same across two changes: a put, then its deletion.
     let mut d = w.replica("desk-1");
-    put_raw(&mut d, "call-1/padding", "{}");
     let am = d.automerge_mut();
-    let (_, events) = automerge::ReadDoc::get(am, automerge::ROOT, "events")
-        .unwrap()
-        .unwrap();
+    let events = flat_events(am);
+    am.put(&events, "call-1/padding", "{}").unwrap();
+    am.commit();
     am.delete(&events, "call-1/padding").unwrap();
     am.commit();
     assert_eq!(
@@ -516,4 +543,214 @@ fn an_event_over_its_cap_is_refused_by_its_size_within_a_change_under_its_own() 
         }
         other => panic!("{other:?}"),
     }
+}
+
+// Schema 2: a call's events live in a map of their own, created once, by the
+// change that carries the call's origin.
+
+/// A request recorded by the rules on the desk's replica, as an honest desk writes
+/// it: a new map in the call's bucket holding the request event.
+#[test]
+fn an_honest_request_creates_its_calls_map_in_its_bucket() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let am = w.server.automerge();
+    let map = call_map(am, "call-1").expect("the call has its own map");
+    assert_eq!(automerge::ReadDoc::keys(am, &map).count(), 1);
+    assert!(
+        automerge::ReadDoc::map_range(am, flat_events(am), ..)
+            .next()
+            .is_none(),
+        "nothing in the flat map"
+    );
+}
+
+/// Creates `call`'s map in `bucket_key` from `doc`'s actor, holding `event`.
+fn create_map_raw(doc: &mut CustomerDoc, bucket_key: &str, event: &CallEvent) {
+    let am = doc.automerge_mut();
+    let (_, calls) = automerge::ReadDoc::get(am, automerge::ROOT, "calls")
+        .unwrap()
+        .unwrap();
+    let (_, bucket) = automerge::ReadDoc::get(am, &calls, bucket_key)
+        .unwrap()
+        .unwrap();
+    let map = am
+        .put_object(&bucket, event.call.as_str(), automerge::ObjType::Map)
+        .unwrap();
+    am.put(
+        &map,
+        event.id.as_str(),
+        serde_json::to_string(event).unwrap(),
+    )
+    .unwrap();
+    am.commit();
+}
+
+#[test]
+fn a_calls_map_in_another_bucket_is_refused() {
+    let mut w = World::new();
+    let request = w.event(&desk(), "call-9", request("phone-1"));
+    let right = call_bucket(&request.call);
+    let wrong = if right == "0" { "1" } else { "0" };
+    let mut d = w.replica("desk-1");
+    create_map_raw(&mut d, wrong, &request);
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert_eq!(err.code(), "forbidden-edit", "{err}");
+    assert!(err.to_string().contains("bucket"), "{err}");
+    assert!(
+        call_map(w.server.automerge(), "call-9").is_none(),
+        "nothing kept"
+    );
+}
+
+#[test]
+fn a_second_map_for_a_call_that_has_one_is_refused() {
+    let mut w = World::new();
+    // The desk's replica has not seen the request's map: it creates a rival one,
+    // which would hide the first (or be hidden) if it were admitted.
+    let mut d = w.replica("desk-2");
+    w.requested("call-1");
+    let desk_2 = sender("desk-2", DeviceKind::Desk, REP, Role::User);
+    let rival = w.event(&desk_2, "call-1", request("phone-1"));
+    create_map_raw(&mut d, call_bucket(&rival.call), &rival);
+    let err = w.offer(&mut d, &desk_2).unwrap_err();
+    assert_eq!(err.code(), "forbidden-edit", "{err}");
+    assert!(err.to_string().contains("second map"), "{err}");
+    let am = w.server.automerge();
+    let all = automerge::ReadDoc::get_all(am, bucket(am, "call-1"), "call-1").unwrap();
+    assert_eq!(all.len(), 1, "one map, the first");
+}
+
+#[test]
+fn an_empty_calls_map_is_refused() {
+    let mut w = World::new();
+    let mut d = w.replica("desk-1");
+    let am = d.automerge_mut();
+    let b = bucket(am, "call-5");
+    am.put_object(&b, "call-5", automerge::ObjType::Map)
+        .unwrap();
+    am.commit();
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert_eq!(err.code(), "forbidden-edit", "{err}");
+    assert!(err.to_string().contains("empty map"), "{err}");
+}
+
+#[test]
+fn a_flat_entry_for_a_call_that_has_its_own_map_is_refused() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let mut p = w.replica("phone-1");
+    let started = w.event(&phone(), "call-1", EventKind::Started);
+    let am = p.automerge_mut();
+    am.put(
+        flat_events(am),
+        format!("{}/{}", started.call, started.id),
+        serde_json::to_string(&started).unwrap(),
+    )
+    .unwrap();
+    am.commit();
+    let err = w.offer(&mut p, &phone()).unwrap_err();
+    assert_eq!(err.code(), "forbidden-edit", "{err}");
+    assert!(err.to_string().contains("has its own map"), "{err}");
+}
+
+#[test]
+fn an_event_put_in_another_calls_map_is_refused() {
+    let mut w = World::new();
+    w.requested("call-1");
+    let mut p = w.replica("phone-1");
+    // A start of call-2 (no such call), written into call-1's map.
+    let started = w.event(&phone(), "call-2", EventKind::Started);
+    let am = p.automerge_mut();
+    let map = call_map(am, "call-1").unwrap();
+    am.put(
+        &map,
+        started.id.as_str(),
+        serde_json::to_string(&started).unwrap(),
+    )
+    .unwrap();
+    am.commit();
+    let err = w.offer(&mut p, &phone()).unwrap_err();
+    assert_eq!(err.code(), "forbidden-edit", "{err}");
+    assert!(err.to_string().contains("not call call-2's"), "{err}");
+}
+
+#[test]
+fn a_device_may_not_create_or_replace_the_buckets() {
+    let mut w = World::new();
+    let mut d = w.replica("desk-1");
+    let am = d.automerge_mut();
+    am.put_object(automerge::ROOT, "calls", automerge::ObjType::Map)
+        .unwrap();
+    am.commit();
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert_eq!(err.code(), "forbidden-edit", "{err}");
+
+    let mut d = w.replica("desk-1");
+    let am = d.automerge_mut();
+    let (_, calls) = automerge::ReadDoc::get(am, automerge::ROOT, "calls")
+        .unwrap()
+        .unwrap();
+    am.put_object(&calls, "g", automerge::ObjType::Map).unwrap();
+    am.commit();
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert_eq!(err.code(), "forbidden-edit", "{err}");
+    assert!(err.to_string().contains("the calls map"), "{err}");
+}
+
+/// A schema 1 document (no buckets yet) still takes flat entries, and after the
+/// server's upgrade a call kept there stays there: a map for it is refused.
+#[test]
+fn a_call_kept_in_the_flat_map_gets_no_map_after_the_upgrade() {
+    let mut w = World::new();
+    w.server = schema_one_customer(&sample_customer(), START, actor("server"));
+    w.requested("call-1");
+    let am = w.server.automerge();
+    assert!(
+        automerge::ReadDoc::get(am, automerge::ROOT, "calls")
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        automerge::ReadDoc::map_range(am, flat_events(am), ..).count(),
+        1
+    );
+
+    assert!(w.server.upgrade(START).unwrap());
+    assert!(
+        !w.server.upgrade(START).unwrap(),
+        "upgrading twice writes nothing"
+    );
+    assert_eq!(w.server.schema().unwrap(), 2);
+    // The phone starts the call: it knows the call from the flat map, and writes
+    // there.
+    let mut p = w.replica("phone-1");
+    let started = w.event(&phone(), "call-1", EventKind::Started);
+    w.record(&mut p, started.clone());
+    assert!(call_map(p.automerge(), "call-1").is_none());
+    assert_eq!(w.offer(&mut p, &phone()).unwrap(), vec![started]);
+    // A forged map for it is refused.
+    let mut d = w.replica("desk-1");
+    let late = w.event(&desk(), "call-1", EventKind::BrowserEnded);
+    create_map_raw(&mut d, call_bucket(&late.call), &late);
+    let err = w.offer(&mut d, &desk()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("whose events are in the events map"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_new_call_on_an_upgraded_schema_one_document_gets_its_own_map() {
+    let mut w = World::new();
+    w.server = schema_one_customer(&sample_customer(), START, actor("server"));
+    assert!(w.server.upgrade(START).unwrap());
+    w.requested("call-2");
+    let am = w.server.automerge();
+    assert!(call_map(am, "call-2").is_some());
+    assert_eq!(
+        automerge::ReadDoc::map_range(am, flat_events(am), ..).count(),
+        0
+    );
 }
