@@ -160,12 +160,12 @@ pub(crate) struct FollowUp {
 ///   deadline, which the server cannot hold against it), and a restriction stops
 ///   everyone in the tenant calling the customer. Its recall and status stand:
 ///   they are what the rep picked on the form, as without rules.
-pub(crate) fn derive_follow_up(calls: &[Arc<CallView>]) -> FollowUp {
+pub(crate) fn derive_follow_up<'a>(calls: impl Iterator<Item = &'a CallView> + Clone) -> FollowUp {
     // Compared by reference: a key that clones the ids would allocate twice per call.
     let precedence = |a: &&SavedResult, b: &&SavedResult| {
         (a.stamp.at, &a.stamp.device, &a.event).cmp(&(b.stamp.at, &b.stamp.device, &b.event))
     };
-    let in_force = || calls.iter().filter_map(|c| c.result_in_force());
+    let in_force = || calls.clone().filter_map(|c| c.result_in_force());
     let latest = in_force().max_by(precedence);
     let latest_restriction = in_force()
         .filter(|r| matches!(r.fields.option, ResultOption::Restriction { .. }))
@@ -176,7 +176,7 @@ pub(crate) fn derive_follow_up(calls: &[Arc<CallView>]) -> FollowUp {
                 .is_none_or(|d| d.needs_review.is_none())
         })
         .max_by(precedence);
-    let any_call = calls.iter().any(|c| c.took_place());
+    let any_call = calls.clone().any(|c| c.took_place());
     let picked = latest.and_then(|r| r.fields.customer_status.clone());
     let status = match picked {
         Some(status) if status.as_str() != CustomerStatus::NOT_CONTACTED || !any_call => status,

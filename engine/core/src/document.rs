@@ -295,9 +295,95 @@ impl CustomerDoc {
         (events, unreadable)
     }
 
-    /// The events of one call (a range read: other calls are not touched).
+    /// The events of one call, in key order. Read from the kept derivation when
+    /// it is up to date, otherwise straight from the call's own entries (its map,
+    /// and schema 1's flat map): a server admitting one event on a document it
+    /// just loaded reads that call, not every call.
     pub fn call_events(&self, call: &CallId) -> Vec<CallEvent> {
-        self.derived().call_events(call)
+        {
+            let derived = self.derived.borrow();
+            if derived.fresh {
+                return derived.call_events(call);
+            }
+        }
+        self.read_call_events(call)
+    }
+
+    /// [`Self::call_events`] from the document itself, as a scan would read them.
+    fn read_call_events(&self, call: &CallId) -> Vec<CallEvent> {
+        let mut found: BTreeMap<String, Option<CallEvent>> = BTreeMap::new();
+        let mut take = |key: String, value: &automerge::ValueRef<'_>| {
+            let event = match value {
+                automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(text)) => {
+                    serde_json::from_str::<CallEvent>(text).ok()
+                }
+                _ => None,
+            }
+            .filter(|e| event_key(&e.call, e) == key);
+            // A later place wins, as in a scan (the call's map over the flat map).
+            found.insert(key, event);
+        };
+        let (from, to) = (format!("{call}/"), format!("{call}0"));
+        for item in self.doc.map_range(&self.events, from..to) {
+            take(item.key.to_string(), &item.value);
+        }
+        for calls in maps_at(&self.doc, &ROOT, key::CALLS) {
+            for bucket in maps_at(&self.doc, &calls, call_bucket(call)) {
+                for map in maps_at(&self.doc, &bucket, call.as_str()) {
+                    for item in self.doc.map_range(&map, ..) {
+                        take(format!("{call}/{}", item.key), &item.value);
+                    }
+                }
+            }
+        }
+        found.into_values().flatten().collect()
+    }
+
+    /// The customer's list fields (names, owner, status, recall, restriction),
+    /// kept between reads like the calls: after the first read, a change of one
+    /// call costs a pass over the calls' kept results, not a read of every event.
+    pub fn summary(&self) -> Result<Summary, CoreError> {
+        let derived = self.derived();
+        if let Some(e) = &derived.identity_error {
+            return Err(e.clone());
+        }
+        if let Some(summary) = &derived.summary {
+            return Ok(summary.clone());
+        }
+        let follow_up = derive_follow_up(
+            derived
+                .views
+                .values()
+                .filter_map(|v| v.as_ref().ok().map(|v| &**v)),
+        );
+        drop(derived);
+        let profile = read_map(&self.doc, &ROOT, key::PROFILE)?;
+        let summary = Summary {
+            company: read_str(&self.doc, &profile, key::COMPANY)?,
+            contact: read_str(&self.doc, &profile, key::CONTACT)?,
+            owner: UserId::new(read_str(&self.doc, &profile, key::OWNER)?)
+                .map_err(|e| malformed(key::OWNER, &e.to_string()))?,
+            status: follow_up.status,
+            recall_at: follow_up.recall_at,
+            restriction_until: follow_up.restriction_until,
+        };
+        self.derived.borrow_mut().summary = Some(summary.clone());
+        Ok(summary)
+    }
+
+    /// The calls whose derived state changed since the last time this was asked
+    /// (every call, the first time after a load), with their state: what an index
+    /// of calls must rewrite. Calls without an origin are left out.
+    pub fn take_changed_calls(&mut self) -> Vec<Arc<CallView>> {
+        drop(self.derived());
+        let derived = self.derived.get_mut();
+        std::mem::take(&mut derived.changed)
+            .into_iter()
+            .filter_map(|call| match derived.views.get(&call) {
+                Some(Ok(view)) => Some(Arc::clone(view)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The derived state of one call, if the call exists.
@@ -380,7 +466,7 @@ impl CustomerDoc {
             .collect();
         drop(derived);
         calls.sort_by(|a, b| (a.origin_stamp.at, &a.call).cmp(&(b.origin_stamp.at, &b.call)));
-        let follow_up = derive_follow_up(&calls);
+        let follow_up = derive_follow_up(calls.iter().map(|c| &**c));
         Ok(Customer {
             tenant: self.tenant.clone(),
             id: self.id.clone(),
@@ -598,6 +684,24 @@ fn sorted_heads(doc: &mut AutoCommit) -> Vec<automerge::ChangeHash> {
     heads
 }
 
+/// A customer's list fields: what a list of customers shows, sorts and filters
+/// by (the same values [`CustomerDoc::customer`] derives).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The company name.
+    pub company: String,
+    /// The contact's name.
+    pub contact: String,
+    /// The rep in charge.
+    pub owner: UserId,
+    /// The status the latest result picked (or 未対応 / 対応済み).
+    pub status: crate::customer::CustomerStatus,
+    /// The recall in force, if any.
+    pub recall_at: Option<Timestamp>,
+    /// The call restriction in force, if any.
+    pub restriction_until: Option<Timestamp>,
+}
+
 /// Where a call's events are written (see [`CustomerDoc::place_for`]).
 enum Place {
     /// The call's own map (schema 2).
@@ -750,6 +854,10 @@ struct Derived {
     views: BTreeMap<CallId, Result<Arc<CallView>, Vec<Anomaly>>>,
     /// Calls whose events changed since they were last derived.
     dirty: BTreeSet<CallId>,
+    /// Calls re-derived since [`CustomerDoc::take_changed_calls`] last took them.
+    changed: BTreeSet<CallId>,
+    /// The list fields, while no call changed and the document was not re-read.
+    summary: Option<Summary>,
     /// Set when the document no longer is this customer's (see `derived`).
     identity_error: Option<CoreError>,
     /// The document's heads (sorted) when `entries` last matched it, where known:
@@ -791,6 +899,8 @@ impl Derived {
     /// schema 1's flat map first, then every call's map (so an event id found in
     /// both reads as the per-call one, the same on every replica).
     fn rescan(&mut self, doc: &AutoCommit, events: &ObjId) {
+        // Whatever changed the document may have changed the profile too.
+        self.summary = None;
         self.generation = self.generation.wrapping_add(1);
         let mut seen = 0usize;
         for item in doc.map_range(events, ..) {
@@ -885,7 +995,11 @@ impl Derived {
 
     /// Re-derives the calls marked dirty.
     fn rederive(&mut self) {
+        if !self.dirty.is_empty() {
+            self.summary = None;
+        }
         for call in std::mem::take(&mut self.dirty) {
+            self.changed.insert(call.clone());
             let events = self.call_event_refs(&call);
             if events.is_empty() {
                 self.views.remove(&call);

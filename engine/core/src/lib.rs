@@ -76,7 +76,7 @@ pub mod wire;
 pub use account::Role;
 pub use automerge::ActorId;
 pub use customer::{Customer, CustomerStatus, NewCustomer, PhoneEntry, TimelineEntry};
-pub use document::{CustomerDoc, SCHEMA_VERSION};
+pub use document::{CustomerDoc, SCHEMA_VERSION, Summary};
 pub use error::CoreError;
 pub use event::{CallEvent, DeviceKind, EventKind, RecordingRef, SavedResultFields, Stamp};
 pub use id::{CallId, CustomerId, DeviceId, EventId, ResultTypeId, TenantId, UserId};

@@ -31,6 +31,7 @@ pub use replication::ReplicationQueries;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use automerge::{ActorId, ChangeHash};
@@ -950,7 +951,8 @@ impl WriteTx<'_> {
             "INSERT INTO snapshots (tenant_id, customer_id, bytes) VALUES (?1, ?2, ?3)",
         )?
         .execute(params![doc.tenant().as_str(), doc.id().as_str(), snapshot])?;
-        let indexed = index(&sp, &customer, HashMap::new())?;
+        doc.take_changed_calls();
+        let indexed = index(&sp, doc.tenant(), doc.id(), &customer.calls, HashMap::new())?;
         bump_change_seq(&sp, doc.tenant(), doc.id())?;
         sp.commit()?;
         Ok(StoredDoc {
@@ -987,7 +989,10 @@ impl WriteTx<'_> {
             doc.id().as_str().to_owned(),
         );
         let chunk = doc.save_after(&stored.saved_heads);
-        let customer = doc.customer()?;
+        let summary = doc.summary()?;
+        // The calls whose state changed since the last save: only their index rows
+        // can differ (all of them, the first save after a load).
+        let changed = doc.take_changed_calls();
         let sp = DocSavepoint::begin(self.writer()?)?;
         let (snapshot_bytes, incremental_bytes, next_chunk, raw_bytes): (i64, i64, i64, i64) = sp
             .prepare_cached(
@@ -1044,19 +1049,21 @@ impl WriteTx<'_> {
             tenant,
             id,
             encode_heads(&heads),
-            customer.company,
-            customer.contact,
-            customer.owner.as_str(),
-            customer.status.as_str(),
-            customer.recall_at.map(Timestamp::as_millis),
-            customer.restriction_until.map(Timestamp::as_millis),
+            summary.company,
+            summary.contact,
+            summary.owner.as_str(),
+            summary.status.as_str(),
+            summary.recall_at.map(Timestamp::as_millis),
+            summary.restriction_until.map(Timestamp::as_millis),
             chunk.len() as i64,
         ])?;
         let indexed = match stored.indexed.take() {
-            Some(indexed) => indexed,
-            None => indexed_calls(&sp, &customer)?,
+            Some(indexed) => index(&sp, doc.tenant(), doc.id(), &changed, indexed)?,
+            None => {
+                let before = indexed_calls(&sp, doc.tenant(), doc.id())?;
+                index(&sp, doc.tenant(), doc.id(), &doc.customer()?.calls, before)?
+            }
         };
-        let indexed = index(&sp, &customer, indexed)?;
         bump_change_seq(&sp, doc.tenant(), doc.id())?;
         sp.commit()?;
         // Only now is the in-memory save point moved. If the enclosing transaction
@@ -1248,24 +1255,22 @@ impl Drop for DocSavepoint<'_> {
 /// What the call index holds for a customer's calls.
 fn indexed_calls(
     conn: &Connection,
-    customer: &Customer,
+    tenant: &TenantId,
+    customer: &CustomerId,
 ) -> Result<HashMap<CallId, IndexedCall>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT call_id, phase, result_type, recording, recording_sha256
          FROM calls WHERE tenant_id = ?1 AND customer_id = ?2",
     )?;
-    let rows = stmt.query_map(
-        params![customer.tenant.as_str(), customer.id.as_str()],
-        |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-            ))
-        },
-    )?;
+    let rows = stmt.query_map(params![tenant.as_str(), customer.as_str()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+        ))
+    })?;
     let mut indexed = HashMap::new();
     for row in rows {
         let (call, phase, result, recording, recording_sha256) = row?;
@@ -1296,7 +1301,9 @@ fn indexed_calls(
 /// already indexed under another customer is refused, never re-pointed.
 fn index(
     conn: &Connection,
-    customer: &Customer,
+    tenant: &TenantId,
+    customer: &CustomerId,
+    calls: &[Arc<CallView>],
     mut indexed: HashMap<CallId, IndexedCall>,
 ) -> Result<HashMap<CallId, IndexedCall>, StoreError> {
     let mut upsert = conn.prepare_cached(
@@ -1312,7 +1319,7 @@ fn index(
     let mut delete_bytes = conn.prepare_cached(
         "INSERT OR IGNORE INTO blob_deletions (tenant_id, sha256) VALUES (?1, ?2)",
     )?;
-    for call in &customer.calls {
+    for call in calls {
         let now = IndexedCall::of(call);
         let before = indexed.get(&call.call);
         if before == Some(&now) {
@@ -1327,12 +1334,12 @@ fn index(
             && !deleted_before
             && let Some(sha256) = &now.recording_sha256
         {
-            delete_bytes.execute(params![customer.tenant.as_str(), sha256])?;
+            delete_bytes.execute(params![tenant.as_str(), sha256])?;
         }
         let changed = upsert.execute(params![
-            customer.tenant.as_str(),
+            tenant.as_str(),
             call.call.as_str(),
-            customer.id.as_str(),
+            customer.as_str(),
             call.owner().as_str(),
             call.phase.as_str(),
             call.origin_stamp.at.as_millis(),
@@ -1343,7 +1350,7 @@ fn index(
         if changed == 0 {
             return Err(StoreError::CallOnAnotherCustomer {
                 call: call.call.clone(),
-                customer: customer.id.clone(),
+                customer: customer.clone(),
             });
         }
         indexed.insert(call.call.clone(), now);
