@@ -20,7 +20,7 @@
 use automerge::{ActorId, ChangeHash, ReadDoc};
 
 use crate::account::Role;
-use crate::document::{CustomerDoc, bucket_map, call_bucket, call_map};
+use crate::document::{BUCKET_KEYS, CustomerDoc, call_bucket};
 use crate::error::CoreError;
 use crate::event::{CallEvent, DeviceKind, EventKind};
 use crate::id::{CallId, DeviceId, TenantId, UserId};
@@ -221,6 +221,8 @@ pub fn admit(
             });
         }
     }
+    // The buckets as they were before these changes (they never change after).
+    doc.buckets_at(Some(before))?;
     let written = new_entries(doc, &new_changes)?;
     let mut entries = Vec::with_capacity(written.entries.len());
     for entry in written.entries {
@@ -373,19 +375,16 @@ fn new_entries(
             what: "the document root".to_owned(),
         });
     };
-    let am = doc.automerge();
     // The buckets (schema 2), by object id.
     let mut buckets: Vec<(RawObj, String)> = Vec::new();
     let mut calls_map = None;
-    if let Some((automerge::Value::Object(automerge::ObjType::Map), calls)) =
-        am.get(automerge::ROOT, "calls").map_err(CoreError::from)?
-    {
-        for item in am.map_range(&calls, ..) {
-            if let Some(id) = raw_obj(&item.id()) {
-                buckets.push((id, item.key.to_string()));
+    if let Some(read) = doc.buckets()? {
+        for (bucket, key) in read.buckets.iter().zip(BUCKET_KEYS) {
+            if let Some(id) = raw_obj(bucket) {
+                buckets.push((id, key.to_owned()));
             }
         }
-        calls_map = raw_obj(&calls);
+        calls_map = raw_obj(&read.calls);
     }
     let mut written = WrittenEntries {
         entries: Vec::new(),
@@ -511,7 +510,7 @@ fn check_call_map(
     key: &str,
 ) -> Result<(), AdmissionError> {
     let am = doc.automerge();
-    let maps = match bucket_map(am, call)? {
+    let maps = match doc.bucket_map(call)? {
         Some(bucket) => am
             .get_all(&bucket, call.as_str())
             .map_err(CoreError::from)?,
@@ -552,13 +551,10 @@ fn check_new_places(
     }
     let am = doc.automerge();
     let events_obj = doc.events_object();
-    let has_buckets = matches!(
-        am.get(automerge::ROOT, "calls").map_err(CoreError::from)?,
-        Some((automerge::Value::Object(automerge::ObjType::Map), _))
-    );
+    let has_buckets = doc.buckets()?.is_some();
     for map in new_maps {
         let call = &map.call;
-        let Some(bucket) = bucket_map(am, call)? else {
+        let Some(bucket) = doc.bucket_map(call)? else {
             return Err(AdmissionError::ForbiddenEdit {
                 what: format!("call {call}'s map"),
             });
@@ -593,7 +589,7 @@ fn check_new_places(
     for (key, place, new_map, event) in entries.iter() {
         let (obj, prop) = match place {
             Written::Flat => {
-                if has_buckets && call_map(am, &event.call)?.is_some() {
+                if has_buckets && doc.call_map(&event.call)?.is_some() {
                     return Err(AdmissionError::ForbiddenEdit {
                         what: format!(
                             "{key} in the events map: call {} has its own map",
@@ -604,7 +600,7 @@ fn check_new_places(
                 (events_obj.clone(), key.as_str())
             }
             Written::CallMap(_) => {
-                let Some(map) = call_map(am, &event.call)? else {
+                let Some(map) = doc.call_map(&event.call)? else {
                     return Err(AdmissionError::ForbiddenEdit {
                         what: format!("{key} outside call {}'s map", event.call),
                     });

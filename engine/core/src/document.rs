@@ -44,15 +44,33 @@ pub const CALL_BUCKETS: usize = 16;
 /// call id's FNV-1a hash modulo [`CALL_BUCKETS`]. Every replica computes the same,
 /// so a call's place never depends on who writes.
 pub fn call_bucket(call: &CallId) -> &'static str {
-    const KEYS: [&str; CALL_BUCKETS] = [
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
-    ];
+    BUCKET_KEYS[bucket_index(call)]
+}
+
+/// The buckets' keys, in order.
+pub(crate) const BUCKET_KEYS: [&str; CALL_BUCKETS] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
+];
+
+fn bucket_index(call: &CallId) -> usize {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in call.as_str().bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    KEYS[(hash % CALL_BUCKETS as u64) as usize]
+    (hash % CALL_BUCKETS as u64) as usize
+}
+
+/// The `calls` map and its buckets' object ids. Once a document has them they
+/// never change (only the server writes them, once; admission refuses any other
+/// write to them), so a loaded document reads them once and re-checks the `calls`
+/// map's id whenever it re-reads the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Buckets {
+    /// The `calls` map.
+    pub(crate) calls: ObjId,
+    /// Its buckets, in key order (`0` to `f`).
+    pub(crate) buckets: Vec<ObjId>,
 }
 
 /// Longest company or contact name, in characters.
@@ -85,6 +103,8 @@ pub struct CustomerDoc {
     id: CustomerId,
     events: ObjId,
     derived: RefCell<Derived>,
+    /// The buckets, once read (see [`Buckets`]).
+    buckets: RefCell<Option<Arc<Buckets>>>,
 }
 
 impl CustomerDoc {
@@ -139,6 +159,7 @@ impl CustomerDoc {
             id: new.id.clone(),
             events,
             derived: RefCell::default(),
+            buckets: RefCell::default(),
         })
     }
 
@@ -159,6 +180,7 @@ impl CustomerDoc {
             id,
             events,
             derived: RefCell::default(),
+            buckets: RefCell::default(),
         })
     }
 
@@ -199,6 +221,60 @@ impl CustomerDoc {
         read_schema(&self.doc)
     }
 
+    /// The `calls` map and its buckets, if the document has them (schema 2).
+    pub(crate) fn buckets(&self) -> Result<Option<Arc<Buckets>>, CoreError> {
+        self.buckets_at(None)
+    }
+
+    /// [`Self::buckets`] as the document was at `heads` (if not read before):
+    /// admission reads them as they were before a device's changes, which may
+    /// have tried to replace them.
+    pub(crate) fn buckets_at(
+        &self,
+        heads: Option<&[automerge::ChangeHash]>,
+    ) -> Result<Option<Arc<Buckets>>, CoreError> {
+        if let Some(buckets) = &*self.buckets.borrow() {
+            return Ok(Some(Arc::clone(buckets)));
+        }
+        let map = |obj: &ObjId, prop: &str| -> Result<Option<ObjId>, CoreError> {
+            let value = match heads {
+                Some(heads) => self.doc.get_at(obj, prop, heads)?,
+                None => self.doc.get(obj, prop)?,
+            };
+            Ok(match value {
+                Some((Value::Object(ObjType::Map), id)) => Some(id),
+                _ => None,
+            })
+        };
+        let Some(calls) = map(&ROOT, key::CALLS)? else {
+            return Ok(None);
+        };
+        let mut buckets = Vec::with_capacity(CALL_BUCKETS);
+        for key in BUCKET_KEYS {
+            buckets.push(
+                map(&calls, key)?.ok_or_else(|| malformed(key::CALLS, "a bucket is missing"))?,
+            );
+        }
+        let read = Arc::new(Buckets { calls, buckets });
+        *self.buckets.borrow_mut() = Some(Arc::clone(&read));
+        Ok(Some(read))
+    }
+
+    /// The bucket map `call`'s map belongs in, if the document has buckets.
+    pub(crate) fn bucket_map(&self, call: &CallId) -> Result<Option<ObjId>, CoreError> {
+        Ok(self
+            .buckets()?
+            .map(|b| b.buckets[bucket_index(call)].clone()))
+    }
+
+    /// The map of `call`'s events, if it has one (the winner, as writers pick it).
+    pub(crate) fn call_map(&self, call: &CallId) -> Result<Option<ObjId>, CoreError> {
+        match self.bucket_map(call)? {
+            Some(bucket) => Ok(map_at(&self.doc, &bucket, call.as_str())?),
+            None => Ok(None),
+        }
+    }
+
     /// The tenant that owns the customer.
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
@@ -230,6 +306,17 @@ impl CustomerDoc {
         }
         derived.fresh = false;
         &mut self.doc
+    }
+
+    /// Applies a peer's sync message, as Automerge's `receive_sync_message` does
+    /// but without its walk over the whole history in the usual exchange (see
+    /// [`crate::sync_receive`]).
+    pub fn receive_sync_message(
+        &mut self,
+        state: &mut automerge::sync::State,
+        message: automerge::sync::Message,
+    ) -> Result<crate::sync_receive::Received, automerge::AutomergeError> {
+        crate::sync_receive::receive_sync_message(self.automerge_mut(), state, message)
     }
 
     /// Whether changes wait in the document for a dependency it does not have.
@@ -406,9 +493,17 @@ impl CustomerDoc {
         if !self.derived.borrow().fresh {
             let mut derived = self.derived.borrow_mut();
             // Whatever changed the document may have changed its root too.
+            let kept_buckets = self.buckets.borrow().as_ref().map(|b| b.calls.clone());
+            let buckets_moved = match &kept_buckets {
+                Some(calls) => read_buckets(&self.doc).ok().flatten().as_ref() != Some(calls),
+                None => false,
+            };
             derived.identity_error = match read_identity(&self.doc) {
                 Ok((tenant, id, events))
-                    if tenant == self.tenant && id == self.id && events == self.events =>
+                    if tenant == self.tenant
+                        && id == self.id
+                        && events == self.events
+                        && !buckets_moved =>
                 {
                     None
                 }
@@ -583,7 +678,7 @@ impl CustomerDoc {
         if let Err(e) = written {
             self.doc.rollback();
             self.derived.get_mut().fresh = false;
-            return Err(e.into());
+            return Err(e);
         }
         // Keep the derived cache exact: these entries are all that changed.
         let derived = self.derived.get_mut();
@@ -617,15 +712,8 @@ impl CustomerDoc {
     ///   carries the call's origin event: a call is created by one replica only
     ///   (its ids are drawn by the device that requests or logs it), so no other
     ///   replica ever creates the same call's map.
-    fn place_for(
-        &mut self,
-        call: &CallId,
-        known: bool,
-    ) -> Result<Place, automerge::AutomergeError> {
-        let Some(calls) = map_at(&self.doc, &ROOT, key::CALLS)? else {
-            return Ok(Place::Flat);
-        };
-        let Some(bucket) = map_at(&self.doc, &calls, call_bucket(call))? else {
+    fn place_for(&mut self, call: &CallId, known: bool) -> Result<Place, CoreError> {
+        let Some(bucket) = self.bucket_map(call)? else {
             return Ok(Place::Flat);
         };
         if let Some(map) = map_at(&self.doc, &bucket, call.as_str())? {
@@ -757,25 +845,6 @@ fn read_schema(doc: &AutoCommit) -> Result<u64, CoreError> {
         },
         _ => Err(malformed(key::SCHEMA, "missing")),
     }
-}
-
-/// The map of `call`'s events, if it has one (the winner, as writers pick it).
-pub(crate) fn call_map(doc: &AutoCommit, call: &CallId) -> Result<Option<ObjId>, CoreError> {
-    let Some(calls) = map_at(doc, &ROOT, key::CALLS)? else {
-        return Ok(None);
-    };
-    let Some(bucket) = map_at(doc, &calls, call_bucket(call))? else {
-        return Ok(None);
-    };
-    Ok(map_at(doc, &bucket, call.as_str())?)
-}
-
-/// The bucket map `call`'s map belongs in, if the document has buckets.
-pub(crate) fn bucket_map(doc: &AutoCommit, call: &CallId) -> Result<Option<ObjId>, CoreError> {
-    let Some(calls) = map_at(doc, &ROOT, key::CALLS)? else {
-        return Ok(None);
-    };
-    Ok(map_at(doc, &calls, call_bucket(call))?)
 }
 
 /// The schema version, tenant, customer and `events` map of a document, checked.

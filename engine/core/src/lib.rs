@@ -69,6 +69,7 @@ pub mod recording;
 pub mod result_type;
 pub mod rules;
 pub mod screen;
+pub mod sync_receive;
 pub mod tenant_config;
 pub mod time;
 pub mod wire;

@@ -14,6 +14,7 @@
 
 pub mod accounts;
 mod clock;
+mod compactor;
 mod connection;
 
 mod hub;
@@ -255,6 +256,7 @@ pub struct Server {
     page: web::WebServer,
     rotation: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    compactor: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -349,6 +351,9 @@ impl Server {
             },
             tenants,
         )?;
+        let compactor = tokio::spawn(compactor::compact_documents(Store::open(
+            &config.data_dir.join(DB_FILE),
+        )?));
         let attach_gate = Arc::new(recordings::AttachGate::default());
         let sweeper = tokio::spawn(recordings::sweep_deletions(
             Store::open(&config.data_dir.join(DB_FILE))?,
@@ -421,6 +426,7 @@ impl Server {
             page,
             rotation,
             sweeper,
+            compactor,
         })
     }
 
@@ -454,6 +460,7 @@ impl Server {
         self.page.stop();
         self.rotation.abort();
         self.sweeper.abort();
+        self.compactor.abort();
         let hubs = self.hubs.clone();
         let _ = tokio::task::spawn_blocking(move || hubs.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;

@@ -1154,10 +1154,7 @@ impl<D: LoadedDoc> HubSession<D> {
         // document reloads from what is stored, where only admitted changes are)
         // and the message is refused. Nothing else is shared with the call.
         let received = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            stored
-                .automerge_mut()
-                .sync()
-                .receive_sync_message(state, message)
+            stored.receive_sync_message(state, message).map(|_| ())
         }));
         let Ok(received) = received else {
             tracing::warn!(device = %member.device, doc = %doc, "Automerge panicked applying a device's sync message; refused it and reloaded the document");

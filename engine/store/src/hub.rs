@@ -74,7 +74,7 @@ impl HubStore for WriteTx<'_> {
     }
 
     fn save(&mut self, doc: &mut StoredDoc, max_bytes: Option<u64>) -> Result<(), StorageError> {
-        self.save_within(doc, max_bytes)?;
+        self.save_appending(doc, max_bytes)?;
         Ok(())
     }
 

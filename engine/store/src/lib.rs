@@ -203,6 +203,13 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, sha256)
     );
     "#,
+    // 8: the documents whose appended chunks outgrew their snapshot, found without
+    // a scan: the server compacts them on a thread of its own, off the hub's write
+    // turn (`Store::compaction_due`, `Store::compact`).
+    r#"
+    CREATE INDEX documents_to_compact ON documents (tenant_id, customer_id)
+        WHERE incremental_bytes > snapshot_bytes;
+    "#,
 ];
 
 /// Why a store operation failed. A failed write changes nothing.
@@ -301,6 +308,34 @@ pub enum StoreError {
         /// The newest this build knows.
         supported: u32,
     },
+}
+
+/// What [`Store::compaction_read`] read: the document's bytes and which chunks
+/// they include.
+#[derive(Debug)]
+pub struct CompactionPlan {
+    tenant: TenantId,
+    customer: CustomerId,
+    bytes: Vec<u8>,
+    covered: Covered,
+}
+
+impl CompactionPlan {
+    /// The new snapshot: the document loaded and saved whole (the expensive step,
+    /// run under no lock).
+    pub fn snapshot(&self) -> Result<Vec<u8>, StoreError> {
+        // A fixed actor: nothing is written to the document.
+        let mut doc = CustomerDoc::load(&self.bytes, ActorId::from(b"compactor".as_slice()))?;
+        Ok(doc.save())
+    }
+}
+
+/// The chunks a compaction read, to check they are still there when it writes.
+#[derive(Debug, Default)]
+struct Covered {
+    count: i64,
+    bytes: i64,
+    last_seq: i64,
 }
 
 /// What a save wrote.
@@ -558,6 +593,144 @@ impl Store {
         actor: ActorId,
     ) -> Result<StoredDoc, StoreError> {
         load(&self.conn, tenant, customer, actor)
+    }
+
+    /// Up to `limit` documents whose appended chunks outgrew their snapshot (by
+    /// the partial index of migration 8: no scan of every document).
+    pub fn compaction_due(&self, limit: usize) -> Result<Vec<(TenantId, CustomerId)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT tenant_id, customer_id FROM documents INDEXED BY documents_to_compact
+             WHERE incremental_bytes > snapshot_bytes LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut due = Vec::new();
+        for row in rows {
+            let (tenant, customer) = row?;
+            due.push((
+                TenantId::new(tenant).map_err(CoreError::from)?,
+                CustomerId::new(customer).map_err(CoreError::from)?,
+            ));
+        }
+        Ok(due)
+    }
+
+    /// Replaces a document's snapshot and the chunks appended after it with one
+    /// new snapshot. Returns its size, or `None` if there was nothing to compact
+    /// or the chunks changed meanwhile (another compaction got there first).
+    ///
+    /// In three steps, so that the expensive one holds no lock: the snapshot and
+    /// chunks are read (one statement, one consistent view); the document is
+    /// loaded and saved whole, outside any transaction; then one short write
+    /// checks the chunks read are all still there, unchanged in number and size,
+    /// writes the snapshot and deletes exactly those chunks. Chunks a writer
+    /// appended meanwhile stay, after the new snapshot. A crash at any point
+    /// leaves either the old snapshot and every chunk or the new one and the
+    /// chunks it does not cover: the document loads the same either way.
+    pub fn compact(
+        &mut self,
+        tenant: &TenantId,
+        customer: &CustomerId,
+    ) -> Result<Option<usize>, StoreError> {
+        let Some(plan) = self.compaction_read(tenant, customer)? else {
+            return Ok(None);
+        };
+        let snapshot = plan.snapshot()?;
+        self.compaction_write(&plan, &snapshot)
+    }
+
+    /// [`Self::compact`]'s first step: the snapshot and chunks, read in one
+    /// statement; `None` if the document has no chunks.
+    pub fn compaction_read(
+        &self,
+        tenant: &TenantId,
+        customer: &CustomerId,
+    ) -> Result<Option<CompactionPlan>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT s.bytes, c.seq, c.bytes FROM snapshots s
+             LEFT JOIN chunks c ON c.tenant_id = s.tenant_id AND c.customer_id = s.customer_id
+             WHERE s.tenant_id = ?1 AND s.customer_id = ?2
+             ORDER BY c.seq",
+        )?;
+        let mut rows = stmt.query(params![tenant.as_str(), customer.as_str()])?;
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut covered = Covered::default();
+        let mut found = false;
+        while let Some(row) = rows.next()? {
+            if !found {
+                bytes.extend_from_slice(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?);
+                found = true;
+            }
+            if let (Some(seq), Some(chunk)) = (
+                row.get::<_, Option<i64>>(1)?,
+                row.get_ref(2)?
+                    .as_blob_or_null()
+                    .map_err(rusqlite::Error::from)?,
+            ) {
+                bytes.extend_from_slice(chunk);
+                covered.count += 1;
+                covered.bytes += chunk.len() as i64;
+                covered.last_seq = seq;
+            }
+        }
+        if !found {
+            return Err(StoreError::UnknownCustomer {
+                tenant: tenant.clone(),
+                customer: customer.clone(),
+            });
+        }
+        Ok((covered.count > 0).then(|| CompactionPlan {
+            tenant: tenant.clone(),
+            customer: customer.clone(),
+            bytes,
+            covered,
+        }))
+    }
+
+    /// [`Self::compact`]'s last step: one short write that replaces the snapshot
+    /// and deletes the chunks `plan` read, if they are all still there.
+    pub fn compaction_write(
+        &mut self,
+        plan: &CompactionPlan,
+        snapshot: &[u8],
+    ) -> Result<Option<usize>, StoreError> {
+        let (tenant, customer, covered) =
+            (plan.tenant.as_str(), plan.customer.as_str(), &plan.covered);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let still: (i64, i64) = tx
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(length(bytes)), 0) FROM chunks
+                 WHERE tenant_id = ?1 AND customer_id = ?2 AND seq <= ?3",
+            )?
+            .query_row(params![tenant, customer, covered.last_seq], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        if still != (covered.count, covered.bytes) {
+            return Ok(None);
+        }
+        tx.prepare_cached(
+            "UPDATE snapshots SET bytes = ?3 WHERE tenant_id = ?1 AND customer_id = ?2",
+        )?
+        .execute(params![tenant, customer, snapshot])?;
+        tx.prepare_cached(
+            "DELETE FROM chunks WHERE tenant_id = ?1 AND customer_id = ?2 AND seq <= ?3",
+        )?
+        .execute(params![tenant, customer, covered.last_seq])?;
+        tx.prepare_cached(
+            "UPDATE documents SET snapshot_bytes = ?3, incremental_bytes = incremental_bytes - ?4
+             WHERE tenant_id = ?1 AND customer_id = ?2",
+        )?
+        .execute(params![
+            tenant,
+            customer,
+            snapshot.len() as i64,
+            covered.bytes
+        ])?;
+        tx.commit()?;
+        Ok(Some(snapshot.len()))
     }
 
     /// The tenant's customers, by id.
@@ -979,6 +1152,27 @@ impl WriteTx<'_> {
         stored: &mut StoredDoc,
         max_bytes: Option<u64>,
     ) -> Result<SaveOutcome, StoreError> {
+        self.save_document(stored, max_bytes, true)
+    }
+
+    /// [`Self::save_within`] that never compacts: the new changes are always
+    /// appended, and a document whose chunks outgrew its snapshot is left for
+    /// [`Store::compact`] on another thread (the server's hub, whose write turn
+    /// every device of the tenant waits on, never pays for a snapshot).
+    pub fn save_appending(
+        &mut self,
+        stored: &mut StoredDoc,
+        max_bytes: Option<u64>,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.save_document(stored, max_bytes, false)
+    }
+
+    fn save_document(
+        &mut self,
+        stored: &mut StoredDoc,
+        max_bytes: Option<u64>,
+        compact_inline: bool,
+    ) -> Result<SaveOutcome, StoreError> {
         let doc = &mut stored.doc;
         let heads = doc.heads();
         if heads == stored.saved_heads {
@@ -1014,7 +1208,7 @@ impl WriteTx<'_> {
         {
             return Err(StoreError::DocumentTooLarge { limit: max });
         }
-        let outcome = if incremental_bytes + chunk.len() as i64 > snapshot_bytes {
+        let outcome = if compact_inline && incremental_bytes + chunk.len() as i64 > snapshot_bytes {
             let snapshot = doc.save();
             sp.prepare_cached(
                 "UPDATE snapshots SET bytes = ?3 WHERE tenant_id = ?1 AND customer_id = ?2",

@@ -506,7 +506,8 @@ fn upgrading_past_migration_6_fills_in_the_results_of_calls_indexed_before() {
     let path = dir.path().join("callsync.sqlite");
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP INDEX calls_by_recording; DROP TABLE blob_deletions;
+        "DROP INDEX documents_to_compact;
+         DROP INDEX calls_by_recording; DROP TABLE blob_deletions;
          ALTER TABLE calls DROP COLUMN recording; ALTER TABLE calls DROP COLUMN recording_sha256;
          DROP INDEX calls_by_tenant_time; ALTER TABLE calls DROP COLUMN result_type;
          PRAGMA user_version = 5;",
@@ -620,4 +621,112 @@ fn a_members_seventeenth_session_ends_the_oldest_and_only_it() {
     for token in &tokens[1..] {
         assert!(store.session(token).unwrap().is_some());
     }
+}
+
+/// Saves `event` as the server's hub does: appended, never compacted inline.
+fn record_appending(store: &mut Store, event: CallEvent) -> SaveOutcome {
+    let catalog = ResultCatalog::standard();
+    let mut tx = store.write().unwrap();
+    let mut stored = tx.load(&tenant(), &customer_id(), actor()).unwrap();
+    stored
+        .doc
+        .record(event, &RuleContext::new(&catalog))
+        .unwrap();
+    let outcome = tx.save_appending(&mut stored, None).unwrap();
+    tx.commit().unwrap();
+    outcome
+}
+
+fn heads_and_customer(store: &Store) -> (Vec<automerge::ChangeHash>, callsync_core::Customer) {
+    let mut loaded = store.load(&tenant(), &customer_id(), actor()).unwrap();
+    let mut heads = loaded.doc.heads();
+    heads.sort();
+    (heads, loaded.doc.customer().unwrap())
+}
+
+#[test]
+fn appending_saves_never_compact_and_a_compaction_elsewhere_keeps_the_document_the_same() {
+    let (_dir, mut store) = new_store();
+    for i in 0..40 {
+        let call = format!("call-{i}");
+        for event in [
+            request(&call, i * 120_000),
+            cancel(&call, i * 120_000 + 1_000),
+        ] {
+            let outcome = record_appending(&mut store, event);
+            assert!(matches!(outcome, SaveOutcome::Appended(_)), "{outcome:?}");
+        }
+    }
+    let (snapshot, incremental, chunks) = store.stored_sizes(&tenant(), &customer_id()).unwrap();
+    assert!(incremental > snapshot, "chunks outgrew the snapshot");
+    assert_eq!(chunks, 80);
+    assert_eq!(
+        store.compaction_due(10).unwrap(),
+        vec![(tenant(), customer_id())]
+    );
+    let before = heads_and_customer(&store);
+
+    let size = store.compact(&tenant(), &customer_id()).unwrap();
+    assert!(size.is_some());
+    let (snapshot, incremental, chunks) = store.stored_sizes(&tenant(), &customer_id()).unwrap();
+    assert_eq!((incremental, chunks), (0, 0));
+    assert_eq!(Some(snapshot as usize), size);
+    assert!(store.compaction_due(10).unwrap().is_empty());
+    assert_eq!(heads_and_customer(&store), before, "the same document");
+    assert_eq!(
+        store.compact(&tenant(), &customer_id()).unwrap(),
+        None,
+        "nothing left"
+    );
+}
+
+#[test]
+fn a_chunk_appended_during_a_compaction_stays_after_the_new_snapshot() {
+    let (_dir, mut store) = new_store();
+    for i in 0..10 {
+        record_appending(&mut store, request(&format!("call-{i}"), i * 120_000));
+        record_appending(
+            &mut store,
+            cancel(&format!("call-{i}"), i * 120_000 + 1_000),
+        );
+    }
+    let plan = store
+        .compaction_read(&tenant(), &customer_id())
+        .unwrap()
+        .unwrap();
+    let snapshot = plan.snapshot().unwrap();
+    // The hub saves a change while the compactor works.
+    record_appending(&mut store, request("call-late", 2_000_000));
+    assert!(store.compaction_write(&plan, &snapshot).unwrap().is_some());
+    let (_, _, chunks) = store.stored_sizes(&tenant(), &customer_id()).unwrap();
+    assert_eq!(chunks, 1, "the late chunk stays");
+    let (_, customer) = heads_and_customer(&store);
+    assert_eq!(
+        customer.calls.len(),
+        11,
+        "every call, the late one included"
+    );
+}
+
+#[test]
+fn a_compaction_whose_chunks_were_compacted_meanwhile_writes_nothing() {
+    let (_dir, mut store) = new_store();
+    for i in 0..10 {
+        record_appending(&mut store, request(&format!("call-{i}"), i * 120_000));
+    }
+    let plan = store
+        .compaction_read(&tenant(), &customer_id())
+        .unwrap()
+        .unwrap();
+    let snapshot = plan.snapshot().unwrap();
+    // Another compaction got there first.
+    assert!(store.compact(&tenant(), &customer_id()).unwrap().is_some());
+    let after_first = store.stored_sizes(&tenant(), &customer_id()).unwrap();
+    assert_eq!(store.compaction_write(&plan, &snapshot).unwrap(), None);
+    assert_eq!(
+        store.stored_sizes(&tenant(), &customer_id()).unwrap(),
+        after_first
+    );
+    let (_, customer) = heads_and_customer(&store);
+    assert_eq!(customer.calls.len(), 10);
 }
