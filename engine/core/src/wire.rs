@@ -50,7 +50,11 @@ pub use refusal::{CONTRACT_REQUIRED_EN, CONTRACT_REQUIRED_JA, Refusal, RefusalCo
 /// The QUIC ALPN token of this protocol.
 pub const ALPN: &[u8] = b"callsync/1";
 /// The protocol version this build speaks, as offered in `join`.
-pub const PROTOCOL_VERSION: &str = "1";
+///
+/// Version 2 came with schema 2 of the customer document (each call's events in
+/// a map of their own): a device still on version 1 would write events where
+/// schema 2 no longer takes them, so it is refused at `join` and told to update.
+pub const PROTOCOL_VERSION: &str = "2";
 /// The largest frame body accepted, in bytes. A larger length prefix is refused
 /// before anything is allocated.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;

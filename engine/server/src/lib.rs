@@ -267,6 +267,18 @@ impl Server {
         let mut store = open_store(&config.data_dir)?;
         let accounts_store = Store::open(&config.data_dir.join(DB_FILE))?;
         let actor = ActorId::from(persistent_random::<16>(&mut store, "actor")?);
+        // Documents stored by a build before schema 2 move to it now, before any
+        // device connects (the core's migration rule: only the server upgrades).
+        let started = std::time::Instant::now();
+        let upgraded = store.upgrade_documents(&actor, clock::now())?;
+        if upgraded > 0 {
+            tracing::info!(
+                documents = upgraded,
+                ms = started.elapsed().as_millis() as u64,
+                "upgraded stored documents to schema {}",
+                callsync_core::SCHEMA_VERSION
+            );
+        }
         let epoch: String = persistent_random::<16>(&mut store, "epoch")?
             .iter()
             .map(|b| format!("{b:02x}"))

@@ -524,6 +524,41 @@ mod tests {
         }
     }
 
+    /// What the build before schema 2 offers: it is told in Japanese to update,
+    /// and its device stops for an update (keeping its login and its unsent
+    /// changes) instead of syncing documents it would misread.
+    #[test]
+    fn a_device_still_on_protocol_1_is_told_to_update() {
+        let login = Message::Login {
+            supported_protocol_versions: vec!["1".to_owned()],
+            email: "rep@acme.example".to_owned(),
+            password: "secret".to_owned(),
+            device: DeviceRegistration {
+                id: DeviceId::new("phone-1").unwrap(),
+                kind: DeviceKind::Phone,
+                actor: "aa".to_owned(),
+            },
+        };
+        for first in [join(&["1"]), login] {
+            let mut c = ServerConnection::new(at(0), HANDSHAKE_TIMEOUT_MS);
+            let Step::Refuse(body) = c.receive(at(1), first) else {
+                panic!("a protocol 1 device was not refused");
+            };
+            assert_eq!(body.code, "unsupported-protocol");
+            assert!(
+                body.message_ja.contains("更新してください"),
+                "{}",
+                body.message_ja
+            );
+            assert_eq!(
+                crate::device::refusal::classify(&body),
+                crate::device::refusal::Disposition::Stop(
+                    crate::device::refusal::StopReason::UpdateRequired
+                )
+            );
+        }
+    }
+
     #[test]
     fn the_first_message_must_be_login_or_join_in_a_version_both_speak() {
         let mut c = ServerConnection::new(at(0), HANDSHAKE_TIMEOUT_MS);

@@ -37,7 +37,7 @@ use std::time::Duration;
 use automerge::{ActorId, ChangeHash};
 use callsync_core::{
     CallEvent, CallId, CallView, CoreError, Customer, CustomerDoc, CustomerId, DeviceId, OpenCall,
-    Phase, RecordingState, ResultCatalog, RuleContext, TenantId, Timestamp, UserId,
+    Phase, RecordingState, ResultCatalog, RuleContext, SCHEMA_VERSION, TenantId, Timestamp, UserId,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -209,6 +209,12 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX documents_to_compact ON documents (tenant_id, customer_id)
         WHERE incremental_bytes > snapshot_bytes;
+    "#,
+    // 9: the schema version each document declares, kept with every save, so the
+    // server finds the documents it has still to upgrade without loading them
+    // all. Every document stored before is schema 1.
+    r#"
+    ALTER TABLE documents ADD COLUMN schema INTEGER NOT NULL DEFAULT 1;
     "#,
 ];
 
@@ -593,6 +599,57 @@ impl Store {
         actor: ActorId,
     ) -> Result<StoredDoc, StoreError> {
         load(&self.conn, tenant, customer, actor)
+    }
+
+    /// Upgrades every stored document below [`SCHEMA_VERSION`] to it, as the
+    /// server does when a new build first opens its store (see the core's
+    /// migration rule: only the server upgrades, with its own actor; devices
+    /// never call this). In transactions of up to 64 documents: a crash loses at
+    /// most the batch in progress, which the next start does again (a document
+    /// already upgraded is only re-marked). Returns how many were upgraded.
+    pub fn upgrade_documents(
+        &mut self,
+        actor: &ActorId,
+        at: Timestamp,
+    ) -> Result<usize, StoreError> {
+        const BATCH: usize = 64;
+        // Listed once (ids only): a document whose column cannot be moved on is
+        // not tried again in this run.
+        let due: Vec<(String, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT tenant_id, customer_id FROM documents WHERE schema < ?1")?;
+            let rows = stmt.query_map(params![SCHEMA_VERSION as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut upgraded = 0;
+        for batch in due.chunks(BATCH) {
+            let mut tx = self.write()?;
+            for (tenant, customer) in batch {
+                let tenant = TenantId::new(tenant.as_str()).map_err(CoreError::from)?;
+                let customer = CustomerId::new(customer.as_str()).map_err(CoreError::from)?;
+                let mut stored = tx.load(&tenant, &customer, actor.clone())?;
+                if stored.doc.upgrade(at)? {
+                    tx.save_appending(&mut stored, None)?;
+                    upgraded += 1;
+                } else {
+                    // Already schema 2 (by sync): only the column was behind.
+                    tx.writer()?
+                        .prepare_cached(
+                            "UPDATE documents SET schema = ?3 WHERE tenant_id = ?1 AND customer_id = ?2",
+                        )?
+                        .execute(params![
+                            tenant.as_str(),
+                            customer.as_str(),
+                            stored.doc.schema()? as i64
+                        ])?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(upgraded)
     }
 
     /// Up to `limit` documents whose appended chunks outgrew their snapshot (by
@@ -1107,8 +1164,9 @@ impl WriteTx<'_> {
         let heads = doc.heads();
         let snapshot = doc.save();
         let sp = DocSavepoint::begin(self.writer()?)?;
-        sp.prepare_cached("INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status, recall_at, restriction_until, raw_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?3)")?.execute(params![
+        let schema = doc.schema()? as i64;
+        sp.prepare_cached("INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status, recall_at, restriction_until, raw_bytes, schema)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?3, ?11)")?.execute(params![
                 doc.tenant().as_str(),
                 doc.id().as_str(),
                 snapshot.len() as i64,
@@ -1119,6 +1177,7 @@ impl WriteTx<'_> {
                 customer.status.as_str(),
                 customer.recall_at.map(Timestamp::as_millis),
                 customer.restriction_until.map(Timestamp::as_millis),
+                schema,
             ])?;
         sp.prepare_cached(
             "INSERT INTO snapshots (tenant_id, customer_id, bytes) VALUES (?1, ?2, ?3)",
@@ -1236,7 +1295,7 @@ impl WriteTx<'_> {
         };
         sp.prepare_cached(
             "UPDATE documents SET heads = ?3, company = ?4, contact = ?5, owner = ?6, status = ?7,
-                 recall_at = ?8, restriction_until = ?9, raw_bytes = raw_bytes + ?10
+                 recall_at = ?8, restriction_until = ?9, raw_bytes = raw_bytes + ?10, schema = ?11
              WHERE tenant_id = ?1 AND customer_id = ?2",
         )?
         .execute(params![
@@ -1250,6 +1309,7 @@ impl WriteTx<'_> {
             summary.recall_at.map(Timestamp::as_millis),
             summary.restriction_until.map(Timestamp::as_millis),
             chunk.len() as i64,
+            doc.schema()? as i64,
         ])?;
         let indexed = match stored.indexed.take() {
             Some(indexed) => index(&sp, doc.tenant(), doc.id(), &changed, indexed)?,

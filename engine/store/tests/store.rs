@@ -506,7 +506,7 @@ fn upgrading_past_migration_6_fills_in_the_results_of_calls_indexed_before() {
     let path = dir.path().join("callsync.sqlite");
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP INDEX documents_to_compact;
+        "ALTER TABLE documents DROP COLUMN schema; DROP INDEX documents_to_compact;
          DROP INDEX calls_by_recording; DROP TABLE blob_deletions;
          ALTER TABLE calls DROP COLUMN recording; ALTER TABLE calls DROP COLUMN recording_sha256;
          DROP INDEX calls_by_tenant_time; ALTER TABLE calls DROP COLUMN result_type;
@@ -729,4 +729,51 @@ fn a_compaction_whose_chunks_were_compacted_meanwhile_writes_nothing() {
     );
     let (_, customer) = heads_and_customer(&store);
     assert_eq!(customer.calls.len(), 10);
+}
+
+#[test]
+fn the_servers_upgrade_moves_schema_one_documents_to_two_keeping_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("callsync.sqlite")).unwrap();
+    // A document as the build before schema 2 stored it, with two calls.
+    let mut doc = callsync_testkit::schema_one_customer(&sample_customer(), START, actor());
+    let catalog = ResultCatalog::standard();
+    for event in [
+        request("call-1", 0),
+        cancel("call-1", 1_000),
+        request("call-2", 200_000),
+    ] {
+        doc.record(event, &RuleContext::new(&catalog)).unwrap();
+    }
+    assert_eq!(doc.schema().unwrap(), 1);
+    let mut tx = store.write().unwrap();
+    tx.insert(&mut doc).unwrap();
+    tx.commit().unwrap();
+    let before = heads_and_customer(&store).1;
+
+    let server = ActorId::from(b"server-upgrade".as_slice());
+    assert_eq!(store.upgrade_documents(&server, START).unwrap(), 1);
+    let mut loaded = store.load(&tenant(), &customer_id(), actor()).unwrap();
+    assert_eq!(loaded.doc.schema().unwrap(), 2);
+    assert_eq!(
+        loaded.doc.customer().unwrap(),
+        before,
+        "every event, as before"
+    );
+    assert_eq!(
+        store.upgrade_documents(&server, START).unwrap(),
+        0,
+        "done once"
+    );
+    // A new call now gets its own map; call-2 (kept in the flat map) stays there.
+    let catalog = ResultCatalog::standard();
+    loaded
+        .doc
+        .record(cancel("call-2", 201_000), &RuleContext::new(&catalog))
+        .unwrap();
+    let am = loaded.doc.automerge();
+    let (_, events) = automerge::ReadDoc::get(am, automerge::ROOT, "events")
+        .unwrap()
+        .unwrap();
+    assert_eq!(automerge::ReadDoc::map_range(am, &events, ..).count(), 4);
 }

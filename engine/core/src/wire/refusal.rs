@@ -524,7 +524,9 @@ impl Refusal {
             Self::JoinRequired { .. } => {
                 "最初のメッセージは login か join でなければなりません".to_owned()
             }
-            Self::UnsupportedProtocol => "対応していないプロトコルのバージョンです".to_owned(),
+            Self::UnsupportedProtocol => {
+                "このアプリのバージョンはサーバーと合いません。アプリを更新してください".to_owned()
+            }
             Self::LoginThrottled { retry_after_secs } => format!(
                 "ログインの試行が多すぎます。{retry_after_secs} 秒後にもう一度お試しください"
             ),
