@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::network::{ServerProcess, callsync, callsync_with};
+use crate::network::{PhoneRun, ServerProcess, callsync, callsync_with};
 use crate::support::{DataDir, fixtures};
 
 /// Just after the first release's fixture was made (its last request at 13:39:14
@@ -181,4 +181,153 @@ fn a_server_data_directory_from_the_previous_release_migrates_and_serves() {
         new_phone.as_str(),
         "{requested}"
     );
+}
+
+/// Made by the recordings release (`fixtures/old-releases/make-v7.sh`): a call
+/// recorded on the phone while on cellular (its recording still on the phone,
+/// waiting for Wi-Fi), and a call the phone then started and ended offline, the
+/// two events never sent.
+const V7_RECORDED: &str = "call-e2d752878a0d4812";
+const V7_OFFLINE: &str = "call-3a6b7ff65c13475a";
+
+/// Each event id of `customer`'s document on the server, with how many entries
+/// hold it (the flat map and every call's map counted), and the schema.
+fn events_on_server(
+    db: &Path,
+    customer: &str,
+) -> (
+    u64,
+    std::collections::BTreeMap<String, usize>,
+    callsync_core::CustomerDoc,
+) {
+    use automerge::ReadDoc;
+    let store = callsync_store::Store::open(db).unwrap();
+    let stored = store
+        .load(
+            &callsync_core::TenantId::new("acme").unwrap(),
+            &callsync_core::CustomerId::new(customer).unwrap(),
+            automerge::ActorId::random(),
+        )
+        .unwrap();
+    let doc = &stored.doc;
+    let am = doc.automerge();
+    let mut counts = std::collections::BTreeMap::new();
+    let mut count = |key: String| *counts.entry(key).or_insert(0) += 1;
+    let (_, flat) = am.get(automerge::ROOT, "events").unwrap().unwrap();
+    for item in am.map_range(&flat, ..) {
+        count(item.key.to_string());
+    }
+    let (_, calls) = am.get(automerge::ROOT, "calls").unwrap().unwrap();
+    for bucket in am.map_range(&calls, ..) {
+        let bucket = bucket.id();
+        for call in am.map_range(&bucket, ..) {
+            for map in am.get_all(&bucket, call.key.as_ref()).unwrap() {
+                for item in am.map_range(&map.1, ..) {
+                    count(format!("{}/{}", call.key, item.key));
+                }
+            }
+        }
+    }
+    (doc.schema().unwrap(), counts, stored.doc.clone())
+}
+
+#[test]
+fn a_server_and_a_phone_from_the_recordings_release_upgrade_with_nothing_lost() {
+    let root = tempfile::tempdir().unwrap();
+    let (server_dir, phone) = (root.path().join("server"), root.path().join("phone"));
+    std::fs::create_dir_all(phone.join("recordings")).unwrap();
+    std::fs::create_dir(&server_dir).unwrap();
+    let old = fixtures().join("old-releases");
+    for file in ["callsync.sqlite", "server-cert.der", "server-key.der"] {
+        std::fs::copy(old.join("v7-server").join(file), server_dir.join(file)).unwrap();
+    }
+    std::fs::copy(
+        old.join("v7-phone/callsync.sqlite"),
+        phone.join("callsync.sqlite"),
+    )
+    .unwrap();
+    let wav = format!("recordings/{V7_RECORDED}.wav");
+    std::fs::copy(old.join("v7-phone").join(&wav), phone.join(&wav)).unwrap();
+    assert_eq!(old_version(&server_dir.join("callsync.sqlite")), 7);
+    assert_eq!(old_version(&phone.join("callsync.sqlite")), 7);
+
+    // The new server upgrades every stored document at start.
+    let mut server = ServerProcess::start(&server_dir, "127.0.0.1:0", &[], &[]);
+    assert_eq!(
+        schema(&server.db()).0,
+        callsync_store::MIGRATIONS.len() as u32
+    );
+    // The phone's login named the old server's port; the same server now listens
+    // elsewhere (its certificate, and so the pinned fingerprint, is kept).
+    let conn = rusqlite::Connection::open(phone.join("callsync.sqlite")).unwrap();
+    let moved = conn
+        .execute(
+            "UPDATE settings SET value = CAST(json_set(CAST(value AS TEXT), '$.server', ?1) AS BLOB)
+             WHERE key = 'session'",
+            [&server.addr],
+        )
+        .unwrap();
+    assert_eq!(moved, 1);
+    drop(conn);
+
+    // The new build's phone opens the old data directory, on Wi-Fi: its offline
+    // events and its recording go up.
+    let mut run = PhoneRun::start_args(&phone, &["--network", "wifi"]);
+    let uploaded = run.wait_for(|v| v["event"] == "recording-uploaded" && v["call"] == V7_RECORDED);
+    assert_eq!(uploaded["sent_bytes"].as_u64(), Some(27_244), "{uploaded}");
+    run.wait_for(|v| v["event"] == "acknowledged");
+    let on_phone = callsync(&phone, &["phone", "show", V7_OFFLINE]).ok();
+    run.stop();
+
+    // A desk sees what the phone did offline and the recording stored.
+    let desk = root.path().join("desk");
+    login_old_owner(&server, &desk, "desk");
+    callsync(&desk, &["desk", "open", "cus-1", "cus-2"]).ok();
+    let offline = callsync(&desk, &["desk", "show", V7_OFFLINE]).ok();
+    assert_eq!(
+        offline["phase"], on_phone["phase"],
+        "{offline} / {on_phone}"
+    );
+    assert!(offline["started_at"].is_number(), "{offline}");
+    let recorded = callsync(&desk, &["desk", "show", V7_RECORDED]).ok();
+    assert_eq!(
+        recorded["recording"]["size"].as_u64(),
+        Some(27_244),
+        "{recorded}"
+    );
+    server.stop();
+
+    // On the server, every event exactly once, in schema 2.
+    let (schema_1, cus_1, doc_1) = events_on_server(&server.db(), "cus-1");
+    let (schema_2, cus_2, doc_2) = events_on_server(&server.db(), "cus-2");
+    assert_eq!((schema_1, schema_2), (2, 2));
+    for (key, n) in cus_1.iter().chain(&cus_2) {
+        assert_eq!(*n, 1, "{key} is held {n} times");
+    }
+    let kinds = |doc: &callsync_core::CustomerDoc, call: &str| -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = doc
+            .call_events(&callsync_core::CallId::new(call).unwrap())
+            .iter()
+            .map(|e| e.kind.name())
+            .collect();
+        kinds.sort();
+        kinds
+    };
+    assert_eq!(
+        kinds(&doc_1, V7_RECORDED),
+        [
+            "browser-ended",
+            "phone-ended",
+            "recording-attached",
+            "requested",
+            "result-saved",
+            "started"
+        ]
+    );
+    assert_eq!(cus_1.len(), 6, "{cus_1:?}");
+    // Requested online; started and phone-ended from the phone's offline queue;
+    // and the server's expiry, the request being days old by now.
+    let mut offline = kinds(&doc_2, V7_OFFLINE);
+    offline.retain(|k| *k != "expired");
+    assert_eq!(offline, ["phone-ended", "requested", "started"]);
 }

@@ -54,6 +54,30 @@ enum Step {
     },
 }
 
+/// How many call maps `doc` holds (failing if any key holds more than one value),
+/// and how many entries its flat `events` map holds.
+fn one_map_per_call(doc: &automerge::AutoCommit) -> (usize, usize) {
+    use automerge::ReadDoc;
+    let (_, calls) = doc.get(automerge::ROOT, "calls").unwrap().unwrap();
+    let mut maps = 0;
+    for bucket in doc.map_range(&calls, ..) {
+        let bucket = bucket.id();
+        for call in doc.map_range(&bucket, ..) {
+            let values = doc.get_all(&bucket, call.key.as_ref()).unwrap();
+            assert_eq!(
+                values.len(),
+                1,
+                "call {} has {} maps",
+                call.key,
+                values.len()
+            );
+            maps += 1;
+        }
+    }
+    let (_, events) = doc.get(automerge::ROOT, "events").unwrap().unwrap();
+    (maps, doc.map_range(&events, ..).count())
+}
+
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         (0..2usize, 0..2usize, any::<bool>()).prop_map(|(desk, phone, mobile)| Step::Request {
@@ -145,6 +169,13 @@ proptest! {
         // What every replica kept between reads equals a derivation from scratch.
         for peer in net.peers() {
             prop_assert_eq!(&net.fresh_customer(peer), &customer);
+        }
+        // Schema 2: no call's map was ever created twice (each key of each bucket
+        // holds one map), and every event lives in its call's map.
+        for peer in net.peers() {
+            let (maps, flat) = net.with_doc(peer, |doc| one_map_per_call(doc.automerge()));
+            prop_assert_eq!(maps, customer.calls.len());
+            prop_assert_eq!(flat, 0);
         }
     }
 }
