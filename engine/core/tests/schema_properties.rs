@@ -265,8 +265,16 @@ fn two_desks_logging_calls_and_acting_on_each_others_keep_one_map_per_call() {
         Manual { replica: 2 },
         Merge { from: 0, to: 2 },
         Merge { from: 2, to: 0 },
-        Later { replica: 0, call: 1, result: true },
-        Later { replica: 2, call: 0, result: true },
+        Later {
+            replica: 0,
+            call: 1,
+            result: true,
+        },
+        Later {
+            replica: 2,
+            call: 0,
+            result: true,
+        },
         Merge { from: 0, to: 1 },
         Merge { from: 2, to: 1 },
     ]);
