@@ -727,8 +727,8 @@ fn write_many_index_rows(
     {
         let mut doc = tx
             .prepare(
-                "INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status, recall_at)
-                 VALUES (?1, ?2, 0, x'', '株式会社索引', '索引 花子', ?3, 'done', ?4)",
+                "INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status, recall_at, schema)
+                 VALUES (?1, ?2, 0, x'', '株式会社索引', '索引 花子', ?3, 'done', ?4, 2)",
             )
             .unwrap();
         for i in 0..customers {

@@ -270,14 +270,17 @@ impl Server {
         // Documents stored by a build before schema 2 move to it now, before any
         // device connects (the core's migration rule: only the server upgrades).
         let started = std::time::Instant::now();
-        let upgraded = store.upgrade_documents(&actor, clock::now())?;
-        if upgraded > 0 {
+        let report = store.upgrade_documents(&actor, clock::now())?;
+        if report.upgraded > 0 {
             tracing::info!(
-                documents = upgraded,
+                documents = report.upgraded,
                 ms = started.elapsed().as_millis() as u64,
                 "upgraded stored documents to schema {}",
                 callsync_core::SCHEMA_VERSION
             );
+        }
+        for (tenant, customer, error) in &report.unreadable {
+            tracing::warn!(tenant = %tenant, customer = %customer, error = %error, "a stored document does not load; left as it is");
         }
         let epoch: String = persistent_random::<16>(&mut store, "epoch")?
             .iter()

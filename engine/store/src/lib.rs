@@ -316,6 +316,16 @@ pub enum StoreError {
     },
 }
 
+/// What [`Store::upgrade_documents`] did.
+#[derive(Debug, Default)]
+pub struct Upgraded {
+    /// Documents upgraded.
+    pub upgraded: usize,
+    /// Documents left as they were because they do not load: tenant, customer
+    /// and why.
+    pub unreadable: Vec<(TenantId, CustomerId, String)>,
+}
+
 /// What [`Store::compaction_read`] read: the document's bytes and which chunks
 /// they include.
 #[derive(Debug)]
@@ -606,12 +616,13 @@ impl Store {
     /// migration rule: only the server upgrades, with its own actor; devices
     /// never call this). In transactions of up to 64 documents: a crash loses at
     /// most the batch in progress, which the next start does again (a document
-    /// already upgraded is only re-marked). Returns how many were upgraded.
+    /// already upgraded is only re-marked). A document that does not load is left
+    /// as it is and named in the report.
     pub fn upgrade_documents(
         &mut self,
         actor: &ActorId,
         at: Timestamp,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Upgraded, StoreError> {
         const BATCH: usize = 64;
         // Listed once (ids only): a document whose column cannot be moved on is
         // not tried again in this run.
@@ -624,16 +635,26 @@ impl Store {
             })?;
             rows.collect::<Result<_, _>>()?
         };
-        let mut upgraded = 0;
+        let mut report = Upgraded::default();
         for batch in due.chunks(BATCH) {
             let mut tx = self.write()?;
             for (tenant, customer) in batch {
                 let tenant = TenantId::new(tenant.as_str()).map_err(CoreError::from)?;
                 let customer = CustomerId::new(customer.as_str()).map_err(CoreError::from)?;
-                let mut stored = tx.load(&tenant, &customer, actor.clone())?;
+                let mut stored = match tx.load(&tenant, &customer, actor.clone()) {
+                    Ok(stored) => stored,
+                    // A document that does not load is that document's problem,
+                    // as everywhere on the server: it stays as it is, and is
+                    // tried again at the next start.
+                    Err(e @ (StoreError::Core(_) | StoreError::UnknownCustomer { .. })) => {
+                        report.unreadable.push((tenant, customer, e.to_string()));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if stored.doc.upgrade(at)? {
                     tx.save_appending(&mut stored, None)?;
-                    upgraded += 1;
+                    report.upgraded += 1;
                 } else {
                     // Already schema 2 (by sync): only the column was behind.
                     tx.writer()?
@@ -649,7 +670,7 @@ impl Store {
             }
             tx.commit()?;
         }
-        Ok(upgraded)
+        Ok(report)
     }
 
     /// Up to `limit` documents whose appended chunks outgrew their snapshot (by

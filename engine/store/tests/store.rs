@@ -752,7 +752,7 @@ fn the_servers_upgrade_moves_schema_one_documents_to_two_keeping_every_event() {
     let before = heads_and_customer(&store).1;
 
     let server = ActorId::from(b"server-upgrade".as_slice());
-    assert_eq!(store.upgrade_documents(&server, START).unwrap(), 1);
+    assert_eq!(store.upgrade_documents(&server, START).unwrap().upgraded, 1);
     let mut loaded = store.load(&tenant(), &customer_id(), actor()).unwrap();
     assert_eq!(loaded.doc.schema().unwrap(), 2);
     assert_eq!(
@@ -761,7 +761,7 @@ fn the_servers_upgrade_moves_schema_one_documents_to_two_keeping_every_event() {
         "every event, as before"
     );
     assert_eq!(
-        store.upgrade_documents(&server, START).unwrap(),
+        store.upgrade_documents(&server, START).unwrap().upgraded,
         0,
         "done once"
     );
@@ -776,4 +776,32 @@ fn the_servers_upgrade_moves_schema_one_documents_to_two_keeping_every_event() {
         .unwrap()
         .unwrap();
     assert_eq!(automerge::ReadDoc::map_range(am, &events, ..).count(), 4);
+}
+
+#[test]
+fn a_document_that_does_not_load_is_named_and_left_while_the_others_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callsync.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    let mut doc = callsync_testkit::schema_one_customer(&sample_customer(), START, actor());
+    let mut tx = store.write().unwrap();
+    tx.insert(&mut doc).unwrap();
+    tx.commit().unwrap();
+    // A second row whose bytes are not a document.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "INSERT INTO documents (tenant_id, customer_id, snapshot_bytes, heads, company, contact, owner, status)
+             VALUES ('tenant-a', 'cus-broken', 3, x'', 'c', 'c', 'rep@a.example', '未対応');
+         INSERT INTO snapshots (tenant_id, customer_id, bytes) VALUES ('tenant-a', 'cus-broken', x'010203');",
+    )
+    .unwrap();
+    drop(conn);
+    let report = store
+        .upgrade_documents(&ActorId::from(b"server".as_slice()), START)
+        .unwrap();
+    assert_eq!(report.upgraded, 1);
+    assert_eq!(report.unreadable.len(), 1);
+    assert_eq!(report.unreadable[0].1.as_str(), "cus-broken");
+    let loaded = store.load(&tenant(), &customer_id(), actor()).unwrap();
+    assert_eq!(loaded.doc.schema().unwrap(), 2);
 }
