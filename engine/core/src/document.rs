@@ -311,12 +311,26 @@ impl CustomerDoc {
     /// Applies a peer's sync message, as Automerge's `receive_sync_message` does
     /// but without its walk over the whole history in the usual exchange (see
     /// [`crate::sync_receive`]).
+    ///
+    /// A message that brings no change (an acknowledgement, the peer's heads)
+    /// leaves the kept derivation as it was: only new changes make the next read
+    /// look at the document again.
     pub fn receive_sync_message(
         &mut self,
         state: &mut automerge::sync::State,
         message: automerge::sync::Message,
     ) -> Result<crate::sync_receive::Received, automerge::AutomergeError> {
-        crate::sync_receive::receive_sync_message(self.automerge_mut(), state, message)
+        let before = sorted_heads(&mut self.doc);
+        let received = crate::sync_receive::receive_sync_message(&mut self.doc, state, message);
+        if sorted_heads(&mut self.doc) != before {
+            // As `automerge_mut`: what was kept matched `before`, if anything.
+            let derived = self.derived.get_mut();
+            if derived.fresh && derived.heads.is_none() {
+                derived.heads = Some(before);
+            }
+            derived.fresh = false;
+        }
+        received
     }
 
     /// Whether changes wait in the document for a dependency it does not have.

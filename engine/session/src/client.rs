@@ -637,8 +637,6 @@ impl<D: LoadedDoc> ClientSession<D> {
                 let before = event_keys(stored.doc());
                 stored
                     .doc_mut()
-                    .automerge_mut()
-                    .sync()
                     .receive_sync_message(state, message)
                     .map_err(|e| ClientFailure::Protocol(format!("sync message refused: {e}")))?;
                 store.save(&mut stored)?;
