@@ -333,6 +333,16 @@ impl CustomerDoc {
         received
     }
 
+    /// The next sync message for a peer. Generating one changes nothing in the
+    /// document, so the kept derivation stays as it was.
+    pub fn generate_sync_message(
+        &mut self,
+        state: &mut automerge::sync::State,
+    ) -> Option<automerge::sync::Message> {
+        use automerge::sync::SyncDoc;
+        self.doc.sync().generate_sync_message(state)
+    }
+
     /// Whether changes wait in the document for a dependency it does not have.
     pub fn has_queued_changes(&mut self) -> bool {
         !self.doc.get_missing_deps(&[]).is_empty()

@@ -485,11 +485,7 @@ impl<D: LoadedDoc> ClientSession<D> {
                 continue;
             };
             let state = self.state(store, &doc)?;
-            let message = stored
-                .doc_mut()
-                .automerge_mut()
-                .sync()
-                .generate_sync_message(state);
+            let message = stored.doc_mut().generate_sync_message(state);
             self.keep(doc.clone(), stored);
             if let Some(message) = message {
                 push_sync(out, doc, message);
@@ -716,11 +712,7 @@ impl<D: LoadedDoc> ClientSession<D> {
         } else {
             match self.doc(store, doc_id) {
                 Ok(Some(mut stored)) => {
-                    let message = stored
-                        .doc_mut()
-                        .automerge_mut()
-                        .sync()
-                        .generate_sync_message(&mut state);
+                    let message = stored.doc_mut().generate_sync_message(&mut state);
                     self.keep(doc_id.clone(), stored);
                     message
                 }

@@ -918,13 +918,13 @@ impl<D: LoadedDoc> HubSession<D> {
                 else {
                     return;
                 };
-                let am = cached.doc_mut().automerge_mut();
-                let mut message = am.sync().generate_sync_message(state);
+                let stored = cached.doc_mut();
+                let mut message = stored.generate_sync_message(state);
                 if message.is_none() && owed.must {
                     // The state believes the device is up to date; start over so the
                     // device hears our heads and can finish catching up.
                     *state = sync::State::new();
-                    message = am.sync().generate_sync_message(state);
+                    message = stored.generate_sync_message(state);
                 }
                 if message.is_some() {
                     c.dirty.insert(doc.clone());
@@ -1360,12 +1360,7 @@ impl<D: LoadedDoc> HubSession<D> {
         let Some(state) = c.states.get_mut(doc) else {
             return Ok(());
         };
-        if let Some(mut message) = cached
-            .doc_mut()
-            .automerge_mut()
-            .sync()
-            .generate_sync_message(state)
-        {
+        if let Some(mut message) = cached.doc_mut().generate_sync_message(state) {
             message
                 .flags
                 .get_or_insert_with(sync::MessageFlags::new)
