@@ -139,3 +139,40 @@ pub fn peak_rss_kib() -> Option<u64> {
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
+
+/// Pins this process (and every thread it starts from now on) to `cpu` with
+/// `taskset`; returns whether it could. Load benches pin the server to one core
+/// and the load generator to the other, so neither measures the other's CPU.
+pub fn pin_self_to(cpu: usize) -> bool {
+    std::process::Command::new("taskset")
+        .args(["-cp", &cpu.to_string(), &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A command that runs `program` pinned to `cpu` (`taskset -c CPU program`), or
+/// unpinned if `taskset` is missing; and whether it is pinned.
+pub fn pinned_command(cpu: usize, program: &std::path::Path) -> (std::process::Command, bool) {
+    let taskset = std::process::Command::new("taskset")
+        .arg("-V")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if taskset {
+        let mut command = std::process::Command::new("taskset");
+        command.arg("-c").arg(cpu.to_string()).arg(program);
+        (command, true)
+    } else {
+        (std::process::Command::new(program), false)
+    }
+}
+
+/// The `p` quantile (0–1) of `sorted`, NaN if empty.
+pub fn quantile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        f64::NAN
+    } else {
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    }
+}

@@ -1,5 +1,5 @@
 //! `fanout`: many phones on one server (`cargo run --release -p
-//! callsync-benches --bin fanout [PHONES] [SECONDS]`, default 1,000 phones for 20 s),
+//! callsync-benches --bin fanout [PHONES] [SECONDS]`, default 1,000 phones for 60 s),
 //! printing one JSON object.
 //!
 //! Each phone is a light in-memory client (the real protocol over real QUIC on
@@ -9,7 +9,11 @@
 //! program again, `--load …`), so the server process's CPU is the server's own:
 //! measured from `/proc` over the run, with the hub threads apart; the fan-out
 //! latency runs from a phone sending its change to the neighbour having applied
-//! it. Both processes share this machine's two cores.
+//! it. The server is pinned to core 0 and the generator to core 1 (`taskset`),
+//! and the generator says whether it kept up (its ticks on time, its core not
+//! saturated, every phone connected): a phone keeps its own document between
+//! ticks, so a change costs recording one event, and it reads its neighbour's
+//! document with raw Automerge (no rules, no derivation).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -33,7 +37,7 @@ const FLEET: Fleet = Fleet { name: "fanout" };
 const CALLS_PER_PHONE: usize = 64;
 
 use callsync_benches::fleet::{Fleet, NUMBER, start_server};
-use callsync_benches::{now, peak_rss_kib, thread_cpu};
+use callsync_benches::{now, peak_rss_kib, pin_self_to, pinned_command, quantile, thread_cpu};
 
 fn doc_id(i: usize) -> CustomerId {
     CustomerId::new(format!("cus-{i:04}")).unwrap()
@@ -41,11 +45,6 @@ fn doc_id(i: usize) -> CustomerId {
 
 /// Where each phone's started events were sent, to time the neighbour's receipt.
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
-
-struct Replica {
-    am: AutoCommit,
-    state: sync::State,
-}
 
 /// What every simulated phone shares.
 #[derive(Clone)]
@@ -55,10 +54,50 @@ struct Shared {
     seconds: u64,
     sent: Sent,
     latencies: Arc<Mutex<Vec<f64>>>,
+    /// How late each tick ran after its time, in ms: the generator keeping up.
+    tick_lag_ms: Arc<Mutex<Vec<f64>>>,
     /// Changes sent, over all phones.
     started: Arc<std::sync::atomic::AtomicU64>,
     /// Phones whose QUIC handshake or join failed.
     connect_failures: Arc<std::sync::atomic::AtomicU64>,
+    /// Joins in progress at once: the server holds at most 64 connections per
+    /// address that have not said who they are, and every phone here is on
+    /// 127.0.0.1.
+    joining: Arc<tokio::sync::Semaphore>,
+}
+
+/// A phone's view of its own customer: the document it writes to, kept between
+/// ticks (a change costs recording one event, not a re-read of the document).
+enum Own {
+    /// Still arriving (not yet a whole document).
+    Arriving(AutoCommit, sync::State),
+    Ready(Box<CustomerDoc>, sync::State),
+}
+
+/// Whether the neighbour's `st-k` event of call `call-<neighbour>-k` has arrived in
+/// `am`: in the call's own map (schema 2, in whichever bucket holds it) or in the
+/// flat `events` map (schema 1), so the same generator measures either build.
+fn arrived(am: &AutoCommit, neighbour: usize, k: usize) -> bool {
+    let call = format!("call-{neighbour:04}-{k}");
+    let event = format!("st-{k}");
+    let map = |obj: &automerge::ObjId, key: &str| match am.get(obj, key) {
+        Ok(Some((automerge::Value::Object(_), id))) => Some(id),
+        _ => None,
+    };
+    if let Some(events) = map(&automerge::ROOT, "events")
+        && matches!(
+            am.get(&events, format!("{call}/{event}").as_str()),
+            Ok(Some(_))
+        )
+    {
+        return true;
+    }
+    let Some(calls) = map(&automerge::ROOT, "calls") else {
+        return false;
+    };
+    am.map_range(&calls, ..).any(|bucket| {
+        map(&bucket.id(), &call).is_some_and(|m| matches!(am.get(&m, event.as_str()), Ok(Some(_))))
+    })
 }
 
 async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Shared) {
@@ -68,9 +107,12 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
         seconds,
         sent,
         latencies,
+        tick_lag_ms,
         started,
         connect_failures,
+        joining,
     } = shared;
+    let permit = joining.acquire_owned().await.unwrap();
     let Ok((_conn, mut send, mut recv)) = endpoint::connect(&endpoint, addr, "localhost").await
     else {
         // An overloaded server fails some handshakes; counted, not fatal.
@@ -92,19 +134,31 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
     .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
+        // The join is answered before anything else: then the next phone may join.
+        let mut permit = Some(permit);
         while let Ok(Some(m)) = read_message(&mut recv).await {
+            permit.take();
             if tx.send(m).await.is_err() {
                 break;
             }
         }
     });
     let mine = doc_id(i);
-    let watched = doc_id((i + n - 1) % n);
-    let mut docs: HashMap<CustomerId, Replica> = HashMap::new();
+    let neighbour = (i + n - 1) % n;
+    let watched = doc_id(neighbour);
+    let mut own = Own::Arriving(
+        AutoCommit::new().with_actor(actor.clone()),
+        sync::State::new(),
+    );
+    let mut theirs = (
+        AutoCommit::new().with_actor(actor.clone()),
+        sync::State::new(),
+    );
     let mut next_watch = 0usize;
     let catalog = ResultCatalog::standard();
     let start = Instant::now() + Duration::from_millis((i as u64 * 997) % 1000);
     let mut tick = tokio::time::interval_at(start.into(), Duration::from_secs(1));
+    let mut ticks = 0u32;
     let mut k = 0usize;
     let deadline = Instant::now() + Duration::from_secs(seconds + 3);
     loop {
@@ -112,40 +166,50 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
             m = rx.recv() => {
                 let Some(m) = m else { break };
                 let Message::Sync { document_id, data } = m else { continue };
-                let replica = docs.entry(document_id.clone()).or_insert_with(|| Replica {
-                    am: AutoCommit::new().with_actor(actor.clone()),
-                    state: sync::State::new(),
-                });
                 let msg = sync::Message::decode(&data).unwrap();
-                replica.am.sync().receive_sync_message(&mut replica.state, msg).unwrap();
-                if document_id == watched {
+                let reply = if document_id == watched {
+                    let (am, state) = &mut theirs;
+                    am.sync().receive_sync_message(state, msg).unwrap();
                     // Time every neighbour start that has arrived.
-                    if let Ok(Some((_, events))) = replica.am.get(automerge::ROOT, "events") {
-                        loop {
-                            let key = format!("call-{:04}-{next_watch}/st-{next_watch}", (i + n - 1) % n);
-                            match replica.am.get(&events, key.as_str()) {
-                                Ok(Some(_)) => {
-                                    if let Some(t) = sent.lock().unwrap().remove(&key) {
-                                        latencies.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
-                                    }
-                                    next_watch += 1;
-                                }
-                                _ => break,
+                    while arrived(am, neighbour, next_watch) {
+                        let key = format!("call-{neighbour:04}-{next_watch}/st-{next_watch}");
+                        if let Some(t) = sent.lock().unwrap().remove(&key) {
+                            latencies.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
+                        }
+                        next_watch += 1;
+                    }
+                    am.sync().generate_sync_message(state)
+                } else if document_id == mine {
+                    match &mut own {
+                        Own::Ready(doc, state) => {
+                            doc.receive_sync_message(state, msg).unwrap();
+                            doc.generate_sync_message(state)
+                        }
+                        Own::Arriving(am, state) => {
+                            am.sync().receive_sync_message(state, msg).unwrap();
+                            let reply = am.sync().generate_sync_message(state);
+                            if let Ok(doc) = CustomerDoc::from_automerge(am.clone()) {
+                                own = Own::Ready(Box::new(doc), std::mem::take(state));
                             }
+                            reply
                         }
                     }
-                }
-                if let Some(reply) = replica.am.sync().generate_sync_message(&mut replica.state) {
+                } else {
+                    continue;
+                };
+                if let Some(reply) = reply {
                     write_message(&mut send, &Message::Sync { document_id, data: reply.encode() }).await.unwrap();
                 }
             }
             _ = tick.tick() => {
+                let due = start + Duration::from_secs(u64::from(ticks));
+                ticks += 1;
+                tick_lag_ms.lock().unwrap().push(Instant::now().saturating_duration_since(due).as_secs_f64() * 1e3);
                 if Instant::now() > deadline.checked_sub(Duration::from_secs(3)).unwrap() || k >= CALLS_PER_PHONE {
                     if Instant::now() > deadline { break; }
                     continue;
                 }
-                let Some(replica) = docs.get_mut(&mine) else { continue };
-                let Ok(mut doc) = CustomerDoc::from_automerge(replica.am.clone()) else { continue };
+                let Own::Ready(doc, state) = &mut own else { continue };
                 let event = CallEvent {
                     id: EventId::new(format!("st-{k}")).unwrap(),
                     call: CallId::new(format!("call-{i:04}-{k}")).unwrap(),
@@ -154,12 +218,11 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                 };
                 let ctx = RuleContext { catalog: &catalog, start_limit_ms: i64::MAX / 4, other_open_calls: &[] };
                 if doc.record(event, &ctx).is_err() { continue; }
-                replica.am = doc.automerge().clone();
                 let key = format!("call-{i:04}-{k}/st-{k}");
                 sent.lock().unwrap().insert(key, Instant::now());
                 started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 k += 1;
-                if let Some(m) = replica.am.sync().generate_sync_message(&mut replica.state) {
+                if let Some(m) = doc.generate_sync_message(state) {
                     write_message(&mut send, &Message::Sync { document_id: mine.clone(), data: m.encode() }).await.unwrap();
                 }
             }
@@ -177,16 +240,18 @@ fn load(args: &[String]) {
     let trust = Trust::Fingerprint(args[3].clone());
     let n: usize = args[4].parse().unwrap();
     let seconds: u64 = args[5].parse().unwrap();
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("client-rt")
+    // One thread: the generator has one core (the server the other).
+    let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let began = Instant::now();
     let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
     let latencies = Arc::new(Mutex::new(Vec::new()));
+    let tick_lag_ms = Arc::new(Mutex::new(Vec::new()));
     let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let connect_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let joining = Arc::new(tokio::sync::Semaphore::new(32));
     client_rt.block_on(async {
         let config = client_config(&trust).unwrap();
         let endpoints: Vec<quinn::Endpoint> = (0..8)
@@ -200,8 +265,10 @@ fn load(args: &[String]) {
                 seconds,
                 sent: sent.clone(),
                 latencies: latencies.clone(),
+                tick_lag_ms: tick_lag_ms.clone(),
                 started: started.clone(),
                 connect_failures: connect_failures.clone(),
+                joining: joining.clone(),
             };
             let endpoint = endpoints[i % endpoints.len()].clone();
             tasks.push(tokio::spawn(phone(i, endpoint, FLEET.token(i), shared)));
@@ -210,25 +277,32 @@ fn load(args: &[String]) {
             let _ = t.await;
         }
     });
+    let wall = began.elapsed().as_secs_f64();
     let mut l = latencies.lock().unwrap().clone();
     l.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        if l.is_empty() {
-            f64::NAN
-        } else {
-            l[((l.len() - 1) as f64 * p).round() as usize]
-        }
-    };
+    let mut lag = tick_lag_ms.lock().unwrap().clone();
+    lag.sort_by(|a, b| a.total_cmp(b));
     let sent_total = started.load(std::sync::atomic::Ordering::Relaxed);
+    let cpu = thread_cpu(&[""]);
+    let not_connected = connect_failures.load(std::sync::atomic::Ordering::Relaxed);
+    // Kept up: its ticks ran on time (p99 within 50 ms), it did not use its
+    // whole core, and every phone connected and sent its changes.
+    let kept_up = quantile(&lag, 0.99) < 50.0
+        && cpu / wall < 0.9
+        && not_connected == 0
+        && sent_total >= (n as u64) * (seconds.min(CALLS_PER_PHONE as u64)).saturating_sub(1);
     println!(
         "{}",
         json!({
             "changes_sent": sent_total,
-            "phones_not_connected": connect_failures.load(std::sync::atomic::Ordering::Relaxed),
+            "phones_not_connected": not_connected,
             "changes_delivered": l.len(),
             "delivered_ratio": l.len() as f64 / sent_total.max(1) as f64,
-            "fanout_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
-            "load_generator_cpu_s": thread_cpu(&[""]),
+            "fanout_ms": { "p50": quantile(&l, 0.5), "p99": quantile(&l, 0.99), "max": quantile(&l, 1.0) },
+            "load_generator_cpu_s": cpu,
+            "load_generator_core_busy": cpu / wall,
+            "tick_lag_ms": { "p50": quantile(&lag, 0.5), "p99": quantile(&lag, 0.99), "max": quantile(&lag, 1.0) },
+            "generator_kept_up": kept_up,
         })
     );
 }
@@ -239,7 +313,10 @@ fn main() {
         return load(&args);
     }
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000);
-    let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(60);
+    // The server on core 0 (every thread it starts inherits it), the load
+    // generator on core 1.
+    let server_pinned = pin_self_to(0);
     let root = tempfile::tempdir().unwrap();
     let server_dir = root.path().join("server");
 
@@ -288,7 +365,8 @@ fn main() {
     let connect_started = Instant::now();
     let cpu_before = thread_cpu(&[""]);
     let hub_before = thread_cpu(&["hub-"]);
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
+    let (mut generator, generator_pinned) = pinned_command(1, &std::env::current_exe().unwrap());
+    let output = generator
         .args([
             "--load".to_owned(),
             addr.to_string(),
@@ -309,6 +387,7 @@ fn main() {
     let figures = json!({
         "phones": n,
         "seconds": seconds,
+        "pinned": { "server_core_0": server_pinned, "generator_core_1": generator_pinned },
         "setup_s": setup_s,
         "wall_s": wall,
         "server_process_cpu_s": cpu,
