@@ -46,6 +46,9 @@ fn doc_id(i: usize) -> CustomerId {
 /// Where each phone's started events were sent, to time the neighbour's receipt.
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
 
+/// Each delivered change: when it was sent, and its fan-out latency in ms.
+type Latencies = Arc<Mutex<Vec<(Instant, f64)>>>;
+
 /// What every simulated phone shares.
 #[derive(Clone)]
 struct Shared {
@@ -53,11 +56,19 @@ struct Shared {
     addr: std::net::SocketAddr,
     seconds: u64,
     sent: Sent,
-    latencies: Arc<Mutex<Vec<f64>>>,
+    latencies: Latencies,
     /// How late each tick ran after its time, in ms: the generator keeping up.
     tick_lag_ms: Arc<Mutex<Vec<f64>>>,
     /// Changes sent, over all phones.
     started: Arc<std::sync::atomic::AtomicU64>,
+    /// Ticks in the window that sent nothing because the phone's document had
+    /// not arrived yet (the server still catching it up).
+    missed: Arc<std::sync::atomic::AtomicU64>,
+    /// Changes the phone's own rules refused: the call not there yet (its
+    /// document arrived, its requested calls still arriving).
+    record_failures: Arc<std::sync::atomic::AtomicU64>,
+    /// When the last phone's join was answered.
+    all_joined: Arc<Mutex<Option<Instant>>>,
     /// Phones whose QUIC handshake or join failed.
     connect_failures: Arc<std::sync::atomic::AtomicU64>,
     /// Joins in progress at once: the server holds at most 64 connections per
@@ -70,7 +81,7 @@ struct Shared {
 /// ticks (a change costs recording one event, not a re-read of the document).
 enum Own {
     /// Still arriving (not yet a whole document).
-    Arriving(AutoCommit, sync::State),
+    Arriving(Box<AutoCommit>, sync::State),
     Ready(Box<CustomerDoc>, sync::State),
 }
 
@@ -109,6 +120,9 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
         latencies,
         tick_lag_ms,
         started,
+        missed,
+        record_failures,
+        all_joined,
         connect_failures,
         joining,
     } = shared;
@@ -137,7 +151,9 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
         // The join is answered before anything else: then the next phone may join.
         let mut permit = Some(permit);
         while let Ok(Some(m)) = read_message(&mut recv).await {
-            permit.take();
+            if permit.take().is_some() {
+                *all_joined.lock().unwrap() = Some(Instant::now());
+            }
             if tx.send(m).await.is_err() {
                 break;
             }
@@ -147,7 +163,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
     let neighbour = (i + n - 1) % n;
     let watched = doc_id(neighbour);
     let mut own = Own::Arriving(
-        AutoCommit::new().with_actor(actor.clone()),
+        Box::new(AutoCommit::new().with_actor(actor.clone())),
         sync::State::new(),
     );
     let mut theirs = (
@@ -174,7 +190,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                     while arrived(am, neighbour, next_watch) {
                         let key = format!("call-{neighbour:04}-{next_watch}/st-{next_watch}");
                         if let Some(t) = sent.lock().unwrap().remove(&key) {
-                            latencies.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
+                            latencies.lock().unwrap().push((t, t.elapsed().as_secs_f64() * 1e3));
                         }
                         next_watch += 1;
                     }
@@ -188,7 +204,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                         Own::Arriving(am, state) => {
                             am.sync().receive_sync_message(state, msg).unwrap();
                             let reply = am.sync().generate_sync_message(state);
-                            if let Ok(doc) = CustomerDoc::from_automerge(am.clone()) {
+                            if let Ok(doc) = CustomerDoc::from_automerge(AutoCommit::clone(am)) {
                                 own = Own::Ready(Box::new(doc), std::mem::take(state));
                             }
                             reply
@@ -209,7 +225,10 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                     if Instant::now() > deadline { break; }
                     continue;
                 }
-                let Own::Ready(doc, state) = &mut own else { continue };
+                let Own::Ready(doc, state) = &mut own else {
+                    missed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                };
                 let event = CallEvent {
                     id: EventId::new(format!("st-{k}")).unwrap(),
                     call: CallId::new(format!("call-{i:04}-{k}")).unwrap(),
@@ -217,7 +236,12 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                     kind: EventKind::Started,
                 };
                 let ctx = RuleContext { catalog: &catalog, start_limit_ms: i64::MAX / 4, other_open_calls: &[] };
-                if doc.record(event, &ctx).is_err() { continue; }
+                if doc.record(event, &ctx).is_err() {
+                    // Its requested calls still arriving (the document is there,
+                    // not all of it yet).
+                    record_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
                 let key = format!("call-{i:04}-{k}/st-{k}");
                 sent.lock().unwrap().insert(key, Instant::now());
                 started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -250,6 +274,9 @@ fn load(args: &[String]) {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let tick_lag_ms = Arc::new(Mutex::new(Vec::new()));
     let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let missed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let record_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let all_joined = Arc::new(Mutex::new(None));
     let connect_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let joining = Arc::new(tokio::sync::Semaphore::new(32));
     client_rt.block_on(async {
@@ -267,6 +294,9 @@ fn load(args: &[String]) {
                 latencies: latencies.clone(),
                 tick_lag_ms: tick_lag_ms.clone(),
                 started: started.clone(),
+                missed: missed.clone(),
+                record_failures: record_failures.clone(),
+                all_joined: all_joined.clone(),
                 connect_failures: connect_failures.clone(),
                 joining: joining.clone(),
             };
@@ -278,24 +308,38 @@ fn load(args: &[String]) {
         }
     });
     let wall = began.elapsed().as_secs_f64();
-    let mut l = latencies.lock().unwrap().clone();
+    let all_latencies = latencies.lock().unwrap().clone();
+    let mut l: Vec<f64> = all_latencies.iter().map(|(_, ms)| *ms).collect();
     l.sort_by(|a, b| a.total_cmp(b));
+    // Once every phone has joined: the steady state, without the catch-up of
+    // a thousand joins competing with the first changes.
+    let joined = all_joined.lock().unwrap().unwrap_or(began);
+    let mut steady: Vec<f64> = all_latencies
+        .iter()
+        .filter(|(sent, _)| *sent > joined)
+        .map(|(_, ms)| *ms)
+        .collect();
+    steady.sort_by(|a, b| a.total_cmp(b));
     let mut lag = tick_lag_ms.lock().unwrap().clone();
     lag.sort_by(|a, b| a.total_cmp(b));
     let sent_total = started.load(std::sync::atomic::Ordering::Relaxed);
     let cpu = thread_cpu(&[""]);
     let not_connected = connect_failures.load(std::sync::atomic::Ordering::Relaxed);
-    // Kept up: its ticks ran on time (p99 within 50 ms), it did not use its
-    // whole core, and every phone connected and sent its changes.
-    let kept_up = quantile(&lag, 0.99) < 50.0
-        && cpu / wall < 0.9
-        && not_connected == 0
-        && sent_total >= (n as u64) * (seconds.min(CALLS_PER_PHONE as u64)).saturating_sub(1);
+    // Kept up: its ticks ran on time (p99 within 50 ms), it did not use its whole
+    // core, and every phone connected. (Ticks that found the phone's document not
+    // all there yet are the server's lag, counted apart.)
+    let missed = missed.load(std::sync::atomic::Ordering::Relaxed);
+    let record_failures = record_failures.load(std::sync::atomic::Ordering::Relaxed);
+    let kept_up = quantile(&lag, 0.99) < 50.0 && cpu / wall < 0.9 && not_connected == 0;
     println!(
         "{}",
         json!({
             "changes_sent": sent_total,
             "phones_not_connected": not_connected,
+            "ticks_waiting_for_own_document": missed,
+            "record_failures": record_failures,
+            "all_joined_after_s": joined.duration_since(began).as_secs_f64(),
+            "fanout_after_all_joined_ms": { "changes": steady.len(), "p50": quantile(&steady, 0.5), "p99": quantile(&steady, 0.99), "max": quantile(&steady, 1.0) },
             "changes_delivered": l.len(),
             "delivered_ratio": l.len() as f64 / sent_total.max(1) as f64,
             "fanout_ms": { "p50": quantile(&l, 0.5), "p99": quantile(&l, 0.99), "max": quantile(&l, 1.0) },

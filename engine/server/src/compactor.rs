@@ -11,49 +11,103 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use callsync_store::Store;
+use callsync_store::{Store, StoreError};
+
+use crate::hub::WriteTurns;
 
 /// How often the compactor looks for documents due.
 pub(crate) const COMPACT_EVERY: Duration = Duration::from_secs(1);
 
-/// Most documents one pass compacts before it yields the thread back to the pool
-/// (the rest are next pass's).
+/// Most documents one pass lists (the rest are next pass's).
 const PER_PASS: usize = 64;
 
-/// Runs until aborted, a pass every [`COMPACT_EVERY`].
-pub(crate) async fn compact_documents(store: Store) {
+/// Runs until aborted, a pass every [`COMPACT_EVERY`]. Documents are compacted
+/// one at a time, each followed by a pause as long as it took: the compactor uses
+/// at most half of a core, in slices of one document, so a hub sharing the core
+/// waits at most one document's compaction, never a whole pass. Each
+/// compaction's short write waits for its turn at SQLite's write lock with the
+/// hubs (`turns`): met in SQLite's own busy wait instead, a hub would sleep in
+/// growing steps.
+pub(crate) async fn compact_documents(store: Store, turns: Arc<WriteTurns>) {
     let store = Arc::new(Mutex::new(store));
     let mut ticks = tokio::time::interval(COMPACT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let store = store.clone();
-        let pass = tokio::task::spawn_blocking(move || {
-            let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
-            compact_pass(&mut store)
+        let listed = store.clone();
+        let due = tokio::task::spawn_blocking(move || {
+            listed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .compaction_due(PER_PASS)
         })
         .await;
-        match pass {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::debug!(documents = n, "compacted"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "compaction failed; trying again"),
-            Err(e) => tracing::warn!(error = %e, "compaction task failed; trying again"),
+        let due = match due {
+            Ok(Ok(due)) => due,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not list documents to compact; trying again");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "compaction task failed; trying again");
+                continue;
+            }
+        };
+        for (tenant, customer) in due {
+            let (store, turns) = (store.clone(), turns.clone());
+            let began = std::time::Instant::now();
+            let one = tokio::task::spawn_blocking(move || {
+                let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
+                compact_one(&mut store, &tenant, &customer, &|| Box::new(turns.take()))
+            })
+            .await;
+            if let Err(e) = one {
+                tracing::warn!(error = %e, "compaction task failed; trying again");
+            }
+            tokio::time::sleep(began.elapsed()).await;
+        }
+    }
+}
+
+/// Compacts one document: the read and the new snapshot hold nothing, the write
+/// holds what `turn` gives (the server's turn at the write lock). A failure is
+/// logged and leaves
+/// the document as it is. Returns whether it was rewritten.
+fn compact_one(
+    store: &mut Store,
+    tenant: &callsync_core::TenantId,
+    customer: &callsync_core::CustomerId,
+    turn: &dyn Fn() -> Box<dyn std::any::Any>,
+) -> bool {
+    let compacted = (|| -> Result<Option<usize>, StoreError> {
+        let Some(plan) = store.compaction_read(tenant, customer)? else {
+            return Ok(None);
+        };
+        let snapshot = plan.snapshot()?;
+        let _turn = turn();
+        store.compaction_write(&plan, &snapshot)
+    })();
+    match compacted {
+        Ok(done) => done.is_some(),
+        Err(e) => {
+            tracing::warn!(tenant = %tenant, customer = %customer, error = %e, "could not compact a document");
+            false
         }
     }
 }
 
 /// One pass: compacts up to [`PER_PASS`] documents due; returns how many it
-/// rewrote. A document that fails is logged and left as it is.
-pub(crate) fn compact_pass(store: &mut Store) -> Result<usize, callsync_store::StoreError> {
+/// rewrote. A document that fails is logged and left as it is. The read and the
+/// new snapshot hold nothing; the write holds what `turn` gives (the server's
+/// turn at the write lock).
+#[cfg(test)]
+fn compact_pass(
+    store: &mut Store,
+    turn: &dyn Fn() -> Box<dyn std::any::Any>,
+) -> Result<usize, StoreError> {
     let mut done = 0;
     for (tenant, customer) in store.compaction_due(PER_PASS)? {
-        match store.compact(&tenant, &customer) {
-            Ok(Some(_)) => done += 1,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(tenant = %tenant, customer = %customer, error = %e, "could not compact a document");
-            }
-        }
+        done += usize::from(compact_one(store, &tenant, &customer, turn));
     }
     Ok(done)
 }
@@ -99,7 +153,12 @@ mod tests {
         let mut tx = store.write().unwrap();
         tx.insert(&mut doc).unwrap();
         tx.commit().unwrap();
-        assert_eq!(compact_pass(&mut store).unwrap(), 0, "nothing due yet");
+        let no_turn = || Box::new(()) as Box<dyn std::any::Any>;
+        assert_eq!(
+            compact_pass(&mut store, &no_turn).unwrap(),
+            0,
+            "nothing due yet"
+        );
         let catalog = ResultCatalog::standard();
         let ctx = RuleContext {
             catalog: &catalog,
@@ -127,10 +186,10 @@ mod tests {
                 .len()
         };
         assert_eq!(calls(&store), 30);
-        assert_eq!(compact_pass(&mut store).unwrap(), 1);
+        assert_eq!(compact_pass(&mut store, &no_turn).unwrap(), 1);
         let (_, incremental, chunks) = store.stored_sizes(&new.tenant, &new.id).unwrap();
         assert_eq!((incremental, chunks), (0, 0));
         assert_eq!(calls(&store), 30);
-        assert_eq!(compact_pass(&mut store).unwrap(), 0);
+        assert_eq!(compact_pass(&mut store, &no_turn).unwrap(), 0);
     }
 }

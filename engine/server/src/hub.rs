@@ -240,7 +240,7 @@ pub(crate) struct Turn(Arc<WriteTurns>);
 
 impl WriteTurns {
     /// Waits for this thread's turn.
-    fn take(self: &Arc<Self>) -> Turn {
+    pub(crate) fn take(self: &Arc<Self>) -> Turn {
         let mut state = self
             .state
             .lock()
@@ -433,6 +433,13 @@ impl Hubs {
     }
 
     /// Asks every hub to finish its batch and stop, and waits for them.
+    /// The turns at SQLite's write lock, for other writers of the server (the
+    /// compactor) to queue with the hubs instead of meeting them in SQLite's busy
+    /// wait.
+    pub(crate) fn turns(&self) -> Arc<WriteTurns> {
+        self.turns.clone()
+    }
+
     pub(crate) fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);

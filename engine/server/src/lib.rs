@@ -366,9 +366,10 @@ impl Server {
             },
             tenants,
         )?;
-        let compactor = tokio::spawn(compactor::compact_documents(Store::open(
-            &config.data_dir.join(DB_FILE),
-        )?));
+        let compactor = tokio::spawn(compactor::compact_documents(
+            Store::open(&config.data_dir.join(DB_FILE))?,
+            hubs.turns(),
+        ));
         let attach_gate = Arc::new(recordings::AttachGate::default());
         let sweeper = tokio::spawn(recordings::sweep_deletions(
             Store::open(&config.data_dir.join(DB_FILE))?,
