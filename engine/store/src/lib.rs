@@ -725,39 +725,7 @@ impl Store {
         tenant: &TenantId,
         customer: &CustomerId,
     ) -> Result<Option<CompactionPlan>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT s.bytes, c.seq, c.bytes FROM snapshots s
-             LEFT JOIN chunks c ON c.tenant_id = s.tenant_id AND c.customer_id = s.customer_id
-             WHERE s.tenant_id = ?1 AND s.customer_id = ?2
-             ORDER BY c.seq",
-        )?;
-        let mut rows = stmt.query(params![tenant.as_str(), customer.as_str()])?;
-        let mut bytes: Vec<u8> = Vec::new();
-        let mut covered = Covered::default();
-        let mut found = false;
-        while let Some(row) = rows.next()? {
-            if !found {
-                bytes.extend_from_slice(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?);
-                found = true;
-            }
-            if let (Some(seq), Some(chunk)) = (
-                row.get::<_, Option<i64>>(1)?,
-                row.get_ref(2)?
-                    .as_blob_or_null()
-                    .map_err(rusqlite::Error::from)?,
-            ) {
-                bytes.extend_from_slice(chunk);
-                covered.count += 1;
-                covered.bytes += chunk.len() as i64;
-                covered.last_seq = seq;
-            }
-        }
-        if !found {
-            return Err(StoreError::UnknownCustomer {
-                tenant: tenant.clone(),
-                customer: customer.clone(),
-            });
-        }
+        let (bytes, covered) = read_document_bytes(&self.conn, tenant, customer)?;
         Ok((covered.count > 0).then(|| CompactionPlan {
             tenant: tenant.clone(),
             customer: customer.clone(),
@@ -1753,33 +1721,38 @@ fn backfill_result_types(conn: &Connection) -> Result<(), StoreError> {
     })
 }
 
-fn load(
+/// A document's snapshot followed by every chunk, in order, read in one statement,
+/// and which chunks that was.
+fn read_document_bytes(
     conn: &Connection,
     tenant: &TenantId,
     customer: &CustomerId,
-    actor: ActorId,
-) -> Result<StoredDoc, StoreError> {
-    // One statement reads the snapshot and every chunk, in order.
+) -> Result<(Vec<u8>, Covered), StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT s.bytes, c.bytes FROM snapshots s
+        "SELECT s.bytes, c.seq, c.bytes FROM snapshots s
          LEFT JOIN chunks c ON c.tenant_id = s.tenant_id AND c.customer_id = s.customer_id
          WHERE s.tenant_id = ?1 AND s.customer_id = ?2
          ORDER BY c.seq",
     )?;
     let mut rows = stmt.query(params![tenant.as_str(), customer.as_str()])?;
     let mut bytes: Vec<u8> = Vec::new();
+    let mut covered = Covered::default();
     let mut found = false;
     while let Some(row) = rows.next()? {
         if !found {
             bytes.extend_from_slice(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?);
             found = true;
         }
-        if let Some(chunk) = row
-            .get_ref(1)?
-            .as_blob_or_null()
-            .map_err(rusqlite::Error::from)?
-        {
+        if let (Some(seq), Some(chunk)) = (
+            row.get::<_, Option<i64>>(1)?,
+            row.get_ref(2)?
+                .as_blob_or_null()
+                .map_err(rusqlite::Error::from)?,
+        ) {
             bytes.extend_from_slice(chunk);
+            covered.count += 1;
+            covered.bytes += chunk.len() as i64;
+            covered.last_seq = seq;
         }
     }
     if !found {
@@ -1788,6 +1761,16 @@ fn load(
             customer: customer.clone(),
         });
     }
+    Ok((bytes, covered))
+}
+
+fn load(
+    conn: &Connection,
+    tenant: &TenantId,
+    customer: &CustomerId,
+    actor: ActorId,
+) -> Result<StoredDoc, StoreError> {
+    let (bytes, _) = read_document_bytes(conn, tenant, customer)?;
     let mut doc = CustomerDoc::load(&bytes, actor)?;
     if doc.tenant() != tenant || doc.id() != customer {
         return Err(CoreError::MalformedDocument {
