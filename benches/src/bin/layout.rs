@@ -2,16 +2,17 @@
 //! document keeps its events (`cargo run --release -p callsync-benches --bin
 //! layout [CALLS…]`, default 100 and 1,000 calls), printing one JSON object.
 //!
-//! Today's layout keeps every event in one `events` map keyed `<call>/<event>`.
-//! Automerge 0.12 merges a change into the object it touches by walking that
-//! object's existing operations from the start, so one new event costs a walk
-//! over the whole history. The alternative measured here keeps each call's events
-//! in a map of their own under `calls/<call>`: a new event touches a five-key
-//! map, a new call one key of the calls map. Both documents hold the same events
-//! (five per call, each a JSON string of a typical event's size); the timed part
-//! is `apply_changes` of one change adding one event (the first of a new call, or
-//! a later one of an existing call), on a fresh copy of the document each time
-//! (the copy is not timed).
+//! Three layouts of the same events: schema 1's one `events` map keyed
+//! `<call>/<event>`; a map per call under one `calls` map; and schema 2's map per
+//! call in one of 16 bucket maps (created with the document). Automerge 0.12
+//! merges a change into the object it touches by walking that object's existing
+//! operations from the start, so the cost of one new event is the size of the
+//! object it lands in: the whole history (flat), the call's few events (a map
+//! per call), and for a new call's map the calls map or its bucket. All documents
+//! hold the same events (five per call, each a JSON string of a typical event's
+//! size); the timed part is `apply_changes` of one change adding one event (the
+//! first of a new call, or a later one of an existing call), on a fresh copy of
+//! the document each time (the copy is not timed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
