@@ -59,6 +59,10 @@ struct Shared {
     latencies: Latencies,
     /// How late each tick ran after its time, in ms: the generator keeping up.
     tick_lag_ms: Arc<Mutex<Vec<f64>>>,
+    /// From a phone sending its change to the server's first answer on that
+    /// document (sent once the change is committed), in ms: the sender's half of
+    /// the fan-out latency.
+    acknowledged_ms: Arc<Mutex<Vec<f64>>>,
     /// Changes sent, over all phones.
     started: Arc<std::sync::atomic::AtomicU64>,
     /// Ticks in the window that sent nothing because the phone's document had
@@ -119,6 +123,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
         sent,
         latencies,
         tick_lag_ms,
+        acknowledged_ms,
         started,
         missed,
         record_failures,
@@ -171,6 +176,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
         sync::State::new(),
     );
     let mut next_watch = 0usize;
+    let mut awaiting_answer: Option<Instant> = None;
     let catalog = ResultCatalog::standard();
     let start = Instant::now() + Duration::from_millis((i as u64 * 997) % 1000);
     let mut tick = tokio::time::interval_at(start.into(), Duration::from_secs(1));
@@ -198,6 +204,9 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                 } else if document_id == mine {
                     match &mut own {
                         Own::Ready(doc, state) => {
+                            if let Some(t) = awaiting_answer.take() {
+                                acknowledged_ms.lock().unwrap().push(t.elapsed().as_secs_f64() * 1e3);
+                            }
                             doc.receive_sync_message(state, msg).unwrap();
                             doc.generate_sync_message(state)
                         }
@@ -247,6 +256,7 @@ async fn phone(i: usize, endpoint: quinn::Endpoint, token: String, shared: Share
                 started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 k += 1;
                 if let Some(m) = doc.generate_sync_message(state) {
+                    awaiting_answer.get_or_insert_with(Instant::now);
                     write_message(&mut send, &Message::Sync { document_id: mine.clone(), data: m.encode() }).await.unwrap();
                 }
             }
@@ -273,6 +283,7 @@ fn load(args: &[String]) {
     let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let tick_lag_ms = Arc::new(Mutex::new(Vec::new()));
+    let acknowledged_ms = Arc::new(Mutex::new(Vec::new()));
     let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let missed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let record_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -293,6 +304,7 @@ fn load(args: &[String]) {
                 sent: sent.clone(),
                 latencies: latencies.clone(),
                 tick_lag_ms: tick_lag_ms.clone(),
+                acknowledged_ms: acknowledged_ms.clone(),
                 started: started.clone(),
                 missed: missed.clone(),
                 record_failures: record_failures.clone(),
@@ -321,6 +333,8 @@ fn load(args: &[String]) {
         .collect();
     steady.sort_by(|a, b| a.total_cmp(b));
     let mut lag = tick_lag_ms.lock().unwrap().clone();
+    let mut acked = acknowledged_ms.lock().unwrap().clone();
+    acked.sort_by(f64::total_cmp);
     lag.sort_by(|a, b| a.total_cmp(b));
     let sent_total = started.load(std::sync::atomic::Ordering::Relaxed);
     let cpu = thread_cpu(&[""]);
@@ -345,6 +359,7 @@ fn load(args: &[String]) {
             "fanout_ms": { "p50": quantile(&l, 0.5), "p99": quantile(&l, 0.99), "max": quantile(&l, 1.0) },
             "load_generator_cpu_s": cpu,
             "load_generator_core_busy": cpu / wall,
+            "acknowledged_ms": { "answers": acked.len(), "p50": quantile(&acked, 0.5), "p99": quantile(&acked, 0.99), "max": quantile(&acked, 1.0) },
             "tick_lag_ms": { "p50": quantile(&lag, 0.5), "p99": quantile(&lag, 0.99), "max": quantile(&lag, 1.0) },
             "generator_kept_up": kept_up,
         })

@@ -15,8 +15,15 @@
 //! The phones are light in-memory clients (the real protocol over real QUIC on
 //! loopback, no SQLite) in a separate load-generator process (this program again,
 //! `--load …`), so the server process's CPU and peak RSS are its own; the peak is
-//! reset when the storm starts, so it is the storm's, not the set-up's. Both
-//! processes share this machine's two cores. The server's start limit is set to an
+//! reset when the storm starts, so it is the storm's, not the set-up's. The server
+//! is pinned to core 0 and the generator to core 1 (`taskset`). The generator is
+//! light: a phone's offline changes are made before the storm, and during it a
+//! phone only answers the server with raw Automerge sync messages (no rules, no
+//! derivation). It says whether it kept up (its core not saturated, no phone
+//! failed). The phones come from 32 at a time per loopback address (127.0.0.2,
+//! 127.0.0.3, …), as a fleet comes from many networks: the server holds at most 64
+//! connections per address that have not said who they are, so all of them from
+//! 127.0.0.1 at once would be refused. The server's start limit is set to an
 //! hour, so no call expires while its phone is away and the work measured is the
 //! catch-up itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -29,7 +36,9 @@ use std::time::{Duration, Instant};
 use automerge::sync::{self, SyncDoc};
 use automerge::{AutoCommit, ChangeHash};
 use callsync_benches::fleet::{Fleet, NUMBER, start_server};
-use callsync_benches::{now, peak_rss_kib, reset_peak_rss, thread_cpu};
+use callsync_benches::{
+    now, peak_rss_kib, pin_self_to, pinned_command, reset_peak_rss, thread_cpu,
+};
 use callsync_core::wire::{self, Cursor, Message};
 use callsync_core::{
     ActorId, CallEvent, CallId, CustomerDoc, CustomerId, DeviceKind, EventId, EventKind,
@@ -44,6 +53,9 @@ use serde_json::json;
 const FLEET: Fleet = Fleet { name: "storm" };
 /// How long a phase may take before the load generator gives up on a phone.
 const PHASE_LIMIT: Duration = Duration::from_secs(300);
+/// Phones per source address: half the server's cap on connections per address
+/// that have not said who they are.
+const PHONES_PER_ADDRESS: usize = 32;
 
 fn doc_id(i: usize, d: usize) -> CustomerId {
     CustomerId::new(format!("cus-{i:04}-{d:02}")).unwrap()
@@ -248,7 +260,7 @@ async fn phase(
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(phones.len());
     for (i, phone) in phones.iter().enumerate() {
-        let endpoint = endpoints[i % endpoints.len()].clone();
+        let endpoint = endpoints[i / PHONES_PER_ADDRESS].clone();
         let phone = phone.clone();
         tasks.push(tokio::spawn(async move {
             let (cursor, mut docs) = {
@@ -295,9 +307,20 @@ fn load(args: &[String]) {
         .map(|_| Arc::new(Mutex::new(PhoneState::default())))
         .collect();
     let config = client_config(&trust).unwrap();
+    let addresses = n.div_ceil(PHONES_PER_ADDRESS);
+    assert!(
+        addresses < 250,
+        "at most {} phones",
+        249 * PHONES_PER_ADDRESS
+    );
     let endpoints: Vec<quinn::Endpoint> = rt.block_on(async {
-        (0..8)
-            .map(|_| endpoint::client_endpoint(addr, config.clone()).unwrap())
+        (0..addresses)
+            .map(|k| {
+                let local = std::net::SocketAddr::from(([127, 0, 0, 2 + k as u8], 0));
+                let mut endpoint = quinn::Endpoint::client(local).unwrap();
+                endpoint.set_default_client_config(config.clone());
+                endpoint
+            })
             .collect()
     });
 
@@ -330,6 +353,8 @@ fn load(args: &[String]) {
     let generator_cpu = thread_cpu(&[""]) - cpu_before;
     let failures: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
     let ok: Vec<&Outcome> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    let generator_busy = generator_cpu / storm_s;
+    let kept_up = generator_busy < 0.9 && failures.is_empty();
     let mut joined: Vec<f64> = ok.iter().map(|o| o.joined_ms).collect();
     let mut caught_up: Vec<f64> = ok.iter().map(|o| o.caught_up_ms).collect();
     joined.sort_by(f64::total_cmp);
@@ -351,6 +376,8 @@ fn load(args: &[String]) {
             "sync_bytes_received_per_phone": bytes as f64 / ok.len().max(1) as f64,
             "messages_received_per_phone": messages as f64 / ok.len().max(1) as f64,
             "load_generator_cpu_s": generator_cpu,
+            "load_generator_core_busy": generator_busy,
+            "generator_kept_up": kept_up,
         })
     );
 }
@@ -363,6 +390,7 @@ fn main() {
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000);
     let per_phone: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
     assert!(per_phone <= 100, "at most 100 documents per phone");
+    let server_pinned = pin_self_to(0);
     let root = tempfile::tempdir().unwrap();
     let server_dir = root.path().join("server");
 
@@ -406,7 +434,8 @@ fn main() {
     let fingerprint = server.fingerprint().to_owned();
 
     // The phones: a separate process, so this one's CPU and memory are the server's.
-    let mut generator = std::process::Command::new(std::env::current_exe().unwrap())
+    let (mut generator, generator_pinned) = pinned_command(1, &std::env::current_exe().unwrap());
+    let mut generator = generator
         .args([
             "--load".to_owned(),
             addr.to_string(),
@@ -454,6 +483,7 @@ fn main() {
         "server_peak_rss_before_storm_kib": rss_before_storm,
         "server_peak_rss_during_storm_kib": if peak_reset { storm_peak_rss } else { None },
         "phones_process": phones,
+        "pinned": { "server_core_0": server_pinned, "generator_core_1": generator_pinned },
     });
     println!("{figures}");
 }

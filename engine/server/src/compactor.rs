@@ -1,6 +1,8 @@
 //! The compactor: rewrites documents whose appended chunks outgrew their snapshot,
 //! on a blocking thread of its own, so that no hub's write turn (which every
-//! device of its tenant waits on) pays for a snapshot of a large document.
+//! device of its tenant waits on) pays for a snapshot of a large document; and
+//! checkpoints SQLite's write-ahead log, which the hubs leave to it for the same
+//! reason.
 //!
 //! Owns: when compaction runs (a pass every [`COMPACT_EVERY`], each document due
 //! found through the store's partial index) and what a failure does (logged; the
@@ -65,6 +67,38 @@ pub(crate) async fn compact_documents(store: Store, turns: Arc<WriteTurns>) {
                 tracing::warn!(error = %e, "compaction task failed; trying again");
             }
             tokio::time::sleep(began.elapsed()).await;
+        }
+    }
+}
+
+/// How often the write-ahead log is checkpointed (the hubs leave it to
+/// [`checkpoint_log`]).
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Runs until aborted: every [`CHECKPOINT_EVERY`], copies the write-ahead log
+/// into the database (a passive checkpoint, waiting on no one), so that no hub's
+/// commit pays for it. Between two checkpoints the log holds at most half a
+/// second of writes; a failure is logged and tried again.
+pub(crate) async fn checkpoint_log(store: Store) {
+    let store = Arc::new(Mutex::new(store));
+    let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let store = store.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .checkpoint()
+        })
+        .await;
+        match done {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not checkpoint the database log; trying again")
+            }
+            Err(e) => tracing::warn!(error = %e, "checkpoint task failed; trying again"),
         }
     }
 }

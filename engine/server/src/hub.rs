@@ -341,6 +341,10 @@ impl Hubs {
         // tenants' first connections wait on. If another connection started the hub
         // meanwhile, this store is dropped unused.
         let store = Store::open(&self.config.db_path).map_err(std::io::Error::other)?;
+        // The WAL checkpoint runs on the compactor's connection, off every hub.
+        store
+            .leave_checkpoints_to_others()
+            .map_err(std::io::Error::other)?;
         let mut running = self.running();
         if let Some(hub) = running.get(tenant)
             && !hub.inputs.is_closed()
@@ -432,7 +436,6 @@ impl Hubs {
         self.gauge.for_connection()
     }
 
-    /// Asks every hub to finish its batch and stop, and waits for them.
     /// The turns at SQLite's write lock, for other writers of the server (the
     /// compactor) to queue with the hubs instead of meeting them in SQLite's busy
     /// wait.
@@ -440,6 +443,7 @@ impl Hubs {
         self.turns.clone()
     }
 
+    /// Asks every hub to finish its batch and stop, and waits for them.
     pub(crate) fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);

@@ -257,6 +257,7 @@ pub struct Server {
     rotation: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
     compactor: tokio::task::JoinHandle<()>,
+    checkpointer: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -370,6 +371,9 @@ impl Server {
             Store::open(&config.data_dir.join(DB_FILE))?,
             hubs.turns(),
         ));
+        let checkpointer = tokio::spawn(compactor::checkpoint_log(Store::open(
+            &config.data_dir.join(DB_FILE),
+        )?));
         let attach_gate = Arc::new(recordings::AttachGate::default());
         let sweeper = tokio::spawn(recordings::sweep_deletions(
             Store::open(&config.data_dir.join(DB_FILE))?,
@@ -443,6 +447,7 @@ impl Server {
             rotation,
             sweeper,
             compactor,
+            checkpointer,
         })
     }
 
@@ -477,6 +482,7 @@ impl Server {
         self.rotation.abort();
         self.sweeper.abort();
         self.compactor.abort();
+        self.checkpointer.abort();
         let hubs = self.hubs.clone();
         let _ = tokio::task::spawn_blocking(move || hubs.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;

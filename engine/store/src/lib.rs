@@ -218,6 +218,17 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// What one [`Store::checkpoint`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpointed {
+    /// Every page of the log is in the database now.
+    pub complete: bool,
+    /// Pages in the log.
+    pub log_pages: u64,
+    /// Of them, pages in the database now.
+    pub copied_pages: u64,
+}
+
 /// Why a store operation failed. A failed write changes nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -525,6 +536,31 @@ impl Store {
         }
         migrate(&mut conn)?;
         Ok(Self { conn })
+    }
+
+    /// Leaves checkpointing the write-ahead log to another connection
+    /// ([`Self::checkpoint`]): SQLite's default copies the log into the database
+    /// inside whichever commit finds it past 1,000 pages, and the server's hubs,
+    /// whose commits every device of a tenant waits on, should not be the one.
+    pub fn leave_checkpoints_to_others(&self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies what the write-ahead log holds into the database as far as no
+    /// reader still needs it (SQLite's passive checkpoint: it waits on no one and
+    /// no writer waits on it), so the next writer can start the log again.
+    pub fn checkpoint(&self) -> Result<Checkpointed, StoreError> {
+        let (busy, log_pages, copied_pages): (i64, i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+        Ok(Checkpointed {
+            complete: busy == 0 && log_pages == copied_pages,
+            log_pages: log_pages.max(0) as u64,
+            copied_pages: copied_pages.max(0) as u64,
+        })
     }
 
     /// A number that changes whenever another connection (another process)

@@ -805,3 +805,45 @@ fn a_document_that_does_not_load_is_named_and_left_while_the_others_upgrade() {
     let loaded = store.load(&tenant(), &customer_id(), actor()).unwrap();
     assert_eq!(loaded.doc.schema().unwrap(), 2);
 }
+
+#[test]
+fn a_writer_that_leaves_checkpoints_to_others_grows_the_log_until_another_connection_checkpoints() {
+    let (dir, mut store) = new_store();
+    let path = dir.path().join("callsync.sqlite");
+    store.leave_checkpoints_to_others().unwrap();
+    let wal = dir.path().join("callsync.sqlite-wal");
+    let mut i = 0;
+    // Past SQLite's default threshold of 1,000 pages, where a commit of its own
+    // would have copied the log into the database and started it again.
+    while std::fs::metadata(&wal).unwrap().len() < 1_100 * 4_096 {
+        let call = format!("call-{i}");
+        record_appending(&mut store, request(&call, i * 120_000));
+        record_appending(&mut store, cancel(&call, i * 120_000 + 1_000));
+        i += 1;
+        assert!(i < 2_000, "the log never grew past 1,100 pages");
+    }
+    let before = heads_and_customer(&store);
+
+    let checkpointer = Store::open(&path).unwrap();
+    let done = checkpointer.checkpoint().unwrap();
+    assert!(done.complete, "{done:?}");
+    assert!(done.log_pages > 1_000, "{done:?}");
+    assert_eq!(done.copied_pages, done.log_pages);
+
+    // The next commit starts the log again from its beginning.
+    record_appending(&mut store, request("call-after", 0));
+    let again = checkpointer.checkpoint().unwrap();
+    assert!(again.complete);
+    assert!(again.log_pages < 100, "the log started again: {again:?}");
+    drop((store, checkpointer));
+    let reopened = Store::open(&path).unwrap();
+    let (heads, customer) = heads_and_customer(&reopened);
+    assert_ne!(heads, before.0, "the last save is there");
+    assert!(
+        customer
+            .calls
+            .iter()
+            .any(|c| c.call.as_str() == "call-after")
+    );
+    assert!(customer.calls.len() > before.1.calls.len());
+}
