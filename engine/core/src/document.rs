@@ -333,12 +333,14 @@ impl CustomerDoc {
         message: automerge::sync::Message,
     ) -> Result<crate::sync_receive::Received, automerge::AutomergeError> {
         let before = sorted_heads(&mut self.doc);
-        // The buckets, read now at the current heads: admission needs them as
-        // they were before the message's changes, and reading them afterwards
-        // at old heads costs Automerge a clock per key (a fifth of a freshly
-        // loaded document's admission). A malformed document is left for
-        // admission to name.
-        let _ = self.buckets();
+        // The buckets, read now at the current heads when changes arrive:
+        // admission needs them as they were before the message's changes, and
+        // reading them afterwards at old heads costs Automerge a clock per key (a
+        // fifth of a freshly loaded document's admission). A malformed document
+        // is left for admission to name.
+        if !message.changes.is_empty() {
+            let _ = self.buckets();
+        }
         let received = crate::sync_receive::receive_sync_message(&mut self.doc, state, message);
         if sorted_heads(&mut self.doc) != before {
             // As `automerge_mut`: what was kept matched `before`, if anything.
