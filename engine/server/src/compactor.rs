@@ -36,36 +36,21 @@ pub(crate) async fn compact_documents(store: Store, turns: Arc<WriteTurns>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let listed = store.clone();
-        let due = tokio::task::spawn_blocking(move || {
-            listed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .compaction_due(PER_PASS)
-        })
-        .await;
-        let due = match due {
-            Ok(Ok(due)) => due,
-            Ok(Err(e)) => {
+        let due = match on_store(&store, |s| s.compaction_due(PER_PASS)).await {
+            Some(Ok(due)) => due,
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "could not list documents to compact; trying again");
                 continue;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "compaction task failed; trying again");
-                continue;
-            }
+            None => continue,
         };
         for (tenant, customer) in due {
-            let (store, turns) = (store.clone(), turns.clone());
+            let turns = turns.clone();
             let began = std::time::Instant::now();
-            let one = tokio::task::spawn_blocking(move || {
-                let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
-                compact_one(&mut store, &tenant, &customer, &|| Box::new(turns.take()))
+            on_store(&store, move |s| {
+                compact_one(s, &tenant, &customer, &|| Box::new(turns.take()))
             })
             .await;
-            if let Err(e) = one {
-                tracing::warn!(error = %e, "compaction task failed; trying again");
-            }
             tokio::time::sleep(began.elapsed()).await;
         }
     }
@@ -85,20 +70,29 @@ pub(crate) async fn checkpoint_log(store: Store) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let store = store.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            store
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .checkpoint()
-        })
-        .await;
-        match done {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not checkpoint the database log; trying again")
-            }
-            Err(e) => tracing::warn!(error = %e, "checkpoint task failed; trying again"),
+        if let Some(Err(e)) = on_store(&store, |s| s.checkpoint()).await {
+            tracing::warn!(error = %e, "could not checkpoint the database log; trying again");
+        }
+    }
+}
+
+/// Runs `work` with the store on a blocking thread (SQLite and Automerge block).
+/// A task that died (a panic) is logged and answered `None`: the caller tries
+/// again on its next tick.
+async fn on_store<T: Send + 'static>(
+    store: &Arc<Mutex<Store>>,
+    work: impl FnOnce(&mut Store) -> T + Send + 'static,
+) -> Option<T> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || {
+        work(&mut store.lock().unwrap_or_else(PoisonError::into_inner))
+    })
+    .await
+    {
+        Ok(done) => Some(done),
+        Err(e) => {
+            tracing::warn!(error = %e, "store upkeep task failed; trying again");
+            None
         }
     }
 }
