@@ -5,10 +5,11 @@
 //! A phone holds a customer with CALLS finished calls (each requested, started,
 //! ended on both sides and given a result: five events) plus CHANGES calls
 //! requested for it; each change is the phone starting the next of those, sent as
-//! one sync message. Timed per change: the hub's `handle` and `finish` (admission,
-//! save, fan-out, sync states: the session's CPU), and the commit (SQLite with
-//! `synchronous=FULL`, so mostly the disk's fsync). The phone applies the hub's
-//! answer between changes, untimed.
+//! one sync message. Timed per change: the hub's batch (the input and the end of
+//! the batch: admission, save, fan-out, sync states: the session's CPU) less
+//! the commit inside it, and the commit apart (SQLite with `synchronous=FULL`,
+//! so mostly the disk's fsync; [`WriteTx::commit_took`]). The phone applies the
+//! hub's answer between changes, untimed.
 //!
 //! The first change after the hub loaded the document also pays the document's
 //! first full read; it is timed apart (`first_change_after_load_ms`) and left out
@@ -16,8 +17,9 @@
 //!
 //! For a stable figure on a noisy machine, count instructions:
 //! `valgrind --tool=callgrind --toggle-collect='*measured_change*'
-//! target/release/hub 100 31` counts only inside [`measured_change`] (one change's
-//! `handle` + `finish`, the commit excluded); divide by CHANGES − 1.
+//! --toggle-collect='*commit_in_place*' target/release/hub 100 31` counts only
+//! inside [`measured_change`] (one change's batch), less the commit (the second
+//! toggle turns counting off inside it); divide by CHANGES − 1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use callsync_core::{
 };
 use callsync_server::{DB_FILE, init_owner};
 use callsync_session::Authenticated;
-use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings};
+use callsync_session::hub::{HubEvent, HubInput, HubOutput, HubSession, HubSettings, Room};
 use callsync_session::rules::{ResultRules, Verified};
 use callsync_store::{MemberRecord, NewSession, Store, StoredDoc, WriteTx};
 use serde_json::json;
@@ -82,32 +84,50 @@ fn event(id: String, call: &CallId, stamp: Stamp, kind: EventKind) -> CallEvent 
     }
 }
 
-/// One change through the hub: `handle` and `finish`, not the commit.
+/// One change through the hub: one batch, its commit included.
 #[inline(never)]
 fn measured_change(
     hub: &mut HubSession<StoredDoc>,
     tx: &mut WriteTx<'_>,
     message: Message,
-    batch: &mut Batch<'_>,
-) {
-    change(hub, tx, message, batch);
+) -> HubOutput {
+    let output = change(hub, tx, message);
     // Not a tail call, so callgrind's `--toggle-collect` sees this return.
-    std::hint::black_box(());
+    std::hint::black_box(output)
 }
 
-/// A change: `handle` and `finish`. The first change after the hub loaded the
-/// document calls this directly (it also pays the document's first full read,
-/// and is timed apart); the others go through [`measured_change`].
-fn change(
+/// A change: one batch of one input, committed. The first change after the hub
+/// loaded the document calls this directly (it also pays the document's first
+/// full read, and is timed apart); the others go through [`measured_change`].
+fn change(hub: &mut HubSession<StoredDoc>, tx: &mut WriteTx<'_>, message: Message) -> HubOutput {
+    batch(hub, tx, vec![HubInput::Received { conn: 1, message }])
+}
+
+/// One batch of `inputs`, committed; re-checks it asks for are run and their
+/// verdicts handled in a batch of their own, as the server's verifier does.
+fn batch(
     hub: &mut HubSession<StoredDoc>,
     tx: &mut WriteTx<'_>,
-    message: Message,
-    batch: &mut Batch<'_>,
-) {
+    inputs: Vec<HubInput>,
+) -> HubOutput {
     let at = now();
-    hub.handle(at, tx, HubInput::Received { conn: 1, message }, batch)
-        .unwrap();
-    hub.finish(at, tx, batch).unwrap();
+    let room = |_| Room::UNLIMITED;
+    let mut verified = Vec::new();
+    for input in inputs {
+        let output = hub.handle_event(at, tx, &room, HubEvent::Input(input));
+        assert!(output.failed.is_none(), "{:?}", output.failed);
+        verified.extend(output.verifications.iter().map(|v| HubInput::Verified {
+            ticket: v.ticket,
+            verdict: v.run(),
+        }));
+    }
+    let output = hub.handle_event(at, tx, &room, HubEvent::EndOfBatch);
+    assert!(output.failed.is_none(), "{:?}", output.failed);
+    assert!(
+        verified.is_empty(),
+        "the bench's changes save no result, so nothing waits for a re-check"
+    );
+    output
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -255,12 +275,8 @@ fn main() {
     let mut replica = CustomerDoc::load(&bytes, phone_actor).unwrap();
     let mut state = sync::State::new();
     let run = |hub: &mut HubSession<StoredDoc>, store: &mut Store, input: HubInput| {
-        let mut batch = Batch::default();
         let mut tx = store.write().unwrap();
-        hub.handle(now(), &mut tx, input, &mut batch).unwrap();
-        hub.finish(now(), &mut tx, &mut batch).unwrap();
-        tx.commit().unwrap();
-        hub.committed(batch).sends
+        batch(hub, &mut tx, vec![input]).sends
     };
     let apply = |replica: &mut CustomerDoc, state: &mut sync::State, sends: Vec<(u64, Message)>| {
         let mut replies = Vec::new();
@@ -332,24 +348,23 @@ fn main() {
             document_id: customer.clone(),
             data: message.encode(),
         };
-        let mut batch = Batch::default();
         let mut tx = store.write().unwrap();
         let started = Instant::now();
-        if k == 0 {
-            change(&mut hub, &mut tx, message, &mut batch);
+        let output = if k == 0 {
+            change(&mut hub, &mut tx, message)
         } else {
-            measured_change(&mut hub, &mut tx, message, &mut batch);
-        }
-        let handled = started.elapsed();
-        tx.commit().unwrap();
-        let committed = started.elapsed() - handled;
+            measured_change(&mut hub, &mut tx, message)
+        };
+        let committed = tx.commit_took().unwrap();
+        let handled = started.elapsed() - committed;
+        drop(tx);
         if k == 0 {
             first_ms = handled.as_secs_f64() * 1e3;
         } else {
             session_ms.push(handled.as_secs_f64() * 1e3);
             commit_ms.push(committed.as_secs_f64() * 1e3);
         }
-        let sends = hub.committed(batch).sends;
+        let sends = output.sends;
         assert!(
             !sends
                 .iter()

@@ -25,7 +25,8 @@ use callsync_core::TenantId;
 use callsync_core::tenant_config::TenantConfigDoc;
 use callsync_core::wire::{self, Cursor, ErrorBody, Refusal};
 use callsync_session::hub::{
-    Batch, HubInput, HubSession, HubSettings, RecordingAsk, RecordingVerdict, Room,
+    HubEvent, HubInput, HubOutput, HubSession, HubSettings, RecordingAsk, RecordingVerdict, Room,
+    Verdict, Verification,
 };
 use callsync_session::rules::ResultRules;
 use callsync_session::{Authenticated, ConnId};
@@ -354,6 +355,7 @@ impl Hubs {
         // Thread start-up happens under the lock, so two first connections of a
         // tenant cannot start two hubs.
         let (inputs, receiver) = mpsc::channel(INPUT_QUEUE);
+        let verifier = Verifier::start(tenant, inputs.downgrade())?;
         let session = HubSession::new(
             tenant.clone(),
             self.config.settings.clone(),
@@ -367,6 +369,7 @@ impl Hubs {
             turns: self.turns.clone(),
             recording_answers: HashMap::new(),
             next_ticket: 0,
+            verifier,
         };
         let thread = std::thread::Builder::new()
             .name(format!("hub-{tenant}"))
@@ -470,6 +473,58 @@ struct Driver {
     /// Where each recording question's answer goes, by ticket.
     recording_answers: HashMap<u64, RecordingReply>,
     next_ticket: u64,
+    /// Runs the session's plugin re-checks off this thread.
+    verifier: Verifier,
+}
+
+/// Runs one hub's plugin re-checks ([`Verification`]s) on a thread of its own,
+/// one at a time, off the hub and off SQLite's write turn, and hands each
+/// verdict back to the hub as an input. One thread per tenant: a tenant's slow
+/// plugin delays only its own results (its plugin time is budgeted as well).
+struct Verifier {
+    work: std::sync::mpsc::Sender<Verification>,
+}
+
+impl Verifier {
+    /// Starts the thread; it ends when the hub's driver drops the verifier, or
+    /// when the hub is gone.
+    fn start(tenant: &TenantId, hub: mpsc::WeakSender<DriverInput>) -> std::io::Result<Self> {
+        let (work, jobs) = std::sync::mpsc::channel::<Verification>();
+        std::thread::Builder::new()
+            .name(format!("verify-{tenant}"))
+            .spawn(move || {
+                for job in jobs {
+                    let ticket = job.ticket;
+                    // A plugin host bug is this message's problem alone: the
+                    // device is asked to send it again later.
+                    let verdict =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()))
+                            .unwrap_or_else(|_| {
+                                tracing::error!(ticket, "a plugin re-check panicked");
+                                Verdict::Busy
+                            });
+                    let Some(hub) = hub.upgrade() else {
+                        break;
+                    };
+                    let verified = DriverInput::Session(HubInput::Verified { ticket, verdict });
+                    if hub.blocking_send(verified).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self { work })
+    }
+
+    /// Queues the re-checks.
+    fn run(&self, verifications: Vec<Verification>) {
+        for job in verifications {
+            if self.work.send(job).is_err() {
+                // Only if the thread died: the held message then waits until its
+                // connection closes, and the device sends it again.
+                tracing::error!("the plugin re-check thread is gone");
+            }
+        }
+    }
 }
 
 type RecordingReply = tokio::sync::oneshot::Sender<Result<RecordingVerdict, ErrorBody>>;
@@ -530,116 +585,106 @@ impl Driver {
                 .get(&conn)
                 .map_or(Room::NONE, Outbox::room)
         };
-        let mut batch = Batch::with_room(&room);
         let mut stop = false;
-        let answers = &mut self.recording_answers;
-        let next_ticket = &mut self.next_ticket;
-        let mut tickets = Vec::new();
-        let session = &mut self.session;
         let turns = self.turns.clone();
         let now = clock::now();
         let started = std::time::Instant::now();
-        let result = (|| -> Result<(), String> {
-            // The turn at SQLite's write lock (shared by every tenant's hub) is
-            // taken only when the batch first writes: a batch that only reads
-            // (lists, dashboards, recalls, syncs with nothing new) or waits on
-            // Automerge holds up no other tenant.
-            let mut tx = self
-                .store
-                .write_when_needed(move || Box::new(turns.take()) as Box<dyn callsync_store::Held>);
-            let mut next = first;
-            let mut taken = 0;
-            loop {
-                let input = match next.take() {
-                    Some(input) => input,
-                    None if taken < MAX_BATCH && started.elapsed() < BATCH_BUDGET => {
-                        match inputs.try_recv() {
-                            Ok(input) => input,
-                            Err(_) => break,
-                        }
+        // The turn at SQLite's write lock (shared by every tenant's hub) is taken
+        // only when the batch first writes: a batch that only reads (lists,
+        // dashboards, recalls, syncs with nothing new) or waits on Automerge
+        // holds up no other tenant. The session commits at the batch's end.
+        let mut tx = self
+            .store
+            .write_when_needed(move || Box::new(turns.take()) as Box<dyn callsync_store::Held>);
+        let mut next = first;
+        let mut taken = 0;
+        loop {
+            let input = match next.take() {
+                Some(input) => input,
+                None if taken < MAX_BATCH && started.elapsed() < BATCH_BUDGET => {
+                    match inputs.try_recv() {
+                        Ok(input) => input,
+                        Err(_) => break,
                     }
-                    None => break,
-                };
-                taken += 1;
-                let input = match input {
-                    DriverInput::Open {
+                }
+                None => break,
+            };
+            taken += 1;
+            let input = match input {
+                DriverInput::Open {
+                    conn,
+                    member,
+                    cursor,
+                    out,
+                } => {
+                    outboxes.borrow_mut().insert(conn, out);
+                    HubInput::Open {
                         conn,
                         member,
                         cursor,
-                        out,
-                    } => {
-                        outboxes.borrow_mut().insert(conn, out);
-                        HubInput::Open {
-                            conn,
-                            member,
-                            cursor,
-                        }
                     }
-                    DriverInput::Session(input) => input,
-                    DriverInput::Recording { conn, ask, reply } => {
-                        *next_ticket += 1;
-                        answers.insert(*next_ticket, reply);
-                        tickets.push(*next_ticket);
-                        HubInput::Recording {
-                            conn,
-                            ticket: *next_ticket,
-                            ask,
-                        }
-                    }
-                    DriverInput::Shutdown => {
-                        stop = true;
-                        break;
-                    }
-                    #[cfg(test)]
-                    DriverInput::Crash => panic!("a hub crash, as a test asked"),
-                };
-                let closed = match &input {
-                    HubInput::Closed { conn } => Some(*conn),
-                    _ => None,
-                };
-                session
-                    .handle(now, &mut tx, input, &mut batch)
-                    .map_err(|e| e.to_string())?;
-                if let Some(conn) = closed {
-                    outboxes.borrow_mut().remove(&conn);
                 }
+                DriverInput::Session(input) => input,
+                DriverInput::Recording { conn, ask, reply } => {
+                    self.next_ticket += 1;
+                    self.recording_answers.insert(self.next_ticket, reply);
+                    HubInput::Recording {
+                        conn,
+                        ticket: self.next_ticket,
+                        ask,
+                    }
+                }
+                DriverInput::Shutdown => {
+                    stop = true;
+                    break;
+                }
+                #[cfg(test)]
+                DriverInput::Crash => panic!("a hub crash, as a test asked"),
+            };
+            let closed = match &input {
+                HubInput::Closed { conn } => Some(*conn),
+                _ => None,
+            };
+            let output = self
+                .session
+                .handle_event(now, &mut tx, &room, HubEvent::Input(input));
+            // Started now, while the batch goes on: nothing of a held message
+            // leaves before its verdict.
+            self.verifier.run(output.verifications);
+            if let Some(conn) = closed {
+                outboxes.borrow_mut().remove(&conn);
             }
-            session
-                .finish(now, &mut tx, &mut batch)
-                .map_err(|e| e.to_string())?;
-            tx.commit().map_err(|e| e.to_string())
-        })();
-        match result {
-            Ok(()) => {
-                let mut released = self.session.committed(batch);
-                for (ticket, answer) in std::mem::take(&mut released.recordings) {
-                    if let Some(reply) = self.recording_answers.remove(&ticket) {
-                        let _ = reply.send(answer);
-                    }
-                }
-                if released.config_changed {
-                    self.configs.forget(self.session.tenant());
-                }
-                self.flush(released);
-            }
-            Err(e) => {
-                tracing::error!(tenant = %self.session.tenant(), error = %e, "hub batch failed; nothing of it was acknowledged");
-                for ticket in &tickets {
-                    // Dropped: the stream that asked hears that nothing was written.
-                    self.recording_answers.remove(ticket);
-                }
-                for (conn, body) in self.session.abandoned(batch) {
-                    if let Some(out) = self.outboxes.borrow_mut().remove(&conn) {
-                        out.close(body);
-                    }
-                }
+            if output.end_batch {
+                break;
             }
         }
+        let output = self
+            .session
+            .handle_event(now, &mut tx, &room, HubEvent::EndOfBatch);
+        // Rolls back what a failed batch wrote; lets go of the write turn.
+        drop(tx);
+        self.release(output);
         stop
     }
 
+    /// Carries out what the end of a batch released: recording answers, the
+    /// configuration copy to forget, re-checks to start, then the messages and
+    /// closes.
+    fn release(&mut self, mut output: HubOutput) {
+        for (ticket, answer) in std::mem::take(&mut output.recordings) {
+            if let Some(reply) = self.recording_answers.remove(&ticket) {
+                let _ = reply.send(answer);
+            }
+        }
+        if output.config_changed {
+            self.configs.forget(self.session.tenant());
+        }
+        self.verifier.run(std::mem::take(&mut output.verifications));
+        self.flush(output);
+    }
+
     /// Hands a committed batch's messages to the connection writers.
-    fn flush(&mut self, released: callsync_session::hub::Released) {
+    fn flush(&mut self, released: HubOutput) {
         let mut outboxes = self.outboxes.borrow_mut();
         let mut slow = Vec::new();
         for (conn, message) in released.sends {

@@ -20,27 +20,47 @@
 //! plugin re-checks), `recordings` (upload status and recording questions) and
 //! `cache` (documents in memory).
 //!
-//! # Call order
+//! # One entry point
 //!
-//! The hub works in batches. For each batch the driver:
+//! Everything reaches the hub as a [`HubEvent`] through
+//! [`HubSession::handle_event`], and everything it wants done comes back as one
+//! [`HubOutput`]. The hub works in batches; for each batch the driver:
 //!
 //! 1. opens a write transaction, as a [`HubStore`] (one that begins when it
-//!    first writes suits: reads and Automerge's work then hold no lock), and a
-//!    [`Batch::with_room`] saying how much each connection's outgoing queue can
-//!    still take, in frames and bytes (the hub generates a sync only into room;
-//!    one that cannot go waits and is generated later, once);
-//! 2. calls [`HubSession::handle`] for each input, in arrival order, with the
-//!    time it reads once for the batch;
-//! 3. calls [`HubSession::finish`] once (waiting syncs that now fit, catch-up
-//!    slices, due expiries, sync states saved);
-//! 4. commits the transaction, then hands the batch to
-//!    [`HubSession::committed`] and sends what it returns, in order. If any step
-//!    failed (a [`StorageError`] from 2 or 3, or the commit), it hands the batch
-//!    to [`HubSession::abandoned`] instead and closes the connections it names.
+//!    first writes suits: reads and Automerge's work then hold no lock);
+//! 2. hands it each input as [`HubEvent::Input`], in arrival order, with the time
+//!    it reads once for the batch and how much each connection's outgoing queue
+//!    can still take, in frames and bytes (the hub generates a sync only into
+//!    room; one that cannot go waits and is generated later, once). The output
+//!    of an input only ever asks for plugin re-checks ([`Verification`]), to run
+//!    at once off the hub, or to end the batch early (`end_batch`: a storage
+//!    failure lost it);
+//! 3. ends the batch with [`HubEvent::EndOfBatch`]: the hub does its own work
+//!    (waiting syncs that now fit, catch-up slices, due expiries, sync states
+//!    saved) and commits the transaction through the store
+//!    ([`HubStore::commit`]); the output is what the committed batch releases,
+//!    to send in order, or, if the batch was lost, the connections to drop
+//!    (the driver then drops the transaction, which rolls it back).
 //!
-//! The durability rule follows: no message reflecting a change leaves before the
-//! transaction holding that change is committed, so a device never hears of a
-//! change (its own included) that a crash could take back.
+//! The durability rule lives here, not in the driver: no message reflecting a
+//! change leaves before the transaction holding that change is committed, so a
+//! device never hears of a change (its own included) that a crash could take
+//! back.
+//!
+//! # Plugin re-checks are effects
+//!
+//! A device's changes that save a result are admitted only if each decision
+//! holds when re-run with the rule set it names, in WebAssembly: milliseconds of
+//! work, which must not run inside the SQLite write turn every tenant shares.
+//! The hub therefore holds such a message (the document with it applied, out
+//! of the cache, and the device's sync state), asks for a [`Verification`] and
+//! goes on with other work. Nothing of a held message is saved or forwarded;
+//! the device's later messages for that document wait behind it. The verdict
+//! comes back as [`HubInput::Verified`] in a later batch: the held document is
+//! saved and fanned out as if it had never left (or, if the document was read
+//! from storage meanwhile, the message is applied again to what is current,
+//! its results already checked), or the message is refused (see the
+//! `verification` module).
 //!
 //! [`HubSession::next_wake`] is a pure getter: when the driver should run a batch
 //! with no input (catch-up to continue, an expiry due), or `None` to wait for
@@ -67,12 +87,16 @@ mod expiry;
 mod join;
 mod recordings;
 mod requests;
+mod verification;
 
+use batching::{Batch, Effects};
 use cache::DocCache;
 use document_sync::{Allowance, PendingSync, SyncTarget, asks_for_everything};
+use verification::{Held, RuleSource};
 
-pub use batching::{Batch, Released, Room};
+pub use batching::{HubOutput, Room};
 pub use requests::unpaged_customers;
+pub use verification::{MAX_HELD_MESSAGES, MAX_WAITING_BEHIND_HELD, Verdict, Verification};
 
 pub use config::install_needs_admin;
 pub use recordings::{RecordingAsk, RecordingVerdict, UPLOAD_STATUS_GAP_MS};
@@ -94,6 +118,17 @@ pub struct HubSettings {
     pub server_actor: ActorId,
     /// The store's epoch: a cursor from another epoch is ignored.
     pub epoch: String,
+}
+
+/// What happens to a hub: the one input of [`HubSession::handle_event`].
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Moved in once per event and taken apart at once.
+pub enum HubEvent {
+    /// One input of the batch, in arrival order.
+    Input(HubInput),
+    /// The batch's inputs are all in: the hub does its own work, commits the
+    /// batch through the store and releases what it holds.
+    EndOfBatch,
 }
 
 /// What the hub is told.
@@ -155,6 +190,13 @@ pub enum HubInput {
         ticket: u64,
         /// What is asked.
         ask: RecordingAsk,
+    },
+    /// The verdict of a [`Verification`] the hub asked for.
+    Verified {
+        /// The verification's ticket.
+        ticket: u64,
+        /// Whether the held message's decisions hold.
+        verdict: Verdict,
     },
 }
 
@@ -255,6 +297,17 @@ pub struct HubSession<D> {
     resends: HashMap<(DeviceId, SyncTarget), Allowance>,
     /// What each connected phone said last of the recordings it holds.
     phone_uploads: HashMap<DeviceId, recordings::PhoneUploads>,
+    /// The batch's effects so far.
+    effects: Effects,
+    /// What a plugin re-check reads, shared with the verifications in flight
+    /// (made again when the configuration changes).
+    rule_source: Option<Arc<RuleSource>>,
+    /// Device messages waiting for their verdict, by ticket.
+    held: HashMap<u64, Held<D>>,
+    /// The ticket held for each connection and document.
+    holding: HashMap<(ConnId, CustomerId), u64>,
+    /// The last ticket given out.
+    last_ticket: u64,
 }
 
 impl<D: LoadedDoc> HubSession<D> {
@@ -281,6 +334,11 @@ impl<D: LoadedDoc> HubSession<D> {
             pending_wake: None,
             resends: HashMap::new(),
             phone_uploads: HashMap::new(),
+            effects: Effects::default(),
+            rule_source: None,
+            held: HashMap::new(),
+            holding: HashMap::new(),
+            last_ticket: 0,
         }
     }
 
@@ -314,15 +372,55 @@ impl<D: LoadedDoc> HubSession<D> {
         later.into_iter().flatten().min()
     }
 
-    /// Handles one input of the batch (call order: see the module).
-    pub fn handle<S: HubStore<Doc = D>>(
+    /// Handles one event of a batch at `now`, with the room each connection's
+    /// outgoing queue has as `room` reports it, and says what the driver is to
+    /// do (call order: see the module).
+    pub fn handle_event<S: HubStore<Doc = D>>(
         &mut self,
         now: Timestamp,
+        store: &mut S,
+        room: &dyn Fn(ConnId) -> Room,
+        event: HubEvent,
+    ) -> HubOutput {
+        self.now = now;
+        let mut batch = Batch::new(std::mem::take(&mut self.effects), room);
+        match event {
+            HubEvent::Input(input) => {
+                if let Err(e) = self.input(store, input, &mut batch)
+                    && batch.failure.is_none()
+                {
+                    batch.failure = Some(e);
+                }
+                let output = HubOutput {
+                    verifications: std::mem::take(&mut batch.verifications),
+                    end_batch: batch.failure.is_some(),
+                    ..HubOutput::default()
+                };
+                self.effects = batch.effects;
+                output
+            }
+            HubEvent::EndOfBatch => {
+                if batch.failure.is_none()
+                    && let Err(e) = self.finish(store, &mut batch).and_then(|()| store.commit())
+                {
+                    batch.failure = Some(e);
+                }
+                let mut effects = batch.effects;
+                match effects.failure.take() {
+                    None => self.committed(effects),
+                    Some(failure) => self.abandoned(effects, failure),
+                }
+            }
+        }
+    }
+
+    fn input<S: HubStore<Doc = D>>(
+        &mut self,
         store: &mut S,
         input: HubInput,
         batch: &mut Batch<'_>,
     ) -> Result<(), StorageError> {
-        self.now = now;
+        let now = self.now;
         match input {
             HubInput::Open {
                 conn,
@@ -346,7 +444,7 @@ impl<D: LoadedDoc> HubSession<D> {
                 match message {
                     Message::Sync { document_id, data }
                     | Message::Request { document_id, data } => {
-                        self.sync(store, batch, conn, document_id, &data)
+                        self.sync(store, batch, conn, document_id, data, &[])
                     }
                     Message::ConfigSync { data } => self.config_sync(store, batch, conn, &data),
                     Message::Rpc { id, call } => {
@@ -367,6 +465,9 @@ impl<D: LoadedDoc> HubSession<D> {
                 }
             }
             HubInput::Closed { conn } => {
+                // What it sent that waits for a verdict was never acknowledged:
+                // the device sends it again when it reconnects.
+                self.forget_held_of(conn);
                 self.save_conn_states(store, conn)?;
                 if let Some(c) = self.remove_conn(conn) {
                     let still_online = self.by_device.contains_key(&c.member.device);
@@ -402,21 +503,20 @@ impl<D: LoadedDoc> HubSession<D> {
                 Ok(())
             }
             HubInput::Recording { conn, ticket, ask } => {
+                batch.recording_tickets.push(ticket);
                 self.recording(store, batch, conn, ticket, ask)
             }
+            HubInput::Verified { ticket, verdict } => self.verified(store, batch, ticket, verdict),
         }
     }
 
-    /// Ends the batch's work: the next catch-up slice (to connections with at least
-    /// the room `room` reports in their outgoing queue), due expiries, and the
-    /// sync states the batch changed (call order: see the module).
-    pub fn finish<S: HubStore<Doc = D>>(
+    /// Ends the batch's work: waiting syncs that now fit, the next catch-up
+    /// slice, due expiries, and the sync states the batch changed.
+    fn finish<S: HubStore<Doc = D>>(
         &mut self,
-        now: Timestamp,
         store: &mut S,
         batch: &mut Batch<'_>,
     ) -> Result<(), StorageError> {
-        self.now = now;
         self.send_pending(store, batch)?;
         self.advance_catch_up(store, batch)?;
         self.expire_due(store, batch)?;

@@ -58,11 +58,15 @@ pub trait LoadedDoc {
 }
 
 /// One batch's view of the server's storage: every read sees the batch's own
-/// writes, and nothing is durable until the driver commits.
+/// writes, and nothing is durable until the hub commits at the batch's end.
 pub trait HubStore {
     /// A loaded document.
     type Doc: LoadedDoc;
 
+    /// Makes the batch's writes durable, at its end: from here on they are
+    /// acknowledged. Nothing is written after it. A failure leaves nothing
+    /// written (the driver drops the transaction, which rolls it back).
+    fn commit(&mut self) -> Result<(), StorageError>;
     /// Loads a customer's document; changes made to it are written by `actor`.
     fn load(
         &mut self,

@@ -59,6 +59,11 @@ impl LoadedDoc for StoredDoc {
 impl HubStore for WriteTx<'_> {
     type Doc = StoredDoc;
 
+    fn commit(&mut self) -> Result<(), StorageError> {
+        self.commit_in_place()?;
+        Ok(())
+    }
+
     fn load(
         &mut self,
         tenant: &TenantId,

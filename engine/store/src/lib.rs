@@ -586,6 +586,7 @@ impl Store {
             finished: false,
             before_write: None,
             held: None,
+            commit_took: None,
         };
         tx.writer()?;
         Ok(tx)
@@ -606,6 +607,7 @@ impl Store {
             finished: false,
             before_write: Some(Box::new(before_write)),
             held: None,
+            commit_took: None,
         }
     }
 
@@ -1123,6 +1125,8 @@ pub struct WriteTx<'a> {
     finished: bool,
     before_write: Option<Box<dyn FnOnce() -> Box<dyn Held + 'a> + 'a>>,
     held: Option<Box<dyn Held + 'a>>,
+    /// How long the commit took, once it has run.
+    commit_took: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for WriteTx<'_> {
@@ -1145,6 +1149,13 @@ impl WriteTx<'_> {
     /// The connection to write through, beginning the transaction first if it
     /// has not begun.
     fn writer(&mut self) -> Result<&Connection, StoreError> {
+        if self.finished {
+            // Outside the transaction every statement would commit on its own.
+            return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+                Some("a write after its transaction committed".to_owned()),
+            )));
+        }
         if !self.begun {
             if let Some(before_write) = self.before_write.take() {
                 self.held = Some(before_write());
@@ -1470,11 +1481,30 @@ impl WriteTx<'_> {
     /// Commits: from here on, the write is acknowledged and durable (a write
     /// that never began has nothing to commit).
     pub fn commit(mut self) -> Result<(), StoreError> {
+        self.commit_in_place()
+    }
+
+    /// Commits, keeping the value (for a caller that holds it by reference):
+    /// the turn at the write lock is let go, and any later write is refused.
+    pub(crate) fn commit_in_place(&mut self) -> Result<(), StoreError> {
+        if self.finished {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
         if self.begun {
             self.conn.execute_batch("COMMIT")?;
         }
+        self.commit_took = Some(started.elapsed());
         self.finished = true;
+        self.held = None;
         Ok(())
+    }
+
+    /// How long the commit took (SQLite's `COMMIT`, with its fsync), once it
+    /// has run: for benches and metrics that tell the session's work from the
+    /// disk's.
+    pub fn commit_took(&self) -> Option<std::time::Duration> {
+        self.commit_took
     }
 }
 

@@ -41,7 +41,7 @@ use callsync_session::device::{
     DeviceFailure, DeviceInput, DeviceSession, DeviceSettings, Identity, Phase as LinkPhase,
     ServerClock, StopReason, Unsent,
 };
-use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings};
+use callsync_session::hub::{HubEvent, HubInput, HubSession, HubSettings, Room};
 use callsync_session::rules::{PluginAllowance, ResultRules, Verified};
 use callsync_session::{Authenticated, ConnId};
 
@@ -147,6 +147,8 @@ const SERVER_ACTOR: &[u8] = b"server";
 #[derive(Default)]
 struct SimRules {
     cost_ms: std::sync::atomic::AtomicU64,
+    /// Every re-checked decision fails (a device lying about its plugin).
+    refuse: std::sync::atomic::AtomicBool,
     allowance: std::sync::Mutex<Option<PluginAllowance>>,
 }
 
@@ -178,8 +180,16 @@ impl ResultRules for SimRules {
         _fields: &SavedResultFields,
         _saved_at: Timestamp,
     ) -> Verified {
+        let refuse = self.refuse.load(std::sync::atomic::Ordering::Relaxed);
         Verified {
-            outcome: Ok(()),
+            outcome: if refuse {
+                Err(callsync_session::rules::RuleFailure {
+                    code: "plugin-mismatch",
+                    detail: "the simulation refuses every decision".to_owned(),
+                })
+            } else {
+                Ok(())
+            },
             spent: std::time::Duration::from_millis(
                 self.cost_ms.load(std::sync::atomic::Ordering::Relaxed),
             ),
@@ -275,6 +285,10 @@ pub struct SimNetwork {
     rules: Arc<SimRules>,
     /// The server crashes during its next batch, before committing it.
     crash_in_next_batch: bool,
+    /// Verdicts of plugin re-checks, waiting to reach the hub.
+    verdicts: VecDeque<HubInput>,
+    /// The verdicts wait until a test lets them go.
+    verdicts_held: bool,
     devices: Vec<DevicePeer>,
     catalog: ResultCatalog,
     start_limit_ms: i64,
@@ -346,6 +360,8 @@ impl SimNetwork {
             rules,
             server_disk,
             crash_in_next_batch: false,
+            verdicts: VecDeque::new(),
+            verdicts_held: false,
             devices: Vec::new(),
             catalog: ResultCatalog::standard(),
             start_limit_ms,
@@ -395,6 +411,26 @@ impl SimNetwork {
         self.rules
             .cost_ms
             .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes every decision the server re-checks fail from now on (`false`:
+    /// hold again).
+    pub fn set_decisions_refused(&mut self, refused: bool) {
+        self.rules
+            .refuse
+            .store(refused, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Holds the server's plugin re-check answers back (`true`) or lets them
+    /// reach the hub again (`false`): while held, a message saving a result
+    /// waits for its verdict however long the network runs.
+    pub fn hold_verdicts(&mut self, held: bool) {
+        self.verdicts_held = held;
+    }
+
+    /// Verdicts of the server's plugin re-checks not yet handed to the hub.
+    pub fn verdicts_waiting(&self) -> usize {
+        self.verdicts.len()
     }
 
     /// The server.
@@ -574,6 +610,7 @@ impl SimNetwork {
     pub fn crash(&mut self, peer: PeerId) {
         if peer == 0 {
             self.hub = Self::new_hub(self.start_limit_ms, self.rules.clone());
+            self.verdicts.clear();
             for peer in 1..=self.devices.len() {
                 if self.devices[peer - 1].link.open.take().is_some() {
                     self.lost(peer, "the server went away");
@@ -783,48 +820,51 @@ impl SimNetwork {
     }
 
     /// Runs one hub batch over `inputs` (then the hub's own work: catch-up,
-    /// expiries), commits it and puts what it sends on the links.
+    /// expiries), commits it and puts what it sends on the links. Plugin
+    /// re-checks it asks for are run at once; their verdicts wait in
+    /// `verdicts` until the seed picks them, like any message.
     fn hub_batch(&mut self, inputs: Vec<HubInput>) {
         let now = self.now;
-        let mut batch = Batch::default();
+        let room = |_: ConnId| Room::UNLIMITED;
         let mut tx = self.server_disk.begin();
-        let mut failed = false;
         for input in inputs {
-            if self.hub.handle(now, &mut tx, input, &mut batch).is_err() {
-                failed = true;
+            let output = self
+                .hub
+                .handle_event(now, &mut tx, &room, HubEvent::Input(input));
+            self.verdicts
+                .extend(output.verifications.iter().map(|v| HubInput::Verified {
+                    ticket: v.ticket,
+                    verdict: v.run(),
+                }));
+            if output.end_batch {
                 break;
             }
         }
-        if !failed && self.hub.finish(now, &mut tx, &mut batch).is_err() {
-            failed = true;
+        let crash = std::mem::take(&mut self.crash_in_next_batch);
+        if crash {
+            tx.crash_at_commit();
         }
-        if self.crash_in_next_batch {
-            self.crash_in_next_batch = false;
-            drop(tx);
+        let released = self
+            .hub
+            .handle_event(now, &mut tx, &room, HubEvent::EndOfBatch);
+        drop(tx);
+        if crash {
             self.crash(0);
             return;
         }
-        if failed {
-            drop(tx);
-            let closes = self.hub.abandoned(batch);
-            for (conn, body) in closes {
-                if let Some(peer) = self.peer_of(conn)
-                    && let Some(open) = self.devices[peer - 1].link.open.as_mut()
-                {
-                    open.to_device.push_back(Message::Error(body));
-                    open.closing = true;
-                }
+        if released.failed.is_none() {
+            // What the server now holds of the scenarios' customer (the others are
+            // there for cost tests; loading them all after every batch would be
+            // quadratic).
+            if let Some(doc) = self.server_disk.document(&id(CustomerId::new(CUSTOMER))) {
+                self.committed.extend(event_keys(&doc));
             }
-            return;
         }
-        tx.commit();
-        // What the server now holds of the scenarios' customer (the others are
-        // there for cost tests; loading them all after every batch would be
-        // quadratic).
-        if let Some(doc) = self.server_disk.document(&id(CustomerId::new(CUSTOMER))) {
-            self.committed.extend(event_keys(&doc));
-        }
-        let released = self.hub.committed(batch);
+        self.verdicts
+            .extend(released.verifications.iter().map(|v| HubInput::Verified {
+                ticket: v.ticket,
+                verdict: v.run(),
+            }));
         for (conn, message) in released.sends {
             if let Some(peer) = self.peer_of(conn)
                 && let Some(open) = self.devices[peer - 1].link.open.as_mut()
@@ -915,11 +955,18 @@ impl SimNetwork {
                 }
             }
         }
+        if !self.verdicts.is_empty() && !self.verdicts_held {
+            // The server's plugin re-check answers (peer 0: the server itself).
+            busy.push((0, true));
+        }
         if busy.is_empty() {
             return worked;
         }
         let (peer, to_server) = busy[self.rng.below(busy.len())];
-        if to_server {
+        if peer == 0 {
+            let verdicts = self.verdicts.drain(..).collect();
+            self.hub_batch(verdicts);
+        } else if to_server {
             self.deliver_to_server(peer);
         } else {
             self.deliver_to_device(peer);

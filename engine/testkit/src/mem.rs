@@ -226,6 +226,8 @@ impl ServerDisk {
         ServerTx {
             work: self.clone(),
             disk: self,
+            finished: false,
+            crashing: false,
         }
     }
 }
@@ -234,18 +236,39 @@ impl ServerDisk {
 pub struct ServerTx<'a> {
     disk: &'a mut ServerDisk,
     work: ServerDisk,
+    finished: bool,
+    crashing: bool,
 }
 
 impl ServerTx<'_> {
     /// Makes the work durable.
     pub fn commit(mut self) {
-        self.work.commits += 1;
-        *self.disk = self.work;
+        // Only a crash set up by `crash_at_commit` fails, and it keeps nothing.
+        let _ = HubStore::commit(&mut self);
+    }
+
+    /// The server dies as it commits: nothing of the work is kept.
+    pub fn crash_at_commit(&mut self) {
+        self.crashing = true;
     }
 }
 
 impl HubStore for ServerTx<'_> {
     type Doc = MemDoc;
+
+    fn commit(&mut self) -> Result<(), StorageError> {
+        if self.crashing {
+            return Err(StorageError::Failed(
+                "the server died before committing".to_owned(),
+            ));
+        }
+        if !self.finished {
+            self.finished = true;
+            self.work.commits += 1;
+            *self.disk = std::mem::take(&mut self.work);
+        }
+        Ok(())
+    }
 
     fn load(
         &mut self,

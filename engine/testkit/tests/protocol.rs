@@ -257,7 +257,7 @@ impl callsync_session::rules::ResultRules for NoRules {
 #[test]
 fn a_hub_refuses_a_connection_of_another_tenant_and_changes_nothing() {
     use callsync_core::{ActorId, DeviceId, DeviceKind, Role, TenantId, UserId};
-    use callsync_session::hub::{Batch, HubInput, HubSession, HubSettings};
+    use callsync_session::hub::{HubEvent, HubInput, HubSession, HubSettings, Room};
     let mut disk = callsync_testkit::mem::ServerDisk::default();
     let mut hub: HubSession<callsync_testkit::mem::MemDoc> = HubSession::new(
         TenantId::new("tenant-a").unwrap(),
@@ -280,17 +280,27 @@ fn a_hub_refuses_a_connection_of_another_tenant_and_changes_nothing() {
         kind: DeviceKind::Desk,
         expires_at: callsync_testkit::START.plus_millis(86_400_000),
     };
-    let mut batch = Batch::default();
     let mut tx = disk.begin();
     let open = HubInput::Open {
         conn: 7,
         member: stranger,
         cursor: None,
     };
-    hub.handle(callsync_testkit::START, &mut tx, open, &mut batch)
-        .unwrap();
-    tx.commit();
-    let released = hub.committed(batch);
+    let unlimited = |_| Room::UNLIMITED;
+    let output = hub.handle_event(
+        callsync_testkit::START,
+        &mut tx,
+        &unlimited,
+        HubEvent::Input(open),
+    );
+    assert!(output.is_empty() && !output.end_batch, "{output:?}");
+    let released = hub.handle_event(
+        callsync_testkit::START,
+        &mut tx,
+        &unlimited,
+        HubEvent::EndOfBatch,
+    );
+    assert!(released.failed.is_none(), "{:?}", released.failed);
     assert!(released.sends.is_empty(), "{:?}", released.sends);
     let codes: Vec<(u64, String)> = released
         .closes
@@ -325,7 +335,7 @@ fn hub_over_disk() -> callsync_session::hub::HubSession<callsync_testkit::mem::M
 fn a_joining_devices_catch_up_starts_at_most_256_documents_a_batch_and_only_into_room() {
     use callsync_core::wire::Message;
     use callsync_core::{ActorId, CustomerDoc, DeviceId, DeviceKind, Role, TenantId, UserId};
-    use callsync_session::hub::{Batch, CATCH_UP_PER_BATCH, HubInput, Room, SYNC_ROOM_BYTES};
+    use callsync_session::hub::{CATCH_UP_PER_BATCH, HubEvent, HubInput, Room, SYNC_ROOM_BYTES};
     use callsync_session::storage::HubStore;
 
     let tenant = TenantId::new("tenant-a").unwrap();
@@ -360,16 +370,24 @@ fn a_joining_devices_catch_up_starts_at_most_256_documents_a_batch_and_only_into
     let mut batch_with =
         |hub: &mut callsync_session::hub::HubSession<_>, input: Option<HubInput>, room: Room| {
             let room_of = move |_| room;
-            let mut batch = Batch::with_room(&room_of);
             let mut tx = disk.begin();
             if let Some(input) = input {
-                hub.handle(callsync_testkit::START, &mut tx, input, &mut batch)
-                    .unwrap();
+                let output = hub.handle_event(
+                    callsync_testkit::START,
+                    &mut tx,
+                    &room_of,
+                    HubEvent::Input(input),
+                );
+                assert!(!output.end_batch, "{:?}", output.failed);
             }
-            hub.finish(callsync_testkit::START, &mut tx, &mut batch)
-                .unwrap();
-            tx.commit();
-            hub.committed(batch)
+            let released = hub.handle_event(
+                callsync_testkit::START,
+                &mut tx,
+                &room_of,
+                HubEvent::EndOfBatch,
+            );
+            assert!(released.failed.is_none(), "{:?}", released.failed);
+            released
                 .sends
                 .iter()
                 .filter(|(_, m)| matches!(m, Message::Sync { .. }))

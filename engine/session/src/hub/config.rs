@@ -1,13 +1,13 @@
 //! The hub's side of the tenant configuration: the configuration document (created
 //! with the standard rule set the first time the tenant needs it), its sync to
 //! every device of the tenant (read-only for them), publishing plugin installs
-//! (checked and compiled off the hub before they get here), the result catalog
-//! for admission, and re-running every received result decision.
+//! (checked and compiled off the hub before they get here) and the result
+//! catalog for admission. Re-running a received result's decision is the
+//! `verification` module's.
 
 use std::sync::Arc;
 
 use automerge::sync::{self, SyncDoc};
-use callsync_core::event::{CallEvent, EventKind};
 use callsync_core::tenant_config::{PreparedInstall, TenantConfigDoc};
 use callsync_core::wire::{ErrorBody, InstalledSummary, Refusal, RpcResult};
 use callsync_core::{CoreError, ResultCatalog, ResultTypeSpec};
@@ -15,14 +15,6 @@ use callsync_core::{CoreError, ResultCatalog, ResultTypeSpec};
 use super::{Batch, HubSession, PendingSync, SyncTarget, contained, unreadable_config};
 use crate::storage::{HubStore, LoadedDoc, StorageError};
 use crate::{Authenticated, ConnId};
-
-/// Why re-running a message's decisions did not pass.
-pub(super) enum Verdict {
-    /// A decision does not hold: the changes are refused.
-    Refused(ErrorBody),
-    /// The tenant's plugin time ran out: the device should send again later.
-    Busy,
-}
 
 /// The refusal of a device that tries to change the configuration.
 fn config_read_only() -> ErrorBody {
@@ -168,6 +160,7 @@ impl<D: LoadedDoc> HubSession<D> {
             // Forget whatever was applied: reload from what is stored.
             self.config_doc = None;
             self.catalog = None;
+            self.rule_source = None;
             batch.close(conn, config_read_only());
             return Ok(());
         }
@@ -228,6 +221,7 @@ impl<D: LoadedDoc> HubSession<D> {
         let bytes = doc.save();
         store.put_tenant_config(&self.tenant, &bytes)?;
         self.catalog = None;
+        self.rule_source = None;
         batch.config_changed = true;
         tracing::info!(tenant = %self.tenant, user = %member.user, plugin = %prepared.ruleset.plugin, "plugin installed");
         self.push_config(batch);
@@ -246,7 +240,7 @@ impl<D: LoadedDoc> HubSession<D> {
     /// Every result type any of the tenant's rule sets declares (the active set's
     /// first) with every option any of them offers, so a result decided offline
     /// under an earlier rule set still passes admission; its decision is then
-    /// checked against its own rule set by [`Self::verify_results`].
+    /// checked against its own rule set by a [`super::Verification`].
     pub(super) fn catalog<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
@@ -261,7 +255,7 @@ impl<D: LoadedDoc> HubSession<D> {
                 match types.iter_mut().find(|t| t.id == spec.id) {
                     // A type another rule set declared too: any option either
                     // offers passes here; the decision's own rule set is checked
-                    // by `verify_results`.
+                    // by a `Verification`.
                     Some(known) => {
                         for option in &spec.options {
                             if !known.options.contains(option) {
@@ -276,49 +270,6 @@ impl<D: LoadedDoc> HubSession<D> {
         let catalog = Arc::new(ResultCatalog::new(types));
         self.catalog = Some(catalog.clone());
         Ok(catalog)
-    }
-
-    /// Re-runs the decision of every result among `events` with the rule set it
-    /// names, on the inputs it records: the same plugin version must decide the
-    /// same. Each re-run is charged to the tenant's plugin time; when it runs out
-    /// midway, the answer is [`Verdict::Busy`].
-    pub(super) fn verify_results<S: HubStore<Doc = D>>(
-        &mut self,
-        store: &mut S,
-        events: &[CallEvent],
-    ) -> Result<Result<(), Verdict>, StorageError> {
-        // Most changes carry no result (a start, an end): they need no rule set, and
-        // reading the configuration parses every rule set's JSON.
-        if !events
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::ResultSaved(_)))
-        {
-            return Ok(Ok(()));
-        }
-        let rules = self.rules.clone();
-        let config = self.config(store)?.config().map_err(core_failure)?;
-        for event in events {
-            let EventKind::ResultSaved(fields) = &event.kind else {
-                continue;
-            };
-            if !rules.has_time(&self.tenant, self.now) {
-                return Ok(Err(Verdict::Busy));
-            }
-            let doc = self.config(store)?;
-            let verified = rules.verify(&config, doc, fields, event.stamp.at);
-            rules.charge(&self.tenant, verified.spent);
-            if let Err(failure) = verified.outcome {
-                return Ok(Err(Verdict::Refused(
-                    Refusal::ResultNotVerified {
-                        call: event.call.to_string(),
-                        code: failure.code,
-                        detail: failure.detail,
-                    }
-                    .body(),
-                )));
-            }
-        }
-        Ok(Ok(()))
     }
 
     /// `recall-list`: the tenant's recalls the member may see.

@@ -2,16 +2,18 @@
 //! connection's sync state per document (kept, saved, started), generating sync
 //! messages into the room a queue has (or owing them, within the allowance of
 //! full re-sends), receiving a device's sync message (screening, Automerge,
-//! admission, the plugins' re-check of every result, the save) and fanning an
-//! admitted change out to the other subscribers online.
+//! admission, holding it for the plugins' re-check of its results, the save)
+//! and fanning an admitted change out to the other subscribers online.
 
 use automerge::ActorId;
 use automerge::sync::{self, SyncDoc};
 use callsync_core::admission::{Directory, Sender, admit};
+use callsync_core::event::CallEvent;
 use callsync_core::screen::{ScreenLimits, screen_message};
 use callsync_core::wire::{ErrorBody, Message, Refusal};
 use callsync_core::{CustomerId, DeviceId, EventKind, Timestamp, UserId};
 
+use super::verification::{already_verified, needs_verification};
 use super::{
     Batch, FULL_RESEND_EVERY_MS, FULL_RESENDS_BURST, HubSession, MAX_DOCUMENT_BYTES,
     MAX_SYNC_MESSAGE_BYTES, PENDING_RETRY_MS, SYNC_ROOM_BYTES, config, contained, storage_refusal,
@@ -142,6 +144,9 @@ impl<D: LoadedDoc> HubSession<D> {
                 return Ok(false);
             }
         };
+        // A message held for its verdict was applied to the copy before this
+        // load: it is applied again to what storage holds now.
+        self.stale_held(doc);
         self.docs.insert(doc.clone(), stored);
         Ok(true)
     }
@@ -362,16 +367,26 @@ impl<D: LoadedDoc> HubSession<D> {
         Ok(())
     }
 
+    /// A device's sync message of a customer document: screened, applied,
+    /// admitted, then saved and fanned out, held for a plugin re-check of the
+    /// results it saves (unless they are among `verified`, already checked), or
+    /// refused. A message of a connection and document that has one held waits
+    /// behind it.
     pub(super) fn sync<S: HubStore<Doc = D>>(
         &mut self,
         store: &mut S,
         batch: &mut Batch<'_>,
         conn: ConnId,
         doc: CustomerId,
-        data: &[u8],
+        data: Vec<u8>,
+        verified: &[CallEvent],
     ) -> Result<(), StorageError> {
         let Some(member) = self.conns.get(&conn).map(|c| c.member.clone()) else {
             return Ok(());
+        };
+        let data = match self.wait_behind_held(batch, conn, &doc, data) {
+            Some(data) => data,
+            None => return Ok(()),
         };
         if !self.may_see(store, &member, &doc)? {
             batch.send(conn, Message::DocUnavailable { document_id: doc });
@@ -386,7 +401,7 @@ impl<D: LoadedDoc> HubSession<D> {
                 data.len()
             ))
         } else {
-            sync::Message::decode(data).map_err(|e| e.to_string())
+            sync::Message::decode(&data).map_err(|e| e.to_string())
         };
         let message = match decoded {
             Ok(m) => m,
@@ -492,35 +507,42 @@ impl<D: LoadedDoc> HubSession<D> {
                     .map_err(|e| Refusal::Admission(e).body())
             }
         };
-        // Admitted changes: every result's decision is re-run with the rule set it
-        // names, then the document is saved.
         let admitted = match admitted {
-            Ok(Some(events)) => match contained(self.verify_results(store, &events))?
-                .unwrap_or_else(|e| Err(config::Verdict::Refused(unreadable_config(&e))))
+            // A result's decision is re-run with the rule set it names, off the
+            // hub, before anything of the message is saved or forwarded.
+            Ok(Some(events))
+                if needs_verification(&events) && !already_verified(&events, verified) =>
             {
-                Err(config::Verdict::Busy) => {
-                    // Not a refusal (that would make the device drop its result):
-                    // the changes are forgotten and the device comes back later.
-                    tracing::warn!(tenant = %self.tenant, device = %member.device, "plugin time used up; asking the device to retry");
-                    self.docs.remove(&doc);
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.states.insert(doc.clone(), sync::State::new());
-                    }
-                    batch.close(conn, Refusal::Busy.body());
-                    return Ok(());
-                }
-                Err(config::Verdict::Refused(error)) => Err(error),
-                Ok(()) => match self
-                    .docs
-                    .get_mut(&doc)
-                    .map(|c| store.save(c, Some(MAX_DOCUMENT_BYTES)))
-                {
-                    None | Some(Ok(())) => Ok(events),
-                    Some(Err(e)) if e.is_failure() => return Err(e),
-                    Some(Err(e)) => Err(storage_refusal(&e)),
-                },
-            },
+                return self.hold(store, batch, conn, doc, data, events);
+            }
+            other => other,
+        };
+        self.settle(store, batch, conn, doc, &member, admitted)
+    }
+
+    /// Finishes a received message whose changes are admitted (`Ok`: `None` when
+    /// it changed nothing, else the events it adds) or refused: saves the
+    /// document and fans it out, then answers the device; or refuses it.
+    pub(super) fn settle<S: HubStore<Doc = D>>(
+        &mut self,
+        store: &mut S,
+        batch: &mut Batch<'_>,
+        conn: ConnId,
+        doc: CustomerId,
+        member: &Authenticated,
+        admitted: Result<Option<Vec<CallEvent>>, ErrorBody>,
+    ) -> Result<(), StorageError> {
+        let admitted = match admitted {
             Ok(None) => Ok(Vec::new()),
+            Ok(Some(events)) => match self
+                .docs
+                .get_mut(&doc)
+                .map(|c| store.save(c, Some(MAX_DOCUMENT_BYTES)))
+            {
+                None | Some(Ok(())) => Ok(events),
+                Some(Err(e)) if e.is_failure() => return Err(e),
+                Some(Err(e)) => Err(storage_refusal(&e)),
+            },
             Err(error) => Err(error),
         };
         match admitted {
