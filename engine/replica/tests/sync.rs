@@ -195,3 +195,29 @@ async fn a_call_request_from_the_desk_is_pushed_to_the_phone() {
     p.leave().await;
     world.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopped_with_devices_connected_lets_go_of_its_address_at_once() {
+    let world = World::start().await;
+    let (desk_dir, _desk) = world.device("desk", DeviceKind::Desk).await;
+    let (phone_dir, _phone) = world.device("phone", DeviceKind::Phone).await;
+    let addr = world.server.local_addr();
+    let mut server = world.server;
+    for round in 0..3 {
+        // Two devices joined and synced, still connected when the server stops.
+        let (mut d, _) = SyncClient::connect(&desk_dir).await.unwrap();
+        d.settle(Duration::from_secs(10)).await.unwrap();
+        let (mut p, _) = SyncClient::connect(&phone_dir).await.unwrap();
+        p.settle(Duration::from_secs(10)).await.unwrap();
+        server.shutdown().await;
+        // A server started right after, in the same process, on the same address
+        // (a restart, or the next scenario of a bench).
+        let config = ServerConfig::new(world.root.join("server"), addr);
+        server = match Server::start(config).await {
+            Ok(server) => server,
+            Err(e) => panic!("round {round}: the address is still held: {e}"),
+        };
+        drop((d, p));
+    }
+    server.shutdown().await;
+}

@@ -251,6 +251,10 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     hubs: Arc<hub::Hubs>,
     accept: tokio::task::JoinHandle<()>,
+    /// Every connection's task.
+    connections: tokio_util::task::TaskTracker,
+    /// Resolves once the endpoint's socket is closed.
+    socket_closed: endpoint::SocketClosed,
     fingerprint: String,
     local_addr: SocketAddr,
     page: web::WebServer,
@@ -308,8 +312,10 @@ impl Server {
                 provider,
             )?,
         });
-        let endpoint =
-            endpoint::bind_server(config.listen, tls::server_config(certificates.clone())?)?;
+        let (endpoint, socket_closed) = endpoint::bind_server_watched(
+            config.listen,
+            tls::server_config(certificates.clone())?,
+        )?;
         let local_addr = endpoint.local_addr()?;
         let blobs = Arc::new(
             callsync_blobs::BlobStore::local(
@@ -410,6 +416,10 @@ impl Server {
             },
         });
         let accept_endpoint = endpoint.clone();
+        // Every connection's task, so shutdown can wait until none holds the
+        // endpoint (its socket is let go only then).
+        let connections = tokio_util::task::TaskTracker::new();
+        let tracked = connections.clone();
         let accept = tokio::spawn(async move {
             while let Some(incoming) = accept_endpoint.accept().await {
                 let address = incoming.remote_address().ip();
@@ -433,7 +443,7 @@ impl Server {
                     }
                 }
                 let slot = shared.limits.open(address);
-                tokio::spawn(connection::serve(incoming, shared.clone(), slot));
+                tracked.spawn(connection::serve(incoming, shared.clone(), slot));
             }
         });
         tracing::info!(addr = %local_addr, page = %page.addr, fingerprint = %fingerprint, "listening");
@@ -441,6 +451,8 @@ impl Server {
             endpoint,
             hubs,
             accept,
+            connections,
+            socket_closed,
             fingerprint,
             local_addr,
             page,
@@ -475,9 +487,11 @@ impl Server {
 
     /// Stops accepting, closes connections, lets the hub commit its last batch,
     /// and waits for it.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.endpoint.close(0u32.into(), b"server shutting down");
         self.accept.abort();
+        // Cancelled at its next poll: awaited, so its handle on the endpoint is gone.
+        let _ = (&mut self.accept).await;
         self.page.stop();
         self.rotation.abort();
         self.sweeper.abort();
@@ -485,7 +499,31 @@ impl Server {
         self.checkpointer.abort();
         let hubs = self.hubs.clone();
         let _ = tokio::task::spawn_blocking(move || hubs.shutdown()).await;
+        // Each connection's task ends once its connection is closed and its
+        // writer has let go (bounded by the writer's own wait); then nothing
+        // holds the endpoint, and its socket closes, so a server started
+        // right after on the same address can bind it.
+        self.connections.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.connections.len(),
+                "connection tasks still running at shutdown"
+            );
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // The socket closes on quinn's own task once the last handle is gone.
+        let Self {
+            endpoint,
+            socket_closed,
+            ..
+        } = self;
+        drop(endpoint);
+        if !socket_closed.wait(Duration::from_secs(2)).await {
+            tracing::warn!("the server's socket was still open 2 s after shutdown");
+        }
         tracing::info!("server stopped");
     }
 }
