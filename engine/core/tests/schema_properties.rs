@@ -289,3 +289,64 @@ fn two_desks_logging_calls_and_acting_on_each_others_keep_one_map_per_call() {
     replicas[0].merge(&mut other).unwrap();
     assert_eq!(replicas[0].customer().unwrap(), customer);
 }
+
+/// A forged document where two replicas created the same call's map at once
+/// (admission refuses that, a crafted file need not): the maps conflict under
+/// the call's key, and derivation still reads every map, incrementally and from
+/// scratch alike, rather than only the one Automerge shows as the winner.
+#[test]
+fn a_call_whose_map_two_replicas_created_at_once_is_read_from_both_maps() {
+    let (_, mut replicas) = play(&[Step::Manual { replica: 0 }, Step::Merge { from: 0, to: 1 }]);
+    let call = CallId::new("forged-call").unwrap();
+    for r in [0, 1] {
+        let event = CallEvent {
+            id: EventId::new(format!("forged-{r}")).unwrap(),
+            call: call.clone(),
+            stamp: stamp(r, 120_000),
+            kind: EventKind::BrowserEnded,
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        let am = replicas[r].automerge_mut();
+        let (_, calls) = am.get(automerge::ROOT, "calls").unwrap().unwrap();
+        let bucket_key = callsync_core::document::call_bucket(&call);
+        let (_, bucket) = am.get(&calls, bucket_key).unwrap().unwrap();
+        let map = am
+            .put_object(&bucket, call.as_str(), automerge::ObjType::Map)
+            .unwrap();
+        am.put(&map, event.id.as_str(), json.as_str()).unwrap();
+        am.commit();
+    }
+    // The derivation is kept across the merge (incremental)…
+    assert_eq!(derived_events_of(&replicas[0], &call), 1);
+    let mut other = replicas[1].clone();
+    replicas[0].merge(&mut other).unwrap();
+    {
+        let am = replicas[0].automerge_mut();
+        let (_, calls) = am.get(automerge::ROOT, "calls").unwrap().unwrap();
+        let (_, bucket) = am
+            .get(&calls, callsync_core::document::call_bucket(&call))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            am.get_all(&bucket, call.as_str()).unwrap().len(),
+            2,
+            "the maps conflict"
+        );
+    }
+    assert_eq!(
+        derived_events_of(&replicas[0], &call),
+        2,
+        "an event hidden in the losing map"
+    );
+    // …and from scratch.
+    let bytes = replicas[0].save();
+    let fresh = CustomerDoc::load(&bytes, ActorId::random()).unwrap();
+    assert_eq!(derived_events_of(&fresh, &call), 2);
+    assert_eq!(fresh.events(), replicas[0].events());
+}
+
+/// The events of `call` in the document's derivation (every event, read by a
+/// scan of the whole document when the derivation is not up to date).
+fn derived_events_of(doc: &CustomerDoc, call: &CallId) -> usize {
+    doc.events().0.iter().filter(|e| e.call == *call).count()
+}

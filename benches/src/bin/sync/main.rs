@@ -21,6 +21,9 @@
 //!   automerge-repo, in the same run (see `samod_side`), at 1,000 and 2,000
 //!   documents (`--samod-docs 1000,4000` picks others; `--no-samod` skips).
 //!
+//! `--keep-dir` leaves the server's and the devices' databases in place and
+//! prints where.
+//!
 //! `changed_bytes` is the size of the changes themselves (Automerge incremental
 //! save of exactly what changed); `wire_bytes` counts every frame both ways.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -171,6 +174,7 @@ async fn main() {
         None => SAMOD_DOCS.to_vec(),
     };
     let with_samod = !args.iter().any(|a| a == "--no-samod");
+    let keep_dir = args.iter().any(|a| a == "--keep-dir");
     let root = tempfile::tempdir().unwrap();
     let server_dir = root.path().join("server");
     let (phone_dir, desk_dir) = (root.path().join("phone"), root.path().join("desk"));
@@ -235,6 +239,10 @@ async fn main() {
         .set_setting("cursor", &serde_json::to_vec(&cursor).unwrap())
         .unwrap();
     let build_s = build.elapsed().as_secs_f64();
+    // What the phone holds: the log copied into the database first (right after
+    // the writes, part of them is still only in the write-ahead log).
+    let copied = phone_store.checkpoint().unwrap();
+    assert!(copied.complete, "{copied:?}");
     let phone_db_bytes = std::fs::metadata(phone_dir.join(DB_FILE)).unwrap().len();
 
     let mut config = config;
@@ -472,4 +480,9 @@ async fn main() {
         "samod": samod,
     });
     println!("{figures}");
+    if keep_dir {
+        // For a look inside the databases (sqlite3's `dbstat`), left in place.
+        let kept = root.keep();
+        eprintln!("the bench's databases are kept in {}", kept.display());
+    }
 }
