@@ -260,6 +260,7 @@ fn main() {
             server_user: UserId::new("system").unwrap(),
             server_actor: ActorId::from(b"hub-bench-server".as_slice()),
             epoch: "bench".to_owned(),
+            max_held: callsync_session::hub::MAX_HELD_MESSAGES,
         },
         Arc::new(NoPlugins),
     );

@@ -800,6 +800,7 @@ mod tests {
                     server_user: UserId::new("system").unwrap(),
                     server_actor: automerge::ActorId::random(),
                     epoch: "e".to_owned(),
+                    max_held: callsync_session::hub::MAX_HELD_MESSAGES,
                 },
                 rules: Arc::new(crate::rules::HostRules {
                     plugins,

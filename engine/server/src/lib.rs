@@ -365,6 +365,7 @@ impl Server {
                         .map_err(|e| ServerError::Invalid(e.to_string()))?,
                     server_actor: actor,
                     epoch,
+                    max_held: callsync_session::hub::MAX_HELD_MESSAGES,
                 },
                 rules: Arc::new(rules::HostRules {
                     plugins: plugins.clone(),

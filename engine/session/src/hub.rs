@@ -118,6 +118,9 @@ pub struct HubSettings {
     pub server_actor: ActorId,
     /// The store's epoch: a cursor from another epoch is ignored.
     pub epoch: String,
+    /// Device messages held for their plugin re-check at once; past it a
+    /// device saving a result is told `busy` ([`MAX_HELD_MESSAGES`] normally).
+    pub max_held: usize,
 }
 
 /// What happens to a hub: the one input of [`HubSession::handle_event`].

@@ -41,7 +41,7 @@ use callsync_session::device::{
     DeviceFailure, DeviceInput, DeviceSession, DeviceSettings, Identity, Phase as LinkPhase,
     ServerClock, StopReason, Unsent,
 };
-use callsync_session::hub::{HubEvent, HubInput, HubSession, HubSettings, Room};
+use callsync_session::hub::{HubEvent, HubInput, HubSession, HubSettings, MAX_HELD_MESSAGES, Room};
 use callsync_session::rules::{PluginAllowance, ResultRules, Verified};
 use callsync_session::{Authenticated, ConnId};
 
@@ -292,6 +292,8 @@ pub struct SimNetwork {
     devices: Vec<DevicePeer>,
     catalog: ResultCatalog,
     start_limit_ms: i64,
+    /// Messages the hub holds for their verdicts at once.
+    max_held: usize,
     /// The numbers the devices' sessions run by.
     device_settings: DeviceSettings,
     /// Session tokens the server knows, and whose they are.
@@ -356,12 +358,13 @@ impl SimNetwork {
         Self {
             rng: SplitMix64::new(seed),
             now: START,
-            hub: Self::new_hub(start_limit_ms, rules.clone()),
+            hub: Self::new_hub(start_limit_ms, MAX_HELD_MESSAGES, rules.clone()),
             rules,
             server_disk,
             crash_in_next_batch: false,
             verdicts: VecDeque::new(),
             verdicts_held: false,
+            max_held: MAX_HELD_MESSAGES,
             devices: Vec::new(),
             catalog: ResultCatalog::standard(),
             start_limit_ms,
@@ -389,7 +392,7 @@ impl SimNetwork {
         }
     }
 
-    fn new_hub(start_limit_ms: i64, rules: Arc<SimRules>) -> HubSession<MemDoc> {
+    fn new_hub(start_limit_ms: i64, max_held: usize, rules: Arc<SimRules>) -> HubSession<MemDoc> {
         HubSession::new(
             id(TenantId::new(TENANT)),
             HubSettings {
@@ -400,6 +403,7 @@ impl SimNetwork {
                 server_user: id(UserId::new("system")),
                 server_actor: ActorId::from(SERVER_ACTOR),
                 epoch: "sim".to_owned(),
+                max_held,
             },
             rules,
         )
@@ -426,6 +430,21 @@ impl SimNetwork {
     /// waits for its verdict however long the network runs.
     pub fn hold_verdicts(&mut self, held: bool) {
         self.verdicts_held = held;
+    }
+
+    /// Makes the server hold at most `n` messages for their verdicts at once
+    /// (the server restarts with it).
+    pub fn set_max_held(&mut self, n: usize) {
+        self.max_held = n;
+        self.crash(0);
+    }
+
+    /// Hands `message` to the server as if `peer` had sent it on its open
+    /// connection (a device that does not follow the protocol).
+    pub fn inject_to_server(&mut self, peer: PeerId, message: Message) {
+        if let Some(open) = self.devices[peer - 1].link.open.as_mut() {
+            open.to_server.push_back(message);
+        }
     }
 
     /// Verdicts of the server's plugin re-checks not yet handed to the hub.
@@ -609,7 +628,7 @@ impl SimNetwork {
     /// runs.
     pub fn crash(&mut self, peer: PeerId) {
         if peer == 0 {
-            self.hub = Self::new_hub(self.start_limit_ms, self.rules.clone());
+            self.hub = Self::new_hub(self.start_limit_ms, self.max_held, self.rules.clone());
             self.verdicts.clear();
             for peer in 1..=self.devices.len() {
                 if self.devices[peer - 1].link.open.take().is_some() {

@@ -269,6 +269,7 @@ fn a_hub_refuses_a_connection_of_another_tenant_and_changes_nothing() {
             server_user: UserId::new("system").unwrap(),
             server_actor: ActorId::from(b"server".as_slice()),
             epoch: "e".to_owned(),
+            max_held: callsync_session::hub::MAX_HELD_MESSAGES,
         },
         std::sync::Arc::new(NoRules),
     );
@@ -326,6 +327,7 @@ fn hub_over_disk() -> callsync_session::hub::HubSession<callsync_testkit::mem::M
             server_user: UserId::new("system").unwrap(),
             server_actor: ActorId::from(b"server".as_slice()),
             epoch: "e".to_owned(),
+            max_held: callsync_session::hub::MAX_HELD_MESSAGES,
         },
         std::sync::Arc::new(NoRules),
     )

@@ -225,3 +225,77 @@ fn a_result_held_when_the_server_crashes_is_sent_again_and_stored_once() {
     }
     converged(&mut net);
 }
+
+fn errors_to(net: &SimNetwork, peer: PeerId) -> usize {
+    net.delivered()
+        .iter()
+        .filter(|d| d.kind == "error" && !d.to_server && d.device == peer)
+        .count()
+}
+
+#[test]
+fn a_device_sending_more_than_16_messages_behind_a_held_one_is_told_to_come_back_later() {
+    let (mut net, server, desk, phone) = three(50);
+    let call = ended_call(&mut net, desk, phone);
+    net.hold_verdicts(true);
+    net.save_result(phone, &call, "no-answer", ResultOption::None)
+        .unwrap();
+    net.run_until_quiescent();
+    assert_eq!(net.verdicts_waiting(), 1);
+    let errors = errors_to(&net, phone);
+    // 17 more messages of the same document, each waiting behind the held one
+    // (the bytes are not read until then).
+    let customer = callsync_core::CustomerId::new(callsync_testkit::CUSTOMER).unwrap();
+    for _ in 0..17 {
+        net.inject_to_server(
+            phone,
+            callsync_core::wire::Message::Sync {
+                document_id: customer.clone(),
+                data: vec![0x42],
+            },
+        );
+    }
+    net.run_until_quiescent();
+    assert_eq!(errors_to(&net, phone), errors + 1, "the phone was not told");
+    assert_eq!(phase(&net, server, &call), Phase::AwaitingResult);
+    // Nothing is lost: the phone comes back and sends its result again.
+    net.hold_verdicts(false);
+    net.run_until_quiescent();
+    for peer in net.peers() {
+        assert_eq!(phase(&net, peer, &call), Phase::Completed, "peer {peer}");
+    }
+    converged(&mut net);
+}
+
+#[test]
+fn past_the_messages_a_hub_may_hold_a_result_is_answered_busy_and_arrives_later() {
+    let (mut net, server, desk, phone) = three(60);
+    net.set_max_held(1);
+    let first = ended_call(&mut net, desk, phone);
+    net.hold_verdicts(true);
+    net.save_result(phone, &first, "no-answer", ResultOption::None)
+        .unwrap();
+    net.run_until_quiescent();
+    assert_eq!(net.verdicts_waiting(), 1);
+    // A second rep's result on another call, while the hub holds its one.
+    let desk2 = net.desk("rep2@a.example");
+    let phone2 = net.phone("rep2@a.example");
+    let second = ended_call(&mut net, desk2, phone2);
+    let errors = errors_to(&net, desk2);
+    net.save_result(desk2, &second, "no-answer", ResultOption::None)
+        .unwrap();
+    net.run_steps(60);
+    assert!(
+        errors_to(&net, desk2) > errors,
+        "the desk was not told to come back later"
+    );
+    assert_eq!(net.verdicts_waiting(), 1, "a second message was held");
+    assert_eq!(phase(&net, server, &second), Phase::AwaitingResult);
+    net.hold_verdicts(false);
+    net.run_until_quiescent();
+    for peer in net.peers() {
+        assert_eq!(phase(&net, peer, &first), Phase::Completed, "peer {peer}");
+        assert_eq!(phase(&net, peer, &second), Phase::Completed, "peer {peer}");
+    }
+    converged(&mut net);
+}

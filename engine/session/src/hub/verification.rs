@@ -39,8 +39,9 @@ use crate::ConnId;
 use crate::rules::ResultRules;
 use crate::storage::{HubStore, LoadedDoc, StorageError};
 
-/// Messages a hub holds for their verdicts at once, over every device: past
-/// it, a device saving a result is asked to come back later (`busy`).
+/// Messages a hub holds for their verdicts at once, over every device, unless
+/// its settings say otherwise: past it, a device saving a result is asked to
+/// come back later (`busy`).
 pub const MAX_HELD_MESSAGES: usize = 256;
 /// Messages of one connection and document that may wait behind a held one:
 /// an honest device sends none (it waits for the server's answer); past it the
@@ -186,7 +187,8 @@ impl<D: LoadedDoc> HubSession<D> {
         data: Vec<u8>,
         events: Vec<CallEvent>,
     ) -> Result<(), StorageError> {
-        if self.held.len() >= MAX_HELD_MESSAGES || !self.rules.has_time(&self.tenant, self.now) {
+        if self.held.len() >= self.settings.max_held || !self.rules.has_time(&self.tenant, self.now)
+        {
             tracing::warn!(tenant = %self.tenant, conn, held = self.held.len(), "plugin time or room for re-checks used up; asking the device to retry");
             self.busy(batch, conn, &doc);
             return Ok(());
