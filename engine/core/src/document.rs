@@ -517,6 +517,17 @@ impl CustomerDoc {
             .collect()
     }
 
+    /// Every call's derived state, in call id order (a call whose events do not
+    /// derive is left out, as in [`Self::customer`]): what a store indexes
+    /// without building the whole customer.
+    pub fn call_views(&self) -> Vec<Arc<CallView>> {
+        self.derived()
+            .views
+            .values()
+            .filter_map(|view| view.as_ref().ok().map(Arc::clone))
+            .collect()
+    }
+
     /// The derived state of one call, if the call exists.
     pub fn call(&self, call: &CallId) -> Option<CallView> {
         match self.derived().views.get(call) {
