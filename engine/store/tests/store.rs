@@ -847,3 +847,27 @@ fn a_writer_that_leaves_checkpoints_to_others_grows_the_log_until_another_connec
     );
     assert!(customer.calls.len() > before.1.calls.len());
 }
+
+#[test]
+fn a_hub_batch_committed_through_the_store_refuses_later_writes_and_keeps_what_it_committed() {
+    use callsync_session::storage::HubStore;
+    use callsync_store::ReplicationQueries;
+    let (_dir, mut store) = new_store();
+    let first = callsync_core::DeviceId::new("phone-1").unwrap();
+    let second = callsync_core::DeviceId::new("phone-2").unwrap();
+    let mut tx = store.write().unwrap();
+    HubStore::subscribe(&mut tx, &first, &tenant(), &customer_id()).unwrap();
+    HubStore::commit(&mut tx).unwrap();
+    // Outside the transaction each statement would commit on its own: refused,
+    // as a failure (the batch is lost, not one device's problem).
+    let err = HubStore::subscribe(&mut tx, &second, &tenant(), &customer_id()).unwrap_err();
+    assert!(err.is_failure(), "{err}");
+    HubStore::commit(&mut tx).unwrap();
+    assert!(tx.commit_took().is_some());
+    drop(tx);
+    assert_eq!(
+        store.subscribers(&tenant(), &customer_id()).unwrap(),
+        vec![first],
+        "the refused write was kept, or the committed one lost"
+    );
+}

@@ -1348,6 +1348,23 @@ impl SimNetwork {
         self.record(desk, call, EventKind::BrowserEnded)
     }
 
+    /// A call the desk requests for the phone, the phone starts, and both end,
+    /// each step synced: awaiting its result on every replica.
+    pub fn call_awaiting_result(&mut self, desk: PeerId, phone: PeerId) -> CallId {
+        let call = self.desk_requests_call(desk, NUMBER, phone);
+        self.run_until_quiescent();
+        self.phone_starts(phone, &call)
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        self.advance(10_000);
+        self.phone_ends(phone, &call, 10)
+            .unwrap_or_else(|e| panic!("phone end: {e}"));
+        self.run_until_quiescent();
+        self.desk_ends(desk, &call)
+            .unwrap_or_else(|e| panic!("desk end: {e}"));
+        self.run_until_quiescent();
+        call
+    }
+
     /// Runs the hub's expiry at the virtual time now (as its wake-up would) and
     /// returns the calls it expired. Their pushes go out with the next run.
     pub fn server_expires_due(&mut self) -> Vec<CallId> {

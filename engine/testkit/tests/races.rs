@@ -226,23 +226,11 @@ fn ending_in_the_right_order_raises_no_flag() {
     assert_eq!(view.phase, Phase::AwaitingResult);
 }
 
-fn ended_call(net: &mut SimNetwork, desk: PeerId, phone: PeerId) -> callsync_core::CallId {
-    let call = net.desk_requests_call(desk, NUMBER, phone);
-    net.run_until_quiescent();
-    net.phone_starts(phone, &call).unwrap();
-    net.advance(10_000);
-    net.phone_ends(phone, &call, 10).unwrap();
-    net.run_until_quiescent();
-    net.desk_ends(desk, &call).unwrap();
-    net.run_until_quiescent();
-    call
-}
-
 #[test]
 fn results_saved_on_two_devices_are_both_kept_and_the_latest_wins_everywhere() {
     for seed in 0..8 {
         let (mut net, server, desk, phone) = three(seed);
-        let call = ended_call(&mut net, desk, phone);
+        let call = net.call_awaiting_result(desk, phone);
         net.partition(desk, server);
         net.partition(phone, server);
         net.advance(1_000);
@@ -272,7 +260,7 @@ fn results_saved_on_two_devices_are_both_kept_and_the_latest_wins_everywhere() {
 #[test]
 fn results_saved_at_the_same_instant_are_decided_by_device_id() {
     let (mut net, server, desk, phone) = three(6);
-    let call = ended_call(&mut net, desk, phone);
+    let call = net.call_awaiting_result(desk, phone);
     net.partition(desk, server);
     net.partition(phone, server);
     net.save_result(desk, &call, "appointment", ResultOption::None)
@@ -392,7 +380,7 @@ fn a_recording_deleted_before_its_upload_finishes_stays_deleted() {
     let (mut net, server, desk, phone) = three(9);
     // Deleting a recording takes a manager (the server refuses a user's).
     net.set_role(desk, callsync_core::Role::Manager);
-    let call = ended_call(&mut net, desk, phone);
+    let call = net.call_awaiting_result(desk, phone);
     assert!(agreed(&net, &call).has(Flag::RecordingPending));
     net.partition(desk, server);
     net.record(desk, &call, EventKind::RecordingDeleted)
@@ -415,7 +403,7 @@ fn a_recording_deleted_before_its_upload_finishes_stays_deleted() {
 #[test]
 fn a_new_request_is_refused_while_a_result_is_pending_and_during_a_restriction() {
     let (mut net, _server, desk, phone) = three(10);
-    let call = ended_call(&mut net, desk, phone);
+    let call = net.call_awaiting_result(desk, phone);
     let second = callsync_core::CallId::new("call-second").unwrap();
     let request = |net: &SimNetwork| EventKind::Requested {
         destination: callsync_core::PhoneNumber::parse(NUMBER).unwrap(),
@@ -446,7 +434,7 @@ fn a_new_request_is_refused_while_a_result_is_pending_and_during_a_restriction()
 #[test]
 fn a_later_result_of_another_kind_does_not_lift_a_call_restriction() {
     let (mut net, _server, desk, phone) = three(11);
-    let call = ended_call(&mut net, desk, phone);
+    let call = net.call_awaiting_result(desk, phone);
     let until = tomorrow_at_ten();
     net.save_result(
         desk,
@@ -485,7 +473,7 @@ fn a_restriction_kept_for_review_without_a_decision_restricts_nothing_on_any_rep
     use callsync_core::plugin::{ContentHash, DecisionRecord, PluginRef};
     use callsync_core::{ResultTypeId, SavedResultFields};
     let (mut net, _server, desk, phone) = three(12);
-    let call = ended_call(&mut net, desk, phone);
+    let call = net.call_awaiting_result(desk, phone);
     let until = tomorrow_at_ten();
     // A result whose rules "failed" on the device (a deadline, which depends on
     // the machine): the pick was kept as made and never checked by the rules.
@@ -532,12 +520,12 @@ fn past_the_tenants_share_of_plugin_time_a_result_is_answered_busy_and_arrives_l
     // Each re-checked result costs a minute of plugin time: the first spends the
     // 2 s burst and more, the second finds none left.
     net.set_plugin_cost_ms(60_000);
-    let first = ended_call(&mut net, desk, phone);
+    let first = net.call_awaiting_result(desk, phone);
     net.save_result(desk, &first, "no-answer", ResultOption::None)
         .unwrap();
     net.run_until_quiescent();
     assert_eq!(agreed(&net, &first).phase, Phase::Completed);
-    let second = ended_call(&mut net, desk, phone);
+    let second = net.call_awaiting_result(desk, phone);
     net.save_result(desk, &second, "no-answer", ResultOption::None)
         .unwrap();
     let errors_before = net.delivered().iter().filter(|d| d.kind == "error").count();

@@ -16,18 +16,14 @@ fn three(seed: u64) -> (SimNetwork, PeerId, PeerId, PeerId) {
     (net, 0, desk, phone)
 }
 
-/// A call requested by the desk, started and ended on both sides: awaiting its
-/// result everywhere.
-fn ended_call(net: &mut SimNetwork, desk: PeerId, phone: PeerId) -> CallId {
-    let call = net.desk_requests_call(desk, NUMBER, phone);
+/// `by` saves a result on `call` with the server's verdicts held back: sent,
+/// and waiting for its verdict once the network has run.
+fn save_held_result(net: &mut SimNetwork, by: PeerId, call: &CallId) {
+    net.hold_verdicts(true);
+    net.save_result(by, call, "no-answer", ResultOption::None)
+        .unwrap();
     net.run_until_quiescent();
-    net.phone_starts(phone, &call).unwrap();
-    net.advance(10_000);
-    net.phone_ends(phone, &call, 10).unwrap();
-    net.run_until_quiescent();
-    net.desk_ends(desk, &call).unwrap();
-    net.run_until_quiescent();
-    call
+    assert_eq!(net.verdicts_waiting(), 1, "the result is not held");
 }
 
 fn phase(net: &SimNetwork, peer: PeerId, call: &CallId) -> Phase {
@@ -53,12 +49,8 @@ fn a_result_is_neither_saved_nor_forwarded_before_its_verdict_and_the_hub_goes_o
         // A second rep, working the same customer.
         let desk2 = net.desk("rep2@a.example");
         let phone2 = net.phone("rep2@a.example");
-        let call = ended_call(&mut net, desk, phone);
-        net.hold_verdicts(true);
-        net.save_result(phone, &call, "no-answer", ResultOption::None)
-            .unwrap();
-        net.run_until_quiescent();
-        assert_eq!(net.verdicts_waiting(), 1, "seed {seed}");
+        let call = net.call_awaiting_result(desk, phone);
+        save_held_result(&mut net, phone, &call);
         assert_eq!(
             phase(&net, server, &call),
             Phase::AwaitingResult,
@@ -111,12 +103,8 @@ fn a_result_is_neither_saved_nor_forwarded_before_its_verdict_and_the_hub_goes_o
 #[test]
 fn a_result_whose_verdict_comes_back_untouched_is_saved_from_the_held_copy() {
     let (mut net, server, desk, phone) = three(7);
-    let call = ended_call(&mut net, desk, phone);
-    net.hold_verdicts(true);
-    net.save_result(desk, &call, "no-answer", ResultOption::None)
-        .unwrap();
-    net.run_until_quiescent();
-    assert_eq!(net.verdicts_waiting(), 1);
+    let call = net.call_awaiting_result(desk, phone);
+    save_held_result(&mut net, desk, &call);
     assert_eq!(phase(&net, server, &call), Phase::AwaitingResult);
     assert_eq!(phase(&net, phone, &call), Phase::AwaitingResult);
     net.hold_verdicts(false);
@@ -130,7 +118,7 @@ fn a_result_whose_verdict_comes_back_untouched_is_saved_from_the_held_copy() {
 #[test]
 fn a_result_whose_decision_does_not_hold_is_refused_and_never_stored() {
     let (mut net, server, desk, phone) = three(5);
-    let call = ended_call(&mut net, desk, phone);
+    let call = net.call_awaiting_result(desk, phone);
     net.set_decisions_refused(true);
     let rejected_before = rejections(&net);
     net.save_result(phone, &call, "no-answer", ResultOption::None)
@@ -169,12 +157,8 @@ fn rejections(net: &SimNetwork) -> usize {
 fn a_result_held_when_its_connection_drops_is_sent_again_and_stored_once() {
     for seed in 0..4 {
         let (mut net, server, desk, phone) = three(20 + seed);
-        let call = ended_call(&mut net, desk, phone);
-        net.hold_verdicts(true);
-        net.save_result(phone, &call, "no-answer", ResultOption::None)
-            .unwrap();
-        net.run_until_quiescent();
-        assert_eq!(net.verdicts_waiting(), 1, "seed {seed}");
+        let call = net.call_awaiting_result(desk, phone);
+        save_held_result(&mut net, phone, &call);
         // The phone's connection drops: the held message was never acknowledged,
         // so it is forgotten, and its verdict, when it comes, changes nothing.
         net.partition(phone, server);
@@ -206,12 +190,8 @@ fn a_result_held_when_its_connection_drops_is_sent_again_and_stored_once() {
 #[test]
 fn a_result_held_when_the_server_crashes_is_sent_again_and_stored_once() {
     let (mut net, server, desk, phone) = three(40);
-    let call = ended_call(&mut net, desk, phone);
-    net.hold_verdicts(true);
-    net.save_result(phone, &call, "no-answer", ResultOption::None)
-        .unwrap();
-    net.run_until_quiescent();
-    assert_eq!(net.verdicts_waiting(), 1);
+    let call = net.call_awaiting_result(desk, phone);
+    save_held_result(&mut net, phone, &call);
     net.crash(server);
     assert_eq!(
         net.verdicts_waiting(),
@@ -236,12 +216,8 @@ fn errors_to(net: &SimNetwork, peer: PeerId) -> usize {
 #[test]
 fn a_device_sending_more_than_16_messages_behind_a_held_one_is_told_to_come_back_later() {
     let (mut net, server, desk, phone) = three(50);
-    let call = ended_call(&mut net, desk, phone);
-    net.hold_verdicts(true);
-    net.save_result(phone, &call, "no-answer", ResultOption::None)
-        .unwrap();
-    net.run_until_quiescent();
-    assert_eq!(net.verdicts_waiting(), 1);
+    let call = net.call_awaiting_result(desk, phone);
+    save_held_result(&mut net, phone, &call);
     let errors = errors_to(&net, phone);
     // 17 more messages of the same document, each waiting behind the held one
     // (the bytes are not read until then).
@@ -271,16 +247,12 @@ fn a_device_sending_more_than_16_messages_behind_a_held_one_is_told_to_come_back
 fn past_the_messages_a_hub_may_hold_a_result_is_answered_busy_and_arrives_later() {
     let (mut net, server, desk, phone) = three(60);
     net.set_max_held(1);
-    let first = ended_call(&mut net, desk, phone);
-    net.hold_verdicts(true);
-    net.save_result(phone, &first, "no-answer", ResultOption::None)
-        .unwrap();
-    net.run_until_quiescent();
-    assert_eq!(net.verdicts_waiting(), 1);
+    let first = net.call_awaiting_result(desk, phone);
+    save_held_result(&mut net, phone, &first);
     // A second rep's result on another call, while the hub holds its one.
     let desk2 = net.desk("rep2@a.example");
     let phone2 = net.phone("rep2@a.example");
-    let second = ended_call(&mut net, desk2, phone2);
+    let second = net.call_awaiting_result(desk2, phone2);
     let errors = errors_to(&net, desk2);
     net.save_result(desk2, &second, "no-answer", ResultOption::None)
         .unwrap();
